@@ -1,0 +1,17 @@
+//! SmartMart's order fulfillment engine, as a library with a thin binary.
+//!
+//! Data flows one way: request → [`pipeline`] (six stages) → [`rules`]
+//! (sandboxed business rules), [`store`] (SQLite), [`payment`] (gateways) and
+//! the outbox → [`events`] (delivered after the answer).
+//!
+//! - [`rules`]: the WebAssembly sandbox that runs business rules;
+//! - [`pipeline`]: the order saga and its stages;
+//! - [`store`]: the embedded database, its migrations and queries;
+//! - [`payment`]: the gateway boundary, the sandbox gateway, the HTTP adapter, retries;
+//! - [`events`]: event sinks and the outbox dispatcher.
+
+pub mod events;
+pub mod payment;
+pub mod pipeline;
+pub mod rules;
+pub mod store;

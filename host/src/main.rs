@@ -1,0 +1,127 @@
+//! The `smartmart` command: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use smartmart::rules::{ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
+
+/// SmartMart order fulfillment engine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tools for rule authors: inspect and run one rule module locally.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load a module as the service would and print its world, name,
+    /// version, digest and imports.
+    Check {
+        /// The component file (`.wasm`).
+        file: PathBuf,
+        /// The world to check against; by default, whichever it implements.
+        #[arg(long, value_parser = parse_world)]
+        world: Option<World>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a module on an example input and print its answer with the
+    /// time, fuel and memory it used.
+    Run {
+        /// The component file (`.wasm`).
+        file: PathBuf,
+        /// Input JSON: `{"order": …, "candidates": […], "payment": {…}}`
+        /// (see examples/orders/).
+        #[arg(long)]
+        input: PathBuf,
+        /// Module configuration, repeatable: `--config code.WELCOME10=percent:10`.
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// The world to load it as; by default, whichever it implements.
+        #[arg(long, value_parser = parse_world)]
+        world: Option<World>,
+    },
+}
+
+fn parse_world(s: &str) -> Result<World, String> {
+    World::ALL
+        .into_iter()
+        .find(|w| w.name() == s)
+        .ok_or_else(|| format!("unknown world `{s}` (one of: discount-rule, warehouse-selector, fraud-check)"))
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+    if key.is_empty() {
+        return Err(format!("empty key in `{s}`"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Rules(command) => rules(command),
+    }
+}
+
+fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
+    let runtime = RuleRuntime::new(RuntimeOptions { max_instances: 8, ..RuntimeOptions::default() })?;
+    match command {
+        RulesCommand::Check { file, world, json } => {
+            let report = runner::check(&runtime, &file, world)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("file:     {}", file.display());
+                println!("world:    {}", report.world_name);
+                println!("name:     {}", report.identity.name);
+                println!("version:  {}", report.identity.version);
+                println!("about:    {}", report.identity.description);
+                println!("digest:   {}", report.identity.digest);
+                println!("size:     {} bytes", report.size_bytes);
+                println!("imports:");
+                for import in &report.imports {
+                    println!("  {import}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RulesCommand::Run { file, input, config, world } => {
+            let text = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
+            let input: runner::RunInput =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", input.display()))?;
+            let config: ModuleConfig = config.into_iter().collect();
+            let module = runner::load(&runtime, &file, world, config)?;
+            let report = runner::run(&module, &input)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.outcome == "failed" { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+    }
+}

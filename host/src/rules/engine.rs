@@ -1,0 +1,259 @@
+//! The rule runtime: one wasmtime `Engine` for the whole process, the one
+//! `Linker` every rule is instantiated against, the epoch ticker, and the
+//! on-disk cache of compiled modules.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::discount_world::DiscountRule;
+use super::budgets::{Budgets, MAX_MEMORY_BYTES};
+use super::error::LoadError;
+use super::module::RuleModule;
+use super::state::{ModuleConfig, RuleState};
+use super::world::{self, BinaryKind, World};
+
+/// One epoch tick; call deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Settings of the rule runtime as a whole.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled modules are cached, keyed by module digest and engine
+    /// configuration; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Rule instances that may be alive at once (the pool's size).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { cache_dir: None, max_instances: 256 }
+    }
+}
+
+/// Shared by every module: cheap to clone.
+#[derive(Clone)]
+pub struct RuleRuntime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<RuleState>,
+    cache_dir: Option<PathBuf>,
+    /// Hex digest of the engine's compatibility hash: part of every cache key,
+    /// because an artifact compiled under another configuration must not load.
+    engine_key: String,
+}
+
+/// A module file read and compiled, before it is bound to a world.
+pub(crate) struct Compiled {
+    pub(crate) component: Component,
+    pub(crate) digest: String,
+    pub(crate) imports: Vec<String>,
+}
+
+impl RuleRuntime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(options.max_instances)?)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        // `log` and `config` are shared by the three worlds (see bindings).
+        DiscountRule::add_to_linker::<RuleState, HasSelf<RuleState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the host interfaces")?;
+        spawn_epoch_ticker(&engine);
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+        if let Some(dir) = &options.cache_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating cache dir {}", dir.display()))?;
+        }
+        Ok(RuleRuntime {
+            inner: Arc::new(RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key }),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<RuleState> {
+        &self.inner.linker
+    }
+
+    /// Loads `file` as a module of `world`: reads, digests, compiles (or
+    /// takes the cached artifact), checks its imports and exports, asks it
+    /// for its name and version.
+    pub fn load(
+        &self,
+        file: &Path,
+        world: World,
+        config: ModuleConfig,
+        budgets: Budgets,
+    ) -> Result<RuleModule, LoadError> {
+        let bytes = std::fs::read(file).map_err(|source| LoadError::Read { file: file.to_owned(), source })?;
+        self.load_bytes(file, &bytes, world, config, budgets)
+    }
+
+    /// As [`RuleRuntime::load`], from bytes already read; `file` names them.
+    pub fn load_bytes(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        world: World,
+        config: ModuleConfig,
+        budgets: Budgets,
+    ) -> Result<RuleModule, LoadError> {
+        budgets
+            .validate()
+            .map_err(|reason| LoadError::Budgets { file: file.to_owned(), reason })?;
+        let compiled = self.compile(file, bytes, world)?;
+        RuleModule::bind(self, file, compiled, world, Arc::new(config), budgets)
+    }
+
+    /// Finds which rule world a module implements, trying each in turn.
+    pub fn detect_world(&self, file: &Path, bytes: &[u8]) -> Result<RuleModule, Vec<LoadError>> {
+        let mut errors = Vec::new();
+        for world in World::ALL {
+            match self.load_bytes(file, bytes, world, ModuleConfig::new(), Budgets::default()) {
+                Ok(module) => return Ok(module),
+                Err(e @ (LoadError::NotAComponent { .. } | LoadError::ForbiddenImport { .. })) => {
+                    return Err(vec![e]);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors)
+    }
+
+    fn compile(&self, file: &Path, bytes: &[u8], expected: World) -> Result<Compiled, LoadError> {
+        let not_a_component = |reason: String| LoadError::NotAComponent { file: file.to_owned(), expected, reason };
+        match world::binary_kind(bytes) {
+            BinaryKind::Component => {}
+            BinaryKind::CoreModule => {
+                return Err(not_a_component(
+                    "it is a core WebAssembly module, not a component; build rules with \
+                     `--target wasm32-wasip2` (or wrap with `wasm-tools component new`)"
+                        .into(),
+                ));
+            }
+            BinaryKind::NotWasm => {
+                return Err(not_a_component("it is not WebAssembly (bad magic number)".into()));
+            }
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let component = self
+            .cached_or_compiled(bytes, &digest)
+            .map_err(|e| not_a_component(format!("{e:#}")))?;
+        let engine = self.engine();
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let forbidden: Vec<String> = imports.iter().filter(|i| !world::is_granted(i)).cloned().collect();
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImport { file: file.to_owned(), expected, imports: forbidden });
+        }
+        Ok(Compiled { component, digest, imports })
+    }
+
+    /// Takes the compiled artifact from the cache when one matches the digest
+    /// and this engine; otherwise compiles and stores it for next time.
+    fn cached_or_compiled(&self, bytes: &[u8], digest: &str) -> anyhow::Result<Component> {
+        let engine = self.engine();
+        let Some(dir) = &self.inner.cache_dir else {
+            return Ok(Component::new(engine, bytes)?);
+        };
+        let hex_digest = digest.trim_start_matches("sha256:");
+        let path = dir.join(format!("{hex_digest}-{}.cwasm", self.inner.engine_key));
+        if path.exists() {
+            match deserialize_own_artifact(engine, &path) {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached artifact"),
+            }
+        }
+        let artifact = engine.precompile_component(bytes)?;
+        // Write beside, then rename: a crash never leaves a torn artifact.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache compiled module");
+            let _ = std::fs::remove_file(&tmp);
+        }
+        deserialize_fresh_artifact(engine, &artifact)
+    }
+}
+
+/// Loads a compiled artifact from the cache.
+#[allow(unsafe_code)]
+fn deserialize_own_artifact(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: wasmtime requires that the file be an artifact produced by
+    // `Engine::precompile_component` of a compatible engine and not modified
+    // since. The cache directory is written only by this host (atomically,
+    // above), and its file names carry the engine's compatibility hash, which
+    // wasmtime also re-checks in the artifact's header.
+    Ok(unsafe { Component::deserialize_file(engine, path)? })
+}
+
+/// Loads an artifact this engine compiled a moment ago (no second compile).
+#[allow(unsafe_code)]
+fn deserialize_fresh_artifact(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `artifact` comes straight from `engine.precompile_component`.
+    Ok(unsafe { Component::deserialize(engine, artifact)? })
+}
+
+fn engine_config(max_instances: u32) -> anyhow::Result<Config> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 4)
+        .total_memories(max_instances * 2)
+        .total_tables(max_instances * 2)
+        .max_memory_size(MAX_MEMORY_BYTES)
+        // Keep the first pages of a freed slot mapped: the next instance of
+        // a small rule then starts without page faults.
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own OS thread, so
+/// that a runaway guest is interrupted even when every tokio worker is busy.
+/// The thread holds only a weak reference and ends with the engine.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+impl std::fmt::Debug for RuleRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleRuntime").field("cache_dir", &self.inner.cache_dir).finish()
+    }
+}

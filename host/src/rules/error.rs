@@ -1,0 +1,88 @@
+//! Errors of the rule runtime: loading a module, and calling one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::module::ModuleIdentity;
+use super::types::Refusal;
+use super::world::World;
+
+/// Why a module file was refused at load time. Every variant names the file
+/// and the world it was expected to implement.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: cannot read the module: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not usable as a `{expected}` rule: {reason}")]
+    NotAComponent { file: PathBuf, expected: World, reason: String },
+    #[error("{file}: does not implement world `{expected}`: {reason}")]
+    WrongWorld { file: PathBuf, expected: World, reason: String },
+    #[error(
+        "{file}: imports {}, which is not granted to `{expected}` rules \
+         (granted: smartmart:rules/log, smartmart:rules/config, the inert wasi:io and wasi:cli interfaces of Rust's std, and a fixed insecure random seed; no file system, network, clock or secure random)",
+        imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    )]
+    ForbiddenImport { file: PathBuf, expected: World, imports: Vec<String> },
+    #[error("{file}: `meta.info` failed while loading as `{expected}`: {cause}")]
+    Describe { file: PathBuf, expected: World, cause: String },
+    #[error("{file}: invalid budgets: {reason}")]
+    Budgets { file: PathBuf, reason: String },
+}
+
+/// Why a rule call did not produce a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The rule answered with a typed refusal: the order's fault (an unknown
+    /// coupon, stock that cannot cover the cart), not the module's.
+    #[error("{module} refused: {refusal:?}")]
+    Refused { module: Arc<ModuleIdentity>, refusal: Refusal },
+    /// The module failed: it trapped, exhausted a budget or returned an error.
+    #[error("{module} failed: {cause}")]
+    Failed { module: Arc<ModuleIdentity>, cause: FailureCause },
+}
+
+impl RuleError {
+    pub fn module(&self) -> &Arc<ModuleIdentity> {
+        match self {
+            RuleError::Refused { module, .. } | RuleError::Failed { module, .. } => module,
+        }
+    }
+}
+
+/// What went wrong inside a failed rule call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureCause {
+    #[error("exceeded its time budget of {0} ms")]
+    TimeBudget(u64),
+    #[error("exceeded its fuel budget of {0}")]
+    FuelBudget(u64),
+    #[error("exceeded its memory budget of {0} bytes")]
+    MemoryBudget(usize),
+    #[error("returned {size} bytes, over its output budget of {limit}")]
+    OutputTooLarge { size: usize, limit: usize },
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned an error: {0}")]
+    Guest(String),
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl FailureCause {
+    /// A short machine-readable name, for metrics and error details.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FailureCause::TimeBudget(_) => "time_budget",
+            FailureCause::FuelBudget(_) => "fuel_budget",
+            FailureCause::MemoryBudget(_) => "memory_budget",
+            FailureCause::OutputTooLarge { .. } => "output_budget",
+            FailureCause::Trap(_) => "trap",
+            FailureCause::Guest(_) => "guest_error",
+            FailureCause::Instantiate(_) => "instantiate",
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The sandbox for business rules: WebAssembly components implementing the
+//! worlds of `wit/`, compiled once, instantiated fresh for every call.
+//!
+//! - [`engine`]: the process-wide engine, linker, epoch ticker and artifact cache;
+//! - [`world`]: the three rule worlds and the imports a rule may have;
+//! - [`module`]: one loaded module and the typed calls into it;
+//! - [`budgets`]: per-call time, fuel, memory and output limits;
+//! - [`types`]: what rules receive and return, in the host's own types;
+//! - [`error`]: load-time refusals and call failures;
+//! - [`runner`]: `smartmart rules check | run` for rule authors;
+//! - `bindings` (private): the generated bindings, the only `bindgen!`.
+
+mod bindings;
+pub mod budgets;
+pub mod engine;
+pub mod error;
+pub mod module;
+pub mod runner;
+mod state;
+pub mod types;
+pub mod world;
+
+pub use budgets::Budgets;
+pub use engine::{RuleRuntime, RuntimeOptions};
+pub use error::{FailureCause, LoadError, RuleError};
+pub use module::{Called, ModuleIdentity, RuleModule, Usage};
+pub use state::ModuleConfig;
+pub use world::World;

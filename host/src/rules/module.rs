@@ -1,0 +1,284 @@
+//! A loaded rule module: its identity, its pre-linked instance, and the
+//! calls into it. Every call gets a fresh instance in a fresh store, so no
+//! state leaks from one order into the next, and a trapped instance is
+//! simply dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{DiscountRulePre, FraudCheckPre, GuestError, WarehouseSelectorPre, wit};
+use super::budgets::Budgets;
+use super::engine::{Compiled, RuleRuntime};
+use super::error::{FailureCause, LoadError, RuleError};
+use super::state::{ModuleConfig, RuleState};
+use super::types::{
+    Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict,
+};
+use super::world::World;
+
+/// Who a module is, everywhere it is named: invoices, events, metrics, errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleIdentity {
+    /// The world it implements.
+    pub world: World,
+    /// Its file name, e.g. `gold_loyalty.wasm`.
+    pub file: String,
+    /// Name and version the module reports (`meta.info`).
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// `sha256:` and the hex digest of the file's bytes.
+    pub digest: String,
+}
+
+impl std::fmt::Display for ModuleIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}@{} ({})", self.file, self.name, self.version, short_digest(&self.digest))
+    }
+}
+
+fn short_digest(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+/// The module's instance, pre-linked for its world.
+#[derive(Clone)]
+enum Prepared {
+    Discount(DiscountRulePre<RuleState>),
+    Warehouse(WarehouseSelectorPre<RuleState>),
+    Fraud(FraudCheckPre<RuleState>),
+}
+
+/// A module ready to be called. Cloning is cheap (reference counted).
+#[derive(Clone)]
+pub struct RuleModule {
+    identity: Arc<ModuleIdentity>,
+    path: PathBuf,
+    imports: Arc<[String]>,
+    prepared: Prepared,
+    runtime: RuleRuntime,
+    config: Arc<ModuleConfig>,
+    label: Arc<str>,
+    budgets: Budgets,
+}
+
+/// What one call used.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    #[serde(serialize_with = "as_micros")]
+    pub elapsed: Duration,
+    pub fuel: u64,
+    pub peak_memory_bytes: usize,
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e6)
+}
+
+/// A rule's answer together with what producing it cost.
+#[derive(Debug, Clone)]
+pub struct Called<T> {
+    pub value: T,
+    pub usage: Usage,
+}
+
+impl RuleModule {
+    /// Binds a compiled component to `world`, failing if it does not
+    /// implement it, then asks it who it is.
+    pub(crate) fn bind(
+        runtime: &RuleRuntime,
+        file: &Path,
+        compiled: Compiled,
+        world: World,
+        config: Arc<ModuleConfig>,
+        budgets: Budgets,
+    ) -> Result<RuleModule, LoadError> {
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            file: file.to_owned(),
+            expected: world,
+            reason: format!("{e:#}"),
+        };
+        let pre = runtime.linker().instantiate_pre(&compiled.component).map_err(wrong_world)?;
+        let prepared = match world {
+            World::DiscountRule => Prepared::Discount(DiscountRulePre::new(pre).map_err(wrong_world)?),
+            World::WarehouseSelector => Prepared::Warehouse(WarehouseSelectorPre::new(pre).map_err(wrong_world)?),
+            World::FraudCheck => Prepared::Fraud(FraudCheckPre::new(pre).map_err(wrong_world)?),
+        };
+        let file_name = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let mut module = RuleModule {
+            identity: Arc::new(ModuleIdentity {
+                world,
+                file: file_name.clone(),
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                digest: compiled.digest,
+            }),
+            path: file.to_owned(),
+            imports: compiled.imports.into(),
+            prepared,
+            runtime: runtime.clone(),
+            config,
+            label: Arc::from(file_name.as_str()),
+            budgets,
+        };
+        let info = module.info().map_err(|e| LoadError::Describe {
+            file: file.to_owned(),
+            expected: world,
+            cause: e.to_string(),
+        })?;
+        let identity = Arc::make_mut(&mut module.identity);
+        identity.name = info.value.name;
+        identity.version = info.value.version;
+        identity.description = info.value.description;
+        module.label = Arc::from(format!("{}@{}", identity.name, identity.version));
+        Ok(module)
+    }
+
+    pub fn identity(&self) -> &Arc<ModuleIdentity> {
+        &self.identity
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    pub fn budgets(&self) -> Budgets {
+        self.budgets
+    }
+
+    pub fn config(&self) -> &ModuleConfig {
+        &self.config
+    }
+
+    /// The module's own description of itself.
+    pub fn info(&self) -> Result<Called<RuleInfo>, RuleError> {
+        self.call(|store, prepared| {
+            let info = match prepared {
+                Prepared::Discount(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
+                Prepared::Warehouse(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
+                Prepared::Fraud(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
+            };
+            Ok(Ok(info))
+        })
+    }
+
+    /// Runs a discount rule on an order.
+    pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        let Prepared::Discount(pre) = &self.prepared else {
+            return Err(self.not_this_world(World::DiscountRule));
+        };
+        let input = wit::OrderContext::from(order);
+        self.call(|store, _| {
+            let instance = pre.instantiate(&mut *store)?;
+            let answer = instance.smartmart_rules_discount().call_apply(store, &input)?;
+            Ok(answer.map(|lines| lines.into_iter().map(Into::into).collect()).map_err(Into::into))
+        })
+    }
+
+    /// Asks a warehouse selector for an allocation plan.
+    pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
+        let Prepared::Warehouse(pre) = &self.prepared else {
+            return Err(self.not_this_world(World::WarehouseSelector));
+        };
+        let input = wit::OrderContext::from(order);
+        let candidates: Vec<_> = candidates.iter().map(Into::into).collect();
+        self.call(|store, _| {
+            let instance = pre.instantiate(&mut *store)?;
+            let answer = instance.smartmart_rules_warehouse().call_select(store, &input, &candidates)?;
+            Ok(answer.map(Into::into).map_err(Into::into))
+        })
+    }
+
+    /// Runs a fraud check on a placed order.
+    pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
+        let Prepared::Fraud(pre) = &self.prepared else {
+            return Err(self.not_this_world(World::FraudCheck));
+        };
+        let input = wit::OrderContext::from(order);
+        let payment = payment.into();
+        self.call(|store, _| {
+            let instance = pre.instantiate(&mut *store)?;
+            let answer = instance.smartmart_rules_fraud().call_check(store, &input, &payment)?;
+            Ok(answer.map(Into::into).map_err(Into::into))
+        })
+    }
+
+    fn not_this_world(&self, wanted: World) -> RuleError {
+        self.failed(FailureCause::Instantiate(format!(
+            "module implements {}, not {wanted}",
+            self.identity.world
+        )))
+    }
+
+    fn failed(&self, cause: FailureCause) -> RuleError {
+        RuleError::Failed { module: self.identity.clone(), cause }
+    }
+
+    /// One call in a fresh store under the module's budgets; classifies
+    /// every way it can go wrong.
+    fn call<T: OutputSize>(
+        &self,
+        body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>>,
+    ) -> Result<Called<T>, RuleError> {
+        let started = Instant::now();
+        let budgets = self.budgets;
+        let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| state);
+        store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
+        store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
+        let outcome = body(&mut store, &self.prepared);
+        let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
+        let usage = Usage { elapsed: started.elapsed(), fuel, peak_memory_bytes: store.data().peak_memory };
+        match outcome {
+            Ok(Ok(value)) => {
+                let size = value.output_size();
+                if size > budgets.output_bytes {
+                    return Err(self.failed(FailureCause::OutputTooLarge { size, limit: budgets.output_bytes }));
+                }
+                Ok(Called { value, usage })
+            }
+            Ok(Err(GuestError::Refused(refusal))) => {
+                if refusal.output_size() > budgets.output_bytes {
+                    return Err(self.failed(FailureCause::OutputTooLarge {
+                        size: refusal.output_size(),
+                        limit: budgets.output_bytes,
+                    }));
+                }
+                Err(RuleError::Refused { module: self.identity.clone(), refusal })
+            }
+            Ok(Err(GuestError::Failed(message))) => {
+                let mut message = message;
+                message.truncate(message.floor_char_boundary(1024));
+                Err(self.failed(FailureCause::Guest(message)))
+            }
+            Err(error) => Err(self.failed(self.classify_trap(&error, store.data()))),
+        }
+    }
+
+    fn classify_trap(&self, error: &wasmtime::Error, state: &RuleState) -> FailureCause {
+        let budgets = self.budgets;
+        if state.memory_denied {
+            return FailureCause::MemoryBudget(budgets.memory_bytes);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => FailureCause::FuelBudget(budgets.fuel),
+            Some(Trap::Interrupt) => FailureCause::TimeBudget(budgets.time_ms),
+            Some(trap) => {
+                let output = state.guest_output();
+                let detail = if output.is_empty() { trap.to_string() } else { format!("{trap}; guest said: {output}") };
+                FailureCause::Trap(detail)
+            }
+            None => FailureCause::Trap(format!("{error:#}")),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The three rule worlds of `wit/`, and which imports a rule may have.
+
+use serde::{Deserialize, Serialize};
+
+/// A WIT world a rule module implements; each rule slot is bound to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    DiscountRule,
+    WarehouseSelector,
+    FraudCheck,
+}
+
+impl World {
+    pub const ALL: [World; 3] = [World::DiscountRule, World::WarehouseSelector, World::FraudCheck];
+
+    /// The world's name in `wit/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::DiscountRule => "discount-rule",
+            World::WarehouseSelector => "warehouse-selector",
+            World::FraudCheck => "fraud-check",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "smartmart:rules/{}@0.1.0", self.name())
+    }
+}
+
+/// Import prefixes a rule may have: the host's own interfaces, and the WASI
+/// streams and cli interfaces that Rust's std links into every component
+/// (stdio for panic messages, an environment that the host leaves empty),
+/// and the insecure random seed std's `HashMap` asks for, which the host
+/// fixes so that rules stay deterministic. File system, sockets, HTTP,
+/// clocks, secure random and anything else are refused when the module is
+/// loaded, before it can run.
+const GRANTED_IMPORTS: &[&str] = &[
+    "smartmart:rules/types@",
+    "smartmart:rules/log@",
+    "smartmart:rules/config@",
+    "wasi:io/",
+    "wasi:cli/",
+    "wasi:random/insecure-seed@",
+    "wasi:random/insecure@",
+];
+
+/// Whether an import (e.g. `wasi:sockets/tcp@0.2.6`) is granted to rules.
+pub fn is_granted(import: &str) -> bool {
+    GRANTED_IMPORTS.iter().any(|prefix| import.starts_with(prefix))
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BinaryKind {
+    Component,
+    CoreModule,
+    NotWasm,
+}
+
+/// Reads the WebAssembly preamble: magic `\0asm`, then a version/layer word
+/// that is 1 for core modules and 0x0001000d for components.
+pub(crate) fn binary_kind(bytes: &[u8]) -> BinaryKind {
+    match bytes {
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ..] => BinaryKind::CoreModule,
+        [0x00, 0x61, 0x73, 0x6d, _, _, 0x01, 0x00, ..] => BinaryKind::Component,
+        _ => BinaryKind::NotWasm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_only_inert_interfaces() {
+        assert!(is_granted("smartmart:rules/log@0.1.0"));
+        assert!(is_granted("wasi:cli/environment@0.2.6"));
+        assert!(!is_granted("wasi:sockets/tcp@0.2.6"));
+        assert!(!is_granted("wasi:filesystem/preopens@0.2.6"));
+        assert!(!is_granted("wasi:clocks/wall-clock@0.2.6"));
+        assert!(!is_granted("wasi:random/random@0.2.6"));
+        assert!(is_granted("wasi:random/insecure-seed@0.2.6"));
+        assert!(!is_granted("wasi:http/outgoing-handler@0.2.6"));
+        assert!(!is_granted("smartmart:rules/other@0.1.0"));
+        assert!(!is_granted("acme:evil/exfiltrate"));
+    }
+
+    #[test]
+    fn tells_components_from_core_modules_and_garbage() {
+        assert_eq!(binary_kind(b"\0asm\x01\0\0\0"), BinaryKind::CoreModule);
+        assert_eq!(binary_kind(b"\0asm\x0d\0\x01\0rest"), BinaryKind::Component);
+        assert_eq!(binary_kind(b"garbage!"), BinaryKind::NotWasm);
+        assert_eq!(binary_kind(b""), BinaryKind::NotWasm);
+    }
+}

@@ -1,0 +1,221 @@
+//! `cargo xtask`: the repository's build steps that cargo alone cannot express.
+//!
+//! The rules are WebAssembly components built from three wasm workspaces of
+//! their own (`plugins/`, `tests/guests/`, `examples/rules/clearance/`), and
+//! the host's tests, demo and benchmarks load those components from disk. Two
+//! things therefore have to happen before `cargo test` at the root means
+//! anything, and this tool does them:
+//!
+//! - a fresh machine lacks the `wasm32-wasip2` target: install it (rustup);
+//! - the guests must be built, for that target, before the host's tests run.
+//!
+//! ```text
+//! cargo xtask guests          build every guest; copy them to target/wasm/<name>.wasm
+//!                             and the bundled rules also to plugins/bundled/
+//! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/
+//!                             and the example), then cargo test --workspace ARGS
+//! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
+//! cargo xtask serve [ARGS]    guests, then cargo run -p smartmart -- serve ARGS
+//! cargo xtask run [ARGS]      guests, then cargo run -p smartmart -- ARGS
+//! cargo xtask bench [ARGS]    guests, then cargo bench -p smartmart ARGS
+//! ```
+//!
+//! Every command run is printed first. Only std: this must build anywhere.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::{env, fs, io};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+/// The wasm workspaces, relative to the repository root.
+const GUEST_WORKSPACES: [&str; 3] = [
+    "plugins/Cargo.toml",
+    "tests/guests/Cargo.toml",
+    "examples/rules/clearance/Cargo.toml",
+];
+/// Where the guests build (shared by the three workspaces), from the root.
+const GUEST_TARGET_DIR: &str = "target/guests";
+/// The rules `serve` loads by default; also copied to `plugins/bundled/`.
+const BUNDLED: [&str; 4] = [
+    "gold_loyalty.wasm",
+    "coupons.wasm",
+    "nearest_warehouse.wasm",
+    "high_value.wasm",
+];
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+fn main() -> ExitCode {
+    let mut args = env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let outcome = match task.as_str() {
+        "guests" if rest.is_empty() => guests(),
+        "guests" => Err(format!("`guests` takes no arguments, got {rest:?}")),
+        "test" => guests().and_then(|()| test(&rest)),
+        "demo" => guests().and_then(|()| smartmart_run(Some("demo"), &rest)),
+        "serve" => guests().and_then(|()| smartmart_run(Some("serve"), &rest)),
+        "run" => guests().and_then(|()| smartmart_run(None, &rest)),
+        "bench" => {
+            guests().and_then(|()| run(cargo().args(["bench", "-p", "smartmart"]).args(&rest)))
+        }
+        _ => Err(format!(
+            "unknown task {task:?}\n\
+             usage: cargo xtask <guests | test | demo | serve | run | bench> [ARGS...]\n\
+             (see the doc comment of xtask/src/main.rs)"
+        )),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (xtask's crate lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the repository")
+        .to_path_buf()
+}
+
+/// The cargo that runs us (same toolchain), run from the repository root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Prints `cmd`, runs it, and fails unless it exits successfully.
+fn run(cmd: &mut Command) -> Result {
+    let program = Path::new(cmd.get_program());
+    // Print `cargo`, not the toolchain's full path to it.
+    let name = program
+        .file_name()
+        .unwrap_or(program.as_os_str())
+        .to_string_lossy()
+        .into_owned();
+    let shown = std::iter::once(name.clone())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("$ {shown}");
+    let status = cmd.status().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("`{name}` not found on PATH"),
+        _ => format!("could not start `{shown}`: {e}"),
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status})"))
+    }
+}
+
+/// Installs the wasm target with rustup when the toolchain lacks it.
+fn ensure_wasm_target() -> Result {
+    // Ask the compiler itself where the target's libraries live: this works
+    // with and without rustup, for whichever toolchain cargo is using.
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .map_err(|e| format!("could not run rustc: {e}"))?;
+    let libdir = String::from_utf8_lossy(&libdir.stdout);
+    if !libdir.trim().is_empty() && Path::new(libdir.trim()).is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: the {WASM_TARGET} target is not installed; installing it with rustup");
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET])).map_err(|e| {
+        format!(
+            "{e}\nthe guests need the {WASM_TARGET} Rust target. With rustup \
+             (https://rustup.rs): `rustup target add {WASM_TARGET}`; otherwise install \
+             your toolchain's rust-std component for {WASM_TARGET}."
+        )
+    })
+}
+
+/// Builds every guest and copies the components where the host looks.
+fn guests() -> Result {
+    ensure_wasm_target()?;
+    // Relative paths: commands run from the root and print as typed there.
+    for manifest in GUEST_WORKSPACES {
+        run(cargo().args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--manifest-path",
+            manifest,
+            "--target-dir",
+            GUEST_TARGET_DIR,
+        ]))?;
+    }
+    let root = root();
+
+    // Every top-level .wasm of the release folder is a component one of the
+    // workspaces produced (deps/ holds intermediate copies).
+    let built = root
+        .join(GUEST_TARGET_DIR)
+        .join(WASM_TARGET)
+        .join("release");
+    let wasm_dir = root.join("target/wasm");
+    let bundled_dir = root.join("plugins/bundled");
+    for dir in [&wasm_dir, &bundled_dir] {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut components: Vec<PathBuf> = fs::read_dir(&built)
+        .map_err(|e| format!("cannot read {}: {e}", built.display()))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension() == Some(OsStr::new("wasm")))
+        .collect();
+    components.sort();
+    for from in &components {
+        let name = from.file_name().expect("a file");
+        copy(from, &wasm_dir.join(name))?;
+    }
+    for name in BUNDLED {
+        copy(&built.join(name), &bundled_dir.join(name))?;
+    }
+    eprintln!(
+        "xtask: {} components in {}, {} bundled rules in {}",
+        components.len(),
+        wasm_dir.display(),
+        BUNDLED.len(),
+        bundled_dir.display()
+    );
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path) -> Result {
+    let bytes = fs::copy(from, to)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    eprintln!("  {} ({} kB)", to.display(), bytes.div_ceil(1000));
+    Ok(())
+}
+
+/// The rules' logic natively (bundled rules and the example), then the
+/// host's whole workspace.
+fn test(args: &[String]) -> Result {
+    for manifest in ["plugins/Cargo.toml", "examples/rules/clearance/Cargo.toml"] {
+        run(cargo().args([
+            "test",
+            "--manifest-path",
+            manifest,
+            "--target-dir",
+            "target/guests-native",
+        ]))?;
+    }
+    run(cargo().args(["test", "--workspace"]).args(args))
+}
+
+/// `cargo run -p smartmart -- [subcommand] args…`
+fn smartmart_run(subcommand: Option<&str>, args: &[String]) -> Result {
+    run(cargo()
+        .args(["run", "-p", "smartmart", "--"])
+        .args(subcommand)
+        .args(args))
+}
