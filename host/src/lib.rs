@@ -4,12 +4,15 @@
 //! (sandboxed business rules), [`store`] (SQLite), [`payment`] (gateways) and
 //! the outbox → [`events`] (delivered after the answer).
 //!
+//! - [`app`]: the assembled engine and its settings; [`demo`]: `smartmart demo`;
 //! - [`rules`]: the WebAssembly sandbox that runs business rules;
 //! - [`pipeline`]: the order saga and its stages;
 //! - [`store`]: the embedded database, its migrations and queries;
 //! - [`payment`]: the gateway boundary, the sandbox gateway, the HTTP adapter, retries;
 //! - [`events`]: event sinks and the outbox dispatcher.
 
+pub mod app;
+pub mod demo;
 pub mod events;
 pub mod payment;
 pub mod pipeline;

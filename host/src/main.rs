@@ -20,6 +20,19 @@ enum Command {
     /// Tools for rule authors: inspect and run one rule module locally.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Load the demo data set into a fresh data dir and run the use cases
+    /// UC1–UC5 through the real pipeline, printing each outcome.
+    Demo {
+        /// Data dir (must be empty or absent); default: a new temp dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Plug-in directory with `manifest.toml`.
+        #[arg(long, default_value = "plugins/bundled")]
+        plugins_dir: PathBuf,
+        /// The demo data set.
+        #[arg(long, default_value = "examples/demo/dataset.json")]
+        dataset: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,9 +84,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -88,6 +99,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Rules(command) => rules(command),
+        Command::Demo { data_dir, plugins_dir, dataset } => {
+            let data_dir = smartmart::demo::fresh_data_dir(data_dir.as_deref())?;
+            tokio::runtime::Runtime::new()?.block_on(smartmart::demo::run(&data_dir, &plugins_dir, &dataset))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,3 +1,6 @@
 //! The one integration-test binary: a module per feature.
 
+mod cli;
+mod payment;
+mod rules;
 mod support;

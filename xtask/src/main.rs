@@ -29,20 +29,12 @@ use std::{env, fs, io};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 /// The wasm workspaces, relative to the repository root.
-const GUEST_WORKSPACES: [&str; 3] = [
-    "plugins/Cargo.toml",
-    "tests/guests/Cargo.toml",
-    "examples/rules/clearance/Cargo.toml",
-];
+const GUEST_WORKSPACES: [&str; 3] =
+    ["plugins/Cargo.toml", "tests/guests/Cargo.toml", "examples/rules/clearance/Cargo.toml"];
 /// Where the guests build (shared by the three workspaces), from the root.
 const GUEST_TARGET_DIR: &str = "target/guests";
 /// The rules `serve` loads by default; also copied to `plugins/bundled/`.
-const BUNDLED: [&str; 4] = [
-    "gold_loyalty.wasm",
-    "coupons.wasm",
-    "nearest_warehouse.wasm",
-    "high_value.wasm",
-];
+const BUNDLED: [&str; 4] = ["gold_loyalty.wasm", "coupons.wasm", "nearest_warehouse.wasm", "high_value.wasm"];
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -57,9 +49,7 @@ fn main() -> ExitCode {
         "demo" => guests().and_then(|()| smartmart_run(Some("demo"), &rest)),
         "serve" => guests().and_then(|()| smartmart_run(Some("serve"), &rest)),
         "run" => guests().and_then(|()| smartmart_run(None, &rest)),
-        "bench" => {
-            guests().and_then(|()| run(cargo().args(["bench", "-p", "smartmart"]).args(&rest)))
-        }
+        "bench" => guests().and_then(|()| run(cargo().args(["bench", "-p", "smartmart"]).args(&rest))),
         _ => Err(format!(
             "unknown task {task:?}\n\
              usage: cargo xtask <guests | test | demo | serve | run | bench> [ARGS...]\n\
@@ -77,10 +67,7 @@ fn main() -> ExitCode {
 
 /// The repository root (xtask's crate lives one level below it).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the repository").to_path_buf()
 }
 
 /// The cargo that runs us (same toolchain), run from the repository root.
@@ -94,11 +81,7 @@ fn cargo() -> Command {
 fn run(cmd: &mut Command) -> Result {
     let program = Path::new(cmd.get_program());
     // Print `cargo`, not the toolchain's full path to it.
-    let name = program
-        .file_name()
-        .unwrap_or(program.as_os_str())
-        .to_string_lossy()
-        .into_owned();
+    let name = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned();
     let shown = std::iter::once(name.clone())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
@@ -108,11 +91,7 @@ fn run(cmd: &mut Command) -> Result {
         io::ErrorKind::NotFound => format!("`{name}` not found on PATH"),
         _ => format!("could not start `{shown}`: {e}"),
     })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{shown}` failed ({status})"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("`{shown}` failed ({status})")) }
 }
 
 /// Installs the wasm target with rustup when the toolchain lacks it.
@@ -158,10 +137,7 @@ fn guests() -> Result {
 
     // Every top-level .wasm of the release folder is a component one of the
     // workspaces produced (deps/ holds intermediate copies).
-    let built = root
-        .join(GUEST_TARGET_DIR)
-        .join(WASM_TARGET)
-        .join("release");
+    let built = root.join(GUEST_TARGET_DIR).join(WASM_TARGET).join("release");
     let wasm_dir = root.join("target/wasm");
     let bundled_dir = root.join("plugins/bundled");
     for dir in [&wasm_dir, &bundled_dir] {
@@ -191,8 +167,7 @@ fn guests() -> Result {
 }
 
 fn copy(from: &Path, to: &Path) -> Result {
-    let bytes = fs::copy(from, to)
-        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    let bytes = fs::copy(from, to).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
     eprintln!("  {} ({} kB)", to.display(), bytes.div_ceil(1000));
     Ok(())
 }
@@ -201,21 +176,12 @@ fn copy(from: &Path, to: &Path) -> Result {
 /// host's whole workspace.
 fn test(args: &[String]) -> Result {
     for manifest in ["plugins/Cargo.toml", "examples/rules/clearance/Cargo.toml"] {
-        run(cargo().args([
-            "test",
-            "--manifest-path",
-            manifest,
-            "--target-dir",
-            "target/guests-native",
-        ]))?;
+        run(cargo().args(["test", "--manifest-path", manifest, "--target-dir", "target/guests-native"]))?;
     }
     run(cargo().args(["test", "--workspace"]).args(args))
 }
 
 /// `cargo run -p smartmart -- [subcommand] args…`
 fn smartmart_run(subcommand: Option<&str>, args: &[String]) -> Result {
-    run(cargo()
-        .args(["run", "-p", "smartmart", "--"])
-        .args(subcommand)
-        .args(args))
+    run(cargo().args(["run", "-p", "smartmart", "--"]).args(subcommand).args(args))
 }

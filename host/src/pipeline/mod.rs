@@ -1,1 +1,251 @@
-//! (being written)
+//! The order pipeline: a saga of six stages, each in its own file.
+//!
+//! ```text
+//! validate ─► cart ─┬─► discount  (pure rules) ──┬─► payment ─► settle (order + events, one tx) ─► invoice
+//!                   └─► inventory (plan + hold) ─┘        │
+//!                       undone if discount fails          └─ releases the hold when payment finally fails
+//! ```
+//!
+//! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
+//! - [`invoice`]: the invoice the API answers;
+//! - [`fraud`]: fraud checks, run after the answer;
+//! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
+//! - [`error`]: every way an order can fail, and the API's error table.
+
+pub mod cart;
+pub mod discount;
+pub mod error;
+pub mod events;
+pub mod fraud;
+pub mod inventory;
+pub mod invoice;
+pub mod payment;
+pub mod recovery;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+pub use error::{OrderError, Stage};
+pub use invoice::Invoice;
+
+use crate::payment::{PaymentGateway, RetryPolicy};
+use crate::rules::RuleSet;
+use crate::rules::types::{GeoPoint, OrderContext, RuleCustomer};
+use crate::store::{Store, now_ms, now_rfc3339};
+use invoice::{InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
+
+/// Delays injected before stages, for failure drills and the latency
+/// benchmark. Zero (the default) in production.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub cart_delay: Duration,
+    pub discount_delay: Duration,
+    pub inventory_delay: Duration,
+}
+
+/// Settings of the pipeline.
+#[derive(Clone)]
+pub struct PipelineConfig {
+    /// ISO 4217 currency of the deployment.
+    pub currency: String,
+    /// HS256 secret of customer identity tokens.
+    pub identity_secret: Vec<u8>,
+    /// Key of the customer pseudonym in analytics events.
+    pub pseudonym_key: Vec<u8>,
+    /// Longest a read stage (validate, cart) or a parallel leg may take.
+    pub stage_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub faults: Faults,
+}
+
+impl std::fmt::Debug for PipelineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs.
+        f.debug_struct("PipelineConfig")
+            .field("currency", &self.currency)
+            .field("stage_timeout", &self.stage_timeout)
+            .field("retry", &self.retry)
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One order as a channel places it.
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    pub channel: String,
+    pub customer_id: String,
+    /// The customer's identity token (never logged).
+    pub customer_token: String,
+    pub coupon_code: Option<String>,
+    /// Payment token for the gateway (never logged or stored).
+    pub payment_token: String,
+    pub ship_to: Option<GeoPoint>,
+    /// The channel's `Idempotency-Key` and a hash of the request body: the
+    /// answer is stored with them in the order's transaction.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// The engine: shared state of every order. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub config: Arc<PipelineConfig>,
+    /// Wakes the fraud worker and the event dispatcher after a settlement.
+    pub settled: Arc<Notify>,
+    pub events_ready: Arc<Notify>,
+}
+
+async fn within<T>(
+    stage: Stage,
+    limit: Duration,
+    work: impl Future<Output = Result<T, OrderError>>,
+) -> Result<T, OrderError> {
+    tokio::time::timeout(limit, work).await.map_err(|_| OrderError::StageTimeout { stage })?
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Pipeline {
+    /// Runs one order through every stage. `Ok` is the confirmed invoice;
+    /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
+    #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
+    pub async fn place_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
+        let started = Instant::now();
+        let config = &self.config;
+        // The rule set this order runs on, whatever is reloaded meanwhile.
+        let rules = self.rules.load_full();
+        let order_id = format!("ord_{}", uuid::Uuid::now_v7().simple());
+        tracing::Span::current().record("order_id", order_id.as_str());
+        let mut timings = Timings::default();
+
+        let stage_started = Instant::now();
+        let customer = within(
+            Stage::Validate,
+            config.stage_timeout,
+            validate::validate(&self.store, &config.identity_secret, &request.customer_id, &request.customer_token),
+        )
+        .await?;
+        timings.validate = ms(stage_started);
+
+        let stage_started = Instant::now();
+        let cart = within(Stage::Cart, config.stage_timeout, async {
+            tokio::time::sleep(config.faults.cart_delay).await;
+            cart::fetch_cart(&self.store, &customer.id).await
+        })
+        .await?;
+        timings.cart = ms(stage_started);
+
+        let context = OrderContext {
+            order_id: order_id.clone(),
+            channel: request.channel.clone(),
+            currency: config.currency.clone(),
+            customer: RuleCustomer { id: customer.id.clone(), tier: customer.tier, status: customer.status },
+            lines: cart.lines.clone(),
+            subtotal_cents: cart.subtotal_cents,
+            payable_cents: cart.subtotal_cents,
+            coupon_code: request.coupon_code.clone().filter(|c| !c.trim().is_empty()),
+            ship_to: request.ship_to.unwrap_or(customer.location),
+            ordered_at_ms: now_ms(),
+        };
+
+        // Stage 3: both legs at once. The inventory leg is polled first so
+        // that its store work is under way on the blocking pool while the
+        // discount rules run here.
+        let keys = inventory::OrderKeys {
+            order_id: &order_id,
+            customer_id: &customer.id,
+            channel: &request.channel,
+            currency: &config.currency,
+        };
+        let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
+            let leg_started = Instant::now();
+            tokio::time::sleep(config.faults.inventory_delay).await;
+            inventory::allocate(&self.store, &rules, &context, &keys).await.map(|a| (a, ms(leg_started)))
+        });
+        let discount_leg = within(Stage::Discount, config.stage_timeout, async {
+            let leg_started = Instant::now();
+            tokio::time::sleep(config.faults.discount_delay).await;
+            discount::apply_discounts(&rules, &context).map(|d| (d, ms(leg_started)))
+        });
+        let (allocated, discounted) = tokio::join!(inventory_leg, discount_leg);
+        let (discounts, allocations) = match (discounted, allocated) {
+            (Ok(d), Ok(a)) => (d, a),
+            (Err(e), allocated) => {
+                // Undo the other leg: release whatever the inventory leg held
+                // (also when it timed out: its hold may still land, so the
+                // cancel is idempotent and the janitor sweeps late arrivals).
+                if !matches!(allocated, Err(OrderError::OutOfStock { .. })) {
+                    self.cancel(&order_id, "discount stage failed").await;
+                }
+                return Err(e);
+            }
+            (Ok(_), Err(e)) => {
+                if matches!(e, OrderError::StageTimeout { .. }) {
+                    self.cancel(&order_id, "inventory stage timed out").await;
+                }
+                return Err(e);
+            }
+        };
+        let ((allocations, inventory_ms), (discounts, discount_ms)) = (allocations, discounts);
+        timings.discount = discount_ms;
+        timings.inventory = inventory_ms;
+
+        let total_cents = cart.subtotal_cents.saturating_sub(discounts.total_cents);
+        let mut invoice = Invoice {
+            order_id: order_id.clone(),
+            status: "PENDING".into(),
+            channel: request.channel.clone(),
+            customer: InvoiceCustomer {
+                id: customer.id.clone(),
+                name: customer.name.clone(),
+                tier: customer.tier.as_str().into(),
+                status: customer.status.as_str().into(),
+            },
+            items: cart.lines.iter().map(InvoiceItem::from).collect(),
+            currency: config.currency.clone(),
+            subtotal_cents: cart.subtotal_cents,
+            discounts: discounts.lines,
+            discount_cents: discounts.total_cents,
+            total_cents,
+            allocations,
+            payment: InvoicePayment {
+                status: "PENDING".into(),
+                transaction_id: None,
+                attempts: 0,
+                gateway: self.gateway.name().into(),
+                failure: None,
+            },
+            events: events::event_refs(),
+            timings_ms: timings,
+            created_at: now_rfc3339(),
+            ship_to: context.ship_to,
+            coupon_code: context.coupon_code.clone(),
+            skipped_rules: discounts.skipped,
+            fraud_review: None,
+        };
+
+        let stage_started = Instant::now();
+        let result = payment::pay_and_settle(self, &mut invoice, &request, stage_started, started).await;
+        self.settled.notify_one();
+        self.events_ready.notify_one();
+        result
+    }
+
+    async fn cancel(&self, order_id: &str, reason: &'static str) {
+        let id = order_id.to_string();
+        if let Err(e) = self.store.run(move |c| crate::store::orders::cancel(c, &id, reason)).await {
+            // Left PENDING: the janitor retries the release (see recovery).
+            tracing::error!(order_id, error = %e, "could not release the order's stock; the janitor will");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::discount_world::DiscountRule;
 use super::budgets::{Budgets, MAX_MEMORY_BYTES};
@@ -66,9 +66,7 @@ impl RuleRuntime {
             .map_err(anyhow::Error::from)
             .context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
         // `log` and `config` are shared by the three worlds (see bindings).
         DiscountRule::add_to_linker::<RuleState, HasSelf<RuleState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
@@ -80,9 +78,7 @@ impl RuleRuntime {
         if let Some(dir) = &options.cache_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating cache dir {}", dir.display()))?;
         }
-        Ok(RuleRuntime {
-            inner: Arc::new(RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key }),
-        })
+        Ok(RuleRuntime { inner: Arc::new(RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key }) })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -116,9 +112,7 @@ impl RuleRuntime {
         config: ModuleConfig,
         budgets: Budgets,
     ) -> Result<RuleModule, LoadError> {
-        budgets
-            .validate()
-            .map_err(|reason| LoadError::Budgets { file: file.to_owned(), reason })?;
+        budgets.validate().map_err(|reason| LoadError::Budgets { file: file.to_owned(), reason })?;
         let compiled = self.compile(file, bytes, world)?;
         RuleModule::bind(self, file, compiled, world, Arc::new(config), budgets)
     }
@@ -154,15 +148,10 @@ impl RuleRuntime {
             }
         }
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        let component = self
-            .cached_or_compiled(bytes, &digest)
-            .map_err(|e| not_a_component(format!("{e:#}")))?;
+        let component = self.cached_or_compiled(bytes, &digest).map_err(|e| not_a_component(format!("{e:#}")))?;
         let engine = self.engine();
-        let imports: Vec<String> = component
-            .component_type()
-            .imports(engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let imports: Vec<String> =
+            component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect();
         let forbidden: Vec<String> = imports.iter().filter(|i| !world::is_granted(i)).cloned().collect();
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImport { file: file.to_owned(), expected, imports: forbidden });

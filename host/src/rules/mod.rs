@@ -7,6 +7,7 @@
 //! - [`budgets`]: per-call time, fuel, memory and output limits;
 //! - [`types`]: what rules receive and return, in the host's own types;
 //! - [`error`]: load-time refusals and call failures;
+//! - [`manifest`], [`ruleset`]: the plug-in directory and the immutable rule set loaded from it;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
 //! - `bindings` (private): the generated bindings, the only `bindgen!`.
 
@@ -14,7 +15,9 @@ mod bindings;
 pub mod budgets;
 pub mod engine;
 pub mod error;
+pub mod manifest;
 pub mod module;
+pub mod ruleset;
 pub mod runner;
 mod state;
 pub mod types;
@@ -23,6 +26,8 @@ pub mod world;
 pub use budgets::Budgets;
 pub use engine::{RuleRuntime, RuntimeOptions};
 pub use error::{FailureCause, LoadError, RuleError};
+pub use manifest::FailMode;
 pub use module::{Called, ModuleIdentity, RuleModule, Usage};
+pub use ruleset::{HostDefaults, RuleSet, SlotRule};
 pub use state::ModuleConfig;
 pub use world::World;

@@ -15,9 +15,7 @@ use super::budgets::Budgets;
 use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
 use super::state::{ModuleConfig, RuleState};
-use super::types::{
-    Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict,
-};
+use super::types::{Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
 
 /// Who a module is, everywhere it is named: invoices, events, metrics, errors.
@@ -108,7 +106,8 @@ impl RuleModule {
             World::WarehouseSelector => Prepared::Warehouse(WarehouseSelectorPre::new(pre).map_err(wrong_world)?),
             World::FraudCheck => Prepared::Fraud(FraudCheckPre::new(pre).map_err(wrong_world)?),
         };
-        let file_name = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let file_name =
+            file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
         let mut module = RuleModule {
             identity: Arc::new(ModuleIdentity {
                 world,
@@ -163,8 +162,12 @@ impl RuleModule {
     pub fn info(&self) -> Result<Called<RuleInfo>, RuleError> {
         self.call(|store, prepared| {
             let info = match prepared {
-                Prepared::Discount(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
-                Prepared::Warehouse(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
+                Prepared::Discount(pre) => {
+                    pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into()
+                }
+                Prepared::Warehouse(pre) => {
+                    pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into()
+                }
                 Prepared::Fraud(pre) => pre.instantiate(&mut *store)?.smartmart_rules_meta().call_info(store)?.into(),
             };
             Ok(Ok(info))
@@ -213,10 +216,7 @@ impl RuleModule {
     }
 
     fn not_this_world(&self, wanted: World) -> RuleError {
-        self.failed(FailureCause::Instantiate(format!(
-            "module implements {}, not {wanted}",
-            self.identity.world
-        )))
+        self.failed(FailureCause::Instantiate(format!("module implements {}, not {wanted}", self.identity.world)))
     }
 
     fn failed(&self, cause: FailureCause) -> RuleError {

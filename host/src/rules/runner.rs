@@ -41,7 +41,12 @@ pub struct RunReport {
 }
 
 /// Loads `file`, as `world` if given, otherwise as whichever world it implements.
-pub fn load(runtime: &RuleRuntime, file: &Path, world: Option<World>, config: ModuleConfig) -> anyhow::Result<RuleModule> {
+pub fn load(
+    runtime: &RuleRuntime,
+    file: &Path,
+    world: Option<World>,
+    config: ModuleConfig,
+) -> anyhow::Result<RuleModule> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if let Some(world) = world {
         return Ok(runtime.load_bytes(file, &bytes, world, config, Budgets::default())?);
@@ -76,9 +81,7 @@ pub fn run(module: &RuleModule, input: &RunInput) -> anyhow::Result<RunReport> {
             if input.candidates.is_empty() {
                 bail!("a warehouse selector needs `candidates` in the input file");
             }
-            module
-                .select_warehouses(&input.order, &input.candidates)
-                .map(|c| (serde_json::to_value(c.value), c.usage))
+            module.select_warehouses(&input.order, &input.candidates).map(|c| (serde_json::to_value(c.value), c.usage))
         }
         World::FraudCheck => {
             let Some(payment) = &input.payment else {

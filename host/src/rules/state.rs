@@ -128,12 +128,7 @@ impl log::Host for RuleState {
         }
         let mut message = message;
         message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
-        let fields = fields
-            .iter()
-            .take(16)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let fields = fields.iter().take(16).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let module = &*self.label;
         match level {
             log::Level::Trace => tracing::trace!(target: "rule", module, %fields, "{message}"),

@@ -218,9 +218,7 @@ fn strings_size(items: &[String]) -> usize {
 
 impl OutputSize for Vec<DiscountLine> {
     fn output_size(&self) -> usize {
-        self.iter()
-            .map(|l| 16 + l.rule.len() + l.description.len() + strings_size(&l.reasons))
-            .sum()
+        self.iter().map(|l| 16 + l.rule.len() + l.description.len() + strings_size(&l.reasons)).sum()
     }
 }
 

@@ -1,0 +1,204 @@
+//! The assembled engine: store, rule runtime and rule set, payment gateway,
+//! pipeline and its background workers (fraud reviews, event dispatch,
+//! reconciliation), from one set of settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventSink, JsonlSink, run_dispatcher};
+use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
+use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
+use crate::store::catalog::{self, Customer, Product, Warehouse};
+use crate::store::{Store, StoreOptions};
+
+/// Which payment gateway orders are charged through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayChoice {
+    /// The built-in sandbox (shared/API.md's tokens), ledger in the data dir.
+    Sandbox,
+    /// An external gateway speaking the protocol of `payment::http`.
+    Http { url: String, timeout: Duration },
+}
+
+/// Everything the engine needs to start.
+#[derive(Clone)]
+pub struct EngineSettings {
+    pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub currency: String,
+    pub identity_secret: Vec<u8>,
+    pub pseudonym_key: Vec<u8>,
+    pub fraud_threshold_cents: u64,
+    pub stage_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub gateway: GatewayChoice,
+    pub store: StoreOptions,
+    pub faults: Faults,
+    /// How often the janitor reconciles stuck orders, and how old they must be.
+    pub janitor_every: Duration,
+    pub janitor_min_age: Duration,
+}
+
+impl EngineSettings {
+    /// Defaults for a data dir and plug-in dir; the secrets must still be set.
+    pub fn new(data_dir: &Path, plugins_dir: &Path, identity_secret: &[u8]) -> EngineSettings {
+        EngineSettings {
+            data_dir: data_dir.to_owned(),
+            plugins_dir: plugins_dir.to_owned(),
+            currency: "USD".into(),
+            identity_secret: identity_secret.to_vec(),
+            pseudonym_key: [identity_secret, b"/analytics-pseudonym"].concat(),
+            fraud_threshold_cents: 500_000,
+            stage_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            gateway: GatewayChoice::Sandbox,
+            store: StoreOptions::default(),
+            faults: Faults::default(),
+            janitor_every: Duration::from_secs(10),
+            janitor_min_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The running engine. Dropping it does not stop the workers: call `shutdown`.
+pub struct Engine {
+    pub pipeline: Pipeline,
+    pub runtime: RuleRuntime,
+    pub sink: Arc<dyn EventSink>,
+    pub sandbox: Option<SandboxGateway>,
+    pub settings: EngineSettings,
+    shutdown: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens the data dir, loads the rules, reconciles what a previous run
+    /// left unfinished, and starts the background workers.
+    pub async fn start(settings: EngineSettings) -> anyhow::Result<Engine> {
+        let data_dir = &settings.data_dir;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let store = Store::open(&data_dir.join("smartmart.sqlite"), &settings.store)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let runtime = RuleRuntime::new(RuntimeOptions {
+            cache_dir: Some(data_dir.join("cache").join("modules")),
+            ..RuntimeOptions::default()
+        })?;
+        let defaults = HostDefaults {
+            fraud: ModuleConfig::from([("threshold_cents".to_string(), settings.fraud_threshold_cents.to_string())]),
+        };
+        let rules = RuleSet::load(&runtime, &settings.plugins_dir, &defaults)?;
+        let (gateway, sandbox): (Arc<dyn PaymentGateway>, _) = match &settings.gateway {
+            GatewayChoice::Sandbox => {
+                let sandbox = SandboxGateway::open(&data_dir.join("sandbox-gateway.sqlite"))?;
+                (Arc::new(sandbox.clone()), Some(sandbox))
+            }
+            GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
+        };
+        let sink: Arc<dyn EventSink> = Arc::new(JsonlSink::new(&data_dir.join("events"))?);
+        let pipeline = Pipeline {
+            store,
+            rules: Arc::new(ArcSwap::new(rules)),
+            gateway,
+            config: Arc::new(PipelineConfig {
+                currency: settings.currency.clone(),
+                identity_secret: settings.identity_secret.clone(),
+                pseudonym_key: settings.pseudonym_key.clone(),
+                stage_timeout: settings.stage_timeout,
+                retry: settings.retry.clone(),
+                faults: settings.faults.clone(),
+            }),
+            settled: Arc::new(Notify::new()),
+            events_ready: Arc::new(Notify::new()),
+        };
+        // Every PENDING order now is from a process that died.
+        let report = recovery::reconcile(&pipeline, Duration::ZERO).await?;
+        if report.undecided > 0 {
+            tracing::warn!(?report, "some interrupted orders await the gateway; the janitor will retry");
+        }
+        let shutdown = CancellationToken::new();
+        let workers = vec![
+            tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
+            tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
+            tokio::spawn(recovery::run_janitor(
+                pipeline.clone(),
+                settings.janitor_every,
+                settings.janitor_min_age,
+                shutdown.clone(),
+            )),
+        ];
+        Ok(Engine { pipeline, runtime, sink, sandbox, settings, shutdown, workers })
+    }
+
+    /// Reviews and delivers everything pending now (for the demo and tests).
+    pub async fn drain(&self) -> anyhow::Result<()> {
+        fraud::review_pending(&self.pipeline).await?;
+        crate::events::deliver_due(&self.pipeline, &self.sink).await?;
+        Ok(())
+    }
+
+    /// Stops the workers after their current pass (the dispatcher makes a last one).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// A catalog in the shapes of the admin API's bodies (examples/demo/dataset.json).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    pub customers: Vec<Customer>,
+    pub products: Vec<Product>,
+    pub warehouses: Vec<Warehouse>,
+    pub stock: Vec<DatasetStock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetStock {
+    pub warehouse_id: String,
+    pub sku: String,
+    pub on_hand: u64,
+}
+
+impl Dataset {
+    pub fn read(path: &Path) -> anyhow::Result<Dataset> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Writes the whole data set in one transaction.
+    pub async fn load_into(self, store: &Store) -> anyhow::Result<()> {
+        store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                for customer in &self.customers {
+                    catalog::upsert_customer(&tx, customer)?;
+                }
+                for product in &self.products {
+                    catalog::upsert_product(&tx, product)?;
+                }
+                for warehouse in &self.warehouses {
+                    catalog::upsert_warehouse(&tx, warehouse)?;
+                }
+                for s in &self.stock {
+                    catalog::set_stock(&tx, &s.warehouse_id, &s.sku, s.on_hand)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}

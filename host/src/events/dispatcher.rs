@@ -1,0 +1,73 @@
+//! The outbox dispatcher: delivers events after the answer, at least once.
+//! A sink that is down or slow only delays its events (per-event backoff);
+//! orders never wait for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::EventSink;
+use crate::pipeline::Pipeline;
+use crate::store::orders::{self, DueEvent};
+use crate::store::{StoreError, now_ms};
+
+/// Events read per pass.
+const BATCH: usize = 256;
+/// Longest wait between two attempts at one event.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Delivers every due event once; returns how many were delivered.
+pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
+    let mut delivered = 0;
+    loop {
+        let due = pipeline.store.run(|c| orders::due_events(c, now_ms(), BATCH)).await?;
+        if due.is_empty() {
+            return Ok(delivered);
+        }
+        let mut progressed = false;
+        for kind in ["audit", "analytics", "fraud"] {
+            let batch: Vec<&DueEvent> = due.iter().filter(|e| e.kind == kind).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let envelopes: Vec<String> = batch.iter().map(|e| e.envelope.clone()).collect();
+            let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+            match sink.deliver(kind, &envelopes).await {
+                Ok(()) => {
+                    pipeline.store.run(move |c| orders::mark_delivered(c, &seqs)).await?;
+                    delivered += batch.len();
+                    progressed = true;
+                }
+                Err(e) => {
+                    let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0);
+                    let backoff = Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF);
+                    tracing::warn!(sink = sink.name(), kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
+                    let message = e.to_string();
+                    let next = now_ms() + backoff.as_millis() as i64;
+                    pipeline.store.run(move |c| orders::mark_retry(c, &seqs, &message, next)).await?;
+                }
+            }
+        }
+        if !progressed {
+            return Ok(delivered);
+        }
+    }
+}
+
+/// Delivers events as they become ready, until `shutdown`; then one last pass.
+pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = deliver_due(&pipeline, &sink).await {
+            tracing::warn!(error = %e, "event dispatch pass failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = pipeline.events_ready.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    if let Err(e) = deliver_due(&pipeline, &sink).await {
+        tracing::warn!(error = %e, "final event dispatch pass failed; events go out after the next start");
+    }
+}

@@ -1,0 +1,148 @@
+//! Fraud checks, off the order's path: after an order settles, a worker
+//! runs the fraud slot on it, stores the verdict on the order
+//! (`fraud_review`) and readies its fraud event. After a crash, orders still
+//! waiting are picked up again (the outbox row marks them).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Pipeline;
+use super::events::fraud_envelope;
+use super::invoice::Invoice;
+use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
+use crate::rules::{FailMode, RuleError, RuleSet};
+use crate::store::StoreError;
+use crate::store::orders::{self, StoredOrder};
+
+/// Orders reviewed per batch.
+const BATCH: usize = 64;
+
+/// Reviews every settled order still waiting for a verdict; returns how many.
+pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
+    let mut reviewed = 0;
+    loop {
+        let waiting = pipeline.store.run(|c| orders::awaiting_verdict(c, BATCH)).await?;
+        if waiting.is_empty() {
+            return Ok(reviewed);
+        }
+        let rules = pipeline.rules.load_full();
+        for order in waiting {
+            let review = match order.invoice.as_ref().map(|v| serde_json::from_value::<Invoice>(v.clone())) {
+                Some(Ok(invoice)) => review(&rules, &invoice),
+                _ => {
+                    json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null })
+                }
+            };
+            store_review(pipeline, &order, review).await?;
+            reviewed += 1;
+        }
+        pipeline.events_ready.notify_one();
+    }
+}
+
+async fn store_review(pipeline: &Pipeline, order: &StoredOrder, review: Value) -> Result<(), StoreError> {
+    let action = review["action"].as_str().unwrap_or("REVIEW").to_string();
+    let (order_id, customer_id, total) = (order.id.clone(), order.customer_id.clone(), order.total_cents);
+    pipeline
+        .store
+        .run(move |c| {
+            orders::record_verdict(c, &order_id, &review, &action, |event_id| {
+                fraud_envelope(event_id, &order_id, &customer_id, total, &review)
+            })
+        })
+        .await
+}
+
+/// Runs the fraud slot on one order and combines the verdicts: the most
+/// severe action wins (then the highest score); flags are merged. A failed
+/// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
+/// a fail-open one is skipped and listed.
+pub fn review(rules: &RuleSet, invoice: &Invoice) -> Value {
+    let context = OrderContext {
+        order_id: invoice.order_id.clone(),
+        channel: invoice.channel.clone(),
+        currency: invoice.currency.clone(),
+        customer: RuleCustomer {
+            id: invoice.customer.id.clone(),
+            tier: serde_json::from_value(json!(invoice.customer.tier)).unwrap_or(crate::rules::types::Tier::Standard),
+            status: serde_json::from_value(json!(invoice.customer.status))
+                .unwrap_or(crate::rules::types::AccountStatus::Active),
+        },
+        lines: invoice.items.iter().map(|i| i.to_cart_line()).collect(),
+        subtotal_cents: invoice.subtotal_cents,
+        payable_cents: invoice.total_cents,
+        coupon_code: invoice.coupon_code.clone(),
+        ship_to: invoice.ship_to,
+        ordered_at_ms: time::OffsetDateTime::parse(&invoice.created_at, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .unwrap_or(0),
+    };
+    let payment = PaymentSummary {
+        status: invoice.payment.status.clone(),
+        amount_cents: invoice.total_cents,
+        attempts: invoice.payment.attempts,
+        gateway: invoice.payment.gateway.clone(),
+    };
+    let mut best: Option<(FraudAction, u8, &crate::rules::SlotRule)> = None;
+    let mut flags: Vec<String> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    let mut skipped: Vec<Value> = Vec::new();
+    for rule in &rules.fraud {
+        let (action, score) = match rule.module.check_fraud(&context, &payment) {
+            Ok(called) => {
+                let verdict = called.value;
+                flags.extend(verdict.flags.iter().cloned());
+                reasons.extend(verdict.reasons.iter().cloned());
+                (verdict.action, verdict.score)
+            }
+            Err(RuleError::Refused { .. }) => continue,
+            Err(RuleError::Failed { module, cause }) => {
+                tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
+                if rule.fail_mode == FailMode::Open {
+                    skipped
+                        .push(json!({ "module": module.file, "version": module.version, "cause": cause.to_string() }));
+                    continue;
+                }
+                flags.push("RULE_FAILED".into());
+                (FraudAction::Review, 50)
+            }
+        };
+        let rank = |a: FraudAction| match a {
+            FraudAction::Allow => 0,
+            FraudAction::Review => 1,
+            FraudAction::Escalate => 2,
+        };
+        if best.is_none_or(|(a, s, _)| (rank(action), score) > (rank(a), s)) {
+            best = Some((action, score, rule));
+        }
+    }
+    flags.sort();
+    flags.dedup();
+    let (action, score, module, version, digest) = match best {
+        Some((action, score, rule)) => {
+            let id = rule.module.identity();
+            (action, score, json!(id.file), json!(id.version), json!(id.digest))
+        }
+        None => (FraudAction::Allow, 0, Value::Null, Value::Null, Value::Null),
+    };
+    json!({
+        "action": action.as_str(), "score": score, "flags": flags, "module": module, "version": version,
+        "digest": digest, "reasons": reasons, "skipped": skipped, "checked_at": crate::store::now_rfc3339(),
+    })
+}
+
+/// Reviews orders as they settle, until `shutdown`.
+pub async fn run_worker(pipeline: Pipeline, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = review_pending(&pipeline).await {
+            tracing::warn!(error = %e, "fraud review pass failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = pipeline.settled.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Stage 3b: where the order ships from. Reads the warehouses that stock
+//! the cart, asks the warehouse-selector rule for a plan, checks the plan
+//! (a rule can never allocate stock that is not there), and holds the stock
+//! in one transaction that also creates the order as PENDING.
+
+use std::collections::BTreeMap;
+
+use super::invoice::{AllocationLine, InvoiceAllocation, distance_km};
+use super::validate::unavailable;
+use super::{OrderError, Stage};
+use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
+use crate::rules::{FailureCause, RuleError, RuleSet};
+use crate::store::Store;
+use crate::store::catalog::{self, StockedWarehouse};
+use crate::store::orders::{self, Hold, ReserveOutcome};
+
+/// How often the leg re-plans when stock moves between reading and holding.
+const MAX_PLAN_ATTEMPTS: usize = 3;
+
+/// Identifies the order being reserved.
+pub struct OrderKeys<'a> {
+    pub order_id: &'a str,
+    pub customer_id: &'a str,
+    pub channel: &'a str,
+    pub currency: &'a str,
+}
+
+/// Plans and holds the order's stock; on success the order exists as PENDING.
+pub async fn allocate(
+    store: &Store,
+    rules: &RuleSet,
+    order: &OrderContext,
+    keys: &OrderKeys<'_>,
+) -> Result<Vec<InvoiceAllocation>, OrderError> {
+    let requested = requested_quantities(order);
+    let skus: Vec<String> = requested.keys().cloned().collect();
+    for _ in 0..MAX_PLAN_ATTEMPTS {
+        let skus = skus.clone();
+        let stocked = store
+            .run(move |c| catalog::stocked_warehouses(c, &skus.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .map_err(|e| unavailable(Stage::Inventory, e))?;
+        let candidates: Vec<Candidate> = stocked.iter().map(candidate).collect();
+        let plan = select(rules, order, &candidates)?;
+        let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
+            slot: "warehouse",
+            module: Box::new((**rules.warehouse.module.identity()).clone()),
+            cause: FailureCause::Guest(format!("invalid plan: {why}")),
+        })?;
+        let (order_id, customer_id, channel, currency) = (
+            keys.order_id.to_string(),
+            keys.customer_id.to_string(),
+            keys.channel.to_string(),
+            keys.currency.to_string(),
+        );
+        let holds_for_store = holds.clone();
+        let outcome = store
+            .run(move |c| orders::reserve(c, &order_id, &customer_id, &channel, &currency, &holds_for_store))
+            .await
+            .map_err(|e| unavailable(Stage::Inventory, e))?;
+        match outcome {
+            ReserveOutcome::Reserved => return Ok(describe(&plan, &stocked, order)),
+            ReserveOutcome::Shortfall { warehouse_id, sku } => {
+                tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
+            }
+        }
+    }
+    // Still racing after several plans: report the current shortfall.
+    let sku = skus.first().cloned().unwrap_or_default();
+    let lookup = sku.clone();
+    let available = store
+        .run(move |c| catalog::stock_of_sku(c, &lookup))
+        .await
+        .map(|levels| levels.iter().map(|l| l.available).max().unwrap_or(0))
+        .unwrap_or(0);
+    Err(OrderError::OutOfStock { requested: requested.get(&sku).copied().unwrap_or(0), sku, available })
+}
+
+fn requested_quantities(order: &OrderContext) -> BTreeMap<String, u64> {
+    let mut requested = BTreeMap::new();
+    for line in &order.lines {
+        *requested.entry(line.sku.clone()).or_insert(0) += u64::from(line.quantity);
+    }
+    requested
+}
+
+fn candidate(w: &StockedWarehouse) -> Candidate {
+    Candidate {
+        id: w.warehouse.id.clone(),
+        name: w.warehouse.name.clone(),
+        location: w.warehouse.location,
+        stock: w
+            .available
+            .iter()
+            .map(|(sku, available)| StockLevel { sku: sku.clone(), available: *available })
+            .collect(),
+    }
+}
+
+fn select(rules: &RuleSet, order: &OrderContext, candidates: &[Candidate]) -> Result<Plan, OrderError> {
+    match rules.warehouse.module.select_warehouses(order, candidates) {
+        Ok(called) => Ok(called.value),
+        Err(RuleError::Refused { refusal: Refusal::CannotFulfil(shortfall), .. }) => Err(OrderError::OutOfStock {
+            sku: shortfall.sku,
+            requested: u64::from(shortfall.requested),
+            available: u64::from(shortfall.available),
+        }),
+        Err(RuleError::Refused { module, refusal }) => Err(OrderError::RuleFailed {
+            slot: "warehouse",
+            module: Box::new((*module).clone()),
+            cause: FailureCause::Guest(format!("unexpected refusal {refusal:?}")),
+        }),
+        // The order cannot ship without a plan: the warehouse slot always fails closed.
+        Err(RuleError::Failed { module, cause }) => {
+            Err(OrderError::RuleFailed { slot: "warehouse", module: Box::new((*module).clone()), cause })
+        }
+    }
+}
+
+/// The plan must allocate every requested unit exactly once, from offered
+/// warehouses, within what each offered. Returns the holds to make.
+fn validate_plan(
+    plan: &Plan,
+    requested: &BTreeMap<String, u64>,
+    candidates: &[Candidate],
+) -> Result<Vec<Hold>, String> {
+    let mut allocated: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut holds: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for allocation in &plan.allocations {
+        let Some(candidate) = candidates.iter().find(|c| c.id == allocation.warehouse_id) else {
+            return Err(format!("warehouse {} was not offered", allocation.warehouse_id));
+        };
+        for line in &allocation.lines {
+            if line.quantity == 0 {
+                return Err(format!("zero quantity of {} from {}", line.sku, candidate.id));
+            }
+            if !requested.contains_key(&line.sku) {
+                return Err(format!("sku {} is not in the order", line.sku));
+            }
+            *allocated.entry(line.sku.as_str()).or_default() += u64::from(line.quantity);
+            *holds.entry((candidate.id.clone(), line.sku.clone())).or_default() += u64::from(line.quantity);
+        }
+    }
+    for ((warehouse, sku), quantity) in &holds {
+        let offered = candidates
+            .iter()
+            .find(|c| &c.id == warehouse)
+            .and_then(|c| c.stock.iter().find(|s| &s.sku == sku))
+            .map_or(0, |s| u64::from(s.available));
+        if *quantity > offered {
+            return Err(format!("{quantity} of {sku} from {warehouse}, which has {offered} available"));
+        }
+    }
+    for (sku, quantity) in requested {
+        let got = allocated.get(sku.as_str()).copied().unwrap_or(0);
+        if got != *quantity {
+            return Err(format!("{got} of {sku} allocated, {quantity} ordered"));
+        }
+    }
+    Ok(holds
+        .into_iter()
+        .map(|((warehouse_id, sku), quantity)| Hold { warehouse_id, sku, quantity: quantity as u32 })
+        .collect())
+}
+
+fn describe(plan: &Plan, stocked: &[StockedWarehouse], order: &OrderContext) -> Vec<InvoiceAllocation> {
+    plan.allocations
+        .iter()
+        .filter_map(|a| {
+            let w = stocked.iter().find(|w| w.warehouse.id == a.warehouse_id)?;
+            Some(InvoiceAllocation {
+                warehouse_id: w.warehouse.id.clone(),
+                warehouse_name: w.warehouse.name.clone(),
+                distance_km: distance_km(order.ship_to, w.warehouse.location),
+                lines: a.lines.iter().map(|l| AllocationLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::types::{Allocation, AllocationLine as PlanLine, GeoPoint};
+
+    fn candidates() -> Vec<Candidate> {
+        vec![Candidate {
+            id: "WH-1".into(),
+            name: "One".into(),
+            location: GeoPoint { lat: 0.0, lon: 0.0 },
+            stock: vec![StockLevel { sku: "A".into(), available: 5 }],
+        }]
+    }
+
+    fn plan(warehouse: &str, sku: &str, quantity: u32) -> Plan {
+        Plan {
+            allocations: vec![Allocation {
+                warehouse_id: warehouse.into(),
+                lines: vec![PlanLine { sku: sku.into(), quantity }],
+            }],
+            reasons: vec![],
+        }
+    }
+
+    #[test]
+    fn a_plan_cannot_allocate_stock_that_is_not_there() {
+        let requested = BTreeMap::from([("A".to_string(), 6)]);
+        assert!(validate_plan(&plan("WH-1", "A", 6), &requested, &candidates()).unwrap_err().contains("5 available"));
+    }
+
+    #[test]
+    fn a_plan_must_cover_exactly_the_order() {
+        let requested = BTreeMap::from([("A".to_string(), 3)]);
+        assert!(validate_plan(&plan("WH-1", "A", 2), &requested, &candidates()).is_err());
+        assert!(validate_plan(&plan("WH-9", "A", 3), &requested, &candidates()).unwrap_err().contains("not offered"));
+        assert!(validate_plan(&plan("WH-1", "B", 3), &requested, &candidates()).is_err());
+        let holds = validate_plan(&plan("WH-1", "A", 3), &requested, &candidates()).unwrap();
+        assert_eq!(holds, vec![Hold { warehouse_id: "WH-1".into(), sku: "A".into(), quantity: 3 }]);
+    }
+}

@@ -1,0 +1,158 @@
+//! The invoice: what a confirmed order answers (and, with status
+//! `PAYMENT_FAILED`, what a failed one carries), field for field as
+//! shared/API.md shows it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::types::{CartLine, GeoPoint};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub order_id: String,
+    pub status: String,
+    pub channel: String,
+    pub customer: InvoiceCustomer,
+    pub items: Vec<InvoiceItem>,
+    pub currency: String,
+    pub subtotal_cents: u64,
+    pub discounts: Vec<InvoiceDiscount>,
+    pub discount_cents: u64,
+    pub total_cents: u64,
+    pub allocations: Vec<InvoiceAllocation>,
+    pub payment: InvoicePayment,
+    pub events: Vec<EventRef>,
+    pub timings_ms: Timings,
+    pub created_at: String,
+    /// Where the order ships (the customer's own data; never in analytics).
+    pub ship_to: GeoPoint,
+    /// Coupon code as given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_code: Option<String>,
+    /// Rules of fail-open slots that failed and were skipped for this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_rules: Vec<SkippedRule>,
+    /// Present once the fraud checks have run (GET only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraud_review: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceCustomer {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceItem {
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub quantity: u32,
+    pub unit_price_cents: u64,
+    pub line_total_cents: u64,
+}
+
+impl From<&CartLine> for InvoiceItem {
+    fn from(l: &CartLine) -> Self {
+        InvoiceItem {
+            sku: l.sku.clone(),
+            name: l.name.clone(),
+            category: l.category.clone(),
+            quantity: l.quantity,
+            unit_price_cents: l.unit_price_cents,
+            line_total_cents: l.total_cents(),
+        }
+    }
+}
+
+impl InvoiceItem {
+    pub fn to_cart_line(&self) -> CartLine {
+        CartLine {
+            sku: self.sku.clone(),
+            name: self.name.clone(),
+            category: self.category.clone(),
+            quantity: self.quantity,
+            unit_price_cents: self.unit_price_cents,
+        }
+    }
+}
+
+/// One applied discount, naming the module that granted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceDiscount {
+    pub rule: String,
+    pub module: String,
+    pub version: String,
+    pub digest: String,
+    pub variant: Option<String>,
+    pub description: String,
+    pub amount_cents: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceAllocation {
+    pub warehouse_id: String,
+    pub warehouse_name: String,
+    pub distance_km: f64,
+    pub lines: Vec<AllocationLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoicePayment {
+    pub status: String,
+    pub transaction_id: Option<String>,
+    pub attempts: u32,
+    pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub status: String,
+}
+
+/// Milliseconds spent in each stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub validate: f64,
+    pub cart: f64,
+    pub discount: f64,
+    pub inventory: f64,
+    pub payment: f64,
+    pub total: f64,
+}
+
+/// A fail-open rule that failed and was skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedRule {
+    pub slot: String,
+    pub module: String,
+    pub version: String,
+    pub digest: String,
+    pub cause: String,
+}
+
+/// Great-circle distance in km (haversine, mean Earth radius).
+pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0088;
+    let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
+    let dlat = lat2 - lat1;
+    let dlon = (b.lon - a.lon).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+    let km = 2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin();
+    (km * 10.0).round() / 10.0
+}

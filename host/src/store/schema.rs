@@ -1,0 +1,135 @@
+//! Versioned migrations, tracked in `PRAGMA user_version`. Append only:
+//! a released migration is never edited.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: catalog, carts, orders and their saga state, outbox.
+    r#"
+    CREATE TABLE customers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        tier TEXT NOT NULL CHECK (tier IN ('GOLD', 'SILVER', 'STANDARD')),
+        status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'BLOCKED')),
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE products (
+        sku TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        category TEXT NOT NULL,
+        unit_price_cents INTEGER NOT NULL CHECK (unit_price_cents >= 0),
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE warehouses (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    -- available = on_hand - reserved; the CHECKs make a negative figure
+    -- impossible whatever a caller does.
+    CREATE TABLE stock (
+        warehouse_id TEXT NOT NULL REFERENCES warehouses (id),
+        sku TEXT NOT NULL REFERENCES products (sku),
+        on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+        reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= on_hand),
+        PRIMARY KEY (warehouse_id, sku)
+    ) WITHOUT ROWID;
+    CREATE INDEX stock_by_sku ON stock (sku);
+    CREATE TABLE carts (
+        customer_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        sku TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 1000000),
+        PRIMARY KEY (customer_id, sku)
+    );
+    CREATE TABLE orders (
+        id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'PAYMENT_FAILED', 'CANCELLED')),
+        total_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        invoice TEXT,
+        fraud_review TEXT,
+        fraud_action TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX orders_by_status ON orders (status);
+    CREATE INDEX orders_escalated ON orders (fraud_action, created_at);
+    CREATE TABLE reservations (
+        order_id TEXT NOT NULL REFERENCES orders (id),
+        warehouse_id TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity > 0),
+        state TEXT NOT NULL CHECK (state IN ('HELD', 'COMMITTED', 'RELEASED')),
+        PRIMARY KEY (order_id, warehouse_id, sku)
+    );
+    CREATE INDEX reservations_held ON reservations (state) WHERE state = 'HELD';
+    -- Written before the gateway is called: a crash between charge and
+    -- commit leaves an INTENT that start-up reconciles with the gateway.
+    CREATE TABLE payments (
+        order_id TEXT PRIMARY KEY REFERENCES orders (id),
+        idempotency_key TEXT NOT NULL UNIQUE,
+        gateway TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('INTENT', 'CAPTURED', 'FAILED')),
+        transaction_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failure TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        order_id TEXT,
+        status_code INTEGER,
+        body TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (channel, key)
+    );
+    -- Events leave only through here. The fraud event waits for the
+    -- verdict (AWAITING_VERDICT) before it is READY to deliver.
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('audit', 'analytics', 'fraud')),
+        envelope TEXT,
+        state TEXT NOT NULL CHECK (state IN ('AWAITING_VERDICT', 'READY', 'DELIVERED')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_ms INTEGER NOT NULL,
+        delivered_ms INTEGER
+    );
+    CREATE INDEX outbox_pending ON outbox (state, next_attempt_ms) WHERE state != 'DELIVERED';
+    "#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this binary knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "applied database migration");
+    }
+    Ok(())
+}
