@@ -6,6 +6,10 @@
 //!   the cheapest export) beside `apply_discount`, and the same gold-loyalty
 //!   logic as a native Rust closure (with and without cloning the order, as
 //!   the host clones it into the WIT types);
+//! - `per-call host setup`: the parts of a call the host pays before the
+//!   guest runs (its WASI context, a store on an engine configured like the
+//!   host's, the copy of the order), rebuilt here from public APIs because
+//!   the host's own are private: what the fresh instance costs beside them;
 //! - `load`: a module compiled from its bytes vs taken from the artifact cache.
 //!
 //! Needs the guests: `cargo xtask guests` (or `cargo xtask bench`).
@@ -18,6 +22,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use smartmart::rules::runner::RunInput;
 use smartmart::rules::types::{DiscountLine, OrderContext, Tier};
 use smartmart::rules::{Budgets, ModuleConfig, RuleModule, RuleRuntime, RuntimeOptions, World};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -123,6 +132,84 @@ fn gold_loyalty_breakdown(c: &mut Criterion) {
     group.finish();
 }
 
+/// As the host's `FrozenClock` (host/src/rules/state.rs).
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// What `RuleState::new` builds for every call (host/src/rules/state.rs).
+fn rule_state_like() -> (WasiCtx, ResourceTable, MemoryOutputPipe) {
+    let stderr = MemoryOutputPipe::new(4096);
+    let wasi = WasiCtx::builder()
+        .stdout(stderr.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .insecure_random_seed(0)
+        .build();
+    (wasi, ResourceTable::new(), stderr)
+}
+
+/// An engine configured as `engine_config` does (host/src/rules/engine.rs).
+fn host_like_engine() -> Engine {
+    let max_instances = 256;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 4)
+        .total_memories(max_instances * 2)
+        .total_tables(max_instances * 2)
+        .max_memory_size(64 << 20)
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).unwrap()
+}
+
+fn per_call_setup(c: &mut Criterion) {
+    let engine = host_like_engine();
+    let order = example("gold-basic").order;
+    let mut group = c.benchmark_group("per-call host setup");
+    group.bench_function("WASI context as RuleState::new builds it", |b| b.iter(rule_state_like));
+    group.bench_function("store with that context, fuel and deadline set, dropped", |b| {
+        b.iter(|| {
+            let mut store = Store::new(&engine, rule_state_like());
+            store.set_fuel(50_000_000).unwrap();
+            store.set_epoch_deadline(50);
+            store
+        })
+    });
+    group.bench_function("store with an empty state, dropped", |b| b.iter(|| Store::new(&engine, ())));
+    group.bench_function("clone of the order (the WIT conversion copies as much)", |b| {
+        b.iter(|| black_box(&order).clone())
+    });
+    group.finish();
+}
+
 fn load_module(c: &mut Criterion) {
     let cache = tempfile::tempdir().unwrap();
     let compiling = RuleRuntime::new(RuntimeOptions { cache_dir: None, max_instances: 8 }).unwrap();
@@ -150,5 +237,5 @@ fn cwasm_count(dir: &Path) -> usize {
         .count()
 }
 
-criterion_group!(benches, fresh_instance_call, gold_loyalty_breakdown, load_module);
+criterion_group!(benches, fresh_instance_call, gold_loyalty_breakdown, per_call_setup, load_module);
 criterion_main!(benches);

@@ -43,6 +43,8 @@ pub struct EngineSettings {
     pub gateway: GatewayChoice,
     pub store: StoreOptions,
     pub faults: Faults,
+    /// Benchmark baseline only: stage 3's legs one after the other.
+    pub sequential_legs: bool,
     /// How often the janitor reconciles stuck orders, and how old they must be.
     pub janitor_every: Duration,
     pub janitor_min_age: Duration,
@@ -63,6 +65,7 @@ impl EngineSettings {
             gateway: GatewayChoice::Sandbox,
             store: StoreOptions::default(),
             faults: Faults::default(),
+            sequential_legs: false,
             janitor_every: Duration::from_secs(10),
             janitor_min_age: Duration::from_secs(60),
         }
@@ -115,8 +118,10 @@ impl Engine {
                 stage_timeout: settings.stage_timeout,
                 retry: settings.retry.clone(),
                 faults: settings.faults.clone(),
+                sequential_legs: settings.sequential_legs,
             }),
             settled: Arc::new(Notify::new()),
+            metrics: Arc::default(),
             events_ready: Arc::new(Notify::new()),
         };
         // Every PENDING order now is from a process that died.

@@ -12,9 +12,14 @@
 //! - [`events`]: event sinks and the outbox dispatcher.
 
 pub mod app;
+pub mod config;
 pub mod demo;
 pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod payment;
 pub mod pipeline;
 pub mod rules;
+pub mod serve;
+pub mod soak;
 pub mod store;

@@ -17,6 +17,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the HTTP service (shared/API.md) until SIGTERM or SIGINT.
+    Serve {
+        #[command(flatten)]
+        config: smartmart::config::ServeConfig,
+        /// A TOML file with the same keys (file < environment < command line).
+        #[arg(long = "config")]
+        config_file: Option<PathBuf>,
+        /// Without configured credentials, generate random ones (kept in the
+        /// data dir) and print them, instead of refusing to start.
+        #[arg(long)]
+        dev: bool,
+        /// Load this data set (e.g. examples/demo/dataset.json) if the store has no customers yet.
+        #[arg(long)]
+        demo_data: Option<PathBuf>,
+    },
+    /// Sign a customer identity token (HS256, 1 hour) with the configured
+    /// secret (SMARTMART_IDENTITY_SECRET) or the `serve --dev` credentials.
+    Token {
+        customer_id: String,
+        /// The data dir of a `serve --dev` instance.
+        #[arg(long, env = "SMARTMART_DATA_DIR", default_value = "smartmart-data")]
+        data_dir: PathBuf,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
     /// Tools for rule authors: inspect and run one rule module locally.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -32,6 +58,21 @@ enum Command {
         /// The demo data set.
         #[arg(long, default_value = "examples/demo/dataset.json")]
         dataset: PathBuf,
+    },
+    /// Crash drills: place orders in a loop on a data dir (see `soak.rs`).
+    #[command(hide = true)]
+    Soak {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "plugins/bundled")]
+        plugins_dir: PathBuf,
+        /// Loaded only into an empty store.
+        #[arg(long, default_value = "examples/demo/dataset.json")]
+        dataset: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        orders: usize,
+        #[arg(long, default_value_t = 4)]
+        tasks: usize,
     },
 }
 
@@ -99,9 +140,34 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Rules(command) => rules(command),
+        Command::Serve { config, config_file, dev, demo_data } => {
+            let config = match config_file {
+                Some(path) => config.or(smartmart::config::ServeConfig::from_file(&path)?),
+                None => config,
+            };
+            tokio::runtime::Runtime::new()?.block_on(smartmart::serve::run(config, dev, demo_data))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { customer_id, data_dir, ttl_secs } => {
+            let secret = smartmart::serve::identity_secret_for_tokens(&data_dir)?;
+            println!(
+                "{}",
+                smartmart::pipeline::validate::mint_token(
+                    secret.as_bytes(),
+                    &customer_id,
+                    std::time::Duration::from_secs(ttl_secs)
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { data_dir, plugins_dir, dataset } => {
             let data_dir = smartmart::demo::fresh_data_dir(data_dir.as_deref())?;
             tokio::runtime::Runtime::new()?.block_on(smartmart::demo::run(&data_dir, &plugins_dir, &dataset))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Soak { data_dir, plugins_dir, dataset, orders, tasks } => {
+            let options = smartmart::soak::SoakOptions { data_dir, plugins_dir, dataset, orders, tasks };
+            tokio::runtime::Runtime::new()?.block_on(smartmart::soak::run(&options))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,6 +1,8 @@
 //! The one integration-test binary: a module per feature.
 
 mod cli;
+mod crash;
 mod payment;
+mod pipeline;
 mod rules;
 mod support;

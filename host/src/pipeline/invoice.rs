@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::types::{CartLine, GeoPoint};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
     pub order_id: String,
     pub status: String,
@@ -33,10 +33,11 @@ pub struct Invoice {
     pub skipped_rules: Vec<SkippedRule>,
     /// Present once the fraud checks have run (GET only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub fraud_review: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceCustomer {
     pub id: String,
     pub name: String,
@@ -44,7 +45,7 @@ pub struct InvoiceCustomer {
     pub status: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceItem {
     pub sku: String,
     pub name: String,
@@ -80,7 +81,7 @@ impl InvoiceItem {
 }
 
 /// One applied discount, naming the module that granted it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceDiscount {
     pub rule: String,
     pub module: String,
@@ -93,7 +94,7 @@ pub struct InvoiceDiscount {
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceAllocation {
     pub warehouse_id: String,
     pub warehouse_name: String,
@@ -101,13 +102,13 @@ pub struct InvoiceAllocation {
     pub lines: Vec<AllocationLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllocationLine {
     pub sku: String,
     pub quantity: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoicePayment {
     pub status: String,
     pub transaction_id: Option<String>,
@@ -117,7 +118,7 @@ pub struct InvoicePayment {
     pub failure: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRef {
     #[serde(rename = "type")]
     pub kind: String,
@@ -126,7 +127,7 @@ pub struct EventRef {
 }
 
 /// Milliseconds spent in each stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     pub validate: f64,
     pub cart: f64,
@@ -137,7 +138,7 @@ pub struct Timings {
 }
 
 /// A fail-open rule that failed and was skipped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedRule {
     pub slot: String,
     pub module: String,

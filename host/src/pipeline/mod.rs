@@ -61,6 +61,9 @@ pub struct PipelineConfig {
     pub stage_timeout: Duration,
     pub retry: RetryPolicy,
     pub faults: Faults,
+    /// Run the two legs of stage 3 one after the other: only the baseline
+    /// of the parallel-stage benchmark; never in production.
+    pub sequential_legs: bool,
 }
 
 impl std::fmt::Debug for PipelineConfig {
@@ -100,6 +103,7 @@ pub struct Pipeline {
     pub config: Arc<PipelineConfig>,
     /// Wakes the fraud worker and the event dispatcher after a settlement.
     pub settled: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub events_ready: Arc<Notify>,
 }
 
@@ -177,7 +181,12 @@ impl Pipeline {
             tokio::time::sleep(config.faults.discount_delay).await;
             discount::apply_discounts(&rules, &context).map(|d| (d, ms(leg_started)))
         });
-        let (allocated, discounted) = tokio::join!(inventory_leg, discount_leg);
+        let (allocated, discounted) = if config.sequential_legs {
+            let allocated = inventory_leg.await;
+            (allocated, discount_leg.await)
+        } else {
+            tokio::join!(inventory_leg, discount_leg)
+        };
         let (discounts, allocations) = match (discounted, allocated) {
             (Ok(d), Ok(a)) => (d, a),
             (Err(e), allocated) => {

@@ -32,13 +32,16 @@ pub(super) async fn pay_and_settle(
         let stored = pipeline
             .store
             .run(move |c| {
-                orders::record_intent(c, &order_id, &key, &gateway, amount)?;
                 // The draft invoice lets reconciliation finish the order
-                // after a crash between charge and settlement.
+                // after a crash between charge and settlement. It is written
+                // before the intent: a crash between the two leaves an order
+                // without intent, which reconciliation simply cancels, never
+                // an intent without a draft to settle it from.
                 c.execute(
                     "UPDATE orders SET invoice = ?2 WHERE id = ?1",
                     rusqlite::params![order_id, draft.to_string()],
                 )?;
+                orders::record_intent(c, &order_id, &key, &gateway, amount)?;
                 Ok(())
             })
             .await;

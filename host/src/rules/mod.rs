@@ -8,6 +8,7 @@
 //! - [`types`]: what rules receive and return, in the host's own types;
 //! - [`error`]: load-time refusals and call failures;
 //! - [`manifest`], [`ruleset`]: the plug-in directory and the immutable rule set loaded from it;
+//! - [`native`]: the same calls on native closures (the benchmark baseline);
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
 //! - `bindings` (private): the generated bindings, the only `bindgen!`.
 
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod manifest;
 pub mod module;
+pub mod native;
 pub mod ruleset;
 pub mod runner;
 mod state;
@@ -28,6 +30,7 @@ pub use engine::{RuleRuntime, RuntimeOptions};
 pub use error::{FailureCause, LoadError, RuleError};
 pub use manifest::FailMode;
 pub use module::{Called, ModuleIdentity, RuleModule, Usage};
+pub use native::{NativeLogic, NativeRule, Rule};
 pub use ruleset::{HostDefaults, RuleSet, SlotRule};
 pub use state::ModuleConfig;
 pub use world::World;

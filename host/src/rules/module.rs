@@ -225,9 +225,9 @@ impl RuleModule {
 
     /// One call in a fresh store under the module's budgets; classifies
     /// every way it can go wrong.
-    fn call<T: OutputSize>(
+    fn call<T: OutputSize + Send>(
         &self,
-        body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>>,
+        body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>> + Send,
     ) -> Result<Called<T>, RuleError> {
         let started = Instant::now();
         let budgets = self.budgets;
@@ -236,7 +236,20 @@ impl RuleModule {
         store.limiter(|state| state);
         store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
         store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
-        let outcome = body(&mut store, &self.prepared);
+        // wasmtime-wasi's synchronous WASI bindings block on the current
+        // Tokio runtime (`in_tokio`), which panics on a thread that drives
+        // one: a guest touching WASI (its panic message on stderr, a hostile
+        // file or socket call) would bring down the order's task instead of
+        // failing the rule. Inside a runtime the guest therefore runs on a
+        // thread of its own, outside it.
+        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+            let prepared = &self.prepared;
+            let store = &mut store;
+            std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        } else {
+            body(&mut store, &self.prepared)
+        };
         let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
         let usage = Usage { elapsed: started.elapsed(), fuel, peak_memory_bytes: store.data().peak_memory };
         match outcome {

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::manifest::{FailMode, Manifest, RuleEntry};
-use super::{ModuleConfig, RuleModule, RuleRuntime, World};
+use super::native::Rule;
+use super::{ModuleConfig, RuleRuntime, World};
 
 /// A module bound to its place in a slot.
 #[derive(Clone)]
 pub struct SlotRule {
-    pub module: RuleModule,
+    /// The module (or, for benchmarks, a native closure).
+    pub module: Rule,
     pub fail_mode: FailMode,
 }
 
@@ -41,6 +43,12 @@ impl RuleSet {
     /// the whole set, naming the file.
     pub fn load(runtime: &RuleRuntime, dir: &Path, defaults: &HostDefaults) -> anyhow::Result<Arc<RuleSet>> {
         let manifest = Manifest::read(dir)?;
+        if manifest.warehouse.fail_mode == FailMode::Open {
+            anyhow::bail!(
+                "{}: the warehouse slot cannot fail open (an order cannot ship without a plan)",
+                dir.join("manifest.toml").display()
+            );
+        }
         let load = |entry: &RuleEntry, world: World, injected: Option<&ModuleConfig>| -> anyhow::Result<SlotRule> {
             let mut config = entry.config.clone();
             for (key, value) in injected.into_iter().flatten() {
@@ -49,7 +57,7 @@ impl RuleSet {
             let module = runtime
                 .load(&dir.join(&entry.module), world, config, entry.budgets)
                 .with_context(|| format!("loading the {} rule {}", world.name(), entry.module))?;
-            Ok(SlotRule { module, fail_mode: entry.fail_mode })
+            Ok(SlotRule { module: module.into(), fail_mode: entry.fail_mode })
         };
         let discount =
             manifest.discount.iter().map(|e| load(e, World::DiscountRule, None)).collect::<anyhow::Result<_>>()?;

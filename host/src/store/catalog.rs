@@ -8,7 +8,7 @@ use crate::rules::types::{AccountStatus, CartLine, GeoPoint, Tier};
 
 /// A customer with everything the host knows about them (personal data
 /// included: it never leaves the host except on the customer's own invoice).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
     pub id: String,
@@ -21,7 +21,7 @@ pub struct Customer {
 }
 
 /// A product of the catalog.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
     pub sku: String,
@@ -31,7 +31,7 @@ pub struct Product {
 }
 
 /// A warehouse.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Warehouse {
     pub id: String,
@@ -40,7 +40,7 @@ pub struct Warehouse {
 }
 
 /// Stock of one sku in one warehouse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockLevel {
     pub warehouse_id: String,
     pub warehouse_name: String,
@@ -50,7 +50,7 @@ pub struct StockLevel {
 }
 
 /// One requested cart item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CartItem {
     pub sku: String,

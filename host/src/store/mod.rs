@@ -46,6 +46,10 @@ impl Default for StoreOptions {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    /// Held by an outbox delivery pass, so that two passes in this process
+    /// (the dispatcher and `Engine::drain`) never read the same ready
+    /// events and deliver them twice.
+    delivery: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -63,7 +67,16 @@ impl Store {
         conn.pragma_update(None, "synchronous", if options.synchronous_full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: Arc::new(path.to_owned()) })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_owned()),
+            delivery: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Taken for one outbox delivery pass (see `events::deliver_due`).
+    pub async fn delivery_pass(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.delivery.lock().await
     }
 
     pub fn path(&self) -> &Path {

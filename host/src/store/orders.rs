@@ -319,12 +319,14 @@ fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
 
 /// Orders still PENDING: those with a payment intent must be reconciled
 /// with the gateway; the others never reached payment.
-/// Only orders last updated before `updated_before` (RFC 3339) count.
+/// Only orders last updated before `updated_before` (RFC 3339) count. The
+/// times are compared as times, not text: RFC 3339 text drops trailing zeros
+/// of the fraction (`…:05Z`, `…:05.3Z`, `…:05.312Z`), so it does not sort.
 pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT o.id, p.idempotency_key, p.amount_cents FROM orders o
          LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'INTENT'
-         WHERE o.status = 'PENDING' AND o.updated_at <= ?1",
+         WHERE o.status = 'PENDING' AND julianday(o.updated_at) <= julianday(?1)",
     )?;
     let mut unpaid = Vec::new();
     let mut intents = Vec::new();
@@ -386,7 +388,7 @@ pub fn record_verdict(
 pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, customer_id, status, total_cents, currency, created_at, invoice, fraud_review FROM orders
-         WHERE fraud_action = 'ESCALATE' ORDER BY created_at DESC, id DESC LIMIT ?1",
+         WHERE fraud_action = 'ESCALATE' ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], stored_order)?;
     let mut out = Vec::new();

@@ -49,3 +49,192 @@ pub fn load_rule(
     let config: ModuleConfig = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     runtime.load(&wasm(name), world, config, budgets).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
+
+// ---------------------------------------------------------------------------
+// The engine on a real data dir (pipeline and crash tests).
+// ---------------------------------------------------------------------------
+
+use std::path::Path;
+use std::time::Duration;
+
+use smartmart::app::{Dataset, Engine, EngineSettings};
+use smartmart::pipeline::validate::mint_token;
+use smartmart::pipeline::{Invoice, OrderError, OrderRequest};
+use smartmart::store::catalog::{self, CartItem, StockLevel};
+use tempfile::TempDir;
+
+/// The identity secret of the test engines.
+pub const SECRET: &[u8] = b"integration-test-identity-secret";
+
+/// `<repo>/plugins/bundled`: the bundled rules and their manifest.
+pub fn bundled_plugins() -> PathBuf {
+    repo_root().join("plugins/bundled")
+}
+
+/// `<repo>/examples/demo/dataset.json`.
+pub fn demo_dataset() -> PathBuf {
+    repo_root().join("examples/demo/dataset.json")
+}
+
+/// Settings for a test engine on `data_dir`: the test secret, retries that
+/// wait milliseconds; everything else as deployed.
+pub fn engine_settings(data_dir: &Path, plugins_dir: &Path) -> EngineSettings {
+    let mut settings = EngineSettings::new(data_dir, plugins_dir, SECRET);
+    settings.retry.base_delay = Duration::from_millis(1);
+    settings.retry.max_delay = Duration::from_millis(5);
+    settings
+}
+
+/// An engine on a fresh temp data dir with the demo data set loaded. The
+/// dir lives as long as this value.
+pub struct TestEngine {
+    pub engine: Engine,
+    pub dir: TempDir,
+}
+
+impl TestEngine {
+    /// The bundled rules, default settings (short retry waits).
+    pub async fn start() -> TestEngine {
+        TestEngine::start_with(&bundled_plugins(), |_| {}).await
+    }
+
+    /// Rules of `plugins_dir`; `adjust` may change the settings first.
+    pub async fn start_with(plugins_dir: &Path, adjust: impl FnOnce(&mut EngineSettings)) -> TestEngine {
+        let dir = tempfile::tempdir().expect("a temp data dir");
+        let mut settings = engine_settings(dir.path(), plugins_dir);
+        adjust(&mut settings);
+        let engine = Engine::start(settings).await.expect("starting the engine");
+        Dataset::read(&demo_dataset())
+            .expect("reading the demo data set")
+            .load_into(&engine.pipeline.store)
+            .await
+            .expect("loading the demo data set");
+        TestEngine { engine, dir }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `f` on the store's connection.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> T {
+        self.engine.pipeline.store.run(move |c| Ok(f(c)?)).await.expect("querying the store")
+    }
+
+    /// Replaces `customer`'s cart with `items` (sku, quantity).
+    pub async fn fill_cart(&self, customer: &str, items: &[(&str, u32)]) {
+        let customer = customer.to_string();
+        let items: Vec<CartItem> =
+            items.iter().map(|(sku, quantity)| CartItem { sku: sku.to_string(), quantity: *quantity }).collect();
+        self.engine
+            .pipeline
+            .store
+            .run(move |c| catalog::replace_cart(c, &customer, &items))
+            .await
+            .expect("filling the cart");
+    }
+
+    /// `customer`'s cart as (sku, quantity).
+    pub async fn cart(&self, customer: &str) -> Vec<(String, u32)> {
+        let customer = customer.to_string();
+        let (lines, _) =
+            self.engine.pipeline.store.run(move |c| catalog::cart_lines(c, &customer)).await.expect("reading the cart");
+        lines.into_iter().map(|l| (l.sku, l.quantity)).collect()
+    }
+
+    /// Places an order from `customer`'s current cart with a valid token.
+    pub async fn place(
+        &self,
+        customer: &str,
+        payment_token: &str,
+        coupon: Option<&str>,
+    ) -> Result<Invoice, OrderError> {
+        self.engine.pipeline.place_order(order_request(customer, payment_token, coupon)).await
+    }
+
+    /// Fills the cart, then places the order.
+    pub async fn order(
+        &self,
+        customer: &str,
+        items: &[(&str, u32)],
+        payment_token: &str,
+        coupon: Option<&str>,
+    ) -> Result<Invoice, OrderError> {
+        self.fill_cart(customer, items).await;
+        self.place(customer, payment_token, coupon).await
+    }
+
+    /// Stock of `sku` in every warehouse that lists it.
+    pub async fn stock(&self, sku: &str) -> Vec<StockLevel> {
+        let sku = sku.to_string();
+        self.engine.pipeline.store.run(move |c| catalog::stock_of_sku(c, &sku)).await.expect("reading stock")
+    }
+
+    /// Stock of `sku` in `warehouse_id`.
+    pub async fn stock_in(&self, warehouse_id: &str, sku: &str) -> StockLevel {
+        self.stock(sku)
+            .await
+            .into_iter()
+            .find(|s| s.warehouse_id == warehouse_id)
+            .unwrap_or_else(|| panic!("{warehouse_id} does not list {sku}"))
+    }
+
+    /// Reservations still HELD, all orders together.
+    pub async fn held_reservations(&self) -> i64 {
+        self.query(|c| c.query_row("SELECT count(*) FROM reservations WHERE state = 'HELD'", [], |r| r.get(0))).await
+    }
+
+    /// Sum of `reserved` over all stock rows.
+    pub async fn reserved_units(&self) -> i64 {
+        self.query(|c| c.query_row("SELECT coalesce(sum(reserved), 0) FROM stock", [], |r| r.get(0))).await
+    }
+
+    /// Order rows, all statuses.
+    pub async fn order_rows(&self) -> i64 {
+        self.query(|c| c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))).await
+    }
+
+    /// The sandbox gateway's captured charges: (idempotency key, amount).
+    pub fn charges(&self) -> Vec<(String, u64)> {
+        let sandbox = self.engine.sandbox.as_ref().expect("the engine runs the sandbox gateway");
+        sandbox.charges().into_iter().map(|(key, charge)| (key, charge.amount_cents)).collect()
+    }
+
+    /// The parsed lines of `events/<kind>.jsonl` (none if absent).
+    pub fn event_lines(&self, kind: &str) -> Vec<serde_json::Value> {
+        event_lines(self.data_dir(), kind)
+    }
+
+    /// Reviews and delivers everything pending (`Engine::drain`).
+    pub async fn drain(&self) {
+        self.engine.drain().await.expect("draining the engine");
+    }
+}
+
+/// An order request from `customer`'s cart with a fresh valid token.
+pub fn order_request(customer: &str, payment_token: &str, coupon: Option<&str>) -> OrderRequest {
+    OrderRequest {
+        channel: "web".into(),
+        customer_id: customer.into(),
+        customer_token: mint_token(SECRET, customer, Duration::from_secs(600)),
+        coupon_code: coupon.map(str::to_string),
+        payment_token: payment_token.into(),
+        ship_to: None,
+        idempotency: None,
+    }
+}
+
+/// The parsed lines of `<data_dir>/events/<kind>.jsonl` (none if absent).
+/// A line that is not JSON fails the test.
+pub fn event_lines(data_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let path = data_dir.join("events").join(format!("{kind}.jsonl"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: bad line {line:?}: {e}", path.display())))
+        .collect()
+}

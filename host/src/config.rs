@@ -1,0 +1,311 @@
+//! `smartmart serve`'s configuration: one struct read from a TOML file
+//! (`--config`), the environment (`SMARTMART_*`) and the command line, in
+//! increasing precedence. Unknown keys in the file are refused. The doc
+//! comments below are the `--help` text.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::app::{EngineSettings, GatewayChoice};
+use crate::payment::RetryPolicy;
+
+/// Settings of `smartmart serve`. Every field may come from the file, the
+/// environment or the command line.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address and port to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SMARTMART_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: database, event files, module cache [default: ./smartmart-data].
+    #[arg(long, env = "SMARTMART_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Plug-in directory with `manifest.toml` [default: plugins/bundled].
+    #[arg(long, env = "SMARTMART_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Sales channel keys: `web:KEY,mobile:KEY,partner:KEY` (keys of 16+ characters).
+    #[arg(long, env = "SMARTMART_CHANNEL_KEYS", hide_env_values = true)]
+    pub channel_keys: Option<String>,
+    /// Operations key for /v1/admin/* (16+ characters).
+    #[arg(long, env = "SMARTMART_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// HS256 secret of customer identity tokens (16+ characters).
+    #[arg(long, env = "SMARTMART_IDENTITY_SECRET", hide_env_values = true)]
+    pub identity_secret: Option<String>,
+    /// Key of the customer pseudonym in analytics events [default: derived from the identity secret].
+    #[arg(long, env = "SMARTMART_PSEUDONYM_KEY", hide_env_values = true)]
+    pub pseudonym_key: Option<String>,
+    /// Orders at or above this total are escalated by the bundled fraud check [default: 500000].
+    #[arg(long, env = "SMARTMART_FRAUD_THRESHOLD_CENTS")]
+    pub fraud_threshold_cents: Option<u64>,
+    /// Gateway attempts per order, the first included [default: 3].
+    #[arg(long, env = "SMARTMART_PAYMENT_MAX_ATTEMPTS")]
+    pub payment_max_attempts: Option<u32>,
+    /// External payment gateway base URL (payment::http protocol); default: the sandbox gateway.
+    #[arg(long, env = "SMARTMART_PAYMENT_GATEWAY_URL")]
+    pub payment_gateway_url: Option<String>,
+    /// ISO 4217 currency of every amount [default: USD].
+    #[arg(long, env = "SMARTMART_CURRENCY")]
+    pub currency: Option<String>,
+    /// Largest request body in bytes [default: 262144].
+    #[arg(long, env = "SMARTMART_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Longest a request may take before it is answered 504 [default: 10000].
+    #[arg(long, env = "SMARTMART_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Longest one pipeline stage may take [default: 5000].
+    #[arg(long, env = "SMARTMART_STAGE_TIMEOUT_MS")]
+    pub stage_timeout_ms: Option<u64>,
+    /// Longest in-flight requests get to finish on SIGTERM/SIGINT [default: 10000].
+    #[arg(long, env = "SMARTMART_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl ServeConfig {
+    /// Reads a TOML file of the same keys (snake_case).
+    pub fn from_file(path: &Path) -> anyhow::Result<ServeConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// `self` where set, else `lower`.
+    pub fn or(self, lower: ServeConfig) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            plugins_dir: self.plugins_dir.or(lower.plugins_dir),
+            channel_keys: self.channel_keys.or(lower.channel_keys),
+            admin_key: self.admin_key.or(lower.admin_key),
+            identity_secret: self.identity_secret.or(lower.identity_secret),
+            pseudonym_key: self.pseudonym_key.or(lower.pseudonym_key),
+            fraud_threshold_cents: self.fraud_threshold_cents.or(lower.fraud_threshold_cents),
+            payment_max_attempts: self.payment_max_attempts.or(lower.payment_max_attempts),
+            payment_gateway_url: self.payment_gateway_url.or(lower.payment_gateway_url),
+            currency: self.currency.or(lower.currency),
+            body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
+            request_timeout_ms: self.request_timeout_ms.or(lower.request_timeout_ms),
+            stage_timeout_ms: self.stage_timeout_ms.or(lower.stage_timeout_ms),
+            shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+        }
+    }
+}
+
+/// The credentials the service checks. Never logged: `Debug` is redacted.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Channel name → key.
+    pub channel_keys: BTreeMap<String, String>,
+    pub admin_key: String,
+    pub identity_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("channels", &self.channel_keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+const MIN_SECRET_LEN: usize = 16;
+
+impl Credentials {
+    /// Random credentials for development, shown once by `serve --dev`.
+    pub fn generate() -> Credentials {
+        let key = || {
+            use rand::Rng as _;
+            let bytes: [u8; 24] = rand::rng().random();
+            hex::encode(bytes)
+        };
+        Credentials {
+            channel_keys: ["web", "mobile", "partner"].into_iter().map(|c| (c.to_string(), key())).collect(),
+            admin_key: key(),
+            identity_secret: key(),
+        }
+    }
+
+    fn parse_channel_keys(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut keys = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((channel, key)) = pair.split_once(':') else {
+                bail!("SMARTMART_CHANNEL_KEYS: expected CHANNEL:KEY pairs separated by commas");
+            };
+            let (channel, key) = (channel.trim(), key.trim());
+            if !matches!(channel, "web" | "mobile" | "partner") {
+                bail!("SMARTMART_CHANNEL_KEYS: unknown channel `{channel}` (web, mobile, partner)");
+            }
+            if key.len() < MIN_SECRET_LEN {
+                bail!("SMARTMART_CHANNEL_KEYS: the key of `{channel}` is shorter than {MIN_SECRET_LEN} characters");
+            }
+            keys.insert(channel.to_string(), key.to_string());
+        }
+        if keys.is_empty() {
+            bail!("SMARTMART_CHANNEL_KEYS: no channel key configured");
+        }
+        let mut seen: Vec<&String> = keys.values().collect();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != keys.len() {
+            bail!("SMARTMART_CHANNEL_KEYS: two channels share a key");
+        }
+        Ok(keys)
+    }
+}
+
+/// Everything `serve` runs with, defaults applied and validated.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub credentials: Credentials,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub engine: EngineSettingsView,
+}
+
+/// The engine's settings (secrets redacted from `Debug`).
+#[derive(Clone)]
+pub struct EngineSettingsView(pub EngineSettings);
+
+impl std::fmt::Debug for EngineSettingsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSettings")
+            .field("data_dir", &self.0.data_dir)
+            .field("plugins_dir", &self.0.plugins_dir)
+            .field("currency", &self.0.currency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeSettings {
+    /// Applies defaults and checks every value. Without credentials,
+    /// `dev` generates random ones; otherwise starting is refused, so the
+    /// service never runs with guessable keys.
+    pub fn resolve(config: ServeConfig, dev: bool) -> anyhow::Result<(ServeSettings, bool)> {
+        let configured = [&config.channel_keys, &config.admin_key, &config.identity_secret];
+        let generated = configured.iter().all(|c| c.is_none());
+        let credentials = if generated {
+            if !dev {
+                bail!(
+                    "no credentials configured: set SMARTMART_CHANNEL_KEYS, SMARTMART_ADMIN_KEY and \
+                     SMARTMART_IDENTITY_SECRET (or the same keys in --config), or pass --dev to generate random ones"
+                );
+            }
+            Credentials::generate()
+        } else {
+            let channel_keys = Credentials::parse_channel_keys(
+                config.channel_keys.as_deref().context("SMARTMART_CHANNEL_KEYS is not set")?,
+            )?;
+            let admin_key = config.admin_key.clone().context("SMARTMART_ADMIN_KEY is not set")?;
+            let identity_secret = config.identity_secret.clone().context("SMARTMART_IDENTITY_SECRET is not set")?;
+            for (name, value) in [("SMARTMART_ADMIN_KEY", &admin_key), ("SMARTMART_IDENTITY_SECRET", &identity_secret)]
+            {
+                if value.len() < MIN_SECRET_LEN {
+                    bail!("{name} is shorter than {MIN_SECRET_LEN} characters");
+                }
+            }
+            if channel_keys.values().any(|k| *k == admin_key) {
+                bail!("SMARTMART_ADMIN_KEY must differ from every channel key");
+            }
+            Credentials { channel_keys, admin_key, identity_secret }
+        };
+        let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from("smartmart-data"));
+        let plugins_dir = config.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins/bundled"));
+        let mut engine = EngineSettings::new(&data_dir, &plugins_dir, credentials.identity_secret.as_bytes());
+        if let Some(key) = &config.pseudonym_key {
+            engine.pseudonym_key = key.as_bytes().to_vec();
+        }
+        engine.currency = config.currency.unwrap_or_else(|| "USD".into());
+        if engine.currency.len() != 3 || !engine.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            bail!("SMARTMART_CURRENCY must be an ISO 4217 code such as USD, got `{}`", engine.currency);
+        }
+        engine.fraud_threshold_cents = config.fraud_threshold_cents.unwrap_or(500_000);
+        let attempts = config.payment_max_attempts.unwrap_or(3);
+        if !(1..=10).contains(&attempts) {
+            bail!("SMARTMART_PAYMENT_MAX_ATTEMPTS must be 1..=10, got {attempts}");
+        }
+        engine.retry = RetryPolicy { max_attempts: attempts, ..RetryPolicy::default() };
+        if let Some(url) = config.payment_gateway_url {
+            engine.gateway = GatewayChoice::Http { url, timeout: Duration::from_secs(2) };
+        }
+        let stage_timeout_ms = config.stage_timeout_ms.unwrap_or(5_000);
+        let request_timeout_ms = config.request_timeout_ms.unwrap_or(10_000);
+        if stage_timeout_ms == 0 || request_timeout_ms == 0 {
+            bail!("timeouts must be positive");
+        }
+        engine.stage_timeout = Duration::from_millis(stage_timeout_ms);
+        let body_limit_bytes = config.body_limit_bytes.unwrap_or(256 * 1024);
+        if body_limit_bytes < 1024 {
+            bail!("SMARTMART_BODY_LIMIT_BYTES must be at least 1024");
+        }
+        Ok((
+            ServeSettings {
+                listen: config.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+                credentials,
+                body_limit_bytes,
+                request_timeout: Duration::from_millis(request_timeout_ms),
+                shutdown_grace: Duration::from_millis(config.shutdown_grace_ms.unwrap_or(10_000)),
+                engine: EngineSettingsView(engine),
+            },
+            generated,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> ServeConfig {
+        ServeConfig {
+            channel_keys: Some("web:web-key-0123456789,mobile:mobile-key-0123456789".into()),
+            admin_key: Some("admin-key-0123456789".into()),
+            identity_secret: Some("identity-secret-0123456789".into()),
+            ..ServeConfig::default()
+        }
+    }
+
+    #[test]
+    fn refuses_to_start_without_credentials_unless_dev() {
+        assert!(ServeSettings::resolve(ServeConfig::default(), false).is_err());
+        let (settings, generated) = ServeSettings::resolve(ServeConfig::default(), true).unwrap();
+        assert!(generated);
+        assert_eq!(settings.credentials.channel_keys.len(), 3);
+        assert!(settings.credentials.admin_key.len() >= 32);
+    }
+
+    #[test]
+    fn validates_keys_and_numbers() {
+        let (settings, generated) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert!(!generated);
+        assert_eq!(settings.credentials.channel_keys["web"], "web-key-0123456789");
+        let short = ServeConfig { admin_key: Some("short".into()), ..keyed() };
+        assert!(ServeSettings::resolve(short, false).unwrap_err().to_string().contains("SMARTMART_ADMIN_KEY"));
+        let bad_channel = ServeConfig { channel_keys: Some("shop:0123456789abcdef".into()), ..keyed() };
+        assert!(ServeSettings::resolve(bad_channel, false).is_err());
+        let attempts = ServeConfig { payment_max_attempts: Some(0), ..keyed() };
+        assert!(ServeSettings::resolve(attempts, false).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        let text = format!("{settings:?}");
+        assert!(!text.contains("0123456789"), "{text}");
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys_and_the_command_line_wins() {
+        assert!(toml::from_str::<ServeConfig>("listen = \"127.0.0.1:9\"\nbogus = 1").is_err());
+        let file: ServeConfig = toml::from_str("currency = \"EUR\"\nfraud_threshold_cents = 10").unwrap();
+        let cli = ServeConfig { currency: Some("GBP".into()), ..ServeConfig::default() };
+        let merged = cli.or(file);
+        assert_eq!(merged.currency.as_deref(), Some("GBP"));
+        assert_eq!(merged.fraud_threshold_cents, Some(10));
+    }
+}

@@ -1,0 +1,265 @@
+//! `/v1/admin/*`: operations staff load the catalog, stock and customers,
+//! and watch the rules and fraud escalations. Admin key only.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::Admin;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
+use crate::rules::types::{AccountStatus, GeoPoint, Tier};
+use crate::store::catalog::{self, Customer, Product, StockLevel, Warehouse};
+use crate::store::orders;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerBody {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+    pub tier: Tier,
+    pub status: AccountStatus,
+    pub location: GeoPoint,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductBody {
+    pub name: String,
+    pub category: String,
+    pub unit_price_cents: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseBody {
+    pub name: String,
+    pub location: GeoPoint,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockBody {
+    pub on_hand: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StockAnswer {
+    pub warehouse_id: String,
+    pub sku: String,
+    pub on_hand: u64,
+    pub available: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuStock {
+    pub sku: String,
+    pub on_hand: u64,
+    pub available: u64,
+    pub warehouses: Vec<WarehouseStock>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarehouseStock {
+    pub warehouse_id: String,
+    pub warehouse_name: String,
+    pub on_hand: u64,
+    pub available: u64,
+}
+
+/// Create or replace a customer.
+#[utoipa::path(put, path = "/v1/admin/customers/{id}", tag = "admin", params(("id" = String, Path)),
+    request_body = CustomerBody, responses((status = 200, body = Customer), (status = 400), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn put_customer(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CustomerBody>,
+) -> Result<Json<Customer>, ApiError> {
+    check_id("id", &id)?;
+    check_text("name", &body.name)?;
+    check_text("email", &body.email)?;
+    check_text("phone", &body.phone)?;
+    check_location("location", &body.location)?;
+    let customer = Customer {
+        id,
+        name: body.name,
+        email: body.email,
+        phone: body.phone,
+        tier: body.tier,
+        status: body.status,
+        location: body.location,
+    };
+    let stored = customer.clone();
+    state.engine.pipeline.store.run(move |c| catalog::upsert_customer(c, &stored)).await?;
+    Ok(Json(customer))
+}
+
+/// Create or replace a product.
+#[utoipa::path(put, path = "/v1/admin/products/{sku}", tag = "admin", params(("sku" = String, Path)),
+    request_body = ProductBody, responses((status = 200, body = Product), (status = 400), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn put_product(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sku): Path<String>,
+    ApiJson(body): ApiJson<ProductBody>,
+) -> Result<Json<Product>, ApiError> {
+    check_id("sku", &sku)?;
+    check_text("name", &body.name)?;
+    check_text("category", &body.category)?;
+    if body.unit_price_cents > MAX_PRICE_CENTS {
+        return Err(ApiError::invalid(format!("unit_price_cents: at most {MAX_PRICE_CENTS}")));
+    }
+    let product = Product { sku, name: body.name, category: body.category, unit_price_cents: body.unit_price_cents };
+    let stored = product.clone();
+    state.engine.pipeline.store.run(move |c| catalog::upsert_product(c, &stored)).await?;
+    Ok(Json(product))
+}
+
+/// Create or replace a warehouse.
+#[utoipa::path(put, path = "/v1/admin/warehouses/{id}", tag = "admin", params(("id" = String, Path)),
+    request_body = WarehouseBody, responses((status = 200, body = Warehouse), (status = 400), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn put_warehouse(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<WarehouseBody>,
+) -> Result<Json<Warehouse>, ApiError> {
+    check_id("id", &id)?;
+    check_text("name", &body.name)?;
+    check_location("location", &body.location)?;
+    let warehouse = Warehouse { id, name: body.name, location: body.location };
+    let stored = warehouse.clone();
+    state.engine.pipeline.store.run(move |c| catalog::upsert_warehouse(c, &stored)).await?;
+    Ok(Json(warehouse))
+}
+
+/// Set the units on hand of a sku in a warehouse.
+#[utoipa::path(put, path = "/v1/admin/stock/{warehouse_id}/{sku}", tag = "admin",
+    params(("warehouse_id" = String, Path), ("sku" = String, Path)),
+    request_body = StockBody, responses((status = 200, body = StockAnswer), (status = 400), (status = 401), (status = 404), (status = 409)),
+    security(("admin_key" = [])))]
+pub async fn put_stock(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path((warehouse_id, sku)): Path<(String, String)>,
+    ApiJson(body): ApiJson<StockBody>,
+) -> Result<Json<StockAnswer>, ApiError> {
+    check_id("warehouse_id", &warehouse_id)?;
+    check_id("sku", &sku)?;
+    if body.on_hand > u64::from(u32::MAX) {
+        return Err(ApiError::invalid(format!("on_hand: at most {}", u32::MAX)));
+    }
+    let level: StockLevel =
+        state.engine.pipeline.store.run(move |c| catalog::set_stock(c, &warehouse_id, &sku, body.on_hand)).await?;
+    Ok(Json(StockAnswer {
+        warehouse_id: level.warehouse_id,
+        sku: level.sku,
+        on_hand: level.on_hand,
+        available: level.available,
+    }))
+}
+
+/// Stock of one sku across warehouses.
+#[utoipa::path(get, path = "/v1/admin/stock/{sku}", tag = "admin", params(("sku" = String, Path)),
+    responses((status = 200, body = SkuStock), (status = 401), (status = 404)), security(("admin_key" = [])))]
+pub async fn get_stock(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(sku): Path<String>,
+) -> Result<Json<SkuStock>, ApiError> {
+    let not_found = || ApiError::new("NOT_FOUND", format!("sku {sku} not found"));
+    check_id("sku", &sku).map_err(|_| not_found())?;
+    let lookup = sku.clone();
+    let (product, levels) = state
+        .engine
+        .pipeline
+        .store
+        .run(move |c| Ok((catalog::get_product(c, &lookup)?, catalog::stock_of_sku(c, &lookup)?)))
+        .await?;
+    if product.is_none() {
+        return Err(not_found());
+    }
+    Ok(Json(SkuStock {
+        on_hand: levels.iter().map(|l| l.on_hand).sum(),
+        available: levels.iter().map(|l| l.available).sum(),
+        warehouses: levels
+            .into_iter()
+            .map(|l| WarehouseStock {
+                warehouse_id: l.warehouse_id,
+                warehouse_name: l.warehouse_name,
+                on_hand: l.on_hand,
+                available: l.available,
+            })
+            .collect(),
+        sku,
+    }))
+}
+
+/// The loaded rule modules, and the files that failed to load.
+#[utoipa::path(get, path = "/v1/admin/plugins", tag = "admin",
+    responses((status = 200, description = "`{plugins: [...], errors: [...]}`"), (status = 401)), security(("admin_key" = [])))]
+pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<Value> {
+    let rules = state.engine.pipeline.rules.load_full();
+    let plugins: Vec<Value> = rules
+        .all()
+        .map(|(slot, rule)| {
+            let id = rule.module.identity();
+            json!({
+                "slot": slot, "name": id.name, "version": id.version, "digest": id.digest, "file": id.file,
+                "loaded_at": rules.loaded_at, "experiment": null, "variant": null, "fail_mode": rule.fail_mode,
+            })
+        })
+        .collect();
+    Json(json!({ "plugins": plugins, "errors": [] }))
+}
+
+/// A/B experiments and their figures per variant.
+#[utoipa::path(get, path = "/v1/admin/experiments", tag = "admin",
+    responses((status = 200, description = "array of experiments"), (status = 401)), security(("admin_key" = [])))]
+pub async fn get_experiments(_admin: Admin) -> Json<Value> {
+    Json(json!([]))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationQuery {
+    /// How many, newest first: 1..=1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Orders whose fraud review is ESCALATE, newest first.
+#[utoipa::path(get, path = "/v1/admin/fraud/escalations", tag = "admin", params(EscalationQuery),
+    responses((status = 200, description = "array of escalated orders"), (status = 400), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn get_escalations(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<EscalationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be 1..=1000"));
+    }
+    let escalated = state.engine.pipeline.store.run(move |c| orders::escalations(c, limit as usize)).await?;
+    Ok(Json(
+        escalated
+            .into_iter()
+            .map(|o| {
+                json!({
+                    "order_id": o.id, "customer_id": o.customer_id, "status": o.status, "total_cents": o.total_cents,
+                    "currency": o.currency, "created_at": o.created_at, "fraud_review": o.fraud_review,
+                })
+            })
+            .collect(),
+    ))
+}

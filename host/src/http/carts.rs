@@ -1,0 +1,109 @@
+//! `PUT|GET /v1/carts/{customer_id}`: a customer's cart, resolved against
+//! the catalog.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::{Channel, customer_token};
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::validate::{MAX_CART_LINES, MAX_QUANTITY, check_id};
+use crate::pipeline::OrderError;
+use crate::pipeline::invoice::InvoiceItem;
+use crate::rules::types::CartLine;
+use crate::store::StoreError;
+use crate::store::catalog::{self, CartItem};
+
+/// The body of `PUT /v1/carts/{customer_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CartBody {
+    pub items: Vec<CartItem>,
+}
+
+/// A resolved cart.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartView {
+    pub customer_id: String,
+    pub items: Vec<InvoiceItem>,
+    pub subtotal_cents: u64,
+    pub currency: String,
+}
+
+fn view(state: &AppState, customer_id: String, lines: &[CartLine]) -> CartView {
+    let items: Vec<InvoiceItem> = lines.iter().map(InvoiceItem::from).collect();
+    let subtotal_cents = items.iter().map(|i| i.line_total_cents).fold(0u64, u64::saturating_add);
+    CartView { customer_id, items, subtotal_cents, currency: state.engine.pipeline.config.currency.clone() }
+}
+
+async fn require_customer(state: &AppState, customer_id: &str) -> Result<(), ApiError> {
+    let id = customer_id.to_string();
+    let found = state.engine.pipeline.store.run(move |c| catalog::get_customer(c, &id)).await?;
+    found.map(|_| ()).ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()).into())
+}
+
+/// Replace the customer's cart.
+#[utoipa::path(put, path = "/v1/carts/{customer_id}", tag = "carts",
+    params(("customer_id" = String, Path), ("X-Customer-Token" = String, Header)),
+    request_body = CartBody,
+    responses((status = 200, body = CartView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 422)),
+    security(("channel_key" = [])))]
+pub async fn put_cart(
+    State(state): State<AppState>,
+    _channel: Channel,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CartBody>,
+) -> Result<Json<CartView>, ApiError> {
+    check_id("customer_id", &customer_id)?;
+    customer_token(&state, &headers, &customer_id)?;
+    if body.items.len() > MAX_CART_LINES {
+        return Err(ApiError::invalid(format!("items: at most {MAX_CART_LINES} lines")));
+    }
+    for (i, item) in body.items.iter().enumerate() {
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            return Err(ApiError::invalid(format!("items[{i}].quantity: must be 1..={MAX_QUANTITY}")));
+        }
+        check_id(&format!("items[{i}].sku"), &item.sku)?;
+    }
+    require_customer(&state, &customer_id).await?;
+    let id = customer_id.clone();
+    let lines = state.engine.pipeline.store.run(move |c| catalog::replace_cart(c, &id, &body.items)).await.map_err(
+        |e| match e {
+            StoreError::NotFound(what) => {
+                ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
+            }
+            StoreError::Sqlite(e) if e.to_string().contains("CHECK constraint") => {
+                ApiError::invalid("items: a sku's total quantity must be 1..=1000000")
+            }
+            other => other.into(),
+        },
+    )?;
+    Ok(Json(view(&state, customer_id, &lines)))
+}
+
+/// Read the customer's cart, priced now.
+#[utoipa::path(get, path = "/v1/carts/{customer_id}", tag = "carts",
+    params(("customer_id" = String, Path), ("X-Customer-Token" = String, Header)),
+    responses((status = 200, body = CartView), (status = 401), (status = 403), (status = 404), (status = 422)),
+    security(("channel_key" = [])))]
+pub async fn get_cart(
+    State(state): State<AppState>,
+    _channel: Channel,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<CartView>, ApiError> {
+    check_id("customer_id", &customer_id)?;
+    customer_token(&state, &headers, &customer_id)?;
+    require_customer(&state, &customer_id).await?;
+    let id = customer_id.clone();
+    let (lines, unknown) = state.engine.pipeline.store.run(move |c| catalog::cart_lines(c, &id)).await?;
+    if let Some(sku) = unknown.into_iter().next() {
+        return Err(OrderError::UnknownSku(sku).into());
+    }
+    Ok(Json(view(&state, customer_id, &lines)))
+}

@@ -1,0 +1,175 @@
+//! The HTTP edge (shared/API.md): `app(state)` builds the router; `serve`
+//! runs it until shutdown. Handlers only translate: the pipeline and the
+//! store do the work.
+//!
+//! - [`auth`]: channel and admin keys, customer tokens;
+//! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;
+//! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks.
+
+pub mod admin;
+pub mod auth;
+pub mod carts;
+pub mod error;
+pub mod json;
+pub mod ops;
+pub mod orders;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::Engine;
+use crate::config::Credentials;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub credentials: Arc<Credentials>,
+    pub key_locks: Arc<orders::KeyLocks>,
+    /// The OpenAPI document, rendered once.
+    pub openapi: Arc<serde_json::Value>,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub shutting_down: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Arc<Engine>,
+        credentials: Credentials,
+        body_limit_bytes: usize,
+        request_timeout: Duration,
+    ) -> AppState {
+        AppState {
+            engine,
+            credentials: Arc::new(credentials),
+            key_locks: Arc::default(),
+            openapi: Arc::new(
+                serde_json::to_value(api_router().split_for_parts().1).expect("the OpenAPI document serialises"),
+            ),
+            request_timeout,
+            body_limit_bytes,
+            shutting_down: CancellationToken::new(),
+        }
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "SmartMart fulfillment engine", version = "1", description = "The external contract: shared/API.md"),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["channel_key", "admin_key"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// Every route with its OpenAPI description: the document cannot list a
+/// route the router does not serve, nor miss one.
+fn api_router() -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(carts::put_cart, carts::get_cart))
+        .routes(routes!(orders::post_order))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(admin::put_customer))
+        .routes(routes!(admin::put_product))
+        .routes(routes!(admin::put_warehouse))
+        .routes(routes!(admin::put_stock))
+        .routes(routes!(admin::get_stock))
+        .routes(routes!(admin::get_plugins))
+        .routes(routes!(admin::get_experiments))
+        .routes(routes!(admin::get_escalations))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The service's router.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        .fallback(|| async { ApiError::new("NOT_FOUND", "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::new("METHOD_NOT_ALLOWED", "method not allowed here") })
+        .layer(DefaultBodyLimit::max(state.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Per request: a span, a log line without personal data, the metrics, and
+/// the request timeout.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let span = tracing::info_span!("request", %method, %route);
+    let response = match tokio::time::timeout(
+        state.request_timeout,
+        tracing::Instrument::instrument(next.run(request), span.clone()),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::new("STAGE_TIMEOUT", "the request took longer than the configured request timeout")
+            .into_response(),
+    };
+    let status = response.status().as_u16();
+    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request"));
+    state
+        .engine
+        .pipeline
+        .metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels { method, route, status: status.to_string() })
+        .inc();
+    response
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight requests
+/// finish within `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let flag = state.shutting_down.clone();
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        signal.cancelled().await;
+        flag.cancel();
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlasted the shutdown grace")
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! `POST /v1/orders` and `GET /v1/orders/{order_id}`.
+//!
+//! Idempotency: with an `Idempotency-Key`, the answer of an order that
+//! recorded something (201, 402) is stored with the key (per channel) in the
+//! order's own transaction; the same key and body replay it byte for byte,
+//! another body is 409. Concurrent requests with one key wait for each
+//! other (a lock per key), so they create one order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::{Channel, raw_customer_token};
+use super::error::ApiError;
+use super::json::RawJson;
+use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
+use crate::pipeline::{Invoice, OrderError, OrderRequest};
+use crate::rules::types::GeoPoint;
+use crate::store::orders;
+
+/// The body of `POST /v1/orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderBody {
+    pub customer_id: String,
+    #[serde(default)]
+    pub coupon_code: Option<String>,
+    pub payment: PaymentBody,
+    #[serde(default)]
+    pub ship_to: Option<GeoPoint>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    /// Payment token for the gateway (never stored or logged).
+    pub token: String,
+}
+
+/// One lock per (channel, key) in use, so that concurrent requests with one
+/// key run one after the other.
+#[derive(Default)]
+pub struct KeyLocks(Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    fn lock_for(&self, channel: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop locks nobody holds any more, so the map stays small.
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry((channel.to_string(), key.to_string())).or_default().clone()
+    }
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!("Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Place an order from the customer's cart.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("X-Customer-Token" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = OrderBody,
+    responses((status = 201, description = "the invoice", body = Invoice),
+              (status = 402, description = "payment failed: `{error, order}`"),
+              (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 413),
+              (status = 422), (status = 503), (status = 504)),
+    security(("channel_key" = [])))]
+pub async fn post_order(
+    State(state): State<AppState>,
+    Channel(channel): Channel,
+    headers: HeaderMap,
+    body: RawJson<OrderBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let order = body.value;
+    check_id("customer_id", &order.customer_id)?;
+    if let Some(p) = &order.ship_to {
+        check_location("ship_to", p)?;
+    }
+    if let Some(code) = &order.coupon_code
+        && (code.len() > 64 || code.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid("coupon_code: at most 64 characters, no control characters"));
+    }
+    if order.payment.token.is_empty() || order.payment.token.len() > 255 {
+        return Err(ApiError::invalid("payment.token: 1 to 255 characters"));
+    }
+    let token = raw_customer_token(&headers)?;
+    let hash = hex::encode(Sha256::digest(&body.bytes));
+
+    let _guard;
+    if let Some(key) = &key {
+        let lock = state.key_locks.lock_for(&channel, key);
+        _guard = lock.lock_owned().await;
+        let (channel, key_owned) = (channel.clone(), key.clone());
+        let stored =
+            state.engine.pipeline.store.run(move |c| orders::idempotent_answer(c, &channel, &key_owned)).await?;
+        if let Some((stored_hash, status, body)) = stored {
+            if stored_hash != hash {
+                return Err(ApiError::new(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was used with a different request body",
+                ));
+            }
+            return Ok(json_response(status, body));
+        }
+    }
+
+    let request = OrderRequest {
+        channel,
+        customer_id: order.customer_id,
+        customer_token: token,
+        coupon_code: order.coupon_code,
+        payment_token: order.payment.token,
+        ship_to: order.ship_to,
+        idempotency: key.map(|k| (k, hash)),
+    };
+    // The order runs in its own task: a client that goes away (or the
+    // request timeout) cannot cancel it half-way.
+    let pipeline = state.engine.pipeline.clone();
+    let outcome = tokio::spawn(async move { pipeline.place_order(request).await })
+        .await
+        .map_err(|e| ApiError::new("DEPENDENCY_UNAVAILABLE", format!("order task failed: {e}")))?;
+    // The same serialisation as the stored idempotent answer: byte for byte.
+    Ok(match outcome {
+        Ok(invoice) => json_response(201, serde_json::to_string(&invoice).unwrap_or_default()),
+        Err(e @ OrderError::PaymentFailed { .. }) => json_response(402, e.body().to_string()),
+        Err(e) => ApiError::from(e).into_response(),
+    })
+}
+
+/// Read a placed order (with its fraud review once the checks have run).
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
+    params(("order_id" = String, Path), ("X-Customer-Token" = String, Header)),
+    responses((status = 200, body = Invoice), (status = 401), (status = 403), (status = 404)),
+    security(("channel_key" = [])))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    _channel: Channel,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found = || ApiError::new("ORDER_NOT_FOUND", format!("order {order_id} not found"));
+    check_id("order_id", &order_id).map_err(|_| not_found())?;
+    // Verify the token first: an unauthenticated caller learns nothing.
+    let token = raw_customer_token(&headers)?;
+    let subject = crate::pipeline::validate::verify_token(state.credentials.identity_secret.as_bytes(), &token)?;
+    let id = order_id.clone();
+    let stored = state.engine.pipeline.store.run(move |c| orders::get_order(c, &id)).await?.ok_or_else(not_found)?;
+    if !matches!(stored.status.as_str(), "CONFIRMED" | "PAYMENT_FAILED") {
+        return Err(not_found());
+    }
+    if subject != stored.customer_id {
+        return Err(OrderError::CustomerMismatch.into());
+    }
+    let mut invoice = stored.invoice.ok_or_else(not_found)?;
+    if let Some(review) = stored.fraud_review {
+        invoice["fraud_review"] = review;
+    }
+    Ok(Json(invoice))
+}

@@ -1,0 +1,129 @@
+//! Prometheus metrics, in a registry owned by the engine (no global state,
+//! so several engines can live in one process, as the tests do).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub slot: String,
+    pub module: String,
+    pub version: String,
+    pub variant: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the engine exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub orders: Family<OutcomeLabels, Counter>,
+    pub stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+    pub rule_calls: Family<RuleLabels, Counter>,
+    pub rule_seconds: Family<RuleLabels, Histogram, fn() -> Histogram>,
+    pub payment_attempts: Family<OutcomeLabels, Counter>,
+    pub outbox_depth: Gauge,
+    pub outbox_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub requests: Family<RequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("smartmart");
+        let orders = Family::<OutcomeLabels, Counter>::default();
+        registry.register("orders", "Orders by outcome (CONFIRMED, PAYMENT_FAILED or an error code)", orders.clone());
+        let stage_seconds =
+            Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("stage_duration_seconds", "Time spent in each pipeline stage", stage_seconds.clone());
+        let rule_calls = Family::<RuleLabels, Counter>::default();
+        registry.register("rule_calls", "Rule calls by slot, module, version, variant and outcome", rule_calls.clone());
+        let rule_seconds = Family::<RuleLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("rule_call_duration_seconds", "Duration of rule calls", rule_seconds.clone());
+        let payment_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register("payment_attempts", "Gateway attempts by outcome", payment_attempts.clone());
+        let outbox_depth = Gauge::default();
+        registry.register("outbox_depth", "Events not yet delivered", outbox_depth.clone());
+        let outbox_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register("outbox_lag_seconds", "Age of the oldest undelivered event", outbox_lag_seconds.clone());
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        Metrics {
+            registry,
+            orders,
+            stage_seconds,
+            rule_calls,
+            rule_seconds,
+            payment_attempts,
+            outbox_depth,
+            outbox_lag_seconds,
+            requests,
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn order(&self, outcome: &str) {
+        self.orders.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
+
+    pub fn stage(&self, stage: &str, seconds: f64) {
+        self.stage_seconds.get_or_create(&StageLabels { stage: stage.to_string() }).observe(seconds);
+    }
+
+    pub fn rule_call(
+        &self,
+        slot: &str,
+        module: &crate::rules::ModuleIdentity,
+        variant: Option<&str>,
+        outcome: &str,
+        seconds: f64,
+    ) {
+        let labels = RuleLabels {
+            slot: slot.to_string(),
+            module: module.file.clone(),
+            version: module.version.clone(),
+            variant: variant.unwrap_or("").to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.rule_calls.get_or_create(&labels).inc();
+        self.rule_seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn payment_attempts(&self, outcome: &str, attempts: u32) {
+        self.payment_attempts
+            .get_or_create(&OutcomeLabels { outcome: outcome.to_string() })
+            .inc_by(u64::from(attempts));
+    }
+}

@@ -1,0 +1,123 @@
+//! Rules as native Rust closures, behind the same calls as a WebAssembly
+//! module. Not for production rule sets (they are not sandboxed, nor
+//! replaceable without a rebuild): they are the baseline that measures what
+//! the sandbox costs (benches/pipeline.rs).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::module::{Called, ModuleIdentity, RuleModule, Usage};
+use super::types::{Candidate, DiscountLine, OrderContext, PaymentSummary, Plan, Refusal, Verdict};
+use super::{RuleError, World};
+
+type DiscountFn = dyn Fn(&OrderContext) -> Result<Vec<DiscountLine>, Refusal> + Send + Sync;
+type SelectFn = dyn Fn(&OrderContext, &[Candidate]) -> Result<Plan, Refusal> + Send + Sync;
+type FraudFn = dyn Fn(&OrderContext, &PaymentSummary) -> Verdict + Send + Sync;
+
+/// A rule's logic as a closure.
+#[derive(Clone)]
+pub enum NativeLogic {
+    Discount(Arc<DiscountFn>),
+    Warehouse(Arc<SelectFn>),
+    Fraud(Arc<FraudFn>),
+}
+
+/// A native rule with an identity, so invoices name it like a module.
+#[derive(Clone)]
+pub struct NativeRule {
+    identity: Arc<ModuleIdentity>,
+    logic: NativeLogic,
+}
+
+impl NativeRule {
+    pub fn new(name: &str, logic: NativeLogic) -> NativeRule {
+        let world = match logic {
+            NativeLogic::Discount(_) => World::DiscountRule,
+            NativeLogic::Warehouse(_) => World::WarehouseSelector,
+            NativeLogic::Fraud(_) => World::FraudCheck,
+        };
+        NativeRule {
+            identity: Arc::new(ModuleIdentity {
+                world,
+                file: format!("native:{name}"),
+                name: name.into(),
+                version: "native".into(),
+                description: "native closure (benchmark baseline)".into(),
+                digest: "native".into(),
+            }),
+            logic,
+        }
+    }
+}
+
+/// A rule of a slot: a sandboxed module, or a native closure.
+#[derive(Clone)]
+pub enum Rule {
+    Wasm(RuleModule),
+    Native(NativeRule),
+}
+
+impl From<RuleModule> for Rule {
+    fn from(module: RuleModule) -> Self {
+        Rule::Wasm(module)
+    }
+}
+
+fn usage(started: Instant) -> Usage {
+    Usage { elapsed: started.elapsed(), fuel: 0, peak_memory_bytes: 0 }
+}
+
+impl Rule {
+    pub fn identity(&self) -> &Arc<ModuleIdentity> {
+        match self {
+            Rule::Wasm(m) => m.identity(),
+            Rule::Native(n) => &n.identity,
+        }
+    }
+
+    fn wrong_world(&self) -> RuleError {
+        RuleError::Failed {
+            module: self.identity().clone(),
+            cause: super::FailureCause::Instantiate("native rule of another slot".into()),
+        }
+    }
+
+    fn refused(&self, refusal: Refusal) -> RuleError {
+        RuleError::Refused { module: self.identity().clone(), refusal }
+    }
+
+    pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        match self {
+            Rule::Wasm(m) => m.apply_discount(order),
+            Rule::Native(NativeRule { logic: NativeLogic::Discount(f), .. }) => {
+                let started = Instant::now();
+                let value = f(order).map_err(|r| self.refused(r))?;
+                Ok(Called { value, usage: usage(started) })
+            }
+            Rule::Native(_) => Err(self.wrong_world()),
+        }
+    }
+
+    pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
+        match self {
+            Rule::Wasm(m) => m.select_warehouses(order, candidates),
+            Rule::Native(NativeRule { logic: NativeLogic::Warehouse(f), .. }) => {
+                let started = Instant::now();
+                let value = f(order, candidates).map_err(|r| self.refused(r))?;
+                Ok(Called { value, usage: usage(started) })
+            }
+            Rule::Native(_) => Err(self.wrong_world()),
+        }
+    }
+
+    pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
+        match self {
+            Rule::Wasm(m) => m.check_fraud(order, payment),
+            Rule::Native(NativeRule { logic: NativeLogic::Fraud(f), .. }) => {
+                let started = Instant::now();
+                Ok(Called { value: f(order, payment), usage: usage(started) })
+            }
+            Rule::Native(_) => Err(self.wrong_world()),
+        }
+    }
+}
