@@ -20,7 +20,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Delivers every due event once; returns how many were delivered.
 pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
     // One pass at a time: two passes would both read the same READY rows.
-    // let _pass = pipeline.store.delivery_pass().await;
+    let _pass = pipeline.store.delivery_pass().await;
     let mut delivered = 0;
     loop {
         let due = pipeline.store.run(|c| orders::due_events(c, now_ms(), BATCH)).await?;

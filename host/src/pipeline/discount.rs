@@ -4,8 +4,18 @@
 
 use super::OrderError;
 use super::invoice::{InvoiceDiscount, SkippedRule};
+use crate::metrics::Metrics;
 use crate::rules::types::{OrderContext, Refusal};
-use crate::rules::{FailMode, FailureCause, RuleError, RuleSet};
+use crate::rules::{Called, FailMode, FailureCause, RuleError, RuleSet};
+
+/// A rule call's outcome as a metric label.
+pub(super) fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
+    match answer {
+        Ok(_) => "ok",
+        Err(RuleError::Refused { .. }) => "refused",
+        Err(RuleError::Failed { cause, .. }) => cause.kind(),
+    }
+}
 
 pub struct Discounts {
     pub lines: Vec<InvoiceDiscount>,
@@ -14,12 +24,21 @@ pub struct Discounts {
 }
 
 /// Runs the discount slot on `order` (whose `payable_cents` is the subtotal).
-pub fn apply_discounts(rules: &RuleSet, order: &OrderContext) -> Result<Discounts, OrderError> {
+pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, metrics: &Metrics) -> Result<Discounts, OrderError> {
     let mut order = order.clone();
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
     for rule in &rules.discount {
-        let granted = match rule.module.apply_discount(&order) {
+        let started = std::time::Instant::now();
+        let answer = rule.module.apply_discount(&order);
+        metrics.rule_call(
+            "discount",
+            rule.module.identity(),
+            None,
+            outcome_of(&answer),
+            started.elapsed().as_secs_f64(),
+        );
+        let granted = match answer {
             Ok(called) => called.value,
             Err(RuleError::Refused { module, refusal: Refusal::InvalidCoupon { message } }) => {
                 return Err(OrderError::InvalidCoupon { message, module: Box::new((*module).clone()) });

@@ -28,13 +28,22 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
             return Ok(reviewed);
         }
         let rules = pipeline.rules.load_full();
-        for order in waiting {
-            let review = match order.invoice.as_ref().map(|v| serde_json::from_value::<Invoice>(v.clone())) {
-                Some(Ok(invoice)) => review(&rules, &invoice),
-                _ => {
-                    json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null })
-                }
-            };
+        let metrics = pipeline.metrics.clone();
+        // Rule calls run on the blocking pool (see `rules::run_blocking`).
+        let verdicts = crate::rules::run_blocking(move || {
+            waiting
+                .into_iter()
+                .map(|order| {
+                    let review = match order.invoice.as_ref().map(|v| serde_json::from_value::<Invoice>(v.clone())) {
+                        Some(Ok(invoice)) => review(&rules, &invoice, &metrics),
+                        _ => json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null }),
+                    };
+                    (order, review)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for (order, review) in verdicts {
             store_review(pipeline, &order, review).await?;
             reviewed += 1;
         }
@@ -59,7 +68,7 @@ async fn store_review(pipeline: &Pipeline, order: &StoredOrder, review: Value) -
 /// severe action wins (then the highest score); flags are merged. A failed
 /// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
 /// a fail-open one is skipped and listed.
-pub fn review(rules: &RuleSet, invoice: &Invoice) -> Value {
+pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metrics) -> Value {
     let context = OrderContext {
         order_id: invoice.order_id.clone(),
         channel: invoice.channel.clone(),
@@ -90,7 +99,11 @@ pub fn review(rules: &RuleSet, invoice: &Invoice) -> Value {
     let mut reasons: Vec<String> = Vec::new();
     let mut skipped: Vec<Value> = Vec::new();
     for rule in &rules.fraud {
-        let (action, score) = match rule.module.check_fraud(&context, &payment) {
+        let started = std::time::Instant::now();
+        let answer = rule.module.check_fraud(&context, &payment);
+        let outcome = super::discount::outcome_of(&answer);
+        metrics.rule_call("fraud", rule.module.identity(), None, outcome, started.elapsed().as_secs_f64());
+        let (action, score) = match answer {
             Ok(called) => {
                 let verdict = called.value;
                 flags.extend(verdict.flags.iter().cloned());

@@ -4,12 +4,14 @@
 //! in one transaction that also creates the order as PENDING.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::invoice::{AllocationLine, InvoiceAllocation, distance_km};
 use super::validate::unavailable;
 use super::{OrderError, Stage};
+use crate::metrics::Metrics;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
-use crate::rules::{FailureCause, RuleError, RuleSet};
+use crate::rules::{FailureCause, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
 use crate::store::catalog::{self, StockedWarehouse};
 use crate::store::orders::{self, Hold, ReserveOutcome};
@@ -28,7 +30,8 @@ pub struct OrderKeys<'a> {
 /// Plans and holds the order's stock; on success the order exists as PENDING.
 pub async fn allocate(
     store: &Store,
-    rules: &RuleSet,
+    rules: &Arc<RuleSet>,
+    metrics: &Arc<Metrics>,
     order: &OrderContext,
     keys: &OrderKeys<'_>,
 ) -> Result<Vec<InvoiceAllocation>, OrderError> {
@@ -41,7 +44,9 @@ pub async fn allocate(
             .await
             .map_err(|e| unavailable(Stage::Inventory, e))?;
         let candidates: Vec<Candidate> = stocked.iter().map(candidate).collect();
-        let plan = select(rules, order, &candidates)?;
+        let (rules_now, order_now, metrics_now) = (rules.clone(), order.clone(), metrics.clone());
+        let offered = candidates.clone();
+        let plan = run_blocking(move || select(&rules_now, &order_now, &offered, &metrics_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
             slot: "warehouse",
             module: Box::new((**rules.warehouse.module.identity()).clone()),
@@ -97,8 +102,23 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
     }
 }
 
-fn select(rules: &RuleSet, order: &OrderContext, candidates: &[Candidate]) -> Result<Plan, OrderError> {
-    match rules.warehouse.module.select_warehouses(order, candidates) {
+fn select(
+    rules: &RuleSet,
+    order: &OrderContext,
+    candidates: &[Candidate],
+    metrics: &Metrics,
+) -> Result<Plan, OrderError> {
+    let started = std::time::Instant::now();
+    let answer = rules.warehouse.module.select_warehouses(order, candidates);
+    let identity = rules.warehouse.module.identity();
+    metrics.rule_call(
+        "warehouse",
+        identity,
+        None,
+        super::discount::outcome_of(&answer),
+        started.elapsed().as_secs_f64(),
+    );
+    match answer {
         Ok(called) => Ok(called.value),
         Err(RuleError::Refused { refusal: Refusal::CannotFulfil(shortfall), .. }) => Err(OrderError::OutOfStock {
             sku: shortfall.sku,

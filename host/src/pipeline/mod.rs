@@ -123,7 +123,7 @@ impl Pipeline {
     /// Runs one order through every stage. `Ok` is the confirmed invoice;
     /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
     #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
-    pub async fn place_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
+    async fn run_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
         let started = Instant::now();
         let config = &self.config;
         // The rule set this order runs on, whatever is reloaded meanwhile.
@@ -174,12 +174,15 @@ impl Pipeline {
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
             tokio::time::sleep(config.faults.inventory_delay).await;
-            inventory::allocate(&self.store, &rules, &context, &keys).await.map(|a| (a, ms(leg_started)))
+            inventory::allocate(&self.store, &rules, &self.metrics, &context, &keys).await.map(|a| (a, ms(leg_started)))
         });
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
             tokio::time::sleep(config.faults.discount_delay).await;
-            discount::apply_discounts(&rules, &context).map(|d| (d, ms(leg_started)))
+            let (rules, context, metrics) = (rules.clone(), context.clone(), self.metrics.clone());
+            crate::rules::run_blocking(move || discount::apply_discounts(&rules, &context, &metrics))
+                .await
+                .map(|d| (d, ms(leg_started)))
         });
         let (allocated, discounted) = if config.sequential_legs {
             let allocated = inventory_leg.await;
@@ -247,6 +250,29 @@ impl Pipeline {
         let result = payment::pay_and_settle(self, &mut invoice, &request, stage_started, started).await;
         self.settled.notify_one();
         self.events_ready.notify_one();
+        let metrics = &self.metrics;
+        let t = &invoice.timings_ms;
+        for (stage, ms) in [
+            ("validate", t.validate),
+            ("cart", t.cart),
+            ("discount", t.discount),
+            ("inventory", t.inventory),
+            ("payment", t.payment),
+            ("total", t.total),
+        ] {
+            metrics.stage(stage, ms / 1e3);
+        }
+        metrics.payment_attempts(&invoice.payment.status, invoice.payment.attempts);
+        result
+    }
+
+    /// Runs one order (see [`Pipeline::run_order`]) and counts its outcome.
+    pub async fn place_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
+        let result = self.run_order(request).await;
+        self.metrics.order(match &result {
+            Ok(_) => "CONFIRMED",
+            Err(e) => e.code(),
+        });
         result
     }
 

@@ -29,7 +29,7 @@ pub use budgets::Budgets;
 pub use engine::{RuleRuntime, RuntimeOptions};
 pub use error::{FailureCause, LoadError, RuleError};
 pub use manifest::FailMode;
-pub use module::{Called, ModuleIdentity, RuleModule, Usage};
+pub use module::{Called, ModuleIdentity, RuleModule, Usage, run_blocking};
 pub use native::{NativeLogic, NativeRule, Rule};
 pub use ruleset::{HostDefaults, RuleSet, SlotRule};
 pub use state::ModuleConfig;

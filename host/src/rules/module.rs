@@ -18,6 +18,28 @@ use super::state::{ModuleConfig, RuleState};
 use super::types::{Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
 
+/// Wall-clock deadline of the `meta.info` call made while loading, in ms.
+const LOAD_TIME_MS: u64 = 2_000;
+
+thread_local! {
+    /// Set on threads of tokio's blocking pool entered through [`run_blocking`].
+    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs rule calls on tokio's blocking pool: they never stall an async
+/// worker, and WASI calls a guest makes (a panic message) work there.
+pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(move || {
+        ON_BLOCKING_POOL.set(true);
+        f()
+    })
+    .await
+    {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Who a module is, everywhere it is named: invoices, events, metrics, errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModuleIdentity {
@@ -125,7 +147,11 @@ impl RuleModule {
             label: Arc::from(file_name.as_str()),
             budgets,
         };
-        let info = module.info().map_err(|e| LoadError::Describe {
+        // Loading is off the order path, and a module's first instance pays
+        // for page faults of its fresh memory: a generous deadline here keeps
+        // a busy machine from refusing a good module (fuel still bounds it).
+        let describe_budgets = Budgets { time_ms: budgets.time_ms.max(LOAD_TIME_MS), ..budgets };
+        let info = module.with_budgets(describe_budgets).info().map_err(|e| LoadError::Describe {
             file: file.to_owned(),
             expected: world,
             cause: e.to_string(),
@@ -140,6 +166,11 @@ impl RuleModule {
 
     pub fn identity(&self) -> &Arc<ModuleIdentity> {
         &self.identity
+    }
+
+    /// The same module under other budgets.
+    pub fn with_budgets(&self, budgets: Budgets) -> RuleModule {
+        RuleModule { budgets, ..self.clone() }
     }
 
     pub fn path(&self) -> &Path {
@@ -240,9 +271,10 @@ impl RuleModule {
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
         // file or socket call) would bring down the order's task instead of
-        // failing the rule. Inside a runtime the guest therefore runs on a
-        // thread of its own, outside it.
-        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+        // failing the rule. On tokio's blocking pool (`run_blocking`, the
+        // pipeline's way in) that is safe; anywhere else inside a runtime the
+        // guest runs on a thread of its own.
+        let outcome = if tokio::runtime::Handle::try_current().is_ok() && !ON_BLOCKING_POOL.get() {
             let prepared = &self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())
