@@ -99,7 +99,8 @@ impl RuleRuntime {
         config: ModuleConfig,
         budgets: Budgets,
     ) -> Result<RuleModule, LoadError> {
-        let bytes = std::fs::read(file).map_err(|source| LoadError::Read { file: file.to_owned(), source })?;
+        let bytes =
+            std::fs::read(file).map_err(|source| LoadError::Read { file: file.to_owned(), expected: world, source })?;
         self.load_bytes(file, &bytes, world, config, budgets)
     }
 
@@ -112,7 +113,7 @@ impl RuleRuntime {
         config: ModuleConfig,
         budgets: Budgets,
     ) -> Result<RuleModule, LoadError> {
-        budgets.validate().map_err(|reason| LoadError::Budgets { file: file.to_owned(), reason })?;
+        budgets.validate().map_err(|reason| LoadError::Budgets { file: file.to_owned(), expected: world, reason })?;
         let compiled = self.compile(file, bytes, world)?;
         RuleModule::bind(self, file, compiled, world, Arc::new(config), budgets)
     }

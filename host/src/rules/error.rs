@@ -11,9 +11,10 @@ use super::world::World;
 /// and the world it was expected to implement.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{file}: cannot read the module: {source}")]
+    #[error("{file}: cannot read the module for world `{expected}`: {source}")]
     Read {
         file: PathBuf,
+        expected: World,
         #[source]
         source: std::io::Error,
     },
@@ -29,8 +30,8 @@ pub enum LoadError {
     ForbiddenImport { file: PathBuf, expected: World, imports: Vec<String> },
     #[error("{file}: `meta.info` failed while loading as `{expected}`: {cause}")]
     Describe { file: PathBuf, expected: World, cause: String },
-    #[error("{file}: invalid budgets: {reason}")]
-    Budgets { file: PathBuf, reason: String },
+    #[error("{file}: invalid budgets for a `{expected}` rule: {reason}")]
+    Budgets { file: PathBuf, expected: World, reason: String },
 }
 
 /// Why a rule call did not produce a usable answer.
