@@ -116,10 +116,7 @@ fn native_rules(wasm: &RuleSet) -> Arc<RuleSet> {
         flags: vec![],
         reasons: vec![],
     }));
-    let slot = |name: &str, logic| SlotRule {
-        module: Rule::Native(NativeRule::new(name, logic)),
-        fail_mode: Default::default(),
-    };
+    let slot = |name: &str, logic| SlotRule::single(Rule::Native(NativeRule::new(name, logic)), Default::default());
     Arc::new(RuleSet {
         discount: vec![slot("gold-loyalty", gold), slot("coupons", coupons)],
         warehouse: slot("nearest-warehouse", nearest),

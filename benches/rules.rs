@@ -5,7 +5,8 @@
 //! - `gold-loyalty call vs instantiate`: `RuleModule::info` (instantiate and
 //!   the cheapest export) beside `apply_discount`, and the same gold-loyalty
 //!   logic as a native Rust closure (with and without cloning the order, as
-//!   the host clones it into the WIT types);
+//!   the host clones it into the WIT types), and `apply_discount` called from
+//!   inside a tokio runtime, as the pipeline calls it;
 //! - `per-call host setup`: the parts of a call the host pays before the
 //!   guest runs (its WASI context, a store on an engine configured like the
 //!   host's, the copy of the order), rebuilt here from public APIs because
@@ -118,6 +119,11 @@ fn gold_loyalty_breakdown(c: &mut Criterion) {
     group.bench_function("info (fresh instance + cheapest call)", |b| b.iter(|| gold.info().unwrap()));
     group.bench_function("apply_discount (fresh instance + call)", |b| {
         b.iter(|| gold.apply_discount(black_box(&order)).unwrap())
+    });
+    // As the pipeline calls rules: from a task of a multi-threaded runtime.
+    let tokio_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    group.bench_function("apply_discount from inside a tokio runtime", |b| {
+        tokio_runtime.block_on(async { b.iter(|| gold.apply_discount(black_box(&order)).unwrap()) })
     });
     group.bench_function("native closure, cloning the order", |b| {
         let rule = |o: &OrderContext| {

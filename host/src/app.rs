@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{EventSink, JsonlSink, run_dispatcher};
 use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
+use crate::rules::reload::Reloader;
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
 use crate::store::catalog::{self, Customer, Product, Warehouse};
 use crate::store::{Store, StoreOptions};
@@ -43,6 +44,12 @@ pub struct EngineSettings {
     pub gateway: GatewayChoice,
     pub store: StoreOptions,
     pub faults: Faults,
+    /// Key of the A/B variant assignment (stable across restarts).
+    pub experiment_key: Vec<u8>,
+    /// When non-empty, modules must be signed by one of these keys.
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// Watch the plug-in directory and hot-reload it.
+    pub watch_plugins: bool,
     /// Benchmark baseline only: stage 3's legs one after the other.
     pub sequential_legs: bool,
     /// How often the janitor reconciles stuck orders, and how old they must be.
@@ -59,6 +66,9 @@ impl EngineSettings {
             currency: "USD".into(),
             identity_secret: identity_secret.to_vec(),
             pseudonym_key: [identity_secret, b"/analytics-pseudonym"].concat(),
+            experiment_key: [identity_secret, b"/experiment-assignment"].concat(),
+            trusted_keys: Vec::new(),
+            watch_plugins: true,
             fraud_threshold_cents: 500_000,
             stage_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
@@ -76,6 +86,7 @@ impl EngineSettings {
 pub struct Engine {
     pub pipeline: Pipeline,
     pub runtime: RuleRuntime,
+    pub reloader: Reloader,
     pub sink: Arc<dyn EventSink>,
     pub sandbox: Option<SandboxGateway>,
     pub settings: EngineSettings,
@@ -97,8 +108,13 @@ impl Engine {
         })?;
         let defaults = HostDefaults {
             fraud: ModuleConfig::from([("threshold_cents".to_string(), settings.fraud_threshold_cents.to_string())]),
+            experiment_key: settings.experiment_key.clone(),
+            trusted_keys: settings.trusted_keys.clone(),
         };
-        let rules = RuleSet::load(&runtime, &settings.plugins_dir, &defaults)?;
+        let rules = {
+            let (runtime, dir, defaults) = (runtime.clone(), settings.plugins_dir.clone(), defaults.clone());
+            crate::rules::run_blocking(move || RuleSet::load(&runtime, &dir, &defaults)).await?
+        };
         let (gateway, sandbox): (Arc<dyn PaymentGateway>, _) = match &settings.gateway {
             GatewayChoice::Sandbox => {
                 let sandbox = SandboxGateway::open(&data_dir.join("sandbox-gateway.sqlite"))?;
@@ -107,9 +123,17 @@ impl Engine {
             GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
         };
         let sink: Arc<dyn EventSink> = Arc::new(JsonlSink::new(&data_dir.join("events"))?);
+        let rules = Arc::new(ArcSwap::new(rules));
+        let reloader = Reloader {
+            runtime: runtime.clone(),
+            dir: settings.plugins_dir.clone(),
+            defaults,
+            rules: rules.clone(),
+            status: Arc::default(),
+        };
         let pipeline = Pipeline {
             store,
-            rules: Arc::new(ArcSwap::new(rules)),
+            rules,
             gateway,
             config: Arc::new(PipelineConfig {
                 currency: settings.currency.clone(),
@@ -122,6 +146,7 @@ impl Engine {
             }),
             settled: Arc::new(Notify::new()),
             metrics: Arc::default(),
+            experiments: Arc::default(),
             events_ready: Arc::new(Notify::new()),
         };
         // Every PENDING order now is from a process that died.
@@ -130,7 +155,7 @@ impl Engine {
             tracing::warn!(?report, "some interrupted orders await the gateway; the janitor will retry");
         }
         let shutdown = CancellationToken::new();
-        let workers = vec![
+        let mut workers = vec![
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
             tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
             tokio::spawn(recovery::run_janitor(
@@ -140,7 +165,16 @@ impl Engine {
                 shutdown.clone(),
             )),
         ];
-        Ok(Engine { pipeline, runtime, sink, sandbox, settings, shutdown, workers })
+        if settings.watch_plugins {
+            let watcher = reloader.clone();
+            let stop = shutdown.clone();
+            workers.push(tokio::spawn(async move {
+                if let Err(e) = watcher.watch(stop).await {
+                    tracing::error!(error = %e, "cannot watch the plug-in directory; hot reload is off");
+                }
+            }));
+        }
+        Ok(Engine { pipeline, runtime, reloader, sink, sandbox, settings, shutdown, workers })
     }
 
     /// Reviews and delivers everything pending now (for the demo and tests).

@@ -61,6 +61,13 @@ pub struct ServeConfig {
     /// Longest one pipeline stage may take [default: 5000].
     #[arg(long, env = "SMARTMART_STAGE_TIMEOUT_MS")]
     pub stage_timeout_ms: Option<u64>,
+    /// Hex ed25519 public keys, comma-separated: when set, every rule module
+    /// needs a `<file>.sig` by one of them (see `smartmart rules sign`).
+    #[arg(long, env = "SMARTMART_TRUSTED_KEYS")]
+    pub trusted_keys: Option<String>,
+    /// Watch the plug-in directory and hot-reload it on changes [default: true].
+    #[arg(long, env = "SMARTMART_WATCH_PLUGINS")]
+    pub watch_plugins: Option<bool>,
     /// Longest in-flight requests get to finish on SIGTERM/SIGINT [default: 10000].
     #[arg(long, env = "SMARTMART_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -91,6 +98,8 @@ impl ServeConfig {
             request_timeout_ms: self.request_timeout_ms.or(lower.request_timeout_ms),
             stage_timeout_ms: self.stage_timeout_ms.or(lower.stage_timeout_ms),
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
+            trusted_keys: self.trusted_keys.or(lower.trusted_keys),
+            watch_plugins: self.watch_plugins.or(lower.watch_plugins),
         }
     }
 }
@@ -233,6 +242,10 @@ impl ServeSettings {
         if let Some(url) = config.payment_gateway_url {
             engine.gateway = GatewayChoice::Http { url, timeout: Duration::from_secs(2) };
         }
+        if let Some(keys) = &config.trusted_keys {
+            engine.trusted_keys = parse_trusted_keys(keys)?;
+        }
+        engine.watch_plugins = config.watch_plugins.unwrap_or(true);
         let stage_timeout_ms = config.stage_timeout_ms.unwrap_or(5_000);
         let request_timeout_ms = config.request_timeout_ms.unwrap_or(10_000);
         if stage_timeout_ms == 0 || request_timeout_ms == 0 {
@@ -255,6 +268,22 @@ impl ServeSettings {
             generated,
         ))
     }
+}
+
+/// Parses `SMARTMART_TRUSTED_KEYS`: hex ed25519 public keys, comma-separated.
+pub fn parse_trusted_keys(text: &str) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let bytes: [u8; 32] = hex::decode(k)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("SMARTMART_TRUSTED_KEYS: `{k}` is not 64 hex digits"))?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                .with_context(|| format!("SMARTMART_TRUSTED_KEYS: `{k}` is not an ed25519 public key"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -78,6 +78,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
+    /// Generate an ed25519 key pair for signing modules: writes the secret
+    /// key (hex) to FILE (mode 0600) and prints the public key for
+    /// SMARTMART_TRUSTED_KEYS.
+    Keygen { file: PathBuf },
+    /// Sign a module: writes `FILE.sig`, an ed25519 signature over its
+    /// `sha256:` digest, with the secret key of `rules keygen`.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Load a module as the service would and print its world, name,
     /// version, digest and imports.
     Check {
@@ -174,6 +185,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
+    match &command {
+        RulesCommand::Keygen { file } => {
+            let public = smartmart::rules::signing::keygen(file)?;
+            println!("{public}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        RulesCommand::Sign { file, key } => {
+            let sig = smartmart::rules::signing::sign_file(file, key)?;
+            println!("{}", sig.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let runtime = RuleRuntime::new(RuntimeOptions { max_instances: 8, ..RuntimeOptions::default() })?;
     match command {
         RulesCommand::Check { file, world, json } => {
@@ -195,6 +219,7 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        RulesCommand::Keygen { .. } | RulesCommand::Sign { .. } => unreachable!("handled above"),
         RulesCommand::Run { file, input, config, world } => {
             let text = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
             let input: runner::RunInput =

@@ -2,6 +2,8 @@
 
 mod cli;
 mod crash;
+mod http;
+mod http_fuzz;
 mod payment;
 mod pipeline;
 mod rules;

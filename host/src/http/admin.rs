@@ -204,29 +204,79 @@ pub async fn get_stock(
     }))
 }
 
-/// The loaded rule modules, and the files that failed to load.
+/// The loaded rule modules (every variant and shadow candidate), and the
+/// reloads refused since the last good one.
 #[utoipa::path(get, path = "/v1/admin/plugins", tag = "admin",
     responses((status = 200, description = "`{plugins: [...], errors: [...]}`"), (status = 401)), security(("admin_key" = [])))]
 pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<Value> {
     let rules = state.engine.pipeline.rules.load_full();
-    let plugins: Vec<Value> = rules
-        .all()
-        .map(|(slot, rule)| {
-            let id = rule.module.identity();
-            json!({
-                "slot": slot, "name": id.name, "version": id.version, "digest": id.digest, "file": id.file,
-                "loaded_at": rules.loaded_at, "experiment": null, "variant": null, "fail_mode": rule.fail_mode,
-            })
+    let entry = |slot: &str, rule: &crate::rules::Rule, experiment: Option<&str>, variant: Option<&str>, fail_mode| {
+        let id = rule.identity();
+        json!({
+            "slot": slot, "name": id.name, "version": id.version, "digest": id.digest, "file": id.file,
+            "loaded_at": rules.loaded_at, "experiment": experiment, "variant": variant, "fail_mode": fail_mode,
         })
-        .collect();
-    Json(json!({ "plugins": plugins, "errors": [] }))
+    };
+    let mut plugins = Vec::new();
+    for (slot, rule) in rules.all() {
+        match &rule.experiment {
+            None => plugins.push(entry(slot, &rule.module, None, None, rule.fail_mode)),
+            Some(experiment) => {
+                for variant in &experiment.variants {
+                    plugins.push(entry(
+                        slot,
+                        &variant.rule,
+                        Some(&experiment.name),
+                        Some(&variant.name),
+                        rule.fail_mode,
+                    ));
+                }
+            }
+        }
+        if let Some(shadow) = &rule.shadow {
+            plugins.push(entry(slot, shadow, None, Some("shadow"), rule.fail_mode));
+        }
+    }
+    let status = state.engine.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(json!({
+        "plugins": plugins, "errors": status.errors, "reloads": status.reloads, "refused_reloads": status.refused,
+        "last_reload_at": status.last_reload_at,
+    }))
 }
 
-/// A/B experiments and their figures per variant.
+/// A/B experiments with their figures per variant since start, and shadow
+/// candidates with their differences from the active modules.
 #[utoipa::path(get, path = "/v1/admin/experiments", tag = "admin",
     responses((status = 200, description = "array of experiments"), (status = 401)), security(("admin_key" = [])))]
-pub async fn get_experiments(_admin: Admin) -> Json<Value> {
-    Json(json!([]))
+pub async fn get_experiments(State(state): State<AppState>, _admin: Admin) -> Result<Json<Vec<Value>>, ApiError> {
+    let rules = state.engine.pipeline.rules.load_full();
+    let stats = &state.engine.pipeline.experiments;
+    let mut out = Vec::new();
+    for (slot, rule) in rules.all() {
+        let Some(experiment) = &rule.experiment else { continue };
+        let variants: Vec<Value> = experiment
+            .variants
+            .iter()
+            .map(|v| {
+                let f = stats.figures(&experiment.name, &v.name);
+                let id = v.rule.identity();
+                json!({
+                    "name": v.name, "module": id.file, "version": id.version, "digest": id.digest, "weight": v.weight,
+                    "orders": f.orders, "discount_cents": f.discount_cents, "errors": f.errors,
+                    "mean_latency_us": f.mean_latency_us,
+                })
+            })
+            .collect();
+        out.push(json!({ "name": experiment.name, "slot": slot, "kind": "ab", "variants": variants }));
+    }
+    let shadows = state.engine.pipeline.store.run(|c| crate::pipeline::experiments::shadow_summaries(c)).await?;
+    for shadow in shadows {
+        out.push(json!({
+            "name": format!("shadow:{}", shadow.candidate_module), "slot": shadow.slot, "kind": "shadow",
+            "variants": [], "shadow": shadow,
+        }));
+    }
+    Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

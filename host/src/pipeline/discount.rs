@@ -3,10 +3,11 @@
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
+use super::experiments::ExperimentStats;
 use super::invoice::{InvoiceDiscount, SkippedRule};
 use crate::metrics::Metrics;
 use crate::rules::types::{OrderContext, Refusal};
-use crate::rules::{Called, FailMode, FailureCause, RuleError, RuleSet};
+use crate::rules::{Called, FailMode, FailureCause, Rule, RuleError, RuleSet};
 
 /// A rule call's outcome as a metric label.
 pub(super) fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
@@ -21,23 +22,70 @@ pub struct Discounts {
     pub lines: Vec<InvoiceDiscount>,
     pub total_cents: u64,
     pub skipped: Vec<SkippedRule>,
+    /// Shadow candidates to run after the answer, on the input their active
+    /// rule saw.
+    pub shadows: Vec<ShadowJob>,
+}
+
+/// A shadow candidate's pending run.
+pub struct ShadowJob {
+    pub active: Rule,
+    pub candidate: Rule,
+    pub order: OrderContext,
+    /// What the active rule took off (after capping).
+    pub active_cents: u64,
+}
+
+/// Where the pipeline's per-call bookkeeping goes.
+pub struct Books<'a> {
+    pub metrics: &'a Metrics,
+    pub experiments: &'a ExperimentStats,
+}
+
+/// Discount lines of a rule's answer, capped so the total never goes below
+/// zero, with the provenance of the module that granted them.
+fn capped_lines(
+    granted: Vec<crate::rules::types::DiscountLine>,
+    rule: &Rule,
+    variant: Option<&str>,
+    payable: &mut u64,
+) -> Vec<InvoiceDiscount> {
+    let identity = rule.identity();
+    let mut lines = Vec::new();
+    for line in granted {
+        let amount = line.amount_cents.min(*payable);
+        if amount == 0 {
+            continue;
+        }
+        *payable -= amount;
+        lines.push(InvoiceDiscount {
+            rule: line.rule,
+            module: identity.file.clone(),
+            version: identity.version.clone(),
+            digest: identity.digest.clone(),
+            variant: variant.map(str::to_string),
+            description: line.description,
+            amount_cents: amount,
+            reasons: line.reasons,
+        });
+    }
+    lines
 }
 
 /// Runs the discount slot on `order` (whose `payable_cents` is the subtotal).
-pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, metrics: &Metrics) -> Result<Discounts, OrderError> {
+pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>) -> Result<Discounts, OrderError> {
     let mut order = order.clone();
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
-    for rule in &rules.discount {
+    let mut shadows = Vec::new();
+    for slot_rule in &rules.discount {
+        let picked = slot_rule.pick(&order.customer.id);
         let started = std::time::Instant::now();
-        let answer = rule.module.apply_discount(&order);
-        metrics.rule_call(
-            "discount",
-            rule.module.identity(),
-            None,
-            outcome_of(&answer),
-            started.elapsed().as_secs_f64(),
-        );
+        let answer = picked.rule.apply_discount(&order);
+        let seconds = started.elapsed().as_secs_f64();
+        books.metrics.rule_call("discount", picked.rule.identity(), picked.variant, outcome_of(&answer), seconds);
+        let before = order.payable_cents;
+        let seen = order.clone();
         let granted = match answer {
             Ok(called) => called.value,
             Err(RuleError::Refused { module, refusal: Refusal::InvalidCoupon { message } }) => {
@@ -48,43 +96,69 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, metrics: &Metrics)
                 let cause = FailureCause::Guest(format!("unexpected refusal {refusal:?}"));
                 return Err(OrderError::RuleFailed { slot: "discount", module: Box::new((*module).clone()), cause });
             }
-            Err(RuleError::Failed { module, cause }) => match rule.fail_mode {
-                FailMode::Closed => {
-                    return Err(OrderError::RuleFailed {
-                        slot: "discount",
-                        module: Box::new((*module).clone()),
-                        cause,
-                    });
+            Err(RuleError::Failed { module, cause }) => {
+                if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
+                    books.experiments.record(experiment, variant, 0, true, seconds * 1e6);
                 }
-                FailMode::Open => {
-                    tracing::warn!(module = %module, %cause, "fail-open discount rule skipped");
-                    skipped.push(skipped_rule(&module, cause.to_string()));
-                    continue;
+                match slot_rule.fail_mode {
+                    FailMode::Closed => {
+                        return Err(OrderError::RuleFailed {
+                            slot: "discount",
+                            module: Box::new((*module).clone()),
+                            cause,
+                        });
+                    }
+                    FailMode::Open => {
+                        tracing::warn!(module = %module, %cause, "fail-open discount rule skipped");
+                        skipped.push(skipped_rule(&module, cause.to_string()));
+                        continue;
+                    }
                 }
-            },
-        };
-        let identity = rule.module.identity();
-        for line in granted {
-            // Never below zero, whatever a rule claims.
-            let amount = line.amount_cents.min(order.payable_cents);
-            if amount == 0 {
-                continue;
             }
-            order.payable_cents -= amount;
-            lines.push(InvoiceDiscount {
-                rule: line.rule,
-                module: identity.file.clone(),
-                version: identity.version.clone(),
-                digest: identity.digest.clone(),
-                variant: None,
-                description: line.description,
-                amount_cents: amount,
-                reasons: line.reasons,
+        };
+        let granted = capped_lines(granted, picked.rule, picked.variant, &mut order.payable_cents);
+        let taken = before - order.payable_cents;
+        if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
+            books.experiments.record(experiment, variant, taken, false, seconds * 1e6);
+        }
+        if let Some(candidate) = &slot_rule.shadow {
+            shadows.push(ShadowJob {
+                active: picked.rule.clone(),
+                candidate: candidate.clone(),
+                order: seen,
+                active_cents: taken,
             });
         }
+        lines.extend(granted);
     }
     let total_cents = lines.iter().map(|l| l.amount_cents).sum();
-    Ok(Discounts { lines, total_cents, skipped })
+    Ok(Discounts { lines, total_cents, skipped, shadows })
+}
+
+/// Runs a shadow candidate on the input its active rule saw; the result
+/// never reaches the order.
+pub fn run_shadow(job: &ShadowJob, order_id: &str) -> super::experiments::ShadowRun {
+    let mut payable = job.order.payable_cents;
+    let (candidate_cents, candidate_result) = match job.candidate.apply_discount(&job.order) {
+        Ok(called) => {
+            let lines = capped_lines(called.value, &job.candidate, None, &mut payable);
+            (
+                job.order.payable_cents - payable,
+                serde_json::json!({ "discount_cents": job.order.payable_cents - payable, "lines": lines }),
+            )
+        }
+        Err(e) => (0, serde_json::json!({ "error": e.to_string() })),
+    };
+    super::experiments::ShadowRun {
+        order_id: order_id.to_string(),
+        slot: "discount",
+        active: (**job.active.identity()).clone(),
+        candidate: (**job.candidate.identity()).clone(),
+        active_result: serde_json::json!({ "discount_cents": job.active_cents }),
+        candidate_result,
+        money_difference_cents: candidate_cents as i64 - job.active_cents as i64,
+        differs: candidate_cents != job.active_cents,
+    }
 }
 
 pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: String) -> SkippedRule {

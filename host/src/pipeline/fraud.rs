@@ -94,15 +94,16 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
         attempts: invoice.payment.attempts,
         gateway: invoice.payment.gateway.clone(),
     };
-    let mut best: Option<(FraudAction, u8, &crate::rules::SlotRule)> = None;
+    let mut best: Option<(FraudAction, u8, std::sync::Arc<crate::rules::ModuleIdentity>)> = None;
     let mut flags: Vec<String> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     let mut skipped: Vec<Value> = Vec::new();
     for rule in &rules.fraud {
+        let picked = rule.pick(&context.customer.id);
         let started = std::time::Instant::now();
-        let answer = rule.module.check_fraud(&context, &payment);
+        let answer = picked.rule.check_fraud(&context, &payment);
         let outcome = super::discount::outcome_of(&answer);
-        metrics.rule_call("fraud", rule.module.identity(), None, outcome, started.elapsed().as_secs_f64());
+        metrics.rule_call("fraud", picked.rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
         let (action, score) = match answer {
             Ok(called) => {
                 let verdict = called.value;
@@ -127,17 +128,14 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
             FraudAction::Review => 1,
             FraudAction::Escalate => 2,
         };
-        if best.is_none_or(|(a, s, _)| (rank(action), score) > (rank(a), s)) {
-            best = Some((action, score, rule));
+        if best.as_ref().is_none_or(|(a, s, _)| (rank(action), score) > (rank(*a), *s)) {
+            best = Some((action, score, picked.rule.identity().clone()));
         }
     }
     flags.sort();
     flags.dedup();
     let (action, score, module, version, digest) = match best {
-        Some((action, score, rule)) => {
-            let id = rule.module.identity();
-            (action, score, json!(id.file), json!(id.version), json!(id.digest))
-        }
+        Some((action, score, id)) => (action, score, json!(id.file), json!(id.version), json!(id.digest)),
         None => (FraudAction::Allow, 0, Value::Null, Value::Null, Value::Null),
     };
     json!({

@@ -49,7 +49,7 @@ pub async fn allocate(
         let plan = run_blocking(move || select(&rules_now, &order_now, &offered, &metrics_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
             slot: "warehouse",
-            module: Box::new((**rules.warehouse.module.identity()).clone()),
+            module: Box::new((**rules.warehouse.pick(&order.customer.id).rule.identity()).clone()),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
         })?;
         let (order_id, customer_id, channel, currency) = (
@@ -64,7 +64,10 @@ pub async fn allocate(
             .await
             .map_err(|e| unavailable(Stage::Inventory, e))?;
         match outcome {
-            ReserveOutcome::Reserved => return Ok(describe(&plan, &stocked, order)),
+            ReserveOutcome::Reserved => {
+                let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
+                return Ok(describe(&plan, &stocked, order, variant));
+            }
             ReserveOutcome::Shortfall { warehouse_id, sku } => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
             }
@@ -183,7 +186,12 @@ fn validate_plan(
         .collect())
 }
 
-fn describe(plan: &Plan, stocked: &[StockedWarehouse], order: &OrderContext) -> Vec<InvoiceAllocation> {
+fn describe(
+    plan: &Plan,
+    stocked: &[StockedWarehouse],
+    order: &OrderContext,
+    variant: Option<String>,
+) -> Vec<InvoiceAllocation> {
     plan.allocations
         .iter()
         .filter_map(|a| {
@@ -193,6 +201,7 @@ fn describe(plan: &Plan, stocked: &[StockedWarehouse], order: &OrderContext) -> 
                 warehouse_name: w.warehouse.name.clone(),
                 distance_km: distance_km(order.ship_to, w.warehouse.location),
                 lines: a.lines.iter().map(|l| AllocationLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+                variant: variant.clone(),
             })
         })
         .collect()

@@ -100,6 +100,9 @@ pub struct InvoiceAllocation {
     pub warehouse_name: String,
     pub distance_km: f64,
     pub lines: Vec<AllocationLine>,
+    /// The experiment variant of the warehouse selector, if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

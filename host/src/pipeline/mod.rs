@@ -9,6 +9,7 @@
 //! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
 //! - [`invoice`]: the invoice the API answers;
 //! - [`fraud`]: fraud checks, run after the answer;
+//! - [`experiments`]: figures per A/B variant, shadow runs;
 //! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
 //! - [`error`]: every way an order can fail, and the API's error table.
 
@@ -16,6 +17,7 @@ pub mod cart;
 pub mod discount;
 pub mod error;
 pub mod events;
+pub mod experiments;
 pub mod fraud;
 pub mod inventory;
 pub mod invoice;
@@ -104,6 +106,7 @@ pub struct Pipeline {
     /// Wakes the fraud worker and the event dispatcher after a settlement.
     pub settled: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub experiments: Arc<experiments::ExperimentStats>,
     pub events_ready: Arc<Notify>,
 }
 
@@ -179,10 +182,14 @@ impl Pipeline {
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
             tokio::time::sleep(config.faults.discount_delay).await;
-            let (rules, context, metrics) = (rules.clone(), context.clone(), self.metrics.clone());
-            crate::rules::run_blocking(move || discount::apply_discounts(&rules, &context, &metrics))
-                .await
-                .map(|d| (d, ms(leg_started)))
+            let (rules, context) = (rules.clone(), context.clone());
+            let (metrics, experiments) = (self.metrics.clone(), self.experiments.clone());
+            crate::rules::run_blocking(move || {
+                let books = discount::Books { metrics: &metrics, experiments: &experiments };
+                discount::apply_discounts(&rules, &context, &books)
+            })
+            .await
+            .map(|d| (d, ms(leg_started)))
         });
         let (allocated, discounted) = if config.sequential_legs {
             let allocated = inventory_leg.await;
@@ -246,8 +253,12 @@ impl Pipeline {
             fraud_review: None,
         };
 
+        let shadows = discounts.shadows;
         let stage_started = Instant::now();
         let result = payment::pay_and_settle(self, &mut invoice, &request, stage_started, started).await;
+        if !shadows.is_empty() && result.is_ok() {
+            self.run_shadows(order_id.clone(), shadows);
+        }
         self.settled.notify_one();
         self.events_ready.notify_one();
         let metrics = &self.metrics;
@@ -274,6 +285,20 @@ impl Pipeline {
             Err(e) => e.code(),
         });
         result
+    }
+
+    /// Runs shadow candidates after the answer and records how they differ.
+    fn run_shadows(&self, order_id: String, jobs: Vec<discount::ShadowJob>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let runs = crate::rules::run_blocking(move || {
+                jobs.iter().map(|job| discount::run_shadow(job, &order_id)).collect::<Vec<_>>()
+            })
+            .await;
+            if let Err(e) = store.run(move |c| experiments::record_shadow_runs(c, &runs)).await {
+                tracing::warn!(error = %e, "could not record shadow runs");
+            }
+        });
     }
 
     async fn cancel(&self, order_id: &str, reason: &'static str) {

@@ -34,6 +34,20 @@ pub enum LoadError {
     Budgets { file: PathBuf, expected: World, reason: String },
 }
 
+impl LoadError {
+    /// The module file the error is about.
+    pub fn file(&self) -> &std::path::Path {
+        match self {
+            LoadError::Read { file, .. }
+            | LoadError::NotAComponent { file, .. }
+            | LoadError::WrongWorld { file, .. }
+            | LoadError::ForbiddenImport { file, .. }
+            | LoadError::Describe { file, .. }
+            | LoadError::Budgets { file, .. } => file,
+        }
+    }
+}
+
 /// Why a rule call did not produce a usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {

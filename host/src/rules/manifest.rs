@@ -13,6 +13,18 @@
 //!
 //! [[fraud]]                    # run after the answer
 //! module = "high_value.wasm"
+//!
+//! # A/B: a share of customers (sticky by a keyed hash of customer id and
+//! # experiment name) gets another module or configuration.
+//! [[discount]]
+//! module = "gold_loyalty.wasm"
+//! experiment = { name = "loyalty-15", variants = [
+//!     { name = "control", weight = 90 },
+//!     { name = "fifteen", weight = 10, config = { percent = "15" } },
+//!     { name = "new-module", weight = 0, module = "loyalty_v2.wasm" } ] }
+//! # Shadow: a candidate runs beside the active module on live orders,
+//! # never changes them; differences are recorded.
+//! shadow = { module = "loyalty_v2.wasm", config = { percent = "12" } }
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,9 +69,61 @@ pub struct RuleEntry {
     pub config: BTreeMap<String, String>,
     #[serde(default)]
     pub budgets: Budgets,
+    /// An A/B experiment on this rule.
+    #[serde(default)]
+    pub experiment: Option<ExperimentEntry>,
+    /// A candidate that runs in the shadow of this rule.
+    #[serde(default)]
+    pub shadow: Option<ShadowEntry>,
+}
+
+/// An experiment: customers are split between variants by weight.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentEntry {
+    pub name: String,
+    pub variants: Vec<VariantEntry>,
+}
+
+/// One arm of an experiment; `module` and `config` default to the rule's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantEntry {
+    pub name: String,
+    pub weight: u32,
+    #[serde(default)]
+    pub module: Option<String>,
+    #[serde(default)]
+    pub config: Option<BTreeMap<String, String>>,
+}
+
+/// A shadow candidate; `config` defaults to the rule's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowEntry {
+    pub module: String,
+    #[serde(default)]
+    pub config: Option<BTreeMap<String, String>>,
 }
 
 impl Manifest {
+    /// Every module file the manifest names (for the reloader's checks).
+    pub fn module_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        for entry in self.discount.iter().chain(std::iter::once(&self.warehouse)).chain(&self.fraud) {
+            files.push(entry.module.clone());
+            if let Some(experiment) = &entry.experiment {
+                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
+            }
+            if let Some(shadow) = &entry.shadow {
+                files.push(shadow.module.clone());
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Reads and parses `dir/manifest.toml`.
     pub fn read(dir: &Path) -> anyhow::Result<Manifest> {
         let path = dir.join("manifest.toml");

@@ -9,6 +9,8 @@
 //! - [`error`]: load-time refusals and call failures;
 //! - [`manifest`], [`ruleset`]: the plug-in directory and the immutable rule set loaded from it;
 //! - [`native`]: the same calls on native closures (the benchmark baseline);
+//! - [`reload`]: hot reload of the plug-in directory (watch, debounce, check, swap);
+//! - [`signing`]: ed25519 module signatures;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
 //! - `bindings` (private): the generated bindings, the only `bindgen!`.
 
@@ -19,8 +21,10 @@ pub mod error;
 pub mod manifest;
 pub mod module;
 pub mod native;
+pub mod reload;
 pub mod ruleset;
 pub mod runner;
+pub mod signing;
 mod state;
 pub mod types;
 pub mod world;
@@ -31,6 +35,6 @@ pub use error::{FailureCause, LoadError, RuleError};
 pub use manifest::FailMode;
 pub use module::{Called, ModuleIdentity, RuleModule, Usage, run_blocking};
 pub use native::{NativeLogic, NativeRule, Rule};
-pub use ruleset::{HostDefaults, RuleSet, SlotRule};
+pub use ruleset::{Experiment, HostDefaults, Picked, RuleSet, SlotRule, Variant};
 pub use state::ModuleConfig;
 pub use world::World;

@@ -5,18 +5,88 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use super::manifest::{FailMode, Manifest, RuleEntry};
 use super::native::Rule;
 use super::{ModuleConfig, RuleRuntime, World};
 
+/// One arm of an experiment.
+#[derive(Clone)]
+pub struct Variant {
+    pub name: String,
+    pub weight: u32,
+    pub rule: Rule,
+}
+
+/// An A/B experiment on one rule of a slot.
+#[derive(Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub variants: Vec<Variant>,
+    key: Arc<[u8]>,
+}
+
+impl Experiment {
+    /// The variant of `customer_id`: a keyed hash of the experiment's name
+    /// and the customer id, so the choice sticks across reloads and
+    /// restarts (as long as the key, the name and the weights stay).
+    pub fn assign(&self, customer_id: &str) -> &Variant {
+        let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(self.name.as_bytes());
+        mac.update(&[0]);
+        mac.update(customer_id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let point = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % total.max(1);
+        let mut upper = 0;
+        for variant in &self.variants {
+            upper += u64::from(variant.weight);
+            if point < upper {
+                return variant;
+            }
+        }
+        &self.variants[0]
+    }
+}
+
 /// A module bound to its place in a slot.
 #[derive(Clone)]
 pub struct SlotRule {
-    /// The module (or, for benchmarks, a native closure).
+    /// The module (or, for benchmarks, a native closure); with an experiment,
+    /// the rule as the manifest names it outside its variants.
     pub module: Rule,
     pub fail_mode: FailMode,
+    pub experiment: Option<Experiment>,
+    /// A candidate run beside `module` on live orders, never changing them.
+    pub shadow: Option<Rule>,
+}
+
+/// The rule a customer gets, and the experiment arm it came from.
+pub struct Picked<'a> {
+    pub rule: &'a Rule,
+    pub experiment: Option<&'a str>,
+    pub variant: Option<&'a str>,
+}
+
+impl SlotRule {
+    /// A plain rule: no experiment, no shadow.
+    pub fn single(module: Rule, fail_mode: FailMode) -> SlotRule {
+        SlotRule { module, fail_mode, experiment: None, shadow: None }
+    }
+
+    /// The rule that serves `customer_id`.
+    pub fn pick(&self, customer_id: &str) -> Picked<'_> {
+        match &self.experiment {
+            None => Picked { rule: &self.module, experiment: None, variant: None },
+            Some(experiment) => {
+                let variant = experiment.assign(customer_id);
+                Picked { rule: &variant.rule, experiment: Some(&experiment.name), variant: Some(&variant.name) }
+            }
+        }
+    }
 }
 
 /// All slots, in their configured order.
@@ -31,11 +101,39 @@ pub struct RuleSet {
     pub loaded_at: String,
 }
 
-/// Values the host injects into module configuration unless the manifest
-/// sets them (e.g. the fraud threshold from `SMARTMART_FRAUD_THRESHOLD_CENTS`).
+/// What the host adds to every load: configuration injected unless the
+/// manifest sets it (the fraud threshold from `SMARTMART_FRAUD_THRESHOLD_CENTS`),
+/// the experiment key, and the keys trusted to sign modules.
 #[derive(Debug, Clone, Default)]
 pub struct HostDefaults {
     pub fraud: ModuleConfig,
+    /// Key of the variant assignment hash (stable across restarts).
+    pub experiment_key: Vec<u8>,
+    /// When non-empty, every module needs `<file>.sig`: an ed25519
+    /// signature, by one of these keys, over its `sha256:…` digest.
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+/// Reads `<file>.sig` (hex of the 64-byte ed25519 signature over the
+/// module's digest string) and checks it against the trusted keys.
+fn check_signature(file: &Path, digest: &str, trusted: &[ed25519_dalek::VerifyingKey]) -> anyhow::Result<()> {
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+    let text = std::fs::read_to_string(&sig_path).with_context(|| {
+        format!("{}: unsigned module (no {}), and signatures are required", file.display(), sig_path.display())
+    })?;
+    let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 64]>::try_from(b).ok());
+    let Some(bytes) = bytes else {
+        bail!("{}: malformed signature (expected 128 hex digits)", sig_path.display());
+    };
+    let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+    if trusted.iter().any(|key| key.verify_strict(digest.as_bytes(), &signature).is_ok()) {
+        Ok(())
+    } else {
+        bail!("{}: signature does not match {digest} under any trusted key", file.display())
+    }
 }
 
 impl RuleSet {
@@ -44,29 +142,16 @@ impl RuleSet {
     pub fn load(runtime: &RuleRuntime, dir: &Path, defaults: &HostDefaults) -> anyhow::Result<Arc<RuleSet>> {
         let manifest = Manifest::read(dir)?;
         if manifest.warehouse.fail_mode == FailMode::Open {
-            anyhow::bail!(
+            bail!(
                 "{}: the warehouse slot cannot fail open (an order cannot ship without a plan)",
                 dir.join("manifest.toml").display()
             );
         }
-        let load = |entry: &RuleEntry, world: World, injected: Option<&ModuleConfig>| -> anyhow::Result<SlotRule> {
-            let mut config = entry.config.clone();
-            for (key, value) in injected.into_iter().flatten() {
-                config.entry(key.clone()).or_insert_with(|| value.clone());
-            }
-            let module = runtime
-                .load(&dir.join(&entry.module), world, config, entry.budgets)
-                .with_context(|| format!("loading the {} rule {}", world.name(), entry.module))?;
-            Ok(SlotRule { module: module.into(), fail_mode: entry.fail_mode })
-        };
+        let loader = Loader { runtime, dir, defaults };
         let discount =
-            manifest.discount.iter().map(|e| load(e, World::DiscountRule, None)).collect::<anyhow::Result<_>>()?;
-        let warehouse = load(&manifest.warehouse, World::WarehouseSelector, None)?;
-        let fraud = manifest
-            .fraud
-            .iter()
-            .map(|e| load(e, World::FraudCheck, Some(&defaults.fraud)))
-            .collect::<anyhow::Result<_>>()?;
+            manifest.discount.iter().map(|e| loader.slot(e, World::DiscountRule)).collect::<anyhow::Result<_>>()?;
+        let warehouse = loader.slot(&manifest.warehouse, World::WarehouseSelector)?;
+        let fraud = manifest.fraud.iter().map(|e| loader.slot(e, World::FraudCheck)).collect::<anyhow::Result<_>>()?;
         Ok(Arc::new(RuleSet {
             discount,
             warehouse,
@@ -83,5 +168,69 @@ impl RuleSet {
             .map(|r| ("discount", r))
             .chain(std::iter::once(("warehouse", &self.warehouse)))
             .chain(self.fraud.iter().map(|r| ("fraud", r)))
+    }
+}
+
+struct Loader<'a> {
+    runtime: &'a RuleRuntime,
+    dir: &'a Path,
+    defaults: &'a HostDefaults,
+}
+
+impl Loader<'_> {
+    fn module(&self, file: &str, world: World, config: &ModuleConfig, entry: &RuleEntry) -> anyhow::Result<Rule> {
+        let mut config = config.clone();
+        if world == World::FraudCheck {
+            for (key, value) in &self.defaults.fraud {
+                config.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        let path = self.dir.join(file);
+        let module = self
+            .runtime
+            .load(&path, world, config, entry.budgets)
+            .with_context(|| format!("loading the {} rule {file}", world.name()))?;
+        check_signature(&path, &module.identity().digest, &self.defaults.trusted_keys)?;
+        Ok(Rule::Wasm(module))
+    }
+
+    fn slot(&self, entry: &RuleEntry, world: World) -> anyhow::Result<SlotRule> {
+        let module = self.module(&entry.module, world, &entry.config, entry)?;
+        let experiment = match &entry.experiment {
+            None => None,
+            Some(e) => {
+                if e.variants.is_empty() || e.variants.iter().all(|v| v.weight == 0) {
+                    bail!("experiment {}: needs at least one variant with a positive weight", e.name);
+                }
+                let mut names: Vec<&str> = e.variants.iter().map(|v| v.name.as_str()).collect();
+                names.sort();
+                names.dedup();
+                if names.len() != e.variants.len() {
+                    bail!("experiment {}: variant names must be unique", e.name);
+                }
+                let variants = e
+                    .variants
+                    .iter()
+                    .map(|v| {
+                        let rule = match (&v.module, &v.config) {
+                            (None, None) => module.clone(),
+                            (file, config) => self.module(
+                                file.as_deref().unwrap_or(&entry.module),
+                                world,
+                                config.as_ref().unwrap_or(&entry.config),
+                                entry,
+                            )?,
+                        };
+                        Ok(Variant { name: v.name.clone(), weight: v.weight, rule })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                Some(Experiment { name: e.name.clone(), variants, key: self.defaults.experiment_key.clone().into() })
+            }
+        };
+        let shadow = match &entry.shadow {
+            None => None,
+            Some(s) => Some(self.module(&s.module, world, s.config.as_ref().unwrap_or(&entry.config), entry)?),
+        };
+        Ok(SlotRule { module, fail_mode: entry.fail_mode, experiment, shadow })
     }
 }

@@ -114,6 +114,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_pending ON outbox (state, next_attempt_ms) WHERE state != 'DELIVERED';
     "#,
+    // 2: shadow runs of candidate rule modules.
+    r#"
+    CREATE TABLE shadow_runs (
+        order_id TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        active_module TEXT NOT NULL,
+        active_digest TEXT NOT NULL,
+        candidate_module TEXT NOT NULL,
+        candidate_version TEXT NOT NULL,
+        candidate_digest TEXT NOT NULL,
+        active TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        money_difference_cents INTEGER NOT NULL,
+        differs INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (order_id, slot, active_digest, candidate_digest)
+    );
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

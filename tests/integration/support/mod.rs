@@ -1,5 +1,7 @@
 //! Shared helpers of the integration tests.
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -2,7 +2,7 @@
 //! engine on a temp data dir with the bundled rules and the demo data set,
 //! `http::serve` in a task, and a reqwest client.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,10 +141,6 @@ impl TestServer {
         let task = tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a reqwest client");
         TestServer { base: format!("http://{address}"), client, engine, dir, shutdown, task: Some(task) }
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -315,12 +311,8 @@ pub async fn send(request: RequestBuilder) -> Answer {
 pub async fn try_send(request: RequestBuilder) -> Result<Answer, reqwest::Error> {
     let response = request.send().await?;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type =
+        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let bytes = response.bytes().await?.to_vec();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok(Answer { status, content_type, bytes, json })

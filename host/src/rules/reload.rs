@@ -1,0 +1,226 @@
+//! Hot reload of the plug-in directory. A watcher (notify) reports changes;
+//! once the directory has been quiet for a moment and every file it names
+//! reads the same twice in a row (nothing half-copied), a new rule set is
+//! built off the request path: read, digest, compile (or take the cached
+//! artifact), check against the worlds and signatures, then a smoke test on
+//! an example order. Only then is it swapped in, atomically; on any failure
+//! the last good set keeps serving and the error is kept for operators.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher as _;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::Manifest;
+use super::native::Rule;
+use super::types::{
+    AccountStatus, Candidate, CartLine, GeoPoint, OrderContext, PaymentSummary, RuleCustomer, StockLevel, Tier,
+};
+use super::{HostDefaults, LoadError, RuleError, RuleRuntime, RuleSet};
+
+/// How long the directory must be quiet before a reload is tried.
+pub const QUIET: Duration = Duration::from_millis(150);
+
+/// A refused reload, as `GET /v1/admin/plugins` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReloadError {
+    pub file: String,
+    pub error: String,
+    pub at: String,
+}
+
+/// Reload history since start.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// Errors of the attempts since the last successful load.
+    pub errors: Vec<ReloadError>,
+    pub reloads: u64,
+    pub refused: u64,
+    pub last_reload_at: Option<String>,
+}
+
+/// What the reloader needs; shared with the admin API.
+#[derive(Clone)]
+pub struct Reloader {
+    pub runtime: RuleRuntime,
+    pub dir: PathBuf,
+    pub defaults: HostDefaults,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub status: Arc<Mutex<ReloadStatus>>,
+}
+
+impl Reloader {
+    /// Builds, checks and (if good) swaps in a new rule set now.
+    pub async fn reload_now(&self) -> Result<(), ReloadError> {
+        let this = self.clone();
+        let built = super::run_blocking(move || {
+            let set = RuleSet::load(&this.runtime, &this.dir, &this.defaults).map_err(|e| describe(&this.dir, &e))?;
+            smoke_test(&set).map_err(|(file, error)| ReloadError { file, error, at: crate::store::now_rfc3339() })?;
+            Ok::<_, ReloadError>(set)
+        })
+        .await;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match built {
+            Ok(set) => {
+                let summary: Vec<String> =
+                    set.all().map(|(slot, r)| format!("{slot}:{}", r.module.identity())).collect();
+                self.rules.store(set);
+                status.reloads += 1;
+                status.errors.clear();
+                status.last_reload_at = Some(crate::store::now_rfc3339());
+                tracing::info!(rules = ?summary, "plug-in directory reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                status.refused += 1;
+                status.errors.push(error.clone());
+                let excess = status.errors.len().saturating_sub(20);
+                status.errors.drain(..excess);
+                tracing::warn!(file = %error.file, error = %error.error, "reload refused; the last good rule set keeps serving");
+                Err(error)
+            }
+        }
+    }
+
+    /// Watches the directory until `shutdown`.
+    pub async fn watch(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        tracing::info!(dir = %self.dir.display(), "watching the plug-in directory");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                event = rx.recv() => if event.is_none() { return Ok(()) },
+            }
+            // Debounce, then wait until every file reads the same twice.
+            loop {
+                loop {
+                    match tokio::time::timeout(QUIET, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return Ok(()),
+                        Err(_) => break,
+                    }
+                }
+                let before = fingerprint(&self.dir);
+                tokio::time::sleep(QUIET / 2).await;
+                if rx.is_empty() && fingerprint(&self.dir) == before {
+                    break;
+                }
+            }
+            let _ = self.reload_now().await;
+        }
+    }
+}
+
+/// Digest of the manifest and every file it names (and their signatures).
+fn fingerprint(dir: &Path) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    let mut files = vec!["manifest.toml".to_string()];
+    if let Ok(manifest) = Manifest::read(dir) {
+        for file in manifest.module_files() {
+            files.push(format!("{file}.sig"));
+            files.push(file);
+        }
+    }
+    for file in files {
+        hasher.update(file.as_bytes());
+        match std::fs::read(dir.join(&file)) {
+            Ok(bytes) => hasher.update(Sha256::digest(&bytes)),
+            Err(_) => hasher.update(b"-"),
+        }
+    }
+    hasher.finalize().to_vec()
+}
+
+fn describe(dir: &Path, error: &anyhow::Error) -> ReloadError {
+    let file = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<LoadError>())
+        .map(|e| {
+            e.file().file_name().map_or_else(|| e.file().display().to_string(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| {
+            let text = format!("{error:#}");
+            if text.contains("manifest") { "manifest.toml".into() } else { dir.display().to_string() }
+        });
+    ReloadError { file, error: format!("{error:#}"), at: crate::store::now_rfc3339() }
+}
+
+/// An order every rule must be able to answer (a refusal is an answer; a
+/// trap, an exhausted budget or an error is not).
+fn smoke_order() -> (OrderContext, Vec<Candidate>, PaymentSummary) {
+    let lines = vec![
+        CartLine {
+            sku: "SMOKE-TV".into(),
+            name: "Smoke test TV".into(),
+            category: "electronics".into(),
+            quantity: 1,
+            unit_price_cents: 89_900,
+        },
+        CartLine {
+            sku: "SMOKE-CABLE".into(),
+            name: "Smoke test cable".into(),
+            category: "accessories".into(),
+            quantity: 2,
+            unit_price_cents: 1_500,
+        },
+    ];
+    let order = OrderContext {
+        order_id: "ord_smoke_test".into(),
+        channel: "web".into(),
+        currency: "USD".into(),
+        customer: RuleCustomer { id: "C-SMOKE".into(), tier: Tier::Gold, status: AccountStatus::Active },
+        lines,
+        subtotal_cents: 92_900,
+        payable_cents: 92_900,
+        coupon_code: None,
+        ship_to: GeoPoint { lat: 12.97, lon: 77.59 },
+        ordered_at_ms: 1_795_600_800_000,
+    };
+    let candidates = vec![Candidate {
+        id: "WH-SMOKE".into(),
+        name: "Smoke test warehouse".into(),
+        location: GeoPoint { lat: 13.0, lon: 77.6 },
+        stock: vec![
+            StockLevel { sku: "SMOKE-TV".into(), available: 100 },
+            StockLevel { sku: "SMOKE-CABLE".into(), available: 100 },
+        ],
+    }];
+    let payment =
+        PaymentSummary { status: "CAPTURED".into(), amount_cents: 92_900, attempts: 1, gateway: "sandbox".into() };
+    (order, candidates, payment)
+}
+
+fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
+    let (order, candidates, payment) = smoke_order();
+    for (slot, rule) in set.all() {
+        let mut rules: Vec<&Rule> = vec![&rule.module];
+        if let Some(experiment) = &rule.experiment {
+            rules.extend(experiment.variants.iter().map(|v| &v.rule));
+        }
+        rules.extend(rule.shadow.iter());
+        for candidate in rules {
+            let outcome = match slot {
+                "discount" => candidate.apply_discount(&order).map(|_| ()),
+                "warehouse" => candidate.select_warehouses(&order, &candidates).map(|_| ()),
+                _ => candidate.check_fraud(&order, &payment).map(|_| ()),
+            };
+            if let Err(RuleError::Failed { module, cause }) = outcome {
+                return Err((module.file.clone(), format!("smoke test on an example order failed: {module} {cause}")));
+            }
+        }
+    }
+    Ok(())
+}
