@@ -10,6 +10,8 @@
 //! write may succeed), and the orders, carts, stock, idempotency records,
 //! payments and catalog are compared after every single request.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -64,7 +66,7 @@ fn valid_bodies() -> Vec<(Value, Vec<&'static str>)> {
 }
 
 /// A request to throw.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Case {
     method: Method,
     path: String,
@@ -73,6 +75,22 @@ struct Case {
     idempotency_key: Option<Vec<u8>>,
     content_type: Option<Vec<u8>>,
     body: Vec<u8>,
+}
+
+/// Headers and body shown as text (lossy), so a failing case reads well.
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = |bytes: &Option<Vec<u8>>| bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        f.debug_struct("Case")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("authorization", &text(&self.authorization))
+            .field("customer_token", &text(&self.customer_token))
+            .field("idempotency_key", &text(&self.idempotency_key))
+            .field("content_type", &text(&self.content_type))
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
 }
 
 fn ascii(max: usize) -> BoxedStrategy<String> {
@@ -361,7 +379,12 @@ fn case() -> BoxedStrategy<Case> {
 }
 
 /// Sends one case; checks the answer and that nothing was written.
-async fn throw(server: &TestServer, baseline: &Snapshot, case: &Case) -> Result<(), TestCaseError> {
+async fn throw(
+    server: &TestServer,
+    baseline: &Snapshot,
+    case: &Case,
+    seen: &Mutex<BTreeMap<String, usize>>,
+) -> Result<(), TestCaseError> {
     let mut request = server.client.request(case.method.clone(), server.url(&case.path));
     for (name, value) in [
         ("authorization", &case.authorization),
@@ -378,6 +401,7 @@ async fn throw(server: &TestServer, baseline: &Snapshot, case: &Case) -> Result<
     }
     let request = request.body(case.body.clone());
     let answer = try_send(request).await.map_err(|e| TestCaseError::fail(format!("transport failure: {e:?}")))?;
+    *seen.lock().unwrap().entry(format!("{} {}", answer.status, answer.code())).or_default() += 1;
     prop_assert!(answer.status < 500, "{} from {case:?}: {}", answer.status, answer.text());
     let write = !matches!(case.method, Method::GET | Method::HEAD | Method::OPTIONS);
     prop_assert!(
@@ -421,9 +445,17 @@ fn random_requests_never_crash_never_5xx_and_never_write() {
 
     let mut runner =
         TestRunner::new(Config { cases: 300, failure_persistence: None, max_shrink_iters: 200, ..Config::default() });
-    let result = runner.run(&case(), |case| runtime.block_on(throw(&server, &baseline, &case)));
+    let seen = Mutex::new(BTreeMap::new());
+    let result = runner.run(&case(), |case| runtime.block_on(throw(&server, &baseline, &case, &seen)));
     if let Err(e) = result {
         panic!("{e}");
+    }
+    // What the requests got (`--nocapture` shows it): the fuzz reaches past
+    // authentication into validation.
+    let seen = seen.into_inner().unwrap();
+    eprintln!("answers: {seen:#?}");
+    for expected in ["401 UNAUTHENTICATED", "400 INVALID_REQUEST", "404 NOT_FOUND"] {
+        assert!(seen.contains_key(expected), "no {expected} in {seen:?}");
     }
 
     runtime.block_on(async {

@@ -2,9 +2,11 @@
 
 mod cli;
 mod crash;
+mod experiments;
 mod http;
 mod http_fuzz;
 mod payment;
 mod pipeline;
+mod reload;
 mod rules;
 mod support;

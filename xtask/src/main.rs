@@ -15,7 +15,7 @@
 //! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/
 //!                             and the example), then cargo test --workspace ARGS
 //! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
-//! cargo xtask serve [ARGS]    guests, then cargo run -p smartmart -- serve ARGS
+//! cargo xtask serve [ARGS]    guests, then cargo run --release -p smartmart -- serve ARGS
 //! cargo xtask run [ARGS]      guests, then cargo run -p smartmart -- ARGS
 //! cargo xtask bench [ARGS]    guests, then cargo bench -p smartmart ARGS
 //! ```
@@ -183,5 +183,8 @@ fn test(args: &[String]) -> Result {
 
 /// `cargo run -p smartmart -- [subcommand] args…`
 fn smartmart_run(subcommand: Option<&str>, args: &[String]) -> Result {
-    run(cargo().args(["run", "-p", "smartmart", "--"]).args(subcommand).args(args))
+    // The service runs optimised; the demo and the rule tools share the
+    // test build (dependencies are optimised in every profile).
+    let profile: &[&str] = if subcommand == Some("serve") { &["--release"] } else { &[] };
+    run(cargo().args(["run", "-p", "smartmart"]).args(profile).arg("--").args(subcommand).args(args))
 }

@@ -2,7 +2,7 @@
 //! and watch the rules and fraud escalations. Admin key only.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Admin;
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{self, Customer, Product, StockLevel, Warehouse};
@@ -79,7 +79,7 @@ pub struct WarehouseStock {
 pub async fn put_customer(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CustomerBody>,
 ) -> Result<Json<Customer>, ApiError> {
     check_id("id", &id)?;
@@ -108,7 +108,7 @@ pub async fn put_customer(
 pub async fn put_product(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     ApiJson(body): ApiJson<ProductBody>,
 ) -> Result<Json<Product>, ApiError> {
     check_id("sku", &sku)?;
@@ -130,7 +130,7 @@ pub async fn put_product(
 pub async fn put_warehouse(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<WarehouseBody>,
 ) -> Result<Json<Warehouse>, ApiError> {
     check_id("id", &id)?;
@@ -150,7 +150,7 @@ pub async fn put_warehouse(
 pub async fn put_stock(
     State(state): State<AppState>,
     _admin: Admin,
-    Path((warehouse_id, sku)): Path<(String, String)>,
+    ApiPath((warehouse_id, sku)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<StockBody>,
 ) -> Result<Json<StockAnswer>, ApiError> {
     check_id("warehouse_id", &warehouse_id)?;
@@ -174,7 +174,7 @@ pub async fn put_stock(
 pub async fn get_stock(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
 ) -> Result<Json<SkuStock>, ApiError> {
     let not_found = || ApiError::new("NOT_FOUND", format!("sku {sku} not found"));
     check_id("sku", &sku).map_err(|_| not_found())?;

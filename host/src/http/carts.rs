@@ -2,7 +2,7 @@
 //! the catalog.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::{Channel, customer_token};
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_CART_LINES, MAX_QUANTITY, check_id};
 use crate::pipeline::OrderError;
 use crate::pipeline::invoice::InvoiceItem;
@@ -55,7 +55,7 @@ async fn require_customer(state: &AppState, customer_id: &str) -> Result<(), Api
 pub async fn put_cart(
     State(state): State<AppState>,
     _channel: Channel,
-    Path(customer_id): Path<String>,
+    ApiPath(customer_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CartBody>,
 ) -> Result<Json<CartView>, ApiError> {
@@ -94,7 +94,7 @@ pub async fn put_cart(
 pub async fn get_cart(
     State(state): State<AppState>,
     _channel: Channel,
-    Path(customer_id): Path<String>,
+    ApiPath(customer_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<CartView>, ApiError> {
     check_id("customer_id", &customer_id)?;

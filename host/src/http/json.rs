@@ -1,8 +1,10 @@
-//! Request bodies: JSON extraction whose every rejection is an API error
-//! (400 naming the field, 413, 415) instead of axum's plain-text answers.
+//! Request bodies and path parameters: extraction whose every rejection is
+//! an API error (400 naming the field, 413, 415) instead of axum's
+//! plain-text answers.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -58,5 +60,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for RawJson<T> {
         let value = serde_path_to_error::deserialize(deserializer)
             .map_err(|e| ApiError::invalid(format!("{}: {}", e.path(), e.inner())))?;
         Ok(RawJson { value, bytes })
+    }
+}
+
+/// `axum::extract::Path`, with the API's error body: a parameter that is not
+/// UTF-8 once percent-decoded (`/v1/carts/%FF`) is 400 `INVALID_REQUEST`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::invalid(format!("path: {}", rejection.body_text())))
     }
 }

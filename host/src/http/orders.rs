@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::{Channel, raw_customer_token};
 use super::error::ApiError;
-use super::json::RawJson;
+use super::json::{ApiPath, RawJson};
 use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
 use crate::pipeline::{Invoice, OrderError, OrderRequest};
 use crate::rules::types::GeoPoint;
@@ -48,10 +48,14 @@ pub struct PaymentBody {
 /// One lock per (channel, key) in use, so that concurrent requests with one
 /// key run one after the other.
 #[derive(Default)]
-pub struct KeyLocks(Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+pub struct KeyLocks(Mutex<HashMap<ChannelKey, KeyLock>>);
+
+/// (channel, Idempotency-Key).
+type ChannelKey = (String, String);
+type KeyLock = Arc<tokio::sync::Mutex<()>>;
 
 impl KeyLocks {
-    fn lock_for(&self, channel: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, channel: &str, key: &str) -> KeyLock {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Drop locks nobody holds any more, so the map stays small.
         map.retain(|_, lock| Arc::strong_count(lock) > 1);
@@ -156,7 +160,7 @@ pub async fn post_order(
 pub async fn get_order(
     State(state): State<AppState>,
     _channel: Channel,
-    Path(order_id): Path<String>,
+    ApiPath(order_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let not_found = || ApiError::new("ORDER_NOT_FOUND", format!("order {order_id} not found"));

@@ -203,8 +203,13 @@ impl Pipeline {
                 // Undo the other leg: release whatever the inventory leg held
                 // (also when it timed out: its hold may still land, so the
                 // cancel is idempotent and the janitor sweeps late arrivals).
-                if !matches!(allocated, Err(OrderError::OutOfStock { .. })) {
-                    self.cancel(&order_id, "discount stage failed").await;
+                match allocated {
+                    Err(OrderError::OutOfStock { .. }) => {}
+                    // A refused coupon is the client's input (422): the
+                    // hold is undone without a trace. A failed rule (503)
+                    // leaves the order CANCELLED for the operators.
+                    Ok(_) if matches!(e, OrderError::InvalidCoupon { .. }) => self.discard(&order_id).await,
+                    _ => self.cancel(&order_id, "discount stage failed").await,
                 }
                 return Err(e);
             }
@@ -299,6 +304,15 @@ impl Pipeline {
                 tracing::warn!(error = %e, "could not record shadow runs");
             }
         });
+    }
+
+    /// Removes an order refused before payment for its input (see `orders::discard`).
+    async fn discard(&self, order_id: &str) {
+        let id = order_id.to_string();
+        if let Err(e) = self.store.run(move |c| crate::store::orders::discard(c, &id)).await {
+            // Left PENDING: the janitor cancels it and releases the stock.
+            tracing::error!(order_id, error = %e, "could not undo the refused order; the janitor will");
+        }
     }
 
     async fn cancel(&self, order_id: &str, reason: &'static str) {

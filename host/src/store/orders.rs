@@ -183,6 +183,29 @@ pub fn cancel(conn: &mut Connection, order_id: &str, reason: &str) -> Result<boo
     Ok(changed > 0)
 }
 
+/// Undoes a PENDING order refused before payment because of the request
+/// itself (an invalid coupon): its stock is released and its row and
+/// reservations are removed, so that the rejected request leaves nothing
+/// behind (shared/API.md: "a rejected request writes nothing"). An order
+/// that has a payment record, or is no longer PENDING, is left alone.
+pub fn discard(conn: &mut Connection, order_id: &str) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let pending: bool = tx
+        .prepare_cached(
+            "SELECT count(*) FROM orders o WHERE o.id = ?1 AND o.status = 'PENDING'
+             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id)",
+        )?
+        .query_row([order_id], |r| r.get::<_, i64>(0))?
+        > 0;
+    if pending {
+        release_holds(&tx, order_id)?;
+        tx.prepare_cached("DELETE FROM reservations WHERE order_id = ?1")?.execute([order_id])?;
+        tx.prepare_cached("DELETE FROM orders WHERE id = ?1")?.execute([order_id])?;
+    }
+    tx.commit()?;
+    Ok(pending)
+}
+
 /// Records that the gateway is about to be asked for `amount_cents`, before
 /// it is: a crash after this point is reconciled with the gateway.
 pub fn record_intent(

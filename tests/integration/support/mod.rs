@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests.
 
+pub mod plugin_dir;
 pub mod server;
 
 use std::path::PathBuf;

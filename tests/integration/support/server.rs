@@ -317,3 +317,31 @@ pub async fn try_send(request: RequestBuilder) -> Result<Answer, reqwest::Error>
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok(Answer { status, content_type, bytes, json })
 }
+
+impl TestServer {
+    /// Like [`TestServer::start`], on the rules of `plugins_dir`; `adjust`
+    /// may change the engine's settings first (hot reload, experiment and
+    /// shadow tests).
+    pub async fn start_with(
+        plugins_dir: &std::path::Path,
+        adjust: impl FnOnce(&mut smartmart::app::EngineSettings),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temp data dir");
+        let mut settings = engine_settings(dir.path(), plugins_dir);
+        adjust(&mut settings);
+        let engine = Engine::start(settings).await.expect("starting the engine");
+        Dataset::read(&demo_dataset())
+            .expect("reading the demo data set")
+            .load_into(&engine.pipeline.store)
+            .await
+            .expect("loading the demo data set");
+        let engine = Arc::new(engine);
+        let state = AppState::new(engine.clone(), credentials(), BODY_LIMIT, Duration::from_secs(10));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        let address = listener.local_addr().expect("the bound address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a reqwest client");
+        TestServer { base: format!("http://{address}"), client, engine, dir, shutdown, task: Some(task) }
+    }
+}
