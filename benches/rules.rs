@@ -6,7 +6,8 @@
 //!   the cheapest export) beside `apply_discount`, and the same gold-loyalty
 //!   logic as a native Rust closure (with and without cloning the order, as
 //!   the host clones it into the WIT types), and `apply_discount` called from
-//!   inside a tokio runtime, as the pipeline calls it;
+//!   inside a tokio runtime directly and through `rules::run_blocking` (the
+//!   pipeline's way);
 //! - `per-call host setup`: the parts of a call the host pays before the
 //!   guest runs (its WASI context, a store on an engine configured like the
 //!   host's, the copy of the order), rebuilt here from public APIs because
@@ -124,6 +125,12 @@ fn gold_loyalty_breakdown(c: &mut Criterion) {
     let tokio_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     group.bench_function("apply_discount from inside a tokio runtime", |b| {
         tokio_runtime.block_on(async { b.iter(|| gold.apply_discount(black_box(&order)).unwrap()) })
+    });
+    group.bench_function("apply_discount through rules::run_blocking (tokio's blocking pool)", |b| {
+        b.iter(|| {
+            let (gold, order) = (gold.clone(), order.clone());
+            tokio_runtime.block_on(smartmart::rules::run_blocking(move || gold.apply_discount(&order).unwrap()))
+        })
     });
     group.bench_function("native closure, cloning the order", |b| {
         let rule = |o: &OrderContext| {

@@ -513,15 +513,15 @@ fn a_missing_file_refusal_names_the_world() {
 }
 
 #[test]
-fn unusable_budgets_are_refused_naming_the_file() {
+fn unusable_budgets_are_refused_naming_the_file_and_the_world() {
     let zero_time = Budgets { time_ms: 0, ..Budgets::default() };
     let error = rule_runtime()
         .load(&wasm("gold_loyalty"), World::DiscountRule, ModuleConfig::new(), zero_time)
         .map(|m| m.identity().clone())
         .unwrap_err();
     assert!(matches!(&error, LoadError::Budgets { .. }), "{error:?}");
-    let text = error.to_string();
-    assert!(text.contains("gold_loyalty.wasm") && text.contains("time_ms"), "{text}");
+    assert_names_file_and_world(&error, "gold_loyalty.wasm", World::DiscountRule);
+    assert!(error.to_string().contains("time_ms"), "{error}");
 }
 
 #[test]

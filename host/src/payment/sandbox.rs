@@ -127,6 +127,10 @@ impl SandboxGateway {
             let connection = Connection::open(path)?;
             connection.busy_timeout(Duration::from_secs(5))?;
             let _mode: String = connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            // Durable against a crash of the process, like the host's store
+            // (WAL, no fsync per commit): the sandbox stands in for a remote
+            // provider, whose own durability is not what is being tested.
+            connection.pragma_update(None, "synchronous", "NORMAL")?;
             connection.execute_batch(SCHEMA)?;
             Ok(connection)
         };

@@ -54,6 +54,7 @@ struct RuntimeInner {
 }
 
 /// A module file read and compiled, before it is bound to a world.
+#[derive(Clone)]
 pub(crate) struct Compiled {
     pub(crate) component: Component,
     pub(crate) digest: String,
@@ -119,14 +120,14 @@ impl RuleRuntime {
     }
 
     /// Finds which rule world a module implements, trying each in turn.
+    /// Compiles once, then tries to bind each world in turn.
     pub fn detect_world(&self, file: &Path, bytes: &[u8]) -> Result<RuleModule, Vec<LoadError>> {
+        let compiled = self.compile(file, bytes, World::DiscountRule).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         for world in World::ALL {
-            match self.load_bytes(file, bytes, world, ModuleConfig::new(), Budgets::default()) {
+            let config = Arc::new(ModuleConfig::new());
+            match RuleModule::bind(self, file, compiled.clone(), world, config, Budgets::default()) {
                 Ok(module) => return Ok(module),
-                Err(e @ (LoadError::NotAComponent { .. } | LoadError::ForbiddenImport { .. })) => {
-                    return Err(vec![e]);
-                }
                 Err(e) => errors.push(e),
             }
         }
@@ -177,7 +178,7 @@ impl RuleRuntime {
         }
         let artifact = engine.precompile_component(bytes)?;
         // Write beside, then rename: a crash never leaves a torn artifact.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
         if let Err(e) = std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, &path)) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache compiled module");
             let _ = std::fs::remove_file(&tmp);

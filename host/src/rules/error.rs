@@ -23,7 +23,7 @@ pub enum LoadError {
     #[error("{file}: does not implement world `{expected}`: {reason}")]
     WrongWorld { file: PathBuf, expected: World, reason: String },
     #[error(
-        "{file}: imports {}, which is not granted to `{expected}` rules \
+        "{file}: imports {}, not granted to `{expected}` rules \
          (granted: smartmart:rules/log, smartmart:rules/config, the inert wasi:io and wasi:cli interfaces of Rust's std, and a fixed insecure random seed; no file system, network, clock or secure random)",
         imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
     )]

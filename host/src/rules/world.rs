@@ -34,7 +34,8 @@ impl std::fmt::Display for World {
 /// streams and cli interfaces that Rust's std links into every component
 /// (stdio for panic messages, an environment that the host leaves empty),
 /// and the insecure random seed std's `HashMap` asks for, which the host
-/// fixes so that rules stay deterministic. File system, sockets, HTTP,
+/// fixes so that rules stay deterministic (the random generators themselves
+/// are refused). File system, sockets, HTTP,
 /// clocks, secure random and anything else are refused when the module is
 /// loaded, before it can run.
 const GRANTED_IMPORTS: &[&str] = &[
@@ -44,7 +45,6 @@ const GRANTED_IMPORTS: &[&str] = &[
     "wasi:io/",
     "wasi:cli/",
     "wasi:random/insecure-seed@",
-    "wasi:random/insecure@",
 ];
 
 /// Whether an import (e.g. `wasi:sockets/tcp@0.2.6`) is granted to rules.
