@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{EventSink, JsonlSink, run_dispatcher};
 use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
-use crate::rules::reload::Reloader;
+use crate::rules::reload::{Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
 use crate::store::catalog::{self, Customer, Product, Warehouse};
 use crate::store::{Store, StoreOptions};
@@ -111,6 +111,19 @@ impl Engine {
             experiment_key: settings.experiment_key.clone(),
             trusted_keys: settings.trusted_keys.clone(),
         };
+        // Watch before the first load: a change that lands while the engine
+        // starts is queued, not missed.
+        let watch = if settings.watch_plugins {
+            match Watch::install(&settings.plugins_dir) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch the plug-in directory; hot reload is off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let rules = {
             let (runtime, dir, defaults) = (runtime.clone(), settings.plugins_dir.clone(), defaults.clone());
             crate::rules::run_blocking(move || RuleSet::load(&runtime, &dir, &defaults)).await?
@@ -165,12 +178,11 @@ impl Engine {
                 shutdown.clone(),
             )),
         ];
-        if settings.watch_plugins {
-            let watcher = reloader.clone();
-            let stop = shutdown.clone();
+        if let Some(watch) = watch {
+            let (reloader, stop) = (reloader.clone(), shutdown.clone());
             workers.push(tokio::spawn(async move {
-                if let Err(e) = watcher.watch(stop).await {
-                    tracing::error!(error = %e, "cannot watch the plug-in directory; hot reload is off");
+                if let Err(e) = watch.run(reloader, stop).await {
+                    tracing::error!(error = %e, "the plug-in directory watch stopped; hot reload is off");
                 }
             }));
         }

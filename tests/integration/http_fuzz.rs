@@ -125,13 +125,15 @@ fn header_bytes(real: Vec<String>) -> BoxedStrategy<Option<Vec<u8>>> {
     .boxed()
 }
 
-fn authorization() -> BoxedStrategy<Option<Vec<u8>>> {
+/// Mostly the right key for the route, else anything.
+fn authorization(admin: bool) -> BoxedStrategy<Option<Vec<u8>>> {
+    let right = format!("Bearer {}", if admin { ADMIN_KEY } else { WEB_KEY });
     let real = [WEB_KEY, MOBILE_KEY, ADMIN_KEY]
         .iter()
         .flat_map(|k| [format!("Bearer {k}"), format!("bearer  {k} "), format!("Basic {k}")])
         .chain(["Bearer".to_string(), "Bearer ".to_string()])
         .collect();
-    header_bytes(real)
+    prop_oneof![1 => Just(Some(right.into_bytes())), 1 => header_bytes(real)].boxed()
 }
 
 fn customer_token() -> BoxedStrategy<Option<Vec<u8>>> {
@@ -146,7 +148,7 @@ fn customer_token() -> BoxedStrategy<Option<Vec<u8>>> {
         signed_token(SECRET, &json!({"sub": 5, "exp": now + 600})),
         signed_token(SECRET, &json!({"sub": "C-1001", "exp": "tomorrow"})),
     ];
-    header_bytes(real)
+    prop_oneof![1 => Just(Some(token("C-1001").into_bytes())), 1 => header_bytes(real)].boxed()
 }
 
 fn idempotency_key() -> BoxedStrategy<Option<Vec<u8>>> {
@@ -154,14 +156,15 @@ fn idempotency_key() -> BoxedStrategy<Option<Vec<u8>>> {
 }
 
 fn content_type() -> BoxedStrategy<Option<Vec<u8>>> {
-    header_bytes(vec![
+    let any = header_bytes(vec![
         "application/json".into(),
         "application/json; charset=utf-8".into(),
         "APPLICATION/JSON".into(),
         "text/plain".into(),
         "application/problem+json".into(),
         "multipart/form-data; boundary=x".into(),
-    ])
+    ]);
+    prop_oneof![1 => Just(Some(b"application/json".to_vec())), 1 => any].boxed()
 }
 
 /// A path segment: a real id, junk, or percent-encoded junk (invalid UTF-8 included).
@@ -205,21 +208,34 @@ fn query() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// A real route with random parameters, then maybe mutated.
-fn path() -> BoxedStrategy<(String, String)> {
-    let route = proptest::sample::select(ROUTES.to_vec());
-    let segments = proptest::collection::vec(segment(), 2);
-    let mutation = 0u8..10;
-    let extra = segment();
-    (route, segments, mutation, extra, query())
-        .prop_map(|((method, template), segments, mutation, extra, query)| {
+/// A parameter of `kind` (the name in the template): mostly a real id of
+/// that kind, so that requests get past routing and lookups.
+fn parameter(kind: &str) -> BoxedStrategy<String> {
+    let real: Vec<&'static str> = match kind {
+        "{customer}" => vec!["C-1001", "C-1002", "C-1004"],
+        "{sku}" => vec!["TV-55-OLED", "HDMI-2M", "LIMITED-CONSOLE"],
+        "{warehouse}" => vec!["WH-BLR", "WH-DEL"],
+        _ => vec!["ord_0", "ord_00000000000000000000000000000000"],
+    };
+    prop_oneof![3 => proptest::sample::select(real).prop_map(str::to_string), 2 => segment()].boxed()
+}
+
+/// A real route with random parameters, then maybe mutated: (the route's
+/// method, whether it is an admin route, the path with a query).
+fn path() -> BoxedStrategy<(String, bool, String)> {
+    proptest::sample::select(ROUTES.to_vec())
+        .prop_flat_map(|(method, template)| {
+            let kinds: Vec<&str> = template.split('/').filter(|p| p.starts_with('{')).collect();
+            let parameters: Vec<BoxedStrategy<String>> = kinds.iter().map(|k| parameter(k)).collect();
+            (Just((method, template)), parameters, 0u8..20, segment(), query())
+        })
+        .prop_map(|((method, template), parameters, mutation, extra, query)| {
             let mut filled = String::new();
-            let mut next = 0;
+            let mut next = parameters.iter();
             for part in template.split('/').skip(1) {
                 filled.push('/');
                 if part.starts_with('{') {
-                    filled.push_str(&segments[next % segments.len()]);
-                    next += 1;
+                    filled.push_str(next.next().expect("a parameter per placeholder"));
                 } else {
                     filled.push_str(part);
                 }
@@ -233,7 +249,7 @@ fn path() -> BoxedStrategy<(String, String)> {
                 5 => format!("/{extra}{filled}"),
                 _ => filled,
             };
-            (method.to_string(), format!("{path}{query}"))
+            (method.to_string(), template.starts_with("/v1/admin"), format!("{path}{query}"))
         })
         .boxed()
 }
@@ -355,11 +371,11 @@ fn body() -> BoxedStrategy<Vec<u8>> {
 
 fn case() -> BoxedStrategy<Case> {
     path()
-        .prop_flat_map(|(route_method, path)| {
+        .prop_flat_map(|(route_method, admin, path)| {
             (
                 method(route_method),
                 Just(path),
-                authorization(),
+                authorization(admin),
                 customer_token(),
                 idempotency_key(),
                 content_type(),
@@ -428,6 +444,11 @@ async fn throw(
     Ok(())
 }
 
+/// 300 cases; `HTTP_FUZZ_CASES=5000` for a longer hunt.
+fn fuzz_cases() -> u32 {
+    std::env::var("HTTP_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300)
+}
+
 #[test]
 fn random_requests_never_crash_never_5xx_and_never_write() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -443,8 +464,12 @@ fn random_requests_never_crash_never_5xx_and_never_write() {
     let orders_before = server.count("orders");
     let carts_before = server.count("carts");
 
-    let mut runner =
-        TestRunner::new(Config { cases: 300, failure_persistence: None, max_shrink_iters: 200, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: fuzz_cases(),
+        failure_persistence: None,
+        max_shrink_iters: 200,
+        ..Config::default()
+    });
     let seen = Mutex::new(BTreeMap::new());
     let result = runner.run(&case(), |case| runtime.block_on(throw(&server, &baseline, &case, &seen)));
     if let Err(e) = result {

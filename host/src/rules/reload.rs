@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::manifest::Manifest;
 use super::native::Rule;
+use super::ruleset::SignatureError;
 use super::types::{
     AccountStatus, Candidate, CartLine, GeoPoint, OrderContext, PaymentSummary, RuleCustomer, StockLevel, Tier,
 };
@@ -87,9 +88,24 @@ impl Reloader {
         }
     }
 
-    /// Watches the directory until `shutdown`.
+    /// Watches the directory until `shutdown` ([`Watch::install`], then [`Watch::run`]).
     pub async fn watch(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        Watch::install(&self.dir)?.run(self, shutdown).await
+    }
+}
+
+/// A watch on the plug-in directory. Changes are queued from the moment it
+/// is installed, so that one installed before the first load misses
+/// nothing, however late [`Watch::run`] starts.
+pub struct Watch {
+    watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl Watch {
+    /// Starts watching `dir` (non-recursive; access events ignored).
+    pub fn install(dir: &Path) -> anyhow::Result<Watch> {
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event
                 && !matches!(event.kind, notify::EventKind::Access(_))
@@ -97,8 +113,15 @@ impl Reloader {
                 let _ = tx.send(());
             }
         })?;
-        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
-        tracing::info!(dir = %self.dir.display(), "watching the plug-in directory");
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        tracing::info!(dir = %dir.display(), "watching the plug-in directory");
+        Ok(Watch { watcher, events })
+    }
+
+    /// Reloads through `reloader` after every change, once the directory
+    /// has settled, until `shutdown`.
+    pub async fn run(self, reloader: Reloader, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Watch { watcher: _watcher, events: mut rx } = self;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -113,13 +136,13 @@ impl Reloader {
                         Err(_) => break,
                     }
                 }
-                let before = fingerprint(&self.dir);
+                let before = fingerprint(&reloader.dir);
                 tokio::time::sleep(QUIET / 2).await;
-                if rx.is_empty() && fingerprint(&self.dir) == before {
+                if rx.is_empty() && fingerprint(&reloader.dir) == before {
                     break;
                 }
             }
-            let _ = self.reload_now().await;
+            let _ = reloader.reload_now().await;
         }
     }
 }
@@ -147,10 +170,12 @@ fn fingerprint(dir: &Path) -> Vec<u8> {
 fn describe(dir: &Path, error: &anyhow::Error) -> ReloadError {
     let file = error
         .chain()
-        .find_map(|e| e.downcast_ref::<LoadError>())
-        .map(|e| {
-            e.file().file_name().map_or_else(|| e.file().display().to_string(), |n| n.to_string_lossy().into_owned())
+        .find_map(|e| {
+            e.downcast_ref::<LoadError>()
+                .map(LoadError::file)
+                .or_else(|| e.downcast_ref::<SignatureError>().map(|e| e.file.as_path()))
         })
+        .map(|file| file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| {
             let text = format!("{error:#}");
             if text.contains("manifest") { "manifest.toml".into() } else { dir.display().to_string() }
@@ -203,6 +228,8 @@ fn smoke_order() -> (OrderContext, Vec<Candidate>, PaymentSummary) {
     (order, candidates, payment)
 }
 
+/// Runs every rule of `set` (variants and shadows too) on an example
+/// order; the first that fails is named with why.
 fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
     let (order, candidates, payment) = smoke_order();
     for (slot, rule) in set.all() {

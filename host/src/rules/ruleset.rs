@@ -114,25 +114,45 @@ pub struct HostDefaults {
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
+/// A module refused for its signature; `file` is the module (or its
+/// `.sig`) so that a refused reload names it like any other load error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SignatureError {
+    pub file: PathBuf,
+    message: String,
+}
+
 /// Reads `<file>.sig` (hex of the 64-byte ed25519 signature over the
 /// module's digest string) and checks it against the trusted keys.
-fn check_signature(file: &Path, digest: &str, trusted: &[ed25519_dalek::VerifyingKey]) -> anyhow::Result<()> {
+fn check_signature(file: &Path, digest: &str, trusted: &[ed25519_dalek::VerifyingKey]) -> Result<(), SignatureError> {
     if trusted.is_empty() {
         return Ok(());
     }
     let sig_path = PathBuf::from(format!("{}.sig", file.display()));
-    let text = std::fs::read_to_string(&sig_path).with_context(|| {
-        format!("{}: unsigned module (no {}), and signatures are required", file.display(), sig_path.display())
+    let text = std::fs::read_to_string(&sig_path).map_err(|e| SignatureError {
+        file: file.to_owned(),
+        message: format!(
+            "{}: unsigned module (no {}), and signatures are required: {e}",
+            file.display(),
+            sig_path.display()
+        ),
     })?;
     let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 64]>::try_from(b).ok());
     let Some(bytes) = bytes else {
-        bail!("{}: malformed signature (expected 128 hex digits)", sig_path.display());
+        return Err(SignatureError {
+            message: format!("{}: malformed signature (expected 128 hex digits)", sig_path.display()),
+            file: sig_path,
+        });
     };
     let signature = ed25519_dalek::Signature::from_bytes(&bytes);
     if trusted.iter().any(|key| key.verify_strict(digest.as_bytes(), &signature).is_ok()) {
         Ok(())
     } else {
-        bail!("{}: signature does not match {digest} under any trusted key", file.display())
+        Err(SignatureError {
+            file: file.to_owned(),
+            message: format!("{}: signature does not match {digest} under any trusted key", file.display()),
+        })
     }
 }
 

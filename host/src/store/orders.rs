@@ -371,7 +371,8 @@ pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<St
 pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, customer_id, status, total_cents, currency, created_at, invoice, fraud_review FROM orders
-         WHERE id IN (SELECT DISTINCT order_id FROM outbox WHERE state = 'AWAITING_VERDICT') LIMIT ?1",
+         WHERE id IN (SELECT DISTINCT order_id FROM outbox
+                      WHERE state = 'AWAITING_VERDICT' AND state != 'DELIVERED') LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], stored_order)?;
     let mut out = Vec::new();
@@ -396,7 +397,9 @@ pub fn record_verdict(
         action
     ])?;
     let ids: Vec<String> = tx
-        .prepare_cached("SELECT id FROM outbox WHERE order_id = ?1 AND state = 'AWAITING_VERDICT'")?
+        .prepare_cached(
+            "SELECT id FROM outbox WHERE order_id = ?1 AND state = 'AWAITING_VERDICT' AND state != 'DELIVERED'",
+        )?
         .query_map([order_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for id in ids {
@@ -435,7 +438,7 @@ pub struct DueEvent {
 pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, type, envelope, attempts FROM outbox
-         WHERE state = 'READY' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
+         WHERE state = 'READY' AND state != 'DELIVERED' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
         Ok(DueEvent { seq: r.get(0)?, id: r.get(1)?, kind: r.get(2)?, envelope: r.get(3)?, attempts: r.get(4)? })

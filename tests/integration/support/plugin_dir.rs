@@ -19,14 +19,18 @@ use tempfile::TempDir;
 use super::{bundled_plugins, order_request, wasm};
 
 /// The warehouse and fraud slots of the bundled set, to follow the
-/// discount entries of a test manifest.
+/// discount entries of a test manifest. Like every entry of the test
+/// manifests, with a roomy wall-clock budget: the tests share two cores,
+/// and a call preempted past the default 50 ms would fail on time.
 pub const BASE_SLOTS: &str = r#"
 [warehouse]
 module = "nearest_warehouse.wasm"
+budgets = { time_ms = 10000 }
 
 [[fraud]]
 module = "high_value.wasm"
 fail_mode = "open"
+budgets = { time_ms = 10000 }
 "#;
 
 /// Every warehouse of the demo data set.
@@ -85,21 +89,16 @@ impl PluginDir {
         std::fs::write(&temp, bytes).expect("writing the incoming file");
         std::fs::rename(&temp, self.file(name)).expect("renaming the incoming file into place");
     }
+}
 
-    /// Overwrites `<dir>/<name>` in place, `chunk` bytes at a time with a
-    /// flush and `pause` after each: a slow copy, half-written meanwhile.
-    pub fn write_slowly(&self, name: &str, bytes: &[u8], chunk: usize, pause: Duration) {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.file(name))
-            .expect("opening the module for writing");
-        for part in bytes.chunks(chunk) {
-            file.write_all(part).expect("writing a chunk");
-            file.flush().expect("flushing a chunk");
-            file.sync_data().expect("syncing a chunk");
-            std::thread::sleep(pause);
-        }
+/// Overwrites `file` in place, `chunk` bytes at a time with a flush and
+/// `pause` after each: a slow copy, half-written meanwhile (blocking).
+pub fn write_slowly(file: &Path, bytes: &[u8], chunk: usize, pause: Duration) {
+    let mut out = std::fs::OpenOptions::new().write(true).truncate(true).open(file).expect("opening the module");
+    for part in bytes.chunks(chunk) {
+        out.write_all(part).expect("writing a chunk");
+        out.flush().expect("flushing a chunk");
+        std::thread::sleep(pause);
     }
 }
 
@@ -115,10 +114,15 @@ pub fn guest_digest(name: &str) -> String {
 
 /// Polls `condition` every 10 ms until it holds; panics naming `what`
 /// after a generous deadline (60 s: the tests share two cores).
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_or(what, condition, String::new).await;
+}
+
+/// [`wait_until`], with `state()` in the panic message.
+pub async fn wait_until_or(what: &str, mut condition: impl FnMut() -> bool, state: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(Instant::now() < deadline, "timed out waiting until {what}; {}", state());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -133,19 +137,32 @@ pub fn discount_identity(engine: &Engine, index: usize) -> Arc<ModuleIdentity> {
     engine.pipeline.rules.load().discount[index].module.identity().clone()
 }
 
+/// The discount modules serving now, for failure messages.
+pub fn serving_discounts(engine: &Engine) -> String {
+    let rules = engine.pipeline.rules.load();
+    rules.discount.iter().map(|r| r.module.identity().to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// Waits until the reloader has swapped in a set (more than `reloads_before`
 /// reloads) whose `index`-th discount rule is the module with `digest`.
 pub async fn wait_for_served(engine: &Engine, reloads_before: u64, index: usize, digest: &str) {
-    wait_until(&format!("discount rule {index} is {digest} after a reload"), || {
-        reload_status(engine).reloads > reloads_before && discount_identity(engine, index).digest == digest
-    })
+    wait_until_or(
+        &format!("discount rule {index} is {digest} after a reload"),
+        || reload_status(engine).reloads > reloads_before && discount_identity(engine, index).digest == digest,
+        || format!("serving {}; {:?}", serving_discounts(engine), reload_status(engine)),
+    )
     .await;
 }
 
 /// Waits until the reloader has refused more than `refused_before` reloads;
 /// returns the status then.
 pub async fn wait_for_refusal(engine: &Engine, refused_before: u64) -> ReloadStatus {
-    wait_until("the reloader refuses the directory", || reload_status(engine).refused > refused_before).await;
+    wait_until_or(
+        "the reloader refuses the directory",
+        || reload_status(engine).refused > refused_before,
+        || format!("serving {}; {:?}", serving_discounts(engine), reload_status(engine)),
+    )
+    .await;
     reload_status(engine)
 }
 

@@ -125,22 +125,7 @@ impl TestServer {
     /// The bundled rules, the demo data set, the deployed body limit and a
     /// 10 s request timeout.
     pub async fn start() -> TestServer {
-        let dir = tempfile::tempdir().expect("a temp data dir");
-        let settings = engine_settings(dir.path(), &bundled_plugins());
-        let engine = Engine::start(settings).await.expect("starting the engine");
-        Dataset::read(&demo_dataset())
-            .expect("reading the demo data set")
-            .load_into(&engine.pipeline.store)
-            .await
-            .expect("loading the demo data set");
-        let engine = Arc::new(engine);
-        let state = AppState::new(engine.clone(), credentials(), BODY_LIMIT, Duration::from_secs(10));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
-        let address = listener.local_addr().expect("the bound address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a reqwest client");
-        TestServer { base: format!("http://{address}"), client, engine, dir, shutdown, task: Some(task) }
+        TestServer::start_with(&bundled_plugins(), |_| {}).await
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -211,7 +196,7 @@ impl TestServer {
 
     /// Polls `GET /v1/orders/{id}` until the fraud review is on it (bounded).
     pub async fn order_with_review(&self, order_id: &str, customer: &str) -> Answer {
-        for _ in 0..400 {
+        for _ in 0..1200 {
             let answer = self.get_order(order_id, customer).await;
             assert_eq!(answer.status, 200, "{}", answer.text());
             if answer.json.get("fraud_review").is_some() {
