@@ -19,7 +19,8 @@
 //! 10 s client timeout; loopback only.
 //!
 //! Run: `cargo bench -p smartmart --bench load` (release build). Figures
-//! go to BENCHMARKS.md ("HTTP load"). `LOAD_SECS=2` shortens every phase.
+//! go to BENCHMARKS.md ("HTTP load"). `LOAD_SECS=2` shortens every phase;
+//! `LOAD_CLIENTS=1,16` and `LOAD_RATES=500` choose the phases (empty: none).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,14 @@ const WAREHOUSES: [(&str, f64, f64); 4] =
 
 fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A comma-separated list from the environment (`LOAD_CLIENTS=16`, `LOAD_RATES=`), else `default`.
+fn list_from_env(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(text) => text.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 fn phase_secs() -> f64 {
@@ -397,14 +406,15 @@ fn main() {
         closed_loop(client.clone(), &customers, 16, secs.min(2.0)).await;
 
         let mut phases = Vec::new();
-        for clients in [1, 16, 64] {
+        for clients in list_from_env("LOAD_CLIENTS", &[1, 16, 64]) {
             let cpu = cpu_seconds();
             let mut phase = closed_loop(client.clone(), &customers, clients, secs).await;
             phase.cpu = cpu_delta(cpu);
             eprintln!("{}: {:.0} orders/s", phase.name, phase.rate());
             phases.push(phase);
         }
-        for rate in [500.0, 1000.0, 2000.0] {
+        for rate in list_from_env("LOAD_RATES", &[500, 1000, 2000]) {
+            let rate = rate as f64;
             // Let the previous phase's backlog (events, fraud reviews) drain.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let cpu = cpu_seconds();

@@ -175,10 +175,52 @@ fn copy(from: &Path, to: &Path) -> Result {
 /// The rules' logic natively (bundled rules and the example), then the
 /// host's whole workspace.
 fn test(args: &[String]) -> Result {
+    let mut totals = Totals::default();
     for manifest in ["plugins/Cargo.toml", "examples/rules/clearance/Cargo.toml"] {
-        run(cargo().args(["test", "--manifest-path", manifest, "--target-dir", "target/guests-native"]))?;
+        run_tests(
+            cargo().args(["test", "--manifest-path", manifest, "--target-dir", "target/guests-native"]),
+            &mut totals,
+        )?;
     }
-    run(cargo().args(["test", "--workspace"]).args(args))
+    let outcome = run_tests(cargo().args(["test", "--workspace"]).args(args), &mut totals);
+    // One closing line over every test binary of every workspace, so that
+    // the last word is not that of whichever binary happened to run last.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    outcome
+}
+
+/// Passed and failed tests summed over `cargo test` runs.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds its `test result:` lines to `totals`.
+fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result {
+    use std::io::BufRead as _;
+    cmd.stdout(std::process::Stdio::piped());
+    eprintln!("$ cargo {}", cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+    let mut child = cmd.spawn().map_err(|e| format!("could not start cargo: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in io::BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| format!("reading cargo's output: {e}"))?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| n.trim().rsplit(' ').next().unwrap_or("0").to_string())
+                    })
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += count(" passed");
+            totals.failed += count(" failed");
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo test` failed ({status})")) }
 }
 
 /// `cargo run -p smartmart -- [subcommand] args…`

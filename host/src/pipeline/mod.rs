@@ -50,6 +50,15 @@ pub struct Faults {
     pub inventory_delay: Duration,
 }
 
+/// Waits out an injected delay. A zero delay returns at once: tokio's
+/// `sleep(Duration::ZERO)` waits for the timer wheel's next tick (about a
+/// millisecond), which the order's path would pay at every stage.
+async fn injected_delay(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Settings of the pipeline.
 #[derive(Clone)]
 pub struct PipelineConfig {
@@ -146,7 +155,7 @@ impl Pipeline {
 
         let stage_started = Instant::now();
         let cart = within(Stage::Cart, config.stage_timeout, async {
-            tokio::time::sleep(config.faults.cart_delay).await;
+            injected_delay(config.faults.cart_delay).await;
             cart::fetch_cart(&self.store, &customer.id).await
         })
         .await?;
@@ -176,12 +185,12 @@ impl Pipeline {
         };
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
-            tokio::time::sleep(config.faults.inventory_delay).await;
+            injected_delay(config.faults.inventory_delay).await;
             inventory::allocate(&self.store, &rules, &self.metrics, &context, &keys).await.map(|a| (a, ms(leg_started)))
         });
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
-            tokio::time::sleep(config.faults.discount_delay).await;
+            injected_delay(config.faults.discount_delay).await;
             let (rules, context) = (rules.clone(), context.clone());
             let (metrics, experiments) = (self.metrics.clone(), self.experiments.clone());
             crate::rules::run_blocking(move || {

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Budgets {
     /// Wall-clock deadline of one call in milliseconds, enforced by epoch
-    /// interruption (also covers time spent in host calls). Default 100: a
-    /// backstop far above what a rule needs (tens of µs), so that a busy
-    /// machine does not fail good rules; fuel is the precise CPU bound.
+    /// interruption (it also covers time spent in host calls). Default 1000:
+    /// a backstop, far above what a rule needs (tens of µs), so that a
+    /// descheduled thread on a busy machine never fails a good rule; fuel is
+    /// the precise CPU bound.
     pub time_ms: u64,
     /// Fuel (≈ WebAssembly instructions) one call may burn. Default 50 million,
     /// about 1000× what the bundled rules use: a deterministic CPU bound.
@@ -28,7 +29,7 @@ pub const MAX_MEMORY_BYTES: usize = 64 << 20;
 
 impl Default for Budgets {
     fn default() -> Self {
-        Budgets { time_ms: 100, fuel: 50_000_000, memory_bytes: 16 << 20, output_bytes: 64 << 10 }
+        Budgets { time_ms: 1000, fuel: 50_000_000, memory_bytes: 16 << 20, output_bytes: 64 << 10 }
     }
 }
 

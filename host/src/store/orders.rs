@@ -135,9 +135,8 @@ fn release_holds(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
         "UPDATE stock SET reserved = reserved - (
              SELECT r.quantity FROM reservations r
              WHERE r.order_id = ?1 AND r.state = 'HELD' AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)
-         WHERE EXISTS (
-             SELECT 1 FROM reservations r
-             WHERE r.order_id = ?1 AND r.state = 'HELD' AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)",
+         WHERE (warehouse_id, sku) IN
+               (SELECT warehouse_id, sku FROM reservations WHERE order_id = ?1 AND state = 'HELD')",
     )?
     .execute([order_id])?;
     conn.prepare_cached("UPDATE reservations SET state = 'RELEASED' WHERE order_id = ?1 AND state = 'HELD'")?
@@ -153,8 +152,8 @@ fn commit_holds(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
                                     AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku),
              on_hand = on_hand - (SELECT r.quantity FROM reservations r WHERE r.order_id = ?1 AND r.state = 'HELD'
                                   AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)
-         WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = ?1 AND r.state = 'HELD'
-                       AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)",
+         WHERE (warehouse_id, sku) IN
+               (SELECT warehouse_id, sku FROM reservations WHERE order_id = ?1 AND state = 'HELD')",
     )?
     .execute([order_id])?;
     conn.prepare_cached("UPDATE reservations SET state = 'COMMITTED' WHERE order_id = ?1 AND state = 'HELD'")?
@@ -397,9 +396,7 @@ pub fn record_verdict(
         action
     ])?;
     let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM outbox WHERE order_id = ?1 AND state = 'AWAITING_VERDICT' AND state != 'DELIVERED'",
-        )?
+        .prepare_cached("SELECT id FROM outbox WHERE order_id = ?1 AND state = 'AWAITING_VERDICT'")?
         .query_map([order_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for id in ids {

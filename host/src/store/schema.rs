@@ -132,6 +132,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (order_id, slot, active_digest, candidate_digest)
     );
     "#,
+    // 3: the outbox rows of one order (the fraud verdict readies its
+    // event): without it every verdict scans the pending events.
+    r#"
+    CREATE INDEX outbox_by_order ON outbox (order_id);
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
