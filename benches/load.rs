@@ -426,10 +426,8 @@ fn main() {
         phases
     });
 
-    let orders: i64 = engine
-        .pipeline
-        .store
-        .run_blocking(|c| Ok(c.query_row("SELECT count(*) FROM orders WHERE status = 'CONFIRMED'", [], |r| r.get(0))?))
+    let orders: i64 = rusqlite::Connection::open(engine.pipeline.store.path())
+        .and_then(|c| c.query_row("SELECT count(*) FROM orders WHERE status = 'CONFIRMED'", [], |r| r.get(0)))
         .expect("counting orders");
     shutdown.cancel();
     drop(engine);

@@ -20,7 +20,7 @@ use smartmart::rules::types::{
     Shortfall, Tier, Verdict,
 };
 use smartmart::rules::{NativeLogic, NativeRule, Rule, RuleSet, SlotRule};
-use smartmart::store::catalog::{self, CartItem, Customer};
+use smartmart::store::catalog::{CartItem, Customer};
 
 const SECRET: &[u8] = b"bench-secret";
 const WORKERS: usize = 8;
@@ -36,31 +36,24 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
     tweak(&mut settings);
     let engine = Engine::start(settings).await.expect("engine starts");
     Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(&engine.pipeline.store).await.unwrap();
-    engine
-        .pipeline
-        .store
-        .run(|c| {
-            for i in 0..WORKERS * 4 {
-                let customer = Customer {
-                    id: format!("B-{i:04}"),
-                    name: "Bench".into(),
-                    email: "bench@example.com".into(),
-                    phone: "+1".into(),
-                    tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
-                    status: smartmart::rules::types::AccountStatus::Active,
-                    location: smartmart::rules::types::GeoPoint { lat: 12.97, lon: 77.59 },
-                };
-                catalog::upsert_customer(c, &customer)?;
-            }
-            for w in ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"] {
-                for sku in ["HDMI-2M", "MOUSE-WIRELESS", "TV-55-OLED"] {
-                    catalog::set_stock(c, w, sku, 10_000_000)?;
-                }
-            }
-            Ok(())
+    let customers = (0..WORKERS * 4)
+        .map(|i| Customer {
+            id: format!("B-{i:04}"),
+            name: "Bench".into(),
+            email: "bench@example.com".into(),
+            phone: "+1".into(),
+            tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
+            status: smartmart::rules::types::AccountStatus::Active,
+            location: smartmart::rules::types::GeoPoint { lat: 12.97, lon: 77.59 },
         })
-        .await
-        .unwrap();
+        .collect();
+    let stock = ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"]
+        .iter()
+        .flat_map(|w| {
+            ["HDMI-2M", "MOUSE-WIRELESS", "TV-55-OLED"].map(|sku| (w.to_string(), sku.to_string(), 10_000_000))
+        })
+        .collect();
+    engine.pipeline.store.load_catalog(customers, vec![], vec![], stock).await.unwrap();
     engine
 }
 
@@ -137,21 +130,11 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
             let mut latencies = Vec::with_capacity(per_worker);
             for i in 0..per_worker {
                 let customer = format!("B-{:04}", (w * 4 + i % 4) % (workers * 4));
-                let id = customer.clone();
-                pipeline
-                    .store
-                    .run(move |c| {
-                        catalog::replace_cart(
-                            c,
-                            &id,
-                            &[
-                                CartItem { sku: "TV-55-OLED".into(), quantity: 1 },
-                                CartItem { sku: "HDMI-2M".into(), quantity: 2 },
-                            ],
-                        )
-                    })
-                    .await
-                    .unwrap();
+                let cart = vec![
+                    CartItem { sku: "TV-55-OLED".into(), quantity: 1 },
+                    CartItem { sku: "HDMI-2M".into(), quantity: 2 },
+                ];
+                pipeline.store.replace_cart(&customer, cart).await.unwrap();
                 let request = OrderRequest {
                     channel: "web".into(),
                     customer_id: customer.clone(),

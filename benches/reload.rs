@@ -23,7 +23,7 @@ use smartmart::app::{Dataset, Engine, EngineSettings};
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
 use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{self, CartItem, Customer};
+use smartmart::store::catalog::{CartItem, Customer};
 
 const SECRET: &[u8] = b"bench-secret";
 /// Swaps per latency measurement.
@@ -145,33 +145,22 @@ async fn start(plugins: &Path, data: &Path) -> Engine {
     settings.watch_plugins = true;
     let engine = Engine::start(settings).await.expect("the engine starts");
     Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(&engine.pipeline.store).await.unwrap();
-    engine
-        .pipeline
-        .store
-        .run(|c| {
-            for i in 0..WORKERS {
-                catalog::upsert_customer(
-                    c,
-                    &Customer {
-                        id: format!("R-{i:02}"),
-                        name: "Bench".into(),
-                        email: "bench@example.com".into(),
-                        phone: "+1".into(),
-                        tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
-                        status: AccountStatus::Active,
-                        location: GeoPoint { lat: 12.97, lon: 77.59 },
-                    },
-                )?;
-            }
-            for w in ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"] {
-                for sku in ["HDMI-2M", "TV-55-OLED"] {
-                    catalog::set_stock(c, w, sku, 100_000_000)?;
-                }
-            }
-            Ok(())
+    let customers = (0..WORKERS)
+        .map(|i| Customer {
+            id: format!("R-{i:02}"),
+            name: "Bench".into(),
+            email: "bench@example.com".into(),
+            phone: "+1".into(),
+            tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
+            status: AccountStatus::Active,
+            location: GeoPoint { lat: 12.97, lon: 77.59 },
         })
-        .await
-        .unwrap();
+        .collect();
+    let stock = ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"]
+        .iter()
+        .flat_map(|w| ["HDMI-2M", "TV-55-OLED"].map(|sku| (w.to_string(), sku.to_string(), 100_000_000)))
+        .collect();
+    engine.pipeline.store.load_catalog(customers, vec![], vec![], stock).await.unwrap();
     engine
 }
 
@@ -190,8 +179,7 @@ fn order_loops(
                 let customer = format!("R-{w:02}");
                 let cart = vec![CartItem { sku: "HDMI-2M".into(), quantity: 1 }];
                 while !stop.load(Ordering::Relaxed) {
-                    let (id, items) = (customer.clone(), cart.clone());
-                    pipeline.store.run(move |c| catalog::replace_cart(c, &id, &items)).await.unwrap();
+                    pipeline.store.replace_cart(&customer, cart.clone()).await.unwrap();
                     let request = OrderRequest {
                         channel: "web".into(),
                         customer_id: customer.clone(),

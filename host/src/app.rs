@@ -18,13 +18,13 @@ use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
 use crate::rules::reload::{Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
-use crate::store::catalog::{self, Customer, Product, Warehouse};
+use crate::store::catalog::{Customer, Product, Warehouse};
 use crate::store::{Store, StoreOptions};
 
 /// Which payment gateway orders are charged through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayChoice {
-    /// The built-in sandbox (shared/API.md's tokens), ledger in the data dir.
+    /// The built-in sandbox (the API reference's tokens), its ledger in the store.
     Sandbox,
     /// An external gateway speaking the protocol of `payment::http`.
     Http { url: String, timeout: Duration },
@@ -130,12 +130,14 @@ impl Engine {
         };
         let (gateway, sandbox): (Arc<dyn PaymentGateway>, _) = match &settings.gateway {
             GatewayChoice::Sandbox => {
-                let sandbox = SandboxGateway::open(&data_dir.join("sandbox-gateway.sqlite"))?;
+                let sandbox = SandboxGateway::new(store.clone());
                 (Arc::new(sandbox.clone()), Some(sandbox))
             }
             GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
         };
         let sink: Arc<dyn EventSink> = Arc::new(JsonlSink::new(&data_dir.join("events"))?);
+        // Before any delivery: cut what a crash left unrecorded in the sink.
+        sink.resume(&store.sink_positions().await?).await.context("resuming the event sink")?;
         let rules = Arc::new(ArcSwap::new(rules));
         let reloader = Reloader {
             runtime: runtime.clone(),
@@ -231,25 +233,8 @@ impl Dataset {
 
     /// Writes the whole data set in one transaction.
     pub async fn load_into(self, store: &Store) -> anyhow::Result<()> {
-        store
-            .run(move |c| {
-                let tx = c.transaction()?;
-                for customer in &self.customers {
-                    catalog::upsert_customer(&tx, customer)?;
-                }
-                for product in &self.products {
-                    catalog::upsert_product(&tx, product)?;
-                }
-                for warehouse in &self.warehouses {
-                    catalog::upsert_warehouse(&tx, warehouse)?;
-                }
-                for s in &self.stock {
-                    catalog::set_stock(&tx, &s.warehouse_id, &s.sku, s.on_hand)?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        let stock = self.stock.into_iter().map(|s| (s.warehouse_id, s.sku, s.on_hand)).collect();
+        store.load_catalog(self.customers, self.products, self.warehouses, stock).await?;
         Ok(())
     }
 }

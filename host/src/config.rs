@@ -25,6 +25,11 @@ pub struct ServeConfig {
     /// Data directory: database, event files, module cache [default: ./smartmart-data].
     #[arg(long, env = "SMARTMART_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Commit durability of the store: `full` (an fsync per commit, shared by
+    /// every order of a batch: a confirmed order survives a power cut) or
+    /// `normal` (survives a crash of the process only) [default: full].
+    #[arg(long, env = "SMARTMART_DURABILITY")]
+    pub durability: Option<crate::store::Durability>,
     /// Plug-in directory with `manifest.toml` [default: plugins/bundled].
     #[arg(long, env = "SMARTMART_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -85,6 +90,7 @@ impl ServeConfig {
         ServeConfig {
             listen: self.listen.or(lower.listen),
             data_dir: self.data_dir.or(lower.data_dir),
+            durability: self.durability.or(lower.durability),
             plugins_dir: self.plugins_dir.or(lower.plugins_dir),
             channel_keys: self.channel_keys.or(lower.channel_keys),
             admin_key: self.admin_key.or(lower.admin_key),
@@ -229,6 +235,7 @@ impl ServeSettings {
         if let Some(key) = &config.pseudonym_key {
             engine.pseudonym_key = key.as_bytes().to_vec();
         }
+        engine.store.durability = config.durability.unwrap_or(crate::store::Durability::Full);
         engine.currency = config.currency.unwrap_or_else(|| "USD".into());
         if engine.currency.len() != 3 || !engine.currency.chars().all(|c| c.is_ascii_uppercase()) {
             bail!("SMARTMART_CURRENCY must be an ISO 4217 code such as USD, got `{}`", engine.currency);

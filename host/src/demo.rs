@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use crate::app::{Dataset, Engine, EngineSettings};
 use crate::pipeline::validate::mint_token;
 use crate::pipeline::{Invoice, OrderError, OrderRequest};
-use crate::store::catalog::{self, CartItem};
+use crate::store::catalog::CartItem;
 
 /// One scripted order.
 struct UseCase {
@@ -144,13 +144,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
         println!("▶ {}", case.title);
         let items: Vec<CartItem> =
             case.cart.iter().map(|(sku, q)| CartItem { sku: sku.to_string(), quantity: *q }).collect();
-        let customer = case.customer.to_string();
-        engine
-            .pipeline
-            .store
-            .run(move |c| catalog::replace_cart(c, &customer, &items))
-            .await
-            .context("filling the cart")?;
+        engine.pipeline.store.replace_cart(case.customer, items).await.context("filling the cart")?;
         let request = OrderRequest {
             channel: "web".into(),
             customer_id: case.customer.into(),
@@ -182,8 +176,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
     engine.drain().await?;
     println!("▶ Fraud reviews (run after the answers)");
     for order_id in escalation_candidates {
-        let id = order_id.clone();
-        let stored = engine.pipeline.store.run(move |c| crate::store::orders::get_order(c, &id)).await?;
+        let stored = engine.pipeline.store.order(&order_id).await?;
         if let Some(review) = stored.and_then(|o| o.fraud_review) {
             println!("   {order_id}: {} score {} flags {}", review["action"], review["score"], review["flags"]);
         }

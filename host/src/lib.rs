@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod events;
 pub mod http;
 pub mod metrics;

@@ -73,16 +73,11 @@ pub async fn run(config: ServeConfig, dev: bool, demo_data: Option<PathBuf>) -> 
             [settings.engine.0.identity_secret.as_slice(), b"/analytics-pseudonym"].concat();
     }
     let engine = Engine::start(settings.engine.0.clone()).await?;
-    if let Some(dataset) = demo_data {
-        let empty = engine
-            .pipeline
-            .store
-            .run(|c| Ok(c.query_row("SELECT count(*) FROM customers", [], |r| r.get::<_, i64>(0))? == 0))
-            .await?;
-        if empty {
-            Dataset::read(&dataset)?.load_into(&engine.pipeline.store).await?;
-            tracing::info!(dataset = %dataset.display(), "loaded the demo data set");
-        }
+    if let Some(dataset) = demo_data
+        && !engine.pipeline.store.has_customers().await?
+    {
+        Dataset::read(&dataset)?.load_into(&engine.pipeline.store).await?;
+        tracing::info!(dataset = %dataset.display(), "loaded the demo data set");
     }
     let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
     let address = listener.local_addr()?;

@@ -21,7 +21,7 @@ use crate::app::{Dataset, Engine, EngineSettings};
 use crate::pipeline::validate::mint_token;
 use crate::pipeline::{OrderError, OrderRequest};
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
-use crate::store::catalog::{self, CartItem, Customer};
+use crate::store::catalog::{CartItem, Customer};
 
 /// The identity secret the soak signs its customers' tokens with.
 pub const IDENTITY_SECRET: &[u8] = b"soak-identity-secret-not-for-production";
@@ -125,34 +125,20 @@ async fn seed(engine: &Engine, options: &SoakOptions) -> anyhow::Result<()> {
             location: GeoPoint { lat: 12.9716, lon: 77.5946 },
         })
         .collect();
-    engine
-        .pipeline
-        .store
-        .run(move |c| {
-            let tx = c.transaction()?;
-            let customers: i64 = tx.query_row("SELECT count(*) FROM customers", [], |r| r.get(0))?;
-            if customers == 0 {
-                for customer in &dataset.customers {
-                    catalog::upsert_customer(&tx, customer)?;
-                }
-                for product in &dataset.products {
-                    catalog::upsert_product(&tx, product)?;
-                }
-                for warehouse in &dataset.warehouses {
-                    catalog::upsert_warehouse(&tx, warehouse)?;
-                }
-                for s in &dataset.stock {
-                    let on_hand = if SKUS.contains(&s.sku.as_str()) { SKU_ON_HAND } else { s.on_hand };
-                    catalog::set_stock(&tx, &s.warehouse_id, &s.sku, on_hand)?;
-                }
-            }
-            for customer in &extra {
-                catalog::upsert_customer(&tx, customer)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
+    let store = &engine.pipeline.store;
+    // A restarted soak finds its data set already loaded.
+    if store.customer(&customer_of(0)).await?.is_none() {
+        let stock = dataset
+            .stock
+            .into_iter()
+            .map(|s| {
+                let on_hand = if SKUS.contains(&s.sku.as_str()) { SKU_ON_HAND } else { s.on_hand };
+                (s.warehouse_id, s.sku, on_hand)
+            })
+            .collect();
+        store.load_catalog(dataset.customers, dataset.products, dataset.warehouses, stock).await?;
+    }
+    store.load_catalog(extra, Vec::new(), Vec::new(), Vec::new()).await?;
     Ok(())
 }
 
@@ -173,8 +159,7 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             let coupon = rng.random_bool(0.25).then(|| "WELCOME10".to_string());
             (items, token, coupon)
         };
-        let id = customer.to_string();
-        engine.pipeline.store.run(move |c| catalog::replace_cart(c, &id, &items)).await?;
+        engine.pipeline.store.replace_cart(customer, items).await?;
         let request = OrderRequest {
             channel: "soak".into(),
             customer_id: customer.into(),

@@ -11,9 +11,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use smartmart::app::Engine;
 use smartmart::pipeline::Invoice;
-use smartmart::pipeline::experiments::{ShadowSummary, shadow_summaries};
 use smartmart::rules::RuleSet;
 use smartmart::rules::types::Tier;
+use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::TestEngine;
 use crate::support::plugin_dir::{PluginDir, add_customers, add_products, guest_digest, order_on, plenty_of_stock};
@@ -272,7 +272,7 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
         let active = position.map_or(0, |p| with_shadow.discounts[p].amount_cents);
         assert_eq!(active, payable.min(100), "v1 gives 100 cents, capped");
         let candidate = payable.min(250);
-        expected_runs.insert(with_shadow.order_id, (candidate as i64 - active as i64, candidate != active));
+        expected_runs.insert(with_shadow.order_id.clone(), (candidate as i64 - active as i64, candidate != active));
     }
     let money: i64 = expected_runs.values().map(|(d, _)| d).sum();
     let differing = expected_runs.values().filter(|(_, d)| *d).count() as u64;
@@ -282,7 +282,7 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
     let store = server.engine.pipeline.store.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let summaries = loop {
-        let summaries = store.run(|c| shadow_summaries(c)).await.expect("reading the shadow summaries");
+        let summaries = store.shadow_summaries().await.expect("reading the shadow summaries");
         if summaries.iter().map(|s| s.orders).sum::<u64>() >= N as u64 {
             break summaries;
         }
@@ -303,14 +303,12 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
     assert_eq!(summaries, vec![summary.clone()]);
 
     // Per order, too.
-    let runs: BTreeMap<String, (i64, bool)> = store
-        .run(|c| {
-            let mut stmt = c.prepare("SELECT order_id, money_difference_cents, differs FROM shadow_runs")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
-        .expect("reading the shadow runs");
+    let runs: BTreeMap<String, (i64, bool)> = {
+        let db = server.db();
+        let mut stmt = db.prepare("SELECT order_id, money_difference_cents, differs FROM shadow_runs").unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))).unwrap();
+        rows.collect::<Result<_, _>>().expect("reading the shadow runs")
+    };
     assert_eq!(runs, expected_runs);
 
     // And in GET /v1/admin/experiments.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod crash_http;
 mod experiments;
 mod http;
 mod http_fuzz;

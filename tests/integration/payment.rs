@@ -321,8 +321,10 @@ async fn http_lookup_finds_captured_keys_only() {
 // SandboxGateway
 // ---------------------------------------------------------------------------
 
+/// A sandbox gateway whose ledger is in a store in `dir`.
 fn sandbox_in(dir: &tempfile::TempDir) -> SandboxGateway {
-    SandboxGateway::open(&dir.path().join("sandbox-gateway.sqlite3")).unwrap()
+    let store = smartmart::store::Store::open(&dir.path().join("smartmart.sqlite"), &Default::default()).unwrap();
+    SandboxGateway::new(store)
 }
 
 #[tokio::test]
@@ -357,7 +359,8 @@ async fn sandbox_tokens_behave_as_the_contract_says() {
 
 #[tokio::test]
 async fn sandbox_transient_2_captures_on_the_third_attempt() {
-    let sandbox = SandboxGateway::in_memory().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox_in(&dir);
 
     let outcome = charge_with_retries(&sandbox, &request("t2", "tok_transient_2", 999), &fast_policy(3)).await;
 
@@ -368,7 +371,8 @@ async fn sandbox_transient_2_captures_on_the_third_attempt() {
 
 #[tokio::test]
 async fn sandbox_transient_3_outlasts_three_attempts() {
-    let sandbox = SandboxGateway::in_memory().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox_in(&dir);
 
     let outcome = charge_with_retries(&sandbox, &request("t3", "tok_transient_3", 999), &fast_policy(3)).await;
 
@@ -383,7 +387,8 @@ async fn sandbox_transient_3_outlasts_three_attempts() {
 
 #[tokio::test]
 async fn sandbox_charging_a_key_twice_returns_the_same_charge_and_records_one() {
-    let sandbox = SandboxGateway::in_memory().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox_in(&dir);
 
     let first = sandbox.charge(&request("twice", "tok_ok", 1_234)).await.unwrap();
     let second = sandbox.charge(&request("twice", "tok_ok", 1_234)).await.unwrap();
@@ -394,7 +399,8 @@ async fn sandbox_charging_a_key_twice_returns_the_same_charge_and_records_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sandbox_concurrent_charges_of_one_key_record_one_charge() {
-    let sandbox = SandboxGateway::in_memory().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox_in(&dir);
 
     let attempts: Vec<_> = (0..16)
         .map(|_| {

@@ -9,22 +9,22 @@ use serde_json::{Value, json};
 use smartmart::app::GatewayChoice;
 use smartmart::pipeline::invoice::distance_km;
 use smartmart::pipeline::validate::mint_token;
-use smartmart::pipeline::{Invoice, OrderError, OrderRequest};
+use smartmart::pipeline::{Invoice, OrderError, OrderRequest, Placed};
 use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{self, CartItem, Customer, Product, StockLevel};
+use smartmart::store::catalog::{CartItem, Customer, Product, StockLevel};
 use smartmart::store::orders;
 use tempfile::TempDir;
 
 use crate::support::{SECRET, TestEngine, bundled_plugins, order_request, wasm};
 
-fn confirmed(result: Result<Invoice, OrderError>) -> Invoice {
+fn confirmed(result: Result<Placed, OrderError>) -> Invoice {
     match result {
-        Ok(invoice) => invoice,
+        Ok(placed) => placed.invoice,
         Err(e) => panic!("expected CONFIRMED, got {}: {e} {:?}", e.code(), e.details()),
     }
 }
 
-fn refused(result: Result<Invoice, OrderError>) -> OrderError {
+fn refused(result: Result<Placed, OrderError>) -> OrderError {
     match result {
         Ok(invoice) => panic!("expected a refusal, got {} {}", invoice.status, invoice.order_id),
         Err(e) => e,
@@ -32,7 +32,7 @@ fn refused(result: Result<Invoice, OrderError>) -> OrderError {
 }
 
 /// The failed order a `PAYMENT_FAILED` carries.
-fn payment_failed(result: Result<Invoice, OrderError>) -> Invoice {
+fn payment_failed(result: Result<Placed, OrderError>) -> Invoice {
     match refused(result) {
         OrderError::PaymentFailed { order, .. } => *order,
         e => panic!("expected PAYMENT_FAILED, got {}: {e}", e.code()),
@@ -76,12 +76,12 @@ fn assert_digest(digest: &str) {
 
 async fn customer(t: &TestEngine, id: &str) -> Customer {
     let id = id.to_string();
-    t.engine.pipeline.store.run(move |c| catalog::get_customer(c, &id)).await.unwrap().expect("customer exists")
+    t.engine.pipeline.store.customer(&id).await.unwrap().expect("customer exists")
 }
 
 async fn stored_order(t: &TestEngine, order_id: &str) -> orders::StoredOrder {
     let id = order_id.to_string();
-    t.engine.pipeline.store.run(move |c| orders::get_order(c, &id)).await.unwrap().expect("order stored")
+    t.engine.pipeline.store.order(&id).await.unwrap().expect("order stored")
 }
 
 // ---------------------------------------------------------------------------
@@ -328,7 +328,7 @@ async fn uc5_high_value_order_is_confirmed_then_escalated_by_the_fraud_check() {
     assert_eq!(review["action"], "ALLOW");
     assert_eq!(review["flags"], json!([]));
 
-    let escalated = t.engine.pipeline.store.run(|c| orders::escalations(c, 100)).await.unwrap();
+    let escalated = t.engine.pipeline.store.escalations(100).await.unwrap();
     let ids: Vec<&str> = escalated.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(ids, [big.order_id.as_str()]);
     assert_eq!(escalated[0].total_cents, 749_700);
@@ -577,45 +577,29 @@ async fn two_hundred_concurrent_orders_for_ten_units_confirm_exactly_ten() {
         GeoPoint { lat: 19.076, lon: 72.8777 },
         GeoPoint { lat: 28.7041, lon: 77.1025 },
     ];
-    t.engine
-        .pipeline
-        .store
-        .run(move |c| {
-            let tx = c.transaction()?;
-            let product = Product {
-                sku: SKU.into(),
-                name: "Contended gadget".into(),
-                category: "electronics".into(),
-                unit_price_cents: 10_000,
-            };
-            catalog::upsert_product(&tx, &product)?;
-            for (warehouse, units) in [("WH-BLR", 4), ("WH-BOM", 3), ("WH-DEL", 3)] {
-                catalog::set_stock(&tx, warehouse, SKU, units)?;
-            }
-            for n in 0..CUSTOMERS {
-                let id = format!("C-LOAD-{n:03}");
-                catalog::upsert_customer(
-                    &tx,
-                    &Customer {
-                        id: id.clone(),
-                        name: format!("Load {n}"),
-                        email: format!("load{n}@example.com"),
-                        phone: format!("+91-00-0000-{n:04}"),
-                        tier: Tier::Standard,
-                        status: AccountStatus::Active,
-                        location: cities[n % cities.len()],
-                    },
-                )?;
-            }
-            tx.commit()?;
-            for n in 0..CUSTOMERS {
-                let cart = [CartItem { sku: SKU.into(), quantity: 1 }];
-                catalog::replace_cart(c, &format!("C-LOAD-{n:03}"), &cart)?;
-            }
-            Ok(())
+    let product = Product {
+        sku: SKU.into(),
+        name: "Contended gadget".into(),
+        category: "electronics".into(),
+        unit_price_cents: 10_000,
+    };
+    let stock = [("WH-BLR", 4), ("WH-BOM", 3), ("WH-DEL", 3)].map(|(w, units)| (w.to_string(), SKU.to_string(), units));
+    let customers = (0..CUSTOMERS)
+        .map(|n| Customer {
+            id: format!("C-LOAD-{n:03}"),
+            name: format!("Load {n}"),
+            email: format!("load{n}@example.com"),
+            phone: format!("+91-00-0000-{n:04}"),
+            tier: Tier::Standard,
+            status: AccountStatus::Active,
+            location: cities[n % cities.len()],
         })
-        .await
-        .unwrap();
+        .collect();
+    let store = &t.engine.pipeline.store;
+    store.load_catalog(customers, vec![product], vec![], stock.to_vec()).await.unwrap();
+    for n in 0..CUSTOMERS {
+        store.replace_cart(&format!("C-LOAD-{n:03}"), vec![CartItem { sku: SKU.into(), quantity: 1 }]).await.unwrap();
+    }
 
     let mut tasks = Vec::new();
     for n in 0..CUSTOMERS {

@@ -120,7 +120,7 @@ fn order_loops(
                 let mut outcomes = Outcomes::default();
                 while !stop.load(Ordering::Relaxed) {
                     match order_on(&pipeline, customer, cart).await {
-                        Ok(invoice) => outcomes.invoices.push((tier, invoice)),
+                        Ok(placed) => outcomes.invoices.push((tier, placed.invoice)),
                         Err(e) => outcomes.failures.push((customer, e)),
                     }
                     done.fetch_add(1, Ordering::Relaxed);

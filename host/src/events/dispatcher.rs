@@ -1,6 +1,7 @@
-//! The outbox dispatcher: delivers events after the answer, at least once.
-//! A sink that is down or slow only delays its events (per-event backoff);
-//! orders never wait for it.
+//! The outbox dispatcher: delivers events after the answer. A sink that is
+//! down or slow only delays its events (per-event backoff); orders never
+//! wait for it. With a sink that keeps a position (the JSON Lines files),
+//! each event is delivered exactly once (see `sink`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::EventSink;
+use crate::domain::EventKind;
 use crate::pipeline::Pipeline;
-use crate::store::orders::{self, DueEvent};
+use crate::store::outbox::DueEvent;
 use crate::store::{StoreError, now_ms};
 
 /// Events read per pass.
@@ -23,12 +25,12 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
     let _pass = pipeline.store.delivery_pass().await;
     let mut delivered = 0;
     loop {
-        let due = pipeline.store.run(|c| orders::due_events(c, now_ms(), BATCH)).await?;
+        let due = pipeline.store.due_events(now_ms(), BATCH).await?;
         if due.is_empty() {
             return Ok(delivered);
         }
         let mut progressed = false;
-        for kind in ["audit", "analytics", "fraud"] {
+        for &kind in EventKind::ALL {
             let batch: Vec<&DueEvent> = due.iter().filter(|e| e.kind == kind).collect();
             if batch.is_empty() {
                 continue;
@@ -36,18 +38,20 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let envelopes: Vec<String> = batch.iter().map(|e| e.envelope.clone()).collect();
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
             match sink.deliver(kind, &envelopes).await {
-                Ok(()) => {
-                    pipeline.store.run(move |c| orders::mark_delivered(c, &seqs)).await?;
+                Ok(position) => {
+                    pipeline.store.mark_delivered(seqs, position.clone()).await?;
+                    if let Some(position) = &position {
+                        sink.recorded(position);
+                    }
                     delivered += batch.len();
                     progressed = true;
                 }
                 Err(e) => {
                     let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0);
                     let backoff = Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF);
-                    tracing::warn!(sink = sink.name(), kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
-                    let message = e.to_string();
+                    tracing::warn!(sink = sink.name(), %kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store.run(move |c| orders::mark_retry(c, &seqs, &message, next)).await?;
+                    pipeline.store.mark_retry(seqs, e.to_string(), next).await?;
                 }
             }
         }

@@ -1,37 +1,122 @@
 //! Where events go. A sink receives a batch of envelopes of one type and
 //! either takes all of them or fails; the dispatcher retries a failed batch.
 
-use std::io::Write as _;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::domain::EventKind;
+use crate::store::outbox::SinkPosition;
 
 /// A destination of events.
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
     /// A name for logs and metrics.
     fn name(&self) -> &str;
+
+    /// Called once at start, before any delivery, with the positions the
+    /// store recorded for this sink's streams.
+    async fn resume(&self, _recorded: &[SinkPosition]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Delivers `envelopes` (JSON text, one event each) of type `kind`.
-    async fn deliver(&self, kind: &str, envelopes: &[String]) -> anyhow::Result<()>;
+    /// A sink that keeps a position returns where its stream now ends; the
+    /// dispatcher records it with the delivery marks.
+    async fn deliver(&self, kind: EventKind, envelopes: &[String]) -> anyhow::Result<Option<SinkPosition>>;
+
+    /// The position returned by `deliver` is now recorded in the store.
+    fn recorded(&self, _position: &SinkPosition) {}
 }
 
 /// The embedded default: appends each event as one line of JSON to
 /// `<dir>/<type>.jsonl`, flushed to disk before the batch counts as
-/// delivered. A crash after the write and before the outbox is updated
-/// repeats the batch: consumers de-duplicate by event `id`.
+/// delivered, each event exactly once.
+///
+/// How "exactly once" holds across crashes: the byte offset where a file's
+/// recorded deliveries end is stored in the same transaction as the outbox
+/// marks. Anything past it in the file was written by a delivery whose
+/// marks never committed (a crash between the write and the commit, or a
+/// failed commit), so it is cut off, at start and before every write,
+/// and those events are written again. A torn last line is such a tail.
+/// What is cut is kept in `<type>.jsonl.cut` for the operators.
 #[derive(Debug, Clone)]
 pub struct JsonlSink {
     dir: PathBuf,
+    /// Where each file's recorded deliveries end; unknown until the first
+    /// delivery or `resume`.
+    committed: Arc<Mutex<HashMap<EventKind, u64>>>,
 }
 
 impl JsonlSink {
     pub fn new(dir: &Path) -> std::io::Result<JsonlSink> {
         std::fs::create_dir_all(dir)?;
-        Ok(JsonlSink { dir: dir.to_owned() })
+        Ok(JsonlSink { dir: dir.to_owned(), committed: Arc::default() })
     }
 
     /// The file events of type `kind` go to.
-    pub fn file(&self, kind: &str) -> PathBuf {
+    pub fn file(&self, kind: EventKind) -> PathBuf {
         self.dir.join(format!("{kind}.jsonl"))
     }
+
+    fn stream(kind: EventKind) -> String {
+        format!("jsonl:{kind}")
+    }
+
+    fn committed(&self, kind: EventKind) -> Option<u64> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).get(&kind).copied()
+    }
+}
+
+/// Opens `path` for writing, cuts everything past `keep` (or, with no
+/// recorded position, a torn last line) and returns the file and its length.
+fn open_cut(path: &Path, keep: Option<u64>) -> anyhow::Result<(File, u64)> {
+    let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path)?;
+    let len = file.metadata()?.len();
+    let keep = match keep {
+        Some(keep) if keep > len => {
+            // Shorter than recorded: rotated or truncated by someone else.
+            tracing::warn!(file = %path.display(), len, recorded = keep, "event file is shorter than recorded; appending at its end");
+            len
+        }
+        Some(keep) => keep,
+        None => end_of_last_line(&mut file, len)?,
+    };
+    if keep < len {
+        let mut tail = Vec::new();
+        file.seek(SeekFrom::Start(keep))?;
+        file.read_to_end(&mut tail)?;
+        let mut cut_file = path.as_os_str().to_owned();
+        cut_file.push(".cut");
+        let mut cut = OpenOptions::new().create(true).append(true).open(&cut_file)?;
+        cut.write_all(&tail)?;
+        cut.write_all(b"\n")?;
+        cut.sync_data()?;
+        file.set_len(keep)?;
+        file.sync_data()?;
+        tracing::warn!(file = %path.display(), bytes = len - keep, kept_in = %Path::new(&cut_file).display(),
+            "cut an event file's unrecorded tail (written before a crash); its events are written again");
+    }
+    Ok((file, keep))
+}
+
+/// The length up to the last newline (a file that does not end in one has a torn last line).
+fn end_of_last_line(file: &mut File, len: u64) -> std::io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let mut buf = vec![0; (end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf)?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 #[async_trait::async_trait]
@@ -40,23 +125,78 @@ impl EventSink for JsonlSink {
         "jsonl"
     }
 
-    async fn deliver(&self, kind: &str, envelopes: &[String]) -> anyhow::Result<()> {
-        if !matches!(kind, "audit" | "analytics" | "fraud") {
-            anyhow::bail!("unknown event type {kind}");
+    async fn resume(&self, recorded: &[SinkPosition]) -> anyhow::Result<()> {
+        for &kind in EventKind::ALL {
+            let keep = recorded.iter().find(|p| p.stream == Self::stream(kind)).map(|p| p.offset);
+            let path = self.file(kind);
+            let (_, end) = tokio::task::spawn_blocking(move || open_cut(&path, keep)).await??;
+            self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, end);
         }
+        Ok(())
+    }
+
+    async fn deliver(&self, kind: EventKind, envelopes: &[String]) -> anyhow::Result<Option<SinkPosition>> {
         let path = self.file(kind);
+        // The whole batch as one buffer, written by one call: every event a
+        // whole line.
         let mut text = String::with_capacity(envelopes.iter().map(|e| e.len() + 1).sum());
         for envelope in envelopes {
+            anyhow::ensure!(!envelope.contains('\n'), "an event envelope spans several lines");
             text.push_str(envelope);
             text.push('\n');
         }
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let keep = self.committed(kind);
+        let end = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let (mut file, start) = open_cut(&path, keep)?;
+            file.seek(SeekFrom::Start(start))?;
             file.write_all(text.as_bytes())?;
             file.sync_data()?;
-            Ok(())
+            Ok(start + text.len() as u64)
         })
         .await??;
-        Ok(())
+        Ok(Some(SinkPosition { stream: Self::stream(kind), offset: end }))
+    }
+
+    fn recorded(&self, position: &SinkPosition) {
+        if let Some(&kind) = EventKind::ALL.iter().find(|&&k| Self::stream(k) == position.stream) {
+            self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, position.offset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unrecorded_tail_and_a_torn_line_are_cut_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = JsonlSink::new(dir.path()).unwrap();
+        sink.resume(&[]).await.unwrap();
+        let first = sink.deliver(EventKind::Audit, &[r#"{"id":"a"}"#.into()]).await.unwrap().unwrap();
+        sink.recorded(&first);
+        // Written, never recorded (a crash before the commit), then a torn line.
+        sink.deliver(EventKind::Audit, &[r#"{"id":"b"}"#.into()]).await.unwrap();
+        let path = sink.file(EventKind::Audit);
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(br#"{"id":"c","pay"#).unwrap();
+
+        let restarted = JsonlSink::new(dir.path()).unwrap();
+        restarted.resume(std::slice::from_ref(&first)).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n");
+        let cut = std::fs::read_to_string(dir.path().join("audit.jsonl.cut")).unwrap();
+        assert!(cut.contains(r#"{"id":"b"}"#) && cut.contains(r#"{"id":"c","pay"#), "{cut}");
+        // Written again after the restart: each id once.
+        restarted.deliver(EventKind::Audit, &[r#"{"id":"b"}"#.into()]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
+    }
+
+    #[tokio::test]
+    async fn without_a_recorded_position_only_a_torn_last_line_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fraud.jsonl");
+        std::fs::write(&path, "{\"id\":\"x\"}\n{\"id\":\"y\"").unwrap();
+        let sink = JsonlSink::new(dir.path()).unwrap();
+        sink.resume(&[]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"x\"}\n");
     }
 }

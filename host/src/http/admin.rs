@@ -13,8 +13,7 @@ use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
-use crate::store::catalog::{self, Customer, Product, StockLevel, Warehouse};
-use crate::store::orders;
+use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -96,8 +95,7 @@ pub async fn put_customer(
         status: body.status,
         location: body.location,
     };
-    let stored = customer.clone();
-    state.engine.pipeline.store.run(move |c| catalog::upsert_customer(c, &stored)).await?;
+    state.engine.pipeline.store.upsert_customer(customer.clone()).await?;
     Ok(Json(customer))
 }
 
@@ -118,8 +116,7 @@ pub async fn put_product(
         return Err(ApiError::invalid(format!("unit_price_cents: at most {MAX_PRICE_CENTS}")));
     }
     let product = Product { sku, name: body.name, category: body.category, unit_price_cents: body.unit_price_cents };
-    let stored = product.clone();
-    state.engine.pipeline.store.run(move |c| catalog::upsert_product(c, &stored)).await?;
+    state.engine.pipeline.store.upsert_product(product.clone()).await?;
     Ok(Json(product))
 }
 
@@ -137,8 +134,7 @@ pub async fn put_warehouse(
     check_text("name", &body.name)?;
     check_location("location", &body.location)?;
     let warehouse = Warehouse { id, name: body.name, location: body.location };
-    let stored = warehouse.clone();
-    state.engine.pipeline.store.run(move |c| catalog::upsert_warehouse(c, &stored)).await?;
+    state.engine.pipeline.store.upsert_warehouse(warehouse.clone()).await?;
     Ok(Json(warehouse))
 }
 
@@ -158,8 +154,7 @@ pub async fn put_stock(
     if body.on_hand > u64::from(u32::MAX) {
         return Err(ApiError::invalid(format!("on_hand: at most {}", u32::MAX)));
     }
-    let level: StockLevel =
-        state.engine.pipeline.store.run(move |c| catalog::set_stock(c, &warehouse_id, &sku, body.on_hand)).await?;
+    let level: StockLevel = state.engine.pipeline.store.set_stock(&warehouse_id, &sku, body.on_hand).await?;
     Ok(Json(StockAnswer {
         warehouse_id: level.warehouse_id,
         sku: level.sku,
@@ -178,16 +173,11 @@ pub async fn get_stock(
 ) -> Result<Json<SkuStock>, ApiError> {
     let not_found = || ApiError::new("NOT_FOUND", format!("sku {sku} not found"));
     check_id("sku", &sku).map_err(|_| not_found())?;
-    let lookup = sku.clone();
-    let (product, levels) = state
-        .engine
-        .pipeline
-        .store
-        .run(move |c| Ok((catalog::get_product(c, &lookup)?, catalog::stock_of_sku(c, &lookup)?)))
-        .await?;
-    if product.is_none() {
+    let store = &state.engine.pipeline.store;
+    if store.product(&sku).await?.is_none() {
         return Err(not_found());
     }
+    let levels = store.stock_of_sku(&sku).await?;
     Ok(Json(SkuStock {
         on_hand: levels.iter().map(|l| l.on_hand).sum(),
         available: levels.iter().map(|l| l.available).sum(),
@@ -269,7 +259,7 @@ pub async fn get_experiments(State(state): State<AppState>, _admin: Admin) -> Re
             .collect();
         out.push(json!({ "name": experiment.name, "slot": slot, "kind": "ab", "variants": variants }));
     }
-    let shadows = state.engine.pipeline.store.run(|c| crate::pipeline::experiments::shadow_summaries(c)).await?;
+    let shadows = state.engine.pipeline.store.shadow_summaries().await?;
     for shadow in shadows {
         out.push(json!({
             "name": format!("shadow:{}", shadow.candidate_module), "slot": shadow.slot, "kind": "shadow",
@@ -300,7 +290,7 @@ pub async fn get_escalations(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1..=1000"));
     }
-    let escalated = state.engine.pipeline.store.run(move |c| orders::escalations(c, limit as usize)).await?;
+    let escalated = state.engine.pipeline.store.escalations(limit as usize).await?;
     Ok(Json(
         escalated
             .into_iter()

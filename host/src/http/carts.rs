@@ -16,7 +16,7 @@ use crate::pipeline::OrderError;
 use crate::pipeline::invoice::InvoiceItem;
 use crate::rules::types::CartLine;
 use crate::store::StoreError;
-use crate::store::catalog::{self, CartItem};
+use crate::store::catalog::CartItem;
 
 /// The body of `PUT /v1/carts/{customer_id}`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,8 +41,7 @@ fn view(state: &AppState, customer_id: String, lines: &[CartLine]) -> CartView {
 }
 
 async fn require_customer(state: &AppState, customer_id: &str) -> Result<(), ApiError> {
-    let id = customer_id.to_string();
-    let found = state.engine.pipeline.store.run(move |c| catalog::get_customer(c, &id)).await?;
+    let found = state.engine.pipeline.store.customer(customer_id).await?;
     found.map(|_| ()).ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()).into())
 }
 
@@ -71,18 +70,15 @@ pub async fn put_cart(
         check_id(&format!("items[{i}].sku"), &item.sku)?;
     }
     require_customer(&state, &customer_id).await?;
-    let id = customer_id.clone();
-    let lines = state.engine.pipeline.store.run(move |c| catalog::replace_cart(c, &id, &body.items)).await.map_err(
-        |e| match e {
-            StoreError::NotFound(what) => {
-                ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
-            }
-            StoreError::Sqlite(e) if e.to_string().contains("CHECK constraint") => {
-                ApiError::invalid("items: a sku's total quantity must be 1..=1000000")
-            }
-            other => other.into(),
-        },
-    )?;
+    let lines = state.engine.pipeline.store.replace_cart(&customer_id, body.items).await.map_err(|e| match e {
+        StoreError::NotFound(what) => {
+            ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
+        }
+        StoreError::Sqlite(e) if e.to_string().contains("CHECK constraint") => {
+            ApiError::invalid("items: a sku's total quantity must be 1..=1000000")
+        }
+        other => other.into(),
+    })?;
     Ok(Json(view(&state, customer_id, &lines)))
 }
 
@@ -100,8 +96,7 @@ pub async fn get_cart(
     check_id("customer_id", &customer_id)?;
     customer_token(&state, &headers, &customer_id)?;
     require_customer(&state, &customer_id).await?;
-    let id = customer_id.clone();
-    let (lines, unknown) = state.engine.pipeline.store.run(move |c| catalog::cart_lines(c, &id)).await?;
+    let (lines, unknown) = state.engine.pipeline.store.cart(&customer_id).await?;
     if let Some(sku) = unknown.into_iter().next() {
         return Err(OrderError::UnknownSku(sku).into());
     }

@@ -33,7 +33,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let pipeline = &state.engine.pipeline;
-    if let Ok((depth, lag_ms)) = pipeline.store.run(|c| crate::store::orders::outbox_backlog(c)).await {
+    if let Ok((depth, lag_ms)) = pipeline.store.outbox_backlog().await {
         pipeline.metrics.outbox_depth.set(depth as i64);
         pipeline.metrics.outbox_lag_seconds.set(lag_ms as f64 / 1000.0);
     }

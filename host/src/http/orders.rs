@@ -1,10 +1,14 @@
 //! `POST /v1/orders` and `GET /v1/orders/{order_id}`.
 //!
-//! Idempotency: with an `Idempotency-Key`, the answer of an order that
-//! recorded something (201, 402) is stored with the key (per channel) in the
-//! order's own transaction; the same key and body replay it byte for byte,
-//! another body is 409. Concurrent requests with one key wait for each
-//! other (a lock per key), so they create one order.
+//! Idempotency: with an `Idempotency-Key`, the key (per channel) is claimed
+//! when the order is created, and the answer of an order that recorded
+//! something (201, 402) is stored with it when the order settles; the same
+//! key and body replay it byte for byte, another body is 409. Concurrent
+//! requests with one key wait for each other (a lock per key), so they
+//! create one order; a key whose order a crash interrupted answers 409
+//! `IDEMPOTENCY_IN_PROGRESS` (with `Retry-After`) until reconciliation has
+//! finished the order, then its final answer. The claim is unique in the
+//! database, so two processes racing on one key still create one order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,9 +26,10 @@ use super::auth::{Channel, raw_customer_token};
 use super::error::ApiError;
 use super::json::{ApiPath, RawJson};
 use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
+use crate::domain::OrderStatus;
 use crate::pipeline::{Invoice, OrderError, OrderRequest};
 use crate::rules::types::GeoPoint;
-use crate::store::orders;
+use crate::store::orders::KeyRecord;
 
 /// The body of `POST /v1/orders`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,7 +46,7 @@ pub struct OrderBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
-    /// Payment token for the gateway (never stored or logged).
+    /// Payment token for the gateway (never logged; kept only while its payment is in flight).
     pub token: String,
 }
 
@@ -113,19 +118,25 @@ pub async fn post_order(
 
     let _guard;
     if let Some(key) = &key {
+        // Requests with one key in this process run one after the other, so
+        // a retry racing the first request waits for its answer.
         let lock = state.key_locks.lock_for(&channel, key);
         _guard = lock.lock_owned().await;
-        let (channel, key_owned) = (channel.clone(), key.clone());
-        let stored =
-            state.engine.pipeline.store.run(move |c| orders::idempotent_answer(c, &channel, &key_owned)).await?;
-        if let Some((stored_hash, status, body)) = stored {
-            if stored_hash != hash {
+        match state.engine.pipeline.store.key_record(&channel, key).await? {
+            Some(KeyRecord::Answered { request_hash, .. } | KeyRecord::InFlight { request_hash, .. })
+                if request_hash != hash =>
+            {
                 return Err(ApiError::new(
                     "IDEMPOTENCY_KEY_REUSED",
                     "this Idempotency-Key was used with a different request body",
                 ));
             }
-            return Ok(json_response(status, body));
+            Some(KeyRecord::Answered { answer, .. }) => return Ok(json_response(answer.status_code, answer.body)),
+            // Created and not finished, by no request running here: an
+            // order a crash interrupted (or another replica's), which
+            // reconciliation finishes.
+            Some(KeyRecord::InFlight { .. }) => return Ok(in_progress()),
+            None => {}
         }
     }
 
@@ -144,12 +155,23 @@ pub async fn post_order(
     let outcome = tokio::spawn(async move { pipeline.place_order(request).await })
         .await
         .map_err(|e| ApiError::new("DEPENDENCY_UNAVAILABLE", format!("order task failed: {e}")))?;
-    // The same serialisation as the stored idempotent answer: byte for byte.
+    // The same bytes as the stored invoice and the stored idempotent answer.
     Ok(match outcome {
-        Ok(invoice) => json_response(201, serde_json::to_string(&invoice).unwrap_or_default()),
+        Ok(placed) => json_response(201, placed.json),
         Err(e @ OrderError::PaymentFailed { .. }) => json_response(402, e.body().to_string()),
+        Err(OrderError::IdempotencyInProgress) => in_progress(),
         Err(e) => ApiError::from(e).into_response(),
     })
+}
+
+/// Seconds a client should wait before asking again about an order in recovery.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// 409 `IDEMPOTENCY_IN_PROGRESS` with `Retry-After`.
+fn in_progress() -> Response {
+    let mut response = ApiError::from(OrderError::IdempotencyInProgress).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 /// Read a placed order (with its fraud review once the checks have run).
@@ -168,15 +190,16 @@ pub async fn get_order(
     // Verify the token first: an unauthenticated caller learns nothing.
     let token = raw_customer_token(&headers)?;
     let subject = crate::pipeline::validate::verify_token(state.credentials.identity_secret.as_bytes(), &token)?;
-    let id = order_id.clone();
-    let stored = state.engine.pipeline.store.run(move |c| orders::get_order(c, &id)).await?.ok_or_else(not_found)?;
-    if !matches!(stored.status.as_str(), "CONFIRMED" | "PAYMENT_FAILED") {
+    let stored = state.engine.pipeline.store.order(&order_id).await?.ok_or_else(not_found)?;
+    if !matches!(stored.status, OrderStatus::Confirmed | OrderStatus::PaymentFailed) {
         return Err(not_found());
     }
     if subject != stored.customer_id {
         return Err(OrderError::CustomerMismatch.into());
     }
-    let mut invoice = stored.invoice.ok_or_else(not_found)?;
+    let text = stored.invoice.ok_or_else(not_found)?;
+    let mut invoice: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ApiError::new("DEPENDENCY_UNAVAILABLE", format!("stored invoice unreadable: {e}")))?;
     if let Some(review) = stored.fraud_review {
         invoice["fraud_review"] = review;
     }

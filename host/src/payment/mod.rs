@@ -20,4 +20,4 @@ pub mod sandbox;
 pub use gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway};
 pub use http::{HttpGateway, HttpGatewayError};
 pub use retry::{PaymentOutcome, RetryPolicy, charge_with_retries};
-pub use sandbox::{SandboxGateway, SandboxOpenError};
+pub use sandbox::SandboxGateway;

@@ -9,71 +9,30 @@
 //! | `tok_down` | every attempt fails transiently |
 //! | anything not starting with `tok_` | declined ("invalid payment token") |
 //!
-//! It simulates a system OUTSIDE the host, so its ledger of captured charges
-//! lives in its own SQLite file, never in the host's database: after a crash
-//! the pipeline can ask it (`lookup`) what was really charged, as it would ask
-//! a real provider. The attempt counters of `tok_transient_N` are only in
-//! memory; after a restart a key starts failing again from zero, which is
-//! harmless because a key that was captured is never captured twice.
+//! Its ledger of captured charges lives in the store's database (its own
+//! table, `store::ledger`), written through the same writer as the orders:
+//! after a crash the pipeline asks it (`lookup`) what was really charged, as
+//! it would ask a real provider, and any process sharing the database can.
+//! The attempt counters of `tok_transient_N` are only in memory; after a
+//! restart a key starts failing again from zero, which is harmless because a
+//! key that was captured is never captured twice.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use uuid::Uuid;
 
 use super::gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS charges (
-    idempotency_key TEXT PRIMARY KEY,
-    transaction_id  TEXT NOT NULL UNIQUE,
-    order_id        TEXT NOT NULL,
-    amount_cents    INTEGER NOT NULL CHECK (amount_cents >= 0),
-    currency        TEXT NOT NULL,
-    created_at      TEXT NOT NULL
-) STRICT;
-";
-
-/// The sandbox ledger could not be opened or prepared.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open the sandbox gateway's ledger {}: {source}", path.display())]
-pub struct SandboxOpenError {
-    /// The ledger file (`:memory:` for an in-memory ledger).
-    pub path: PathBuf,
-    /// What SQLite said.
-    #[source]
-    pub source: rusqlite::Error,
-}
+use crate::store::Store;
+use crate::store::ledger::{Captured, LedgerCharge};
 
 /// The built-in sandbox gateway. Cheap to clone: clones share one ledger.
 #[derive(Clone)]
 pub struct SandboxGateway {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// A std mutex, not tokio's: the connection is only used inside
-    /// `spawn_blocking` (or briefly by `charges`), never across an `.await`.
-    /// One connection is enough for a simulated gateway, and the mutex makes
-    /// "look up the key, else insert it" atomic within the process.
-    ledger: Mutex<Connection>,
+    store: Store,
     /// Attempts seen per idempotency key, for `tok_transient_N`.
-    attempts: Mutex<HashMap<String, u32>>,
-}
-
-impl Inner {
-    fn ledger(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock dropped any open transaction, which
-        // rolls it back: the connection is still consistent, so keep using it.
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    attempts: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl fmt::Debug for SandboxGateway {
@@ -111,150 +70,53 @@ impl Behaviour {
     }
 }
 
-/// The result of trying to record a capture in the ledger.
-enum Recorded {
-    New(Charge),
-    Existing(Charge),
-    Mismatch(&'static str),
-}
-
 impl SandboxGateway {
-    /// Opens the ledger file at `path`, creating it (and its table) if needed.
-    /// The file uses WAL so that reads (`lookup`, `charges`) do not block on
-    /// a writer in another process.
-    pub fn open(path: &Path) -> Result<Self, SandboxOpenError> {
-        let prepare = || -> rusqlite::Result<Connection> {
-            let connection = Connection::open(path)?;
-            connection.busy_timeout(Duration::from_secs(5))?;
-            let _mode: String = connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-            // Durable against a crash of the process, like the host's store
-            // (WAL, no fsync per commit): the sandbox stands in for a remote
-            // provider, whose own durability is not what is being tested.
-            connection.pragma_update(None, "synchronous", "NORMAL")?;
-            connection.execute_batch(SCHEMA)?;
-            Ok(connection)
-        };
-        let connection = prepare().map_err(|source| SandboxOpenError { path: path.to_owned(), source })?;
-        Ok(Self::with_connection(connection))
-    }
-
-    /// A sandbox whose ledger lives in memory and dies with it, for unit tests.
-    pub fn in_memory() -> Result<Self, SandboxOpenError> {
-        let prepare = || -> rusqlite::Result<Connection> {
-            let connection = Connection::open_in_memory()?;
-            connection.execute_batch(SCHEMA)?;
-            Ok(connection)
-        };
-        let connection = prepare().map_err(|source| SandboxOpenError { path: ":memory:".into(), source })?;
-        Ok(Self::with_connection(connection))
-    }
-
-    fn with_connection(connection: Connection) -> Self {
-        SandboxGateway {
-            inner: Arc::new(Inner { ledger: Mutex::new(connection), attempts: Mutex::new(HashMap::new()) }),
-        }
+    /// A sandbox whose ledger is the store's `sandbox_charges` table.
+    pub fn new(store: Store) -> Self {
+        SandboxGateway { store, attempts: Arc::default() }
     }
 
     /// Every captured charge, oldest first, with its idempotency key: what the
     /// "provider" would bill. Tests use it to prove that no charge exists
     /// without an order, and none twice.
     ///
-    /// Blocks on SQLite briefly; meant for tests and inspection, not hot paths.
-    ///
     /// # Panics
     ///
     /// If the ledger cannot be read: an empty list would be a lie.
     pub fn charges(&self) -> Vec<(String, Charge)> {
-        let connection = self.inner.ledger();
-        let read = || -> rusqlite::Result<Vec<(String, Charge)>> {
-            let mut statement = connection
-                .prepare("SELECT idempotency_key, transaction_id, amount_cents FROM charges ORDER BY rowid")?;
-            let rows = statement.query_map([], |row| Ok((row.get(0)?, charge_from_row(row, 1)?)))?;
-            rows.collect()
-        };
-        read().unwrap_or_else(|error| panic!("cannot read the sandbox gateway's ledger: {error}"))
+        let charges = self.store.ledger_charges().unwrap_or_else(|e| panic!("cannot read the sandbox ledger: {e}"));
+        charges.into_iter().map(|c| (c.idempotency_key.clone(), charge_of(c))).collect()
     }
 
     /// Counts this attempt for `key` and says whether it is one of the first
     /// `failures` (which must fail).
     fn fails_this_attempt(&self, key: &str, failures: u32) -> Option<u32> {
-        let mut attempts = self.inner.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = attempts.entry(key.to_owned()).or_insert(0);
         *seen = seen.saturating_add(1);
         (*seen <= failures).then_some(*seen)
     }
 
-    /// Runs blocking ledger work off the async runtime. A failing ledger is
-    /// a gateway outage: transient.
-    async fn with_ledger<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&mut inner.ledger()))
-            .await
-            .map_err(|error| GatewayError::transient(format!("sandbox ledger task failed: {error}")))?
-            .map_err(|error| GatewayError::transient(format!("sandbox ledger unavailable: {error}")))
-    }
-
     /// Records a capture for the request's key, or finds the one already
-    /// recorded. One IMMEDIATE transaction, so that two processes sharing the
-    /// file cannot both insert.
+    /// recorded. A failing ledger is a gateway outage: transient.
     async fn capture(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
-        let amount_cents = request.amount_cents;
-        // SQLite integers are signed 64-bit.
-        let Ok(amount) = i64::try_from(amount_cents) else {
+        if i64::try_from(request.amount_cents).is_err() {
             return Err(GatewayError::declined("amount too large"));
-        };
-        let key = request.idempotency_key.clone();
-        let order_id = request.order_id.clone();
-        let currency = request.currency.clone();
+        }
         let recorded = self
-            .with_ledger(move |connection| {
-                let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let existing = transaction
-                    .query_row(
-                        "SELECT transaction_id, amount_cents, currency FROM charges WHERE idempotency_key = ?1",
-                        [&key],
-                        |row| Ok((charge_from_row(row, 0)?, row.get::<_, String>(2)?)),
-                    )
-                    .optional()?;
-                let recorded = match existing {
-                    Some((charge, _)) if charge.amount_cents != amount_cents => {
-                        Recorded::Mismatch("idempotency key reused with another amount")
-                    }
-                    Some((_, stored_currency)) if stored_currency != currency => {
-                        Recorded::Mismatch("idempotency key reused with another currency")
-                    }
-                    Some((charge, _)) => Recorded::Existing(charge),
-                    None => {
-                        let transaction_id = format!("txn_{}", Uuid::now_v7().simple());
-                        let created_at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-                        transaction.execute(
-                            "INSERT INTO charges (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![key, transaction_id, order_id, amount, currency, created_at],
-                        )?;
-                        Recorded::New(Charge { transaction_id, amount_cents })
-                    }
-                };
-                transaction.commit()?;
-                Ok(recorded)
-            })
-            .await?;
+            .store
+            .ledger_capture(&request.idempotency_key, &request.order_id, request.amount_cents, &request.currency)
+            .await
+            .map_err(|e| GatewayError::transient(format!("sandbox ledger unavailable: {e}")))?;
         match recorded {
-            Recorded::New(charge) | Recorded::Existing(charge) => Ok(charge),
-            Recorded::Mismatch(reason) => Err(GatewayError::declined(reason)),
+            Captured::New(charge) | Captured::Existing(charge) => Ok(charge_of(charge)),
+            Captured::Mismatch(reason) => Err(GatewayError::declined(reason)),
         }
     }
 }
 
-/// Reads `transaction_id, amount_cents` starting at column `first`.
-fn charge_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Charge> {
-    let amount: i64 = row.get(first + 1)?;
-    let amount_cents =
-        u64::try_from(amount).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(first + 1, amount))?;
-    Ok(Charge { transaction_id: row.get(first)?, amount_cents })
+fn charge_of(charge: LedgerCharge) -> Charge {
+    Charge { transaction_id: charge.transaction_id, amount_cents: charge.amount_cents }
 }
 
 #[async_trait]
@@ -281,23 +143,23 @@ impl PaymentGateway for SandboxGateway {
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Charge>, GatewayError> {
-        let key = idempotency_key.to_owned();
-        self.with_ledger(move |connection| {
-            connection
-                .query_row(
-                    "SELECT transaction_id, amount_cents FROM charges WHERE idempotency_key = ?1",
-                    [&key],
-                    |row| charge_from_row(row, 0),
-                )
-                .optional()
-        })
-        .await
+        self.store
+            .ledger_lookup(idempotency_key)
+            .await
+            .map(|found| found.map(charge_of))
+            .map_err(|e| GatewayError::transient(format!("sandbox ledger unavailable: {e}")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sandbox() -> (SandboxGateway, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), &Default::default()).unwrap();
+        (SandboxGateway::new(store), dir)
+    }
 
     #[test]
     fn tokens_map_to_behaviours() {
@@ -325,9 +187,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transient_counters_are_per_idempotency_key() {
-        let sandbox = SandboxGateway::in_memory().unwrap();
+        let (sandbox, _dir) = sandbox();
         let a = request("a", "tok_transient_1", 100);
         let b = request("b", "tok_transient_1", 100);
         assert!(sandbox.charge(&a).await.unwrap_err().is_transient());
@@ -338,9 +200,9 @@ mod tests {
         assert_eq!(sandbox.charges().len(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reused_key_with_another_amount_or_currency_is_declined_and_charges_nothing() {
-        let sandbox = SandboxGateway::in_memory().unwrap();
+        let (sandbox, _dir) = sandbox();
         let first = sandbox.charge(&request("k", "tok_ok", 100)).await.unwrap();
         assert_eq!(
             sandbox.charge(&request("k", "tok_ok", 101)).await,
@@ -354,20 +216,20 @@ mod tests {
         assert_eq!(sandbox.charges(), vec![("k".to_owned(), first)]);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn amounts_beyond_sqlite_integers_are_declined() {
-        let sandbox = SandboxGateway::in_memory().unwrap();
+        let (sandbox, _dir) = sandbox();
         let result = sandbox.charge(&request("k", "tok_ok", u64::MAX)).await;
         assert_eq!(result, Err(GatewayError::declined("amount too large")));
         assert!(sandbox.charges().is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transaction_ids_are_txn_and_a_uuid_v7() {
-        let sandbox = SandboxGateway::in_memory().unwrap();
+        let (sandbox, _dir) = sandbox();
         let charge = sandbox.charge(&request("k", "tok_ok", 100)).await.unwrap();
         let uuid = charge.transaction_id.strip_prefix("txn_").expect("txn_ prefix");
         assert_eq!(uuid.len(), 32, "simple (unhyphenated) form: {uuid}");
-        assert_eq!(Uuid::parse_str(uuid).unwrap().get_version_num(), 7);
+        assert_eq!(uuid::Uuid::parse_str(uuid).unwrap().get_version_num(), 7);
     }
 }

@@ -4,7 +4,6 @@ use super::validate::unavailable;
 use super::{OrderError, Stage};
 use crate::rules::types::CartLine;
 use crate::store::Store;
-use crate::store::catalog;
 
 /// The priced cart lines and their subtotal.
 pub struct PricedCart {
@@ -13,9 +12,7 @@ pub struct PricedCart {
 }
 
 pub async fn fetch_cart(store: &Store, customer_id: &str) -> Result<PricedCart, OrderError> {
-    let id = customer_id.to_string();
-    let (lines, unknown) =
-        store.run(move |c| catalog::cart_lines(c, &id)).await.map_err(|e| unavailable(Stage::Cart, e))?;
+    let (lines, unknown) = store.cart(customer_id).await.map_err(|e| unavailable(Stage::Cart, e))?;
     if let Some(sku) = unknown.into_iter().next() {
         return Err(OrderError::UnknownSku(sku));
     }

@@ -5,9 +5,11 @@
 use super::OrderError;
 use super::experiments::ExperimentStats;
 use super::invoice::{InvoiceDiscount, SkippedRule};
+use crate::domain::Slot;
 use crate::metrics::Metrics;
 use crate::rules::types::{OrderContext, Refusal};
 use crate::rules::{Called, FailMode, FailureCause, Rule, RuleError, RuleSet};
+use crate::store::shadows::{ShadowModule, ShadowRun};
 
 /// A rule call's outcome as a metric label.
 pub(super) fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
@@ -85,7 +87,8 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         let seconds = started.elapsed().as_secs_f64();
         books.metrics.rule_call("discount", picked.rule.identity(), picked.variant, outcome_of(&answer), seconds);
         let before = order.payable_cents;
-        let seen = order.clone();
+        // The input the active rule saw, for a shadow candidate only.
+        let seen = slot_rule.shadow.as_ref().map(|_| order.clone());
         let granted = match answer {
             Ok(called) => called.value,
             Err(RuleError::Refused { module, refusal: Refusal::InvalidCoupon { message } }) => {
@@ -121,7 +124,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
             books.experiments.record(experiment, variant, taken, false, seconds * 1e6);
         }
-        if let Some(candidate) = &slot_rule.shadow {
+        if let (Some(candidate), Some(seen)) = (&slot_rule.shadow, seen) {
             shadows.push(ShadowJob {
                 active: picked.rule.clone(),
                 candidate: candidate.clone(),
@@ -137,7 +140,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
 
 /// Runs a shadow candidate on the input its active rule saw; the result
 /// never reaches the order.
-pub fn run_shadow(job: &ShadowJob, order_id: &str) -> super::experiments::ShadowRun {
+pub fn run_shadow(job: &ShadowJob, order_id: &str) -> ShadowRun {
     let mut payable = job.order.payable_cents;
     let (candidate_cents, candidate_result) = match job.candidate.apply_discount(&job.order) {
         Ok(called) => {
@@ -149,13 +152,18 @@ pub fn run_shadow(job: &ShadowJob, order_id: &str) -> super::experiments::Shadow
         }
         Err(e) => (0, serde_json::json!({ "error": e.to_string() })),
     };
-    super::experiments::ShadowRun {
+    let module = |identity: &crate::rules::ModuleIdentity| ShadowModule {
+        file: identity.file.clone(),
+        version: identity.version.clone(),
+        digest: identity.digest.clone(),
+    };
+    ShadowRun {
         order_id: order_id.to_string(),
-        slot: "discount",
-        active: (**job.active.identity()).clone(),
-        candidate: (**job.candidate.identity()).clone(),
-        active_result: serde_json::json!({ "discount_cents": job.active_cents }),
-        candidate_result,
+        slot: Slot::Discount,
+        active: module(job.active.identity()),
+        candidate: module(job.candidate.identity()),
+        active_result: serde_json::json!({ "discount_cents": job.active_cents }).to_string(),
+        candidate_result: candidate_result.to_string(),
         money_difference_cents: candidate_cents as i64 - job.active_cents as i64,
         differs: candidate_cents != job.active_cents,
     }

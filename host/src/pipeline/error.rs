@@ -61,6 +61,10 @@ pub enum OrderError {
     DependencyUnavailable { stage: Stage, message: String },
     #[error("{stage:?} stage timed out")]
     StageTimeout { stage: Stage },
+    /// The request's idempotency key belongs to an order that has not
+    /// finished (another replica's, or one a crash interrupted).
+    #[error("an order with this Idempotency-Key is still being completed; ask again shortly")]
+    IdempotencyInProgress,
 }
 
 impl OrderError {
@@ -80,6 +84,7 @@ impl OrderError {
             OrderError::PaymentFailed { .. } => "PAYMENT_FAILED",
             OrderError::DependencyUnavailable { .. } => "DEPENDENCY_UNAVAILABLE",
             OrderError::StageTimeout { .. } => "STAGE_TIMEOUT",
+            OrderError::IdempotencyInProgress => "IDEMPOTENCY_IN_PROGRESS",
         }
     }
 
@@ -92,7 +97,7 @@ impl OrderError {
     /// The stage the error arose in, where one applies.
     pub fn stage(&self) -> Option<Stage> {
         Some(match self {
-            OrderError::InvalidRequest(_) => return None,
+            OrderError::InvalidRequest(_) | OrderError::IdempotencyInProgress => return None,
             OrderError::InvalidCustomerToken(_)
             | OrderError::CustomerMismatch
             | OrderError::CustomerNotFound(_)
@@ -153,7 +158,7 @@ pub fn status_of(code: &str) -> u16 {
         "CUSTOMER_BLOCKED" | "CUSTOMER_MISMATCH" => 403,
         "CUSTOMER_NOT_FOUND" | "ORDER_NOT_FOUND" | "NOT_FOUND" => 404,
         "METHOD_NOT_ALLOWED" => 405,
-        "OUT_OF_STOCK" | "IDEMPOTENCY_KEY_REUSED" | "CONFLICT" => 409,
+        "OUT_OF_STOCK" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_IN_PROGRESS" | "CONFLICT" => 409,
         "PAYLOAD_TOO_LARGE" => 413,
         "UNSUPPORTED_MEDIA_TYPE" => 415,
         "EMPTY_CART" | "UNKNOWN_SKU" | "INVALID_COUPON" => 422,

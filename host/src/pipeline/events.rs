@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::invoice::{EventRef, Invoice};
+use crate::domain::EventKind;
 use crate::store::now_rfc3339;
 use crate::store::orders::NewEvent;
 
@@ -18,10 +19,7 @@ pub fn event_id() -> String {
 /// The ids of an order's three events, chosen before the invoice is final
 /// so that the invoice can list them.
 pub fn event_refs() -> Vec<EventRef> {
-    ["audit", "analytics", "fraud"]
-        .into_iter()
-        .map(|kind| EventRef { kind: kind.into(), id: event_id(), status: "QUEUED".into() })
-        .collect()
+    EventKind::ALL.iter().map(|&kind| EventRef { kind, id: event_id(), status: "QUEUED".into() }).collect()
 }
 
 /// The customer as analytics sees them: a keyed pseudonym, stable for one
@@ -32,8 +30,13 @@ pub fn pseudonym(key: &[u8], customer_id: &str) -> String {
     format!("cus_{}", hex::encode(&mac.finalize().into_bytes()[..16]))
 }
 
-fn envelope(id: &str, kind: &str, order_id: &str, payload: Value) -> Value {
-    json!({ "id": id, "type": kind, "order_id": order_id, "occurred_at": now_rfc3339(), "payload": payload })
+/// The envelope every event has: `{id, type, order_id, channel, occurred_at, payload}`.
+fn envelope(id: &str, kind: EventKind, order_id: &str, channel: &str, payload: Value) -> String {
+    json!({
+        "id": id, "type": kind, "order_id": order_id, "channel": channel,
+        "occurred_at": now_rfc3339(), "payload": payload,
+    })
+    .to_string()
 }
 
 /// Everything that happened to the order (no payment token, no contact data).
@@ -82,11 +85,19 @@ fn analytics_payload(invoice: &Invoice, pseudonym_key: &[u8]) -> Value {
 }
 
 /// The fraud event, once the verdict is known.
-pub fn fraud_envelope(id: &str, order_id: &str, customer_id: &str, total_cents: u64, review: &Value) -> Value {
+pub fn fraud_envelope(
+    id: &str,
+    order_id: &str,
+    channel: &str,
+    customer_id: &str,
+    total_cents: u64,
+    review: &Value,
+) -> String {
     envelope(
         id,
-        "fraud",
+        EventKind::Fraud,
         order_id,
+        channel,
         json!({ "order_id": order_id, "customer_id": customer_id, "total_cents": total_cents, "fraud_review": review }),
     )
 }
@@ -94,26 +105,20 @@ pub fn fraud_envelope(id: &str, order_id: &str, customer_id: &str, total_cents: 
 /// The outbox rows of a settled order: audit and analytics ready to go,
 /// fraud waiting for the verdict of the checks that run after the answer.
 pub fn outbox_events(invoice: &Invoice, pseudonym_key: &[u8]) -> Vec<NewEvent> {
+    let (order_id, channel) = (&invoice.order_id, &invoice.channel);
     invoice
         .events
         .iter()
-        .map(|event| {
-            let envelope = match event.kind.as_str() {
-                "audit" => Some(envelope(&event.id, "audit", &invoice.order_id, audit_payload(invoice))),
-                "analytics" => {
-                    Some(envelope(&event.id, "analytics", &invoice.order_id, analytics_payload(invoice, pseudonym_key)))
+        .map(|event| NewEvent {
+            id: event.id.clone(),
+            kind: event.kind,
+            envelope: match event.kind {
+                EventKind::Audit => Some(envelope(&event.id, event.kind, order_id, channel, audit_payload(invoice))),
+                EventKind::Analytics => {
+                    Some(envelope(&event.id, event.kind, order_id, channel, analytics_payload(invoice, pseudonym_key)))
                 }
-                _ => None,
-            };
-            NewEvent {
-                id: event.id.clone(),
-                kind: match event.kind.as_str() {
-                    "audit" => "audit",
-                    "analytics" => "analytics",
-                    _ => "fraud",
-                },
-                envelope,
-            }
+                EventKind::Fraud => None,
+            },
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use super::invoice::Invoice;
 use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
 use crate::rules::{FailMode, RuleError, RuleSet};
 use crate::store::StoreError;
-use crate::store::orders::{self, StoredOrder};
+use crate::store::orders::{AwaitingReview, Verdict};
 
 /// Orders reviewed per batch.
 const BATCH: usize = 64;
@@ -23,45 +23,42 @@ const BATCH: usize = 64;
 pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
     let mut reviewed = 0;
     loop {
-        let waiting = pipeline.store.run(|c| orders::awaiting_verdict(c, BATCH)).await?;
+        let waiting = pipeline.store.awaiting_verdict(BATCH).await?;
         if waiting.is_empty() {
             return Ok(reviewed);
         }
         let rules = pipeline.rules.load_full();
         let metrics = pipeline.metrics.clone();
-        // Rule calls run on the blocking pool (see `rules::run_blocking`).
+        // One hop to a rule thread for the whole batch, one store command
+        // for its verdicts.
         let verdicts = crate::rules::run_blocking(move || {
-            waiting
-                .into_iter()
-                .map(|order| {
-                    let review = match order.invoice.as_ref().map(|v| serde_json::from_value::<Invoice>(v.clone())) {
-                        Some(Ok(invoice)) => review(&rules, &invoice, &metrics),
-                        _ => json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null }),
-                    };
-                    (order, review)
-                })
-                .collect::<Vec<_>>()
+            waiting.into_iter().map(|waiting| verdict(&rules, &metrics, waiting)).collect::<Vec<_>>()
         })
         .await;
-        for (order, review) in verdicts {
-            store_review(pipeline, &order, review).await?;
-            reviewed += 1;
-        }
+        reviewed += verdicts.len();
+        pipeline.store.record_verdicts(verdicts).await?;
         pipeline.events_ready.notify_one();
     }
 }
 
-async fn store_review(pipeline: &Pipeline, order: &StoredOrder, review: Value) -> Result<(), StoreError> {
+/// The verdict on one waiting order, with its completed fraud events.
+fn verdict(rules: &RuleSet, metrics: &crate::metrics::Metrics, waiting: AwaitingReview) -> Verdict {
+    let order = &waiting.order;
+    let review = match order.invoice.as_deref().map(serde_json::from_str::<Invoice>) {
+        Some(Ok(invoice)) => review(rules, &invoice, metrics),
+        _ => json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null }),
+    };
     let action = review["action"].as_str().unwrap_or("REVIEW").to_string();
-    let (order_id, customer_id, total) = (order.id.clone(), order.customer_id.clone(), order.total_cents);
-    pipeline
-        .store
-        .run(move |c| {
-            orders::record_verdict(c, &order_id, &review, &action, |event_id| {
-                fraud_envelope(event_id, &order_id, &customer_id, total, &review)
-            })
+    let envelopes = waiting
+        .event_ids
+        .iter()
+        .map(|id| {
+            let envelope =
+                fraud_envelope(id, &order.id, &order.channel, &order.customer_id, order.total_cents, &review);
+            (id.clone(), envelope)
         })
-        .await
+        .collect();
+    Verdict { order_id: order.id.clone(), review: review.to_string(), action, envelopes }
 }
 
 /// Runs the fraud slot on one order and combines the verdicts: the most
@@ -89,7 +86,7 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
             .unwrap_or(0),
     };
     let payment = PaymentSummary {
-        status: invoice.payment.status.clone(),
+        status: invoice.payment.status.as_str().to_string(),
         amount_cents: invoice.total_cents,
         attempts: invoice.payment.attempts,
         gateway: invoice.payment.gateway.clone(),

@@ -13,8 +13,8 @@ use crate::metrics::Metrics;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{FailureCause, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
-use crate::store::catalog::{self, StockedWarehouse};
-use crate::store::orders::{self, Hold, ReserveOutcome};
+use crate::store::catalog::StockedWarehouse;
+use crate::store::orders::{Hold, KeyClaim, NewOrder, ReserveOutcome};
 
 /// How often the leg re-plans when stock moves between reading and holding.
 const MAX_PLAN_ATTEMPTS: usize = 3;
@@ -25,6 +25,8 @@ pub struct OrderKeys<'a> {
     pub customer_id: &'a str,
     pub channel: &'a str,
     pub currency: &'a str,
+    /// The request's idempotency key, claimed with the order.
+    pub claim: Option<&'a KeyClaim>,
 }
 
 /// Plans and holds the order's stock; on success the order exists as PENDING.
@@ -32,38 +34,31 @@ pub async fn allocate(
     store: &Store,
     rules: &Arc<RuleSet>,
     metrics: &Arc<Metrics>,
-    order: &OrderContext,
+    order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
 ) -> Result<Vec<InvoiceAllocation>, OrderError> {
     let requested = requested_quantities(order);
-    let skus: Vec<String> = requested.keys().cloned().collect();
+    let skus: Vec<&str> = requested.keys().map(String::as_str).collect();
     for _ in 0..MAX_PLAN_ATTEMPTS {
-        let skus = skus.clone();
-        let stocked = store
-            .run(move |c| catalog::stocked_warehouses(c, &skus.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await
-            .map_err(|e| unavailable(Stage::Inventory, e))?;
-        let candidates: Vec<Candidate> = stocked.iter().map(candidate).collect();
-        let (rules_now, order_now, metrics_now) = (rules.clone(), order.clone(), metrics.clone());
-        let offered = candidates.clone();
+        let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
+        let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
+        let (rules_now, order_now, metrics_now, offered) =
+            (rules.clone(), order.clone(), metrics.clone(), candidates.clone());
         let plan = run_blocking(move || select(&rules_now, &order_now, &offered, &metrics_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
             slot: "warehouse",
             module: Box::new((**rules.warehouse.pick(&order.customer.id).rule.identity()).clone()),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
         })?;
-        let (order_id, customer_id, channel, currency) = (
-            keys.order_id.to_string(),
-            keys.customer_id.to_string(),
-            keys.channel.to_string(),
-            keys.currency.to_string(),
-        );
-        let holds_for_store = holds.clone();
-        let outcome = store
-            .run(move |c| orders::reserve(c, &order_id, &customer_id, &channel, &currency, &holds_for_store))
-            .await
-            .map_err(|e| unavailable(Stage::Inventory, e))?;
-        match outcome {
+        let new_order = NewOrder {
+            order_id: keys.order_id.to_string(),
+            customer_id: keys.customer_id.to_string(),
+            channel: keys.channel.to_string(),
+            currency: keys.currency.to_string(),
+            holds,
+            claim: keys.claim.cloned(),
+        };
+        match store.reserve(new_order).await.map_err(|e| unavailable(Stage::Inventory, e))? {
             ReserveOutcome::Reserved => {
                 let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
                 return Ok(describe(&plan, &stocked, order, variant));
@@ -71,16 +66,13 @@ pub async fn allocate(
             ReserveOutcome::Shortfall { warehouse_id, sku } => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
             }
+            ReserveOutcome::KeyTaken => return Err(OrderError::IdempotencyInProgress),
         }
     }
     // Still racing after several plans: report the current shortfall.
-    let sku = skus.first().cloned().unwrap_or_default();
-    let lookup = sku.clone();
-    let available = store
-        .run(move |c| catalog::stock_of_sku(c, &lookup))
-        .await
-        .map(|levels| levels.iter().map(|l| l.available).max().unwrap_or(0))
-        .unwrap_or(0);
+    let sku = skus.first().map(|s| s.to_string()).unwrap_or_default();
+    let available =
+        store.stock_of_sku(&sku).await.map(|levels| levels.iter().map(|l| l.available).max().unwrap_or(0)).unwrap_or(0);
     Err(OrderError::OutOfStock { requested: requested.get(&sku).copied().unwrap_or(0), sku, available })
 }
 

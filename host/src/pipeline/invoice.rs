@@ -1,15 +1,16 @@
 //! The invoice: what a confirmed order answers (and, with status
-//! `PAYMENT_FAILED`, what a failed one carries), field for field as
-//! shared/API.md shows it.
+//! `PAYMENT_FAILED`, what a failed one carries), field for field as the
+//! API reference shows it.
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{EventKind, OrderStatus, PaymentStatus};
 use crate::rules::types::{CartLine, GeoPoint};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
     pub order_id: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub channel: String,
     pub customer: InvoiceCustomer,
     pub items: Vec<InvoiceItem>,
@@ -113,7 +114,7 @@ pub struct AllocationLine {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoicePayment {
-    pub status: String,
+    pub status: PaymentStatus,
     pub transaction_id: Option<String>,
     pub attempts: u32,
     pub gateway: String,
@@ -124,7 +125,7 @@ pub struct InvoicePayment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRef {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     pub id: String,
     pub status: String,
 }
@@ -159,4 +160,21 @@ pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
     let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
     let km = 2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin();
     (km * 10.0).round() / 10.0
+}
+
+/// A confirmed order's invoice together with its JSON text: the invoice is
+/// serialised once, and the stored invoice, the idempotent replay and the
+/// HTTP body are those same bytes.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub invoice: Invoice,
+    pub json: String,
+}
+
+impl std::ops::Deref for Placed {
+    type Target = Invoice;
+
+    fn deref(&self) -> &Invoice {
+        &self.invoice
+    }
 }

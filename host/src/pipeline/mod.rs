@@ -33,11 +33,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub use error::{OrderError, Stage};
-pub use invoice::Invoice;
+pub use invoice::{Invoice, Placed};
 
+use crate::domain::{OrderStatus, PaymentStatus};
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
 use crate::rules::types::{GeoPoint, OrderContext, RuleCustomer};
+use crate::store::orders::KeyClaim;
 use crate::store::{Store, now_ms, now_rfc3339};
 use invoice::{InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
 
@@ -97,7 +99,8 @@ pub struct OrderRequest {
     /// The customer's identity token (never logged).
     pub customer_token: String,
     pub coupon_code: Option<String>,
-    /// Payment token for the gateway (never logged or stored).
+    /// Payment token for the gateway: never logged, kept in the store only
+    /// while the payment is in flight (see `payment`).
     pub payment_token: String,
     pub ship_to: Option<GeoPoint>,
     /// The channel's `Idempotency-Key` and a hash of the request body: the
@@ -135,7 +138,7 @@ impl Pipeline {
     /// Runs one order through every stage. `Ok` is the confirmed invoice;
     /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
     #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
-    async fn run_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
+    async fn run_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let started = Instant::now();
         let config = &self.config;
         // The rule set this order runs on, whatever is reloaded meanwhile.
@@ -161,7 +164,7 @@ impl Pipeline {
         .await?;
         timings.cart = ms(stage_started);
 
-        let context = OrderContext {
+        let context = Arc::new(OrderContext {
             order_id: order_id.clone(),
             channel: request.channel.clone(),
             currency: config.currency.clone(),
@@ -172,16 +175,22 @@ impl Pipeline {
             coupon_code: request.coupon_code.clone().filter(|c| !c.trim().is_empty()),
             ship_to: request.ship_to.unwrap_or(customer.location),
             ordered_at_ms: now_ms(),
-        };
+        });
 
-        // Stage 3: both legs at once. The inventory leg is polled first so
-        // that its store work is under way on the blocking pool while the
-        // discount rules run here.
+        // Stage 3: both legs at once. Each leg's rule calls go to a rule
+        // thread in one hop; the inventory leg reads stock on this thread
+        // and holds it through the store's writer.
+        let claim = request.idempotency.as_ref().map(|(key, hash)| KeyClaim {
+            channel: request.channel.clone(),
+            key: key.clone(),
+            request_hash: hash.clone(),
+        });
         let keys = inventory::OrderKeys {
             order_id: &order_id,
             customer_id: &customer.id,
             channel: &request.channel,
             currency: &config.currency,
+            claim: claim.as_ref(),
         };
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
@@ -213,7 +222,7 @@ impl Pipeline {
                 // (also when it timed out: its hold may still land, so the
                 // cancel is idempotent and the janitor sweeps late arrivals).
                 match allocated {
-                    Err(OrderError::OutOfStock { .. }) => {}
+                    Err(OrderError::OutOfStock { .. } | OrderError::IdempotencyInProgress) => {}
                     // A refused coupon is the client's input (422): the
                     // hold is undone without a trace. A failed rule (503)
                     // leaves the order CANCELLED for the operators.
@@ -234,9 +243,9 @@ impl Pipeline {
         timings.inventory = inventory_ms;
 
         let total_cents = cart.subtotal_cents.saturating_sub(discounts.total_cents);
-        let mut invoice = Invoice {
+        let invoice = Invoice {
             order_id: order_id.clone(),
-            status: "PENDING".into(),
+            status: OrderStatus::Pending,
             channel: request.channel.clone(),
             customer: InvoiceCustomer {
                 id: customer.id.clone(),
@@ -252,7 +261,7 @@ impl Pipeline {
             total_cents,
             allocations,
             payment: InvoicePayment {
-                status: "PENDING".into(),
+                status: PaymentStatus::Pending,
                 transaction_id: None,
                 attempts: 0,
                 gateway: self.gateway.name().into(),
@@ -269,30 +278,37 @@ impl Pipeline {
 
         let shadows = discounts.shadows;
         let stage_started = Instant::now();
-        let result = payment::pay_and_settle(self, &mut invoice, &request, stage_started, started).await;
+        let result = payment::pay_and_settle(self, invoice, &request, stage_started, started).await;
         if !shadows.is_empty() && result.is_ok() {
             self.run_shadows(order_id.clone(), shadows);
         }
         self.settled.notify_one();
         self.events_ready.notify_one();
-        let metrics = &self.metrics;
-        let t = &invoice.timings_ms;
-        for (stage, ms) in [
-            ("validate", t.validate),
-            ("cart", t.cart),
-            ("discount", t.discount),
-            ("inventory", t.inventory),
-            ("payment", t.payment),
-            ("total", t.total),
-        ] {
-            metrics.stage(stage, ms / 1e3);
+        let invoice = match &result {
+            Ok(placed) => Some(&placed.invoice),
+            Err(OrderError::PaymentFailed { order, .. }) => Some(&**order),
+            Err(_) => None,
+        };
+        if let Some(invoice) = invoice {
+            let metrics = &self.metrics;
+            let t = &invoice.timings_ms;
+            for (stage, ms) in [
+                ("validate", t.validate),
+                ("cart", t.cart),
+                ("discount", t.discount),
+                ("inventory", t.inventory),
+                ("payment", t.payment),
+                ("total", t.total),
+            ] {
+                metrics.stage(stage, ms / 1e3);
+            }
+            metrics.payment_attempts(invoice.payment.status.as_str(), invoice.payment.attempts);
         }
-        metrics.payment_attempts(&invoice.payment.status, invoice.payment.attempts);
         result
     }
 
     /// Runs one order (see [`Pipeline::run_order`]) and counts its outcome.
-    pub async fn place_order(&self, request: OrderRequest) -> Result<Invoice, OrderError> {
+    pub async fn place_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let result = self.run_order(request).await;
         self.metrics.order(match &result {
             Ok(_) => "CONFIRMED",
@@ -309,7 +325,7 @@ impl Pipeline {
                 jobs.iter().map(|job| discount::run_shadow(job, &order_id)).collect::<Vec<_>>()
             })
             .await;
-            if let Err(e) = store.run(move |c| experiments::record_shadow_runs(c, &runs)).await {
+            if let Err(e) = store.record_shadow_runs(runs).await {
                 tracing::warn!(error = %e, "could not record shadow runs");
             }
         });
@@ -317,16 +333,14 @@ impl Pipeline {
 
     /// Removes an order refused before payment for its input (see `orders::discard`).
     async fn discard(&self, order_id: &str) {
-        let id = order_id.to_string();
-        if let Err(e) = self.store.run(move |c| crate::store::orders::discard(c, &id)).await {
+        if let Err(e) = self.store.discard(order_id).await {
             // Left PENDING: the janitor cancels it and releases the stock.
             tracing::error!(order_id, error = %e, "could not undo the refused order; the janitor will");
         }
     }
 
     async fn cancel(&self, order_id: &str, reason: &'static str) {
-        let id = order_id.to_string();
-        if let Err(e) = self.store.run(move |c| crate::store::orders::cancel(c, &id, reason)).await {
+        if let Err(e) = self.store.cancel(order_id, reason).await {
             // Left PENDING: the janitor retries the release (see recovery).
             tracing::error!(order_id, error = %e, "could not release the order's stock; the janitor will");
         }

@@ -1,15 +1,18 @@
-//! Stage 4 and the settlement: record the intent, charge through the
-//! gateway with retries (one idempotency key per order), then settle the
-//! order in one transaction with its events. A final payment failure
-//! releases the stock and is recorded as a `PAYMENT_FAILED` order.
+//! Stage 4 and the settlement: record the intent (with the draft invoice
+//! reconciliation would settle from), charge through the gateway with
+//! retries (one idempotency key per order), then settle the order in one
+//! command with its events and the answer for the request's idempotency
+//! key. A final payment failure releases the stock and is recorded as a
+//! `PAYMENT_FAILED` order.
 
 use std::time::Instant;
 
-use super::invoice::Invoice;
+use super::invoice::{Invoice, Placed};
 use super::validate::unavailable;
 use super::{OrderError, OrderRequest, Pipeline, Stage, events, ms};
+use crate::domain::{OrderStatus, PaymentStatus};
 use crate::payment::{ChargeRequest, charge_with_retries};
-use crate::store::orders::{self, IdempotencyRecord, Settlement};
+use crate::store::orders::{Answer, Settlement};
 
 /// The gateway idempotency key of an order: one per order, the same on
 /// every attempt and at reconciliation.
@@ -17,38 +20,86 @@ pub fn payment_key(order_id: &str) -> String {
     format!("pay_{order_id}")
 }
 
+fn serialise(invoice: &Invoice) -> String {
+    serde_json::to_string(invoice).expect("an invoice always serialises (no maps with non-string keys)")
+}
+
+/// Settles `invoice` as the gateway answered (`Ok(transaction id)` or
+/// `Err(reason)`): the settlement to store, and what the channel is told.
+pub(super) fn finish(
+    mut invoice: Invoice,
+    charged: Result<String, String>,
+    attempts: u32,
+    pseudonym_key: &[u8],
+) -> (Settlement, Result<Placed, OrderError>) {
+    invoice.payment.attempts = attempts;
+    let failure = match charged {
+        Ok(transaction_id) => {
+            invoice.status = OrderStatus::Confirmed;
+            invoice.payment.status = PaymentStatus::Captured;
+            invoice.payment.transaction_id = Some(transaction_id);
+            None
+        }
+        Err(reason) => {
+            invoice.status = OrderStatus::PaymentFailed;
+            invoice.payment.status = PaymentStatus::Failed;
+            invoice.payment.failure = Some(reason.clone());
+            Some(reason)
+        }
+    };
+    let json = serialise(&invoice);
+    let events = events::outbox_events(&invoice, pseudonym_key);
+    let settlement = |answer: Answer, invoice: &Invoice, json: String| Settlement {
+        order_id: invoice.order_id.clone(),
+        customer_id: invoice.customer.id.clone(),
+        status: invoice.status,
+        invoice: json,
+        transaction_id: invoice.payment.transaction_id.clone(),
+        attempts,
+        failure: failure.clone(),
+        events,
+        answer,
+    };
+    match &failure {
+        None => {
+            let stored = settlement(Answer { status_code: 201, body: json.clone() }, &invoice, json.clone());
+            (stored, Ok(Placed { invoice, json }))
+        }
+        Some(reason) => {
+            let error = OrderError::PaymentFailed { reason: reason.clone(), order: Box::new(invoice.clone()) };
+            let answer = Answer { status_code: error.status(), body: error.body().to_string() };
+            (settlement(answer, &invoice, json), Err(error))
+        }
+    }
+}
+
 pub(super) async fn pay_and_settle(
     pipeline: &Pipeline,
-    invoice: &mut Invoice,
+    mut invoice: Invoice,
     request: &OrderRequest,
     stage_started: Instant,
     order_started: Instant,
-) -> Result<Invoice, OrderError> {
+) -> Result<Placed, OrderError> {
     let key = payment_key(&invoice.order_id);
-    let draft = serde_json::to_value(&*invoice).map_err(|e| OrderError::InvalidRequest(e.to_string()))?;
-    {
-        let (order_id, key, gateway, amount) =
-            (invoice.order_id.clone(), key.clone(), pipeline.gateway.name().to_string(), invoice.total_cents);
-        let stored = pipeline
-            .store
-            .run(move |c| {
-                // The draft invoice lets reconciliation finish the order
-                // after a crash between charge and settlement. It is written
-                // before the intent: a crash between the two leaves an order
-                // without intent, which reconciliation simply cancels, never
-                // an intent without a draft to settle it from.
-                c.execute(
-                    "UPDATE orders SET invoice = ?2 WHERE id = ?1",
-                    rusqlite::params![order_id, draft.to_string()],
-                )?;
-                orders::record_intent(c, &order_id, &key, &gateway, amount)?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = stored {
-            pipeline.cancel(&invoice.order_id, "payment intent could not be recorded").await;
-            return Err(unavailable(Stage::Payment, e));
-        }
+    let store = &pipeline.store;
+    // The draft invoice and the payment token let reconciliation finish the
+    // order after a crash between intent and settlement (re-driving the
+    // payment with the same gateway key); both are written with the intent,
+    // and the token is erased at settlement.
+    let draft = serialise(&invoice);
+    let recorded = store
+        .record_intent(
+            &invoice.order_id,
+            draft,
+            &key,
+            pipeline.gateway.name(),
+            invoice.total_cents,
+            &request.payment_token,
+        )
+        .await;
+    if let Err(e) = recorded {
+        pipeline.cancel(&invoice.order_id, "payment intent could not be recorded").await;
+        return Err(unavailable(Stage::Payment, e));
     }
 
     let charge = ChargeRequest {
@@ -59,54 +110,15 @@ pub(super) async fn pay_and_settle(
         token: request.payment_token.clone(),
     };
     let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry).await;
-    invoice.payment.attempts = outcome.attempts;
     invoice.timings_ms.payment = ms(stage_started);
     invoice.timings_ms.total = ms(order_started);
-    let failure = match &outcome.result {
-        Ok(charge) => {
-            invoice.status = "CONFIRMED".into();
-            invoice.payment.status = "CAPTURED".into();
-            invoice.payment.transaction_id = Some(charge.transaction_id.clone());
-            None
-        }
-        Err(error) => {
-            invoice.status = "PAYMENT_FAILED".into();
-            invoice.payment.status = "FAILED".into();
-            invoice.payment.failure = Some(error.to_string());
-            Some(error.to_string())
-        }
-    };
-    let answer = match &failure {
-        None => Ok(invoice.clone()),
-        Some(reason) => Err(OrderError::PaymentFailed { reason: reason.clone(), order: Box::new(invoice.clone()) }),
-    };
-    let idempotency = request.idempotency.as_ref().map(|(key, hash)| {
-        let (status_code, body) = match &answer {
-            Ok(invoice) => (201, serde_json::to_string(invoice).unwrap_or_default()),
-            Err(e) => (e.status(), e.body().to_string()),
-        };
-        IdempotencyRecord {
-            channel: request.channel.clone(),
-            key: key.clone(),
-            request_hash: hash.clone(),
-            status_code,
-            body,
-        }
-    });
-    let settlement = Settlement {
-        order_id: invoice.order_id.clone(),
-        customer_id: invoice.customer.id.clone(),
-        invoice: serde_json::to_value(&*invoice).map_err(|e| OrderError::InvalidRequest(e.to_string()))?,
-        transaction_id: invoice.payment.transaction_id.clone(),
-        attempts: outcome.attempts,
-        failure,
-        events: events::outbox_events(invoice, &pipeline.config.pseudonym_key),
-        idempotency,
-    };
-    if let Err(e) = pipeline.store.run(move |c| orders::settle(c, &settlement)).await {
+    let charged = outcome.result.map(|c| c.transaction_id).map_err(|e| e.to_string());
+    let order_id = invoice.order_id.clone();
+    let (settlement, answer) = finish(invoice, charged, outcome.attempts, &pipeline.config.pseudonym_key);
+    if let Err(e) = store.settle(settlement).await {
         // Charged (maybe) but not recorded: the order stays PENDING with its
         // intent, and reconciliation settles it from the gateway's ledger.
-        tracing::error!(order_id = %invoice.order_id, error = %e, "settlement failed; reconciliation will finish it");
+        tracing::error!(%order_id, error = %e, "settlement failed; reconciliation will finish it");
         return Err(unavailable(Stage::Payment, e));
     }
     answer

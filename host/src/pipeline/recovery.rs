@@ -1,12 +1,21 @@
 //! Reconciliation of orders a crash (or a store outage) left PENDING.
 //!
-//! - no payment intent: the order never reached the gateway; its stock is
-//!   released and it ends CANCELLED (cleanly undone);
-//! - a payment intent: the gateway's ledger decides. Charged → the order is
-//!   settled CONFIRMED from its stored draft invoice, with its events; not
-//!   charged → it is settled PAYMENT_FAILED and its stock released. The
-//!   gateway is only asked (`lookup`), never charged, so nothing is charged
-//!   twice; if it cannot answer, the order waits for the next pass.
+//! - no payment intent: the order never reached the gateway and its client
+//!   never got an answer; it is cleanly undone (stock released, rows and
+//!   idempotency claim removed, a log line kept), so a retry of the same
+//!   request places it, and a key never ends with two orders;
+//! - a payment intent: the payment is re-driven with the order's own
+//!   gateway idempotency key and the payment token kept with the intent
+//!   (the gateway charges a key at most once, so a charge that already went
+//!   through is found, never repeated), and the order ends CONFIRMED or
+//!   PAYMENT_FAILED as the gateway answers, settled from its stored draft
+//!   invoice with its events. Without a token (an intent from an older
+//!   version) the gateway is only asked what it did under the key. If the
+//!   gateway cannot answer, the order waits for the next pass, and a retry
+//!   of its request gets `IDEMPOTENCY_IN_PROGRESS`.
+//!
+//! Either way the answer for the request's idempotency key is stored with
+//! the settlement, so the client's retry gets the order's final answer.
 //!
 //! At start-up every PENDING order is from a dead process; while serving,
 //! the janitor only touches orders older than any order can take.
@@ -17,9 +26,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::invoice::Invoice;
-use super::{Pipeline, events};
+use super::{Pipeline, payment};
+use crate::payment::{ChargeRequest, GatewayError, charge_with_retries};
 use crate::store::StoreError;
-use crate::store::orders::{self, OpenIntent, Settlement};
+use crate::store::orders::OpenIntent;
 
 /// What a reconciliation pass did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -34,26 +44,22 @@ pub struct RecoveryReport {
 pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<RecoveryReport, StoreError> {
     let cutoff = time::OffsetDateTime::now_utc() - min_age;
     let cutoff = cutoff.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let (unpaid, intents) = pipeline.store.run(move |c| orders::pending_orders(c, &cutoff)).await?;
+    let (unpaid, intents) = pipeline.store.pending_orders(&cutoff).await?;
     let mut report = RecoveryReport::default();
     for order_id in unpaid {
-        let id = order_id.clone();
-        if pipeline.store.run(move |c| orders::cancel(c, &id, "interrupted before payment")).await? {
-            tracing::info!(%order_id, "released the stock of an order interrupted before payment");
+        if pipeline.store.discard(&order_id).await? {
+            tracing::warn!(%order_id, "undid an order interrupted before payment (stock released, nothing charged)");
             report.cancelled += 1;
         }
     }
     for intent in intents {
-        match pipeline.gateway.lookup(&intent.idempotency_key).await {
-            Ok(charge) => {
-                let confirmed = charge.is_some();
-                settle_from_ledger(pipeline, &intent, charge.map(|c| c.transaction_id)).await?;
+        match redrive(pipeline, &intent).await {
+            Some(charged) => {
+                let confirmed = charged.is_ok();
+                settle_from_draft(pipeline, &intent, charged).await?;
                 if confirmed { report.confirmed += 1 } else { report.failed += 1 }
             }
-            Err(e) => {
-                tracing::warn!(order_id = %intent.order_id, error = %e, "gateway cannot say whether the order was charged; will retry");
-                report.undecided += 1;
-            }
+            None => report.undecided += 1,
         }
     }
     if report != RecoveryReport::default() {
@@ -64,44 +70,49 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
     Ok(report)
 }
 
-async fn settle_from_ledger(
+/// What the gateway says of the order's payment once re-driven: the
+/// transaction id, the reason it failed, or `None` if it cannot tell now.
+async fn redrive(pipeline: &Pipeline, intent: &OpenIntent) -> Option<Result<String, String>> {
+    let gateway = pipeline.gateway.as_ref();
+    if let Some(token) = &intent.token {
+        let request = ChargeRequest {
+            idempotency_key: intent.idempotency_key.clone(),
+            order_id: intent.order_id.clone(),
+            amount_cents: intent.amount_cents,
+            currency: intent.currency.clone(),
+            token: token.clone(),
+        };
+        let outcome = charge_with_retries(gateway, &request, &pipeline.config.retry).await;
+        match outcome.result {
+            Ok(charge) => return Some(Ok(charge.transaction_id)),
+            Err(GatewayError::Declined { reason }) => return Some(Err(format!("payment declined: {reason}"))),
+            // Still failing: ask what happened under the key, as below.
+            Err(GatewayError::Transient { .. }) => {}
+        }
+    }
+    match gateway.lookup(&intent.idempotency_key).await {
+        Ok(Some(charge)) => Some(Ok(charge.transaction_id)),
+        Ok(None) => Some(Err("the payment did not complete; the gateway holds no charge".to_string())),
+        Err(e) => {
+            tracing::warn!(order_id = %intent.order_id, error = %e, "gateway cannot say whether the order was charged; will retry");
+            None
+        }
+    }
+}
+
+async fn settle_from_draft(
     pipeline: &Pipeline,
     intent: &OpenIntent,
-    transaction_id: Option<String>,
+    charged: Result<String, String>,
 ) -> Result<(), StoreError> {
-    let order_id = intent.order_id.clone();
-    let stored = pipeline.store.run(move |c| orders::get_order(c, &order_id)).await?;
-    let Some(mut invoice) =
-        stored.and_then(|o| o.invoice).and_then(|draft| serde_json::from_value::<Invoice>(draft).ok())
+    let stored = pipeline.store.order(&intent.order_id).await?;
+    let Some(invoice) = stored.and_then(|o| o.invoice).and_then(|draft| serde_json::from_str::<Invoice>(&draft).ok())
     else {
         return Err(StoreError::Corrupt(format!("order {} has no readable draft invoice", intent.order_id)));
     };
-    let failure = match &transaction_id {
-        Some(_) => {
-            invoice.status = "CONFIRMED".into();
-            invoice.payment.status = "CAPTURED".into();
-            None
-        }
-        None => {
-            let reason = "interrupted before the payment completed; the gateway holds no charge".to_string();
-            invoice.status = "PAYMENT_FAILED".into();
-            invoice.payment.status = "FAILED".into();
-            invoice.payment.failure = Some(reason.clone());
-            Some(reason)
-        }
-    };
-    invoice.payment.transaction_id = transaction_id.clone();
-    let settlement = Settlement {
-        order_id: intent.order_id.clone(),
-        customer_id: invoice.customer.id.clone(),
-        invoice: serde_json::to_value(&invoice)?,
-        transaction_id,
-        attempts: invoice.payment.attempts.max(1),
-        failure,
-        events: events::outbox_events(&invoice, &pipeline.config.pseudonym_key),
-        idempotency: None,
-    };
-    pipeline.store.run(move |c| orders::settle(c, &settlement)).await
+    let attempts = invoice.payment.attempts.max(1);
+    let (settlement, _) = payment::finish(invoice, charged, attempts, &pipeline.config.pseudonym_key);
+    pipeline.store.settle(settlement).await
 }
 
 /// Reconciles orders stuck longer than `min_age`, every `every`, until `shutdown`.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::OrderError;
 use crate::rules::types::AccountStatus;
-use crate::store::catalog::{self, Customer};
+use crate::store::catalog::Customer;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Deserialize)]
@@ -33,9 +33,8 @@ pub async fn validate(store: &Store, secret: &[u8], customer_id: &str, token: &s
     if subject != customer_id {
         return Err(OrderError::CustomerMismatch);
     }
-    let id = customer_id.to_string();
     let customer = store
-        .run(move |c| catalog::get_customer(c, &id))
+        .customer(customer_id)
         .await
         .map_err(|e| unavailable(super::Stage::Validate, e))?
         .ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()))?;

@@ -9,6 +9,7 @@
 //! - [`error`]: load-time refusals and call failures;
 //! - [`manifest`], [`ruleset`]: the plug-in directory and the immutable rule set loaded from it;
 //! - [`native`]: the same calls on native closures (the benchmark baseline);
+//! - [`pool`]: the threads rule calls run on, a batch of calls per hop;
 //! - [`reload`]: hot reload of the plug-in directory (watch, debounce, check, swap);
 //! - [`signing`]: ed25519 module signatures;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod manifest;
 pub mod module;
 pub mod native;
+pub mod pool;
 pub mod reload;
 pub mod ruleset;
 pub mod runner;

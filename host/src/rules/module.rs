@@ -22,22 +22,20 @@ use super::world::World;
 const LOAD_TIME_MS: u64 = 2_000;
 
 thread_local! {
-    /// Set on threads of tokio's blocking pool entered through [`run_blocking`].
-    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set on the rule threads (see [`super::pool`]).
+    static ON_RULE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs rule calls on tokio's blocking pool: they never stall an async
-/// worker, and WASI calls a guest makes (a panic message) work there.
+/// Marks the current thread as a rule thread: calls run on it directly.
+pub(crate) fn mark_rule_thread() {
+    ON_RULE_THREAD.set(true);
+}
+
+/// Runs rule calls on the rule threads (see [`super::pool`]): they never
+/// stall an async worker, and WASI calls a guest makes (a panic message)
+/// work there.
 pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(move || {
-        ON_BLOCKING_POOL.set(true);
-        f()
-    })
-    .await
-    {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    super::pool::run(f).await
 }
 
 /// Who a module is, everywhere it is named: invoices, events, metrics, errors.
@@ -271,10 +269,10 @@ impl RuleModule {
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
         // file or socket call) would bring down the order's task instead of
-        // failing the rule. On tokio's blocking pool (`run_blocking`, the
-        // pipeline's way in) that is safe; anywhere else inside a runtime the
+        // failing the rule. On a rule thread (`run_blocking`, the pipeline's
+        // way in) there is no runtime; anywhere else inside a runtime the
         // guest runs on a thread of its own.
-        let outcome = if tokio::runtime::Handle::try_current().is_ok() && !ON_BLOCKING_POOL.get() {
+        let outcome = if !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
             let prepared = &self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())

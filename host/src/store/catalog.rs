@@ -257,18 +257,17 @@ pub fn stocked_warehouses(conn: &Connection, skus: &[&str]) -> Result<Vec<Stocke
 }
 
 /// Replaces a customer's cart. Every sku must exist (`NotFound` names the first that does not).
-pub fn replace_cart(conn: &mut Connection, customer_id: &str, items: &[CartItem]) -> Result<Vec<CartLine>, StoreError> {
-    let tx = conn.transaction()?;
+pub fn replace_cart(conn: &Connection, customer_id: &str, items: &[CartItem]) -> Result<Vec<CartLine>, StoreError> {
     let mut lines = Vec::with_capacity(items.len());
     for item in items {
-        let Some(product) = get_product(&tx, &item.sku)? else {
+        let Some(product) = get_product(conn, &item.sku)? else {
             return Err(StoreError::NotFound(format!("sku {}", item.sku)));
         };
         lines.push(line_of(product, item.quantity));
     }
-    tx.execute("DELETE FROM carts WHERE customer_id = ?1", [customer_id])?;
+    conn.prepare_cached("DELETE FROM carts WHERE customer_id = ?1")?.execute([customer_id])?;
     {
-        let mut insert = tx.prepare_cached(
+        let mut insert = conn.prepare_cached(
             "INSERT INTO carts (customer_id, position, sku, quantity) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (customer_id, sku) DO UPDATE SET quantity = quantity + ?4",
         )?;
@@ -276,7 +275,6 @@ pub fn replace_cart(conn: &mut Connection, customer_id: &str, items: &[CartItem]
             insert.execute(params![customer_id, position as i64, item.sku, item.quantity])?;
         }
     }
-    tx.commit()?;
     cart_lines(conn, customer_id).map(|(lines_now, _)| if lines_now.is_empty() { lines } else { lines_now })
 }
 

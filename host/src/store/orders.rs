@@ -1,19 +1,25 @@
-//! Orders and their saga state: reservations, payments, the outbox and
-//! idempotency records. Each function is one transaction, so an order is
-//! always in exactly one durable state:
+//! Orders and their saga state: reservations, payments, idempotency keys
+//! and the order's events. Each write function is one store command: the
+//! writer runs it in a savepoint of its batch, so an order is always in
+//! exactly one durable state:
 //!
 //! ```text
-//! reserve ──► PENDING (stock held) ──record_intent──► PENDING + payment INTENT
-//!    │                 │                                   │
-//!    │              release                   confirm / fail_payment
-//!    ▼                 ▼                                   ▼
-//!  nothing         CANCELLED            CONFIRMED (stock taken) | PAYMENT_FAILED (stock released)
+//! reserve ──► PENDING (stock held, key claimed) ──record_intent──► PENDING + payment INTENT + draft invoice
+//!    │                 │                                              │
+//!    │         cancel / discard                              settle (CONFIRMED | PAYMENT_FAILED)
+//!    ▼                 ▼                                              ▼
+//!  nothing    CANCELLED (or nothing), key free      CONFIRMED (stock taken) | PAYMENT_FAILED (stock released);
+//!                                                   the key's answer stored; events in the outbox
 //! ```
+//!
+//! The functions here run SQL on a connection the store hands them: the
+//! writer's (inside its transaction) or a reader's.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use super::{StoreError, now_ms, now_rfc3339};
+use super::{StoreError, now_rfc3339};
+use crate::domain::{EventKind, HoldState, OrderStatus, OutboxState, PaymentStatus};
 
 /// Units of one sku held from one warehouse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +29,27 @@ pub struct Hold {
     pub quantity: u32,
 }
 
-/// The outcome of trying to hold stock.
+/// A channel's `Idempotency-Key` and the hash of the request body it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub channel: String,
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// An order about to be created PENDING with its stock held.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub order_id: String,
+    pub customer_id: String,
+    pub channel: String,
+    pub currency: String,
+    pub holds: Vec<Hold>,
+    /// Recorded with the order, so that every retry with the key finds it.
+    pub claim: Option<KeyClaim>,
+}
+
+/// The outcome of trying to create an order and hold its stock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
     Reserved,
@@ -32,23 +58,24 @@ pub enum ReserveOutcome {
         warehouse_id: String,
         sku: String,
     },
+    /// Another request (another replica, or one before a crash) holds the
+    /// idempotency key: nothing was written.
+    KeyTaken,
 }
 
 /// An event to write to the outbox with the order's final state.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// The full envelope, or `None` while it awaits the fraud verdict.
-    pub envelope: Option<Value>,
+    pub envelope: Option<String>,
 }
 
-/// An idempotency record to store with the order's answer.
-#[derive(Debug, Clone)]
-pub struct IdempotencyRecord {
-    pub channel: String,
-    pub key: String,
-    pub request_hash: String,
+/// What a channel was (or will be) answered for an order: stored with the
+/// order's idempotency key and replayed byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
     pub status_code: u16,
     pub body: String,
 }
@@ -58,12 +85,16 @@ pub struct IdempotencyRecord {
 pub struct Settlement {
     pub order_id: String,
     pub customer_id: String,
-    pub invoice: Value,
+    /// `Confirmed` or `PaymentFailed`.
+    pub status: OrderStatus,
+    /// The invoice as stored and served (`GET /v1/orders/{id}`).
+    pub invoice: String,
     pub transaction_id: Option<String>,
     pub attempts: u32,
     pub failure: Option<String>,
     pub events: Vec<NewEvent>,
-    pub idempotency: Option<IdempotencyRecord>,
+    /// The answer for the order's idempotency key, when it has one.
+    pub answer: Answer,
 }
 
 /// An order as stored.
@@ -71,61 +102,137 @@ pub struct Settlement {
 pub struct StoredOrder {
     pub id: String,
     pub customer_id: String,
-    pub status: String,
+    pub channel: String,
+    pub status: OrderStatus,
     pub total_cents: u64,
     pub currency: String,
     pub created_at: String,
-    pub invoice: Option<Value>,
+    /// The invoice text (the draft while PENDING).
+    pub invoice: Option<String>,
     pub fraud_review: Option<Value>,
 }
 
 /// A payment intent left by an order that never settled.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenIntent {
     pub order_id: String,
     pub idempotency_key: String,
     pub amount_cents: u64,
+    pub currency: String,
+    /// The payment token, to re-drive the payment (absent for intents
+    /// recorded before tokens were kept).
+    pub token: Option<String>,
 }
 
-/// Creates the order as PENDING and holds its stock, all or nothing. Each
-/// hold is a conditional update, so availability can never go negative
-/// whatever runs concurrently.
-pub fn reserve(
-    conn: &mut Connection,
-    order_id: &str,
-    customer_id: &str,
-    channel: &str,
-    currency: &str,
-    holds: &[Hold],
-) -> Result<ReserveOutcome, StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let now = now_rfc3339();
-    tx.prepare_cached(
-        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'PENDING', 0, ?4, ?5, ?5)",
-    )?
-    .execute(params![order_id, customer_id, channel, currency, now])?;
+// Manual: the payment token never reaches a log line.
+impl std::fmt::Debug for OpenIntent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenIntent")
+            .field("order_id", &self.order_id)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("amount_cents", &self.amount_cents)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an idempotency key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRecord {
+    /// The order finished: its answer.
+    Answered { request_hash: String, answer: Answer },
+    /// An order was created with the key and has not finished.
+    InFlight { request_hash: String, order_id: String },
+}
+
+/// An order whose fraud checks have not run, with its fraud event's id.
+#[derive(Debug, Clone)]
+pub struct AwaitingReview {
+    pub order: StoredOrder,
+    pub event_ids: Vec<String>,
+}
+
+/// A fraud verdict to store.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub order_id: String,
+    pub review: String,
+    pub action: String,
+    /// The fraud events, now complete: (event id, envelope).
+    pub envelopes: Vec<(String, String)>,
+}
+
+fn i64_of(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} does not fit in 63 bits")))
+}
+
+/// Creates the order as PENDING, claims its idempotency key and holds its
+/// stock, all or nothing. The writer is the database's only writer and runs
+/// one command at a time, so the checks below cannot go stale before the
+/// writes; the conditional update and the CHECK constraints still make a
+/// negative figure impossible whatever runs.
+pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, StoreError> {
+    if let Some(claim) = &order.claim {
+        let taken = conn
+            .prepare_cached("SELECT 1 FROM idempotency WHERE channel = ?1 AND key = ?2")?
+            .exists(params![claim.channel, claim.key])?;
+        if taken {
+            return Ok(ReserveOutcome::KeyTaken);
+        }
+    }
     {
-        let mut hold_stock = tx.prepare_cached(
-            "UPDATE stock SET reserved = reserved + ?3
-             WHERE warehouse_id = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
-        )?;
-        let mut record = tx.prepare_cached(
-            "INSERT INTO reservations (order_id, warehouse_id, sku, quantity, state) VALUES (?1, ?2, ?3, ?4, 'HELD')
-             ON CONFLICT (order_id, warehouse_id, sku) DO UPDATE SET quantity = quantity + ?4",
-        )?;
-        for hold in holds {
-            if hold_stock.execute(params![hold.warehouse_id, hold.sku, hold.quantity])? == 0 {
-                // Dropping `tx` rolls back the order row and earlier holds.
+        let mut available =
+            conn.prepare_cached("SELECT on_hand - reserved FROM stock WHERE warehouse_id = ?1 AND sku = ?2")?;
+        for hold in &order.holds {
+            let free: Option<i64> =
+                available.query_row(params![hold.warehouse_id, hold.sku], |r| r.get(0)).optional()?;
+            if free.unwrap_or(0) < i64::from(hold.quantity) {
                 return Ok(ReserveOutcome::Shortfall {
                     warehouse_id: hold.warehouse_id.clone(),
                     sku: hold.sku.clone(),
                 });
             }
-            record.execute(params![order_id, hold.warehouse_id, hold.sku, hold.quantity])?;
         }
     }
-    tx.commit()?;
+    let now = now_rfc3339();
+    conn.prepare_cached(
+        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)",
+    )?
+    .execute(params![
+        order.order_id,
+        order.customer_id,
+        order.channel,
+        OrderStatus::Pending.as_str(),
+        order.currency,
+        now
+    ])?;
+    if let Some(claim) = &order.claim {
+        conn.prepare_cached(
+            "INSERT INTO idempotency (channel, key, request_hash, order_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![claim.channel, claim.key, claim.request_hash, order.order_id, now])?;
+    }
+    let mut hold_stock = conn.prepare_cached(
+        "UPDATE stock SET reserved = reserved + ?3
+         WHERE warehouse_id = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
+    )?;
+    let mut record = conn.prepare_cached(
+        "INSERT INTO reservations (order_id, warehouse_id, sku, quantity, state) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (order_id, warehouse_id, sku) DO UPDATE SET quantity = quantity + ?4",
+    )?;
+    for hold in &order.holds {
+        if hold_stock.execute(params![hold.warehouse_id, hold.sku, hold.quantity])? == 0 {
+            // Checked above; an error rolls the whole command back.
+            return Err(StoreError::Conflict(format!("stock of {} in {} moved", hold.sku, hold.warehouse_id)));
+        }
+        record.execute(params![
+            order.order_id,
+            hold.warehouse_id,
+            hold.sku,
+            hold.quantity,
+            HoldState::Held.as_str()
+        ])?;
+    }
     Ok(ReserveOutcome::Reserved)
 }
 
@@ -161,131 +268,122 @@ fn commit_holds(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Undoes a PENDING order that will not be paid: its stock is released and
-/// it ends CANCELLED. Idempotent; a settled order is left alone.
-pub fn cancel(conn: &mut Connection, order_id: &str, reason: &str) -> Result<bool, StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let changed = tx
+/// Frees an unfinished order's idempotency key: the request recorded no
+/// answer, so the key may be used again.
+fn free_key(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM idempotency WHERE order_id = ?1 AND status_code IS NULL")?.execute([order_id])?;
+    Ok(())
+}
+
+/// Undoes a PENDING order that will not be paid: its stock is released, its
+/// key freed, and it ends CANCELLED. Idempotent; a settled order is left alone.
+pub fn cancel(conn: &Connection, order_id: &str, reason: &str) -> Result<bool, StoreError> {
+    let changed = conn
         .prepare_cached(
             "UPDATE orders SET status = 'CANCELLED', invoice = json_object('reason', ?2), updated_at = ?3
              WHERE id = ?1 AND status = 'PENDING'",
         )?
         .execute(params![order_id, reason, now_rfc3339()])?;
     if changed > 0 {
-        release_holds(&tx, order_id)?;
-        tx.prepare_cached(
-            "UPDATE payments SET status = 'FAILED', failure = ?2 WHERE order_id = ?1 AND status = 'INTENT'",
+        release_holds(conn, order_id)?;
+        free_key(conn, order_id)?;
+        conn.prepare_cached(
+            "UPDATE payments SET status = 'FAILED', failure = ?2, token = NULL WHERE order_id = ?1 AND status = 'INTENT'",
         )?
-        .execute(params![order_id, reason])?;
+            .execute(params![order_id, reason])?;
     }
-    tx.commit()?;
     Ok(changed > 0)
 }
 
 /// Undoes a PENDING order refused before payment because of the request
-/// itself (an invalid coupon): its stock is released and its row and
-/// reservations are removed, so that the rejected request leaves nothing
-/// behind (shared/API.md: "a rejected request writes nothing"). An order
-/// that has a payment record, or is no longer PENDING, is left alone.
-pub fn discard(conn: &mut Connection, order_id: &str) -> Result<bool, StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let pending: bool = tx
+/// itself (an invalid coupon): its stock is released and its rows removed,
+/// so that the rejected request leaves nothing behind ("a rejected request
+/// writes nothing"). An order with a payment record, or no longer PENDING,
+/// is left alone.
+pub fn discard(conn: &Connection, order_id: &str) -> Result<bool, StoreError> {
+    let pending = conn
         .prepare_cached(
-            "SELECT count(*) FROM orders o WHERE o.id = ?1 AND o.status = 'PENDING'
+            "SELECT 1 FROM orders o WHERE o.id = ?1 AND o.status = 'PENDING'
              AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id)",
         )?
-        .query_row([order_id], |r| r.get::<_, i64>(0))?
-        > 0;
+        .exists([order_id])?;
     if pending {
-        release_holds(&tx, order_id)?;
-        tx.prepare_cached("DELETE FROM reservations WHERE order_id = ?1")?.execute([order_id])?;
-        tx.prepare_cached("DELETE FROM orders WHERE id = ?1")?.execute([order_id])?;
+        release_holds(conn, order_id)?;
+        free_key(conn, order_id)?;
+        conn.prepare_cached("DELETE FROM reservations WHERE order_id = ?1")?.execute([order_id])?;
+        conn.prepare_cached("DELETE FROM orders WHERE id = ?1")?.execute([order_id])?;
     }
-    tx.commit()?;
     Ok(pending)
 }
 
-/// Records that the gateway is about to be asked for `amount_cents`, before
-/// it is: a crash after this point is reconciled with the gateway.
+/// Records that the gateway is about to be asked for `amount_cents`, with
+/// the draft invoice reconciliation settles from: after this, a crash is
+/// reconciled with the gateway. Refused unless the order is PENDING.
 pub fn record_intent(
-    conn: &mut Connection,
+    conn: &Connection,
     order_id: &str,
+    draft_invoice: &str,
     idempotency_key: &str,
     gateway: &str,
     amount_cents: u64,
+    token: &str,
 ) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now = now_rfc3339();
-    tx.prepare_cached(
-        "INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'INTENT', ?5)",
+    let amount = i64_of(amount_cents, "the amount")?;
+    let updated = conn
+        .prepare_cached(
+            "UPDATE orders SET invoice = ?2, total_cents = ?3, updated_at = ?4 WHERE id = ?1 AND status = 'PENDING'",
+        )?
+        .execute(params![order_id, draft_invoice, amount, now])?;
+    if updated == 0 {
+        return Err(StoreError::Conflict(format!("order {order_id} is not pending")));
+    }
+    conn.prepare_cached(
+        "INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![order_id, idempotency_key, gateway, amount_cents as i64, now])?;
-    tx.prepare_cached("UPDATE orders SET total_cents = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![
-        order_id,
-        amount_cents as i64,
-        now
-    ])?;
-    tx.commit()?;
+    .execute(params![order_id, idempotency_key, gateway, amount, PaymentStatus::Intent.as_str(), now, token])?;
     Ok(())
 }
 
-/// The order's final state, in one transaction: stock taken (paid) or
-/// released (failed), the payment's outcome, the stored invoice, its events
-/// and the idempotency record; a paid order also empties the cart.
-pub fn settle(conn: &mut Connection, settlement: &Settlement) -> Result<(), StoreError> {
-    let paid = settlement.transaction_id.is_some();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// The order's final state: stock taken (paid) or released (failed), the
+/// payment's outcome, the stored invoice, its events and the answer for its
+/// idempotency key; a paid order also empties the cart.
+pub fn settle(conn: &Connection, settlement: &Settlement) -> Result<(), StoreError> {
+    let paid = settlement.status == OrderStatus::Confirmed;
     let now = now_rfc3339();
-    if paid {
-        commit_holds(&tx, &settlement.order_id)?;
-        tx.prepare_cached("DELETE FROM carts WHERE customer_id = ?1")?.execute([&settlement.customer_id])?;
-    } else {
-        release_holds(&tx, &settlement.order_id)?;
+    let updated = conn
+        .prepare_cached(
+            "UPDATE orders SET status = ?2, invoice = ?3, updated_at = ?4 WHERE id = ?1 AND status = 'PENDING'",
+        )?
+        .execute(params![settlement.order_id, settlement.status.as_str(), settlement.invoice, now])?;
+    if updated == 0 {
+        return Err(StoreError::Conflict(format!("order {} is no longer pending", settlement.order_id)));
     }
-    tx.prepare_cached(
-        "UPDATE payments SET status = ?2, transaction_id = ?3, attempts = ?4, failure = ?5, updated_at = ?6
+    if paid {
+        commit_holds(conn, &settlement.order_id)?;
+        conn.prepare_cached("DELETE FROM carts WHERE customer_id = ?1")?.execute([&settlement.customer_id])?;
+    } else {
+        release_holds(conn, &settlement.order_id)?;
+    }
+    conn.prepare_cached(
+        "UPDATE payments SET status = ?2, transaction_id = ?3, attempts = ?4, failure = ?5, updated_at = ?6,
+             token = NULL
          WHERE order_id = ?1",
     )?
     .execute(params![
         settlement.order_id,
-        if paid { "CAPTURED" } else { "FAILED" },
+        if paid { PaymentStatus::Captured } else { PaymentStatus::Failed }.as_str(),
         settlement.transaction_id,
         settlement.attempts,
         settlement.failure,
         now
     ])?;
-    let updated = tx
-        .prepare_cached(
-            "UPDATE orders SET status = ?2, invoice = ?3, updated_at = ?4 WHERE id = ?1 AND status = 'PENDING'",
-        )?
-        .execute(params![
-            settlement.order_id,
-            if paid { "CONFIRMED" } else { "PAYMENT_FAILED" },
-            settlement.invoice.to_string(),
-            now
-        ])?;
-    if updated == 0 {
-        return Err(StoreError::Conflict(format!("order {} is no longer pending", settlement.order_id)));
-    }
-    insert_events(&tx, &settlement.order_id, &settlement.events)?;
-    if let Some(record) = &settlement.idempotency {
-        tx.prepare_cached(
-            "INSERT INTO idempotency (channel, key, request_hash, order_id, status_code, body, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (channel, key) DO UPDATE SET order_id = ?4, status_code = ?5, body = ?6",
-        )?
-        .execute(params![
-            record.channel,
-            record.key,
-            record.request_hash,
-            settlement.order_id,
-            record.status_code,
-            record.body,
-            now
-        ])?;
-    }
-    tx.commit()?;
+    insert_events(conn, &settlement.order_id, &settlement.events)?;
+    conn.prepare_cached(
+        "UPDATE idempotency SET status_code = ?2, body = ?3 WHERE order_id = ?1 AND status_code IS NULL",
+    )?
+    .execute(params![settlement.order_id, settlement.answer.status_code, settlement.answer.body])?;
     Ok(())
 }
 
@@ -293,27 +391,20 @@ fn insert_events(conn: &Connection, order_id: &str, events: &[NewEvent]) -> Resu
     let mut insert = conn.prepare_cached(
         "INSERT INTO outbox (id, order_id, type, envelope, state, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    let now = now_ms();
+    let now = super::now_ms();
     for event in events {
-        let state = if event.envelope.is_some() { "READY" } else { "AWAITING_VERDICT" };
-        insert.execute(params![
-            event.id,
-            order_id,
-            event.kind,
-            event.envelope.as_ref().map(Value::to_string),
-            state,
-            now
-        ])?;
+        let state = if event.envelope.is_some() { OutboxState::Ready } else { OutboxState::AwaitingVerdict };
+        insert.execute(params![event.id, order_id, event.kind.as_str(), event.envelope, state.as_str(), now])?;
     }
     Ok(())
 }
 
+const ORDER_COLUMNS: &str =
+    "id, customer_id, channel, status, total_cents, currency, created_at, invoice, fraud_review";
+
 pub fn get_order(conn: &Connection, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
     let row = conn
-        .prepare_cached(
-            "SELECT id, customer_id, status, total_cents, currency, created_at, invoice, fraud_review
-             FROM orders WHERE id = ?1",
-        )?
+        .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?
         .query_row([order_id], stored_order)
         .optional()?;
     row.transpose()
@@ -322,19 +413,19 @@ pub fn get_order(conn: &Connection, order_id: &str) -> Result<Option<StoredOrder
 type RowResult = rusqlite::Result<Result<StoredOrder, StoreError>>;
 
 fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
-    let invoice: Option<String> = r.get(6)?;
-    let review: Option<String> = r.get(7)?;
-    let parse = |s: Option<String>| s.map(|s| serde_json::from_str::<Value>(&s)).transpose();
+    let status: String = r.get(3)?;
+    let review: Option<String> = r.get(8)?;
     Ok((|| {
         Ok(StoredOrder {
-            id: r.get(0).map_err(StoreError::from)?,
-            customer_id: r.get(1).map_err(StoreError::from)?,
-            status: r.get(2).map_err(StoreError::from)?,
-            total_cents: r.get::<_, i64>(3).map_err(StoreError::from)? as u64,
-            currency: r.get(4).map_err(StoreError::from)?,
-            created_at: r.get(5).map_err(StoreError::from)?,
-            invoice: parse(invoice)?,
-            fraud_review: parse(review)?,
+            id: r.get(0)?,
+            customer_id: r.get(1)?,
+            channel: r.get(2)?,
+            status: status.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+            total_cents: r.get::<_, i64>(4)? as u64,
+            currency: r.get(5)?,
+            created_at: r.get(6)?,
+            invoice: r.get(7)?,
+            fraud_review: review.map(|s| serde_json::from_str::<Value>(&s)).transpose()?,
         })
     })())
 }
@@ -346,73 +437,74 @@ fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
 /// of the fraction (`…:05Z`, `…:05.3Z`, `…:05.312Z`), so it does not sort.
 pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT o.id, p.idempotency_key, p.amount_cents FROM orders o
+        "SELECT o.id, p.idempotency_key, p.amount_cents, o.currency, p.token FROM orders o
          LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'INTENT'
          WHERE o.status = 'PENDING' AND julianday(o.updated_at) <= julianday(?1)",
     )?;
     let mut unpaid = Vec::new();
     let mut intents = Vec::new();
     let rows = stmt.query_map([updated_before], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
     })?;
     for row in rows {
         match row? {
-            (order_id, Some(idempotency_key), Some(amount)) => {
-                intents.push(OpenIntent { order_id, idempotency_key, amount_cents: amount as u64 })
+            (order_id, Some(idempotency_key), Some(amount), currency, token) => {
+                intents.push(OpenIntent { order_id, idempotency_key, amount_cents: amount as u64, currency, token })
             }
-            (order_id, _, _) => unpaid.push(order_id),
+            (order_id, ..) => unpaid.push(order_id),
         }
     }
     Ok((unpaid, intents))
 }
 
-/// Settled orders whose fraud checks have not run yet (oldest first).
-pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, customer_id, status, total_cents, currency, created_at, invoice, fraud_review FROM orders
-         WHERE id IN (SELECT DISTINCT order_id FROM outbox
-                      WHERE state = 'AWAITING_VERDICT' AND state != 'DELIVERED') LIMIT ?1",
-    )?;
-    let rows = stmt.query_map([limit as i64], stored_order)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row??);
+/// Settled orders whose fraud checks have not run yet, with their waiting events.
+pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
+    let mut waiting: Vec<(String, String)> = conn
+        .prepare_cached("SELECT order_id, id FROM outbox WHERE state = 'AWAITING_VERDICT' ORDER BY seq LIMIT ?1")?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    waiting.sort();
+    let mut out: Vec<AwaitingReview> = Vec::new();
+    for (order_id, event_id) in waiting {
+        match out.last_mut() {
+            Some(last) if last.order.id == order_id => last.event_ids.push(event_id),
+            _ => {
+                if let Some(order) = get_order(conn, &order_id)? {
+                    out.push(AwaitingReview { order, event_ids: vec![event_id] });
+                }
+            }
+        }
     }
     Ok(out)
 }
 
-/// Stores the fraud verdict on the order and readies its fraud event.
-pub fn record_verdict(
-    conn: &mut Connection,
-    order_id: &str,
-    review: &Value,
-    action: &str,
-    build_envelope: impl Fn(&str) -> Value,
-) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.prepare_cached("UPDATE orders SET fraud_review = ?2, fraud_action = ?3 WHERE id = ?1")?.execute(params![
-        order_id,
-        review.to_string(),
-        action
-    ])?;
-    let ids: Vec<String> = tx
-        .prepare_cached("SELECT id FROM outbox WHERE order_id = ?1 AND state = 'AWAITING_VERDICT'")?
-        .query_map([order_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in ids {
-        tx.prepare_cached("UPDATE outbox SET envelope = ?2, state = 'READY' WHERE id = ?1")?
-            .execute(params![id, build_envelope(&id).to_string()])?;
+/// Stores fraud verdicts on their orders and readies their fraud events.
+pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), StoreError> {
+    let mut review = conn.prepare_cached("UPDATE orders SET fraud_review = ?2, fraud_action = ?3 WHERE id = ?1")?;
+    let mut ready = conn.prepare_cached(
+        "UPDATE outbox SET envelope = ?2, state = 'READY' WHERE id = ?1 AND state = 'AWAITING_VERDICT'",
+    )?;
+    for verdict in verdicts {
+        review.execute(params![verdict.order_id, verdict.review, verdict.action])?;
+        for (id, envelope) in &verdict.envelopes {
+            ready.execute(params![id, envelope])?;
+        }
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Orders whose fraud review is ESCALATE, newest first.
 pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, customer_id, status, total_cents, currency, created_at, invoice, fraud_review FROM orders
-         WHERE fraud_action = 'ESCALATE' ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE fraud_action = 'ESCALATE' ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1"
+    ))?;
     let rows = stmt.query_map([limit as i64], stored_order)?;
     let mut out = Vec::new();
     for row in rows {
@@ -421,76 +513,25 @@ pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, 
     Ok(out)
 }
 
-/// An event ready to deliver.
-#[derive(Debug, Clone)]
-pub struct DueEvent {
-    pub seq: i64,
-    pub id: String,
-    pub kind: String,
-    pub envelope: String,
-    pub attempts: u32,
-}
-
-/// Up to `limit` READY events whose next attempt is due, oldest first.
-pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, type, envelope, attempts FROM outbox
-         WHERE state = 'READY' AND state != 'DELIVERED' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
-        Ok(DueEvent { seq: r.get(0)?, id: r.get(1)?, kind: r.get(2)?, envelope: r.get(3)?, attempts: r.get(4)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn mark_delivered(conn: &mut Connection, seqs: &[i64]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached("UPDATE outbox SET state = 'DELIVERED', delivered_ms = ?2 WHERE seq = ?1")?;
-        let now = now_ms();
-        for seq in seqs {
-            stmt.execute(params![seq, now])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-pub fn mark_retry(conn: &mut Connection, seqs: &[i64], error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_ms = ?3 WHERE seq = ?1",
-        )?;
-        for seq in seqs {
-            stmt.execute(params![seq, error, next_attempt_ms])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Events not yet delivered, and the age in ms of the oldest of them.
-pub fn outbox_backlog(conn: &Connection) -> Result<(u64, i64), StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")?
-        .query_row([], |r| {
-            let oldest: i64 = r.get(1)?;
-            Ok((r.get::<_, i64>(0)? as u64, if oldest == 0 { 0 } else { now_ms() - oldest }))
-        })?)
-}
-
-/// The stored answer for an idempotency key, if the key was used.
-pub fn idempotent_answer(
-    conn: &Connection,
-    channel: &str,
-    key: &str,
-) -> Result<Option<(String, u16, String)>, StoreError> {
-    Ok(conn
+/// What the idempotency key `(channel, key)` holds, if it was used.
+pub fn key_record(conn: &Connection, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+    let row = conn
         .prepare_cached(
-            "SELECT request_hash, status_code, body FROM idempotency
-             WHERE channel = ?1 AND key = ?2 AND status_code IS NOT NULL",
+            "SELECT request_hash, order_id, status_code, body FROM idempotency WHERE channel = ?1 AND key = ?2",
         )?
-        .query_row(params![channel, key], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u16, r.get(2)?)))
-        .optional()?)
+        .query_row(params![channel, key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.map(|(request_hash, order_id, status, body)| match (status, body) {
+        (Some(status), Some(body)) => {
+            KeyRecord::Answered { request_hash, answer: Answer { status_code: status as u16, body } }
+        }
+        _ => KeyRecord::InFlight { request_hash, order_id: order_id.unwrap_or_default() },
+    }))
 }

@@ -137,6 +137,29 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX outbox_by_order ON outbox (order_id);
     "#,
+    // 4: the idempotency key is claimed when the order is created (its
+    // answer filled in at settlement, found by order); the sandbox gateway's
+    // ledger moves into this database (one writer, one commit); sinks'
+    // positions are recorded with the delivery marks (exactly once in files).
+    r#"
+    CREATE INDEX idempotency_by_order ON idempotency (order_id);
+    CREATE TABLE sandbox_charges (
+        idempotency_key TEXT PRIMARY KEY,
+        transaction_id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+        currency TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    -- The customer's payment token, kept only while the payment is in
+    -- flight (INTENT) so that recovery can re-drive it with the order's
+    -- own gateway key; erased when the order settles or is undone.
+    ALTER TABLE payments ADD COLUMN token TEXT;
+    CREATE TABLE sink_positions (
+        stream TEXT PRIMARY KEY,
+        offset INTEGER NOT NULL CHECK (offset >= 0)
+    );
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

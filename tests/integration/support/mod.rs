@@ -62,8 +62,8 @@ use std::time::Duration;
 
 use smartmart::app::{Dataset, Engine, EngineSettings};
 use smartmart::pipeline::validate::mint_token;
-use smartmart::pipeline::{Invoice, OrderError, OrderRequest};
-use smartmart::store::catalog::{self, CartItem, StockLevel};
+use smartmart::pipeline::{OrderError, OrderRequest, Placed};
+use smartmart::store::catalog::{CartItem, StockLevel};
 use tempfile::TempDir;
 
 /// The identity secret of the test engines.
@@ -119,12 +119,21 @@ impl TestEngine {
         self.dir.path()
     }
 
-    /// Runs `f` on the store's connection.
+    /// Runs `f` on a connection of the test's own to the engine's database
+    /// (to look at what the store did, or to reach around it on purpose).
     pub async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> T {
-        self.engine.pipeline.store.run(move |c| Ok(f(c)?)).await.expect("querying the store")
+        let path = self.data_dir().join("smartmart.sqlite");
+        tokio::task::spawn_blocking(move || {
+            let mut conn = rusqlite::Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            f(&mut conn)
+        })
+        .await
+        .expect("the query task")
+        .expect("querying the store")
     }
 
     /// Replaces `customer`'s cart with `items` (sku, quantity).
@@ -132,29 +141,18 @@ impl TestEngine {
         let customer = customer.to_string();
         let items: Vec<CartItem> =
             items.iter().map(|(sku, quantity)| CartItem { sku: sku.to_string(), quantity: *quantity }).collect();
-        self.engine
-            .pipeline
-            .store
-            .run(move |c| catalog::replace_cart(c, &customer, &items))
-            .await
-            .expect("filling the cart");
+        self.engine.pipeline.store.replace_cart(&customer, items).await.expect("filling the cart");
     }
 
     /// `customer`'s cart as (sku, quantity).
     pub async fn cart(&self, customer: &str) -> Vec<(String, u32)> {
         let customer = customer.to_string();
-        let (lines, _) =
-            self.engine.pipeline.store.run(move |c| catalog::cart_lines(c, &customer)).await.expect("reading the cart");
+        let (lines, _) = self.engine.pipeline.store.cart(&customer).await.expect("reading the cart");
         lines.into_iter().map(|l| (l.sku, l.quantity)).collect()
     }
 
     /// Places an order from `customer`'s current cart with a valid token.
-    pub async fn place(
-        &self,
-        customer: &str,
-        payment_token: &str,
-        coupon: Option<&str>,
-    ) -> Result<Invoice, OrderError> {
+    pub async fn place(&self, customer: &str, payment_token: &str, coupon: Option<&str>) -> Result<Placed, OrderError> {
         self.engine.pipeline.place_order(order_request(customer, payment_token, coupon)).await
     }
 
@@ -165,7 +163,7 @@ impl TestEngine {
         items: &[(&str, u32)],
         payment_token: &str,
         coupon: Option<&str>,
-    ) -> Result<Invoice, OrderError> {
+    ) -> Result<Placed, OrderError> {
         self.fill_cart(customer, items).await;
         self.place(customer, payment_token, coupon).await
     }
@@ -173,7 +171,7 @@ impl TestEngine {
     /// Stock of `sku` in every warehouse that lists it.
     pub async fn stock(&self, sku: &str) -> Vec<StockLevel> {
         let sku = sku.to_string();
-        self.engine.pipeline.store.run(move |c| catalog::stock_of_sku(c, &sku)).await.expect("reading stock")
+        self.engine.pipeline.store.stock_of_sku(&sku).await.expect("reading stock")
     }
 
     /// Stock of `sku` in `warehouse_id`.

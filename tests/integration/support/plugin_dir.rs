@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::Engine;
-use smartmart::pipeline::{Invoice, OrderError, Pipeline};
+use smartmart::pipeline::{OrderError, Pipeline, Placed};
 use smartmart::rules::ModuleIdentity;
 use smartmart::rules::reload::ReloadStatus;
 use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{self, CartItem, Customer, Product};
+use smartmart::store::catalog::{CartItem, Customer, Product};
 use tempfile::TempDir;
 
 use super::{bundled_plugins, order_request, wasm};
@@ -169,30 +169,20 @@ pub async fn wait_for_refusal(engine: &Engine, refused_before: u64) -> ReloadSta
 /// Customers `<prefix>-000`.. with the given tiers (cycled), all active, in Bangalore.
 pub async fn add_customers(pipeline: &Pipeline, prefix: &str, count: usize, tiers: &[Tier]) -> Vec<String> {
     let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n:03}")).collect();
-    let (rows, tiers) = (ids.clone(), tiers.to_vec());
-    pipeline
-        .store
-        .run(move |c| {
-            let tx = c.transaction()?;
-            for (n, id) in rows.iter().enumerate() {
-                catalog::upsert_customer(
-                    &tx,
-                    &Customer {
-                        id: id.clone(),
-                        name: format!("Test customer {n}"),
-                        email: format!("test{n}@example.com"),
-                        phone: format!("+91-80-0000-{n:04}"),
-                        tier: tiers[n % tiers.len()],
-                        status: AccountStatus::Active,
-                        location: GeoPoint { lat: 12.9716, lon: 77.5946 },
-                    },
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
+    let customers = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| Customer {
+            id: id.clone(),
+            name: format!("Test customer {n}"),
+            email: format!("test{n}@example.com"),
+            phone: format!("+91-80-0000-{n:04}"),
+            tier: tiers[n % tiers.len()],
+            status: AccountStatus::Active,
+            location: GeoPoint { lat: 12.9716, lon: 77.5946 },
         })
-        .await
-        .expect("adding customers");
+        .collect();
+    pipeline.store.load_catalog(customers, vec![], vec![], vec![]).await.expect("adding customers");
     ids
 }
 
@@ -207,40 +197,22 @@ pub async fn add_products(pipeline: &Pipeline, products: &[(&str, u64)]) {
             unit_price_cents: *price,
         })
         .collect();
-    pipeline
-        .store
-        .run(move |c| {
-            for product in &products {
-                catalog::upsert_product(c, product)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("adding products");
+    pipeline.store.load_catalog(vec![], products, vec![], vec![]).await.expect("adding products");
 }
 
 /// Ten million units of each sku in every warehouse.
 pub async fn plenty_of_stock(pipeline: &Pipeline, skus: &[&str]) {
-    let skus: Vec<String> = skus.iter().map(|s| s.to_string()).collect();
-    pipeline
-        .store
-        .run(move |c| {
-            for warehouse in WAREHOUSES {
-                for sku in &skus {
-                    catalog::set_stock(c, warehouse, sku, 10_000_000)?;
-                }
-            }
-            Ok(())
-        })
-        .await
-        .expect("stocking up");
+    let stock = WAREHOUSES
+        .iter()
+        .flat_map(|warehouse| skus.iter().map(move |sku| (warehouse.to_string(), sku.to_string(), 10_000_000)))
+        .collect();
+    pipeline.store.load_catalog(vec![], vec![], vec![], stock).await.expect("stocking up");
 }
 
 /// Fills `customer`'s cart with `items`, then places the order (tok_ok, no coupon).
-pub async fn order_on(pipeline: &Pipeline, customer: &str, items: &[(&str, u32)]) -> Result<Invoice, OrderError> {
+pub async fn order_on(pipeline: &Pipeline, customer: &str, items: &[(&str, u32)]) -> Result<Placed, OrderError> {
     let items: Vec<CartItem> =
         items.iter().map(|(sku, quantity)| CartItem { sku: sku.to_string(), quantity: *quantity }).collect();
-    let id = customer.to_string();
-    pipeline.store.run(move |c| catalog::replace_cart(c, &id, &items)).await.expect("filling the cart");
+    pipeline.store.replace_cart(customer, items).await.expect("filling the cart");
     pipeline.place_order(order_request(customer, "tok_ok", None)).await
 }

@@ -1,0 +1,146 @@
+//! The states an order and its parts go through, as enums stored as text.
+//!
+//! Each is matched in one place (here) when read back from the store; every
+//! other module speaks the enum. The texts are part of the API (`status` of
+//! an invoice, `type` of an event) and of the schema's CHECK constraints.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Defines a text-backed enum: `as_str`, `Display`, `FromStr` and serde
+/// as the same upper/lower-case words.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored and serialised text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        // So that a test or a handler can compare with the API's text.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownText;
+
+            fn from_str(s: &str) -> Result<Self, UnknownText> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownText { kind: stringify!($name), text: other.to_string() }),
+                }
+            }
+        }
+    };
+}
+
+/// A stored text that names no value of the enum (a hand-edited database,
+/// or a newer binary's data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {text:?}")]
+pub struct UnknownText {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+text_enum! {
+    /// Where an order is in its saga (see the diagram in `store::orders`).
+    OrderStatus {
+        /// Stock held; payment not settled yet.
+        Pending = "PENDING",
+        Confirmed = "CONFIRMED",
+        PaymentFailed = "PAYMENT_FAILED",
+        /// Undone before payment (a failed leg, or interrupted by a crash).
+        Cancelled = "CANCELLED",
+    }
+}
+
+text_enum! {
+    /// The payment of an order.
+    PaymentStatus {
+        /// Not asked yet (only in a draft invoice).
+        Pending = "PENDING",
+        /// Recorded before the gateway is asked: a crash after it is reconciled.
+        Intent = "INTENT",
+        Captured = "CAPTURED",
+        Failed = "FAILED",
+    }
+}
+
+text_enum! {
+    /// The three events of every order that reaches payment.
+    EventKind {
+        Audit = "audit",
+        Analytics = "analytics",
+        Fraud = "fraud",
+    }
+}
+
+text_enum! {
+    /// An event's place in the outbox.
+    OutboxState {
+        /// The fraud event, until the fraud checks have run.
+        AwaitingVerdict = "AWAITING_VERDICT",
+        Ready = "READY",
+        Delivered = "DELIVERED",
+    }
+}
+
+text_enum! {
+    /// The units of one reservation line.
+    HoldState {
+        Held = "HELD",
+        /// Taken out of stock for good (the order was paid).
+        Committed = "COMMITTED",
+        Released = "RELEASED",
+    }
+}
+
+text_enum! {
+    /// The rule slots: where a rule module plugs into the pipeline.
+    Slot {
+        Discount = "discount",
+        Warehouse = "warehouse",
+        Fraud = "fraud",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_reads_back_from_its_text() {
+        for status in OrderStatus::ALL {
+            assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), *status);
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(kind.to_string().parse::<EventKind>().unwrap(), *kind);
+        }
+        assert!("confirmed".parse::<OrderStatus>().is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The outbox: events written with their order, delivered after the answer.
+//! A sink that keeps a position (the JSON Lines files: a byte offset) has
+//! it recorded in the same transaction as the delivery marks, so a restart
+//! resumes exactly where the last recorded delivery ended.
+
+use rusqlite::{Connection, params};
+
+use super::{StoreError, now_ms};
+use crate::domain::EventKind;
+
+/// An event ready to deliver.
+#[derive(Debug, Clone)]
+pub struct DueEvent {
+    pub seq: i64,
+    pub id: String,
+    pub kind: EventKind,
+    pub envelope: String,
+    pub attempts: u32,
+}
+
+/// Where a sink's stream of one event type ends once a delivery is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkPosition {
+    /// The sink and stream, e.g. `jsonl:audit`.
+    pub stream: String,
+    pub offset: u64,
+}
+
+/// Up to `limit` READY events whose next attempt is due, oldest first.
+pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, type, envelope, attempts FROM outbox
+         WHERE state = 'READY' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, id, kind, envelope, attempts) = row?;
+        let kind = kind.parse().map_err(|e| StoreError::Corrupt(format!("outbox row {seq}: {e}")))?;
+        out.push(DueEvent { seq, id, kind, envelope, attempts });
+    }
+    Ok(out)
+}
+
+/// Marks events delivered and records where the sink's stream now ends.
+pub fn mark_delivered(conn: &Connection, seqs: &[i64], position: Option<&SinkPosition>) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE outbox SET state = 'DELIVERED', delivered_ms = ?2 WHERE seq = ?1 AND state = 'READY'",
+    )?;
+    let now = now_ms();
+    for seq in seqs {
+        stmt.execute(params![seq, now])?;
+    }
+    if let Some(position) = position {
+        conn.prepare_cached(
+            "INSERT INTO sink_positions (stream, offset) VALUES (?1, ?2)
+             ON CONFLICT (stream) DO UPDATE SET offset = ?2",
+        )?
+        .execute(params![position.stream, position.offset as i64])?;
+    }
+    Ok(())
+}
+
+pub fn mark_retry(conn: &Connection, seqs: &[i64], error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_ms = ?3 WHERE seq = ?1",
+    )?;
+    for seq in seqs {
+        stmt.execute(params![seq, error, next_attempt_ms])?;
+    }
+    Ok(())
+}
+
+/// Every recorded sink position.
+pub fn sink_positions(conn: &Connection) -> Result<Vec<SinkPosition>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT stream, offset FROM sink_positions ORDER BY stream")?;
+    let rows = stmt.query_map([], |r| Ok(SinkPosition { stream: r.get(0)?, offset: r.get::<_, i64>(1)? as u64 }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Events not yet delivered, and the age in ms of the oldest of them.
+pub fn outbox_backlog(conn: &Connection) -> Result<(u64, i64), StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")?
+        .query_row([], |r| {
+            let oldest: i64 = r.get(1)?;
+            Ok((r.get::<_, i64>(0)? as u64, if oldest == 0 { 0 } else { now_ms() - oldest }))
+        })?)
+}

@@ -1,0 +1,356 @@
+//! Crash safety as a client sees it: the real `smartmart serve` binary is
+//! SIGKILLed under load, several times, while clients keep retrying their
+//! orders with the same `Idempotency-Key` (as a real client would after a
+//! lost answer). Afterwards every key has exactly one order, every answer a
+//! client got matches that order's final stored state (byte for byte for a
+//! 201), no charge exists without a CONFIRMED order, and every confirmed
+//! order has exactly one audit, analytics and fraud line in the event files,
+//! every line whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::crash::event_ids_in_file;
+use crate::support::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY, token};
+use crate::support::{SECRET, bundled_plugins, demo_dataset};
+
+/// Customers, each ordering once under its own key.
+const CUSTOMERS: usize = 400;
+/// Clients sending at once.
+const CLIENTS: usize = 16;
+/// SIGKILLs while the clients run.
+const KILLS: usize = 3;
+const SKU: &str = "CRASH-CABLE";
+
+/// The service as a child process on a fixed port and data dir.
+struct Service {
+    child: Child,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+impl Service {
+    fn spawn(data_dir: &Path, port: u16) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
+            .args(["serve", "--demo-data"])
+            .arg(demo_dataset())
+            .env("SMARTMART_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SMARTMART_DATA_DIR", data_dir)
+            .env("SMARTMART_PLUGINS_DIR", bundled_plugins())
+            .env("SMARTMART_CHANNEL_KEYS", format!("web:{WEB_KEY},mobile:{MOBILE_KEY},partner:{PARTNER_KEY}"))
+            .env("SMARTMART_ADMIN_KEY", ADMIN_KEY)
+            .env("SMARTMART_IDENTITY_SECRET", std::str::from_utf8(SECRET).unwrap())
+            .env("SMARTMART_WATCH_PLUGINS", "false")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting smartmart serve");
+        Service { child, port, data_dir: data_dir.to_owned() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn wait_ready(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(answer) = client.get(self.url("/readyz")).send().await
+                && answer.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the service exited while starting: {status}");
+            }
+            assert!(Instant::now() < deadline, "the service never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the service");
+    }
+
+    fn restart(&mut self) {
+        *self = Service::spawn(&self.data_dir.clone(), self.port);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn customer(n: usize) -> String {
+    format!("C-CRASH-{n:04}")
+}
+
+fn payment_token(n: usize) -> &'static str {
+    match n % 10 {
+        3 => "tok_decline",
+        6 => "tok_transient_1",
+        _ => "tok_ok",
+    }
+}
+
+async fn admin_put(client: &reqwest::Client, service: &Service, path: &str, body: Value) {
+    let answer = client.put(service.url(path)).bearer_auth(ADMIN_KEY).json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "PUT {path}: {}", answer.text().await.unwrap_or_default());
+}
+
+async fn seed(client: &reqwest::Client, service: &Service) {
+    admin_put(
+        client,
+        service,
+        &format!("/v1/admin/products/{SKU}"),
+        json!({"name": "Crash-test cable", "category": "accessories", "unit_price_cents": 1_999}),
+    )
+    .await;
+    admin_put(client, service, &format!("/v1/admin/stock/WH-BLR/{SKU}"), json!({"on_hand": 1_000_000})).await;
+    for n in 0..CUSTOMERS {
+        let id = customer(n);
+        let tier = ["GOLD", "SILVER", "STANDARD"][n % 3];
+        admin_put(
+            client,
+            service,
+            &format!("/v1/admin/customers/{id}"),
+            json!({"name": format!("Crash {n}"), "email": format!("crash{n}@example.com"), "phone": "+1-555-0100",
+                   "tier": tier, "status": "ACTIVE", "location": {"lat": 12.97, "lon": 77.59}}),
+        )
+        .await;
+        let answer = client
+            .put(service.url(&format!("/v1/carts/{id}")))
+            .bearer_auth(WEB_KEY)
+            .header("X-Customer-Token", token(&id))
+            .json(&json!({"items": [{"sku": SKU, "quantity": 1 + n % 3}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+}
+
+/// What a client finally got for its key.
+#[derive(Debug, Clone)]
+struct Final {
+    status: u16,
+    body: String,
+}
+
+#[derive(Default)]
+struct Seen {
+    connection_errors: AtomicUsize,
+    in_progress: AtomicUsize,
+    unavailable: AtomicUsize,
+}
+
+/// Sends customer `n`'s order until it gets a final answer (201 or 402),
+/// retrying with the same key through kills and `IDEMPOTENCY_IN_PROGRESS`.
+async fn order_until_final(client: &reqwest::Client, port: u16, n: usize, seen: &Seen) -> Final {
+    let id = customer(n);
+    let body = json!({"customer_id": id, "payment": {"token": payment_token(n)}}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "no final answer for {id}");
+        let sent = client
+            .post(format!("http://127.0.0.1:{port}/v1/orders"))
+            .bearer_auth(WEB_KEY)
+            .header("X-Customer-Token", token(&id))
+            .header("Idempotency-Key", format!("crash-key-{n}"))
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The service is down (killed): ask again, same key.
+                seen.connection_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                continue;
+            }
+        };
+        let status = answer.status().as_u16();
+        let retry_after = answer.headers().get("retry-after").cloned();
+        let Ok(text) = answer.text().await else {
+            seen.connection_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match status {
+            201 | 402 => return Final { status, body: text },
+            409 if text.contains("IDEMPOTENCY_IN_PROGRESS") => {
+                assert!(retry_after.is_some(), "409 IDEMPOTENCY_IN_PROGRESS without Retry-After");
+                seen.in_progress.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Shutting down or the store briefly unavailable: retryable.
+            503 => {
+                seen.unavailable.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{id}: unexpected {other} {text}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(0).build().unwrap();
+    let mut service = Service::spawn(&data_dir, port);
+    service.wait_ready(&client).await;
+    seed(&client, &service).await;
+
+    // The clients: each takes the next customer until none is left.
+    let next = Arc::new(AtomicUsize::new(0));
+    let finals: Arc<Mutex<BTreeMap<usize, Final>>> = Arc::default();
+    let seen = Arc::new(Seen::default());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, next, finals, seen) = (client.clone(), next.clone(), finals.clone(), seen.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= CUSTOMERS {
+                        return;
+                    }
+                    let answer = order_until_final(&client, port, n, &seen).await;
+                    finals.lock().await.insert(n, answer);
+                }
+            })
+        })
+        .collect();
+
+    // Kill the service while the orders flow; start it again each time.
+    for kill in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rand::random_range(150..=700))).await;
+        let done = finals.lock().await.len();
+        service.kill();
+        eprintln!("kill {}: {done} of {CUSTOMERS} orders answered before it", kill + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        service.restart();
+        service.wait_ready(&client).await;
+    }
+    for client in clients {
+        client.await.expect("a client task");
+    }
+    let finals = finals.lock().await.clone();
+    eprintln!(
+        "answers: {} ({} connection errors, {} IDEMPOTENCY_IN_PROGRESS, {} unavailable on the way)",
+        finals.len(),
+        seen.connection_errors.load(Ordering::Relaxed),
+        seen.in_progress.load(Ordering::Relaxed),
+        seen.unavailable.load(Ordering::Relaxed)
+    );
+    assert_eq!(finals.len(), CUSTOMERS);
+
+    // A retry now, after every restart, replays the recorded answer byte for byte.
+    for (n, first) in &finals {
+        let again = order_until_final(&client, port, *n, &seen).await;
+        assert_eq!((again.status, &again.body), (first.status, &first.body), "replay for {}", customer(*n));
+    }
+
+    // Let the fraud checks and the dispatcher finish, then stop gracefully.
+    let db = data_dir.join("smartmart.sqlite");
+    let read = || {
+        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: i64 =
+            read().query_row("SELECT count(*) FROM outbox WHERE state != 'DELIVERED'", [], |r| r.get(0)).unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} events never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new("kill").args(["-TERM", &service.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = service.child.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit}");
+
+    let conn = read();
+    let orders: BTreeMap<String, (String, String, String)> = {
+        let mut stmt = conn.prepare("SELECT id, customer_id, status, coalesce(invoice, '') FROM orders").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    // Every key: exactly one order, finished, and the client's answer is its final state.
+    let mut by_customer: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, (customer_id, _, _)) in &orders {
+        by_customer.entry(customer_id.as_str()).or_default().push(id.as_str());
+    }
+    let mut confirmed = BTreeSet::new();
+    for (n, answer) in &finals {
+        let who = customer(*n);
+        let ids = by_customer.get(who.as_str()).cloned().unwrap_or_default();
+        assert_eq!(ids.len(), 1, "{who} (key crash-key-{n}) has orders {ids:?}");
+        let (_, status, invoice) = &orders[ids[0]];
+        match answer.status {
+            201 => {
+                assert_eq!(status, "CONFIRMED", "{who} was answered 201");
+                assert_eq!(&answer.body, invoice, "{who}: the 201 body is the stored invoice, byte for byte");
+                confirmed.insert(ids[0].to_string());
+            }
+            _ => {
+                assert_eq!(status, "PAYMENT_FAILED", "{who} was answered {}", answer.status);
+                let body: Value = serde_json::from_str(&answer.body).unwrap();
+                let stored: Value = serde_json::from_str(invoice).unwrap();
+                assert_eq!(body["order"], stored, "{who}: the 402 order is the stored order");
+                assert_eq!(body["error"]["code"], "PAYMENT_FAILED");
+            }
+        }
+        let declined = payment_token(*n) == "tok_decline";
+        assert_eq!(answer.status == 402, declined, "{who} paid with {}", payment_token(*n));
+    }
+    // Only the test's customers ordered, and nothing is left PENDING.
+    assert_eq!(orders.len(), CUSTOMERS, "orders beyond one per key");
+
+    // No charge without a CONFIRMED order, one per confirmed order.
+    let mut stmt = conn.prepare("SELECT idempotency_key FROM sandbox_charges").unwrap();
+    let charged: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+    let charged_orders: BTreeSet<String> =
+        charged.iter().map(|k| k.strip_prefix("pay_").expect("pay_<order id>").to_string()).collect();
+    assert_eq!(charged.len(), charged_orders.len(), "an order charged twice");
+    assert_eq!(charged_orders, confirmed, "charges and CONFIRMED orders differ");
+
+    // Exactly one audit, analytics and fraud line per confirmed order; every line parses.
+    for kind in ["audit", "analytics", "fraud"] {
+        let ids = event_ids_in_file(&data_dir, kind);
+        let text = std::fs::read_to_string(data_dir.join("events").join(format!("{kind}.jsonl"))).unwrap();
+        let mut per_order: BTreeMap<String, usize> = BTreeMap::new();
+        for line in text.lines() {
+            let event: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(event["channel"], "web", "{kind} event without the channel: {line}");
+            *per_order.entry(event["order_id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+        assert_eq!(ids.len(), per_order.values().sum::<usize>());
+        for order_id in &confirmed {
+            assert_eq!(per_order.get(order_id), Some(&1), "{kind} lines of confirmed order {order_id}");
+        }
+    }
+}
