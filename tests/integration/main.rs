@@ -10,4 +10,10 @@ mod payment;
 mod pipeline;
 mod reload;
 mod rules;
+mod sandbox_edges;
 mod support;
+
+/// Counts heap bytes per thread (`support::alloc_meter`), so that tests can
+/// bound what one rule call makes the host allocate.
+#[global_allocator]
+static ALLOCATOR: support::alloc_meter::Counting = support::alloc_meter::Counting;

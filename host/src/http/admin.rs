@@ -303,3 +303,13 @@ pub async fn get_escalations(
             .collect(),
     ))
 }
+
+/// The most recent rule failures answered `RULE_FAILED` (at most 256, this
+/// process only), newest first, with the full cause each `error_id` stands
+/// for: the guest's panic message or error text, which clients never see.
+#[utoipa::path(get, path = "/v1/admin/rule-errors", tag = "admin",
+    responses((status = 200, body = [super::rule_errors::RuleErrorRecord]), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn get_rule_errors(_admin: Admin) -> Json<Vec<super::rule_errors::RuleErrorRecord>> {
+    Json(super::rule_errors::recent())
+}

@@ -64,7 +64,14 @@ impl IntoResponse for ApiError {
 
 impl From<OrderError> for ApiError {
     fn from(e: OrderError) -> Self {
-        ApiError { code: e.code(), message: e.to_string(), body: Some(e.body()), details: None }
+        let mut body = e.body();
+        // A failed rule's cause is the guest's text: it goes to the log and
+        // the operators' list under an error id, and the client gets the id.
+        if let OrderError::RuleFailed { slot, module, cause } = &e {
+            let error_id = super::rule_errors::record(slot, module, cause);
+            body["error"]["details"]["error_id"] = json!(error_id);
+        }
+        ApiError { code: e.code(), message: e.public_message(), body: Some(body), details: None }
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - [`auth`]: channel and admin keys, customer tokens;
 //! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;
-//! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks.
+//! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
+//! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
 
 pub mod admin;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod json;
 pub mod ops;
 pub mod orders;
+pub mod rule_errors;
 pub mod validate;
 
 use std::sync::Arc;
@@ -103,6 +105,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_plugins))
         .routes(routes!(admin::get_experiments))
         .routes(routes!(admin::get_escalations))
+        .routes(routes!(admin::get_rule_errors))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

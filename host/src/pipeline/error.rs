@@ -133,9 +133,24 @@ impl OrderError {
         }
     }
 
+    /// The error's message for the client. A failed rule's cause quotes the
+    /// guest (its panic message, its error text): the client is told which
+    /// rule failed and how (`cause` in the details), never what it said.
+    pub fn public_message(&self) -> String {
+        match self {
+            OrderError::RuleFailed { slot, module, cause } => format!(
+                "the {slot} rule {}@{} failed ({}); operators can look the failure up by its error_id",
+                module.name,
+                module.version,
+                cause.kind()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The API's error body; a failed payment also carries the order.
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        let mut error = json!({ "code": self.code(), "message": self.public_message() });
         if let Some(stage) = self.stage() {
             error["stage"] = json!(stage.as_str());
         }

@@ -1,11 +1,33 @@
 //! The only place that generates bindings from `wit/`, and the conversions
 //! between the WIT-generated types and the host's own (`rules::types`).
 //!
+//! The conversions out of the guest are the sandbox's edge for text: every
+//! string a rule returns is escaped and bounded here ([`super::text`]), so
+//! that invoices, events, fraud reviews, logs and error lists downstream
+//! only ever see clean text. Rule text (descriptions, reasons, flags,
+//! refusal messages, ids) is cut at [`text::MAX_RULE_TEXT_CHARS`]; a rule's
+//! failure message, which only reaches logs, at [`text::MAX_FAILURE_TEXT_CHARS`].
+//!
 //! One `bindgen!` per world; the second and third reuse the first one's
 //! imported interfaces (`with:`) so that `log`, `config` and the shared
 //! `types` have exactly one Rust definition and one host implementation.
 
+use super::text;
 use super::types as host;
+
+/// Rule text for the host: escaped, bounded.
+fn clean(s: String) -> String {
+    text::rule_text(&s)
+}
+
+fn clean_all(items: Vec<String>) -> Vec<String> {
+    items.iter().map(|s| text::rule_text(s)).collect()
+}
+
+/// A rule's failure message, for logs: escaped, bounded.
+fn failure(s: &str) -> String {
+    text::failure_text(s)
+}
 
 pub(crate) mod discount_world {
     wasmtime::component::bindgen!({
@@ -113,10 +135,10 @@ pub(crate) enum GuestError {
 impl From<wit_discount::DiscountLine> for host::DiscountLine {
     fn from(l: wit_discount::DiscountLine) -> Self {
         host::DiscountLine {
-            rule: l.rule,
-            description: l.description,
+            rule: clean(l.rule),
+            description: clean(l.description),
             amount_cents: l.amount_cents,
-            reasons: l.reasons,
+            reasons: clean_all(l.reasons),
         }
     }
 }
@@ -125,10 +147,10 @@ impl From<wit_discount::DiscountError> for GuestError {
     fn from(e: wit_discount::DiscountError) -> Self {
         match e {
             wit_discount::DiscountError::InvalidCoupon(message) => {
-                GuestError::Refused(host::Refusal::InvalidCoupon { message })
+                GuestError::Refused(host::Refusal::InvalidCoupon { message: clean(message) })
             }
-            wit_discount::DiscountError::BadConfig(m) => GuestError::Failed(format!("bad config: {m}")),
-            wit_discount::DiscountError::Internal(m) => GuestError::Failed(m),
+            wit_discount::DiscountError::BadConfig(m) => GuestError::Failed(failure(&format!("bad config: {m}"))),
+            wit_discount::DiscountError::Internal(m) => GuestError::Failed(failure(&m)),
         }
     }
 }
@@ -155,15 +177,15 @@ impl From<wit_warehouse::Plan> for host::Plan {
                 .allocations
                 .into_iter()
                 .map(|a| host::Allocation {
-                    warehouse_id: a.warehouse_id,
+                    warehouse_id: clean(a.warehouse_id),
                     lines: a
                         .lines
                         .into_iter()
-                        .map(|l| host::AllocationLine { sku: l.sku, quantity: l.quantity })
+                        .map(|l| host::AllocationLine { sku: clean(l.sku), quantity: l.quantity })
                         .collect(),
                 })
                 .collect(),
-            reasons: p.reasons,
+            reasons: clean_all(p.reasons),
         }
     }
 }
@@ -173,14 +195,14 @@ impl From<wit_warehouse::SelectError> for GuestError {
         match e {
             wit_warehouse::SelectError::CannotFulfil(s) => {
                 GuestError::Refused(host::Refusal::CannotFulfil(host::Shortfall {
-                    sku: s.sku,
+                    sku: clean(s.sku),
                     requested: s.requested,
                     available: s.available,
-                    reason: s.reason,
+                    reason: clean(s.reason),
                 }))
             }
-            wit_warehouse::SelectError::BadConfig(m) => GuestError::Failed(format!("bad config: {m}")),
-            wit_warehouse::SelectError::Internal(m) => GuestError::Failed(m),
+            wit_warehouse::SelectError::BadConfig(m) => GuestError::Failed(failure(&format!("bad config: {m}"))),
+            wit_warehouse::SelectError::Internal(m) => GuestError::Failed(failure(&m)),
         }
     }
 }
@@ -205,8 +227,8 @@ impl From<wit_fraud::Verdict> for host::Verdict {
                 wit_fraud::Action::Escalate => host::FraudAction::Escalate,
             },
             score: v.score.min(100),
-            flags: v.flags,
-            reasons: v.reasons,
+            flags: clean_all(v.flags),
+            reasons: clean_all(v.reasons),
         }
     }
 }
@@ -214,8 +236,8 @@ impl From<wit_fraud::Verdict> for host::Verdict {
 impl From<wit_fraud::CheckError> for GuestError {
     fn from(e: wit_fraud::CheckError) -> Self {
         match e {
-            wit_fraud::CheckError::BadConfig(m) => GuestError::Failed(format!("bad config: {m}")),
-            wit_fraud::CheckError::Internal(m) => GuestError::Failed(m),
+            wit_fraud::CheckError::BadConfig(m) => GuestError::Failed(failure(&format!("bad config: {m}"))),
+            wit_fraud::CheckError::Internal(m) => GuestError::Failed(failure(&m)),
         }
     }
 }
@@ -224,7 +246,9 @@ macro_rules! rule_info_from {
     ($($world:ident),*) => {$(
         impl From<$world::exports::smartmart::rules::meta::RuleInfo> for host::RuleInfo {
             fn from(i: $world::exports::smartmart::rules::meta::RuleInfo) -> Self {
-                host::RuleInfo { name: i.name, version: i.version, description: i.description }
+                // Name and version are checked, not cleaned: loading refuses
+                // a module whose name or version is unusable.
+                host::RuleInfo { name: i.name, version: i.version, description: clean(i.description) }
             }
         }
     )*};

@@ -19,13 +19,22 @@ pub struct Budgets {
     pub fuel: u64,
     /// Linear memory of one instance, in bytes. Default 16 MiB.
     pub memory_bytes: usize,
-    /// Size of what one call may return, in bytes. Default 64 KiB.
+    /// What a rule may hand the host in one crossing, in bytes the host
+    /// allocates to copy it: string bytes plus, for every list, its length ×
+    /// the in-host size of an element. It bounds the call's answer (or its
+    /// typed error) and each host call it makes (`log.emit`, `config.get`),
+    /// and it is enforced while wasmtime lifts the value, *before* the host
+    /// copies what is over (wasmtime's hostcall fuel). Default 64 KiB, at
+    /// most [`MAX_OUTPUT_BYTES`].
     pub output_bytes: usize,
 }
 
 /// Memory no module may exceed whatever its manifest says: the size of a
 /// memory slot in the engine's instance pool.
 pub const MAX_MEMORY_BYTES: usize = 64 << 20;
+
+/// Output budget no module may exceed whatever its manifest says.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 
 impl Default for Budgets {
     fn default() -> Self {
@@ -45,8 +54,8 @@ impl Budgets {
         if self.memory_bytes < (1 << 16) || self.memory_bytes > MAX_MEMORY_BYTES {
             return Err(format!("memory_bytes must be 65536..={MAX_MEMORY_BYTES}, got {}", self.memory_bytes));
         }
-        if self.output_bytes == 0 {
-            return Err("output_bytes must be positive".into());
+        if self.output_bytes == 0 || self.output_bytes > MAX_OUTPUT_BYTES {
+            return Err(format!("output_bytes must be 1..={MAX_OUTPUT_BYTES}, got {}", self.output_bytes));
         }
         Ok(())
     }

@@ -32,6 +32,10 @@ pub enum LoadError {
     Describe { file: PathBuf, expected: World, cause: String },
     #[error("{file}: invalid budgets for a `{expected}` rule: {reason}")]
     Budgets { file: PathBuf, expected: World, reason: String },
+    /// `meta.info` answered a name or version that cannot name the module
+    /// in logs, terminals and invoices (see `module::MAX_NAME_BYTES`).
+    #[error("{file}: `meta.info` of a `{expected}` rule reports an unusable {field}: {reason}")]
+    BadIdentity { file: PathBuf, expected: World, field: &'static str, reason: String },
 }
 
 impl LoadError {
@@ -43,7 +47,8 @@ impl LoadError {
             | LoadError::WrongWorld { file, .. }
             | LoadError::ForbiddenImport { file, .. }
             | LoadError::Describe { file, .. }
-            | LoadError::Budgets { file, .. } => file,
+            | LoadError::Budgets { file, .. }
+            | LoadError::BadIdentity { file, .. } => file,
         }
     }
 }
@@ -77,8 +82,11 @@ pub enum FailureCause {
     FuelBudget(u64),
     #[error("exceeded its memory budget of {0} bytes")]
     MemoryBudget(usize),
-    #[error("returned {size} bytes, over its output budget of {limit}")]
-    OutputTooLarge { size: usize, limit: usize },
+    /// The rule tried to hand the host more than its output budget in one
+    /// crossing (its answer, or one host call such as `log.emit`); the host
+    /// refused before copying it.
+    #[error("sent more than its output budget of {limit} bytes to the host in one call")]
+    OutputTooLarge { limit: usize },
     #[error("trapped: {0}")]
     Trap(String),
     #[error("returned an error: {0}")]

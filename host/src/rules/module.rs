@@ -15,11 +15,23 @@ use super::budgets::Budgets;
 use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
 use super::state::{ModuleConfig, RuleState};
-use super::types::{Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict};
+use super::text;
+use super::types::{Candidate, DiscountLine, OrderContext, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
 
 /// Wall-clock deadline of the `meta.info` call made while loading, in ms.
 const LOAD_TIME_MS: u64 = 2_000;
+
+/// Longest name or version a module may report (`meta.info`), in bytes. A
+/// name or version is also refused when it is empty (or only whitespace) or
+/// holds a control character ([`text::is_unsafe_char`]): it names the module
+/// in logs, terminals, metrics and invoices, verbatim.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// What wasmtime's error says when a lift ran out of hostcall fuel (its
+/// error type is private). `=48.0.8` is pinned; the hostile-output tests
+/// fail if a new version words it otherwise.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 thread_local! {
     /// Set on the rule threads (see [`super::pool`]).
@@ -154,6 +166,14 @@ impl RuleModule {
             expected: world,
             cause: e.to_string(),
         })?;
+        for (field, value) in [("name", &info.value.name), ("version", &info.value.version)] {
+            check_identity_field(value).map_err(|reason| LoadError::BadIdentity {
+                file: file.to_owned(),
+                expected: world,
+                field,
+                reason,
+            })?;
+        }
         let identity = Arc::make_mut(&mut module.identity);
         identity.name = info.value.name;
         identity.version = info.value.version;
@@ -254,7 +274,7 @@ impl RuleModule {
 
     /// One call in a fresh store under the module's budgets; classifies
     /// every way it can go wrong.
-    fn call<T: OutputSize + Send>(
+    fn call<T: Send>(
         &self,
         body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>> + Send,
     ) -> Result<Called<T>, RuleError> {
@@ -265,6 +285,12 @@ impl RuleModule {
         store.limiter(|state| state);
         store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
         store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
+        // The output budget, enforced while wasmtime lifts what the guest
+        // hands over (the answer, each host call's arguments): a string or
+        // list is charged before it is copied, so an answer of a thousand
+        // strings aliasing one buffer is refused at the budget, not after
+        // the host has copied every alias.
+        store.set_hostcall_fuel(budgets.output_bytes);
         // wasmtime-wasi's synchronous WASI bindings block on the current
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
@@ -282,28 +308,17 @@ impl RuleModule {
         };
         let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
         let usage = Usage { elapsed: started.elapsed(), fuel, peak_memory_bytes: store.data().peak_memory };
+        if let Some((lines, bytes)) = store.data().log_dropped() {
+            tracing::warn!(
+                module = %self.label, dropped_lines = lines, dropped_bytes = bytes,
+                "rule log budget exceeded ({} lines, {} bytes per call): dropped {lines} lines, {bytes} bytes",
+                super::state::MAX_LOG_LINES, super::state::MAX_LOG_BYTES,
+            );
+        }
         match outcome {
-            Ok(Ok(value)) => {
-                let size = value.output_size();
-                if size > budgets.output_bytes {
-                    return Err(self.failed(FailureCause::OutputTooLarge { size, limit: budgets.output_bytes }));
-                }
-                Ok(Called { value, usage })
-            }
-            Ok(Err(GuestError::Refused(refusal))) => {
-                if refusal.output_size() > budgets.output_bytes {
-                    return Err(self.failed(FailureCause::OutputTooLarge {
-                        size: refusal.output_size(),
-                        limit: budgets.output_bytes,
-                    }));
-                }
-                Err(RuleError::Refused { module: self.identity.clone(), refusal })
-            }
-            Ok(Err(GuestError::Failed(message))) => {
-                let mut message = message;
-                message.truncate(message.floor_char_boundary(1024));
-                Err(self.failed(FailureCause::Guest(message)))
-            }
+            Ok(Ok(value)) => Ok(Called { value, usage }),
+            Ok(Err(GuestError::Refused(refusal))) => Err(RuleError::Refused { module: self.identity.clone(), refusal }),
+            Ok(Err(GuestError::Failed(message))) => Err(self.failed(FailureCause::Guest(message))),
             Err(error) => Err(self.failed(self.classify_trap(&error, store.data()))),
         }
     }
@@ -321,7 +336,29 @@ impl RuleModule {
                 let detail = if output.is_empty() { trap.to_string() } else { format!("{trap}; guest said: {output}") };
                 FailureCause::Trap(detail)
             }
-            None => FailureCause::Trap(format!("{error:#}")),
+            // The instance pool is full: calls in flight are bounded by it.
+            None if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                FailureCause::Instantiate(error.to_string())
+            }
+            None if error.chain().any(|e| e.to_string().contains(HOSTCALL_FUEL_EXHAUSTED)) => {
+                FailureCause::OutputTooLarge { limit: budgets.output_bytes }
+            }
+            // The chain may quote the guest (its function names in a backtrace).
+            None => FailureCause::Trap(text::failure_text(&format!("{error:#}"))),
         }
     }
+}
+
+/// Why a name or version reported by `meta.info` cannot name a module.
+fn check_identity_field(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("it is empty".into());
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(format!("{} bytes, more than {MAX_NAME_BYTES}", value.len()));
+    }
+    if text::has_unsafe_chars(value) {
+        return Err(format!("\"{}\" holds control characters", text::escape(value)));
+    }
+    Ok(())
 }

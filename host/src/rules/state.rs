@@ -1,5 +1,20 @@
 //! What one rule call's `Store` holds: an empty WASI context, the module's
-//! read-only configuration, and the meters behind its budgets.
+//! read-only configuration, and the meters behind its budgets (memory, and
+//! the log budget below).
+//!
+//! ## The log budget
+//!
+//! One rule call may write at most [`MAX_LOG_LINES`] lines and
+//! [`MAX_LOG_BYTES`] bytes of log text, keys and values of fields included.
+//! Text is charged as it will be written (control characters escaped, see
+//! [`super::text`]) *before* anything is formatted, and a line is capped on
+//! its own: a message at [`MAX_LOG_MESSAGE`] bytes, at most
+//! [`MAX_LOG_FIELDS`] fields, a key at [`MAX_FIELD_KEY`] and a value at
+//! [`MAX_FIELD_VALUE`] bytes. A line that does not fit in what is left of
+//! the call's budget is dropped whole; what is cut or dropped is counted, and
+//! the call ends with one warning saying how much (`rule log budget
+//! exceeded`). What one `log.emit` may carry across the boundary at all is
+//! bounded earlier, by the call's transfer limit (see `module`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,14 +26,24 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{config, log, wit};
+use super::text;
 
 /// Read-only key/value configuration of one module, from the manifest.
 pub type ModuleConfig = BTreeMap<String, String>;
 
-/// At most this many log lines per call reach tracing; the rest are counted.
-const MAX_LOG_LINES: u32 = 64;
-/// Longest log message kept, in bytes.
-const MAX_LOG_MESSAGE: usize = 1024;
+/// Log lines one call may write; the rest are dropped and counted.
+pub const MAX_LOG_LINES: u32 = 64;
+/// Bytes of log text (messages, field keys and values, escaped) one call may
+/// write; the rest is dropped and counted.
+pub const MAX_LOG_BYTES: usize = 16 << 10;
+/// Longest message of one line, in bytes once escaped; longer ones are cut.
+pub const MAX_LOG_MESSAGE: usize = 1024;
+/// Fields of one line; further fields are dropped.
+pub const MAX_LOG_FIELDS: usize = 16;
+/// Longest field key, in bytes once escaped; longer ones are cut.
+pub const MAX_FIELD_KEY: usize = 64;
+/// Longest field value, in bytes once escaped; longer ones are cut.
+pub const MAX_FIELD_VALUE: usize = 256;
 /// What a guest may write to stdout/stderr in one call (a panic message fits).
 const STDIO_CAPACITY: usize = 4096;
 
@@ -28,7 +53,7 @@ pub(crate) struct RuleState {
     config: Arc<ModuleConfig>,
     /// `name@version` of the module, for log lines.
     label: Arc<str>,
-    log_lines: u32,
+    log: LogMeter,
     memory_budget: usize,
     pub(crate) peak_memory: usize,
     pub(crate) memory_denied: bool,
@@ -79,7 +104,7 @@ impl RuleState {
             table: ResourceTable::new(),
             config,
             label,
-            log_lines: 0,
+            log: LogMeter::default(),
             memory_budget,
             peak_memory: 0,
             memory_denied: false,
@@ -87,9 +112,71 @@ impl RuleState {
         }
     }
 
-    /// What the guest wrote to stdout/stderr, lossily decoded and trimmed.
+    /// What the guest wrote to stdout/stderr, lossily decoded, trimmed,
+    /// escaped and bounded: it is shown in logs.
     pub(crate) fn guest_output(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        text::failure_text(String::from_utf8_lossy(&self.stderr.contents()).trim())
+    }
+
+    /// Lines and bytes of log the call's budget dropped, if any.
+    pub(crate) fn log_dropped(&self) -> Option<(u32, usize)> {
+        (self.log.dropped_lines > 0 || self.log.dropped_bytes > 0)
+            .then_some((self.log.dropped_lines, self.log.dropped_bytes))
+    }
+}
+
+/// What one call has logged, and what its budget dropped.
+#[derive(Debug, Default)]
+struct LogMeter {
+    lines: u32,
+    bytes: usize,
+    dropped_lines: u32,
+    dropped_bytes: usize,
+}
+
+/// One line as it will be written: message and fields escaped and capped.
+#[derive(Debug, PartialEq)]
+struct LogLine {
+    message: String,
+    fields: String,
+}
+
+impl LogMeter {
+    /// Charges a line to the budget; the line to write, or `None` when the
+    /// call's budget cannot take it (then it is counted as dropped).
+    fn admit(&mut self, message: &str, fields: &[(String, String)]) -> Option<LogLine> {
+        // Cost as written, computed without formatting anything.
+        let mut cut = 0usize;
+        let mut capped = |len: usize, cap: usize| {
+            cut += len.saturating_sub(cap);
+            len.min(cap)
+        };
+        let mut cost = capped(text::escaped_len(message), MAX_LOG_MESSAGE);
+        for (key, value) in fields.iter().take(MAX_LOG_FIELDS) {
+            // `key=value` and the separating space.
+            cost +=
+                capped(text::escaped_len(key), MAX_FIELD_KEY) + capped(text::escaped_len(value), MAX_FIELD_VALUE) + 2;
+        }
+        let extra: usize =
+            fields.iter().skip(MAX_LOG_FIELDS).map(|(k, v)| text::escaped_len(k) + text::escaped_len(v) + 2).sum();
+        cut += extra;
+        if self.lines >= MAX_LOG_LINES || self.bytes + cost > MAX_LOG_BYTES {
+            self.dropped_lines += 1;
+            self.dropped_bytes += cost + cut;
+            return None;
+        }
+        self.lines += 1;
+        self.bytes += cost;
+        self.dropped_bytes += cut;
+        let fields = fields
+            .iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| {
+                format!("{}={}", text::escape_bytes(k, MAX_FIELD_KEY), text::escape_bytes(v, MAX_FIELD_VALUE))
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        Some(LogLine { message: text::escape_bytes(message, MAX_LOG_MESSAGE), fields })
     }
 }
 
@@ -119,16 +206,9 @@ impl wit::Host for RuleState {}
 
 impl log::Host for RuleState {
     fn emit(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            if self.log_lines == MAX_LOG_LINES + 1 {
-                tracing::warn!(module = %self.label, "rule log budget exhausted; further lines dropped");
-            }
+        let Some(LogLine { message, fields }) = self.log.admit(&message, &fields) else {
             return;
-        }
-        let mut message = message;
-        message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
-        let fields = fields.iter().take(16).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        };
         let module = &*self.label;
         match level {
             log::Level::Trace => tracing::trace!(target: "rule", module, %fields, "{message}"),
@@ -147,5 +227,64 @@ impl config::Host for RuleState {
 
     fn entries(&mut self) -> Vec<(String, String)> {
         self.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(n: usize, key: &str, value: &str) -> Vec<(String, String)> {
+        (0..n).map(|_| (key.to_string(), value.to_string())).collect()
+    }
+
+    #[test]
+    fn a_line_is_escaped_and_capped_field_by_field() {
+        let mut meter = LogMeter::default();
+        let line = meter
+            .admit("hello\nFAKE line\x1b[31m", &[("k\n".into(), "v\r\n".into()), ("order".into(), "o-1".into())])
+            .unwrap();
+        assert_eq!(line.message, "hello\\nFAKE line\\u{1b}[31m");
+        assert_eq!(line.fields, "k\\n=v\\r\\n order=o-1");
+        assert_eq!(meter.log_dropped_for_test(), (0, 0));
+
+        // 16 fields of 512 KiB: each value capped, fields past 16 dropped.
+        let big = "x".repeat(512 << 10);
+        let line = meter.admit(&big, &fields(20, "key", &big)).unwrap();
+        assert!(line.message.len() <= MAX_LOG_MESSAGE);
+        assert_eq!(line.fields.matches("key=").count(), MAX_LOG_FIELDS);
+        assert!(line.fields.len() <= MAX_LOG_FIELDS * (MAX_FIELD_VALUE + 8), "{}", line.fields.len());
+        let (lines, bytes) = meter.log_dropped_for_test();
+        assert_eq!(lines, 0);
+        assert!(bytes > 20 * (512 << 10), "{bytes}");
+    }
+
+    #[test]
+    fn a_call_writes_at_most_its_byte_and_line_budget() {
+        let mut meter = LogMeter::default();
+        let value = "v".repeat(1000);
+        let mut written = 0;
+        let mut kept = 0;
+        for _ in 0..1000 {
+            if let Some(line) = meter.admit("m", &fields(16, "k", &value)) {
+                written += line.message.len() + line.fields.len();
+                kept += 1;
+            }
+        }
+        assert!(written <= MAX_LOG_BYTES, "{written}");
+        assert!(kept > 0 && kept < 1000);
+        let (dropped_lines, _) = meter.log_dropped_for_test();
+        assert_eq!(dropped_lines, 1000 - kept);
+
+        let mut meter = LogMeter::default();
+        let kept = (0..1000).filter(|_| meter.admit("tiny", &[]).is_some()).count();
+        assert_eq!(kept, MAX_LOG_LINES as usize);
+        assert_eq!(meter.log_dropped_for_test(), (1000 - MAX_LOG_LINES, (1000 - MAX_LOG_LINES as usize) * 4));
+    }
+
+    impl LogMeter {
+        fn log_dropped_for_test(&self) -> (u32, usize) {
+            (self.dropped_lines, self.dropped_bytes)
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests.
 
+pub mod alloc_meter;
 pub mod plugin_dir;
 pub mod server;
 

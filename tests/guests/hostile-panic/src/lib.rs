@@ -5,6 +5,6 @@ include!("../../discount_guest.rs");
 
 impl Guest for Rule {
     fn apply(_order: OrderContext) -> Result<Vec<DiscountLine>, DiscountError> {
-        panic!("coupon engine crashed");
+        panic!("coupon engine crashed (marker PANIC-MARKER-5f1c9e)");
     }
 }

@@ -1,0 +1,78 @@
+//! What a failed rule said, for operators only.
+//!
+//! A rule's failure text (its panic message, a trap's backtrace note, its
+//! error message) is the guest's own words: it never goes into a client's
+//! HTTP answer. A client gets `503 RULE_FAILED` naming slot, module and
+//! version, and an `error_id`; the full cause is logged with that id and
+//! kept here, in a bounded ring of the [`CAPACITY`] most recent failures of
+//! this process, which `GET /v1/admin/rule-errors` shows.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::rules::{FailureCause, ModuleIdentity};
+
+/// Failures kept; the oldest goes when a new one comes.
+pub const CAPACITY: usize = 256;
+
+/// One rule failure that reached a client as `RULE_FAILED`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuleErrorRecord {
+    /// The id the client's error body carries (`details.error_id`).
+    pub error_id: String,
+    /// When it happened (RFC 3339, UTC).
+    pub at: String,
+    /// The rule slot: `discount`, `warehouse` or `fraud`.
+    pub slot: String,
+    /// The module's file, name, version and digest.
+    pub module: String,
+    pub rule: String,
+    pub version: String,
+    pub digest: String,
+    /// The cause's kind, as in the client's error (`trap`, `fuel_budget`, …).
+    pub cause_kind: String,
+    /// The full cause, the guest's words included (escaped and bounded by the
+    /// rule runtime).
+    pub cause: String,
+}
+
+fn ring() -> &'static Mutex<VecDeque<RuleErrorRecord>> {
+    static RING: OnceLock<Mutex<VecDeque<RuleErrorRecord>>> = OnceLock::new();
+    RING.get_or_init(|| Mutex::new(VecDeque::with_capacity(CAPACITY)))
+}
+
+/// Logs a rule failure with a fresh error id, keeps it in the ring, and
+/// returns the id for the client's answer.
+pub fn record(slot: &str, module: &ModuleIdentity, cause: &FailureCause) -> String {
+    let error_id = format!("rerr_{}", uuid::Uuid::now_v7().simple());
+    tracing::error!(
+        error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
+        "rule failed; the client was answered RULE_FAILED with this error_id"
+    );
+    let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let record = RuleErrorRecord {
+        error_id: error_id.clone(),
+        at,
+        slot: slot.to_string(),
+        module: module.file.clone(),
+        rule: module.name.clone(),
+        version: module.version.clone(),
+        digest: module.digest.clone(),
+        cause_kind: cause.kind().to_string(),
+        cause: cause.to_string(),
+    };
+    let mut ring = ring().lock().unwrap_or_else(|p| p.into_inner());
+    if ring.len() == CAPACITY {
+        ring.pop_front();
+    }
+    ring.push_back(record);
+    error_id
+}
+
+/// The kept failures, newest first.
+pub fn recent() -> Vec<RuleErrorRecord> {
+    ring().lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
+}
