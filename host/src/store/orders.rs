@@ -463,10 +463,15 @@ pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<St
     Ok((unpaid, intents))
 }
 
+/// Fraud events waiting for a verdict; `state != 'DELIVERED'` lets SQLite
+/// use the partial index of pending events (see `outbox`).
+pub(super) const AWAITING_VERDICT: &str = "SELECT order_id, id FROM outbox
+     WHERE state = 'AWAITING_VERDICT' AND state != 'DELIVERED' ORDER BY seq LIMIT ?1";
+
 /// Settled orders whose fraud checks have not run yet, with their waiting events.
 pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
     let mut waiting: Vec<(String, String)> = conn
-        .prepare_cached("SELECT order_id, id FROM outbox WHERE state = 'AWAITING_VERDICT' ORDER BY seq LIMIT ?1")?
+        .prepare_cached(AWAITING_VERDICT)?
         .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     waiting.sort();
