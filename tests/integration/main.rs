@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod experiments;
+mod hardening;
 mod http;
 mod http_fuzz;
 mod payment;

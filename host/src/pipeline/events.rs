@@ -32,8 +32,12 @@ pub fn pseudonym(key: &[u8], customer_id: &str) -> String {
     format!("cus_{}", hex::encode(&mac.finalize().into_bytes()[..16]))
 }
 
-fn envelope(id: &str, kind: &str, order_id: &str, payload: Value) -> Value {
-    json!({ "id": id, "type": kind, "order_id": order_id, "occurred_at": now_rfc3339(), "payload": payload })
+/// The envelope every event shares; `channel` is the sales channel the order came through.
+fn envelope(id: &str, kind: &str, order_id: &str, channel: Option<&str>, payload: Value) -> Value {
+    json!({
+        "id": id, "type": kind, "order_id": order_id, "channel": channel, "occurred_at": now_rfc3339(),
+        "payload": payload,
+    })
 }
 
 /// Everything that happened to the order (no payment token, no contact data).
@@ -82,11 +86,19 @@ fn analytics_payload(invoice: &Invoice, pseudonym_key: &[u8]) -> Value {
 }
 
 /// The fraud event, once the verdict is known.
-pub fn fraud_envelope(id: &str, order_id: &str, customer_id: &str, total_cents: u64, review: &Value) -> Value {
+pub fn fraud_envelope(
+    id: &str,
+    order_id: &str,
+    channel: Option<&str>,
+    customer_id: &str,
+    total_cents: u64,
+    review: &Value,
+) -> Value {
     envelope(
         id,
         "fraud",
         order_id,
+        channel,
         json!({ "order_id": order_id, "customer_id": customer_id, "total_cents": total_cents, "fraud_review": review }),
     )
 }
@@ -99,10 +111,20 @@ pub fn outbox_events(invoice: &Invoice, pseudonym_key: &[u8]) -> Vec<NewEvent> {
         .iter()
         .map(|event| {
             let envelope = match event.kind.as_str() {
-                "audit" => Some(envelope(&event.id, "audit", &invoice.order_id, audit_payload(invoice))),
-                "analytics" => {
-                    Some(envelope(&event.id, "analytics", &invoice.order_id, analytics_payload(invoice, pseudonym_key)))
-                }
+                "audit" => Some(envelope(
+                    &event.id,
+                    "audit",
+                    &invoice.order_id,
+                    Some(&invoice.channel),
+                    audit_payload(invoice),
+                )),
+                "analytics" => Some(envelope(
+                    &event.id,
+                    "analytics",
+                    &invoice.order_id,
+                    Some(&invoice.channel),
+                    analytics_payload(invoice, pseudonym_key),
+                )),
                 _ => None,
             };
             NewEvent {

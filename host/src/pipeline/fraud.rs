@@ -54,11 +54,13 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
 async fn store_review(pipeline: &Pipeline, order: &StoredOrder, review: Value) -> Result<(), StoreError> {
     let action = review["action"].as_str().unwrap_or("REVIEW").to_string();
     let (order_id, customer_id, total) = (order.id.clone(), order.customer_id.clone(), order.total_cents);
+    // The channel is on the stored invoice (every settled order has one).
+    let channel = order.invoice.as_ref().and_then(|v| v["channel"].as_str()).map(str::to_string);
     pipeline
         .store
         .run(move |c| {
             orders::record_verdict(c, &order_id, &review, &action, |event_id| {
-                fraud_envelope(event_id, &order_id, &customer_id, total, &review)
+                fraud_envelope(event_id, &order_id, channel.as_deref(), &customer_id, total, &review)
             })
         })
         .await
