@@ -374,6 +374,28 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_token_lifetime_default_and_are_checked() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(settings.connection_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(24 * 3600));
+        let file: ServeConfig =
+            toml::from_str("header_read_timeout_ms = 1500\nidle_timeout_ms = 2500\nmax_token_lifetime_secs = 31536000")
+                .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(settings.connection_limits.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(31_536_000));
+        for zero in [
+            ServeConfig { header_read_timeout_ms: Some(0), ..keyed() },
+            ServeConfig { idle_timeout_ms: Some(0), ..keyed() },
+            ServeConfig { max_token_lifetime_secs: Some(0), ..keyed() },
+        ] {
+            assert!(ServeSettings::resolve(zero, false).is_err());
+        }
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
         let text = format!("{settings:?}");

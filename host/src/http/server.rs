@@ -154,7 +154,11 @@ async fn serve_connection(
             }))
         }
     });
-    let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, service);
+    // hyper's own header timeout off: `Activity` keeps both deadlines (see the module comment).
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .serve_connection(io, service);
     let mut connection = pin!(connection);
     let mut draining = false;
     loop {
