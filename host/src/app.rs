@@ -46,6 +46,8 @@ pub struct EngineSettings {
     pub faults: Faults,
     /// Key of the A/B variant assignment (stable across restarts).
     pub experiment_key: Vec<u8>,
+    /// Longest lifetime a customer token may have left when checked.
+    pub max_token_lifetime: Duration,
     /// When non-empty, modules must be signed by one of these keys.
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
     /// Watch the plug-in directory and hot-reload it.
@@ -67,6 +69,7 @@ impl EngineSettings {
             identity_secret: identity_secret.to_vec(),
             pseudonym_key: [identity_secret, b"/analytics-pseudonym"].concat(),
             experiment_key: [identity_secret, b"/experiment-assignment"].concat(),
+            max_token_lifetime: Duration::from_secs(24 * 3600),
             trusted_keys: Vec::new(),
             watch_plugins: true,
             fraud_threshold_cents: 500_000,
@@ -153,6 +156,7 @@ impl Engine {
             config: Arc::new(PipelineConfig {
                 currency: settings.currency.clone(),
                 identity_secret: settings.identity_secret.clone(),
+                max_token_lifetime: settings.max_token_lifetime,
                 pseudonym_key: settings.pseudonym_key.clone(),
                 stage_timeout: settings.stage_timeout,
                 retry: settings.retry.clone(),

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice};
+use crate::http::ConnectionLimits;
 use crate::payment::RetryPolicy;
 
 /// Settings of `smartmart serve`. Every field may come from the file, the
@@ -76,6 +77,18 @@ pub struct ServeConfig {
     /// Longest in-flight requests get to finish on SIGTERM/SIGINT [default: 10000].
     #[arg(long, env = "SMARTMART_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Longest a request's headers may take to arrive, from their first byte
+    /// (or from the connection's accept); slower connections are closed [default: 10000].
+    #[arg(long, env = "SMARTMART_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Longest a keep-alive connection may wait for its next request before
+    /// it is closed [default: 60000].
+    #[arg(long, env = "SMARTMART_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest lifetime a customer token may have left when it is checked
+    /// (`exp` minus now), in seconds; tokens valid for longer are refused [default: 86400].
+    #[arg(long, env = "SMARTMART_MAX_TOKEN_LIFETIME_SECS")]
+    pub max_token_lifetime_secs: Option<u64>,
 }
 
 impl ServeConfig {
@@ -106,6 +119,9 @@ impl ServeConfig {
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             trusted_keys: self.trusted_keys.or(lower.trusted_keys),
             watch_plugins: self.watch_plugins.or(lower.watch_plugins),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(lower.header_read_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
+            max_token_lifetime_secs: self.max_token_lifetime_secs.or(lower.max_token_lifetime_secs),
         }
     }
 }
@@ -180,7 +196,10 @@ pub struct ServeSettings {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub connection_limits: ConnectionLimits,
     pub engine: EngineSettingsView,
+    /// Whether `pseudonym_key` was configured (else it is derived from the identity secret).
+    pub pseudonym_key_configured: bool,
 }
 
 /// The engine's settings (secrets redacted from `Debug`).
@@ -259,6 +278,16 @@ impl ServeSettings {
             bail!("timeouts must be positive");
         }
         engine.stage_timeout = Duration::from_millis(stage_timeout_ms);
+        let header_read_timeout_ms = config.header_read_timeout_ms.unwrap_or(10_000);
+        let idle_timeout_ms = config.idle_timeout_ms.unwrap_or(60_000);
+        if header_read_timeout_ms == 0 || idle_timeout_ms == 0 {
+            bail!("SMARTMART_HEADER_READ_TIMEOUT_MS and SMARTMART_IDLE_TIMEOUT_MS must be positive");
+        }
+        let max_token_lifetime_secs = config.max_token_lifetime_secs.unwrap_or(24 * 3600);
+        if max_token_lifetime_secs == 0 {
+            bail!("SMARTMART_MAX_TOKEN_LIFETIME_SECS must be positive");
+        }
+        engine.max_token_lifetime = Duration::from_secs(max_token_lifetime_secs);
         let body_limit_bytes = config.body_limit_bytes.unwrap_or(256 * 1024);
         if body_limit_bytes < 1024 {
             bail!("SMARTMART_BODY_LIMIT_BYTES must be at least 1024");
@@ -270,10 +299,33 @@ impl ServeSettings {
                 body_limit_bytes,
                 request_timeout: Duration::from_millis(request_timeout_ms),
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms.unwrap_or(10_000)),
+                connection_limits: ConnectionLimits {
+                    header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+                    idle_timeout: Duration::from_millis(idle_timeout_ms),
+                },
                 engine: EngineSettingsView(engine),
+                pseudonym_key_configured: config.pseudonym_key.is_some(),
             },
             generated,
         ))
+    }
+}
+
+impl ServeSettings {
+    /// Replaces the credentials (`--dev`: the ones kept in the data dir) and
+    /// every key derived from the identity secret: the experiment-assignment
+    /// key always, the analytics pseudonym key unless it was configured. So a
+    /// restart on the same data dir keeps both, and sticky A/B assignment sticks.
+    pub fn use_credentials(&mut self, credentials: Credentials) {
+        let engine = &mut self.engine.0;
+        let derived =
+            EngineSettings::new(&engine.data_dir, &engine.plugins_dir, credentials.identity_secret.as_bytes());
+        engine.identity_secret = derived.identity_secret;
+        engine.experiment_key = derived.experiment_key;
+        if !self.pseudonym_key_configured {
+            engine.pseudonym_key = derived.pseudonym_key;
+        }
+        self.credentials = credentials;
     }
 }
 
@@ -326,6 +378,28 @@ mod tests {
         assert!(ServeSettings::resolve(bad_channel, false).is_err());
         let attempts = ServeConfig { payment_max_attempts: Some(0), ..keyed() };
         assert!(ServeSettings::resolve(attempts, false).is_err());
+    }
+
+    #[test]
+    fn connection_limits_and_token_lifetime_default_and_are_checked() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(settings.connection_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(24 * 3600));
+        let file: ServeConfig =
+            toml::from_str("header_read_timeout_ms = 1500\nidle_timeout_ms = 2500\nmax_token_lifetime_secs = 31536000")
+                .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(settings.connection_limits.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(31_536_000));
+        for zero in [
+            ServeConfig { header_read_timeout_ms: Some(0), ..keyed() },
+            ServeConfig { idle_timeout_ms: Some(0), ..keyed() },
+            ServeConfig { max_token_lifetime_secs: Some(0), ..keyed() },
+        ] {
+            assert!(ServeSettings::resolve(zero, false).is_err());
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Dataset, Engine};
 use crate::config::{Credentials, ServeConfig, ServeSettings};
-use crate::http::{AppState, serve};
+use crate::http::{AppState, serve_with};
 
 /// `--dev` credentials, kept in the data dir (mode 0600) so that a restart
 /// keeps them and `smartmart token` can sign customer tokens with them.
@@ -63,15 +63,21 @@ pub fn identity_secret_for_tokens(data_dir: &Path) -> anyhow::Result<String> {
     Ok(serde_json::from_str::<DevCredentials>(&text)?.identity_secret)
 }
 
-/// Runs the service until SIGTERM or SIGINT.
-pub async fn run(config: ServeConfig, dev: bool, demo_data: Option<PathBuf>) -> anyhow::Result<()> {
+/// The settings `serve` runs with; with `--dev` and no configured
+/// credentials, the ones kept in the data dir (created on the first start),
+/// with every key derived from them. Returns whether they are `--dev` ones.
+pub fn resolve_settings(config: ServeConfig, dev: bool) -> anyhow::Result<(ServeSettings, bool)> {
     let (mut settings, generated) = ServeSettings::resolve(config, dev)?;
     if generated {
-        settings.credentials = load_or_create_dev_credentials(&settings.engine.0.data_dir, settings.credentials)?;
-        settings.engine.0.identity_secret = settings.credentials.identity_secret.as_bytes().to_vec();
-        settings.engine.0.pseudonym_key =
-            [settings.engine.0.identity_secret.as_slice(), b"/analytics-pseudonym"].concat();
+        let kept = load_or_create_dev_credentials(&settings.engine.0.data_dir, settings.credentials.clone())?;
+        settings.use_credentials(kept);
     }
+    Ok((settings, generated))
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(config: ServeConfig, dev: bool, demo_data: Option<PathBuf>) -> anyhow::Result<()> {
+    let (settings, generated) = resolve_settings(config, dev)?;
     let engine = Engine::start(settings.engine.0.clone()).await?;
     if let Some(dataset) = demo_data
         && !engine.pipeline.store.has_customers().await?
@@ -106,7 +112,7 @@ pub async fn run(config: ServeConfig, dev: bool, demo_data: Option<PathBuf>) -> 
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve(listener, state, shutdown, settings.shutdown_grace).await?;
+    serve_with(listener, state, shutdown, settings.shutdown_grace, settings.connection_limits).await?;
     tracing::info!("stopped accepting; shutting the engine down");
     match Arc::try_unwrap(engine) {
         Ok(engine) => engine.shutdown().await,

@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod crash_http;
 mod experiments;
+mod hardening;
 mod http;
 mod http_fuzz;
 mod payment;

@@ -13,7 +13,8 @@
 //! cargo xtask guests          build every guest; copy them to target/wasm/<name>.wasm
 //!                             and the bundled rules also to plugins/bundled/
 //! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/
-//!                             and the example), then cargo test --workspace ARGS
+//!                             and the example), then cargo test --workspace ARGS;
+//!                             without ARGS, then .ci/schemathesis.sh (python3)
 //! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
 //! cargo xtask serve [ARGS]    guests, then cargo run --release -p smartmart -- serve ARGS
 //! cargo xtask run [ARGS]      guests, then cargo run -p smartmart -- ARGS
@@ -186,7 +187,14 @@ fn test(args: &[String]) -> Result {
     // One closing line over every test binary of every workspace, so that
     // the last word is not that of whichever binary happened to run last.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
-    outcome
+    outcome?;
+    // The whole suite (no filter): the API against its OpenAPI document, with
+    // the binary `cargo test` just built.
+    if args.is_empty() {
+        let root = root();
+        run(Command::new(root.join(".ci/schemathesis.sh")).arg(root.join("target/debug/smartmart")))?;
+    }
+    Ok(())
 }
 
 /// Passed and failed tests summed over `cargo test` runs.

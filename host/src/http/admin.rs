@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -18,32 +18,70 @@ use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub phone: String,
+    #[serde(deserialize_with = "super::json::string_enum")]
     pub tier: Tier,
+    #[serde(deserialize_with = "super::json::string_enum")]
     pub status: AccountStatus,
+    #[serde(deserialize_with = "super::json::object")]
     pub location: GeoPoint,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub category: String,
+    #[serde(deserialize_with = "super::json::integer")]
+    #[schema(maximum = 1000000000000_u64)]
     pub unit_price_cents: u64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    #[serde(deserialize_with = "super::json::object")]
     pub location: GeoPoint,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockBody {
+    #[serde(deserialize_with = "super::json::integer")]
+    #[schema(maximum = 4294967295_u64)]
     pub on_hand: u64,
 }
 
@@ -72,8 +110,8 @@ pub struct WarehouseStock {
 }
 
 /// Create or replace a customer.
-#[utoipa::path(put, path = "/v1/admin/customers/{id}", tag = "admin", params(("id" = String, Path)),
-    request_body = CustomerBody, responses((status = 200, body = Customer), (status = 400), (status = 401)),
+#[utoipa::path(put, path = "/v1/admin/customers/{id}", tag = "admin", params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = CustomerBody, responses((status = 200, description = "the stored customer", body = Customer), (status = 400), (status = 401)),
     security(("admin_key" = [])))]
 pub async fn put_customer(
     State(state): State<AppState>,
@@ -100,8 +138,8 @@ pub async fn put_customer(
 }
 
 /// Create or replace a product.
-#[utoipa::path(put, path = "/v1/admin/products/{sku}", tag = "admin", params(("sku" = String, Path)),
-    request_body = ProductBody, responses((status = 200, body = Product), (status = 400), (status = 401)),
+#[utoipa::path(put, path = "/v1/admin/products/{sku}", tag = "admin", params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = ProductBody, responses((status = 200, description = "the stored product", body = Product), (status = 400), (status = 401)),
     security(("admin_key" = [])))]
 pub async fn put_product(
     State(state): State<AppState>,
@@ -121,8 +159,8 @@ pub async fn put_product(
 }
 
 /// Create or replace a warehouse.
-#[utoipa::path(put, path = "/v1/admin/warehouses/{id}", tag = "admin", params(("id" = String, Path)),
-    request_body = WarehouseBody, responses((status = 200, body = Warehouse), (status = 400), (status = 401)),
+#[utoipa::path(put, path = "/v1/admin/warehouses/{id}", tag = "admin", params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = WarehouseBody, responses((status = 200, description = "the stored warehouse", body = Warehouse), (status = 400), (status = 401)),
     security(("admin_key" = [])))]
 pub async fn put_warehouse(
     State(state): State<AppState>,
@@ -140,8 +178,11 @@ pub async fn put_warehouse(
 
 /// Set the units on hand of a sku in a warehouse.
 #[utoipa::path(put, path = "/v1/admin/stock/{warehouse_id}/{sku}", tag = "admin",
-    params(("warehouse_id" = String, Path), ("sku" = String, Path)),
-    request_body = StockBody, responses((status = 200, body = StockAnswer), (status = 400), (status = 401), (status = 404), (status = 409)),
+    params(("warehouse_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"), ("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = StockBody,
+    responses((status = 200, description = "the stock level", body = StockAnswer), (status = 400), (status = 401),
+              (status = 404, description = "`NOT_FOUND`: no such warehouse or sku"),
+              (status = 409, description = "`CONFLICT`: fewer units than orders in flight hold")),
     security(("admin_key" = [])))]
 pub async fn put_stock(
     State(state): State<AppState>,
@@ -165,7 +206,9 @@ pub async fn put_stock(
 
 /// Stock of one sku across warehouses.
 #[utoipa::path(get, path = "/v1/admin/stock/{sku}", tag = "admin", params(("sku" = String, Path)),
-    responses((status = 200, body = SkuStock), (status = 401), (status = 404)), security(("admin_key" = [])))]
+    responses((status = 200, description = "the sku's stock across warehouses", body = SkuStock), (status = 401),
+              (status = 404, description = "`NOT_FOUND`: no such sku")),
+    security(("admin_key" = [])))]
 pub async fn get_stock(
     State(state): State<AppState>,
     _admin: Admin,
@@ -194,18 +237,72 @@ pub async fn get_stock(
     }))
 }
 
+/// One loaded module: an active rule, an experiment's variant, or a shadow candidate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginEntry {
+    /// `discount`, `warehouse` or `fraud`.
+    pub slot: String,
+    pub name: String,
+    pub version: String,
+    /// `sha256:` and the hex digest of the file.
+    pub digest: String,
+    pub file: String,
+    /// When the rule set holding it was loaded (RFC 3339).
+    pub loaded_at: String,
+    pub experiment: Option<String>,
+    /// The experiment's variant, or `shadow` for a shadow candidate.
+    pub variant: Option<String>,
+    /// `closed` or `open`.
+    pub fail_mode: String,
+}
+
+/// A refused load of the plug-in directory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginError {
+    pub file: String,
+    pub error: String,
+    pub at: String,
+}
+
+/// `GET /v1/admin/plugins`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginsAnswer {
+    pub plugins: Vec<PluginEntry>,
+    /// Refused reloads since the last good one.
+    pub errors: Vec<PluginError>,
+    pub reloads: u64,
+    pub refused_reloads: u64,
+    pub last_reload_at: Option<String>,
+}
+
 /// The loaded rule modules (every variant and shadow candidate), and the
 /// reloads refused since the last good one.
 #[utoipa::path(get, path = "/v1/admin/plugins", tag = "admin",
-    responses((status = 200, description = "`{plugins: [...], errors: [...]}`"), (status = 401)), security(("admin_key" = [])))]
-pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<Value> {
+    responses((status = 200, description = "the loaded modules and the refused reloads", body = PluginsAnswer),
+              (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<PluginsAnswer> {
     let rules = state.engine.pipeline.rules.load_full();
-    let entry = |slot: &str, rule: &crate::rules::Rule, experiment: Option<&str>, variant: Option<&str>, fail_mode| {
+    let entry = |slot: &str,
+                 rule: &crate::rules::Rule,
+                 experiment: Option<&str>,
+                 variant: Option<&str>,
+                 fail_mode: crate::rules::FailMode| {
         let id = rule.identity();
-        json!({
-            "slot": slot, "name": id.name, "version": id.version, "digest": id.digest, "file": id.file,
-            "loaded_at": rules.loaded_at, "experiment": experiment, "variant": variant, "fail_mode": fail_mode,
-        })
+        PluginEntry {
+            slot: slot.to_string(),
+            name: id.name.clone(),
+            version: id.version.clone(),
+            digest: id.digest.clone(),
+            file: id.file.clone(),
+            loaded_at: rules.loaded_at.clone(),
+            experiment: experiment.map(str::to_string),
+            variant: variant.map(str::to_string),
+            fail_mode: serde_json::to_value(fail_mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        }
     };
     let mut plugins = Vec::new();
     for (slot, rule) in rules.all() {
@@ -228,63 +325,155 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<V
         }
     }
     let status = state.engine.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Json(json!({
-        "plugins": plugins, "errors": status.errors, "reloads": status.reloads, "refused_reloads": status.refused,
-        "last_reload_at": status.last_reload_at,
-    }))
+    Json(PluginsAnswer {
+        plugins,
+        errors: status.errors.into_iter().map(|e| PluginError { file: e.file, error: e.error, at: e.at }).collect(),
+        reloads: status.reloads,
+        refused_reloads: status.refused,
+        last_reload_at: status.last_reload_at,
+    })
+}
+
+/// One variant of an A/B experiment, with its figures since start.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VariantFigures {
+    pub name: String,
+    pub module: String,
+    pub version: String,
+    pub digest: String,
+    pub weight: u32,
+    pub orders: u64,
+    pub discount_cents: u64,
+    pub errors: u64,
+    pub mean_latency_us: f64,
+}
+
+/// Shadow runs of one candidate against the active module.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowFigures {
+    pub slot: String,
+    pub active_module: String,
+    pub candidate_module: String,
+    pub candidate_version: String,
+    pub candidate_digest: String,
+    pub orders: u64,
+    pub differing_orders: u64,
+    pub share_differing: f64,
+    pub money_difference_cents: i64,
+}
+
+/// An A/B experiment (`kind: ab`) or a shadow candidate (`kind: shadow`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExperimentAnswer {
+    pub name: String,
+    pub slot: String,
+    /// `ab` or `shadow`.
+    pub kind: String,
+    /// The variants of an A/B experiment (empty for a shadow candidate).
+    pub variants: Vec<VariantFigures>,
+    /// Only for a shadow candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowFigures>,
 }
 
 /// A/B experiments with their figures per variant since start, and shadow
 /// candidates with their differences from the active modules.
 #[utoipa::path(get, path = "/v1/admin/experiments", tag = "admin",
-    responses((status = 200, description = "array of experiments"), (status = 401)), security(("admin_key" = [])))]
-pub async fn get_experiments(State(state): State<AppState>, _admin: Admin) -> Result<Json<Vec<Value>>, ApiError> {
+    responses((status = 200, description = "the experiments and shadow candidates", body = Vec<ExperimentAnswer>),
+              (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn get_experiments(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<Vec<ExperimentAnswer>>, ApiError> {
     let rules = state.engine.pipeline.rules.load_full();
     let stats = &state.engine.pipeline.experiments;
     let mut out = Vec::new();
     for (slot, rule) in rules.all() {
         let Some(experiment) = &rule.experiment else { continue };
-        let variants: Vec<Value> = experiment
+        let variants = experiment
             .variants
             .iter()
             .map(|v| {
                 let f = stats.figures(&experiment.name, &v.name);
                 let id = v.rule.identity();
-                json!({
-                    "name": v.name, "module": id.file, "version": id.version, "digest": id.digest, "weight": v.weight,
-                    "orders": f.orders, "discount_cents": f.discount_cents, "errors": f.errors,
-                    "mean_latency_us": f.mean_latency_us,
-                })
+                VariantFigures {
+                    name: v.name.clone(),
+                    module: id.file.clone(),
+                    version: id.version.clone(),
+                    digest: id.digest.clone(),
+                    weight: v.weight,
+                    orders: f.orders,
+                    discount_cents: f.discount_cents,
+                    errors: f.errors,
+                    mean_latency_us: f.mean_latency_us,
+                }
             })
             .collect();
-        out.push(json!({ "name": experiment.name, "slot": slot, "kind": "ab", "variants": variants }));
+        out.push(ExperimentAnswer {
+            name: experiment.name.clone(),
+            slot: slot.to_string(),
+            kind: "ab".into(),
+            variants,
+            shadow: None,
+        });
     }
     let shadows = state.engine.pipeline.store.shadow_summaries().await?;
-    for shadow in shadows {
-        out.push(json!({
-            "name": format!("shadow:{}", shadow.candidate_module), "slot": shadow.slot, "kind": "shadow",
-            "variants": [], "shadow": shadow,
-        }));
+    for s in shadows {
+        out.push(ExperimentAnswer {
+            name: format!("shadow:{}", s.candidate_module),
+            slot: s.slot.clone(),
+            kind: "shadow".into(),
+            variants: Vec::new(),
+            shadow: Some(ShadowFigures {
+                slot: s.slot,
+                active_module: s.active_module,
+                candidate_module: s.candidate_module,
+                candidate_version: s.candidate_version,
+                candidate_digest: s.candidate_digest,
+                orders: s.orders,
+                differing_orders: s.differing_orders,
+                share_differing: s.share_differing,
+                money_difference_cents: s.money_difference_cents,
+            }),
+        });
     }
     Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EscalationQuery {
     /// How many, newest first: 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+/// An order whose fraud review is ESCALATE.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Escalation {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: crate::domain::OrderStatus,
+    pub total_cents: u64,
+    pub currency: String,
+    pub created_at: String,
+    /// `{action, score, flags, module, version, ...}` as on the order.
+    #[schema(value_type = Option<Object>)]
+    pub fraud_review: Option<Value>,
 }
 
 /// Orders whose fraud review is ESCALATE, newest first.
 #[utoipa::path(get, path = "/v1/admin/fraud/escalations", tag = "admin", params(EscalationQuery),
-    responses((status = 200, description = "array of escalated orders"), (status = 400), (status = 401)),
+    responses((status = 200, description = "the escalated orders, newest first", body = Vec<Escalation>),
+              (status = 400), (status = 401)),
     security(("admin_key" = [])))]
 pub async fn get_escalations(
     State(state): State<AppState>,
     _admin: Admin,
     query: Result<Query<EscalationQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<Escalation>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -294,11 +483,14 @@ pub async fn get_escalations(
     Ok(Json(
         escalated
             .into_iter()
-            .map(|o| {
-                json!({
-                    "order_id": o.id, "customer_id": o.customer_id, "status": o.status, "total_cents": o.total_cents,
-                    "currency": o.currency, "created_at": o.created_at, "fraud_review": o.fraud_review,
-                })
+            .map(|o| Escalation {
+                order_id: o.id,
+                customer_id: o.customer_id,
+                status: o.status,
+                total_cents: o.total_cents,
+                currency: o.currency,
+                created_at: o.created_at,
+                fraud_review: o.fraud_review,
             })
             .collect(),
     ))

@@ -22,7 +22,22 @@ use crate::store::catalog::CartItem;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CartBody {
-    pub items: Vec<CartItem>,
+    /// At most 200 lines; a sku's total quantity over its lines must be 1..=1000000.
+    #[serde(deserialize_with = "super::json::objects")]
+    #[schema(max_items = 200)]
+    pub items: Vec<CartItemBody>,
+}
+
+/// One requested line.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CartItemBody {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub sku: String,
+    #[serde(deserialize_with = "super::json::integer")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub quantity: u32,
 }
 
 /// A resolved cart.
@@ -47,9 +62,11 @@ async fn require_customer(state: &AppState, customer_id: &str) -> Result<(), Api
 
 /// Replace the customer's cart.
 #[utoipa::path(put, path = "/v1/carts/{customer_id}", tag = "carts",
-    params(("customer_id" = String, Path), ("X-Customer-Token" = String, Header)),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+           ("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)")),
     request_body = CartBody,
-    responses((status = 200, body = CartView), (status = 400), (status = 401), (status = 403), (status = 404), (status = 422)),
+    responses((status = 200, description = "the cart, priced now", body = CartView), (status = 400), (status = 401),
+              (status = 403), (status = 404), (status = 422)),
     security(("channel_key" = [])))]
 pub async fn put_cart(
     State(state): State<AppState>,
@@ -70,7 +87,9 @@ pub async fn put_cart(
         check_id(&format!("items[{i}].sku"), &item.sku)?;
     }
     require_customer(&state, &customer_id).await?;
-    let lines = state.engine.pipeline.store.replace_cart(&customer_id, body.items).await.map_err(|e| match e {
+    let items: Vec<CartItem> =
+        body.items.into_iter().map(|item| CartItem { sku: item.sku, quantity: item.quantity }).collect();
+    let lines = state.engine.pipeline.store.replace_cart(&customer_id, items).await.map_err(|e| match e {
         StoreError::NotFound(what) => {
             ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
         }
@@ -84,8 +103,10 @@ pub async fn put_cart(
 
 /// Read the customer's cart, priced now.
 #[utoipa::path(get, path = "/v1/carts/{customer_id}", tag = "carts",
-    params(("customer_id" = String, Path), ("X-Customer-Token" = String, Header)),
-    responses((status = 200, body = CartView), (status = 401), (status = 403), (status = 404), (status = 422)),
+    params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+           ("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)")),
+    responses((status = 200, description = "the cart, priced now", body = CartView), (status = 400), (status = 401),
+              (status = 403), (status = 404), (status = 422)),
     security(("channel_key" = [])))]
 pub async fn get_cart(
     State(state): State<AppState>,

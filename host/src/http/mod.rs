@@ -1,9 +1,10 @@
-//! The HTTP edge (shared/API.md): `app(state)` builds the router; `serve`
-//! runs it until shutdown. Handlers only translate: the pipeline and the
-//! store do the work.
+//! The HTTP edge (the document at `/openapi.json`): `app(state)` builds the
+//! router; `serve` runs it until shutdown. Handlers only translate: the
+//! pipeline and the store do the work.
 //!
 //! - [`auth`]: channel and admin keys, customer tokens;
 //! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;
+//! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
 
@@ -12,10 +13,14 @@ pub mod auth;
 pub mod carts;
 pub mod error;
 pub mod json;
+pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod rule_errors;
+pub mod server;
 pub mod validate;
+
+pub use server::{ConnectionLimits, serve, serve_with};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +29,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -58,33 +61,10 @@ impl AppState {
             engine,
             credentials: Arc::new(credentials),
             key_locks: Arc::default(),
-            openapi: Arc::new(
-                serde_json::to_value(api_router().split_for_parts().1).expect("the OpenAPI document serialises"),
-            ),
+            openapi: Arc::new(openapi_document()),
             request_timeout,
             body_limit_bytes,
             shutting_down: CancellationToken::new(),
-        }
-    }
-}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "SmartMart fulfillment engine", version = "1", description = "The external contract: shared/API.md"),
-    modifiers(&SecuritySchemes)
-)]
-struct ApiDoc;
-
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["channel_key", "admin_key"] {
-            components.add_security_scheme(
-                name,
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
         }
     }
 }
@@ -93,7 +73,7 @@ impl utoipa::Modify for SecuritySchemes {
 /// route the router does not serve, nor miss one.
 fn api_router() -> OpenApiRouter<AppState> {
     use utoipa::OpenApi as _;
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(carts::put_cart, carts::get_cart))
         .routes(routes!(orders::post_order))
         .routes(routes!(orders::get_order))
@@ -110,6 +90,13 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI 3.1 document of [`app`], as served at `/openapi.json`.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(api_router().split_for_parts().1).expect("the OpenAPI document serialises");
+    openapi::complete(&mut doc);
+    doc
 }
 
 /// The service's router.
@@ -150,29 +137,4 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .get_or_create(&crate::metrics::RequestLabels { method, route, status: status.to_string() })
         .inc();
     response
-}
-
-/// Serves until `shutdown` is cancelled, then lets in-flight requests
-/// finish within `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let flag = state.shutting_down.clone();
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        signal.cancelled().await;
-        flag.cancel();
-    });
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(joined) => joined??,
-        Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlasted the shutdown grace")
-        }
-    }
-    Ok(())
 }

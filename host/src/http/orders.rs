@@ -35,18 +35,25 @@ use crate::store::orders::KeyRecord;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBody {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub customer_id: String,
+    /// Case-insensitive; at most 64 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub coupon_code: Option<String>,
+    #[serde(deserialize_with = "super::json::object")]
     pub payment: PaymentBody,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::optional_object")]
     pub ship_to: Option<GeoPoint>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
-    /// Payment token for the gateway (never logged; kept only while its payment is in flight).
+    /// Payment token for the gateway (never logged; kept only while its payment is in flight),
+    /// 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub token: String,
 }
 
@@ -86,11 +93,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Place an order from the customer's cart.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders",
-    params(("X-Customer-Token" = String, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)"),
+           ("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7e]{1,255}$",
+            description = "1 to 255 visible ASCII characters; scoped to the channel")),
     request_body = OrderBody,
     responses((status = 201, description = "the invoice", body = Invoice),
-              (status = 402, description = "payment failed: `{error, order}`"),
-              (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 413),
+              (status = 402, description = "`PAYMENT_FAILED`: the error and the order (`status: PAYMENT_FAILED`)",
+               body = super::openapi::PaymentFailedBody),
+              (status = 400), (status = 401), (status = 403), (status = 404),
+              (status = 409, description = "`OUT_OF_STOCK`, `IDEMPOTENCY_KEY_REUSED`, or `IDEMPOTENCY_IN_PROGRESS`: \
+                the same key and body while the first request's order is being recovered after a crash; \
+                ask again after `Retry-After`",
+               body = super::openapi::ErrorBody,
+               headers(("Retry-After" = Option<u32>, description = "with `IDEMPOTENCY_IN_PROGRESS`: seconds to wait before asking again"))),
+              (status = 413),
               (status = 422), (status = 503), (status = 504)),
     security(("channel_key" = [])))]
 pub async fn post_order(
@@ -105,12 +121,13 @@ pub async fn post_order(
     if let Some(p) = &order.ship_to {
         check_location("ship_to", p)?;
     }
+    // Lengths in characters, as the OpenAPI schema counts them.
     if let Some(code) = &order.coupon_code
-        && (code.len() > 64 || code.chars().any(char::is_control))
+        && (code.chars().count() > 64 || code.chars().any(char::is_control))
     {
         return Err(ApiError::invalid("coupon_code: at most 64 characters, no control characters"));
     }
-    if order.payment.token.is_empty() || order.payment.token.len() > 255 {
+    if order.payment.token.is_empty() || order.payment.token.chars().count() > 255 {
         return Err(ApiError::invalid("payment.token: 1 to 255 characters"));
     }
     let token = raw_customer_token(&headers)?;
@@ -176,8 +193,10 @@ fn in_progress() -> Response {
 
 /// Read a placed order (with its fraud review once the checks have run).
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
-    params(("order_id" = String, Path), ("X-Customer-Token" = String, Header)),
-    responses((status = 200, body = Invoice), (status = 401), (status = 403), (status = 404)),
+    params(("order_id" = String, Path), ("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)")),
+    responses((status = 200, description = "the stored invoice or `PAYMENT_FAILED` order, with `fraud_review` once the checks have run",
+               body = Invoice),
+              (status = 401), (status = 403), (status = 404)),
     security(("channel_key" = [])))]
 pub async fn get_order(
     State(state): State<AppState>,
@@ -189,7 +208,11 @@ pub async fn get_order(
     check_id("order_id", &order_id).map_err(|_| not_found())?;
     // Verify the token first: an unauthenticated caller learns nothing.
     let token = raw_customer_token(&headers)?;
-    let subject = crate::pipeline::validate::verify_token(state.credentials.identity_secret.as_bytes(), &token)?;
+    let subject = crate::pipeline::validate::verify_token(
+        state.credentials.identity_secret.as_bytes(),
+        &token,
+        state.engine.pipeline.config.max_token_lifetime,
+    )?;
     let stored = state.engine.pipeline.store.order(&order_id).await?.ok_or_else(not_found)?;
     if !matches!(stored.status, OrderStatus::Confirmed | OrderStatus::PaymentFailed) {
         return Err(not_found());

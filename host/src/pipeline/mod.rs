@@ -68,6 +68,8 @@ pub struct PipelineConfig {
     pub currency: String,
     /// HS256 secret of customer identity tokens.
     pub identity_secret: Vec<u8>,
+    /// Longest lifetime a customer token may have left when checked.
+    pub max_token_lifetime: Duration,
     /// Key of the customer pseudonym in analytics events.
     pub pseudonym_key: Vec<u8>,
     /// Longest a read stage (validate, cart) or a parallel leg may take.
@@ -151,7 +153,13 @@ impl Pipeline {
         let customer = within(
             Stage::Validate,
             config.stage_timeout,
-            validate::validate(&self.store, &config.identity_secret, &request.customer_id, &request.customer_token),
+            validate::validate(
+                &self.store,
+                &config.identity_secret,
+                config.max_token_lifetime,
+                &request.customer_id,
+                &request.customer_token,
+            ),
         )
         .await?;
         timings.validate = ms(stage_started);

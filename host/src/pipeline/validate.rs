@@ -13,23 +13,40 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
-/// Verifies `token` and returns the customer id it names.
-pub fn verify_token(secret: &[u8], token: &str) -> Result<String, OrderError> {
+/// Verifies `token` and returns the customer id it names. A token whose
+/// `exp` lies more than `max_lifetime` ahead is refused: a leaked
+/// long-lived token would otherwise be good for years.
+pub fn verify_token(secret: &[u8], token: &str, max_lifetime: std::time::Duration) -> Result<String, OrderError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation.leeway = 5;
-    decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-        .map(|data| data.claims.sub)
+    let claims = decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
         // The library's message says what is wrong (expired, bad signature,
         // malformed) and never echoes the token.
-        .map_err(|e| OrderError::InvalidCustomerToken(e.to_string()))
+        .map_err(|e| OrderError::InvalidCustomerToken(e.to_string()))?
+        .claims;
+    let now = crate::store::now_ms().max(0) as u64 / 1000;
+    if claims.exp.saturating_sub(now) > max_lifetime.as_secs() {
+        return Err(OrderError::InvalidCustomerToken(format!(
+            "token lifetime too long: it expires more than the allowed {} s from now",
+            max_lifetime.as_secs()
+        )));
+    }
+    Ok(claims.sub)
 }
 
 /// Checks the token against `customer_id`, then loads the customer.
-pub async fn validate(store: &Store, secret: &[u8], customer_id: &str, token: &str) -> Result<Customer, OrderError> {
-    let subject = verify_token(secret, token)?;
+pub async fn validate(
+    store: &Store,
+    secret: &[u8],
+    max_token_lifetime: std::time::Duration,
+    customer_id: &str,
+    token: &str,
+) -> Result<Customer, OrderError> {
+    let subject = verify_token(secret, token, max_token_lifetime)?;
     if subject != customer_id {
         return Err(OrderError::CustomerMismatch);
     }

@@ -10,7 +10,7 @@ use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 use smartmart::app::{Dataset, Engine};
 use smartmart::config::Credentials;
-use smartmart::http::{AppState, serve};
+use smartmart::http::{AppState, ConnectionLimits, serve_with};
 use smartmart::pipeline::validate::mint_token;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -311,6 +311,19 @@ impl TestServer {
         plugins_dir: &std::path::Path,
         adjust: impl FnOnce(&mut smartmart::app::EngineSettings),
     ) -> TestServer {
+        TestServer::start_full(plugins_dir, adjust, ConnectionLimits::default()).await
+    }
+
+    /// Like [`TestServer::start`], with the given connection limits.
+    pub async fn start_with_limits(limits: ConnectionLimits) -> TestServer {
+        TestServer::start_full(&bundled_plugins(), |_| {}, limits).await
+    }
+
+    async fn start_full(
+        plugins_dir: &std::path::Path,
+        adjust: impl FnOnce(&mut smartmart::app::EngineSettings),
+        limits: ConnectionLimits,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("a temp data dir");
         let mut settings = engine_settings(dir.path(), plugins_dir);
         adjust(&mut settings);
@@ -325,7 +338,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
         let address = listener.local_addr().expect("the bound address");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state, shutdown.clone(), Duration::from_secs(5)));
+        let task = tokio::spawn(serve_with(listener, state, shutdown.clone(), Duration::from_secs(5), limits));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a reqwest client");
         TestServer { base: format!("http://{address}"), client, engine, dir, shutdown, task: Some(task) }
     }
