@@ -24,7 +24,7 @@ use crate::store::{Store, StoreOptions};
 /// Which payment gateway orders are charged through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayChoice {
-    /// The built-in sandbox (shared/API.md's tokens), ledger in the data dir.
+    /// The built-in sandbox (the tokens of docs/api.md), ledger in the data dir.
     Sandbox,
     /// An external gateway speaking the protocol of `payment::http`.
     Http { url: String, timeout: Duration },

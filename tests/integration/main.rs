@@ -9,4 +9,5 @@ mod payment;
 mod pipeline;
 mod reload;
 mod rules;
+mod scaffold;
 mod support;

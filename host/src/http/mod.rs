@@ -1,4 +1,4 @@
-//! The HTTP edge (shared/API.md): `app(state)` builds the router; `serve`
+//! The HTTP edge (docs/api.md): `app(state)` builds the router; `serve`
 //! runs it until shutdown. Handlers only translate: the pipeline and the
 //! store do the work.
 //!
@@ -68,7 +68,7 @@ impl AppState {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "SmartMart fulfillment engine", version = "1", description = "The external contract: shared/API.md"),
+    info(title = "SmartMart fulfillment engine", version = "1", description = "The external contract: docs/api.md"),
     modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;

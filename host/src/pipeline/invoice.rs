@@ -1,6 +1,6 @@
 //! The invoice: what a confirmed order answers (and, with status
 //! `PAYMENT_FAILED`, what a failed one carries), field for field as
-//! shared/API.md shows it.
+//! docs/api.md shows it.
 
 use serde::{Deserialize, Serialize};
 

@@ -14,7 +14,7 @@ use super::bindings::{DiscountRulePre, FraudCheckPre, GuestError, WarehouseSelec
 use super::budgets::Budgets;
 use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
-use super::state::{ModuleConfig, RuleState};
+use super::state::{LogLine, ModuleConfig, RuleState};
 use super::types::{Candidate, DiscountLine, OrderContext, OutputSize, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
 
@@ -106,6 +106,38 @@ pub struct Called<T> {
     pub usage: Usage,
 }
 
+/// Everything one call produced, whatever its outcome: the answer or why
+/// there is none, what the call used, what the rule logged. The order path
+/// needs only [`Called`]; rule authors' tools (`smartmart rules run`) show
+/// the rest, above all on a failure.
+#[derive(Debug)]
+pub struct Traced<T> {
+    pub result: Result<T, RuleError>,
+    pub usage: Usage,
+    /// Lines the rule logged, within the host's log budget.
+    pub log: Vec<LogLine>,
+    /// Size of the answer or refusal as the output budget counts it; `None`
+    /// when the call produced none (a trap, an exhausted budget).
+    pub output_bytes: Option<usize>,
+}
+
+impl<T> Traced<T> {
+    /// A call that failed before the rule ran: nothing used, nothing logged.
+    fn not_run(error: RuleError) -> Self {
+        Traced {
+            result: Err(error),
+            usage: Usage { elapsed: Duration::ZERO, fuel: 0, peak_memory_bytes: 0 },
+            log: Vec::new(),
+            output_bytes: None,
+        }
+    }
+
+    /// The answer with its usage, as the order path takes it.
+    pub fn into_called(self) -> Result<Called<T>, RuleError> {
+        self.result.map(|value| Called { value, usage: self.usage })
+    }
+}
+
 impl RuleModule {
     /// Binds a compiled component to `world`, failing if it does not
     /// implement it, then asks it who it is.
@@ -191,6 +223,11 @@ impl RuleModule {
 
     /// The module's own description of itself.
     pub fn info(&self) -> Result<Called<RuleInfo>, RuleError> {
+        self.info_traced().into_called()
+    }
+
+    /// [`RuleModule::info`], with the call's usage and log whatever its outcome.
+    pub fn info_traced(&self) -> Traced<RuleInfo> {
         self.call(|store, prepared| {
             let info = match prepared {
                 Prepared::Discount(pre) => {
@@ -207,8 +244,13 @@ impl RuleModule {
 
     /// Runs a discount rule on an order.
     pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        self.apply_discount_traced(order).into_called()
+    }
+
+    /// [`RuleModule::apply_discount`], with the call's usage and log whatever its outcome.
+    pub fn apply_discount_traced(&self, order: &OrderContext) -> Traced<Vec<DiscountLine>> {
         let Prepared::Discount(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::DiscountRule));
+            return Traced::not_run(self.not_this_world(World::DiscountRule));
         };
         let input = wit::OrderContext::from(order);
         self.call(|store, _| {
@@ -220,8 +262,13 @@ impl RuleModule {
 
     /// Asks a warehouse selector for an allocation plan.
     pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
+        self.select_warehouses_traced(order, candidates).into_called()
+    }
+
+    /// [`RuleModule::select_warehouses`], with the call's usage and log whatever its outcome.
+    pub fn select_warehouses_traced(&self, order: &OrderContext, candidates: &[Candidate]) -> Traced<Plan> {
         let Prepared::Warehouse(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::WarehouseSelector));
+            return Traced::not_run(self.not_this_world(World::WarehouseSelector));
         };
         let input = wit::OrderContext::from(order);
         let candidates: Vec<_> = candidates.iter().map(Into::into).collect();
@@ -234,8 +281,13 @@ impl RuleModule {
 
     /// Runs a fraud check on a placed order.
     pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
+        self.check_fraud_traced(order, payment).into_called()
+    }
+
+    /// [`RuleModule::check_fraud`], with the call's usage and log whatever its outcome.
+    pub fn check_fraud_traced(&self, order: &OrderContext, payment: &PaymentSummary) -> Traced<Verdict> {
         let Prepared::Fraud(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::FraudCheck));
+            return Traced::not_run(self.not_this_world(World::FraudCheck));
         };
         let input = wit::OrderContext::from(order);
         let payment = payment.into();
@@ -259,13 +311,15 @@ impl RuleModule {
     fn call<T: OutputSize + Send>(
         &self,
         body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>> + Send,
-    ) -> Result<Called<T>, RuleError> {
+    ) -> Traced<T> {
         let started = Instant::now();
         let budgets = self.budgets;
         let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| state);
-        store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
+        if let Err(e) = store.set_fuel(budgets.fuel) {
+            return Traced::not_run(self.failed(FailureCause::Instantiate(e.to_string())));
+        }
         store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
         // wasmtime-wasi's synchronous WASI bindings block on the current
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
@@ -284,30 +338,33 @@ impl RuleModule {
         };
         let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
         let usage = Usage { elapsed: started.elapsed(), fuel, peak_memory_bytes: store.data().peak_memory };
-        match outcome {
+        let log = std::mem::take(&mut store.data_mut().logged);
+        let (result, output_bytes) = match outcome {
             Ok(Ok(value)) => {
                 let size = value.output_size();
                 if size > budgets.output_bytes {
-                    return Err(self.failed(FailureCause::OutputTooLarge { size, limit: budgets.output_bytes }));
+                    (Err(self.failed(FailureCause::OutputTooLarge { size, limit: budgets.output_bytes })), Some(size))
+                } else {
+                    (Ok(value), Some(size))
                 }
-                Ok(Called { value, usage })
             }
             Ok(Err(GuestError::Refused(refusal))) => {
-                if refusal.output_size() > budgets.output_bytes {
-                    return Err(self.failed(FailureCause::OutputTooLarge {
-                        size: refusal.output_size(),
-                        limit: budgets.output_bytes,
-                    }));
+                let size = refusal.output_size();
+                if size > budgets.output_bytes {
+                    (Err(self.failed(FailureCause::OutputTooLarge { size, limit: budgets.output_bytes })), Some(size))
+                } else {
+                    (Err(RuleError::Refused { module: self.identity.clone(), refusal }), Some(size))
                 }
-                Err(RuleError::Refused { module: self.identity.clone(), refusal })
             }
             Ok(Err(GuestError::Failed(message))) => {
                 let mut message = message;
                 message.truncate(message.floor_char_boundary(1024));
-                Err(self.failed(FailureCause::Guest(message)))
+                let size = message.len();
+                (Err(self.failed(FailureCause::Guest(message))), Some(size))
             }
-            Err(error) => Err(self.failed(self.classify_trap(&error, store.data()))),
-        }
+            Err(error) => (Err(self.failed(self.classify_trap(&error, store.data()))), None),
+        };
+        Traced { result, usage, log, output_bytes }
     }
 
     fn classify_trap(&self, error: &wasmtime::Error, state: &RuleState) -> FailureCause {

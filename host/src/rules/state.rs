@@ -33,6 +33,18 @@ pub(crate) struct RuleState {
     pub(crate) peak_memory: usize,
     pub(crate) memory_denied: bool,
     pub(crate) stderr: MemoryOutputPipe,
+    /// The lines this call logged (within the log budget), for callers that
+    /// show them beside the answer (`smartmart rules run`).
+    pub(crate) logged: Vec<LogLine>,
+}
+
+/// One line a rule logged during a call, as kept on its store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
 }
 
 /// A clock that always reads zero: rules get the order time as data, and a
@@ -84,6 +96,7 @@ impl RuleState {
             peak_memory: 0,
             memory_denied: false,
             stderr,
+            logged: Vec::new(),
         }
     }
 
@@ -128,7 +141,10 @@ impl log::Host for RuleState {
         }
         let mut message = message;
         message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
-        let fields = fields.iter().take(16).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let fields: Vec<(String, String)> = fields.into_iter().take(16).collect();
+        // Bounded like tracing's copy: the line count above caps the list.
+        self.logged.push(LogLine { level: level_name(level), message: message.clone(), fields: fields.clone() });
+        let fields = fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let module = &*self.label;
         match level {
             log::Level::Trace => tracing::trace!(target: "rule", module, %fields, "{message}"),
@@ -137,6 +153,16 @@ impl log::Host for RuleState {
             log::Level::Warn => tracing::warn!(target: "rule", module, %fields, "{message}"),
             log::Level::Error => tracing::error!(target: "rule", module, %fields, "{message}"),
         }
+    }
+}
+
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Trace => "trace",
+        log::Level::Debug => "debug",
+        log::Level::Info => "info",
+        log::Level::Warn => "warn",
+        log::Level::Error => "error",
     }
 }
 

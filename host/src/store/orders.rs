@@ -185,7 +185,7 @@ pub fn cancel(conn: &mut Connection, order_id: &str, reason: &str) -> Result<boo
 /// Undoes a PENDING order refused before payment because of the request
 /// itself (an invalid coupon): its stock is released and its row and
 /// reservations are removed, so that the rejected request leaves nothing
-/// behind (shared/API.md: "a rejected request writes nothing"). An order
+/// behind (docs/api.md: "a rejected request writes nothing"). An order
 /// that has a payment record, or is no longer PENDING, is left alone.
 pub fn discard(conn: &mut Connection, order_id: &str) -> Result<bool, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
