@@ -19,6 +19,9 @@ pub type ModuleConfig = BTreeMap<String, String>;
 const MAX_LOG_LINES: u32 = 64;
 /// Longest log message kept, in bytes.
 const MAX_LOG_MESSAGE: usize = 1024;
+/// Bytes of log lines one call keeps for its caller (`rules run`); the
+/// lines past it still reach tracing.
+const MAX_KEPT_LOG_BYTES: usize = 64 << 10;
 /// What a guest may write to stdout/stderr in one call (a panic message fits).
 const STDIO_CAPACITY: usize = 4096;
 
@@ -36,6 +39,7 @@ pub(crate) struct RuleState {
     /// The lines this call logged (within the log budget), for callers that
     /// show them beside the answer (`smartmart rules run`).
     pub(crate) logged: Vec<LogLine>,
+    logged_bytes: usize,
 }
 
 /// One line a rule logged during a call, as kept on its store.
@@ -97,6 +101,7 @@ impl RuleState {
             memory_denied: false,
             stderr,
             logged: Vec::new(),
+            logged_bytes: 0,
         }
     }
 
@@ -142,16 +147,22 @@ impl log::Host for RuleState {
         let mut message = message;
         message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
         let fields: Vec<(String, String)> = fields.into_iter().take(16).collect();
-        // Bounded like tracing's copy: the line count above caps the list.
-        self.logged.push(LogLine { level: level_name(level), message: message.clone(), fields: fields.clone() });
-        let fields = fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let joined = fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let module = &*self.label;
         match level {
-            log::Level::Trace => tracing::trace!(target: "rule", module, %fields, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "rule", module, %fields, "{message}"),
-            log::Level::Info => tracing::info!(target: "rule", module, %fields, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "rule", module, %fields, "{message}"),
-            log::Level::Error => tracing::error!(target: "rule", module, %fields, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "rule", module, fields = %joined, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "rule", module, fields = %joined, "{message}"),
+            log::Level::Info => tracing::info!(target: "rule", module, fields = %joined, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "rule", module, fields = %joined, "{message}"),
+            log::Level::Error => tracing::error!(target: "rule", module, fields = %joined, "{message}"),
+        }
+        // Kept for the caller too, within a byte bound of its own: field
+        // values are not truncated, and a guest could otherwise make the
+        // host hold many copies of its whole memory.
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.logged_bytes + size <= MAX_KEPT_LOG_BYTES {
+            self.logged_bytes += size;
+            self.logged.push(LogLine { level: level_name(level), message, fields });
         }
     }
 }
@@ -173,5 +184,29 @@ impl config::Host for RuleState {
 
     fn entries(&mut self) -> Vec<(String, String)> {
         self.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_log_lines_are_bounded_in_bytes_and_count() {
+        let mut state = RuleState::new(Arc::from("test@1"), Arc::new(ModuleConfig::new()), 1 << 20);
+        let emit = |state: &mut RuleState, value: String| {
+            log::Host::emit(state, log::Level::Info, "line".into(), vec![("key".into(), value)]);
+        };
+        let big = "x".repeat(MAX_KEPT_LOG_BYTES / 2);
+        for _ in 0..3 {
+            emit(&mut state, big.clone());
+        }
+        assert_eq!(state.logged.len(), 1, "only the first half-budget line fits");
+        assert_eq!(state.logged[0].level, "info");
+        for i in 0..(2 * MAX_LOG_LINES) {
+            emit(&mut state, i.to_string());
+        }
+        assert_eq!(state.logged.len(), MAX_LOG_LINES as usize - 2, "the line budget counts every line");
+        assert!(state.logged_bytes <= MAX_KEPT_LOG_BYTES);
     }
 }
