@@ -24,7 +24,7 @@ use crate::store::{Store, StoreOptions};
 /// Which payment gateway orders are charged through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayChoice {
-    /// The built-in sandbox (the API reference's tokens), its ledger in the store.
+    /// The built-in sandbox (the tokens of docs/api.md), its ledger in the store.
     Sandbox,
     /// An external gateway speaking the protocol of `payment::http`.
     Http { url: String, timeout: Duration },

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use smartmart::rules::{ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
+use smartmart::rules::scaffold::{self, Lang};
+use smartmart::rules::{Budgets, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
 
 /// SmartMart order fulfillment engine.
 #[derive(Debug, Parser)]
@@ -19,7 +20,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the HTTP service (shared/API.md) until SIGTERM or SIGINT.
+    /// Run the HTTP service (the API of docs/api.md) until SIGTERM or SIGINT.
     Serve {
         #[command(flatten)]
         config: smartmart::config::ServeConfig,
@@ -45,7 +46,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
-    /// Tools for rule authors: inspect and run one rule module locally.
+    /// Tools for rule authors: start a rule project, inspect and run one
+    /// rule module locally, sign modules.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Load the demo data set into a fresh data dir and run the use cases
@@ -91,6 +93,24 @@ enum RulesCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Start a rule project in a new or empty folder: the contract (a copy
+    /// of wit/), the rule's source for its world, an example input with the
+    /// expected answer, a test, a README with the build command and the
+    /// manifest entry. It builds wherever the folder is.
+    New {
+        /// Rule name, kebab-case (e.g. `spring-sale`); the component is `spring_sale.wasm`.
+        name: String,
+        /// The slot the rule serves: discount, warehouse or fraud.
+        #[arg(long, value_parser = parse_world)]
+        world: World,
+        /// The language: rust (a wit-bindgen crate) or js (arrow functions
+        /// over the order, built with ComponentizeJS; needs Node.js and npm).
+        #[arg(long, default_value = "rust", value_parser = parse_lang)]
+        lang: Lang,
+        /// The project folder (created if absent, else it must be empty); default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Load a module as the service would and print its world, name,
     /// version, digest and imports.
     Check {
@@ -102,30 +122,93 @@ enum RulesCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
-    /// Call a module on an example input and print its answer with the
-    /// time, fuel and memory it used.
+    /// Call a module once on an example input and print its answer, what it
+    /// logged, and the fuel, peak memory, wall time and output size it used
+    /// against its budgets. Exit code 2 when the rule failed; with
+    /// `--expect`, 0 when the answer is the expected one and 1 when it
+    /// differs.
     Run {
         /// The component file (`.wasm`).
         file: PathBuf,
-        /// Input JSON: `{"order": …, "candidates": […], "payment": {…}}`
-        /// (see examples/orders/).
+        /// Input JSON: `{"order": …, "candidates": […], "payment": {…},
+        /// "config": {…}}` (see examples/orders/).
         #[arg(long)]
         input: PathBuf,
-        /// Module configuration, repeatable: `--config code.WELCOME10=percent:10`.
+        /// Compare with this expected result, `{"outcome": "ok", "result": …}`,
+        /// and print every difference.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Module configuration, repeatable, over the input's `config`:
+        /// `--config code.WELCOME10=percent:10`.
         #[arg(long = "config", value_parser = parse_key_value)]
         config: Vec<(String, String)>,
+        /// A per-call budget, repeatable, as in the manifest's `budgets`:
+        /// `--budget fuel=200000000` (keys fuel, memory_bytes, time_ms, output_bytes).
+        #[arg(long = "budget", value_parser = parse_key_value)]
+        budgets: Vec<(String, String)>,
         /// The world to load it as; by default, whichever it implements.
         #[arg(long, value_parser = parse_world)]
         world: Option<World>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
+/// Where compiled modules are cached: the service's own cache, so a module
+/// is compiled once for the tools and the service alike.
+#[derive(Debug, clap::Args)]
+struct CacheArgs {
+    /// The data dir whose `cache/modules/` keeps compiled modules.
+    #[arg(long, env = "SMARTMART_DATA_DIR", default_value = "smartmart-data")]
+    data_dir: PathBuf,
+}
+
+impl CacheArgs {
+    fn runtime(&self) -> anyhow::Result<RuleRuntime> {
+        let cache_dir = smartmart::rules::engine::module_cache_dir(&self.data_dir);
+        RuleRuntime::new(RuntimeOptions { cache_dir: Some(cache_dir), max_instances: 8 })
+    }
+}
+
 fn parse_world(s: &str) -> Result<World, String> {
-    World::ALL
-        .into_iter()
-        .find(|w| w.name() == s)
-        .ok_or_else(|| format!("unknown world `{s}` (one of: discount-rule, warehouse-selector, fraud-check)"))
+    World::parse(s).ok_or_else(|| {
+        format!(
+            "unknown world `{s}` (one of: discount, warehouse, fraud, or the world names \
+             discount-rule, warehouse-selector, fraud-check)"
+        )
+    })
+}
+
+fn parse_lang(s: &str) -> Result<Lang, String> {
+    Lang::parse(s).ok_or_else(|| format!("unknown language `{s}` (one of: rust, js)"))
+}
+
+/// `--budget` pairs over the default budgets.
+fn budgets_from(pairs: &[(String, String)]) -> anyhow::Result<Budgets> {
+    let mut budgets = Budgets::default();
+    for (key, value) in pairs {
+        let number = |what: &str| -> anyhow::Result<u64> {
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("--budget {key}: {what} must be a whole number, got {value:?}"))
+        };
+        match key.as_str() {
+            "fuel" => budgets.fuel = number("fuel")?,
+            "time_ms" => budgets.time_ms = number("time_ms")?,
+            "memory_bytes" => budgets.memory_bytes = number("memory_bytes")? as usize,
+            "output_bytes" => budgets.output_bytes = number("output_bytes")? as usize,
+            _ => anyhow::bail!("--budget {key}: unknown budget (one of: fuel, memory_bytes, time_ms, output_bytes)"),
+        }
+    }
+    budgets.validate().map_err(|reason| anyhow::anyhow!("--budget: {reason}"))?;
+    Ok(budgets)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -198,11 +281,22 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
             println!("{}", sig.display());
             return Ok(ExitCode::SUCCESS);
         }
+        RulesCommand::New { name, world, lang, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let spec = scaffold::NewRule { name: name.clone(), world: *world, lang: *lang, dir: dir.clone() };
+            let files = scaffold::create(&spec)?;
+            println!("created {} ({} rule in {}, world {world}):", dir.display(), world.slot(), lang_name(*lang));
+            for file in files {
+                println!("  {file}");
+            }
+            println!("next: see {} (build, then `smartmart rules run … --expect`)", dir.join("README.md").display());
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
-    let runtime = RuleRuntime::new(RuntimeOptions { max_instances: 8, ..RuntimeOptions::default() })?;
     match command {
-        RulesCommand::Check { file, world, json } => {
+        RulesCommand::Check { file, world, json, cache } => {
+            let runtime = cache.runtime()?;
             let report = runner::check(&runtime, &file, world)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -221,16 +315,56 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        RulesCommand::Keygen { .. } | RulesCommand::Sign { .. } => unreachable!("handled above"),
-        RulesCommand::Run { file, input, config, world } => {
-            let text = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
-            let input: runner::RunInput =
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", input.display()))?;
-            let config: ModuleConfig = config.into_iter().collect();
-            let module = runner::load(&runtime, &file, world, config)?;
+        RulesCommand::Keygen { .. } | RulesCommand::Sign { .. } | RulesCommand::New { .. } => {
+            unreachable!("handled above")
+        }
+        RulesCommand::Run { file, input, expect, config, budgets, world, json, cache } => {
+            let input_path = input;
+            let input: runner::RunInput = read_json(&input_path)?;
+            let expected: Option<runner::Expected> = expect.as_deref().map(read_json).transpose()?;
+            let budgets = budgets_from(&budgets)?;
+            let mut module_config: ModuleConfig = input.config.clone();
+            module_config.extend(config);
+            let runtime = cache.runtime()?;
+            let module = runner::load(&runtime, &file, world, module_config, budgets)?;
             let report = runner::run(&module, &input)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(if report.outcome == "failed" { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            let Some(expected) = expected else {
+                return Ok(if report.outcome == "failed" { ExitCode::from(2) } else { ExitCode::SUCCESS });
+            };
+            let expect_path = expect.expect("expected was read from it");
+            let differences = runner::differences(&report, &expected);
+            let mut verdict = if differences.is_empty() {
+                format!("expect:   matches {}\n", expect_path.display())
+            } else {
+                format!("expect:   {} difference(s) from {}:\n", differences.len(), expect_path.display())
+            };
+            for difference in &differences {
+                verdict.push_str(&format!("  {difference}\n"));
+            }
+            // JSON on stdout stays parseable; the verdict is for the person.
+            if json {
+                eprint!("{verdict}");
+            } else {
+                print!("{verdict}");
+            }
+            Ok(if differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+fn lang_name(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "Rust",
+        Lang::Js => "JavaScript",
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }

@@ -1,6 +1,6 @@
 //! `smartmart rules check | run`, the real binary on the real components.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::{repo_root, wasm};
@@ -14,19 +14,32 @@ const RULES: [(&str, &str, &str); 5] = [
     ("clearance", "discount-rule", "clearance"),
 ];
 
-fn smartmart(args: &[&str]) -> Output {
+/// The data dir the CLI tests share: its `cache/modules/` keeps compiled
+/// modules across runs (a JavaScript rule takes seconds to compile).
+pub fn cli_data_dir() -> PathBuf {
+    repo_root().join("target/test-cli-data")
+}
+
+/// Runs the real `smartmart` binary with `args`, its module cache in [`cli_data_dir`].
+pub fn smartmart(args: &[&str]) -> Output {
+    smartmart_in(&cli_data_dir(), args)
+}
+
+/// Runs the real `smartmart` binary with `args` on the data dir `data_dir`.
+pub fn smartmart_in(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smartmart"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("SMARTMART_DATA_DIR", data_dir)
         .output()
         .expect("running the smartmart binary")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn path_str(path: &Path) -> &str {
+pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
@@ -72,7 +85,7 @@ fn rules_run_prints_the_outcome_and_the_fuel_used() {
     let input = repo_root().join("examples/orders/gold-basic.json");
     for (name, _, rule) in RULES {
         let file = wasm(name);
-        let mut args = vec!["rules", "run", path_str(&file), "--input", path_str(&input)];
+        let mut args = vec!["rules", "run", "--json", path_str(&file), "--input", path_str(&input)];
         if name == "coupons" {
             args.extend(["--config", "code.WELCOME10=percent:10", "--config", "code.FLAT500=amount:500"]);
         }
@@ -81,9 +94,107 @@ fn rules_run_prints_the_outcome_and_the_fuel_used() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(report["outcome"], "ok", "{name}: {report}");
         assert_eq!(report["module"]["name"], rule, "{report}");
-        assert!(report["usage"]["fuel"].as_u64().is_some_and(|f| f > 0), "{name}: {report}");
-        assert!(report["usage"]["elapsed"].as_f64().is_some_and(|us| us > 0.0), "{name}: {report}");
+        assert!(report["usage"]["fuel"]["used"].as_u64().is_some_and(|f| f > 0), "{name}: {report}");
+        assert!(report["usage"]["wall_time_ms"]["used"].as_f64().is_some_and(|ms| ms > 0.0), "{name}: {report}");
     }
+}
+
+#[test]
+fn rules_run_reports_each_budget_with_its_unit_and_what_the_rule_logged() {
+    let (file, input) = (wasm("coupons"), repo_root().join("examples/orders/gold-basic.json"));
+    let args = ["rules", "run", path_str(&file), "--input", path_str(&input), "--config", "code.WELCOME10=percent:10"];
+    let out = smartmart(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("outcome:  ok\n"), "{stdout}");
+    assert!(stdout.contains("\"amount_cents\": 9290"), "{stdout}");
+    assert!(stdout.contains("coupons applied order_id=ord_example_gold outcome=9290"), "{stdout}");
+    assert!(stdout.contains(" of 50,000,000 instructions ("), "{stdout}");
+    assert!(stdout.contains(" of 16.0 MiB peak ("), "{stdout}");
+    assert!(stdout.contains(" of 1000.0 ms ("), "{stdout}");
+    assert!(stdout.contains(" of 64.0 KiB ("), "{stdout}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    json_args.extend(["--budget", "fuel=20000000", "--budget", "memory_bytes=8388608"]);
+    let out = smartmart(&json_args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let usage = &report["usage"];
+    assert_eq!(usage["fuel"]["limit"], 20_000_000, "{report}");
+    assert!(usage["fuel"]["used"].as_u64().is_some_and(|f| f > 0 && f < 20_000_000), "{report}");
+    assert_eq!(usage["peak_memory_bytes"]["limit"], 8 << 20, "{report}");
+    assert!(usage["peak_memory_bytes"]["used"].as_u64().is_some_and(|m| m > 0), "{report}");
+    assert_eq!(usage["wall_time_ms"]["limit"], 1000.0, "{report}");
+    assert_eq!(usage["output_bytes"]["limit"], 64 << 10, "{report}");
+    assert!(usage["output_bytes"]["used"].as_u64().is_some_and(|o| o > 0), "{report}");
+    assert_eq!(report["log"][0]["level"], "debug", "{report}");
+    assert_eq!(report["log"][0]["message"], "coupons applied", "{report}");
+    assert_eq!(report["log"][0]["fields"][1], serde_json::json!(["outcome", "9290"]), "{report}");
+}
+
+#[test]
+fn rules_run_refuses_an_unknown_budget() {
+    let (file, input) = (wasm("coupons"), repo_root().join("examples/orders/gold-basic.json"));
+    let out = smartmart(&["rules", "run", path_str(&file), "--input", path_str(&input), "--budget", "cpu=1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown budget"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn rules_run_expect_passes_on_the_expected_answer_and_lists_each_difference_otherwise() {
+    let (file, input) = (wasm("gold_loyalty"), repo_root().join("examples/orders/gold-basic.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.json");
+    let line = serde_json::json!({"rule": "gold-loyalty", "description": "GOLD tier 10%", "amount_cents": 9290,
+        "reasons": ["tier=GOLD", "percent=10"]});
+    std::fs::write(&expected, serde_json::json!({"outcome": "ok", "result": [line]}).to_string()).unwrap();
+    let run =
+        || smartmart(&["rules", "run", path_str(&file), "--input", path_str(&input), "--expect", path_str(&expected)]);
+    let out = run();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("expect:   matches "), "{stdout}");
+
+    let mut wrong = line.clone();
+    wrong["amount_cents"] = 9300.into();
+    wrong["reasons"] = serde_json::json!(["tier=GOLD"]);
+    std::fs::write(&expected, serde_json::json!({"outcome": "ok", "result": [wrong]}).to_string()).unwrap();
+    let out = run();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("expect:   2 difference(s) from "), "{stdout}");
+    assert!(stdout.contains("  result[0].amount_cents: expected 9300, got 9290\n"), "{stdout}");
+    assert!(stdout.contains("  result[0].reasons[1]: not expected, got \"percent=10\"\n"), "{stdout}");
+
+    std::fs::write(&expected, r#"{"outcome": "refused"}"#).unwrap();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("outcome: expected \"refused\", got \"ok\""), "{}", text(&out.stdout));
+}
+
+#[test]
+fn rules_run_compiles_into_the_data_dirs_module_cache_and_reuses_it() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (file, input) = (wasm("coupons"), repo_root().join("examples/orders/gold-basic.json"));
+    // No --world and a --config: the world is detected on the one compiled artifact.
+    let args = ["rules", "run", path_str(&file), "--input", path_str(&input), "--config", "code.X=percent:5"];
+    let artifacts = || -> Vec<(PathBuf, std::time::SystemTime)> {
+        let dir = data_dir.path().join("cache/modules");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::metadata(&p).unwrap().modified().unwrap()))
+            .collect()
+    };
+    let out = smartmart_in(data_dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = artifacts();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.extension().is_some_and(|e| e == "cwasm"), "{first:?}");
+    let out = smartmart_in(data_dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(artifacts(), first, "the second run compiled again");
 }
 
 #[test]
@@ -91,7 +202,7 @@ fn rules_run_answers_each_world_on_the_example_orders() {
     let input = |name: &str| repo_root().join(format!("examples/orders/{name}.json"));
     let run = |rule: &str, order: &str| -> serde_json::Value {
         let (file, input) = (wasm(rule), input(order));
-        let out = smartmart(&["rules", "run", path_str(&file), "--input", path_str(&input)]);
+        let out = smartmart(&["rules", "run", "--json", path_str(&file), "--input", path_str(&input)]);
         assert!(out.status.success(), "{rule} on {order}: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("JSON on stdout")
     };
@@ -136,12 +247,27 @@ fn rules_check_refuses_a_missing_file() {
 }
 
 #[test]
-fn rules_run_on_a_runaway_rule_exits_2_with_outcome_failed() {
+fn rules_run_on_a_runaway_rule_exits_2_with_outcome_failed_and_its_usage() {
     let (file, input) = (wasm("hostile_loop"), repo_root().join("examples/orders/gold-basic.json"));
-    let out = smartmart(&["rules", "run", path_str(&file), "--input", path_str(&input)]);
+    let out = smartmart(&["rules", "run", "--json", path_str(&file), "--input", path_str(&input)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(report["outcome"], "failed", "{report}");
     let kind = report["result"]["kind"].as_str().unwrap();
     assert!(kind == "fuel_budget" || kind == "time_budget", "{report}");
+    // What it used up to the failure is there, not null.
+    let usage = &report["usage"];
+    assert!(usage["fuel"]["used"].as_u64().is_some_and(|f| f > 0), "{report}");
+    if kind == "fuel_budget" {
+        assert_eq!(usage["fuel"]["used"], usage["fuel"]["limit"], "{report}");
+    }
+    assert!(usage["peak_memory_bytes"]["used"].as_u64().is_some_and(|m| m > 0), "{report}");
+    assert!(usage["output_bytes"].is_null(), "no answer, no output size: {report}");
+
+    let out = smartmart(&["rules", "run", path_str(&file), "--input", path_str(&input)]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("outcome:  failed\n"), "{stdout}");
+    assert!(stdout.contains(" of 50,000,000 instructions ("), "{stdout}");
+    assert!(stdout.contains("output       none (the call produced no answer)"), "{stdout}");
 }

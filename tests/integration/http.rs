@@ -1,4 +1,4 @@
-//! The HTTP service over real HTTP (shared/API.md): the real router and
+//! The HTTP service over real HTTP (docs/api.md): the real router and
 //! server on a loopback port, the bundled rules, the demo data set, the
 //! sandbox gateway; and the real binary for start-up and shutdown.
 
@@ -399,7 +399,7 @@ async fn health_readiness_metrics_and_the_openapi_document_need_no_key() {
 // The OpenAPI document and the router agree.
 // ---------------------------------------------------------------------------
 
-/// Every route of shared/API.md.
+/// Every route of docs/api.md.
 const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/carts/{customer_id}"),
     ("GET", "/v1/carts/{customer_id}"),

@@ -12,6 +12,7 @@ mod pipeline;
 mod reload;
 mod rules;
 mod sandbox_edges;
+mod scaffold;
 mod support;
 
 /// Counts heap bytes per thread (`support::alloc_meter`), so that tests can

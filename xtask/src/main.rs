@@ -7,13 +7,17 @@
 //! anything, and this tool does them:
 //!
 //! - a fresh machine lacks the `wasm32-wasip2` target: install it (rustup);
-//! - the guests must be built, for that target, before the host's tests run.
+//! - the guests must be built, for that target, before the host's tests run;
+//! - the JavaScript example rule (`examples/rules/coupons-js/`) needs its
+//!   pinned componentizer from npm (`npm ci`, from its committed lock file)
+//!   and is built with `npm run build`: Node.js 20+ and npm must be on PATH.
 //!
 //! ```text
-//! cargo xtask guests          build every guest; copy them to target/wasm/<name>.wasm
-//!                             and the bundled rules also to plugins/bundled/
-//! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/
-//!                             and the example), then cargo test --workspace ARGS;
+//! cargo xtask guests          build every guest (Rust, and the JavaScript example);
+//!                             copy them to target/wasm/<name>.wasm and the
+//!                             bundled rules also to plugins/bundled/
+//! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/,
+//!                             the examples), then cargo test --workspace ARGS;
 //!                             without ARGS, then .ci/schemathesis.sh (python3)
 //! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
 //! cargo xtask serve [ARGS]    guests, then cargo run --release -p smartmart -- serve ARGS
@@ -34,6 +38,11 @@ const GUEST_WORKSPACES: [&str; 3] =
     ["plugins/Cargo.toml", "tests/guests/Cargo.toml", "examples/rules/clearance/Cargo.toml"];
 /// Where the guests build (shared by the three workspaces), from the root.
 const GUEST_TARGET_DIR: &str = "target/guests";
+/// The JavaScript example rule, relative to the root, and its component.
+const JS_EXAMPLE: &str = "examples/rules/coupons-js";
+const JS_COMPONENT: &str = "coupons_js.wasm";
+/// What the JavaScript component is built from, relative to its folder.
+const JS_SOURCES: [&str; 5] = ["rule.js", "glue.js", "convert.js", "package.json", "package-lock.json"];
 /// The rules `serve` loads by default; also copied to `plugins/bundled/`.
 const BUNDLED: [&str; 4] = ["gold_loyalty.wasm", "coupons.wasm", "nearest_warehouse.wasm", "high_value.wasm"];
 
@@ -157,6 +166,8 @@ fn guests() -> Result {
     for name in BUNDLED {
         copy(&built.join(name), &bundled_dir.join(name))?;
     }
+    js_example(&root)?;
+    copy(&root.join(JS_EXAMPLE).join(JS_COMPONENT), &wasm_dir.join(JS_COMPONENT))?;
     eprintln!(
         "xtask: {} components in {}, {} bundled rules in {}",
         components.len(),
@@ -165,6 +176,45 @@ fn guests() -> Result {
         bundled_dir.display()
     );
     Ok(())
+}
+
+/// `npm` for a command run in `dir`, with a clear error when it is missing.
+fn npm(dir: &Path) -> Command {
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(dir);
+    cmd
+}
+
+const NODE_NEEDED: &str = "the JavaScript example rule (examples/rules/coupons-js) needs Node.js 20 or \
+     later and npm on PATH (Debian: `apt-get install nodejs npm`), and the npm registry for its \
+     first `npm ci`";
+
+/// Installs the JavaScript example's pinned componentizer when its
+/// `node_modules` is missing or older than the lock file, and builds the
+/// component when it is missing or older than a source or the contract.
+fn js_example(root: &Path) -> Result {
+    let dir = root.join(JS_EXAMPLE);
+    let in_dir = |name: &str| dir.join(name);
+    if newer_than(&[in_dir("package-lock.json")], &in_dir("node_modules/.package-lock.json")) {
+        run(npm(&dir).args(["ci", "--no-audit", "--no-fund"])).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
+    }
+    let mut sources: Vec<PathBuf> = JS_SOURCES.iter().map(|name| in_dir(name)).collect();
+    let wit = root.join("wit");
+    let wit_files = fs::read_dir(&wit).map_err(|e| format!("cannot read {}: {e}", wit.display()))?;
+    sources.extend(wit_files.filter_map(|entry| Some(entry.ok()?.path())));
+    if newer_than(&sources, &in_dir(JS_COMPONENT)) {
+        run(npm(&dir).args(["run", "build"])).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
+    }
+    Ok(())
+}
+
+/// Whether `target` is missing or older than any of `sources`.
+fn newer_than(sources: &[PathBuf], target: &Path) -> bool {
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(target) else {
+        return true;
+    };
+    sources.iter().any(|source| modified(source).is_none_or(|time| time > built))
 }
 
 fn copy(from: &Path, to: &Path) -> Result {
@@ -183,18 +233,19 @@ fn test(args: &[String]) -> Result {
             &mut totals,
         )?;
     }
-    let outcome = run_tests(cargo().args(["test", "--workspace"]).args(args), &mut totals);
+    run_tests(npm(&root().join(JS_EXAMPLE)).args(["test"]), &mut totals).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
+    let mut outcome = run_tests(cargo().args(["test", "--workspace"]).args(args), &mut totals);
+    // The whole suite (no filter): the API against its OpenAPI document, with
+    // the binary `cargo test` just built; it counts as one test.
+    if outcome.is_ok() && args.is_empty() {
+        let root = root();
+        outcome = run(Command::new(root.join(".ci/schemathesis.sh")).arg(root.join("target/debug/smartmart")));
+        if outcome.is_ok() { totals.passed += 1 } else { totals.failed += 1 }
+    }
     // One closing line over every test binary of every workspace, so that
     // the last word is not that of whichever binary happened to run last.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
-    outcome?;
-    // The whole suite (no filter): the API against its OpenAPI document, with
-    // the binary `cargo test` just built.
-    if args.is_empty() {
-        let root = root();
-        run(Command::new(root.join(".ci/schemathesis.sh")).arg(root.join("target/debug/smartmart")))?;
-    }
-    Ok(())
+    outcome
 }
 
 /// Passed and failed tests summed over `cargo test` runs.
@@ -204,17 +255,24 @@ struct Totals {
     failed: u64,
 }
 
-/// Runs `cargo test`, echoing its output, and adds its `test result:` lines to `totals`.
+/// Runs `cargo test` (or `npm test`), echoing its output, and adds its
+/// `test result:` lines (node's `# pass N` / `# fail N`) to `totals`.
 fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result {
     use std::io::BufRead as _;
     cmd.stdout(std::process::Stdio::piped());
-    eprintln!("$ cargo {}", cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-    let mut child = cmd.spawn().map_err(|e| format!("could not start cargo: {e}"))?;
+    let program = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    eprintln!("$ {program} {}", cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+    let mut child = cmd.spawn().map_err(|e| format!("could not start {program}: {e}"))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     for line in io::BufReader::new(stdout).lines() {
         let line = line.map_err(|e| format!("reading cargo's output: {e}"))?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
+        let node_count = |prefix: &str| line.strip_prefix(prefix).and_then(|n| n.trim().parse::<u64>().ok());
+        if let Some(n) = node_count("# pass ") {
+            totals.passed += n;
+        } else if let Some(n) = node_count("# fail ") {
+            totals.failed += n;
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
                     .find_map(|part| {
@@ -227,8 +285,8 @@ fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result {
             totals.failed += count(" failed");
         }
     }
-    let status = child.wait().map_err(|e| format!("waiting for cargo: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`cargo test` failed ({status})")) }
+    let status = child.wait().map_err(|e| format!("waiting for {program}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{program} test` failed ({status})")) }
 }
 
 /// `cargo run -p smartmart -- [subcommand] args…`

@@ -1,6 +1,6 @@
-//! The HTTP edge (the document at `/openapi.json`): `app(state)` builds the
-//! router; `serve` runs it until shutdown. Handlers only translate: the
-//! pipeline and the store do the work.
+//! The HTTP edge (docs/api.md; the document at `/openapi.json`): `app(state)`
+//! builds the router; `serve` runs it until shutdown. Handlers only
+//! translate: the pipeline and the store do the work.
 //!
 //! - [`auth`]: channel and admin keys, customer tokens;
 //! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;

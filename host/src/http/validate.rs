@@ -3,11 +3,11 @@
 use super::error::ApiError;
 use crate::rules::types::GeoPoint;
 
-/// Largest quantity of one cart line (shared/API.md).
+/// Largest quantity of one cart line (docs/api.md).
 pub const MAX_QUANTITY: u32 = 1_000_000;
 /// Most lines one cart may have.
 pub const MAX_CART_LINES: usize = 200;
-/// Longest idempotency key (shared/API.md).
+/// Longest idempotency key (docs/api.md).
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Largest amount the store takes, in cents (fits SQLite's signed 64 bits with room for sums).
 pub const MAX_PRICE_CENTS: u64 = 1_000_000_000_000;

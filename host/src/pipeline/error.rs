@@ -89,7 +89,7 @@ impl OrderError {
     }
 
     /// The HTTP status of the code: the one table the API's error list
-    /// (shared/API.md, "Errors") is written from.
+    /// (docs/api.md, "Errors") is written from.
     pub fn status(&self) -> u16 {
         status_of(self.code())
     }
@@ -164,7 +164,7 @@ impl OrderError {
     }
 }
 
-/// Error code → HTTP status (shared/API.md, "Errors").
+/// Error code → HTTP status (docs/api.md, "Errors").
 pub fn status_of(code: &str) -> u16 {
     match code {
         "INVALID_REQUEST" => 400,

@@ -1,6 +1,6 @@
 //! The invoice: what a confirmed order answers (and, with status
-//! `PAYMENT_FAILED`, what a failed one carries), field for field as the
-//! API reference shows it.
+//! `PAYMENT_FAILED`, what a failed one carries), field for field as
+//! docs/api.md shows it.
 
 use serde::{Deserialize, Serialize};
 

@@ -32,6 +32,12 @@ pub struct RuntimeOptions {
     pub max_instances: u32,
 }
 
+/// Where a data dir keeps compiled modules (`<data dir>/cache/modules`):
+/// shared by the service and the rule tools, so each compiles a module once.
+pub fn module_cache_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cache").join("modules")
+}
+
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions { cache_dir: None, max_instances: 256 }
@@ -122,11 +128,26 @@ impl RuleRuntime {
     /// Finds which rule world a module implements, trying each in turn.
     /// Compiles once, then tries to bind each world in turn.
     pub fn detect_world(&self, file: &Path, bytes: &[u8]) -> Result<RuleModule, Vec<LoadError>> {
-        let compiled = self.compile(file, bytes, World::DiscountRule).map_err(|e| vec![e])?;
+        self.load_any_world(file, bytes, ModuleConfig::new(), Budgets::default())
+    }
+
+    /// As [`RuleRuntime::load_bytes`] for whichever world the module
+    /// implements: compiled (or taken from the cache) once, then bound to
+    /// each world in turn; the errors of every attempt when none fits.
+    pub fn load_any_world(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        config: ModuleConfig,
+        budgets: Budgets,
+    ) -> Result<RuleModule, Vec<LoadError>> {
+        let expected = World::DiscountRule;
+        budgets.validate().map_err(|reason| vec![LoadError::Budgets { file: file.to_owned(), expected, reason }])?;
+        let compiled = self.compile(file, bytes, expected).map_err(|e| vec![e])?;
+        let config = Arc::new(config);
         let mut errors = Vec::new();
         for world in World::ALL {
-            let config = Arc::new(ModuleConfig::new());
-            match RuleModule::bind(self, file, compiled.clone(), world, config, Budgets::default()) {
+            match RuleModule::bind(self, file, compiled.clone(), world, config.clone(), budgets) {
                 Ok(module) => return Ok(module),
                 Err(e) => errors.push(e),
             }

@@ -14,6 +14,7 @@
 //! - [`reload`]: hot reload of the plug-in directory (watch, debounce, check, swap);
 //! - [`signing`]: ed25519 module signatures;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
+//! - [`scaffold`]: `smartmart rules new`, a rule project to start from;
 //! - `bindings` (private): the generated bindings, the only `bindgen!`.
 //!
 //! ## What a rule can make the host hold
@@ -72,6 +73,7 @@ pub mod pool;
 pub mod reload;
 pub mod ruleset;
 pub mod runner;
+pub mod scaffold;
 pub mod signing;
 mod state;
 pub mod text;
@@ -82,8 +84,8 @@ pub use budgets::Budgets;
 pub use engine::{RuleRuntime, RuntimeOptions};
 pub use error::{FailureCause, LoadError, RuleError};
 pub use manifest::FailMode;
-pub use module::{Called, ModuleIdentity, RuleModule, Usage, run_blocking};
+pub use module::{Called, ModuleIdentity, RuleModule, Traced, Usage, run_blocking};
 pub use native::{NativeLogic, NativeRule, Rule};
 pub use ruleset::{Experiment, HostDefaults, Picked, RuleSet, SlotRule, Variant};
-pub use state::ModuleConfig;
+pub use state::{LogLine, ModuleConfig};
 pub use world::World;

@@ -14,7 +14,7 @@ use super::bindings::{DiscountRulePre, FraudCheckPre, GuestError, WarehouseSelec
 use super::budgets::Budgets;
 use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
-use super::state::{ModuleConfig, RuleState};
+use super::state::{LogLine, ModuleConfig, RuleState};
 use super::text;
 use super::types::{Candidate, DiscountLine, OrderContext, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
@@ -116,6 +116,38 @@ pub struct Called<T> {
     pub usage: Usage,
 }
 
+/// Everything one call produced, whatever its outcome: the answer or why
+/// there is none, what the call used, what the rule logged. The order path
+/// needs only [`Called`]; rule authors' tools (`smartmart rules run`) show
+/// the rest, above all on a failure.
+#[derive(Debug)]
+pub struct Traced<T> {
+    pub result: Result<T, RuleError>,
+    pub usage: Usage,
+    /// Lines the rule logged, within the host's log budget.
+    pub log: Vec<LogLine>,
+    /// Size of the answer or refusal as the output budget counts it; `None`
+    /// when the call produced none (a trap, an exhausted budget).
+    pub output_bytes: Option<usize>,
+}
+
+impl<T> Traced<T> {
+    /// A call that failed before the rule ran: nothing used, nothing logged.
+    fn not_run(error: RuleError) -> Self {
+        Traced {
+            result: Err(error),
+            usage: Usage { elapsed: Duration::ZERO, fuel: 0, peak_memory_bytes: 0 },
+            log: Vec::new(),
+            output_bytes: None,
+        }
+    }
+
+    /// The answer with its usage, as the order path takes it.
+    pub fn into_called(self) -> Result<Called<T>, RuleError> {
+        self.result.map(|value| Called { value, usage: self.usage })
+    }
+}
+
 impl RuleModule {
     /// Binds a compiled component to `world`, failing if it does not
     /// implement it, then asks it who it is.
@@ -209,6 +241,11 @@ impl RuleModule {
 
     /// The module's own description of itself.
     pub fn info(&self) -> Result<Called<RuleInfo>, RuleError> {
+        self.info_traced().into_called()
+    }
+
+    /// [`RuleModule::info`], with the call's usage and log whatever its outcome.
+    pub fn info_traced(&self) -> Traced<RuleInfo> {
         self.call(|store, prepared| {
             let info = match prepared {
                 Prepared::Discount(pre) => {
@@ -225,8 +262,13 @@ impl RuleModule {
 
     /// Runs a discount rule on an order.
     pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        self.apply_discount_traced(order).into_called()
+    }
+
+    /// [`RuleModule::apply_discount`], with the call's usage and log whatever its outcome.
+    pub fn apply_discount_traced(&self, order: &OrderContext) -> Traced<Vec<DiscountLine>> {
         let Prepared::Discount(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::DiscountRule));
+            return Traced::not_run(self.not_this_world(World::DiscountRule));
         };
         let input = wit::OrderContext::from(order);
         self.call(|store, _| {
@@ -238,8 +280,13 @@ impl RuleModule {
 
     /// Asks a warehouse selector for an allocation plan.
     pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
+        self.select_warehouses_traced(order, candidates).into_called()
+    }
+
+    /// [`RuleModule::select_warehouses`], with the call's usage and log whatever its outcome.
+    pub fn select_warehouses_traced(&self, order: &OrderContext, candidates: &[Candidate]) -> Traced<Plan> {
         let Prepared::Warehouse(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::WarehouseSelector));
+            return Traced::not_run(self.not_this_world(World::WarehouseSelector));
         };
         let input = wit::OrderContext::from(order);
         let candidates: Vec<_> = candidates.iter().map(Into::into).collect();
@@ -252,8 +299,13 @@ impl RuleModule {
 
     /// Runs a fraud check on a placed order.
     pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
+        self.check_fraud_traced(order, payment).into_called()
+    }
+
+    /// [`RuleModule::check_fraud`], with the call's usage and log whatever its outcome.
+    pub fn check_fraud_traced(&self, order: &OrderContext, payment: &PaymentSummary) -> Traced<Verdict> {
         let Prepared::Fraud(pre) = &self.prepared else {
-            return Err(self.not_this_world(World::FraudCheck));
+            return Traced::not_run(self.not_this_world(World::FraudCheck));
         };
         let input = wit::OrderContext::from(order);
         let payment = payment.into();
@@ -277,13 +329,15 @@ impl RuleModule {
     fn call<T: Send>(
         &self,
         body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>> + Send,
-    ) -> Result<Called<T>, RuleError> {
+    ) -> Traced<T> {
         let started = Instant::now();
         let budgets = self.budgets;
         let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| state);
-        store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
+        if let Err(e) = store.set_fuel(budgets.fuel) {
+            return Traced::not_run(self.failed(FailureCause::Instantiate(e.to_string())));
+        }
         store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
         // The output budget, enforced while wasmtime lifts what the guest
         // hands over (the answer, each host call's arguments): a string or
@@ -315,12 +369,16 @@ impl RuleModule {
                 super::state::MAX_LOG_LINES, super::state::MAX_LOG_BYTES,
             );
         }
-        match outcome {
-            Ok(Ok(value)) => Ok(Called { value, usage }),
+        let log = std::mem::take(&mut store.data_mut().logged);
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(GuestError::Refused(refusal))) => Err(RuleError::Refused { module: self.identity.clone(), refusal }),
             Ok(Err(GuestError::Failed(message))) => Err(self.failed(FailureCause::Guest(message))),
             Err(error) => Err(self.failed(self.classify_trap(&error, store.data()))),
-        }
+        };
+        // The output budget is enforced while wasmtime lifts the answer
+        // (hostcall fuel); its size is measured by whoever reports it.
+        Traced { result, usage, log, output_bytes: None }
     }
 
     fn classify_trap(&self, error: &wasmtime::Error, state: &RuleState) -> FailureCause {

@@ -54,6 +54,9 @@ pub(crate) struct RuleState {
     /// `name@version` of the module, for log lines.
     label: Arc<str>,
     log: LogMeter,
+    /// The lines this call logged (within the log budget), for callers that
+    /// show them beside the answer (`smartmart rules run`).
+    pub(crate) logged: Vec<LogLine>,
     memory_budget: usize,
     pub(crate) peak_memory: usize,
     pub(crate) memory_denied: bool,
@@ -105,6 +108,7 @@ impl RuleState {
             config,
             label,
             log: LogMeter::default(),
+            logged: Vec::new(),
             memory_budget,
             peak_memory: 0,
             memory_denied: false,
@@ -136,15 +140,27 @@ struct LogMeter {
 
 /// One line as it will be written: message and fields escaped and capped.
 #[derive(Debug, PartialEq)]
-struct LogLine {
+struct Admitted {
     message: String,
+    /// `key=value key=value`, for the log.
     fields: String,
+    pairs: Vec<(String, String)>,
+}
+
+/// One line a rule logged during a call, as kept on its store (escaped and
+/// capped like the log line it also became).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
 }
 
 impl LogMeter {
     /// Charges a line to the budget; the line to write, or `None` when the
     /// call's budget cannot take it (then it is counted as dropped).
-    fn admit(&mut self, message: &str, fields: &[(String, String)]) -> Option<LogLine> {
+    fn admit(&mut self, message: &str, fields: &[(String, String)]) -> Option<Admitted> {
         // Cost as written, computed without formatting anything.
         let mut cut = 0usize;
         let mut capped = |len: usize, cap: usize| {
@@ -168,15 +184,13 @@ impl LogMeter {
         self.lines += 1;
         self.bytes += cost;
         self.dropped_bytes += cut;
-        let fields = fields
+        let pairs: Vec<(String, String)> = fields
             .iter()
             .take(MAX_LOG_FIELDS)
-            .map(|(k, v)| {
-                format!("{}={}", text::escape_bytes(k, MAX_FIELD_KEY), text::escape_bytes(v, MAX_FIELD_VALUE))
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        Some(LogLine { message: text::escape_bytes(message, MAX_LOG_MESSAGE), fields })
+            .map(|(k, v)| (text::escape_bytes(k, MAX_FIELD_KEY), text::escape_bytes(v, MAX_FIELD_VALUE)))
+            .collect();
+        let fields = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        Some(Admitted { message: text::escape_bytes(message, MAX_LOG_MESSAGE), fields, pairs })
     }
 }
 
@@ -206,7 +220,7 @@ impl wit::Host for RuleState {}
 
 impl log::Host for RuleState {
     fn emit(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
-        let Some(LogLine { message, fields }) = self.log.admit(&message, &fields) else {
+        let Some(Admitted { message, fields, pairs }) = self.log.admit(&message, &fields) else {
             return;
         };
         let module = &*self.label;
@@ -217,6 +231,18 @@ impl log::Host for RuleState {
             log::Level::Warn => tracing::warn!(target: "rule", module, %fields, "{message}"),
             log::Level::Error => tracing::error!(target: "rule", module, %fields, "{message}"),
         }
+        // Kept for the caller too: already within the call's log budget.
+        self.logged.push(LogLine { level: level_name(level), message, fields: pairs });
+    }
+}
+
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Trace => "trace",
+        log::Level::Debug => "debug",
+        log::Level::Info => "info",
+        log::Level::Warn => "warn",
+        log::Level::Error => "error",
     }
 }
 
@@ -286,5 +312,17 @@ mod tests {
         fn log_dropped_for_test(&self) -> (u32, usize) {
             (self.dropped_lines, self.dropped_bytes)
         }
+    }
+
+    #[test]
+    fn kept_log_lines_are_the_admitted_ones() {
+        let mut state = RuleState::new(Arc::from("test@1"), Arc::new(ModuleConfig::new()), 1 << 20);
+        for i in 0..(2 * MAX_LOG_LINES) {
+            log::Host::emit(&mut state, log::Level::Info, "line\n".into(), vec![("n".into(), i.to_string())]);
+        }
+        assert_eq!(state.logged.len(), MAX_LOG_LINES as usize, "the line budget bounds what is kept");
+        assert_eq!(state.logged[0].level, "info");
+        assert_eq!(state.logged[0].message, "line\\n", "escaped as logged");
+        assert_eq!(state.logged[1].fields, [("n".to_string(), "1".to_string())]);
     }
 }

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The WIT package of `wit/`, with its version: what rules are built against.
+pub const CONTRACT: &str = "smartmart:rules@0.1.0";
+
 /// A WIT world a rule module implements; each rule slot is bound to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -22,11 +25,26 @@ impl World {
             World::FraudCheck => "fraud-check",
         }
     }
+
+    /// The plug-in slot the world serves: its table in `manifest.toml`.
+    pub fn slot(self) -> &'static str {
+        match self {
+            World::DiscountRule => "discount",
+            World::WarehouseSelector => "warehouse",
+            World::FraudCheck => "fraud",
+        }
+    }
+
+    /// A world by its name in `wit/` or by its slot (`discount`, `warehouse`, `fraud`).
+    pub fn parse(s: &str) -> Option<World> {
+        World::ALL.into_iter().find(|w| w.name() == s || w.slot() == s)
+    }
 }
 
 impl std::fmt::Display for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "smartmart:rules/{}@0.1.0", self.name())
+        let (package, version) = CONTRACT.split_once('@').unwrap_or((CONTRACT, ""));
+        write!(f, "{package}/{}@{version}", self.name())
     }
 }
 
@@ -73,6 +91,16 @@ pub(crate) fn binary_kind(bytes: &[u8]) -> BinaryKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contract_constant_is_the_wit_package() {
+        let types = include_str!("../../../wit/types.wit");
+        assert!(types.starts_with(&format!("package {CONTRACT};")), "{}", &types[..40]);
+        assert_eq!(World::FraudCheck.to_string(), "smartmart:rules/fraud-check@0.1.0");
+        assert_eq!(World::parse("warehouse"), Some(World::WarehouseSelector));
+        assert_eq!(World::parse("discount-rule"), Some(World::DiscountRule));
+        assert_eq!(World::parse("payment"), None);
+    }
 
     #[test]
     fn grants_only_inert_interfaces() {

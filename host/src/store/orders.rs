@@ -297,8 +297,8 @@ pub fn cancel(conn: &Connection, order_id: &str, reason: &str) -> Result<bool, S
 
 /// Undoes a PENDING order refused before payment because of the request
 /// itself (an invalid coupon): its stock is released and its rows removed,
-/// so that the rejected request leaves nothing behind ("a rejected request
-/// writes nothing"). An order with a payment record, or no longer PENDING,
+/// so that the rejected request leaves nothing behind (docs/api.md: "a rejected
+/// request writes nothing"). An order with a payment record, or no longer PENDING,
 /// is left alone.
 pub fn discard(conn: &Connection, order_id: &str) -> Result<bool, StoreError> {
     let pending = conn
