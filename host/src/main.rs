@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use smartmart::pipeline::replay;
 use smartmart::rules::scaffold::{self, Lang};
 use smartmart::rules::{Budgets, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
+use smartmart::store::{Store, StoreOptions};
 
 /// SmartMart order fulfillment engine.
 #[derive(Debug, Parser)]
@@ -158,7 +160,85 @@ enum RulesCommand {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Run a candidate rule on the inputs the active rule at the same place
+    /// saw in the last N stored orders, and print per order and in total the
+    /// active result against the candidate's, the money difference, the
+    /// candidate's failures and its budget percentiles. Exit code 2 when the
+    /// candidate failed (trap, budget, error) on any order.
+    #[command(long_about = REPLAY_HELP)]
+    Replay {
+        /// The candidate component file (`.wasm`): a discount rule or a fraud check.
+        file: PathBuf,
+        /// Module configuration, repeatable, over the replaced rule's
+        /// manifest config: `--config percent=15`.
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// A per-call budget, repeatable, over the replaced rule's:
+        /// `--budget fuel=200000000` (keys fuel, memory_bytes, time_ms, output_bytes).
+        #[arg(long = "budget", value_parser = parse_key_value)]
+        budgets: Vec<(String, String)>,
+        /// Put the candidate, as a new discount rule, at this 1-based
+        /// position of the stack (before the rule now there); default: the end.
+        #[arg(long, value_name = "N", conflicts_with = "replace")]
+        slot_position: Option<usize>,
+        /// Put the candidate in place of the rule whose module file is NAME
+        /// (`gold_loyalty.wasm`; `.wasm` may be left out).
+        #[arg(long, value_name = "NAME")]
+        replace: Option<String>,
+        /// How many of the last settled orders (CONFIRMED, PAYMENT_FAILED) to replay.
+        #[arg(long, value_name = "N")]
+        last: usize,
+        /// The plug-in directory whose manifest gives the stack order and the
+        /// replaced rule's config and budgets (the service's).
+        #[arg(long, env = "SMARTMART_PLUGINS_DIR", default_value = "plugins/bundled")]
+        plugins_dir: PathBuf,
+        /// Passed to a fraud candidate as `threshold_cents` unless its config sets it (as the service does).
+        #[arg(long, env = "SMARTMART_FRAUD_THRESHOLD_CENTS", default_value_t = 500_000)]
+        fraud_threshold_cents: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The service's data dir: its database is opened read-only, and
+        /// `cache/modules/` keeps the compiled candidate.
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
 }
+
+/// `rules replay --help`: where the inputs come from.
+const REPLAY_HELP: &str = "\
+Run a candidate rule on the inputs the active rule at the same place saw in the
+last N stored orders, and print per order and in total: the active result and
+the candidate's, the money difference, the candidate's errors and traps (cause
+kind and escaped message), and its fuel, peak memory and wall time (p50, p90,
+p99, max against its budgets). Exit code 2 when the candidate failed on any
+order; 1 when the replay could not run.
+
+Where the inputs come from: nothing extra is stored per order. Each settled
+order's stored invoice (CONFIRMED and PAYMENT_FAILED orders) is turned back into
+the order the rules saw, as the fraud worker does for its checks; no personal
+data beyond what the order holds is involved.
+
+- Discount rules stack, each on what is left to pay. The candidate's input is
+  the order with payable_cents = subtotal minus the invoice's discount lines
+  granted by the rules before its place (each line names its module; the
+  manifest of --plugins-dir gives the stack order). With --replace, the active
+  result is what the replaced rule granted on the invoice (0 if nothing); a new
+  rule (no --replace) goes at the end of the stack, or at --slot-position, and
+  its active result is 0. The candidate's lines are capped as the pipeline caps
+  them. Later rules are not re-run. The difference is the candidate's discount
+  minus the active one, in cents: +120 = the customer pays 1.20 less with the
+  candidate. Orders whose lines do not fit the manifest's stack (it changed
+  since) are listed as skipped.
+- Fraud checks run on the order as the fraud worker rebuilds it; the active
+  result is the stored fraud review (all checks combined).
+- Warehouse selectors are refused: they choose by the stock levels at order
+  time, which the store does not keep.
+
+The candidate starts from the replaced rule's manifest config and budgets;
+--config and --budget go over them. The database is opened read-only (no
+writer, no migration), so replay runs beside a running service and never
+writes to it; a database of another schema version is refused.";
 
 /// Where compiled modules are cached: the service's own cache, so a module
 /// is compiled once for the tools and the service alike.
@@ -191,7 +271,11 @@ fn parse_lang(s: &str) -> Result<Lang, String> {
 
 /// `--budget` pairs over the default budgets.
 fn budgets_from(pairs: &[(String, String)]) -> anyhow::Result<Budgets> {
-    let mut budgets = Budgets::default();
+    budgets_over(Budgets::default(), pairs)
+}
+
+/// `--budget` pairs over `budgets`.
+fn budgets_over(mut budgets: Budgets, pairs: &[(String, String)]) -> anyhow::Result<Budgets> {
     for (key, value) in pairs {
         let number = |what: &str| -> anyhow::Result<u64> {
             value
@@ -314,6 +398,56 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        RulesCommand::Replay {
+            file,
+            config,
+            budgets,
+            slot_position,
+            replace,
+            last,
+            plugins_dir,
+            fraud_threshold_cents,
+            json,
+            cache,
+        } => {
+            if last == 0 {
+                anyhow::bail!("--last 0: replay needs at least one order (--last N, N >= 1)");
+            }
+            let place = match (replace, slot_position) {
+                (Some(name), _) => replay::Place::Replace(name),
+                (None, Some(n)) => replay::Place::Position(n),
+                (None, None) => replay::Place::End,
+            };
+            let runtime = cache.runtime()?;
+            // Which world it implements decides the slot, hence its base config.
+            let world = runner::load(&runtime, &file, None, ModuleConfig::new(), Budgets::default())?.identity().world;
+            if world == World::WarehouseSelector {
+                return Err(replay::refuse_warehouse().context(format!("{}", file.display())));
+            }
+            let manifest = smartmart::rules::manifest::Manifest::read(&plugins_dir)?;
+            let target = replay::resolve(&manifest, world, &place)?;
+            let mut module_config = target.base_config();
+            if world == World::FraudCheck {
+                module_config.entry("threshold_cents".into()).or_insert_with(|| fraud_threshold_cents.to_string());
+            }
+            module_config.extend(config);
+            let budgets = budgets_over(target.base_budgets(), &budgets)?;
+            let module = runner::load(&runtime, &file, Some(world), module_config, budgets)?;
+            let database = cache.data_dir.join("smartmart.sqlite");
+            let store = Store::open_read_only(&database, &StoreOptions::default())
+                .with_context(|| format!("opening {} read-only", database.display()))?;
+            let orders = store.recent_settled_orders(last)?;
+            if orders.is_empty() {
+                anyhow::bail!("{} holds no settled order: nothing to replay", database.display());
+            }
+            let report = replay::replay(&module, &target, &orders);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text(&target));
+            }
+            Ok(if report.candidate_failed() { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         RulesCommand::Keygen { .. } | RulesCommand::Sign { .. } | RulesCommand::New { .. } => {
             unreachable!("handled above")

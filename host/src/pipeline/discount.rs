@@ -45,8 +45,9 @@ pub struct Books<'a> {
 }
 
 /// Discount lines of a rule's answer, capped so the total never goes below
-/// zero, with the provenance of the module that granted them.
-fn capped_lines(
+/// zero, with the provenance of the module that granted them. Pure: also
+/// how `rules replay` caps a candidate's answer.
+pub fn capped_lines(
     granted: Vec<crate::rules::types::DiscountLine>,
     rule: &Rule,
     variant: Option<&str>,

@@ -61,12 +61,12 @@ fn verdict(rules: &RuleSet, metrics: &crate::metrics::Metrics, waiting: Awaiting
     Verdict { order_id: order.id.clone(), review: review.to_string(), action, envelopes }
 }
 
-/// Runs the fraud slot on one order and combines the verdicts: the most
-/// severe action wins (then the highest score); flags are merged. A failed
-/// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
-/// a fail-open one is skipped and listed.
-pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metrics) -> Value {
-    let context = OrderContext {
+/// The order as rules see it, rebuilt from its stored invoice: what the
+/// fraud checks run on (`payable_cents` is what the customer was charged),
+/// and what `rules replay` starts from. `ordered_at_ms` is the invoice's
+/// `created_at`.
+pub fn order_context(invoice: &Invoice) -> OrderContext {
+    OrderContext {
         order_id: invoice.order_id.clone(),
         channel: invoice.channel.clone(),
         currency: invoice.currency.clone(),
@@ -84,13 +84,26 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
         ordered_at_ms: time::OffsetDateTime::parse(&invoice.created_at, &time::format_description::well_known::Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
             .unwrap_or(0),
-    };
-    let payment = PaymentSummary {
+    }
+}
+
+/// The payment as fraud checks see it, from the stored invoice.
+pub fn payment_summary(invoice: &Invoice) -> PaymentSummary {
+    PaymentSummary {
         status: invoice.payment.status.as_str().to_string(),
         amount_cents: invoice.total_cents,
         attempts: invoice.payment.attempts,
         gateway: invoice.payment.gateway.clone(),
-    };
+    }
+}
+
+/// Runs the fraud slot on one order and combines the verdicts: the most
+/// severe action wins (then the highest score); flags are merged. A failed
+/// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
+/// a fail-open one is skipped and listed.
+pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metrics) -> Value {
+    let context = order_context(invoice);
+    let payment = payment_summary(invoice);
     let mut best: Option<(FraudAction, u8, std::sync::Arc<crate::rules::ModuleIdentity>)> = None;
     let mut flags: Vec<String> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();

@@ -11,6 +11,7 @@
 //! - [`fraud`]: fraud checks, run after the answer;
 //! - [`experiments`]: figures per A/B variant, shadow runs;
 //! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
+//! - [`replay`]: `smartmart rules replay`, a candidate rule on the stored orders' inputs;
 //! - [`error`]: every way an order can fail, and the API's error table.
 
 pub mod cart;
@@ -23,6 +24,7 @@ pub mod inventory;
 pub mod invoice;
 pub mod payment;
 pub mod recovery;
+pub mod replay;
 pub mod validate;
 
 use std::future::Future;

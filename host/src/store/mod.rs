@@ -99,7 +99,8 @@ pub struct Store {
 }
 
 struct Inner {
-    writer: Writer,
+    /// `None` for a store opened read-only (tools beside a running service).
+    writer: Option<Writer>,
     readers: Readers,
     path: PathBuf,
     /// Held by an outbox delivery pass, so that two passes in this process
@@ -130,8 +131,32 @@ impl Store {
             Writer::start(conn).map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                writer,
+                writer: Some(writer),
                 readers: Readers::new(path, options.busy_timeout),
+                path: path.to_owned(),
+                delivery: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Opens the database at `path` for reading only, beside a service that
+    /// may be running on it (tools such as `smartmart rules replay`): no
+    /// writer thread, no migration, every connection `SQLITE_OPEN_READ_ONLY`,
+    /// so nothing of the database is ever written. A missing file, or a
+    /// schema version other than the one this binary knows, is refused.
+    pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::NotFound(format!(
+                "no database at {} (is this the service's data dir?)",
+                path.display()
+            )));
+        }
+        let readers = Readers::new(path, options.busy_timeout);
+        readers.read(schema::check_current)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: None,
+                readers,
                 path: path.to_owned(),
                 delivery: tokio::sync::Mutex::new(()),
             }),
@@ -150,7 +175,10 @@ impl Store {
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.inner.writer.write(op).await
+        match &self.inner.writer {
+            Some(writer) => writer.write(op).await,
+            None => Err(StoreError::Unavailable(format!("{} was opened read-only", self.inner.path.display()))),
+        }
     }
 
     /// Whether the database answers a trivial query (readiness).
@@ -291,6 +319,14 @@ impl Store {
 
     pub async fn record_verdicts(&self, verdicts: Vec<Verdict>) -> Result<(), StoreError> {
         self.write(move |c| orders::record_verdicts(c, &verdicts)).await
+    }
+
+    /// The last `limit` settled orders (CONFIRMED or PAYMENT_FAILED, newest
+    /// first) with their invoices and fraud reviews: what `rules replay`
+    /// reconstructs rule inputs from. Reads inline (tools call it without a
+    /// runtime).
+    pub fn recent_settled_orders(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+        self.read(|c| orders::recent_settled(c, limit))
     }
 
     pub async fn escalations(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {

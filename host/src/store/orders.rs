@@ -504,6 +504,22 @@ pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), St
     Ok(())
 }
 
+/// The last `limit` orders that settled (CONFIRMED or PAYMENT_FAILED: the
+/// ones with a final invoice), newest first. Times compare as times (see
+/// [`pending_orders`]); ids are time-ordered (UUIDv7) and break ties.
+pub fn recent_settled(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], stored_order)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
 /// Orders whose fraud review is ESCALATE, newest first.
 pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(

@@ -162,6 +162,24 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Refuses a database whose schema is not exactly the one this binary
+/// knows: what a read-only opener checks instead of migrating (it may not
+/// write, and an older or newer schema may lack or change what it reads).
+pub(super) fn check_current(conn: &Connection) -> Result<(), StoreError> {
+    let current = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?;
+    let known = MIGRATIONS.len() as i64;
+    match current {
+        v if v == known => Ok(()),
+        0 => Err(StoreError::Corrupt("the database has no SmartMart schema (schema version 0)".into())),
+        v if v < known => Err(StoreError::Corrupt(format!(
+            "database schema version {v} is older than this binary's ({known}): start the service on it once to migrate it"
+        ))),
+        v => Err(StoreError::Corrupt(format!(
+            "database schema version {v} is newer than this binary knows ({known}): use the binary that wrote it"
+        ))),
+    }
+}
+
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     if current > MIGRATIONS.len() {
