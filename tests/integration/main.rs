@@ -10,6 +10,7 @@ mod http_fuzz;
 mod payment;
 mod pipeline;
 mod reload;
+mod replay;
 mod rules;
 mod sandbox_edges;
 mod scaffold;
