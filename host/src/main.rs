@@ -211,8 +211,9 @@ Run a candidate rule on the inputs the active rule at the same place saw in the
 last N stored orders, and print per order and in total: the active result and
 the candidate's, the money difference, the candidate's errors and traps (cause
 kind and escaped message), and its fuel, peak memory and wall time (p50, p90,
-p99, max against its budgets). Exit code 2 when the candidate failed on any
-order; 1 when the replay could not run.
+p99, max against its budgets). Exit code 0 when the candidate answered on
+every order, 2 when it failed (trap, budget, error) on any, 1 when the replay
+could not run (a malformed command line exits 2, as for every command).
 
 Where the inputs come from: nothing extra is stored per order. Each settled
 order's stored invoice (CONFIRMED and PAYMENT_FAILED orders) is turned back into
