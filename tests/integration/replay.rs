@@ -223,6 +223,23 @@ async fn replay_compares_candidates_on_the_stored_orders_of_a_running_engine_wit
     // The other orders: 10 % for GOLD, as gold-loyalty granted.
     assert_eq!(report["summary"]["same"], 4, "{report:#}");
 
+    // A new rule at position 2 (between gold-loyalty and coupons): its input
+    // is what gold-loyalty left, its active result 0. coupons.wasm without
+    // its codes configured refuses every coupon: those orders are refused,
+    // which is not a failure of the rule.
+    let coupons = bundled_plugins().join("coupons.wasm");
+    let out = replay(&dir, &[path_str(&coupons), "--slot-position", "2", "--last", "10", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(report["position"], 2);
+    for order in report["orders"].as_array().expect("orders") {
+        let invoice = &invoices[order["order_id"].as_str().expect("order_id")];
+        let subtotal = invoice["subtotal_cents"].as_u64().expect("subtotal");
+        assert_eq!(order["input_payable_cents"], subtotal - granted_by(invoice, "gold_loyalty.wasm"), "{order:#}");
+        let has_coupon = invoice.get("coupon_code").is_some_and(|c| !c.is_null());
+        assert_eq!(order["outcome"], if has_coupon { "refused" } else { "same" }, "{order:#}");
+    }
+
     // A fraud check replayed against itself agrees with the stored reviews.
     let high_value = bundled_plugins().join("high_value.wasm");
     let out = replay(&dir, &[path_str(&high_value), "--replace", "high_value.wasm", "--last", "10", "--json"]).await;
