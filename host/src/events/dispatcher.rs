@@ -15,7 +15,9 @@ use crate::store::outbox::DueEvent;
 use crate::store::{StoreError, now_ms};
 
 /// Events read per pass.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
+/// How long the dispatcher lets ready events gather before a pass.
+const GATHER: Duration = Duration::from_millis(20);
 /// Longest wait between two attempts at one event.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -69,7 +71,13 @@ pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdo
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = pipeline.events_ready.notified() => {}
+            _ = pipeline.events_ready.notified() => {
+                // Let the events of the orders settling now join this pass:
+                // each pass costs a write and an fsync per file and a store
+                // command, whatever its size. Events are never on an
+                // answer's path.
+                tokio::time::sleep(GATHER).await;
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

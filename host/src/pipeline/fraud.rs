@@ -17,7 +17,9 @@ use crate::store::StoreError;
 use crate::store::orders::{AwaitingReview, Verdict};
 
 /// Orders reviewed per batch.
-const BATCH: usize = 64;
+const BATCH: usize = 256;
+/// How long the worker lets settled orders gather before a pass.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Reviews every settled order still waiting for a verdict; returns how many.
 pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
@@ -162,7 +164,12 @@ pub async fn run_worker(pipeline: Pipeline, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = pipeline.settled.notified() => {}
+            _ = pipeline.settled.notified() => {
+                // Let the orders settling now join this pass: one hop to a
+                // rule thread and one store command for all of them, not
+                // one per order. A verdict is never on an answer's path.
+                tokio::time::sleep(GATHER).await;
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

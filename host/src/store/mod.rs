@@ -123,6 +123,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", options.durability.pragma())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Each store command runs in a savepoint, whose undo pages SQLite
+        // keeps in a statement journal: in memory, not in a temp file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Every statement is `prepare_cached`; rusqlite keeps 16 by default,
         // so the hot path would parse and plan its SQL again on every call.
         conn.set_prepared_statement_cache_capacity(readers::STATEMENT_CACHE_CAPACITY);

@@ -115,7 +115,7 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
 /// Runs queued jobs in one transaction and answers them. Jobs left in
 /// `pending` (after SQLite aborted the transaction) go into the next one.
 fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let why = format!("cannot begin a transaction: {e}");
         tracing::error!(error = %e, "store writer cannot begin a transaction; failing {} commands", pending.len());
         for job in pending.drain(..) {
@@ -125,7 +125,7 @@ fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>) {
     }
     let mut completions: Vec<Complete> = Vec::with_capacity(pending.len());
     while let Some(job) = pending.pop_front() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT command") {
+        if let Err(e) = run_cached(conn, "SAVEPOINT command") {
             pending.push_front(job);
             return abort(conn, completions, &format!("cannot open a savepoint: {e}"));
         }
@@ -142,15 +142,26 @@ fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>) {
             // error): every command of it so far is undone.
             return abort(conn, completions, "the store aborted the transaction (disk full or I/O error)");
         }
-        let end = if ok { "RELEASE command" } else { "ROLLBACK TO command; RELEASE command" };
-        if let Err(e) = conn.execute_batch(end) {
+        let closed = if ok {
+            run_cached(conn, "RELEASE command")
+        } else {
+            run_cached(conn, "ROLLBACK TO command").and_then(|()| run_cached(conn, "RELEASE command"))
+        };
+        if let Err(e) = closed {
             return abort(conn, completions, &format!("cannot close a savepoint: {e}"));
         }
     }
-    match conn.execute_batch("COMMIT") {
+    match run_cached(conn, "COMMIT") {
         Ok(()) => completions.into_iter().for_each(|complete| complete(None)),
         Err(e) => abort(conn, completions, &format!("commit failed: {e}")),
     }
+}
+
+/// Runs a statement without parameters or rows from the statement cache:
+/// the transaction and savepoint statements run several times per order,
+/// and parsing them each time showed in the profile.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Rolls back what is open and fails every command of the transaction.
