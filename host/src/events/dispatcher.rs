@@ -1,14 +1,16 @@
 //! The outbox dispatcher: delivers events after the answer. A sink that is
 //! down or slow only delays its events (per-event backoff); orders never
 //! wait for it. With a sink that keeps a position (the JSON Lines files),
-//! each event is delivered exactly once (see `sink`).
+//! each event is delivered exactly once (see `sink`); with a sink that
+//! deduplicates by event id (NATS JetStream), a batch delivered again after
+//! a crash or a lost acknowledgement is dropped by the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::EventSink;
+use super::{EventSink, SinkEvent};
 use crate::domain::EventKind;
 use crate::pipeline::Pipeline;
 use crate::store::outbox::DueEvent;
@@ -35,9 +37,10 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             if batch.is_empty() {
                 continue;
             }
-            let envelopes: Vec<String> = batch.iter().map(|e| e.envelope.clone()).collect();
+            let events: Vec<SinkEvent> =
+                batch.iter().map(|e| SinkEvent { id: e.id.clone(), envelope: e.envelope.clone() }).collect();
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
-            match sink.deliver(kind, &envelopes).await {
+            match sink.deliver(kind, &events).await {
                 Ok(position) => {
                     pipeline.store.mark_delivered(seqs, position.clone()).await?;
                     if let Some(position) = &position {
