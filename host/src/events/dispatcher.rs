@@ -52,9 +52,11 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                 Err(e) => {
                     let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0);
                     let backoff = Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF);
-                    tracing::warn!(sink = sink.name(), %kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
+                    // The whole chain (`{:#}`): "connecting to NATS at …: connection refused".
+                    let error = format!("{e:#}");
+                    tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store.mark_retry(seqs, e.to_string(), next).await?;
+                    pipeline.store.mark_retry(seqs, error, next).await?;
                 }
             }
         }
