@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventSink, JsonlSink, run_dispatcher};
+use crate::events::{EventSink, SinkChoice, run_dispatcher};
 use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
 use crate::rules::reload::{Reloader, Watch};
@@ -57,6 +57,8 @@ pub struct EngineSettings {
     /// How often the janitor reconciles stuck orders, and how old they must be.
     pub janitor_every: Duration,
     pub janitor_min_age: Duration,
+    /// Where events are delivered: the JSON Lines files (default) or NATS JetStream.
+    pub event_sink: SinkChoice,
 }
 
 impl EngineSettings {
@@ -81,6 +83,7 @@ impl EngineSettings {
             sequential_legs: false,
             janitor_every: Duration::from_secs(10),
             janitor_min_age: Duration::from_secs(60),
+            event_sink: SinkChoice::Jsonl,
         }
     }
 }
@@ -138,9 +141,10 @@ impl Engine {
             }
             GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
         };
-        let sink: Arc<dyn EventSink> = Arc::new(JsonlSink::new(&data_dir.join("events"))?);
         // Before any delivery: cut what a crash left unrecorded in the sink.
-        sink.resume(&store.sink_positions().await?).await.context("resuming the event sink")?;
+        let sink =
+            crate::events::open_sink(&settings.event_sink, &data_dir.join("events"), &store.sink_positions().await?)
+                .await?;
         let rules = Arc::new(ArcSwap::new(rules));
         let reloader = Reloader {
             runtime: runtime.clone(),

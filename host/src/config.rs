@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice};
+use crate::events::{NatsSettings, SinkChoice};
 use crate::http::ConnectionLimits;
 use crate::payment::RetryPolicy;
 
@@ -89,6 +90,38 @@ pub struct ServeConfig {
     /// (`exp` minus now), in seconds; tokens valid for longer are refused [default: 86400].
     #[arg(long, env = "SMARTMART_MAX_TOKEN_LIFETIME_SECS")]
     pub max_token_lifetime_secs: Option<u64>,
+    /// Where events go: `jsonl` (files in <data dir>/events/) or `nats`
+    /// (a NATS JetStream stream; the SMARTMART_NATS_* settings) [default: jsonl].
+    #[arg(long, env = "SMARTMART_EVENT_SINK")]
+    pub event_sink: Option<EventSinkKind>,
+    /// NATS server URL, `nats://[user:password@]host:port` [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "SMARTMART_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+    /// JetStream stream of the events, created at start when missing [default: SMARTMART_EVENTS].
+    #[arg(long, env = "SMARTMART_NATS_STREAM")]
+    pub nats_stream: Option<String>,
+    /// Events are published to `<prefix>.audit`, `<prefix>.analytics` and
+    /// `<prefix>.fraud`; the stream captures `<prefix>.>` [default: smartmart.events].
+    #[arg(long, env = "SMARTMART_NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
+    /// The stream's duplicate window, in seconds: an event delivered again
+    /// within it (same `Nats-Msg-Id`) is dropped [default: 86400].
+    #[arg(long, env = "SMARTMART_NATS_DUPLICATE_WINDOW_SECS")]
+    pub nats_duplicate_window_secs: Option<u64>,
+    /// Bounds connecting to NATS, each JetStream request and each publish
+    /// acknowledgement; a delivery past it fails and is retried [default: 5000].
+    #[arg(long, env = "SMARTMART_NATS_TIMEOUT_MS")]
+    pub nats_timeout_ms: Option<u64>,
+}
+
+/// Where events are delivered (`SMARTMART_EVENT_SINK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSinkKind {
+    /// JSON Lines files in `<data dir>/events/`, each event exactly once.
+    Jsonl,
+    /// A NATS JetStream stream, duplicates dropped by `Nats-Msg-Id`.
+    Nats,
 }
 
 impl ServeConfig {
@@ -122,6 +155,12 @@ impl ServeConfig {
             header_read_timeout_ms: self.header_read_timeout_ms.or(lower.header_read_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_token_lifetime_secs: self.max_token_lifetime_secs.or(lower.max_token_lifetime_secs),
+            event_sink: self.event_sink.or(lower.event_sink),
+            nats_url: self.nats_url.or(lower.nats_url),
+            nats_stream: self.nats_stream.or(lower.nats_stream),
+            nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
+            nats_duplicate_window_secs: self.nats_duplicate_window_secs.or(lower.nats_duplicate_window_secs),
+            nats_timeout_ms: self.nats_timeout_ms.or(lower.nats_timeout_ms),
         }
     }
 }
@@ -212,6 +251,7 @@ impl std::fmt::Debug for EngineSettingsView {
             .field("data_dir", &self.0.data_dir)
             .field("plugins_dir", &self.0.plugins_dir)
             .field("currency", &self.0.currency)
+            .field("event_sink", &self.0.event_sink)
             .finish_non_exhaustive()
     }
 }
@@ -248,9 +288,11 @@ impl ServeSettings {
             }
             Credentials { channel_keys, admin_key, identity_secret }
         };
+        let event_sink = event_sink(&config)?;
         let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from("smartmart-data"));
         let plugins_dir = config.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins/bundled"));
         let mut engine = EngineSettings::new(&data_dir, &plugins_dir, credentials.identity_secret.as_bytes());
+        engine.event_sink = event_sink;
         if let Some(key) = &config.pseudonym_key {
             engine.pseudonym_key = key.as_bytes().to_vec();
         }
@@ -329,6 +371,28 @@ impl ServeSettings {
     }
 }
 
+/// The event sink the configuration chooses, its settings checked.
+fn event_sink(config: &ServeConfig) -> anyhow::Result<SinkChoice> {
+    match config.event_sink.unwrap_or(EventSinkKind::Jsonl) {
+        EventSinkKind::Jsonl => Ok(SinkChoice::Jsonl),
+        EventSinkKind::Nats => {
+            let defaults = NatsSettings::default();
+            let settings = NatsSettings {
+                url: config.nats_url.clone().unwrap_or(defaults.url),
+                stream: config.nats_stream.clone().unwrap_or(defaults.stream),
+                subject_prefix: config.nats_subject_prefix.clone().unwrap_or(defaults.subject_prefix),
+                duplicate_window: config
+                    .nats_duplicate_window_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(defaults.duplicate_window),
+                timeout: config.nats_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+            };
+            settings.validate()?;
+            Ok(SinkChoice::Nats(settings))
+        }
+    }
+}
+
 /// Parses `SMARTMART_TRUSTED_KEYS`: hex ed25519 public keys, comma-separated.
 pub fn parse_trusted_keys(text: &str) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
     text.split(',')
@@ -400,6 +464,27 @@ mod tests {
         ] {
             assert!(ServeSettings::resolve(zero, false).is_err());
         }
+    }
+
+    #[test]
+    fn the_event_sink_defaults_to_jsonl_and_nats_takes_its_settings() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert_eq!(settings.engine.0.event_sink, SinkChoice::Jsonl);
+        let file: ServeConfig = toml::from_str(
+            "event_sink = \"nats\"\nnats_stream = \"ORDERS\"\nnats_subject_prefix = \"shop.events\"\nnats_duplicate_window_secs = 600",
+        )
+        .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        let SinkChoice::Nats(nats) = &settings.engine.0.event_sink else { panic!("not nats") };
+        assert_eq!(nats.url, "nats://127.0.0.1:4222");
+        assert_eq!((nats.stream.as_str(), nats.subject_prefix.as_str()), ("ORDERS", "shop.events"));
+        assert_eq!(nats.duplicate_window, Duration::from_secs(600));
+        assert_eq!(nats.timeout, Duration::from_secs(5));
+        assert!(toml::from_str::<ServeConfig>("event_sink = \"kafka\"").is_err());
+        let bad =
+            ServeConfig { event_sink: Some(EventSinkKind::Nats), nats_subject_prefix: Some("a.>".into()), ..keyed() };
+        let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_NATS_SUBJECT_PREFIX"), "{error}");
     }
 
     #[test]

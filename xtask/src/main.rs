@@ -16,9 +16,12 @@
 //! cargo xtask guests          build every guest (Rust, and the JavaScript example);
 //!                             copy them to target/wasm/<name>.wasm and the
 //!                             bundled rules also to plugins/bundled/
-//! cargo xtask test [ARGS]     guests, the rules' native unit tests (plugins/,
-//!                             the examples), then cargo test --workspace ARGS;
-//!                             without ARGS, then .ci/schemathesis.sh (python3)
+//! cargo xtask test [ARGS]     the local services (.ci/services.sh: PostgreSQL,
+//!                             NATS with JetStream, started when they do not
+//!                             answer), guests, the rules' native unit tests
+//!                             (plugins/, the examples), then cargo test
+//!                             --workspace ARGS; without ARGS, then
+//!                             .ci/schemathesis.sh (python3)
 //! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
 //! cargo xtask serve [ARGS]    guests, then cargo run --release -p smartmart -- serve ARGS
 //! cargo xtask run [ARGS]      guests, then cargo run -p smartmart -- ARGS
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
     let outcome = match task.as_str() {
         "guests" if rest.is_empty() => guests(),
         "guests" => Err(format!("`guests` takes no arguments, got {rest:?}")),
-        "test" => guests().and_then(|()| test(&rest)),
+        "test" => services().and_then(|()| guests()).and_then(|()| test(&rest)),
         "demo" => guests().and_then(|()| smartmart_run(Some("demo"), &rest)),
         "serve" => guests().and_then(|()| smartmart_run(Some("serve"), &rest)),
         "run" => guests().and_then(|()| smartmart_run(None, &rest)),
@@ -225,6 +228,13 @@ fn copy(from: &Path, to: &Path) -> Result {
 
 /// The rules' logic natively (bundled rules and the example), then the
 /// host's whole workspace.
+/// Checks that the services the tests talk to answer, starting them when
+/// they do not (`.ci/services.sh`; under CI=true one that cannot be started
+/// fails the run, elsewhere it is a warning and the tests that need it fail).
+fn services() -> Result {
+    run(Command::new("bash").arg(root().join(".ci/services.sh")))
+}
+
 fn test(args: &[String]) -> Result {
     let mut totals = Totals::default();
     for manifest in ["plugins/Cargo.toml", "examples/rules/clearance/Cargo.toml"] {

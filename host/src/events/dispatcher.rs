@@ -1,14 +1,16 @@
 //! The outbox dispatcher: delivers events after the answer. A sink that is
 //! down or slow only delays its events (per-event backoff); orders never
 //! wait for it. With a sink that keeps a position (the JSON Lines files),
-//! each event is delivered exactly once (see `sink`).
+//! each event is delivered exactly once (see `sink`); with a sink that
+//! deduplicates by event id (NATS JetStream), a batch delivered again after
+//! a crash or a lost acknowledgement is dropped by the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::EventSink;
+use super::{EventSink, SinkEvent};
 use crate::domain::EventKind;
 use crate::pipeline::Pipeline;
 use crate::store::outbox::DueEvent;
@@ -37,9 +39,10 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             if batch.is_empty() {
                 continue;
             }
-            let envelopes: Vec<String> = batch.iter().map(|e| e.envelope.clone()).collect();
+            let events: Vec<SinkEvent> =
+                batch.iter().map(|e| SinkEvent { id: e.id.clone(), envelope: e.envelope.clone() }).collect();
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
-            match sink.deliver(kind, &envelopes).await {
+            match sink.deliver(kind, &events).await {
                 Ok(position) => {
                     pipeline.store.mark_delivered(seqs, position.clone()).await?;
                     if let Some(position) = &position {
@@ -51,9 +54,11 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                 Err(e) => {
                     let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0);
                     let backoff = Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF);
-                    tracing::warn!(sink = sink.name(), %kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
+                    // The whole chain (`{:#}`): "connecting to NATS at …: connection refused".
+                    let error = format!("{e:#}");
+                    tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store.mark_retry(seqs, e.to_string(), next).await?;
+                    pipeline.store.mark_retry(seqs, error, next).await?;
                 }
             }
         }

@@ -1,11 +1,64 @@
 //! Event delivery: the outbox dispatcher and the sinks it delivers to.
 //!
 //! - [`sink`]: the `EventSink` trait and the default JSON Lines sink;
+//! - [`nats`]: the NATS JetStream sink (deduplication by event id);
 //! - [`dispatcher`]: reads READY outbox rows, delivers them at least once,
 //!   backs off per event when a sink fails; never on an order's path.
 
 pub mod dispatcher;
+pub mod nats;
 pub mod sink;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
 pub use dispatcher::{deliver_due, run_dispatcher};
-pub use sink::{EventSink, JsonlSink};
+pub use nats::{NatsSettings, NatsSink};
+pub use sink::{EventSink, JsonlSink, SinkEvent};
+
+use crate::store::outbox::SinkPosition;
+
+/// Which sink the engine delivers events to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SinkChoice {
+    /// JSON Lines files in `<data dir>/events/` (the default).
+    #[default]
+    Jsonl,
+    /// A NATS JetStream stream.
+    Nats(NatsSettings),
+}
+
+/// Builds the chosen sink, ready for the dispatcher: the JSON Lines files
+/// resumed from the positions the store recorded (cutting what a crash left
+/// unrecorded); the NATS sink connecting in the background, so a broker that
+/// is down never holds up the start.
+pub async fn open_sink(
+    choice: &SinkChoice,
+    events_dir: &Path,
+    recorded: &[SinkPosition],
+) -> anyhow::Result<Arc<dyn EventSink>> {
+    match choice {
+        SinkChoice::Jsonl => {
+            let sink = JsonlSink::new(events_dir)
+                .with_context(|| format!("creating the event directory {}", events_dir.display()))?;
+            sink.resume(recorded).await.context("resuming the event sink")?;
+            Ok(Arc::new(sink))
+        }
+        SinkChoice::Nats(settings) => {
+            let sink = Arc::new(NatsSink::new(settings.clone())?);
+            let starting = sink.clone();
+            tokio::spawn(async move {
+                if let Err(e) = starting.connect_now().await {
+                    tracing::warn!(
+                        url = %starting.settings().display_url(),
+                        error = format!("{e:#}"),
+                        "NATS is not reachable at start; orders are served, their events wait in the outbox and go out once it answers"
+                    );
+                }
+            });
+            Ok(sink)
+        }
+    }
+}

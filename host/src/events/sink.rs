@@ -1,5 +1,12 @@
-//! Where events go. A sink receives a batch of envelopes of one type and
+//! Where events go. A sink receives a batch of events of one type and
 //! either takes all of them or fails; the dispatcher retries a failed batch.
+//!
+//! Two kinds of sink fit the trait. A sink that keeps a position (the JSON
+//! Lines files) returns where its stream ends, the dispatcher records it in
+//! the same transaction as the outbox marks, and `resume` cuts what a crash
+//! left past it: exactly once by position. A sink that deduplicates by event
+//! id (NATS JetStream, `Nats-Msg-Id`) returns no position: a batch delivered
+//! again after a crash is dropped by the broker.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -9,6 +16,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::domain::EventKind;
 use crate::store::outbox::SinkPosition;
+
+/// One event handed to a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkEvent {
+    /// The event's id: unique, and the same on every delivery attempt
+    /// (the key a deduplicating sink drops repeats by).
+    pub id: String,
+    /// The envelope as JSON text, on one line.
+    pub envelope: String,
+}
 
 /// A destination of events.
 #[async_trait::async_trait]
@@ -22,10 +39,11 @@ pub trait EventSink: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Delivers `envelopes` (JSON text, one event each) of type `kind`.
-    /// A sink that keeps a position returns where its stream now ends; the
-    /// dispatcher records it with the delivery marks.
-    async fn deliver(&self, kind: EventKind, envelopes: &[String]) -> anyhow::Result<Option<SinkPosition>>;
+    /// Delivers `events` of type `kind`: `Ok` only once the destination
+    /// holds every one of them durably. A sink that keeps a position returns
+    /// where its stream now ends; the dispatcher records it with the
+    /// delivery marks.
+    async fn deliver(&self, kind: EventKind, events: &[SinkEvent]) -> anyhow::Result<Option<SinkPosition>>;
 
     /// The position returned by `deliver` is now recorded in the store.
     fn recorded(&self, _position: &SinkPosition) {}
@@ -135,12 +153,12 @@ impl EventSink for JsonlSink {
         Ok(())
     }
 
-    async fn deliver(&self, kind: EventKind, envelopes: &[String]) -> anyhow::Result<Option<SinkPosition>> {
+    async fn deliver(&self, kind: EventKind, events: &[SinkEvent]) -> anyhow::Result<Option<SinkPosition>> {
         let path = self.file(kind);
         // The whole batch as one buffer, written by one call: every event a
         // whole line.
-        let mut text = String::with_capacity(envelopes.iter().map(|e| e.len() + 1).sum());
-        for envelope in envelopes {
+        let mut text = String::with_capacity(events.iter().map(|e| e.envelope.len() + 1).sum());
+        for SinkEvent { envelope, .. } in events {
             anyhow::ensure!(!envelope.contains('\n'), "an event envelope spans several lines");
             text.push_str(envelope);
             text.push('\n');
@@ -168,15 +186,19 @@ impl EventSink for JsonlSink {
 mod tests {
     use super::*;
 
+    fn event(envelope: &str) -> SinkEvent {
+        SinkEvent { id: envelope.to_string(), envelope: envelope.to_string() }
+    }
+
     #[tokio::test]
     async fn an_unrecorded_tail_and_a_torn_line_are_cut_and_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let sink = JsonlSink::new(dir.path()).unwrap();
         sink.resume(&[]).await.unwrap();
-        let first = sink.deliver(EventKind::Audit, &[r#"{"id":"a"}"#.into()]).await.unwrap().unwrap();
+        let first = sink.deliver(EventKind::Audit, &[event(r#"{"id":"a"}"#)]).await.unwrap().unwrap();
         sink.recorded(&first);
         // Written, never recorded (a crash before the commit), then a torn line.
-        sink.deliver(EventKind::Audit, &[r#"{"id":"b"}"#.into()]).await.unwrap();
+        sink.deliver(EventKind::Audit, &[event(r#"{"id":"b"}"#)]).await.unwrap();
         let path = sink.file(EventKind::Audit);
         OpenOptions::new().append(true).open(&path).unwrap().write_all(br#"{"id":"c","pay"#).unwrap();
 
@@ -186,7 +208,7 @@ mod tests {
         let cut = std::fs::read_to_string(dir.path().join("audit.jsonl.cut")).unwrap();
         assert!(cut.contains(r#"{"id":"b"}"#) && cut.contains(r#"{"id":"c","pay"#), "{cut}");
         // Written again after the restart: each id once.
-        restarted.deliver(EventKind::Audit, &[r#"{"id":"b"}"#.into()]).await.unwrap();
+        restarted.deliver(EventKind::Audit, &[event(r#"{"id":"b"}"#)]).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
     }
 
