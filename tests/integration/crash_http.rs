@@ -354,3 +354,97 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
         }
     }
 }
+
+/// A key whose order a crash interrupted after the payment intent answers
+/// 409 `IDEMPOTENCY_IN_PROGRESS` with `Retry-After` (never a second order);
+/// once reconciliation has re-driven the payment with the order's own
+/// gateway key, the same request gets the order's final answer, byte for
+/// byte the stored invoice, and the customer is charged once.
+#[tokio::test]
+async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final_order() {
+    use sha2::Digest as _;
+    use smartmart::pipeline::recovery::{self, RecoveryReport};
+    use smartmart::store::orders::{Hold, KeyClaim, NewOrder, ReserveOutcome};
+
+    use crate::support::server::TestServer;
+
+    let server = TestServer::start().await;
+    let store = server.engine.pipeline.store.clone();
+    // A real invoice to draft the interrupted order from.
+    let template = server
+        .order("C-1001", &[("HDMI-2M", 1)], &json!({"customer_id": "C-1001", "payment": {"token": "tok_ok"}}))
+        .await;
+    assert_eq!(template.status, 201, "{}", template.text());
+
+    // What a crash between the intent and the charge leaves behind: the
+    // order PENDING with its stock held, its key claimed, its intent and
+    // draft invoice recorded, no answer.
+    let body = json!({"customer_id": "C-1002", "payment": {"token": "tok_ok"}});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let claim = KeyClaim {
+        channel: "web".into(),
+        key: "interrupted-key".into(),
+        request_hash: hex::encode(sha2::Sha256::digest(&bytes)),
+    };
+    let order_id = "ord_interrupted_after_intent";
+    let reserved = store
+        .reserve(NewOrder {
+            order_id: order_id.into(),
+            customer_id: "C-1002".into(),
+            channel: "web".into(),
+            currency: "USD".into(),
+            holds: vec![Hold { warehouse_id: "WH-BLR".into(), sku: "HDMI-2M".into(), quantity: 1 }],
+            claim: Some(claim),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reserved, ReserveOutcome::Reserved);
+    let mut draft = template.json.clone();
+    draft["order_id"] = json!(order_id);
+    draft["status"] = json!("PENDING");
+    draft["customer"]["id"] = json!("C-1002");
+    draft["payment"]["status"] = json!("PENDING");
+    draft["payment"]["transaction_id"] = Value::Null;
+    for (n, event) in draft["events"].as_array_mut().unwrap().iter_mut().enumerate() {
+        event["id"] = json!(format!("evt_interrupted_{n}"));
+    }
+    let total = draft["total_cents"].as_u64().unwrap();
+    let key = format!("pay_{order_id}");
+    store.record_intent(order_id, draft.to_string(), &key, "sandbox", total, "tok_ok").await.unwrap();
+
+    let send = || async {
+        server
+            .web_as(reqwest::Method::POST, "/v1/orders", "C-1002")
+            .header("idempotency-key", "interrupted-key")
+            .header("content-type", "application/json")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap()
+    };
+    let busy = send().await;
+    assert_eq!(busy.status(), 409);
+    let retry_after = busy.headers().get("retry-after").expect("Retry-After").to_str().unwrap().to_string();
+    assert!(retry_after.parse::<u64>().is_ok_and(|s| s > 0), "Retry-After: {retry_after}");
+    let error: Value = busy.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "IDEMPOTENCY_IN_PROGRESS", "{error}");
+    assert!(server.charges().iter().all(|(k, _)| *k != key), "nothing charged yet");
+
+    // Reconciliation re-drives the payment with the order's own key.
+    let report = recovery::reconcile(&server.engine.pipeline, Duration::ZERO).await.unwrap();
+    assert_eq!(report, RecoveryReport { confirmed: 1, ..RecoveryReport::default() });
+
+    let answered = send().await;
+    assert_eq!(answered.status(), 201);
+    let text = answered.text().await.unwrap();
+    let stored = store.order(order_id).await.unwrap().expect("the order");
+    assert_eq!(stored.status, "CONFIRMED");
+    assert_eq!(Some(&text), stored.invoice.as_ref(), "the answer is the stored invoice, byte for byte");
+    let charged: Vec<_> = server.charges().into_iter().filter(|(k, _)| *k == key).collect();
+    assert_eq!(charged, [(key.clone(), total)], "one charge, of the order's total");
+    // The same request again: the same bytes, no second order.
+    assert_eq!(send().await.text().await.unwrap(), text);
+    let orders_of_c1002: i64 =
+        server.db().query_row("SELECT count(*) FROM orders WHERE customer_id = 'C-1002'", [], |r| r.get(0)).unwrap();
+    assert_eq!(orders_of_c1002, 1);
+}
