@@ -128,6 +128,35 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// The API's error codes (docs/api.md, "Errors"); each has one HTTP
+    /// status, in `pipeline::error::status_of`.
+    ErrorCode {
+        InvalidRequest = "INVALID_REQUEST",
+        Unauthenticated = "UNAUTHENTICATED",
+        InvalidCustomerToken = "INVALID_CUSTOMER_TOKEN",
+        PaymentFailed = "PAYMENT_FAILED",
+        CustomerBlocked = "CUSTOMER_BLOCKED",
+        CustomerMismatch = "CUSTOMER_MISMATCH",
+        CustomerNotFound = "CUSTOMER_NOT_FOUND",
+        OrderNotFound = "ORDER_NOT_FOUND",
+        NotFound = "NOT_FOUND",
+        MethodNotAllowed = "METHOD_NOT_ALLOWED",
+        OutOfStock = "OUT_OF_STOCK",
+        IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED",
+        IdempotencyInProgress = "IDEMPOTENCY_IN_PROGRESS",
+        Conflict = "CONFLICT",
+        PayloadTooLarge = "PAYLOAD_TOO_LARGE",
+        UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE",
+        EmptyCart = "EMPTY_CART",
+        UnknownSku = "UNKNOWN_SKU",
+        InvalidCoupon = "INVALID_COUPON",
+        RuleFailed = "RULE_FAILED",
+        DependencyUnavailable = "DEPENDENCY_UNAVAILABLE",
+        StageTimeout = "STAGE_TIMEOUT",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

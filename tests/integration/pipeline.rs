@@ -624,7 +624,7 @@ async fn two_hundred_concurrent_orders_for_ten_units_confirm_exactly_ten() {
                 if let OrderError::OutOfStock { sku, requested, .. } = &e {
                     assert_eq!((sku.as_str(), *requested), (SKU, 1));
                 }
-                *codes.entry(e.code()).or_default() += 1;
+                *codes.entry(e.code().as_str()).or_default() += 1;
             }
         }
     }

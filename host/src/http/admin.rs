@@ -12,6 +12,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
+use crate::pipeline::error::ErrorCode;
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
 
@@ -214,7 +215,7 @@ pub async fn get_stock(
     _admin: Admin,
     ApiPath(sku): ApiPath<String>,
 ) -> Result<Json<SkuStock>, ApiError> {
-    let not_found = || ApiError::new("NOT_FOUND", format!("sku {sku} not found"));
+    let not_found = || ApiError::new(ErrorCode::NotFound, format!("sku {sku} not found"));
     check_id("sku", &sku).map_err(|_| not_found())?;
     let store = &state.engine.pipeline.store;
     if store.product(&sku).await?.is_none() {

@@ -7,20 +7,20 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::pipeline::OrderError;
-use crate::pipeline::error::status_of;
+use crate::pipeline::error::{ErrorCode, status_of};
 use crate::store::StoreError;
 
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub body: Option<Value>,
     pub details: Option<Value>,
 }
 
 impl ApiError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError { code, message: message.into(), body: None, details: None }
     }
 
@@ -30,11 +30,11 @@ impl ApiError {
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new("INVALID_REQUEST", message)
+        ApiError::new(ErrorCode::InvalidRequest, message)
     }
 
     pub fn unauthenticated() -> ApiError {
-        ApiError::new("UNAUTHENTICATED", "a valid `Authorization: Bearer <key>` is required for this endpoint")
+        ApiError::new(ErrorCode::Unauthenticated, "a valid `Authorization: Bearer <key>` is required for this endpoint")
     }
 
     pub fn status(&self) -> StatusCode {
@@ -56,7 +56,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status().is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+            tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
         (self.status(), axum::Json(self.to_body())).into_response()
     }
@@ -78,9 +78,9 @@ impl From<OrderError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(what) => ApiError::new("NOT_FOUND", format!("{what} not found")),
-            StoreError::Conflict(why) => ApiError::new("CONFLICT", why),
-            other => ApiError::new("DEPENDENCY_UNAVAILABLE", other.to_string()),
+            StoreError::NotFound(what) => ApiError::new(ErrorCode::NotFound, format!("{what} not found")),
+            StoreError::Conflict(why) => ApiError::new(ErrorCode::Conflict, why),
+            other => ApiError::new(ErrorCode::DependencyUnavailable, other.to_string()),
         }
     }
 }

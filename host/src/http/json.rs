@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use super::error::ApiError;
+use crate::pipeline::error::ErrorCode;
 
 /// A JSON body (a JSON object), with the API's error bodies.
 pub struct ApiJson<T>(pub T);
@@ -42,11 +43,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for RawJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !is_json_content_type(&req) {
-            return Err(ApiError::new("UNSUPPORTED_MEDIA_TYPE", "expected `Content-Type: application/json`"));
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "expected `Content-Type: application/json`"));
         }
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new("PAYLOAD_TOO_LARGE", "the request body is larger than the configured limit")
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is larger than the configured limit")
             } else {
                 ApiError::invalid(rejection.body_text())
             }

@@ -35,6 +35,7 @@ use utoipa_axum::routes;
 
 use crate::app::Engine;
 use crate::config::Credentials;
+use crate::pipeline::error::ErrorCode;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -103,8 +104,8 @@ pub fn openapi_document() -> serde_json::Value {
 pub fn app(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
-        .fallback(|| async { ApiError::new("NOT_FOUND", "no such endpoint") })
-        .method_not_allowed_fallback(|| async { ApiError::new("METHOD_NOT_ALLOWED", "method not allowed here") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed here") })
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -124,7 +125,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     .await
     {
         Ok(response) => response,
-        Err(_) => ApiError::new("STAGE_TIMEOUT", "the request took longer than the configured request timeout")
+        Err(_) => ApiError::new(ErrorCode::StageTimeout, "the request took longer than the configured request timeout")
             .into_response(),
     };
     let status = response.status().as_u16();

@@ -27,6 +27,7 @@ use super::error::ApiError;
 use super::json::{ApiPath, RawJson};
 use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
 use crate::domain::OrderStatus;
+use crate::pipeline::error::ErrorCode;
 use crate::pipeline::{Invoice, OrderError, OrderRequest};
 use crate::rules::types::GeoPoint;
 use crate::store::orders::KeyRecord;
@@ -144,7 +145,7 @@ pub async fn post_order(
                 if request_hash != hash =>
             {
                 return Err(ApiError::new(
-                    "IDEMPOTENCY_KEY_REUSED",
+                    ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was used with a different request body",
                 ));
             }
@@ -171,7 +172,7 @@ pub async fn post_order(
     let pipeline = state.engine.pipeline.clone();
     let outcome = tokio::spawn(async move { pipeline.place_order(request).await })
         .await
-        .map_err(|e| ApiError::new("DEPENDENCY_UNAVAILABLE", format!("order task failed: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("order task failed: {e}")))?;
     // The same bytes as the stored invoice and the stored idempotent answer.
     Ok(match outcome {
         Ok(placed) => json_response(201, placed.json),
@@ -204,7 +205,7 @@ pub async fn get_order(
     ApiPath(order_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let not_found = || ApiError::new("ORDER_NOT_FOUND", format!("order {order_id} not found"));
+    let not_found = || ApiError::new(ErrorCode::OrderNotFound, format!("order {order_id} not found"));
     check_id("order_id", &order_id).map_err(|_| not_found())?;
     // Verify the token first: an unauthenticated caller learns nothing.
     let token = raw_customer_token(&headers)?;
@@ -222,7 +223,7 @@ pub async fn get_order(
     }
     let text = stored.invoice.ok_or_else(not_found)?;
     let mut invoice: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ApiError::new("DEPENDENCY_UNAVAILABLE", format!("stored invoice unreadable: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("stored invoice unreadable: {e}")))?;
     if let Some(review) = stored.fraud_review {
         invoice["fraud_review"] = review;
     }

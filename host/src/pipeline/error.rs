@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+pub use crate::domain::ErrorCode;
+
 use super::invoice::Invoice;
 use crate::rules::{FailureCause, ModuleIdentity};
 
@@ -69,22 +71,22 @@ pub enum OrderError {
 
 impl OrderError {
     /// The API's error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            OrderError::InvalidRequest(_) => "INVALID_REQUEST",
-            OrderError::InvalidCustomerToken(_) => "INVALID_CUSTOMER_TOKEN",
-            OrderError::CustomerMismatch => "CUSTOMER_MISMATCH",
-            OrderError::CustomerNotFound(_) => "CUSTOMER_NOT_FOUND",
-            OrderError::CustomerBlocked(_) => "CUSTOMER_BLOCKED",
-            OrderError::EmptyCart => "EMPTY_CART",
-            OrderError::UnknownSku(_) => "UNKNOWN_SKU",
-            OrderError::InvalidCoupon { .. } => "INVALID_COUPON",
-            OrderError::OutOfStock { .. } => "OUT_OF_STOCK",
-            OrderError::RuleFailed { .. } => "RULE_FAILED",
-            OrderError::PaymentFailed { .. } => "PAYMENT_FAILED",
-            OrderError::DependencyUnavailable { .. } => "DEPENDENCY_UNAVAILABLE",
-            OrderError::StageTimeout { .. } => "STAGE_TIMEOUT",
-            OrderError::IdempotencyInProgress => "IDEMPOTENCY_IN_PROGRESS",
+            OrderError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            OrderError::InvalidCustomerToken(_) => ErrorCode::InvalidCustomerToken,
+            OrderError::CustomerMismatch => ErrorCode::CustomerMismatch,
+            OrderError::CustomerNotFound(_) => ErrorCode::CustomerNotFound,
+            OrderError::CustomerBlocked(_) => ErrorCode::CustomerBlocked,
+            OrderError::EmptyCart => ErrorCode::EmptyCart,
+            OrderError::UnknownSku(_) => ErrorCode::UnknownSku,
+            OrderError::InvalidCoupon { .. } => ErrorCode::InvalidCoupon,
+            OrderError::OutOfStock { .. } => ErrorCode::OutOfStock,
+            OrderError::RuleFailed { .. } => ErrorCode::RuleFailed,
+            OrderError::PaymentFailed { .. } => ErrorCode::PaymentFailed,
+            OrderError::DependencyUnavailable { .. } => ErrorCode::DependencyUnavailable,
+            OrderError::StageTimeout { .. } => ErrorCode::StageTimeout,
+            OrderError::IdempotencyInProgress => ErrorCode::IdempotencyInProgress,
         }
     }
 
@@ -164,21 +166,25 @@ impl OrderError {
     }
 }
 
-/// Error code → HTTP status (docs/api.md, "Errors").
-pub fn status_of(code: &str) -> u16 {
+/// Error code → HTTP status: the one table the API's error list
+/// (docs/api.md, "Errors") is written from. Exhaustive: a new code cannot
+/// be added without its status.
+pub fn status_of(code: ErrorCode) -> u16 {
     match code {
-        "INVALID_REQUEST" => 400,
-        "UNAUTHENTICATED" | "INVALID_CUSTOMER_TOKEN" => 401,
-        "PAYMENT_FAILED" => 402,
-        "CUSTOMER_BLOCKED" | "CUSTOMER_MISMATCH" => 403,
-        "CUSTOMER_NOT_FOUND" | "ORDER_NOT_FOUND" | "NOT_FOUND" => 404,
-        "METHOD_NOT_ALLOWED" => 405,
-        "OUT_OF_STOCK" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_IN_PROGRESS" | "CONFLICT" => 409,
-        "PAYLOAD_TOO_LARGE" => 413,
-        "UNSUPPORTED_MEDIA_TYPE" => 415,
-        "EMPTY_CART" | "UNKNOWN_SKU" | "INVALID_COUPON" => 422,
-        "RULE_FAILED" | "DEPENDENCY_UNAVAILABLE" => 503,
-        "STAGE_TIMEOUT" => 504,
-        _ => 500,
+        ErrorCode::InvalidRequest => 400,
+        ErrorCode::Unauthenticated | ErrorCode::InvalidCustomerToken => 401,
+        ErrorCode::PaymentFailed => 402,
+        ErrorCode::CustomerBlocked | ErrorCode::CustomerMismatch => 403,
+        ErrorCode::CustomerNotFound | ErrorCode::OrderNotFound | ErrorCode::NotFound => 404,
+        ErrorCode::MethodNotAllowed => 405,
+        ErrorCode::OutOfStock
+        | ErrorCode::IdempotencyKeyReused
+        | ErrorCode::IdempotencyInProgress
+        | ErrorCode::Conflict => 409,
+        ErrorCode::PayloadTooLarge => 413,
+        ErrorCode::UnsupportedMediaType => 415,
+        ErrorCode::EmptyCart | ErrorCode::UnknownSku | ErrorCode::InvalidCoupon => 422,
+        ErrorCode::RuleFailed | ErrorCode::DependencyUnavailable => 503,
+        ErrorCode::StageTimeout => 504,
     }
 }

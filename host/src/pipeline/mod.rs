@@ -322,7 +322,7 @@ impl Pipeline {
         let result = self.run_order(request).await;
         self.metrics.order(match &result {
             Ok(_) => "CONFIRMED",
-            Err(e) => e.code(),
+            Err(e) => e.code().as_str(),
         });
         result
     }
