@@ -15,6 +15,7 @@ use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::pipeline::error::ErrorCode;
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
+use crate::store::shadows::ShadowSummary;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -349,20 +350,6 @@ pub struct VariantFigures {
     pub mean_latency_us: f64,
 }
 
-/// Shadow runs of one candidate against the active module.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ShadowFigures {
-    pub slot: String,
-    pub active_module: String,
-    pub candidate_module: String,
-    pub candidate_version: String,
-    pub candidate_digest: String,
-    pub orders: u64,
-    pub differing_orders: u64,
-    pub share_differing: f64,
-    pub money_difference_cents: i64,
-}
-
 /// An A/B experiment (`kind: ab`) or a shadow candidate (`kind: shadow`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExperimentAnswer {
@@ -374,7 +361,7 @@ pub struct ExperimentAnswer {
     pub variants: Vec<VariantFigures>,
     /// Only for a shadow candidate.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowFigures>,
+    pub shadow: Option<ShadowSummary>,
 }
 
 /// A/B experiments with their figures per variant since start, and shadow
@@ -426,17 +413,7 @@ pub async fn get_experiments(
             slot: s.slot.clone(),
             kind: "shadow".into(),
             variants: Vec::new(),
-            shadow: Some(ShadowFigures {
-                slot: s.slot,
-                active_module: s.active_module,
-                candidate_module: s.candidate_module,
-                candidate_version: s.candidate_version,
-                candidate_digest: s.candidate_digest,
-                orders: s.orders,
-                differing_orders: s.differing_orders,
-                share_differing: s.share_differing,
-                money_difference_cents: s.money_difference_cents,
-            }),
+            shadow: Some(s),
         });
     }
     Ok(Json(out))
