@@ -34,9 +34,13 @@ use crate::store::orders::OpenIntent;
 /// What a reconciliation pass did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// Orders interrupted before payment, cleanly undone (rows removed, stock released, key freed).
     pub cancelled: usize,
+    /// Orders whose re-driven payment the gateway confirmed, settled CONFIRMED.
     pub confirmed: usize,
+    /// Orders the gateway declined or never charged, settled PAYMENT_FAILED.
     pub failed: usize,
+    /// Orders the gateway could not answer for: left for the next pass.
     pub undecided: usize,
 }
 
