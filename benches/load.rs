@@ -426,7 +426,7 @@ fn main() {
         phases
     });
 
-    let orders: i64 = rusqlite::Connection::open(engine.pipeline.store.path())
+    let orders: i64 = rusqlite::Connection::open(dir.path().join("smartmart.sqlite"))
         .and_then(|c| c.query_row("SELECT count(*) FROM orders WHERE status = 'CONFIRMED'", [], |r| r.get(0)))
         .expect("counting orders");
     shutdown.cancel();

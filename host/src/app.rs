@@ -19,7 +19,7 @@ use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
 use crate::rules::reload::{Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
 use crate::store::catalog::{Customer, Product, Warehouse};
-use crate::store::{Store, StoreOptions};
+use crate::store::{Database, PostgresOptions, Store, StoreOptions};
 
 /// Which payment gateway orders are charged through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub struct EngineSettings {
     pub retry: RetryPolicy,
     pub gateway: GatewayChoice,
     pub store: StoreOptions,
+    /// The embedded SQLite file in the data dir (default) or a PostgreSQL database.
+    pub database: Database,
+    pub postgres: PostgresOptions,
     pub faults: Faults,
     /// Key of the A/B variant assignment (stable across restarts).
     pub experiment_key: Vec<u8>,
@@ -79,6 +82,8 @@ impl EngineSettings {
             retry: RetryPolicy::default(),
             gateway: GatewayChoice::Sandbox,
             store: StoreOptions::default(),
+            database: Database::Sqlite(data_dir.join("smartmart.sqlite")),
+            postgres: PostgresOptions::default(),
             faults: Faults::default(),
             sequential_legs: false,
             janitor_every: Duration::from_secs(10),
@@ -106,8 +111,10 @@ impl Engine {
     pub async fn start(settings: EngineSettings) -> anyhow::Result<Engine> {
         let data_dir = &settings.data_dir;
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let store = Store::open(&data_dir.join("smartmart.sqlite"), &settings.store)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let store = Store::connect(&settings.database, &settings.store, &settings.postgres)
+            .await
+            .context("opening the store")?;
+        tracing::info!(database = %store.describe(), "store open");
         let runtime = RuleRuntime::new(RuntimeOptions {
             cache_dir: Some(data_dir.join("cache").join("modules")),
             ..RuntimeOptions::default()
@@ -142,9 +149,14 @@ impl Engine {
             GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
         };
         // Before any delivery: cut what a crash left unrecorded in the sink.
-        let sink =
-            crate::events::open_sink(&settings.event_sink, &data_dir.join("events"), &store.sink_positions().await?)
-                .await?;
+        let replica = if store.is_shared() { Some(replica_id(data_dir)?) } else { None };
+        let sink = crate::events::open_sink(
+            &settings.event_sink,
+            &data_dir.join("events"),
+            &store.sink_positions().await?,
+            replica.as_deref(),
+        )
+        .await?;
         let rules = Arc::new(ArcSwap::new(rules));
         let reloader = Reloader {
             runtime: runtime.clone(),
@@ -153,6 +165,7 @@ impl Engine {
             rules: rules.clone(),
             status: Arc::default(),
         };
+        let store_shared = store.is_shared();
         let pipeline = Pipeline {
             store,
             rules,
@@ -172,8 +185,10 @@ impl Engine {
             experiments: Arc::default(),
             events_ready: Arc::new(Notify::new()),
         };
-        // Every PENDING order now is from a process that died.
-        let report = recovery::reconcile(&pipeline, Duration::ZERO).await?;
+        // On SQLite every PENDING order now is from a process that died; on
+        // a shared database only those too old to be running on a replica.
+        let interrupted_after = if store_shared { settings.janitor_min_age } else { Duration::ZERO };
+        let report = recovery::reconcile(&pipeline, interrupted_after).await?;
         if report.undecided > 0 {
             tracing::warn!(?report, "some interrupted orders await the gateway; the janitor will retry");
         }
@@ -211,6 +226,20 @@ impl Engine {
         self.shutdown.cancel();
         for worker in self.workers {
             let _ = worker.await;
+        }
+    }
+}
+
+/// This replica's id among those sharing a database, kept in its data dir
+/// (made at the first start): what its event files' positions are named after.
+fn replica_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
         }
     }
 }

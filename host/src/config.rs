@@ -32,6 +32,20 @@ pub struct ServeConfig {
     /// `normal` (survives a crash of the process only) [default: full].
     #[arg(long, env = "SMARTMART_DURABILITY")]
     pub durability: Option<crate::store::Durability>,
+    /// PostgreSQL database, `postgres://user[:password]@host[:port]/database`,
+    /// shared by every replica of the service; when unset the store is the
+    /// embedded SQLite file in the data dir (one process).
+    #[arg(long, env = "SMARTMART_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL connections this process keeps [default: 16].
+    #[arg(long, env = "SMARTMART_DATABASE_POOL_SIZE")]
+    pub database_pool_size: Option<usize>,
+    /// How long an order may stay unfinished before it counts as interrupted
+    /// (its process died) and is reconciled, in ms. On SQLite the orders a
+    /// crash interrupted are reconciled at start anyway; with replicas on
+    /// PostgreSQL another replica finishes them once they are this old [default: 60000].
+    #[arg(long, env = "SMARTMART_RECOVERY_AFTER_MS")]
+    pub recovery_after_ms: Option<u64>,
     /// Plug-in directory with `manifest.toml` [default: plugins/bundled].
     #[arg(long, env = "SMARTMART_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -137,6 +151,9 @@ impl ServeConfig {
             listen: self.listen.or(lower.listen),
             data_dir: self.data_dir.or(lower.data_dir),
             durability: self.durability.or(lower.durability),
+            database_url: self.database_url.or(lower.database_url),
+            database_pool_size: self.database_pool_size.or(lower.database_pool_size),
+            recovery_after_ms: self.recovery_after_ms.or(lower.recovery_after_ms),
             plugins_dir: self.plugins_dir.or(lower.plugins_dir),
             channel_keys: self.channel_keys.or(lower.channel_keys),
             admin_key: self.admin_key.or(lower.admin_key),
@@ -297,6 +314,25 @@ impl ServeSettings {
             engine.pseudonym_key = key.as_bytes().to_vec();
         }
         engine.store.durability = config.durability.unwrap_or(crate::store::Durability::Full);
+        if let Some(url) = config.database_url.filter(|u| !u.is_empty()) {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("SMARTMART_DATABASE_URL must be a postgres:// URL");
+            }
+            engine.database = crate::store::Database::Postgres(url);
+        }
+        let pool_size = config.database_pool_size.unwrap_or(16);
+        if !(1..=1000).contains(&pool_size) {
+            bail!("SMARTMART_DATABASE_POOL_SIZE must be 1..=1000, got {pool_size}");
+        }
+        engine.postgres.pool_size = pool_size;
+        let recovery_after_ms = config.recovery_after_ms.unwrap_or(60_000);
+        if recovery_after_ms < 100 {
+            bail!("SMARTMART_RECOVERY_AFTER_MS must be at least 100, got {recovery_after_ms}");
+        }
+        engine.janitor_min_age = Duration::from_millis(recovery_after_ms);
+        // A pass every quarter of the age (at most every 10 s): an
+        // interrupted order waits at most 1.25 times the age.
+        engine.janitor_every = (engine.janitor_min_age / 4).min(Duration::from_secs(10));
         engine.currency = config.currency.unwrap_or_else(|| "USD".into());
         if engine.currency.len() != 3 || !engine.currency.chars().all(|c| c.is_ascii_uppercase()) {
             bail!("SMARTMART_CURRENCY must be an ISO 4217 code such as USD, got `{}`", engine.currency);

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use smartmart::pipeline::replay;
 use smartmart::rules::scaffold::{self, Lang};
 use smartmart::rules::{Budgets, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
-use smartmart::store::{Store, StoreOptions};
+use smartmart::store::{PostgresOptions, Store, StoreOptions};
 
 /// SmartMart order fulfillment engine.
 #[derive(Debug, Parser)]
@@ -195,6 +195,10 @@ enum RulesCommand {
         /// Passed to a fraud candidate as `threshold_cents` unless its config sets it (as the service does).
         #[arg(long, env = "SMARTMART_FRAUD_THRESHOLD_CENTS", default_value_t = 500_000)]
         fraud_threshold_cents: u64,
+        /// Read the orders from this PostgreSQL database (read-only) instead
+        /// of the data dir's SQLite file: the service's own setting.
+        #[arg(long, env = "SMARTMART_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -409,6 +413,7 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
             last,
             plugins_dir,
             fraud_threshold_cents,
+            database_url,
             json,
             cache,
         } => {
@@ -435,12 +440,24 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
             module_config.extend(config);
             let budgets = budgets_over(target.base_budgets(), &budgets)?;
             let module = runner::load(&runtime, &file, Some(world), module_config, budgets)?;
-            let database = cache.data_dir.join("smartmart.sqlite");
-            let store = Store::open_read_only(&database, &StoreOptions::default())
-                .with_context(|| format!("opening {} read-only", database.display()))?;
+            let store = match database_url.filter(|url| !url.is_empty()) {
+                Some(url) => {
+                    let options = PostgresOptions { read_only: true, pool_size: 1, ..PostgresOptions::default() };
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(Store::open_postgres(&url, &options))
+                        .context("opening the PostgreSQL database read-only")?
+                }
+                None => {
+                    let database = cache.data_dir.join("smartmart.sqlite");
+                    Store::open_read_only(&database, &StoreOptions::default())
+                        .with_context(|| format!("opening {} read-only", database.display()))?
+                }
+            };
             let orders = store.recent_settled_orders(last)?;
             if orders.is_empty() {
-                anyhow::bail!("{} holds no settled order: nothing to replay", database.display());
+                anyhow::bail!("{} holds no settled order: nothing to replay", store.describe());
             }
             let report = replay::replay(&module, &target, &orders);
             if json {

@@ -8,8 +8,7 @@
 //! every line whole.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,8 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::crash::event_ids_in_file;
-use crate::support::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY, token};
-use crate::support::{SECRET, bundled_plugins, demo_dataset};
+use crate::support::server::{ADMIN_KEY, WEB_KEY, token};
+use crate::support::service::{Service, free_port};
 
 /// Customers, each ordering once under its own key.
 const CUSTOMERS: usize = 400;
@@ -28,75 +27,6 @@ const CLIENTS: usize = 16;
 /// SIGKILLs while the clients run.
 const KILLS: usize = 3;
 const SKU: &str = "CRASH-CABLE";
-
-/// The service as a child process on a fixed port and data dir.
-struct Service {
-    child: Child,
-    port: u16,
-    data_dir: PathBuf,
-}
-
-impl Service {
-    fn spawn(data_dir: &Path, port: u16) -> Service {
-        let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
-            .args(["serve", "--demo-data"])
-            .arg(demo_dataset())
-            .env("SMARTMART_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SMARTMART_DATA_DIR", data_dir)
-            .env("SMARTMART_PLUGINS_DIR", bundled_plugins())
-            .env("SMARTMART_CHANNEL_KEYS", format!("web:{WEB_KEY},mobile:{MOBILE_KEY},partner:{PARTNER_KEY}"))
-            .env("SMARTMART_ADMIN_KEY", ADMIN_KEY)
-            .env("SMARTMART_IDENTITY_SECRET", std::str::from_utf8(SECRET).unwrap())
-            .env("SMARTMART_WATCH_PLUGINS", "false")
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting smartmart serve");
-        Service { child, port, data_dir: data_dir.to_owned() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn wait_ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(answer) = client.get(self.url("/readyz")).send().await
-                && answer.status() == 200
-            {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the service exited while starting: {status}");
-            }
-            assert!(Instant::now() < deadline, "the service never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping the service");
-    }
-
-    fn restart(&mut self) {
-        *self = Service::spawn(&self.data_dir.clone(), self.port);
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn customer(n: usize) -> String {
     format!("C-CRASH-{n:04}")
@@ -216,7 +146,7 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
     let data_dir = dir.path().join("data");
     let port = free_port();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(0).build().unwrap();
-    let mut service = Service::spawn(&data_dir, port);
+    let mut service = Service::spawn(&data_dir, port, &[]);
     service.wait_ready(&client).await;
     seed(&client, &service).await;
 

@@ -12,9 +12,11 @@ mod payment;
 mod pipeline;
 mod reload;
 mod replay;
+mod replicas;
 mod rules;
 mod sandbox_edges;
 mod scaffold;
+mod store;
 mod support;
 
 /// Counts heap bytes per thread (`support::alloc_meter`), so that tests can

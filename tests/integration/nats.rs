@@ -39,13 +39,13 @@ async fn broker() -> Context {
 
 /// A stream name and subject prefix no other test uses; the stream is
 /// deleted on drop (also when the test fails).
-struct TestStream {
-    settings: NatsSettings,
+pub(crate) struct TestStream {
+    pub(crate) settings: NatsSettings,
     broker: Context,
 }
 
 impl TestStream {
-    async fn new() -> TestStream {
+    pub(crate) async fn new() -> TestStream {
         let broker = broker().await;
         let suffix = hex::encode(rand::random::<[u8; 6]>());
         let settings = NatsSettings {
@@ -70,7 +70,7 @@ impl TestStream {
 
     /// Every message of the stream, read by a pull consumer of its own:
     /// (subject, `Nats-Msg-Id`, the JSON body).
-    async fn messages(&self) -> Vec<(String, String, Value)> {
+    pub(crate) async fn messages(&self) -> Vec<(String, String, Value)> {
         let mut stream = self.broker.get_stream(&self.settings.stream).await.expect("the stream exists");
         let stored = stream.info().await.expect("stream info").state.messages as usize;
         let consumer = stream
@@ -98,7 +98,7 @@ impl TestStream {
     }
 
     /// Messages per event id.
-    async fn counts(&self) -> BTreeMap<String, usize> {
+    pub(crate) async fn counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for (subject, id, body) in self.messages().await {
             assert_eq!(body["id"], id.as_str(), "the msg id is the event id");

@@ -34,14 +34,17 @@ pub enum SinkChoice {
 /// resumed from the positions the store recorded (cutting what a crash left
 /// unrecorded); the NATS sink connecting in the background, so a broker that
 /// is down never holds up the start.
+/// `replica` names this process among others on a shared database (the
+/// files' positions are kept per replica); `None` when it is the only one.
 pub async fn open_sink(
     choice: &SinkChoice,
     events_dir: &Path,
     recorded: &[SinkPosition],
+    replica: Option<&str>,
 ) -> anyhow::Result<Arc<dyn EventSink>> {
     match choice {
         SinkChoice::Jsonl => {
-            let sink = JsonlSink::new(events_dir)
+            let sink = JsonlSink::scoped(events_dir, replica.unwrap_or(""))
                 .with_context(|| format!("creating the event directory {}", events_dir.display()))?;
             sink.resume(recorded).await.context("resuming the event sink")?;
             Ok(Arc::new(sink))

@@ -63,6 +63,10 @@ pub trait EventSink: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct JsonlSink {
     dir: PathBuf,
+    /// Prefix of the positions' stream names: empty for the only process on
+    /// its database; a replica's own id on a shared one, so that the
+    /// positions of each replica's files are kept apart.
+    scope: String,
     /// Where each file's recorded deliveries end; unknown until the first
     /// delivery or `resume`.
     committed: Arc<Mutex<HashMap<EventKind, u64>>>,
@@ -70,8 +74,13 @@ pub struct JsonlSink {
 
 impl JsonlSink {
     pub fn new(dir: &Path) -> std::io::Result<JsonlSink> {
+        JsonlSink::scoped(dir, "")
+    }
+
+    /// A sink whose positions are named after `scope` (a replica's id).
+    pub fn scoped(dir: &Path, scope: &str) -> std::io::Result<JsonlSink> {
         std::fs::create_dir_all(dir)?;
-        Ok(JsonlSink { dir: dir.to_owned(), committed: Arc::default() })
+        Ok(JsonlSink { dir: dir.to_owned(), scope: scope.to_string(), committed: Arc::default() })
     }
 
     /// The file events of type `kind` go to.
@@ -79,8 +88,8 @@ impl JsonlSink {
         self.dir.join(format!("{kind}.jsonl"))
     }
 
-    fn stream(kind: EventKind) -> String {
-        format!("jsonl:{kind}")
+    fn stream(&self, kind: EventKind) -> String {
+        if self.scope.is_empty() { format!("jsonl:{kind}") } else { format!("jsonl:{}:{kind}", self.scope) }
     }
 
     fn committed(&self, kind: EventKind) -> Option<u64> {
@@ -145,7 +154,7 @@ impl EventSink for JsonlSink {
 
     async fn resume(&self, recorded: &[SinkPosition]) -> anyhow::Result<()> {
         for &kind in EventKind::ALL {
-            let keep = recorded.iter().find(|p| p.stream == Self::stream(kind)).map(|p| p.offset);
+            let keep = recorded.iter().find(|p| p.stream == self.stream(kind)).map(|p| p.offset);
             let path = self.file(kind);
             let (_, end) = tokio::task::spawn_blocking(move || open_cut(&path, keep)).await??;
             self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, end);
@@ -172,11 +181,11 @@ impl EventSink for JsonlSink {
             Ok(start + text.len() as u64)
         })
         .await??;
-        Ok(Some(SinkPosition { stream: Self::stream(kind), offset: end }))
+        Ok(Some(SinkPosition { stream: self.stream(kind), offset: end }))
     }
 
     fn recorded(&self, position: &SinkPosition) {
-        if let Some(&kind) = EventKind::ALL.iter().find(|&&k| Self::stream(k) == position.stream) {
+        if let Some(&kind) = EventKind::ALL.iter().find(|&&k| self.stream(k) == position.stream) {
             self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, position.offset);
         }
     }

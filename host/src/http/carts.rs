@@ -93,9 +93,7 @@ pub async fn put_cart(
         StoreError::NotFound(what) => {
             ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
         }
-        StoreError::Sqlite(e) if e.to_string().contains("CHECK constraint") => {
-            ApiError::invalid("items: a sku's total quantity must be 1..=1000000")
-        }
+        StoreError::Constraint(_) => ApiError::invalid("items: a sku's total quantity must be 1..=1000000"),
         other => other.into(),
     })?;
     Ok(Json(view(&state, customer_id, &lines)))

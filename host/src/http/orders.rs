@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -151,13 +152,15 @@ pub async fn post_order(
             }
             Some(KeyRecord::Answered { answer, .. }) => return Ok(json_response(answer.status_code, answer.body)),
             // Created and not finished, by no request running here: an
-            // order a crash interrupted (or another replica's), which
-            // reconciliation finishes.
-            Some(KeyRecord::InFlight { .. }) => return Ok(in_progress()),
+            // order a crash interrupted, which reconciliation finishes, or
+            // one running on another replica.
+            Some(KeyRecord::InFlight { .. }) => return answer_when_done(&state, &channel, key, &hash).await,
             None => {}
         }
     }
+    let waiting_key = key.clone();
 
+    let channel_of_key = channel.clone();
     let request = OrderRequest {
         channel,
         customer_id: order.customer_id,
@@ -165,7 +168,7 @@ pub async fn post_order(
         coupon_code: order.coupon_code,
         payment_token: order.payment.token,
         ship_to: order.ship_to,
-        idempotency: key.map(|k| (k, hash)),
+        idempotency: key.map(|k| (k, hash.clone())),
     };
     // The order runs in its own task: a client that goes away (or the
     // request timeout) cannot cancel it half-way.
@@ -177,9 +180,50 @@ pub async fn post_order(
     Ok(match outcome {
         Ok(placed) => json_response(201, placed.json),
         Err(e @ OrderError::PaymentFailed { .. }) => json_response(402, e.body().to_string()),
-        Err(OrderError::IdempotencyInProgress) => in_progress(),
+        // Another replica claimed the key between the check above and this order's first write.
+        Err(OrderError::IdempotencyInProgress) => match &waiting_key {
+            Some(key) => answer_when_done(&state, &channel_of_key, key, &hash).await?,
+            None => in_progress(),
+        },
         Err(e) => ApiError::from(e).into_response(),
     })
+}
+
+/// How long a request waits for another replica to finish the order of its
+/// idempotency key before it is answered `IDEMPOTENCY_IN_PROGRESS`: longer
+/// than an order takes, shorter than the request timeout.
+const SHARED_KEY_WAIT: Duration = Duration::from_secs(8);
+const SHARED_KEY_POLL: Duration = Duration::from_millis(20);
+
+/// The answer for a key whose order is not finished and not running in this
+/// process. On SQLite this process is the only writer, so that order was
+/// interrupted by a crash: 409 `IDEMPOTENCY_IN_PROGRESS` until recovery
+/// settles it. On a shared database it may be running on another replica:
+/// wait for its answer (the same bytes that replica gave), so that a client
+/// sending one key to two replicas gets one order and two identical answers.
+async fn answer_when_done(state: &AppState, channel: &str, key: &str, hash: &str) -> Result<Response, ApiError> {
+    let store = &state.engine.pipeline.store;
+    if !store.is_shared() {
+        return Ok(in_progress());
+    }
+    let deadline = tokio::time::Instant::now() + SHARED_KEY_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match store.key_record(channel, key).await? {
+            Some(KeyRecord::Answered { request_hash, .. } | KeyRecord::InFlight { request_hash, .. })
+                if request_hash != hash =>
+            {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was used with a different request body",
+                ));
+            }
+            Some(KeyRecord::Answered { answer, .. }) => return Ok(json_response(answer.status_code, answer.body)),
+            // Freed: the other request was undone (refused before payment); its answer was not stored.
+            None => return Ok(in_progress()),
+            Some(KeyRecord::InFlight { .. }) => tokio::time::sleep(SHARED_KEY_POLL).await,
+        }
+    }
+    Ok(in_progress())
 }
 
 /// Seconds a client should wait before asking again about an order in recovery.

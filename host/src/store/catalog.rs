@@ -64,7 +64,7 @@ pub struct StockedWarehouse {
     pub available: Vec<(String, u32)>,
 }
 
-fn parse_tier(s: &str) -> Result<Tier, StoreError> {
+pub(super) fn parse_tier(s: &str) -> Result<Tier, StoreError> {
     match s {
         "GOLD" => Ok(Tier::Gold),
         "SILVER" => Ok(Tier::Silver),
@@ -73,7 +73,7 @@ fn parse_tier(s: &str) -> Result<Tier, StoreError> {
     }
 }
 
-fn parse_status(s: &str) -> Result<AccountStatus, StoreError> {
+pub(super) fn parse_status(s: &str) -> Result<AccountStatus, StoreError> {
     match s {
         "ACTIVE" => Ok(AccountStatus::Active),
         "BLOCKED" => Ok(AccountStatus::Blocked),

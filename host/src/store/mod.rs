@@ -11,16 +11,22 @@
 //! - [`outbox`]: the order's events and sink positions;
 //! - [`ledger`]: the sandbox payment gateway's ledger;
 //! - [`shadows`]: shadow runs of candidate rule modules;
-//! - `schema` (private): versioned migrations; [`error`]: what callers match on.
+//! - `schema` (private): versioned migrations; [`error`]: what callers match on;
+//! - [`postgres`]: the same operations on PostgreSQL, for several replicas
+//!   of the service on one database (`SMARTMART_DATABASE_URL`).
 //!
-//! The store is SQLite today; its operations are what a second back-end
-//! implements, so no caller ever sees a connection.
+//! The modules above hold the types and the SQLite statements; the
+//! PostgreSQL twins of the statements live under [`postgres`]. Every
+//! operation of [`Store`] runs on either back-end and one test suite
+//! (`tests/integration/store.rs`) runs on both, so no caller ever sees a
+//! connection or knows which database it uses.
 
 pub mod catalog;
 pub mod error;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;
+pub mod postgres;
 mod readers;
 mod schema;
 pub mod shadows;
@@ -33,6 +39,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use error::StoreError;
+pub use postgres::PostgresOptions;
 
 use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
 use ledger::{Captured, LedgerCharge};
@@ -92,6 +99,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An embedded SQLite file (one process).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by any number of replicas.
+    Postgres(String),
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -99,24 +115,94 @@ pub struct Store {
 }
 
 struct Inner {
-    /// `None` for a store opened read-only (tools beside a running service).
-    writer: Option<Writer>,
-    readers: Readers,
-    path: PathBuf,
+    backend: Backend,
     /// Held by an outbox delivery pass, so that two passes in this process
     /// (the dispatcher and `Engine::drain`) never deliver the same events.
     delivery: tokio::sync::Mutex<()>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish()
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+struct Sqlite {
+    /// `None` for a store opened read-only (tools beside a running service).
+    writer: Option<Writer>,
+    readers: Readers,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.readers.read(f)
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match &self.writer {
+            Some(writer) => writer.write(op).await,
+            None => Err(StoreError::Unavailable(format!("{} was opened read-only", self.path.display()))),
+        }
     }
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("database", &self.describe()).finish()
+    }
+}
+
+/// Runs a read: `$sqlite` with the reader connection `$c`, or `$pg` with a
+/// pooled PostgreSQL client `$c`.
+macro_rules! read {
+    ($store:expr, |$c:ident| $sqlite:expr, $pg:expr) => {
+        match &$store.inner.backend {
+            Backend::Sqlite(db) => db.read(|$c| $sqlite),
+            Backend::Postgres(db) => {
+                let $c = &db.client().await?;
+                $pg.await
+            }
+        }
+    };
+}
+
+/// Runs a write: `$sqlite` as one command of the SQLite writer (moved into
+/// it: it owns what it uses), or `$pg` in one PostgreSQL transaction `$c`.
+macro_rules! write {
+    ($store:expr, |$c:ident| $sqlite:expr, $pg:expr) => {
+        match &$store.inner.backend {
+            Backend::Sqlite(db) => db.write(move |$c| $sqlite).await,
+            Backend::Postgres(db) => postgres::transact!(db, |tx| {
+                let $c = &tx;
+                $pg.await
+            }),
+        }
+    };
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path`, migrates it and
-    /// starts its writer thread.
+    fn new(backend: Backend) -> Store {
+        Store { inner: Arc::new(Inner { backend, delivery: tokio::sync::Mutex::new(()) }) }
+    }
+
+    /// Opens the store at `database`: a SQLite file ([`Store::open`]) or a
+    /// PostgreSQL database ([`Store::open_postgres`]).
+    pub async fn connect(
+        database: &Database,
+        sqlite: &StoreOptions,
+        pg: &PostgresOptions,
+    ) -> Result<Store, StoreError> {
+        match database {
+            Database::Sqlite(path) => Store::open(path, sqlite),
+            Database::Postgres(url) => Store::open_postgres(url, pg).await,
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path`, migrates it
+    /// and starts its writer thread.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(options.busy_timeout)?;
@@ -132,21 +218,19 @@ impl Store {
         schema::migrate(&mut conn)?;
         let writer =
             Writer::start(conn).map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                writer: Some(writer),
-                readers: Readers::new(path, options.busy_timeout),
-                path: path.to_owned(),
-                delivery: tokio::sync::Mutex::new(()),
-            }),
-        })
+        Ok(Store::new(Backend::Sqlite(Sqlite {
+            writer: Some(writer),
+            readers: Readers::new(path, options.busy_timeout),
+            path: path.to_owned(),
+        })))
     }
 
-    /// Opens the database at `path` for reading only, beside a service that
-    /// may be running on it (tools such as `smartmart rules replay`): no
-    /// writer thread, no migration, every connection `SQLITE_OPEN_READ_ONLY`,
-    /// so nothing of the database is ever written. A missing file, or a
-    /// schema version other than the one this binary knows, is refused.
+    /// Opens the SQLite database at `path` for reading only, beside a
+    /// service that may be running on it (tools such as `smartmart rules
+    /// replay`): no writer thread, no migration, every connection
+    /// `SQLITE_OPEN_READ_ONLY`, so nothing of the database is ever written.
+    /// A missing file, or a schema version other than the one this binary
+    /// knows, is refused.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         if !path.is_file() {
             return Err(StoreError::NotFound(format!(
@@ -156,70 +240,110 @@ impl Store {
         }
         let readers = Readers::new(path, options.busy_timeout);
         readers.read(schema::check_current)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                writer: None,
-                readers,
-                path: path.to_owned(),
-                delivery: tokio::sync::Mutex::new(()),
-            }),
-        })
+        Ok(Store::new(Backend::Sqlite(Sqlite { writer: None, readers, path: path.to_owned() })))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Connects to the PostgreSQL database at `url` (`postgres://…`) and
+    /// migrates it, unless `options.read_only` (then its schema must be
+    /// exactly this binary's, and every transaction is read-only).
+    pub async fn open_postgres(url: &str, options: &PostgresOptions) -> Result<Store, StoreError> {
+        Ok(Store::new(Backend::Postgres(postgres::Postgres::connect(url, options).await?)))
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.inner.readers.read(f)
+    /// Which database this is, without secrets (logs, errors).
+    pub fn describe(&self) -> String {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => format!("SQLite {}", db.path.display()),
+            Backend::Postgres(db) => format!("PostgreSQL {}", db.display),
+        }
     }
 
-    async fn write<T: Send + 'static>(
+    /// Whether other processes may be working on this database at the same
+    /// time (replicas on PostgreSQL). On SQLite this process is the only
+    /// writer: an order it did not start and that is not finished was
+    /// interrupted; on a shared database it may be running on another replica.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.inner.backend, Backend::Postgres(_))
+    }
+
+    /// Runs a read that tools and tests call without a runtime (or from
+    /// inside one, blocking): SQLite reads inline; PostgreSQL gets a
+    /// connection of its own on a thread with its own runtime.
+    fn read_blocking<T: Send>(
         &self,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        sqlite: impl FnOnce(&Connection) -> Result<T, StoreError>,
+        pg: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        match &self.inner.writer {
-            Some(writer) => writer.write(op).await,
-            None => Err(StoreError::Unavailable(format!("{} was opened read-only", self.inner.path.display()))),
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.read(sqlite),
+            Backend::Postgres(db) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| StoreError::Unavailable(format!("cannot start a runtime: {e}")))?;
+                        runtime.block_on(async {
+                            let options =
+                                PostgresOptions { pool_size: 1, read_only: true, ..PostgresOptions::default() };
+                            let own = postgres::Postgres::connect(db.url(), &options).await?;
+                            pg(&own.client().await?).await
+                        })
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the reading thread panicked".into())))
+            }),
         }
     }
 
     /// Whether the database answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).is_ok()
+        let answer: Result<i64, StoreError> = async {
+            read!(self, |c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?), async {
+                Ok(c.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
+            })
+        }
+        .await;
+        answer.is_ok()
     }
 
     // ---------------------------------------------------------------- catalog
 
     /// Whether any customer exists (an empty store gets the demo data set).
     pub async fn has_customers(&self) -> Result<bool, StoreError> {
-        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM customers LIMIT 1")?.exists([])?))
+        read!(self, |c| Ok(c.prepare_cached("SELECT 1 FROM customers LIMIT 1")?.exists([])?), async {
+            Ok(c.query_opt("SELECT 1 FROM customers LIMIT 1", &[]).await?.is_some())
+        })
     }
 
     pub async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
-        self.read(|c| catalog::get_customer(c, id))
+        read!(self, |c| catalog::get_customer(c, id), postgres::catalog::get_customer(c, id))
     }
 
     pub async fn upsert_customer(&self, customer: Customer) -> Result<(), StoreError> {
-        self.write(move |c| catalog::upsert_customer(c, &customer)).await
+        write!(self, |c| catalog::upsert_customer(c, &customer), postgres::catalog::upsert_customer(c, &customer))
     }
 
     pub async fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
-        self.read(|c| catalog::get_product(c, sku))
+        read!(self, |c| catalog::get_product(c, sku), postgres::catalog::get_product(c, sku))
     }
 
     pub async fn upsert_product(&self, product: Product) -> Result<(), StoreError> {
-        self.write(move |c| catalog::upsert_product(c, &product)).await
+        write!(self, |c| catalog::upsert_product(c, &product), postgres::catalog::upsert_product(c, &product))
     }
 
     pub async fn upsert_warehouse(&self, warehouse: Warehouse) -> Result<(), StoreError> {
-        self.write(move |c| catalog::upsert_warehouse(c, &warehouse)).await
+        write!(self, |c| catalog::upsert_warehouse(c, &warehouse), postgres::catalog::upsert_warehouse(c, &warehouse))
     }
 
     /// Sets the units on hand (see [`catalog::set_stock`]).
     pub async fn set_stock(&self, warehouse_id: &str, sku: &str, on_hand: u64) -> Result<StockLevel, StoreError> {
         let (warehouse_id, sku) = (warehouse_id.to_string(), sku.to_string());
-        self.write(move |c| catalog::set_stock(c, &warehouse_id, &sku, on_hand)).await
+        write!(
+            self,
+            |c| catalog::set_stock(c, &warehouse_id, &sku, on_hand),
+            postgres::catalog::set_stock(c, &warehouse_id, &sku, on_hand)
+        )
     }
 
     /// Writes a whole catalog in one command: all of it or none.
@@ -230,43 +354,68 @@ impl Store {
         warehouses: Vec<Warehouse>,
         stock: Vec<(String, String, u64)>,
     ) -> Result<(), StoreError> {
-        self.write(move |c| {
-            customers.iter().try_for_each(|customer| catalog::upsert_customer(c, customer))?;
-            products.iter().try_for_each(|product| catalog::upsert_product(c, product))?;
-            warehouses.iter().try_for_each(|warehouse| catalog::upsert_warehouse(c, warehouse))?;
-            for (warehouse_id, sku, on_hand) in &stock {
-                catalog::set_stock(c, warehouse_id, sku, *on_hand)?;
+        write!(
+            self,
+            |c| {
+                customers.iter().try_for_each(|customer| catalog::upsert_customer(c, customer))?;
+                products.iter().try_for_each(|product| catalog::upsert_product(c, product))?;
+                warehouses.iter().try_for_each(|warehouse| catalog::upsert_warehouse(c, warehouse))?;
+                for (warehouse_id, sku, on_hand) in &stock {
+                    catalog::set_stock(c, warehouse_id, sku, *on_hand)?;
+                }
+                Ok(())
+            },
+            async {
+                use postgres::catalog as pg;
+                for customer in &customers {
+                    pg::upsert_customer(c, customer).await?;
+                }
+                for product in &products {
+                    pg::upsert_product(c, product).await?;
+                }
+                for warehouse in &warehouses {
+                    pg::upsert_warehouse(c, warehouse).await?;
+                }
+                for (warehouse_id, sku, on_hand) in &stock {
+                    pg::set_stock(c, warehouse_id, sku, *on_hand).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        })
-        .await
+        )
     }
 
     pub async fn stock_of_sku(&self, sku: &str) -> Result<Vec<StockLevel>, StoreError> {
-        self.read(|c| catalog::stock_of_sku(c, sku))
+        read!(self, |c| catalog::stock_of_sku(c, sku), postgres::catalog::stock_of_sku(c, sku))
     }
 
     /// Warehouses holding any of `skus`, with the availability of each.
     pub async fn stocked_warehouses(&self, skus: &[&str]) -> Result<Vec<StockedWarehouse>, StoreError> {
-        self.read(|c| catalog::stocked_warehouses(c, skus))
+        read!(self, |c| catalog::stocked_warehouses(c, skus), postgres::catalog::stocked_warehouses(c, skus))
     }
 
     /// Replaces a customer's cart; `NotFound` names the first unknown sku.
     pub async fn replace_cart(&self, customer_id: &str, items: Vec<CartItem>) -> Result<Vec<CartLine>, StoreError> {
         let customer_id = customer_id.to_string();
-        self.write(move |c| catalog::replace_cart(c, &customer_id, &items)).await
+        write!(
+            self,
+            |c| catalog::replace_cart(c, &customer_id, &items),
+            postgres::catalog::replace_cart(c, &customer_id, &items)
+        )
     }
 
     /// The cart priced now, and the skus no longer in the catalog.
     pub async fn cart(&self, customer_id: &str) -> Result<(Vec<CartLine>, Vec<String>), StoreError> {
-        self.read(|c| catalog::cart_lines(c, customer_id))
+        read!(self, |c| catalog::cart_lines(c, customer_id), postgres::catalog::cart_lines(c, customer_id))
     }
 
     // ---------------------------------------------------------------- orders
 
     /// Creates the order PENDING, claims its key, holds its stock (see [`orders::reserve`]).
     pub async fn reserve(&self, order: NewOrder) -> Result<ReserveOutcome, StoreError> {
-        self.write(move |c| orders::reserve(c, &order)).await
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.write(move |c| orders::reserve(c, &order)).await,
+            Backend::Postgres(db) => postgres::transact_steps!(db, |tx| postgres::orders::reserve(&tx, &order).await),
+        }
     }
 
     /// Records the payment intent with the draft invoice and the payment
@@ -282,58 +431,78 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (order_id, key, gateway, token) =
             (order_id.to_string(), idempotency_key.to_string(), gateway.to_string(), token.to_string());
-        self.write(move |c| orders::record_intent(c, &order_id, &draft_invoice, &key, &gateway, amount_cents, &token))
-            .await
+        write!(
+            self,
+            |c| orders::record_intent(c, &order_id, &draft_invoice, &key, &gateway, amount_cents, &token),
+            postgres::orders::record_intent(c, &order_id, &draft_invoice, &key, &gateway, amount_cents, &token)
+        )
     }
 
     pub async fn settle(&self, settlement: Settlement) -> Result<(), StoreError> {
-        self.write(move |c| orders::settle(c, &settlement)).await
+        write!(self, |c| orders::settle(c, &settlement), postgres::orders::settle(c, &settlement))
     }
 
     /// Undoes a PENDING order (see [`orders::cancel`]); whether it was pending.
     pub async fn cancel(&self, order_id: &str, reason: &str) -> Result<bool, StoreError> {
         let (order_id, reason) = (order_id.to_string(), reason.to_string());
-        self.write(move |c| orders::cancel(c, &order_id, &reason)).await
+        write!(self, |c| orders::cancel(c, &order_id, &reason), postgres::orders::cancel(c, &order_id, &reason))
     }
 
     /// Removes a PENDING order refused for its input (see [`orders::discard`]).
     pub async fn discard(&self, order_id: &str) -> Result<bool, StoreError> {
         let order_id = order_id.to_string();
-        self.write(move |c| orders::discard(c, &order_id)).await
+        write!(self, |c| orders::discard(c, &order_id), postgres::orders::discard(c, &order_id))
     }
 
     pub async fn order(&self, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
-        self.read(|c| orders::get_order(c, order_id))
+        read!(self, |c| orders::get_order(c, order_id), postgres::orders::get_order(c, order_id))
     }
 
     /// What an idempotency key holds, if it was used.
     pub async fn key_record(&self, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.read(|c| orders::key_record(c, channel, key))
+        read!(self, |c| orders::key_record(c, channel, key), postgres::orders::key_record(c, channel, key))
     }
 
-    /// PENDING orders last touched before `updated_before` (RFC 3339).
+    /// PENDING orders last touched before `updated_before` (RFC 3339): the
+    /// unpaid ones and the payment intents to reconcile. On a shared
+    /// database they are claimed for this replica: no other replica gets
+    /// them until they are as old again.
     pub async fn pending_orders(&self, updated_before: &str) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
-        self.read(|c| orders::pending_orders(c, updated_before))
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.read(|c| orders::pending_orders(c, updated_before)),
+            Backend::Postgres(db) => {
+                postgres::transact!(db, |tx| postgres::orders::claim_pending_orders(&tx, updated_before).await)
+            }
+        }
     }
 
+    /// Settled orders whose fraud checks have not run, with their waiting
+    /// events (claimed for a while on a shared database).
     pub async fn awaiting_verdict(&self, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
-        self.read(|c| orders::awaiting_verdict(c, limit))
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.read(|c| orders::awaiting_verdict(c, limit)),
+            Backend::Postgres(db) => {
+                postgres::transact!(db, |tx| postgres::orders::claim_awaiting_verdict(&tx, limit).await)
+            }
+        }
     }
 
     pub async fn record_verdicts(&self, verdicts: Vec<Verdict>) -> Result<(), StoreError> {
-        self.write(move |c| orders::record_verdicts(c, &verdicts)).await
+        write!(self, |c| orders::record_verdicts(c, &verdicts), postgres::orders::record_verdicts(c, &verdicts))
     }
 
     /// The last `limit` settled orders (CONFIRMED or PAYMENT_FAILED, newest
     /// first) with their invoices and fraud reviews: what `rules replay`
-    /// reconstructs rule inputs from. Reads inline (tools call it without a
-    /// runtime).
+    /// reconstructs rule inputs from. Blocking (tools call it without a runtime).
     pub fn recent_settled_orders(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-        self.read(|c| orders::recent_settled(c, limit))
+        self.read_blocking(
+            |c| orders::recent_settled(c, limit),
+            async move |c| postgres::orders::recent_settled(c, limit).await,
+        )
     }
 
     pub async fn escalations(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-        self.read(|c| orders::escalations(c, limit))
+        read!(self, |c| orders::escalations(c, limit), postgres::orders::escalations(c, limit))
     }
 
     // ---------------------------------------------------------------- outbox
@@ -343,25 +512,41 @@ impl Store {
         self.inner.delivery.lock().await
     }
 
+    /// Up to `limit` events due for delivery, oldest first. On a shared
+    /// database they are claimed for this replica for a while (see
+    /// [`postgres::outbox`]).
     pub async fn due_events(&self, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
-        self.read(|c| outbox::due_events(c, now_ms, limit))
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.read(|c| outbox::due_events(c, now_ms, limit)),
+            Backend::Postgres(db) => {
+                postgres::transact!(db, |tx| postgres::outbox::claim_due_events(&tx, now_ms, limit).await)
+            }
+        }
     }
 
     pub async fn mark_delivered(&self, seqs: Vec<i64>, position: Option<SinkPosition>) -> Result<(), StoreError> {
-        self.write(move |c| outbox::mark_delivered(c, &seqs, position.as_ref())).await
+        write!(
+            self,
+            |c| outbox::mark_delivered(c, &seqs, position.as_ref()),
+            postgres::outbox::mark_delivered(c, &seqs, position.as_ref())
+        )
     }
 
     pub async fn mark_retry(&self, seqs: Vec<i64>, error: String, next_attempt_ms: i64) -> Result<(), StoreError> {
-        self.write(move |c| outbox::mark_retry(c, &seqs, &error, next_attempt_ms)).await
+        write!(
+            self,
+            |c| outbox::mark_retry(c, &seqs, &error, next_attempt_ms),
+            postgres::outbox::mark_retry(c, &seqs, &error, next_attempt_ms)
+        )
     }
 
     pub async fn sink_positions(&self) -> Result<Vec<SinkPosition>, StoreError> {
-        self.read(outbox::sink_positions)
+        read!(self, |c| outbox::sink_positions(c), postgres::outbox::sink_positions(c))
     }
 
     /// Events not yet delivered, and the age in ms of the oldest of them.
     pub async fn outbox_backlog(&self) -> Result<(u64, i64), StoreError> {
-        self.read(outbox::outbox_backlog)
+        read!(self, |c| outbox::outbox_backlog(c), postgres::outbox::outbox_backlog(c))
     }
 
     // ---------------------------------------------------------------- sandbox ledger
@@ -374,26 +559,30 @@ impl Store {
         currency: &str,
     ) -> Result<Captured, StoreError> {
         let (key, order_id, currency) = (key.to_string(), order_id.to_string(), currency.to_string());
-        self.write(move |c| ledger::capture(c, &key, &order_id, amount_cents, &currency)).await
+        write!(
+            self,
+            |c| ledger::capture(c, &key, &order_id, amount_cents, &currency),
+            postgres::ledger::capture(c, &key, &order_id, amount_cents, &currency)
+        )
     }
 
     pub async fn ledger_lookup(&self, key: &str) -> Result<Option<LedgerCharge>, StoreError> {
-        self.read(|c| ledger::lookup(c, key))
+        read!(self, |c| ledger::lookup(c, key), postgres::ledger::lookup(c, key))
     }
 
-    /// Every capture of the sandbox ledger, oldest first (tests, inspection).
+    /// Every capture of the sandbox ledger, oldest first (tests, inspection). Blocking.
     pub fn ledger_charges(&self) -> Result<Vec<LedgerCharge>, StoreError> {
-        self.read(ledger::all)
+        self.read_blocking(ledger::all, async |c| postgres::ledger::all(c).await)
     }
 
     // ---------------------------------------------------------------- shadows
 
     pub async fn record_shadow_runs(&self, runs: Vec<ShadowRun>) -> Result<(), StoreError> {
-        self.write(move |c| shadows::record_shadow_runs(c, &runs)).await
+        write!(self, |c| shadows::record_shadow_runs(c, &runs), postgres::shadows::record_shadow_runs(c, &runs))
     }
 
     pub async fn shadow_summaries(&self) -> Result<Vec<ShadowSummary>, StoreError> {
-        self.read(shadows::shadow_summaries)
+        read!(self, |c| shadows::shadow_summaries(c), postgres::shadows::shadow_summaries(c))
     }
 }
 

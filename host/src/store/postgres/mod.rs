@@ -1,0 +1,165 @@
+//! The PostgreSQL back-end of the store: the same operations as the SQLite
+//! one, for several replicas of the service on one database.
+//!
+//! Where the SQLite back-end relies on being the database's only writer
+//! (one process, one writer thread), this one relies on the database:
+//!
+//! - every write operation is one transaction (PostgreSQL groups the
+//!   commits of concurrent transactions itself), retried from the start
+//!   when PostgreSQL aborts it for a deadlock or a serialization failure;
+//! - stock is held by a conditional update (`… WHERE on_hand - reserved >= $q`),
+//!   rows locked in one order (by warehouse, then sku) by every operation;
+//! - an idempotency key is claimed by an insert on its primary key: two
+//!   replicas racing on one key see one order;
+//! - work any replica may pick up (due events, fraud checks, interrupted
+//!   orders) is claimed with `FOR UPDATE SKIP LOCKED` and a lease, so each
+//!   item is taken by one replica at a time and by another when its lease
+//!   runs out (its replica died).
+//!
+//! The driver is `tokio-postgres` with the `deadpool-postgres` pool: async
+//! on the service's runtime, statements prepared once per connection.
+
+pub(super) mod catalog;
+pub(super) mod ledger;
+pub(super) mod orders;
+pub(super) mod outbox;
+mod schema;
+pub(super) mod shadows;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::StoreError;
+
+/// Times a transaction is run again after a deadlock or serialization failure.
+pub(crate) const MAX_RETRIES: u32 = 8;
+
+/// How the PostgreSQL store is reached.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections kept by this process.
+    pub pool_size: usize,
+    /// How long a caller waits for a free connection, and a new connection
+    /// to be made, before the store reports itself unavailable.
+    pub connect_timeout: Duration,
+    /// Opened for reading only (tools beside a running service).
+    pub read_only: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions { pool_size: 16, connect_timeout: Duration::from_secs(5), read_only: false }
+    }
+}
+
+pub(crate) struct Postgres {
+    pool: Pool,
+    url: String,
+    /// The URL without its password, for messages.
+    pub(crate) display: String,
+}
+
+/// The URL with any password replaced, safe for logs and errors.
+fn redacted(url: &str, config: &tokio_postgres::Config) -> String {
+    match config.get_password() {
+        Some(password) => url.replace(&String::from_utf8_lossy(password).to_string(), "***"),
+        None => url.to_string(),
+    }
+}
+
+impl Postgres {
+    /// Connects, and migrates the database unless `read_only` (then the
+    /// schema must be exactly this binary's).
+    pub(crate) async fn connect(url: &str, options: &PostgresOptions) -> Result<Postgres, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        let display = redacted(url, &config);
+        config.connect_timeout(options.connect_timeout);
+        if options.read_only {
+            let extra = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+            config.options(format!("{extra}-c default_transaction_read_only=on"));
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))?;
+        let store = Postgres { pool, url: url.to_string(), display };
+        let mut client = store.client().await?;
+        if options.read_only {
+            schema::check_current(&client).await?;
+        } else {
+            schema::migrate(&mut client).await?;
+        }
+        Ok(store)
+    }
+
+    /// The URL it was opened with (password included: never log it).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.display)))
+    }
+}
+
+/// What a transaction's body decided.
+pub(crate) enum Step<T> {
+    /// Keep what it wrote.
+    Commit(T),
+    /// Roll back what it wrote (e.g. a shortfall after some stock was held).
+    Undo(T),
+}
+
+/// Runs `$body` — an expression using the transaction `$tx` that evaluates
+/// to `Result<Step<T>, StoreError>` — in a transaction on a pooled
+/// connection; the whole transaction runs again when PostgreSQL aborted it
+/// for a deadlock or a serialization failure.
+macro_rules! transact_steps {
+    ($pg:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            let mut client = $pg.client().await?;
+            let $tx = client.transaction().await?;
+            let outcome: Result<$crate::store::postgres::Step<_>, StoreError> = async { $body }.await;
+            let outcome = match outcome {
+                Ok($crate::store::postgres::Step::Commit(value)) => {
+                    $tx.commit().await.map(|()| value).map_err(StoreError::from)
+                }
+                Ok($crate::store::postgres::Step::Undo(value)) => {
+                    $tx.rollback().await.map(|()| value).map_err(StoreError::from)
+                }
+                // Dropping the transaction rolls it back.
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if e.is_transient() && attempt < $crate::store::postgres::MAX_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "PostgreSQL transaction aborted; running it again");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// [`transact_steps!`] for a body that always commits (`Result<T, StoreError>`).
+macro_rules! transact {
+    ($pg:expr, |$tx:ident| $body:expr) => {
+        $crate::store::postgres::transact_steps!($pg, |$tx| ($body).map($crate::store::postgres::Step::Commit))
+    };
+}
+
+pub(crate) use {transact, transact_steps};
+
+/// Converts a count or amount for a `BIGINT` column.
+pub(super) fn bigint(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} does not fit in 63 bits")))
+}

@@ -1,0 +1,220 @@
+//! Versioned migrations of the PostgreSQL back-end, tracked in the table
+//! `smartmart_schema`. Version N here makes the same tables, columns and
+//! indexes as version N of the SQLite back-end (`store::schema`), in
+//! PostgreSQL's types: integers are `BIGINT` (the store's values are
+//! `i64`), times stay RFC 3339 text as in SQLite (and are compared as
+//! `timestamptz`). Append only: a released migration is never edited.
+//!
+//! Replicas starting together on one database migrate it once: the whole
+//! migration runs under a transaction-scoped advisory lock.
+
+use deadpool_postgres::GenericClient;
+
+use super::super::StoreError;
+
+/// Any constant of our own, the same for every replica.
+const MIGRATION_LOCK: i64 = 0x5347_4d41_5254; // "SMART"
+
+const MIGRATIONS: &[&str] = &[
+    // 1: catalog, carts, orders and their saga state, outbox.
+    r#"
+    CREATE TABLE customers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        tier TEXT NOT NULL CHECK (tier IN ('GOLD', 'SILVER', 'STANDARD')),
+        status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'BLOCKED')),
+        lat DOUBLE PRECISION NOT NULL,
+        lon DOUBLE PRECISION NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE products (
+        sku TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        category TEXT NOT NULL,
+        unit_price_cents BIGINT NOT NULL CHECK (unit_price_cents >= 0),
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE warehouses (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        lat DOUBLE PRECISION NOT NULL,
+        lon DOUBLE PRECISION NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE stock (
+        warehouse_id TEXT NOT NULL REFERENCES warehouses (id),
+        sku TEXT NOT NULL REFERENCES products (sku),
+        on_hand BIGINT NOT NULL CHECK (on_hand >= 0),
+        reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= on_hand),
+        PRIMARY KEY (warehouse_id, sku)
+    );
+    CREATE INDEX stock_by_sku ON stock (sku);
+    CREATE TABLE carts (
+        customer_id TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        sku TEXT NOT NULL,
+        quantity BIGINT NOT NULL CHECK (quantity BETWEEN 1 AND 1000000),
+        PRIMARY KEY (customer_id, sku)
+    );
+    CREATE TABLE orders (
+        id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'PAYMENT_FAILED', 'CANCELLED')),
+        total_cents BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        invoice TEXT,
+        fraud_review TEXT,
+        fraud_action TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX orders_by_status ON orders (status);
+    CREATE INDEX orders_escalated ON orders (fraud_action, created_at);
+    CREATE TABLE reservations (
+        order_id TEXT NOT NULL REFERENCES orders (id),
+        warehouse_id TEXT NOT NULL,
+        sku TEXT NOT NULL,
+        quantity BIGINT NOT NULL CHECK (quantity > 0),
+        state TEXT NOT NULL CHECK (state IN ('HELD', 'COMMITTED', 'RELEASED')),
+        PRIMARY KEY (order_id, warehouse_id, sku)
+    );
+    CREATE INDEX reservations_held ON reservations (state) WHERE state = 'HELD';
+    CREATE TABLE payments (
+        order_id TEXT PRIMARY KEY REFERENCES orders (id),
+        idempotency_key TEXT NOT NULL UNIQUE,
+        gateway TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('INTENT', 'CAPTURED', 'FAILED')),
+        transaction_id TEXT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        failure TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        order_id TEXT,
+        status_code BIGINT,
+        body TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (channel, key)
+    );
+    CREATE TABLE outbox (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('audit', 'analytics', 'fraud')),
+        envelope TEXT,
+        state TEXT NOT NULL CHECK (state IN ('AWAITING_VERDICT', 'READY', 'DELIVERED')),
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_ms BIGINT NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_ms BIGINT NOT NULL,
+        delivered_ms BIGINT
+    );
+    CREATE INDEX outbox_pending ON outbox (state, next_attempt_ms) WHERE state != 'DELIVERED';
+    "#,
+    // 2: shadow runs of candidate rule modules.
+    r#"
+    CREATE TABLE shadow_runs (
+        order_id TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        active_module TEXT NOT NULL,
+        active_digest TEXT NOT NULL,
+        candidate_module TEXT NOT NULL,
+        candidate_version TEXT NOT NULL,
+        candidate_digest TEXT NOT NULL,
+        active TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        money_difference_cents BIGINT NOT NULL,
+        differs BOOLEAN NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (order_id, slot, active_digest, candidate_digest)
+    );
+    "#,
+    // 3: the outbox rows of one order.
+    r#"
+    CREATE INDEX outbox_by_order ON outbox (order_id);
+    "#,
+    // 4: the key claimed with the order; the sandbox gateway's ledger;
+    // sinks' positions; the payment token kept while the payment is in flight.
+    r#"
+    CREATE INDEX idempotency_by_order ON idempotency (order_id);
+    CREATE TABLE sandbox_charges (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        idempotency_key TEXT PRIMARY KEY,
+        transaction_id TEXT NOT NULL UNIQUE,
+        order_id TEXT NOT NULL,
+        amount_cents BIGINT NOT NULL CHECK (amount_cents >= 0),
+        currency TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE payments ADD COLUMN token TEXT;
+    CREATE TABLE sink_positions (
+        stream TEXT PRIMARY KEY,
+        "offset" BIGINT NOT NULL CHECK ("offset" >= 0)
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub(super) fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+async fn current(client: &impl GenericClient) -> Result<i64, StoreError> {
+    let exists: bool = client.query_one("SELECT to_regclass('smartmart_schema') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM smartmart_schema", &[]).await?.get(0))
+}
+
+/// Applies what is missing, all of it in one transaction.
+pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS smartmart_schema (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .await?;
+    let current = current(&tx).await?;
+    if current > latest() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this binary knows ({})",
+            latest()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO smartmart_schema (version, applied_at) VALUES ($1, $2)",
+            &[&version, &super::super::now_rfc3339()],
+        )
+        .await?;
+        tracing::info!(version, "applied database migration (PostgreSQL)");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What a read-only opener checks instead of migrating (see the SQLite twin).
+pub(super) async fn check_current(client: &impl GenericClient) -> Result<(), StoreError> {
+    match current(client).await? {
+        v if v == latest() => Ok(()),
+        0 => Err(StoreError::Corrupt("the database has no SmartMart schema (schema version 0)".into())),
+        v if v < latest() => Err(StoreError::Corrupt(format!(
+            "database schema version {v} is older than this binary's ({}): start the service on it once to migrate it",
+            latest()
+        ))),
+        v => Err(StoreError::Corrupt(format!(
+            "database schema version {v} is newer than this binary knows ({})",
+            latest()
+        ))),
+    }
+}

@@ -1,0 +1,682 @@
+//! The store's operations, one suite run on both back-ends: `sqlite::*`
+//! on a temp file, `postgres::*` on the local PostgreSQL server, each test
+//! in a schema of its own (dropped at the end). `SMARTMART_TEST_DATABASE_URL`
+//! overrides the server (default `postgres://root@127.0.0.1:5432/test`); a
+//! server that does not answer fails the PostgreSQL tests, saying how to
+//! start it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use smartmart::domain::{EventKind, OrderStatus, Slot};
+use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
+use smartmart::store::catalog::{CartItem, Customer, Product, Warehouse};
+use smartmart::store::ledger::Captured;
+use smartmart::store::orders::{
+    Answer, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, ReserveOutcome, Settlement, Verdict,
+};
+use smartmart::store::outbox::SinkPosition;
+use smartmart::store::shadows::{ShadowModule, ShadowRun};
+use smartmart::store::{PostgresOptions, Store, StoreError, StoreOptions};
+use tempfile::TempDir;
+
+pub const START_POSTGRES: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+/// The PostgreSQL server the tests use.
+pub fn postgres_url() -> String {
+    std::env::var("SMARTMART_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A schema of its own on the test server, dropped with this value: the
+/// URL that makes it the store's (`search_path`).
+pub struct TestSchema {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestSchema {
+    pub async fn create() -> TestSchema {
+        let base = postgres_url();
+        let name = format!("t_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let client = admin(&base).await;
+        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.expect("creating the test schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        TestSchema { name, url }
+    }
+}
+
+/// A connection of the test's own to the server; panics with how to start it.
+pub async fn admin(url: &str) -> tokio_postgres::Client {
+    match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            client
+        }
+        Err(e) => panic!("the PostgreSQL server at {url} does not answer ({e}); start it with:\n  {START_POSTGRES}"),
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (url, name) = (postgres_url(), self.name.clone());
+        // Drop runs outside any runtime's reach: a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A store on one back-end, with what it needs kept alive and a raw view
+/// of its tables for the checks.
+pub struct TestStore {
+    pub store: Store,
+    raw: Raw,
+}
+
+enum Raw {
+    Sqlite(TempDir),
+    Postgres(TestSchema, tokio_postgres::Client),
+}
+
+impl TestStore {
+    pub async fn sqlite() -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), &StoreOptions::default()).unwrap();
+        TestStore { store, raw: Raw::Sqlite(dir) }
+    }
+
+    pub async fn postgres() -> TestStore {
+        let schema = TestSchema::create().await;
+        let store = Store::open_postgres(&schema.url, &PostgresOptions::default()).await.expect("opening the store");
+        let client = admin(&schema.url).await;
+        TestStore { store, raw: Raw::Postgres(schema, client) }
+    }
+
+    /// One integer from `sql` (the same text on both back-ends), read
+    /// around the store.
+    pub async fn number(&self, sql: &str) -> i64 {
+        match &self.raw {
+            Raw::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("s.sqlite")).unwrap();
+                conn.query_row(sql, [], |r| r.get(0)).unwrap()
+            }
+            Raw::Postgres(_, client) => client.query_one(&format!("SELECT ({sql})::bigint"), &[]).await.unwrap().get(0),
+        }
+    }
+
+    /// Runs `sql` around the store (to set up what the store would never write).
+    pub async fn execute(&self, sql: &str) {
+        match &self.raw {
+            Raw::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("s.sqlite")).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+            Raw::Postgres(_, client) => client.batch_execute(sql).await.unwrap(),
+        }
+    }
+
+    /// Opens the same database again (as a restart, or a second replica would).
+    pub async fn reopen(&self) -> Result<Store, StoreError> {
+        match &self.raw {
+            Raw::Sqlite(dir) => Store::open(&dir.path().join("s.sqlite"), &StoreOptions::default()),
+            Raw::Postgres(schema, _) => Store::open_postgres(&schema.url, &PostgresOptions::default()).await,
+        }
+    }
+
+    /// Opens the same database for reading only.
+    pub async fn open_read_only(&self) -> Result<Store, StoreError> {
+        match &self.raw {
+            Raw::Sqlite(dir) => Store::open_read_only(&dir.path().join("s.sqlite"), &StoreOptions::default()),
+            Raw::Postgres(schema, _) => {
+                let options = PostgresOptions { read_only: true, ..PostgresOptions::default() };
+                Store::open_postgres(&schema.url, &options).await
+            }
+        }
+    }
+}
+
+/// Each test below, once per back-end.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::TestStore::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::TestStore::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_are_versioned_and_rerun_safely,
+    a_newer_schema_is_refused,
+    catalog_round_trips,
+    stock_cannot_go_below_what_is_held,
+    carts_refuse_unknown_skus_and_bad_quantities,
+    a_paid_order_takes_its_stock_and_stores_its_answer,
+    a_failed_payment_releases_the_stock,
+    a_shortfall_writes_nothing,
+    a_claimed_key_gives_no_second_order,
+    cancel_and_discard_undo_exactly,
+    a_settled_order_cannot_settle_again,
+    interrupted_orders_are_found_for_recovery,
+    events_are_delivered_once_with_positions,
+    fraud_verdicts_ready_the_fraud_events,
+    the_sandbox_ledger_charges_a_key_once,
+    shadow_runs_are_summed,
+    settled_orders_and_escalations_newest_first,
+    two_hundred_buyers_never_oversell_ten_units,
+    twenty_racers_on_one_key_make_one_order,
+    a_read_only_store_never_writes,
+);
+
+fn customer(id: &str, tier: Tier) -> Customer {
+    Customer {
+        id: id.into(),
+        name: format!("Name {id}"),
+        email: format!("{id}@example.com"),
+        phone: "+1 555 0100".into(),
+        tier,
+        status: AccountStatus::Active,
+        location: GeoPoint { lat: 40.7, lon: -74.0 },
+    }
+}
+
+fn product(sku: &str, price: u64) -> Product {
+    Product { sku: sku.into(), name: format!("Product {sku}"), category: "electronics".into(), unit_price_cents: price }
+}
+
+fn warehouse(id: &str) -> Warehouse {
+    Warehouse { id: id.into(), name: format!("Warehouse {id}"), location: GeoPoint { lat: 41.0, lon: -73.0 } }
+}
+
+/// Customers c1..c3, skus A (1000 cents) and B (2500), warehouses W1 and W2:
+/// A 10 in W1 and 5 in W2, B 3 in W1.
+async fn seed(store: &Store) {
+    store
+        .load_catalog(
+            vec![customer("c1", Tier::Gold), customer("c2", Tier::Silver), customer("c3", Tier::Standard)],
+            vec![product("A", 1000), product("B", 2500)],
+            vec![warehouse("W1"), warehouse("W2")],
+            vec![("W1".into(), "A".into(), 10), ("W2".into(), "A".into(), 5), ("W1".into(), "B".into(), 3)],
+        )
+        .await
+        .unwrap();
+}
+
+fn hold(warehouse_id: &str, sku: &str, quantity: u32) -> Hold {
+    Hold { warehouse_id: warehouse_id.into(), sku: sku.into(), quantity }
+}
+
+fn new_order(order_id: &str, customer_id: &str, holds: Vec<Hold>, key: Option<&str>) -> NewOrder {
+    NewOrder {
+        order_id: order_id.into(),
+        customer_id: customer_id.into(),
+        channel: "web".into(),
+        currency: "USD".into(),
+        holds,
+        claim: key.map(|k| KeyClaim { channel: "web".into(), key: k.into(), request_hash: format!("hash-{k}") }),
+    }
+}
+
+fn settlement(order_id: &str, customer_id: &str, status: OrderStatus) -> Settlement {
+    let paid = status == OrderStatus::Confirmed;
+    Settlement {
+        order_id: order_id.into(),
+        customer_id: customer_id.into(),
+        status,
+        invoice: format!(r#"{{"order_id":"{order_id}","final":true}}"#),
+        transaction_id: paid.then(|| format!("txn-{order_id}")),
+        attempts: 1,
+        failure: (!paid).then(|| "declined".to_string()),
+        events: vec![
+            NewEvent { id: format!("{order_id}-audit"), kind: EventKind::Audit, envelope: Some("{\"a\":1}".into()) },
+            NewEvent { id: format!("{order_id}-analytics"), kind: EventKind::Analytics, envelope: Some("{}".into()) },
+            NewEvent { id: format!("{order_id}-fraud"), kind: EventKind::Fraud, envelope: None },
+        ],
+        answer: Answer { status_code: if paid { 201 } else { 402 }, body: format!("answer of {order_id}") },
+    }
+}
+
+async fn available(store: &Store, warehouse_id: &str, sku: &str) -> (u64, u64) {
+    let level = store.stock_of_sku(sku).await.unwrap().into_iter().find(|s| s.warehouse_id == warehouse_id).unwrap();
+    (level.on_hand, level.available)
+}
+
+/// Reserve, record the intent, settle: one whole order.
+async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold>, status: OrderStatus) {
+    let outcome = store.reserve(new_order(order_id, customer_id, holds, Some(order_id))).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved);
+    store
+        .record_intent(order_id, "{\"draft\":true}".into(), &format!("pay_{order_id}"), "sandbox", 1000, "tok")
+        .await
+        .unwrap();
+    store.settle(settlement(order_id, customer_id, status)).await.unwrap();
+}
+
+async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
+    // Every table of the schema exists once migrated…
+    for table in ["customers", "orders", "outbox", "shadow_runs", "sandbox_charges", "sink_positions"] {
+        t.number(&format!("SELECT count(*) FROM {table}")).await;
+    }
+    // …and opening the same database again (a restart, a second replica) migrates nothing twice.
+    seed(&t.store).await;
+    let again = t.reopen().await.expect("reopening a migrated database");
+    assert_eq!(again.customer("c1").await.unwrap().unwrap().tier, Tier::Gold);
+}
+
+async fn a_newer_schema_is_refused(t: TestStore) {
+    match &t.raw {
+        Raw::Sqlite(_) => t.execute("PRAGMA user_version = 99").await,
+        Raw::Postgres(..) => t.execute("INSERT INTO smartmart_schema (version, applied_at) VALUES (99, 'now')").await,
+    }
+    let err = t.reopen().await.expect_err("a schema from a newer binary");
+    assert!(matches!(err, StoreError::Corrupt(ref m) if m.contains("newer")), "{err}");
+    let err = t.open_read_only().await.expect_err("a schema from a newer binary, read-only");
+    assert!(matches!(err, StoreError::Corrupt(ref m) if m.contains("newer")), "{err}");
+}
+
+async fn catalog_round_trips(t: TestStore) {
+    let store = &t.store;
+    assert!(!store.has_customers().await.unwrap());
+    seed(store).await;
+    assert!(store.has_customers().await.unwrap());
+    assert_eq!(store.customer("c2").await.unwrap(), Some(customer("c2", Tier::Silver)));
+    assert_eq!(store.customer("nobody").await.unwrap(), None);
+    let mut blocked = customer("c3", Tier::Gold);
+    blocked.status = AccountStatus::Blocked;
+    store.upsert_customer(blocked.clone()).await.unwrap();
+    assert_eq!(store.customer("c3").await.unwrap(), Some(blocked));
+    store.upsert_product(product("A", 1200)).await.unwrap();
+    assert_eq!(store.product("A").await.unwrap().unwrap().unit_price_cents, 1200);
+    let levels = store.stock_of_sku("A").await.unwrap();
+    assert_eq!(
+        levels.iter().map(|l| (l.warehouse_id.as_str(), l.on_hand)).collect::<Vec<_>>(),
+        [("W1", 10), ("W2", 5)]
+    );
+    let stocked = store.stocked_warehouses(&["B", "A"]).await.unwrap();
+    assert_eq!(stocked.len(), 2);
+    assert_eq!(stocked[0].warehouse.id, "W1");
+    assert_eq!(stocked[0].available, [("B".to_string(), 3), ("A".to_string(), 10)]);
+    assert_eq!(stocked[1].available, [("A".to_string(), 5)]);
+    let err = store.set_stock("W9", "A", 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(ref w) if w.contains("W9")), "{err}");
+    let err = store.set_stock("W1", "ZZ", 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(ref w) if w.contains("ZZ")), "{err}");
+    let level = store.set_stock("W2", "B", 7).await.unwrap();
+    assert_eq!((level.on_hand, level.available, level.warehouse_name.as_str()), (7, 7, "Warehouse W2"));
+}
+
+async fn stock_cannot_go_below_what_is_held(t: TestStore) {
+    seed(&t.store).await;
+    let outcome = t.store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 4)], None)).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved);
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 6));
+    let err = t.store.set_stock("W1", "A", 3).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let level = t.store.set_stock("W1", "A", 4).await.unwrap();
+    assert_eq!((level.on_hand, level.available), (4, 0));
+}
+
+async fn carts_refuse_unknown_skus_and_bad_quantities(t: TestStore) {
+    seed(&t.store).await;
+    let item = |sku: &str, quantity| CartItem { sku: sku.into(), quantity };
+    let lines = t.store.replace_cart("c1", vec![item("B", 1), item("A", 2)]).await.unwrap();
+    assert_eq!(lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect::<Vec<_>>(), [("B", 1), ("A", 2)]);
+    let err = t.store.replace_cart("c1", vec![item("A", 1), item("ZZ", 1)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(ref s) if s.contains("ZZ")), "{err}");
+    // The same sku twice adds up, past the schema's limit: refused, the cart as it was.
+    let err = t.store.replace_cart("c1", vec![item("A", 600_000), item("A", 600_000)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Constraint(_)), "{err}");
+    let (lines, unknown) = t.store.cart("c1").await.unwrap();
+    assert_eq!(lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect::<Vec<_>>(), [("B", 1), ("A", 2)]);
+    assert!(unknown.is_empty());
+}
+
+async fn a_paid_order_takes_its_stock_and_stores_its_answer(t: TestStore) {
+    let store = &t.store;
+    seed(store).await;
+    store.replace_cart("c1", vec![CartItem { sku: "A".into(), quantity: 3 }]).await.unwrap();
+    let outcome =
+        store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 3), hold("W1", "B", 1)], Some("k1"))).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved);
+    assert_eq!(available(store, "W1", "A").await, (10, 7));
+    let order = store.order("o1").await.unwrap().unwrap();
+    assert_eq!((order.status, order.invoice), (OrderStatus::Pending, None));
+    assert_eq!(
+        store.key_record("web", "k1").await.unwrap(),
+        Some(KeyRecord::InFlight { request_hash: "hash-k1".into(), order_id: "o1".into() })
+    );
+    store.record_intent("o1", "{\"draft\":true}".into(), "pay_o1", "sandbox", 5500, "tok_1").await.unwrap();
+    assert_eq!(store.order("o1").await.unwrap().unwrap().invoice.as_deref(), Some("{\"draft\":true}"));
+    store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap();
+    let order = store.order("o1").await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Confirmed);
+    assert_eq!(order.total_cents, 5500);
+    assert_eq!(order.invoice.as_deref(), Some(r#"{"order_id":"o1","final":true}"#));
+    assert_eq!(available(store, "W1", "A").await, (7, 7));
+    assert_eq!(available(store, "W1", "B").await, (2, 2));
+    assert!(store.cart("c1").await.unwrap().0.is_empty(), "a paid order empties the cart");
+    assert_eq!(
+        store.key_record("web", "k1").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-k1".into(),
+            answer: Answer { status_code: 201, body: "answer of o1".into() }
+        })
+    );
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE token IS NOT NULL").await, 0, "the token is erased");
+    assert_eq!(t.number("SELECT count(*) FROM reservations WHERE state = 'COMMITTED'").await, 2);
+}
+
+async fn a_failed_payment_releases_the_stock(t: TestStore) {
+    seed(&t.store).await;
+    place(&t.store, "o1", "c1", vec![hold("W2", "A", 5)], OrderStatus::PaymentFailed).await;
+    assert_eq!(t.store.order("o1").await.unwrap().unwrap().status, OrderStatus::PaymentFailed);
+    assert_eq!(available(&t.store, "W2", "A").await, (5, 5));
+    assert_eq!(t.number("SELECT count(*) FROM reservations WHERE state = 'RELEASED'").await, 1);
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'FAILED'").await, 1);
+}
+
+async fn a_shortfall_writes_nothing(t: TestStore) {
+    seed(&t.store).await;
+    let outcome =
+        t.store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 2), hold("W1", "B", 4)], Some("k1"))).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Shortfall { warehouse_id: "W1".into(), sku: "B".into() });
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 10), "the hold taken before the shortfall is undone");
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 0);
+    assert_eq!(t.number("SELECT count(*) FROM reservations").await, 0);
+    assert_eq!(t.store.key_record("web", "k1").await.unwrap(), None, "the key stays free");
+}
+
+async fn a_claimed_key_gives_no_second_order(t: TestStore) {
+    seed(&t.store).await;
+    let first = t.store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 1)], Some("k1"))).await.unwrap();
+    let second = t.store.reserve(new_order("o2", "c1", vec![hold("W1", "A", 1)], Some("k1"))).await.unwrap();
+    assert_eq!((first, second), (ReserveOutcome::Reserved, ReserveOutcome::KeyTaken));
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 9));
+    // Another channel's key of the same text is another key.
+    let mut other = new_order("o3", "c1", vec![hold("W1", "A", 1)], Some("k1"));
+    other.claim.as_mut().unwrap().channel = "mobile".into();
+    assert_eq!(t.store.reserve(other).await.unwrap(), ReserveOutcome::Reserved);
+}
+
+async fn cancel_and_discard_undo_exactly(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 2)], Some("k1"))).await.unwrap();
+    store.record_intent("o1", "{}".into(), "pay_o1", "sandbox", 2000, "tok").await.unwrap();
+    assert!(store.cancel("o1", "gateway unreachable").await.unwrap());
+    assert!(!store.cancel("o1", "again").await.unwrap(), "cancel is idempotent");
+    let order = store.order("o1").await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Cancelled);
+    let reason: serde_json::Value = serde_json::from_str(order.invoice.as_deref().unwrap()).unwrap();
+    assert_eq!(reason["reason"], "gateway unreachable");
+    assert_eq!(store.key_record("web", "k1").await.unwrap(), None, "the key is free again");
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'FAILED' AND token IS NULL").await, 1);
+
+    store.reserve(new_order("o2", "c1", vec![hold("W1", "A", 3), hold("W2", "A", 1)], Some("k2"))).await.unwrap();
+    assert!(store.discard("o2").await.unwrap());
+    assert!(store.order("o2").await.unwrap().is_none(), "a discarded order leaves no row");
+    assert_eq!(store.key_record("web", "k2").await.unwrap(), None);
+    assert_eq!(available(store, "W1", "A").await, (10, 10));
+    assert_eq!(available(store, "W2", "A").await, (5, 5));
+    // An order that reached payment is never discarded.
+    store.reserve(new_order("o3", "c1", vec![hold("W1", "A", 1)], None)).await.unwrap();
+    store.record_intent("o3", "{}".into(), "pay_o3", "sandbox", 1000, "tok").await.unwrap();
+    assert!(!store.discard("o3").await.unwrap());
+    assert_eq!(store.order("o3").await.unwrap().unwrap().status, OrderStatus::Pending);
+}
+
+async fn a_settled_order_cannot_settle_again(t: TestStore) {
+    seed(&t.store).await;
+    place(&t.store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    let err = t.store.settle(settlement("o1", "c1", OrderStatus::PaymentFailed)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(t.store.order("o1").await.unwrap().unwrap().status, OrderStatus::Confirmed);
+    assert_eq!(available(&t.store, "W1", "A").await, (9, 9), "nothing of the refused settlement applied");
+    assert_eq!(t.number("SELECT count(*) FROM outbox").await, 3);
+    let err = t.store.record_intent("o1", "{}".into(), "pay_x", "sandbox", 1, "tok").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+async fn interrupted_orders_are_found_for_recovery(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    store.reserve(new_order("unpaid", "c1", vec![hold("W1", "A", 1)], None)).await.unwrap();
+    store.reserve(new_order("paying", "c2", vec![hold("W1", "A", 1)], None)).await.unwrap();
+    store.record_intent("paying", "{}".into(), "pay_paying", "sandbox", 1000, "tok_9").await.unwrap();
+    place(store, "done", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    // As if the process that ran them died long ago.
+    t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
+    let (unpaid, intents) = store.pending_orders("2000-06-01T00:00:00Z").await.unwrap();
+    assert!(unpaid.is_empty() && intents.is_empty(), "orders newer than the cutoff are left alone");
+    let cutoff = "2001-01-01T00:00:00.5Z";
+    let (unpaid, intents) = store.pending_orders(cutoff).await.unwrap();
+    assert_eq!(unpaid, ["unpaid"]);
+    assert_eq!(intents.len(), 1);
+    assert_eq!(
+        (intents[0].order_id.as_str(), intents[0].idempotency_key.as_str(), intents[0].amount_cents),
+        ("paying", "pay_paying", 1000)
+    );
+    assert_eq!(intents[0].token.as_deref(), Some("tok_9"));
+    assert_eq!(intents[0].currency, "USD");
+    let (unpaid_again, intents_again) = store.pending_orders(cutoff).await.unwrap();
+    if store.is_shared() {
+        // Claimed: no other replica's janitor takes them until they are as old again.
+        assert!(unpaid_again.is_empty() && intents_again.is_empty());
+    } else {
+        assert_eq!((unpaid_again.len(), intents_again.len()), (1, 1), "one process: found again until settled");
+    }
+}
+
+async fn events_are_delivered_once_with_positions(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    place(store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    let now = smartmart::store::now_ms();
+    let due = store.due_events(now, 10).await.unwrap();
+    // The fraud event waits for its verdict.
+    assert_eq!(due.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Audit, EventKind::Analytics]);
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 3);
+    store.mark_retry(vec![due[1].seq], "sink down".into(), now + 60_000).await.unwrap();
+    let position = SinkPosition { stream: "jsonl:audit".into(), offset: 120 };
+    store.mark_delivered(vec![due[0].seq], Some(position.clone())).await.unwrap();
+    assert!(store.due_events(now, 10).await.unwrap().is_empty(), "delivered or not due yet");
+    let retried = store.due_events(now + 60_000, 10).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].kind, retried[0].attempts), (EventKind::Analytics, 1));
+    store.mark_delivered(vec![retried[0].seq], None).await.unwrap();
+    assert_eq!(store.sink_positions().await.unwrap(), [position]);
+    let moved = SinkPosition { stream: "jsonl:audit".into(), offset: 240 };
+    store.mark_delivered(vec![], Some(moved.clone())).await.unwrap();
+    assert_eq!(store.sink_positions().await.unwrap(), [moved]);
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 1);
+    assert_eq!(t.number("SELECT count(*) FROM outbox WHERE state = 'DELIVERED'").await, 2);
+}
+
+async fn fraud_verdicts_ready_the_fraud_events(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    place(store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    place(store, "o2", "c2", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    let waiting = store.awaiting_verdict(10).await.unwrap();
+    assert_eq!(waiting.iter().map(|w| w.order.id.as_str()).collect::<Vec<_>>(), ["o1", "o2"]);
+    assert_eq!(waiting[0].event_ids, ["o1-fraud"]);
+    store
+        .record_verdicts(vec![Verdict {
+            order_id: "o1".into(),
+            review: r#"{"action":"ESCALATE"}"#.into(),
+            action: "ESCALATE".into(),
+            envelopes: vec![("o1-fraud".into(), "{\"fraud\":true}".into())],
+        }])
+        .await
+        .unwrap();
+    let order = store.order("o1").await.unwrap().unwrap();
+    assert_eq!(order.fraud_review, Some(serde_json::json!({"action": "ESCALATE"})));
+    assert_eq!(store.escalations(10).await.unwrap().iter().map(|o| o.id.clone()).collect::<Vec<_>>(), ["o1"]);
+    let due = store.due_events(smartmart::store::now_ms(), 10).await.unwrap();
+    let fraud: Vec<_> = due.iter().filter(|e| e.kind == EventKind::Fraud).collect();
+    assert_eq!(fraud.len(), 1);
+    assert_eq!(fraud[0].envelope, "{\"fraud\":true}");
+    if !store.is_shared() {
+        // One process: still offered until reviewed.
+        assert_eq!(store.awaiting_verdict(10).await.unwrap().len(), 1);
+    } else {
+        // Claimed by the first call for a while: not offered to another replica.
+        assert!(store.awaiting_verdict(10).await.unwrap().is_empty());
+    }
+}
+
+async fn the_sandbox_ledger_charges_a_key_once(t: TestStore) {
+    let store = &t.store;
+    let Captured::New(first) = store.ledger_capture("pay_1", "o1", 1000, "USD").await.unwrap() else {
+        panic!("a new key is a new charge");
+    };
+    assert_eq!(store.ledger_capture("pay_1", "o1", 1000, "USD").await.unwrap(), Captured::Existing(first.clone()));
+    assert!(matches!(store.ledger_capture("pay_1", "o1", 999, "USD").await.unwrap(), Captured::Mismatch(_)));
+    assert!(matches!(store.ledger_capture("pay_1", "o1", 1000, "EUR").await.unwrap(), Captured::Mismatch(_)));
+    store.ledger_capture("pay_2", "o2", 50, "USD").await.unwrap();
+    assert_eq!(store.ledger_lookup("pay_1").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.ledger_lookup("pay_none").await.unwrap(), None);
+    let all = store.ledger_charges().unwrap();
+    assert_eq!(all.iter().map(|c| c.idempotency_key.as_str()).collect::<Vec<_>>(), ["pay_1", "pay_2"]);
+    // Concurrent captures of one key: one charge.
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.ledger_capture("pay_race", "o9", 10, "USD").await.unwrap() })
+        })
+        .collect();
+    let mut transactions = BTreeSet::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Captured::New(c) | Captured::Existing(c) => transactions.insert(c.transaction_id),
+            Captured::Mismatch(m) => panic!("{m}"),
+        };
+    }
+    assert_eq!(transactions.len(), 1);
+}
+
+async fn shadow_runs_are_summed(t: TestStore) {
+    let module =
+        |file: &str, digest: &str| ShadowModule { file: file.into(), version: "1.0.0".into(), digest: digest.into() };
+    let run = |order: &str, differs: bool, cents: i64| ShadowRun {
+        order_id: order.into(),
+        slot: Slot::Discount,
+        active: module("gold.wasm", "d1"),
+        candidate: module("gold_v2.wasm", "d2"),
+        active_result: "{}".into(),
+        candidate_result: "{}".into(),
+        money_difference_cents: cents,
+        differs,
+    };
+    t.store.record_shadow_runs(vec![run("o1", true, 150), run("o2", false, 0)]).await.unwrap();
+    // The same order's run again (a retried pass) counts once.
+    t.store.record_shadow_runs(vec![run("o1", true, 150), run("o3", true, -50)]).await.unwrap();
+    let summaries = t.store.shadow_summaries().await.unwrap();
+    assert_eq!(summaries.len(), 1);
+    let s = &summaries[0];
+    assert_eq!((s.orders, s.differing_orders, s.money_difference_cents), (3, 2, 100));
+    assert!((s.share_differing - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!((s.slot.as_str(), s.candidate_module.as_str()), ("discount", "gold_v2.wasm"));
+}
+
+async fn settled_orders_and_escalations_newest_first(t: TestStore) {
+    seed(&t.store).await;
+    for (i, status) in
+        [OrderStatus::Confirmed, OrderStatus::PaymentFailed, OrderStatus::Confirmed].into_iter().enumerate()
+    {
+        place(&t.store, &format!("o{i}"), "c1", vec![hold("W1", "A", 1)], status).await;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    t.store.reserve(new_order("pending", "c1", vec![hold("W1", "A", 1)], None)).await.unwrap();
+    let recent = t.store.recent_settled_orders(2).unwrap();
+    assert_eq!(recent.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["o2", "o1"]);
+    assert_eq!(t.store.recent_settled_orders(10).unwrap().len(), 3);
+    assert!(t.store.escalations(10).await.unwrap().is_empty());
+}
+
+async fn two_hundred_buyers_never_oversell_ten_units(t: TestStore) {
+    seed(&t.store).await;
+    t.store.set_stock("W1", "B", 10).await.unwrap();
+    let store = Arc::new(t.store.clone());
+    let buyers: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Two lines in opposite orders for half the buyers: locks are taken in one order anyway.
+                let holds = if i % 2 == 0 {
+                    vec![hold("W1", "B", 1), hold("W1", "A", 1)]
+                } else {
+                    vec![hold("W1", "A", 1), hold("W1", "B", 1)]
+                };
+                store.reserve(new_order(&format!("o{i}"), "c1", holds, Some(&format!("k{i}")))).await.unwrap()
+            })
+        })
+        .collect();
+    let mut reserved = 0;
+    for buyer in buyers {
+        match buyer.await.unwrap() {
+            ReserveOutcome::Reserved => reserved += 1,
+            ReserveOutcome::Shortfall { .. } => {}
+            ReserveOutcome::KeyTaken => panic!("every buyer has a key of its own"),
+        }
+    }
+    assert_eq!(reserved, 10);
+    assert_eq!(available(&t.store, "W1", "B").await, (10, 0));
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 0));
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 10);
+    assert_eq!(t.number("SELECT count(*) FROM idempotency").await, 10, "refused buyers keep their keys free");
+}
+
+async fn twenty_racers_on_one_key_make_one_order(t: TestStore) {
+    seed(&t.store).await;
+    let racers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = t.store.clone();
+            tokio::spawn(async move {
+                store
+                    .reserve(new_order(&format!("o{i}"), "c1", vec![hold("W1", "A", 1)], Some("one-key")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for racer in racers {
+        outcomes.push(racer.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| **o == ReserveOutcome::Reserved).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == ReserveOutcome::KeyTaken).count(), 19);
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 9));
+}
+
+async fn a_read_only_store_never_writes(t: TestStore) {
+    seed(&t.store).await;
+    place(&t.store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    let reader = t.open_read_only().await.expect("opening read-only");
+    assert_eq!(reader.recent_settled_orders(5).unwrap().len(), 1);
+    assert_eq!(reader.customer("c1").await.unwrap().unwrap().id, "c1");
+    let err = reader.upsert_product(product("C", 1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(t.store.product("C").await.unwrap().is_none());
+}

@@ -1,0 +1,87 @@
+//! The real `smartmart serve` binary as a child process (crash and replica
+//! tests): started, SIGKILLed and started again on the same port and data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY};
+use super::{SECRET, bundled_plugins, demo_dataset};
+
+/// The service as a child process on a fixed port and data dir.
+pub struct Service {
+    pub child: Child,
+    pub port: u16,
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Service {
+    /// `smartmart serve` on `port` and `data_dir` with the test credentials,
+    /// the bundled rules and the demo data set; `env` adds or overrides settings.
+    pub fn spawn(data_dir: &Path, port: u16, env: &[(&str, String)]) -> Service {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
+            .args(["serve", "--demo-data"])
+            .arg(demo_dataset())
+            .env("SMARTMART_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SMARTMART_DATA_DIR", data_dir)
+            .env("SMARTMART_PLUGINS_DIR", bundled_plugins())
+            .env("SMARTMART_CHANNEL_KEYS", format!("web:{WEB_KEY},mobile:{MOBILE_KEY},partner:{PARTNER_KEY}"))
+            .env("SMARTMART_ADMIN_KEY", ADMIN_KEY)
+            .env("SMARTMART_IDENTITY_SECRET", std::str::from_utf8(SECRET).unwrap())
+            .env("SMARTMART_WATCH_PLUGINS", "false")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting smartmart serve");
+        Service { child, port, data_dir: data_dir.to_owned(), env }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn wait_ready(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(answer) = client.get(self.url("/readyz")).send().await
+                && answer.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the service exited while starting: {status}");
+            }
+            assert!(Instant::now() < deadline, "the service never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the service");
+    }
+
+    /// Starts it again on the same port, data dir and settings.
+    pub fn restart(&mut self) {
+        let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        *self = Service::spawn(&self.data_dir.clone(), self.port, &env);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
