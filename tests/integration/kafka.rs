@@ -477,3 +477,57 @@ async fn a_repeated_delivery_is_stored_again_and_a_consumer_deduplicates_by_even
         consumed.iter().filter(|r| seen.insert(r.event_id.clone())).map(|r| r.event_id.as_str()).collect();
     assert_eq!(processed.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_topic_keeps_its_partitions_and_a_topic_lost_with_its_broker_is_created_again() {
+    let port = free_port();
+    let broker = Broker::start_on(port).await;
+    let prefix = test_prefix();
+    let topic = format!("{prefix}.fraud");
+    let settings = KafkaSettings {
+        brokers: vec![broker.address()],
+        topic_prefix: prefix.clone(),
+        partitions: PARTITIONS as i32,
+        timeout: Duration::from_secs(2),
+        ..KafkaSettings::default()
+    };
+    let event = |id: &str, order: &str| SinkEvent {
+        id: id.into(),
+        envelope: json!({"id": id, "type": "fraud", "order_id": order, "payload": {}}).to_string(),
+    };
+    let batch: Vec<SinkEvent> = (0..20).map(|n| event(&format!("evt_{n}"), &format!("ord_{n}"))).collect();
+
+    // Someone created the topic with 2 partitions: used as it is, keys spread over 2.
+    let client = broker.client().await;
+    client.controller_client().unwrap().create_topic(&topic, 2, 1, 5_000).await.expect("creating the topic");
+    let sink = KafkaSink::new(settings).unwrap();
+    sink.deliver(EventKind::Fraud, &batch).await.expect("delivered to the existing topic");
+    let topics = client.list_topics().await.unwrap();
+    assert_eq!(topics.iter().find(|t| t.name == topic).unwrap().partitions, [0, 1].into());
+    let consumed = consume(&client, &topic).await;
+    assert_eq!(consumed.len(), 20);
+    assert!(consumed.iter().all(|r| r.partition as usize == partition_for(r.key.as_bytes(), 2)), "{consumed:?}");
+    drop(client);
+
+    // The broker restarts empty (memory storage): the sink's connection and
+    // topic are gone. The first delivery fails (the outbox would retry it)
+    // and drops what the sink knew; the next one connects afresh and creates
+    // the topic again, with the configured partitions.
+    drop(broker);
+    let broker = Broker::start_on(port).await;
+    let again = [event("evt_after", "ord_after")];
+    let mut failures = Vec::new();
+    while let Err(e) = sink.deliver(EventKind::Fraud, &again).await {
+        failures.push(format!("{e:#}"));
+        assert!(failures.len() < 5, "the sink never recovered: {failures:#?}");
+    }
+    // The restarted broker does not know the topic the sink had checked, so
+    // the reset path above did run.
+    assert!(!failures.is_empty(), "the first delivery to the empty broker cannot have succeeded");
+    assert!(failures.iter().all(|e| e.contains("Kafka at") && e.contains(&topic)), "{failures:#?}");
+    let client = broker.client().await;
+    let topics = client.list_topics().await.unwrap();
+    assert_eq!(topics.iter().find(|t| t.name == topic).unwrap().partitions, (0..PARTITIONS as i32).collect());
+    let consumed = consume(&client, &topic).await;
+    assert_eq!(consumed.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), ["evt_after"]);
+}
