@@ -9,7 +9,8 @@
 #
 # The tests (tests/integration/kafka.rs) start their own broker from this
 # binary, on a free loopback port, one per test. Prints the binary's path on
-# its last line. A first build takes about 15 minutes on two cores.
+# its last line. A first build takes about 20 minutes on two busy cores
+# (BENCHMARKS.md).
 #
 # Run by .ci/services.sh (so by .ci/run and `cargo xtask test`). Exits
 # non-zero when the broker cannot be built.
