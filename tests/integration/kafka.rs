@@ -182,7 +182,8 @@ struct Service {
 }
 
 impl Service {
-    async fn start(brokers: &str, prefix: &str) -> Service {
+    /// `timeout_ms`: `SMARTMART_KAFKA_TIMEOUT_MS`.
+    async fn start(brokers: &str, prefix: &str, timeout_ms: u64) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
@@ -199,7 +200,7 @@ impl Service {
             .env("SMARTMART_KAFKA_BROKERS", brokers)
             .env("SMARTMART_KAFKA_TOPIC_PREFIX", prefix)
             .env("SMARTMART_KAFKA_PARTITIONS", PARTITIONS.to_string())
-            .env("SMARTMART_KAFKA_TIMEOUT_MS", "2000")
+            .env("SMARTMART_KAFKA_TIMEOUT_MS", timeout_ms.to_string())
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -366,7 +367,8 @@ fn assert_every_event_arrived(placed: &[(String, BTreeMap<String, String>)], con
 async fn every_confirmed_orders_events_reach_their_topics_keyed_by_order_in_outbox_order() {
     let broker = Broker::start().await;
     let prefix = test_prefix();
-    let mut service = Service::start(&broker.address(), &prefix).await;
+    // The default timeout: a slow machine must not turn into a failed first attempt.
+    let mut service = Service::start(&broker.address(), &prefix, 5_000).await;
     let placed = place_orders(&service, 3).await;
     service.wait_for_outbox("every event delivered", |rows| rows.iter().all(|r| r.3 == "DELIVERED")).await;
     let outbox = service.outbox();
@@ -418,7 +420,8 @@ async fn every_confirmed_orders_events_reach_their_topics_keyed_by_order_in_outb
 async fn with_kafka_down_at_start_orders_confirm_and_every_event_goes_out_once_it_is_up() {
     let port = free_port();
     let prefix = test_prefix();
-    let mut service = Service::start(&format!("127.0.0.1:{port}"), &prefix).await;
+    // A short timeout: each failing attempt while nothing listens lasts that long.
+    let mut service = Service::start(&format!("127.0.0.1:{port}"), &prefix, 1_000).await;
 
     // Nothing listens: the orders are confirmed as usual, delivery is tried and fails.
     let placed = place_orders(&service, 1).await;
@@ -492,7 +495,7 @@ async fn an_existing_topic_keeps_its_partitions_and_a_topic_lost_with_its_broker
         brokers: vec![broker.address()],
         topic_prefix: prefix.clone(),
         partitions: PARTITIONS as i32,
-        timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
         ..KafkaSettings::default()
     };
     let event = |id: &str, order: &str| SinkEvent {
