@@ -5,6 +5,8 @@
 #
 #   PostgreSQL  127.0.0.1:5432   pg_ctlcluster --skip-systemctl-redirect <version> main start
 #   NATS        127.0.0.1:4222   nats-server with JetStream (-js), store in /var/lib/nats-server
+#   Kafka       (no daemon)      the tansu broker binary, built once by .ci/kafka.sh into a
+#                                cache outside the repository; each Kafka test starts its own
 #
 # Run by .ci/run and by `cargo xtask test`, so the README's test command
 # works on a fresh machine too. Under CI=true a service that cannot be
@@ -74,6 +76,12 @@ failed=0
 ensure "PostgreSQL (127.0.0.1:5432)" postgres_answers postgres_start \
   'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' || failed=1
 ensure "NATS with JetStream (127.0.0.1:4222)" nats_answers nats_start "${NATS_START[*]}" || failed=1
+if broker="$(bash "$(dirname "$0")/kafka.sh")"; then
+  say "the Kafka test broker is ready: $broker"
+else
+  say "the Kafka test broker (tansu) could not be built; see above, then run: bash .ci/kafka.sh"
+  failed=1
+fi
 
 if ((failed)); then
   if [ "${CI:-}" = "true" ]; then

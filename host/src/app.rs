@@ -60,7 +60,7 @@ pub struct EngineSettings {
     /// How often the janitor reconciles stuck orders, and how old they must be.
     pub janitor_every: Duration,
     pub janitor_min_age: Duration,
-    /// Where events are delivered: the JSON Lines files (default) or NATS JetStream.
+    /// Where events are delivered: the JSON Lines files (default), NATS JetStream or Kafka.
     pub event_sink: SinkChoice,
 }
 

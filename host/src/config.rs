@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice};
-use crate::events::{NatsSettings, SinkChoice};
+use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
 use crate::http::ConnectionLimits;
 use crate::payment::RetryPolicy;
 
@@ -104,8 +104,9 @@ pub struct ServeConfig {
     /// (`exp` minus now), in seconds; tokens valid for longer are refused [default: 86400].
     #[arg(long, env = "SMARTMART_MAX_TOKEN_LIFETIME_SECS")]
     pub max_token_lifetime_secs: Option<u64>,
-    /// Where events go: `jsonl` (files in <data dir>/events/) or `nats`
-    /// (a NATS JetStream stream; the SMARTMART_NATS_* settings) [default: jsonl].
+    /// Where events go: `jsonl` (files in <data dir>/events/), `nats`
+    /// (a NATS JetStream stream; the SMARTMART_NATS_* settings) or `kafka`
+    /// (Kafka topics; the SMARTMART_KAFKA_* settings) [default: jsonl].
     #[arg(long, env = "SMARTMART_EVENT_SINK")]
     pub event_sink: Option<EventSinkKind>,
     /// NATS server URL, `nats://[user:password@]host:port` [default: nats://127.0.0.1:4222].
@@ -126,6 +127,26 @@ pub struct ServeConfig {
     /// acknowledgement; a delivery past it fails and is retried [default: 5000].
     #[arg(long, env = "SMARTMART_NATS_TIMEOUT_MS")]
     pub nats_timeout_ms: Option<u64>,
+    /// Kafka bootstrap brokers, `host:port[,host:port…]` [default: 127.0.0.1:9092].
+    #[arg(long, env = "SMARTMART_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Events are produced to the topics `<prefix>.audit`, `<prefix>.analytics`
+    /// and `<prefix>.fraud`, keyed by order id, with the headers `event-id` and
+    /// `event-type`; at least once (consumers deduplicate by `event-id`)
+    /// [default: smartmart.events].
+    #[arg(long, env = "SMARTMART_KAFKA_TOPIC_PREFIX")]
+    pub kafka_topic_prefix: Option<String>,
+    /// Partitions of a topic created at start when missing (an existing
+    /// topic keeps its own) [default: 3].
+    #[arg(long, env = "SMARTMART_KAFKA_PARTITIONS")]
+    pub kafka_partitions: Option<i32>,
+    /// Replication factor of a topic created at start when missing [default: 1].
+    #[arg(long, env = "SMARTMART_KAFKA_REPLICATION_FACTOR")]
+    pub kafka_replication_factor: Option<i16>,
+    /// Bounds connecting to Kafka, each topic check and each produce
+    /// acknowledgement (acks = all); a delivery past it fails and is retried [default: 5000].
+    #[arg(long, env = "SMARTMART_KAFKA_TIMEOUT_MS")]
+    pub kafka_timeout_ms: Option<u64>,
 }
 
 /// Where events are delivered (`SMARTMART_EVENT_SINK`).
@@ -136,6 +157,8 @@ pub enum EventSinkKind {
     Jsonl,
     /// A NATS JetStream stream, duplicates dropped by `Nats-Msg-Id`.
     Nats,
+    /// Kafka topics, keyed by order id, at least once (`event-id` header).
+    Kafka,
 }
 
 impl ServeConfig {
@@ -178,6 +201,11 @@ impl ServeConfig {
             nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
             nats_duplicate_window_secs: self.nats_duplicate_window_secs.or(lower.nats_duplicate_window_secs),
             nats_timeout_ms: self.nats_timeout_ms.or(lower.nats_timeout_ms),
+            kafka_brokers: self.kafka_brokers.or(lower.kafka_brokers),
+            kafka_topic_prefix: self.kafka_topic_prefix.or(lower.kafka_topic_prefix),
+            kafka_partitions: self.kafka_partitions.or(lower.kafka_partitions),
+            kafka_replication_factor: self.kafka_replication_factor.or(lower.kafka_replication_factor),
+            kafka_timeout_ms: self.kafka_timeout_ms.or(lower.kafka_timeout_ms),
         }
     }
 }
@@ -426,6 +454,18 @@ fn event_sink(config: &ServeConfig) -> anyhow::Result<SinkChoice> {
             settings.validate()?;
             Ok(SinkChoice::Nats(settings))
         }
+        EventSinkKind::Kafka => {
+            let defaults = KafkaSettings::default();
+            let settings = KafkaSettings {
+                brokers: config.kafka_brokers.as_deref().map(KafkaSettings::parse_brokers).unwrap_or(defaults.brokers),
+                topic_prefix: config.kafka_topic_prefix.clone().unwrap_or(defaults.topic_prefix),
+                partitions: config.kafka_partitions.unwrap_or(defaults.partitions),
+                replication_factor: config.kafka_replication_factor.unwrap_or(defaults.replication_factor),
+                timeout: config.kafka_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+            };
+            settings.validate()?;
+            Ok(SinkChoice::Kafka(settings))
+        }
     }
 }
 
@@ -516,11 +556,39 @@ mod tests {
         assert_eq!((nats.stream.as_str(), nats.subject_prefix.as_str()), ("ORDERS", "shop.events"));
         assert_eq!(nats.duplicate_window, Duration::from_secs(600));
         assert_eq!(nats.timeout, Duration::from_secs(5));
-        assert!(toml::from_str::<ServeConfig>("event_sink = \"kafka\"").is_err());
+        assert!(toml::from_str::<ServeConfig>("event_sink = \"rabbitmq\"").is_err());
         let bad =
             ServeConfig { event_sink: Some(EventSinkKind::Nats), nats_subject_prefix: Some("a.>".into()), ..keyed() };
         let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
         assert!(error.contains("SMARTMART_NATS_SUBJECT_PREFIX"), "{error}");
+    }
+
+    #[test]
+    fn kafka_takes_its_settings_from_the_file_and_checks_them() {
+        let file: ServeConfig = toml::from_str(
+            "event_sink = \"kafka\"\nkafka_brokers = \"k1:9092, k2:9093\"\nkafka_topic_prefix = \"shop.events\"\n\
+             kafka_partitions = 6\nkafka_replication_factor = 3\nkafka_timeout_ms = 2500",
+        )
+        .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        let SinkChoice::Kafka(kafka) = &settings.engine.0.event_sink else { panic!("not kafka") };
+        assert_eq!(kafka.brokers, ["k1:9092", "k2:9093"]);
+        assert_eq!(kafka.topic(crate::domain::EventKind::Fraud), "shop.events.fraud");
+        assert_eq!((kafka.partitions, kafka.replication_factor), (6, 3));
+        assert_eq!(kafka.timeout, Duration::from_millis(2500));
+        let defaults = ServeConfig { event_sink: Some(EventSinkKind::Kafka), ..keyed() };
+        let (settings, _) = ServeSettings::resolve(defaults, false).unwrap();
+        assert_eq!(settings.engine.0.event_sink, SinkChoice::Kafka(KafkaSettings::default()));
+        for (bad, key) in [
+            (ServeConfig { kafka_brokers: Some("kafka-without-port".into()), ..keyed() }, "SMARTMART_KAFKA_BROKERS"),
+            (ServeConfig { kafka_brokers: Some(" , ".into()), ..keyed() }, "SMARTMART_KAFKA_BROKERS"),
+            (ServeConfig { kafka_topic_prefix: Some("a b".into()), ..keyed() }, "SMARTMART_KAFKA_TOPIC_PREFIX"),
+            (ServeConfig { kafka_partitions: Some(0), ..keyed() }, "SMARTMART_KAFKA_PARTITIONS"),
+        ] {
+            let bad = ServeConfig { event_sink: Some(EventSinkKind::Kafka), ..bad };
+            let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
     }
 
     #[test]

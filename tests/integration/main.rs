@@ -7,6 +7,7 @@ mod experiments;
 mod hardening;
 mod http;
 mod http_fuzz;
+mod kafka;
 mod nats;
 mod payment;
 mod pipeline;

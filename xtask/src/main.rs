@@ -18,7 +18,7 @@
 //!                             bundled rules also to plugins/bundled/
 //! cargo xtask test [ARGS]     the local services (.ci/services.sh: PostgreSQL,
 //!                             NATS with JetStream, started when they do not
-//!                             answer), guests, the rules' native unit tests
+//!                             answer; the Kafka test broker, built once), guests, the rules' native unit tests
 //!                             (plugins/, the examples), then cargo test
 //!                             --workspace ARGS; without ARGS, then
 //!                             .ci/schemathesis.sh (python3)

@@ -3,7 +3,8 @@
 //! wait for it. With a sink that keeps a position (the JSON Lines files),
 //! each event is delivered exactly once (see `sink`); with a sink that
 //! deduplicates by event id (NATS JetStream), a batch delivered again after
-//! a crash or a lost acknowledgement is dropped by the broker.
+//! a crash or a lost acknowledgement is dropped by the broker; with Kafka it
+//! is stored again and consumers deduplicate by the `event-id` header.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,10 +2,13 @@
 //!
 //! - [`sink`]: the `EventSink` trait and the default JSON Lines sink;
 //! - [`nats`]: the NATS JetStream sink (deduplication by event id);
+//! - [`kafka`]: the Kafka sink (at least once, keyed by order id;
+//!   consumers deduplicate by the `event-id` header);
 //! - [`dispatcher`]: reads READY outbox rows, delivers them at least once,
 //!   backs off per event when a sink fails; never on an order's path.
 
 pub mod dispatcher;
+pub mod kafka;
 pub mod nats;
 pub mod sink;
 
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 pub use dispatcher::{deliver_due, run_dispatcher};
+pub use kafka::{KafkaSettings, KafkaSink};
 pub use nats::{NatsSettings, NatsSink};
 pub use sink::{EventSink, JsonlSink, SinkEvent};
 
@@ -28,12 +32,14 @@ pub enum SinkChoice {
     Jsonl,
     /// A NATS JetStream stream.
     Nats(NatsSettings),
+    /// Kafka topics, one per event type.
+    Kafka(KafkaSettings),
 }
 
 /// Builds the chosen sink, ready for the dispatcher: the JSON Lines files
 /// resumed from the positions the store recorded (cutting what a crash left
-/// unrecorded); the NATS sink connecting in the background, so a broker that
-/// is down never holds up the start.
+/// unrecorded); the NATS and Kafka sinks connecting in the background, so a
+/// broker that is down never holds up the start.
 /// `replica` names this process among others on a shared database (the
 /// files' positions are kept per replica); `None` when it is the only one.
 pub async fn open_sink(
@@ -58,6 +64,20 @@ pub async fn open_sink(
                         url = %starting.settings().display_url(),
                         error = format!("{e:#}"),
                         "NATS is not reachable at start; orders are served, their events wait in the outbox and go out once it answers"
+                    );
+                }
+            });
+            Ok(sink)
+        }
+        SinkChoice::Kafka(settings) => {
+            let sink = Arc::new(KafkaSink::new(settings.clone())?);
+            let starting = sink.clone();
+            tokio::spawn(async move {
+                if let Err(e) = starting.connect_now().await {
+                    tracing::warn!(
+                        brokers = %starting.settings().display_brokers(),
+                        error = format!("{e:#}"),
+                        "Kafka is not reachable at start; orders are served, their events wait in the outbox and go out once it answers"
                     );
                 }
             });

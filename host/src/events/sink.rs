@@ -1,12 +1,15 @@
 //! Where events go. A sink receives a batch of events of one type and
 //! either takes all of them or fails; the dispatcher retries a failed batch.
 //!
-//! Two kinds of sink fit the trait. A sink that keeps a position (the JSON
+//! Three kinds of sink fit the trait. A sink that keeps a position (the JSON
 //! Lines files) returns where its stream ends, the dispatcher records it in
 //! the same transaction as the outbox marks, and `resume` cuts what a crash
 //! left past it: exactly once by position. A sink that deduplicates by event
 //! id (NATS JetStream, `Nats-Msg-Id`) returns no position: a batch delivered
-//! again after a crash is dropped by the broker.
+//! again after a crash is dropped by the broker. A sink that can do neither
+//! (Kafka) returns no position either and is at least once: a batch
+//! delivered again is stored again, and its consumers deduplicate by the
+//! event id it carries (the `event-id` header).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The Kafka-protocol broker the Kafka sink's tests run against: tansu
+# (crates.io), a Kafka-compatible broker in Rust, with its in-memory storage
+# engine (`dynostore`, `memory://`). Built once with `cargo install` and
+# cached outside the repository, so a second run only checks the version:
+#
+#   $SMARTMART_TOOLS/tansu-$TANSU_VERSION/bin/tansu
+#   (SMARTMART_TOOLS defaults to ~/.cache/smartmart-tools)
+#
+# The tests (tests/integration/kafka.rs) start their own broker from this
+# binary, on a free loopback port, one per test. Prints the binary's path on
+# its last line. A first build takes about 20 minutes on two busy cores
+# (BENCHMARKS.md).
+#
+# Run by .ci/services.sh (so by .ci/run and `cargo xtask test`). Exits
+# non-zero when the broker cannot be built.
+set -euo pipefail
+TANSU_VERSION=0.6.0
+TOOLS="${SMARTMART_TOOLS:-$HOME/.cache/smartmart-tools}"
+ROOT="$TOOLS/tansu-$TANSU_VERSION"
+BIN="$ROOT/bin/tansu"
+
+say() { echo "kafka.sh: $*" >&2; }
+
+if [ -x "$BIN" ]; then
+  say "tansu $TANSU_VERSION is installed ($BIN)"
+  echo "$BIN"
+  exit 0
+fi
+
+say "building tansu $TANSU_VERSION (the Kafka-protocol test broker) into $ROOT; once only"
+mkdir -p "$TOOLS"
+started=$SECONDS
+# The build directory is kept until the install succeeds, so an interrupted
+# build resumes where it stopped.
+CARGO_TARGET_DIR="$TOOLS/tansu-build" \
+  cargo install tansu --version "=$TANSU_VERSION" --locked --features dynostore --root "$ROOT" >&2
+rm -rf "$TOOLS/tansu-build"
+say "built tansu in $((SECONDS - started))s"
+echo "$BIN"
