@@ -12,6 +12,7 @@ mod payment;
 mod pipeline;
 mod reload;
 mod replay;
+mod rollouts;
 mod rules;
 mod sandbox_edges;
 mod scaffold;

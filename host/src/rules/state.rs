@@ -31,6 +31,21 @@ use super::text;
 /// Read-only key/value configuration of one module, from the manifest.
 pub type ModuleConfig = BTreeMap<String, String>;
 
+/// `sha256:` and the hex digest of a configuration (its keys in order, each
+/// key and value length-prefixed): what tells two configurations of one
+/// module apart in shadows, canaries and the replay gate.
+pub fn config_hash(config: &ModuleConfig) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    for (key, value) in config {
+        for part in [key, value] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
 /// Log lines one call may write; the rest are dropped and counted.
 pub const MAX_LOG_LINES: u32 = 64;
 /// Bytes of log text (messages, field keys and values, escaped) one call may

@@ -11,6 +11,7 @@
 //! - [`outbox`]: the order's events and sink positions;
 //! - [`ledger`]: the sandbox payment gateway's ledger;
 //! - [`shadows`]: shadow runs of candidate rule modules;
+//! - [`rollouts`]: canary states and the history of reloads, refusals, rollbacks, promotions;
 //! - `schema` (private): versioned migrations; [`error`]: what callers match on.
 //!
 //! The store is SQLite today; its operations are what a second back-end
@@ -22,6 +23,7 @@ pub mod ledger;
 pub mod orders;
 pub mod outbox;
 mod readers;
+pub mod rollouts;
 mod schema;
 pub mod shadows;
 mod writer;
@@ -39,6 +41,7 @@ use ledger::{Captured, LedgerCharge};
 use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
 use outbox::{DueEvent, SinkPosition};
 use readers::Readers;
+use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 use writer::Writer;
 
@@ -394,6 +397,27 @@ impl Store {
 
     pub async fn shadow_summaries(&self) -> Result<Vec<ShadowSummary>, StoreError> {
         self.read(shadows::shadow_summaries)
+    }
+
+    // ---------------------------------------------------------------- rollouts
+
+    pub async fn record_rollout_event(&self, event: RolloutEvent) -> Result<(), StoreError> {
+        self.write(move |c| rollouts::record_event(c, &event)).await
+    }
+
+    /// Stores a canary's state and the event that moved it, in one command.
+    pub async fn record_rollout_state(&self, record: RolloutRecord, event: RolloutEvent) -> Result<(), StoreError> {
+        self.write(move |c| rollouts::record_state(c, &record, &event)).await
+    }
+
+    /// The stored state of the canary `entry` (blocking: a read connection).
+    pub fn rollout_state(&self, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.read(|c| rollouts::state_of(c, entry))
+    }
+
+    /// The `limit` most recent rollout events, newest first (blocking).
+    pub fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
+        self.read(|c| rollouts::recent_events(c, limit))
     }
 }
 
