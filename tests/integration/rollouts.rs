@@ -286,6 +286,53 @@ async fn a_failing_canary_never_fails_an_order_and_is_rolled_back_for_good_until
     assert_eq!(lines(&placed.invoice), [("gold_loyalty.wasm".to_string(), 225)], "15 % from the new canary");
 }
 
+/// A fraud canary with a configuration the check cannot use: every canary
+/// call fails (`bad-config`). The slot fails closed, so a failure that
+/// reached the review would flag it `RULE_FAILED`.
+const FRAUD_CANARY: &str = r#"
+[warehouse]
+module = "nearest_warehouse.wasm"
+budgets = { time_ms = 10000 }
+
+[[fraud]]
+module = "high_value.wasm"
+budgets = { time_ms = 10000 }
+canary = { name = "fraud-bad-config", config = { threshold_cents = "not a number" }, share_percent = 100,
+           min_calls = 3, max_error_rate = 0.5 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fraud_canary_is_answered_by_the_stable_check_and_rolled_back() {
+    let plugins = PluginDir::new(&[], "");
+    std::fs::write(plugins.file("manifest.toml"), FRAUD_CANARY).unwrap();
+    let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
+    let pipeline = &server.engine.pipeline;
+    plenty_of_stock(pipeline, &["TV-55-OLED"]).await;
+    for _ in 0..5 {
+        let placed = order_on(pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order");
+        let review = server.order_with_review(&placed.invoice.order_id, "C-1001").await;
+        let review = &review.json["fraud_review"];
+        // The stable check's verdict, never a failure's.
+        assert_eq!(review["action"], "ALLOW", "{review}");
+        assert_eq!(review["flags"], serde_json::json!([]), "{review}");
+        assert_eq!(review["module"], "high_value.wasm");
+    }
+    let answer = rollouts(&server).await;
+    let listed = &answer["canaries"][0];
+    assert_eq!((listed["slot"].as_str(), listed["state"].as_str()), (Some("fraud"), Some("rolled_back")), "{answer}");
+    assert_eq!(listed["errors"], 3, "rolled back at the minimum sample: {answer}");
+    assert_eq!(listed["calls"], 3);
+    assert_eq!(listed["canary"]["digest"], listed["stable"]["digest"], "a configuration-only canary");
+    assert_ne!(listed["canary"]["config_hash"], listed["stable"]["config_hash"]);
+    assert!(listed["reason"].as_str().unwrap().contains("3 of 3 calls failed"), "{answer}");
+    let metrics = metrics_text(&server).await;
+    assert_eq!(metric(&metrics, "smartmart_canary_calls_total", &[("canary", "fraud-bad-config")]), 3);
+    assert_eq!(
+        metric(&metrics, "smartmart_canary_calls_total", &[("canary", "fraud-bad-config"), ("outcome", "guest_error")]),
+        3
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Canary: promotion
 // ---------------------------------------------------------------------------

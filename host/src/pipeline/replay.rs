@@ -697,6 +697,18 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_replaces_the_rule_at_its_index_or_adds_one_at_the_end() {
+        let m = manifest(STACK);
+        let t = gate_target(&m, World::DiscountRule, 1).unwrap();
+        assert_eq!((t.position, t.replaced.as_ref().map(|e| e.module.as_str())), (1, Some("coupons.wasm")));
+        let t = gate_target(&m, World::DiscountRule, 5).unwrap();
+        assert_eq!((t.position, t.replaced.is_none()), (2, true), "past the end: a new rule at the end");
+        let t = gate_target(&m, World::FraudCheck, 0).unwrap();
+        assert_eq!(t.replaced.map(|e| e.module), Some("high_value.wasm".to_string()));
+        assert!(gate_target(&m, World::WarehouseSelector, 0).is_err());
+    }
+
+    #[test]
     fn lines_out_of_the_stack_order_are_not_attributed() {
         let t = resolve(&manifest(STACK), World::DiscountRule, &Place::End).unwrap();
         let line = |module: &str| InvoiceDiscount {

@@ -330,6 +330,20 @@ mod tests {
     }
 
     #[test]
+    fn a_config_hash_tells_configurations_apart_and_ignores_nothing() {
+        let config = |pairs: &[(&str, &str)]| -> ModuleConfig {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let a = config_hash(&config(&[("percent", "10")]));
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");
+        assert_eq!(a, config_hash(&config(&[("percent", "10")])));
+        assert_ne!(a, config_hash(&config(&[("percent", "15")])));
+        assert_ne!(a, config_hash(&ModuleConfig::new()));
+        // Lengths are hashed: moving characters between key and value differs.
+        assert_ne!(config_hash(&config(&[("ab", "c")])), config_hash(&config(&[("a", "bc")])));
+    }
+
+    #[test]
     fn kept_log_lines_are_the_admitted_ones() {
         let mut state = RuleState::new(Arc::from("test@1"), Arc::new(ModuleConfig::new()), 1 << 20);
         for i in 0..(2 * MAX_LOG_LINES) {
