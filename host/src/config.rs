@@ -498,6 +498,18 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_gate_replays_200_orders_unless_configured() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert_eq!(settings.engine.0.reload_replay_orders, 200);
+        let file: ServeConfig = toml::from_str("reload_replay_orders = 0").unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        assert_eq!(settings.engine.0.reload_replay_orders, 0, "examples only");
+        let huge = ServeConfig { reload_replay_orders: Some(1_000_000), ..keyed() };
+        let error = ServeSettings::resolve(huge, false).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_RELOAD_REPLAY_ORDERS"), "{error}");
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
         let text = format!("{settings:?}");

@@ -120,10 +120,10 @@ fn select(
 ) -> Result<(Plan, Rule), OrderError> {
     let slot = &rules.warehouse;
     let picked = slot.pick(&order.customer.id);
-    let canary = picked.canary.map(|c| c.rule.identity().digest.clone());
+    let canary = picked.canary.map(|c| &c.rule);
     let (answer, served) = rollouts.call("warehouse", slot, &picked, |rule| {
         let called = rule.select_warehouses(order, candidates)?;
-        if canary.as_deref() == Some(rule.identity().digest.as_str())
+        if canary.is_some_and(|c| std::ptr::eq(c, rule))
             && let Err(why) = validate_plan(&called.value, requested, candidates)
         {
             let cause = FailureCause::Guest(format!("invalid plan: {why}"));
