@@ -118,6 +118,7 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     let placed = order_on(&engine.pipeline, "C-1003", &[("HDMI-2M", 5)]).await.expect("a bulk order after the refusal");
     assert!(placed.invoice.discounts.iter().all(|d| d.digest != guest_digest("hostile_bulk")));
     assert_eq!(lines(&placed.invoice), [("flat.wasm".to_string(), 100)]);
+    let newest_bulk = placed.invoice.order_id.clone();
 
     // Shown in GET /v1/admin/plugins, the rollout events and the metrics.
     let answer = send(server.admin(Method::GET, "/v1/admin/plugins")).await;
@@ -134,6 +135,18 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     let metrics = metrics_text(&server).await;
     assert!(metric(&metrics, "smartmart_plugin_reloads_total", &[("outcome", "refused")]) >= 2, "{metrics}");
     assert!(metric(&metrics, "smartmart_plugin_reloads_total", &[("outcome", "ok")]) >= 1, "{metrics}");
+
+    // 4. The same module as a shadow candidate is gated too (it would only
+    //    run after the answer, but a shadow that traps is no candidate).
+    plugins.replace("flat.wasm", &guest_bytes("discount_v1"));
+    plugins.replace("candidate.wasm", &bulk);
+    let before = reload_status(engine);
+    plugins.write_manifest(&format!("{FLAT_MANIFEST}shadow = {{ module = \"candidate.wasm\" }}\n"));
+    let status = wait_for_refusal(engine, before.refused).await;
+    let error = status.errors.last().expect("the refusal is recorded");
+    assert_eq!(error.entry.as_deref(), Some("discount[2] flat.wasm / shadow candidate.wasm"), "{error:?}");
+    assert_eq!(error.order_id.as_deref(), Some(newest_bulk.as_str()), "the newest failing order: {error:?}");
+    assert!(engine.pipeline.rules.load().discount[1].shadow.is_none(), "the shadow never runs");
 }
 
 // ---------------------------------------------------------------------------
