@@ -347,6 +347,26 @@ mod tests {
     }
 
     #[test]
+    fn unusable_limits_are_refused_naming_them() {
+        let entry = |share: u32, rate: Option<f64>, window: u64| CanaryEntry {
+            name: None,
+            module: None,
+            config: None,
+            share_percent: share,
+            window_secs: window,
+            min_calls: 50,
+            max_error_rate: rate,
+            max_budget_use: None,
+            max_p99_ms: None,
+        };
+        assert!(CanaryLimits::of(&entry(10, Some(0.05), 300)).is_ok());
+        assert!(CanaryLimits::of(&entry(0, None, 300)).unwrap_err().contains("share_percent"));
+        assert!(CanaryLimits::of(&entry(101, None, 300)).unwrap_err().contains("share_percent"));
+        assert!(CanaryLimits::of(&entry(10, Some(1.5), 300)).unwrap_err().contains("max_error_rate"));
+        assert!(CanaryLimits::of(&entry(10, None, 0)).unwrap_err().contains("window_secs"));
+    }
+
+    #[test]
     fn old_calls_leave_the_window() {
         let control = CanaryControl::default();
         for i in 0..5 {

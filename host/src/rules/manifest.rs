@@ -204,3 +204,29 @@ impl Manifest {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid plug-in manifest {}: {e}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_entry_takes_its_defaults_and_refuses_unknown_keys() {
+        let manifest: Manifest = toml::from_str(
+            r#"
+            [[discount]]
+            module = "gold_loyalty.wasm"
+            canary = { name = "loyalty-v2", module = "gold_loyalty_v2.wasm", share_percent = 10,
+                       max_error_rate = 0.01 }   # the README's shape: TOML 1.1 inline tables
+            [warehouse]
+            module = "nearest_warehouse.wasm"
+            "#,
+        )
+        .expect("a manifest with a canary");
+        let canary = manifest.discount[0].canary.clone().expect("a canary");
+        assert_eq!((canary.window_secs, canary.min_calls, canary.share_percent), (300, 50, 10));
+        assert_eq!((canary.max_error_rate, canary.max_budget_use, canary.max_p99_ms), (Some(0.01), None, None));
+        assert_eq!(manifest.module_files(), ["gold_loyalty.wasm", "gold_loyalty_v2.wasm", "nearest_warehouse.wasm"]);
+        let unknown = "[warehouse]\nmodule = \"w.wasm\"\ncanary = { share_percent = 5, max_errors = 1 }";
+        assert!(toml::from_str::<Manifest>(unknown).unwrap_err().to_string().contains("max_errors"));
+    }
+}
