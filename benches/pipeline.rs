@@ -116,6 +116,7 @@ fn native_rules(wasm: &RuleSet) -> Arc<RuleSet> {
         fraud: vec![slot("high-value", high_value)],
         dir: wasm.dir.clone(),
         loaded_at: wasm.loaded_at.clone(),
+        manifest: None,
     })
 }
 

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventSink, SinkChoice, run_dispatcher};
 use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::pipeline::rollouts::{Rollouts, run_recorder};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
-use crate::rules::reload::{Reloader, Watch};
+use crate::rules::reload::{ReloadHooks, Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
 use crate::store::catalog::{Customer, Product, Warehouse};
 use crate::store::{Database, PostgresOptions, Store, StoreOptions};
@@ -62,6 +63,8 @@ pub struct EngineSettings {
     pub janitor_min_age: Duration,
     /// Where events are delivered: the JSON Lines files (default), NATS JetStream or Kafka.
     pub event_sink: SinkChoice,
+    /// Stored orders a reload's replay gate replays each new module on (0: examples only).
+    pub reload_replay_orders: usize,
 }
 
 impl EngineSettings {
@@ -89,6 +92,7 @@ impl EngineSettings {
             janitor_every: Duration::from_secs(10),
             janitor_min_age: Duration::from_secs(60),
             event_sink: SinkChoice::Jsonl,
+            reload_replay_orders: 200,
         }
     }
 }
@@ -137,9 +141,20 @@ impl Engine {
         } else {
             None
         };
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (rollouts, recorder) = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
+        // The first set is not gated (there is nothing to keep serving
+        // instead), but stored canary states apply to it: a rollback
+        // survives the restart.
         let rules = {
             let (runtime, dir, defaults) = (runtime.clone(), settings.plugins_dir.clone(), defaults.clone());
-            crate::rules::run_blocking(move || RuleSet::load(&runtime, &dir, &defaults)).await?
+            let rollouts = rollouts.clone();
+            crate::rules::run_blocking(move || {
+                let set = RuleSet::load(&runtime, &dir, &defaults)?;
+                rollouts.restore(&set);
+                Ok::<_, anyhow::Error>(set)
+            })
+            .await?
         };
         let (gateway, sandbox): (Arc<dyn PaymentGateway>, _) = match &settings.gateway {
             GatewayChoice::Sandbox => {
@@ -164,6 +179,7 @@ impl Engine {
             defaults,
             rules: rules.clone(),
             status: Arc::default(),
+            hooks: Some(rollouts.clone() as Arc<dyn ReloadHooks>),
         };
         let store_shared = store.is_shared();
         let pipeline = Pipeline {
@@ -181,9 +197,10 @@ impl Engine {
                 sequential_legs: settings.sequential_legs,
             }),
             settled: Arc::new(Notify::new()),
-            metrics: Arc::default(),
+            metrics,
             experiments: Arc::default(),
             events_ready: Arc::new(Notify::new()),
+            rollouts,
         };
         // On SQLite every PENDING order now is from a process that died; on
         // a shared database only those too old to be running on a replica.
@@ -194,6 +211,7 @@ impl Engine {
         }
         let shutdown = CancellationToken::new();
         let mut workers = vec![
+            tokio::spawn(run_recorder(pipeline.store.clone(), recorder, shutdown.clone())),
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
             tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
             tokio::spawn(recovery::run_janitor(

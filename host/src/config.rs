@@ -89,6 +89,11 @@ pub struct ServeConfig {
     /// Watch the plug-in directory and hot-reload it on changes [default: true].
     #[arg(long, env = "SMARTMART_WATCH_PLUGINS")]
     pub watch_plugins: Option<bool>,
+    /// Stored orders of its slot a new rule module or configuration is
+    /// replayed on before a reload swaps it in (the replay gate; 0: the
+    /// plug-in directory's examples only) [default: 200].
+    #[arg(long, env = "SMARTMART_RELOAD_REPLAY_ORDERS")]
+    pub reload_replay_orders: Option<usize>,
     /// Longest in-flight requests get to finish on SIGTERM/SIGINT [default: 10000].
     #[arg(long, env = "SMARTMART_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -192,6 +197,7 @@ impl ServeConfig {
             shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
             trusted_keys: self.trusted_keys.or(lower.trusted_keys),
             watch_plugins: self.watch_plugins.or(lower.watch_plugins),
+            reload_replay_orders: self.reload_replay_orders.or(lower.reload_replay_orders),
             header_read_timeout_ms: self.header_read_timeout_ms.or(lower.header_read_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_token_lifetime_secs: self.max_token_lifetime_secs.or(lower.max_token_lifetime_secs),
@@ -378,6 +384,10 @@ impl ServeSettings {
             engine.trusted_keys = parse_trusted_keys(keys)?;
         }
         engine.watch_plugins = config.watch_plugins.unwrap_or(true);
+        engine.reload_replay_orders = config.reload_replay_orders.unwrap_or(200);
+        if engine.reload_replay_orders > 100_000 {
+            bail!("SMARTMART_RELOAD_REPLAY_ORDERS must be 0..=100000, got {}", engine.reload_replay_orders);
+        }
         let stage_timeout_ms = config.stage_timeout_ms.unwrap_or(5_000);
         let request_timeout_ms = config.request_timeout_ms.unwrap_or(10_000);
         if stage_timeout_ms == 0 || request_timeout_ms == 0 {
@@ -589,6 +599,18 @@ mod tests {
             let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
             assert!(error.contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn the_replay_gate_replays_200_orders_unless_configured() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        assert_eq!(settings.engine.0.reload_replay_orders, 200);
+        let file: ServeConfig = toml::from_str("reload_replay_orders = 0").unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        assert_eq!(settings.engine.0.reload_replay_orders, 0, "examples only");
+        let huge = ServeConfig { reload_replay_orders: Some(1_000_000), ..keyed() };
+        let error = ServeSettings::resolve(huge, false).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_RELOAD_REPLAY_ORDERS"), "{error}");
     }
 
     #[test]

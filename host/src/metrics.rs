@@ -28,6 +28,12 @@ pub struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub canary: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
     pub route: String,
@@ -50,6 +56,12 @@ pub struct Metrics {
     pub outbox_depth: Gauge,
     pub outbox_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub requests: Family<RequestLabels, Counter>,
+    /// Reloads of the plug-in directory by outcome (`ok`, `refused`).
+    pub reloads: Family<OutcomeLabels, Counter>,
+    /// Canary calls by canary and outcome.
+    pub canary_calls: Family<CanaryLabels, Counter>,
+    /// Automatic canary rollbacks by canary (`outcome` = `rolled_back`).
+    pub canary_rollbacks: Family<CanaryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,7 +84,20 @@ impl Default for Metrics {
         registry.register("outbox_lag_seconds", "Age of the oldest undelivered event", outbox_lag_seconds.clone());
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "plugin_reloads",
+            "Reloads of the plug-in directory by outcome (ok, refused: by a check or the replay gate)",
+            reloads.clone(),
+        );
+        let canary_calls = Family::<CanaryLabels, Counter>::default();
+        registry.register("canary_calls", "Canary calls by canary and outcome", canary_calls.clone());
+        let canary_rollbacks = Family::<CanaryLabels, Counter>::default();
+        registry.register("canary_rollbacks", "Automatic canary rollbacks by canary", canary_rollbacks.clone());
         Metrics {
+            reloads,
+            canary_calls,
+            canary_rollbacks,
             registry,
             orders,
             stage_seconds,
@@ -119,6 +144,22 @@ impl Metrics {
         };
         self.rule_calls.get_or_create(&labels).inc();
         self.rule_seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn reload(&self, outcome: &str) {
+        self.reloads.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
+
+    pub fn canary_call(&self, canary: &str, outcome: &str) {
+        self.canary_calls
+            .get_or_create(&CanaryLabels { canary: canary.to_string(), outcome: outcome.to_string() })
+            .inc();
+    }
+
+    pub fn canary_rollback(&self, canary: &str) {
+        self.canary_rollbacks
+            .get_or_create(&CanaryLabels { canary: canary.to_string(), outcome: "rolled_back".into() })
+            .inc();
     }
 
     pub fn payment_attempts(&self, outcome: &str, attempts: u32) {

@@ -299,6 +299,11 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
         differing_orders: differing,
         share_differing: differing as f64 / N as f64,
         money_difference_cents: money,
+        candidate_name: "flat-discount".into(),
+        candidate_config_hash: smartmart::rules::config_hash(&Default::default()),
+        candidate_config: json!({}),
+        errors: 0,
+        error_rate: 0.0,
     };
     assert_eq!(summaries, vec![summary.clone()]);
 

@@ -14,6 +14,7 @@ mod pipeline;
 mod reload;
 mod replay;
 mod replicas;
+mod rollouts;
 mod rules;
 mod sandbox_edges;
 mod scaffold;

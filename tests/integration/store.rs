@@ -16,6 +16,7 @@ use smartmart::store::orders::{
     Answer, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, ReserveOutcome, Settlement, Verdict,
 };
 use smartmart::store::outbox::SinkPosition;
+use smartmart::store::rollouts::{RolloutEvent, RolloutRecord};
 use smartmart::store::shadows::{ShadowModule, ShadowRun};
 use smartmart::store::{PostgresOptions, Store, StoreError, StoreOptions};
 use tempfile::TempDir;
@@ -185,6 +186,7 @@ on_both_backends!(
     two_hundred_buyers_never_oversell_ten_units,
     twenty_racers_on_one_key_make_one_order,
     a_read_only_store_never_writes,
+    canary_states_and_rollout_events_are_kept,
 );
 
 fn customer(id: &str, tier: Tier) -> Customer {
@@ -576,8 +578,14 @@ async fn the_sandbox_ledger_charges_a_key_once(t: TestStore) {
 }
 
 async fn shadow_runs_are_summed(t: TestStore) {
-    let module =
-        |file: &str, digest: &str| ShadowModule { file: file.into(), version: "1.0.0".into(), digest: digest.into() };
+    let module = |file: &str, digest: &str| ShadowModule {
+        file: file.into(),
+        name: "gold-loyalty".into(),
+        version: "1.0.0".into(),
+        digest: digest.into(),
+        config_hash: "sha256:c0ffee".into(),
+        config: r#"{"percent":"12"}"#.into(),
+    };
     let run = |order: &str, differs: bool, cents: i64| ShadowRun {
         order_id: order.into(),
         slot: Slot::Discount,
@@ -587,16 +595,23 @@ async fn shadow_runs_are_summed(t: TestStore) {
         candidate_result: "{}".into(),
         money_difference_cents: cents,
         differs,
+        failed: false,
     };
     t.store.record_shadow_runs(vec![run("o1", true, 150), run("o2", false, 0)]).await.unwrap();
     // The same order's run again (a retried pass) counts once.
     t.store.record_shadow_runs(vec![run("o1", true, 150), run("o3", true, -50)]).await.unwrap();
+    // A candidate that failed is an error, never a difference.
+    let trapped = ShadowRun { failed: true, differs: true, ..run("o4", true, 0) };
+    t.store.record_shadow_runs(vec![trapped]).await.unwrap();
     let summaries = t.store.shadow_summaries().await.unwrap();
     assert_eq!(summaries.len(), 1);
     let s = &summaries[0];
-    assert_eq!((s.orders, s.differing_orders, s.money_difference_cents), (3, 2, 100));
-    assert!((s.share_differing - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!((s.orders, s.differing_orders, s.errors, s.money_difference_cents), (4, 2, 1, 100));
+    assert!((s.share_differing - 0.5).abs() < 1e-9);
+    assert!((s.error_rate - 0.25).abs() < 1e-9);
     assert_eq!((s.slot.as_str(), s.candidate_module.as_str()), ("discount", "gold_v2.wasm"));
+    assert_eq!((s.candidate_name.as_str(), s.candidate_config_hash.as_str()), ("gold-loyalty", "sha256:c0ffee"));
+    assert_eq!(s.candidate_config, serde_json::json!({"percent": "12"}));
 }
 
 async fn settled_orders_and_escalations_newest_first(t: TestStore) {
@@ -679,4 +694,41 @@ async fn a_read_only_store_never_writes(t: TestStore) {
     let err = reader.upsert_product(product("C", 1)).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(t.store.product("C").await.unwrap().is_none());
+}
+
+async fn canary_states_and_rollout_events_are_kept(t: TestStore) {
+    let event = |at_ms: i64, kind: &str, reason: &str| RolloutEvent {
+        at_ms,
+        kind: kind.into(),
+        entry: "loyalty-v2".into(),
+        reason: reason.into(),
+    };
+    let record = |state: &str, calls: u64, errors: u64| RolloutRecord {
+        entry: "loyalty-v2".into(),
+        slot: "discount".into(),
+        stable_digest: "d1".into(),
+        stable_config_hash: "sha256:a".into(),
+        canary_digest: "d2".into(),
+        canary_config_hash: "sha256:b".into(),
+        state: state.into(),
+        reason: (state != "running").then(|| "error rate 40 % over 50 calls".into()),
+        calls,
+        errors,
+        at_ms: 2_000,
+    };
+    assert_eq!(t.store.rollout_state("loyalty-v2").unwrap(), None);
+    t.store.record_rollout_event(event(1_000, "reload", "discount[0] loyalty canary")).await.unwrap();
+    t.store.record_rollout_state(record("running", 10, 0), event(1_500, "reload", "canary started")).await.unwrap();
+    t.store
+        .record_rollout_state(record("rolled_back", 50, 20), event(2_000, "rollback", "error rate 40 %"))
+        .await
+        .unwrap();
+    assert_eq!(t.store.rollout_state("loyalty-v2").unwrap(), Some(record("rolled_back", 50, 20)));
+    let kinds: Vec<_> = t.store.rollout_events(10).unwrap().into_iter().map(|e| (e.at_ms, e.kind)).collect();
+    assert_eq!(kinds, [(2_000, "rollback".to_string()), (1_500, "reload".into()), (1_000, "reload".into())]);
+    assert_eq!(t.store.rollout_events(1).unwrap().len(), 1);
+    // A state the schema does not know is refused.
+    let err = t.store.record_rollout_state(record("paused", 1, 0), event(3_000, "reload", "x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Constraint(_)), "{err}");
+    assert_eq!(t.store.rollout_events(10).unwrap().len(), 3, "the refused command wrote nothing");
 }

@@ -252,7 +252,8 @@ pub struct PluginEntry {
     /// When the rule set holding it was loaded (RFC 3339).
     pub loaded_at: String,
     pub experiment: Option<String>,
-    /// The experiment's variant, or `shadow` for a shadow candidate.
+    /// The experiment's variant, `shadow` for a shadow candidate, or
+    /// `canary` for a canary (see `GET /v1/admin/rollouts`).
     pub variant: Option<String>,
     /// `closed` or `open`.
     pub fail_mode: String,
@@ -264,6 +265,10 @@ pub struct PluginError {
     pub file: String,
     pub error: String,
     pub at: String,
+    /// The manifest entry the replay gate refused (`discount[2] flat.wasm / shadow flat_v3.wasm`).
+    pub entry: Option<String>,
+    /// The stored order (or `examples/…` file) it failed on.
+    pub order_id: Option<String>,
 }
 
 /// `GET /v1/admin/plugins`.
@@ -325,11 +330,18 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
         if let Some(shadow) = &rule.shadow {
             plugins.push(entry(slot, shadow, None, Some("shadow"), rule.fail_mode));
         }
+        if let Some(canary) = &rule.canary {
+            plugins.push(entry(slot, &canary.rule, None, Some("canary"), rule.fail_mode));
+        }
     }
     let status = state.engine.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Json(PluginsAnswer {
         plugins,
-        errors: status.errors.into_iter().map(|e| PluginError { file: e.file, error: e.error, at: e.at }).collect(),
+        errors: status
+            .errors
+            .into_iter()
+            .map(|e| PluginError { file: e.file, error: e.error, at: e.at, entry: e.entry, order_id: e.order_id })
+            .collect(),
         reloads: status.reloads,
         refused_reloads: status.refused,
         last_reload_at: status.last_reload_at,
@@ -409,7 +421,12 @@ pub async fn get_experiments(
     let shadows = state.engine.pipeline.store.shadow_summaries().await?;
     for s in shadows {
         out.push(ExperimentAnswer {
-            name: format!("shadow:{}", s.candidate_module),
+            name: format!(
+                "shadow:{}@{} config {}",
+                s.candidate_name,
+                s.candidate_version,
+                &s.candidate_config_hash[..s.candidate_config_hash.len().min(19)]
+            ),
             slot: s.slot.clone(),
             kind: "shadow".into(),
             variants: Vec::new(),

@@ -3,7 +3,7 @@
 //! translate: the pipeline and the store do the work.
 //!
 //! - [`auth`]: channel and admin keys, customer tokens;
-//! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;
+//! - [`carts`], [`orders`], [`admin`], [`rollouts`], [`ops`]: the endpoints;
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
@@ -16,6 +16,7 @@ pub mod json;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod rollouts;
 pub mod rule_errors;
 pub mod server;
 pub mod validate;
@@ -87,6 +88,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_experiments))
         .routes(routes!(admin::get_escalations))
         .routes(routes!(admin::get_rule_errors))
+        .routes(routes!(rollouts::get_rollouts))
+        .routes(routes!(rollouts::promote))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

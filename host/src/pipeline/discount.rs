@@ -5,11 +5,11 @@
 use super::OrderError;
 use super::experiments::ExperimentStats;
 use super::invoice::{InvoiceDiscount, SkippedRule};
-use crate::domain::Slot;
+use super::rollouts::Rollouts;
+use super::shadow::ShadowJob;
 use crate::metrics::Metrics;
 use crate::rules::types::{OrderContext, Refusal};
 use crate::rules::{Called, FailMode, FailureCause, Rule, RuleError, RuleSet};
-use crate::store::shadows::{ShadowModule, ShadowRun};
 
 /// A rule call's outcome as a metric label.
 pub(super) fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
@@ -29,19 +29,12 @@ pub struct Discounts {
     pub shadows: Vec<ShadowJob>,
 }
 
-/// A shadow candidate's pending run.
-pub struct ShadowJob {
-    pub active: Rule,
-    pub candidate: Rule,
-    pub order: OrderContext,
-    /// What the active rule took off (after capping).
-    pub active_cents: u64,
-}
-
 /// Where the pipeline's per-call bookkeeping goes.
 pub struct Books<'a> {
     pub metrics: &'a Metrics,
     pub experiments: &'a ExperimentStats,
+    /// Canary calls (and their fallback to the stable version).
+    pub rollouts: &'a Rollouts,
 }
 
 /// Discount lines of a rule's answer, capped so the total never goes below
@@ -84,9 +77,8 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     for slot_rule in &rules.discount {
         let picked = slot_rule.pick(&order.customer.id);
         let started = std::time::Instant::now();
-        let answer = picked.rule.apply_discount(&order);
+        let (answer, served) = books.rollouts.call("discount", slot_rule, &picked, |rule| rule.apply_discount(&order));
         let seconds = started.elapsed().as_secs_f64();
-        books.metrics.rule_call("discount", picked.rule.identity(), picked.variant, outcome_of(&answer), seconds);
         let before = order.payable_cents;
         // The input the active rule saw, for a shadow candidate only.
         let seen = slot_rule.shadow.as_ref().map(|_| order.clone());
@@ -120,14 +112,14 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                 }
             }
         };
-        let granted = capped_lines(granted, picked.rule, picked.variant, &mut order.payable_cents);
+        let granted = capped_lines(granted, served, picked.variant, &mut order.payable_cents);
         let taken = before - order.payable_cents;
         if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
             books.experiments.record(experiment, variant, taken, false, seconds * 1e6);
         }
         if let (Some(candidate), Some(seen)) = (&slot_rule.shadow, seen) {
-            shadows.push(ShadowJob {
-                active: picked.rule.clone(),
+            shadows.push(ShadowJob::Discount {
+                active: served.clone(),
                 candidate: candidate.clone(),
                 order: seen,
                 active_cents: taken,
@@ -137,37 +129,6 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     }
     let total_cents = lines.iter().map(|l| l.amount_cents).sum();
     Ok(Discounts { lines, total_cents, skipped, shadows })
-}
-
-/// Runs a shadow candidate on the input its active rule saw; the result
-/// never reaches the order.
-pub fn run_shadow(job: &ShadowJob, order_id: &str) -> ShadowRun {
-    let mut payable = job.order.payable_cents;
-    let (candidate_cents, candidate_result) = match job.candidate.apply_discount(&job.order) {
-        Ok(called) => {
-            let lines = capped_lines(called.value, &job.candidate, None, &mut payable);
-            (
-                job.order.payable_cents - payable,
-                serde_json::json!({ "discount_cents": job.order.payable_cents - payable, "lines": lines }),
-            )
-        }
-        Err(e) => (0, serde_json::json!({ "error": e.to_string() })),
-    };
-    let module = |identity: &crate::rules::ModuleIdentity| ShadowModule {
-        file: identity.file.clone(),
-        version: identity.version.clone(),
-        digest: identity.digest.clone(),
-    };
-    ShadowRun {
-        order_id: order_id.to_string(),
-        slot: Slot::Discount,
-        active: module(job.active.identity()),
-        candidate: module(job.candidate.identity()),
-        active_result: serde_json::json!({ "discount_cents": job.active_cents }).to_string(),
-        candidate_result: candidate_result.to_string(),
-        money_difference_cents: candidate_cents as i64 - job.active_cents as i64,
-        differs: candidate_cents != job.active_cents,
-    }
 }
 
 pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: String) -> SkippedRule {

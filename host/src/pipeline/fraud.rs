@@ -11,10 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use super::events::fraud_envelope;
 use super::invoice::Invoice;
+use super::rollouts::Rollouts;
+use super::shadow::{self, ShadowJob};
 use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
 use crate::rules::{FailMode, RuleError, RuleSet};
 use crate::store::StoreError;
 use crate::store::orders::{AwaitingReview, Verdict};
+use crate::store::shadows::ShadowRun;
 
 /// Orders reviewed per batch.
 const BATCH: usize = 256;
@@ -30,24 +33,34 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
             return Ok(reviewed);
         }
         let rules = pipeline.rules.load_full();
-        let metrics = pipeline.metrics.clone();
+        let rollouts = pipeline.rollouts.clone();
         // One hop to a rule thread for the whole batch, one store command
-        // for its verdicts.
-        let verdicts = crate::rules::run_blocking(move || {
-            waiting.into_iter().map(|waiting| verdict(&rules, &metrics, waiting)).collect::<Vec<_>>()
+        // for its verdicts (and one for its shadow runs).
+        let (verdicts, shadows) = crate::rules::run_blocking(move || {
+            let mut shadows = Vec::new();
+            let verdicts = waiting
+                .into_iter()
+                .map(|waiting| verdict(&rules, &rollouts, waiting, &mut shadows))
+                .collect::<Vec<_>>();
+            (verdicts, shadows)
         })
         .await;
         reviewed += verdicts.len();
         pipeline.store.record_verdicts(verdicts).await?;
         pipeline.events_ready.notify_one();
+        if !shadows.is_empty()
+            && let Err(e) = pipeline.store.record_shadow_runs(shadows).await
+        {
+            tracing::warn!(error = %e, "could not record fraud shadow runs");
+        }
     }
 }
 
 /// The verdict on one waiting order, with its completed fraud events.
-fn verdict(rules: &RuleSet, metrics: &crate::metrics::Metrics, waiting: AwaitingReview) -> Verdict {
+fn verdict(rules: &RuleSet, rollouts: &Rollouts, waiting: AwaitingReview, shadows: &mut Vec<ShadowRun>) -> Verdict {
     let order = &waiting.order;
     let review = match order.invoice.as_deref().map(serde_json::from_str::<Invoice>) {
-        Some(Ok(invoice)) => review(rules, &invoice, metrics),
+        Some(Ok(invoice)) => review(rules, &invoice, rollouts, shadows),
         _ => json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null }),
     };
     let action = review["action"].as_str().unwrap_or("REVIEW").to_string();
@@ -102,8 +115,9 @@ pub fn payment_summary(invoice: &Invoice) -> PaymentSummary {
 /// Runs the fraud slot on one order and combines the verdicts: the most
 /// severe action wins (then the highest score); flags are merged. A failed
 /// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
-/// a fail-open one is skipped and listed.
-pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metrics) -> Value {
+/// a fail-open one is skipped and listed. A check's shadow candidate runs
+/// on the same order; its run is added to `shadows`.
+pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: &mut Vec<ShadowRun>) -> Value {
     let context = order_context(invoice);
     let payment = payment_summary(invoice);
     let mut best: Option<(FraudAction, u8, std::sync::Arc<crate::rules::ModuleIdentity>)> = None;
@@ -112,10 +126,17 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
     let mut skipped: Vec<Value> = Vec::new();
     for rule in &rules.fraud {
         let picked = rule.pick(&context.customer.id);
-        let started = std::time::Instant::now();
-        let answer = picked.rule.check_fraud(&context, &payment);
-        let outcome = super::discount::outcome_of(&answer);
-        metrics.rule_call("fraud", picked.rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
+        let (answer, served) = rollouts.call("fraud", rule, &picked, |r| r.check_fraud(&context, &payment));
+        if let Some(candidate) = &rule.shadow {
+            let job = ShadowJob::Fraud {
+                active: served.clone(),
+                candidate: candidate.clone(),
+                order: context.clone(),
+                payment: payment.clone(),
+                active_verdict: answer.as_ref().ok().map(|c| c.value.clone()),
+            };
+            shadows.push(shadow::run(&job, &invoice.order_id));
+        }
         let (action, score) = match answer {
             Ok(called) => {
                 let verdict = called.value;
@@ -141,7 +162,7 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
             FraudAction::Escalate => 2,
         };
         if best.as_ref().is_none_or(|(a, s, _)| (rank(action), score) > (rank(*a), *s)) {
-            best = Some((action, score, picked.rule.identity().clone()));
+            best = Some((action, score, served.identity().clone()));
         }
     }
     flags.sort();

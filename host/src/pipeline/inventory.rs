@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::invoice::{AllocationLine, InvoiceAllocation, distance_km};
+use super::rollouts::Rollouts;
+use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
-use crate::metrics::Metrics;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
-use crate::rules::{FailureCause, RuleError, RuleSet, run_blocking};
+use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
 use crate::store::catalog::StockedWarehouse;
 use crate::store::orders::{Hold, KeyClaim, NewOrder, ReserveOutcome};
@@ -29,25 +30,28 @@ pub struct OrderKeys<'a> {
     pub claim: Option<&'a KeyClaim>,
 }
 
-/// Plans and holds the order's stock; on success the order exists as PENDING.
+/// Plans and holds the order's stock; on success the order exists as
+/// PENDING. Also returns the run of the selector's shadow candidate, if it
+/// has one, to make after the answer.
 pub async fn allocate(
     store: &Store,
     rules: &Arc<RuleSet>,
-    metrics: &Arc<Metrics>,
+    rollouts: &Arc<Rollouts>,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
-) -> Result<Vec<InvoiceAllocation>, OrderError> {
-    let requested = requested_quantities(order);
+) -> Result<(Vec<InvoiceAllocation>, Option<ShadowJob>), OrderError> {
+    let requested = Arc::new(requested_quantities(order));
     let skus: Vec<&str> = requested.keys().map(String::as_str).collect();
     for _ in 0..MAX_PLAN_ATTEMPTS {
         let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
         let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-        let (rules_now, order_now, metrics_now, offered) =
-            (rules.clone(), order.clone(), metrics.clone(), candidates.clone());
-        let plan = run_blocking(move || select(&rules_now, &order_now, &offered, &metrics_now)).await?;
+        let (rules_now, order_now, rollouts_now, offered, wanted) =
+            (rules.clone(), order.clone(), rollouts.clone(), candidates.clone(), requested.clone());
+        let (plan, served) =
+            run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &rollouts_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
             slot: "warehouse",
-            module: Box::new((**rules.warehouse.pick(&order.customer.id).rule.identity()).clone()),
+            module: Box::new((**served.identity()).clone()),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
         })?;
         let new_order = NewOrder {
@@ -61,7 +65,14 @@ pub async fn allocate(
         match store.reserve(new_order).await.map_err(|e| unavailable(Stage::Inventory, e))? {
             ReserveOutcome::Reserved => {
                 let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
-                return Ok(describe(&plan, &stocked, order, variant));
+                let shadow = rules.warehouse.shadow.as_ref().map(|candidate| ShadowJob::Warehouse {
+                    active: served.clone(),
+                    candidate: candidate.clone(),
+                    order: order.clone(),
+                    candidates: candidates.clone(),
+                    active_plan: plan.clone(),
+                });
+                return Ok((describe(&plan, &stocked, order, variant), shadow));
             }
             ReserveOutcome::Shortfall { warehouse_id, sku } => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
@@ -97,24 +108,32 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
     }
 }
 
+/// Asks the selector (a running canary first, for its share) for a plan;
+/// returns it with the rule that made it. A canary's plan that would not
+/// hold is the canary's failure: the stable selector plans instead.
 fn select(
     rules: &RuleSet,
     order: &OrderContext,
     candidates: &[Candidate],
-    metrics: &Metrics,
-) -> Result<Plan, OrderError> {
-    let started = std::time::Instant::now();
-    let answer = rules.warehouse.module.select_warehouses(order, candidates);
-    let identity = rules.warehouse.module.identity();
-    metrics.rule_call(
-        "warehouse",
-        identity,
-        None,
-        super::discount::outcome_of(&answer),
-        started.elapsed().as_secs_f64(),
-    );
+    requested: &BTreeMap<String, u64>,
+    rollouts: &Rollouts,
+) -> Result<(Plan, Rule), OrderError> {
+    let slot = &rules.warehouse;
+    let picked = slot.pick(&order.customer.id);
+    let canary = picked.canary.map(|c| &c.rule);
+    let (answer, served) = rollouts.call("warehouse", slot, &picked, |rule| {
+        let called = rule.select_warehouses(order, candidates)?;
+        if canary.is_some_and(|c| std::ptr::eq(c, rule))
+            && let Err(why) = validate_plan(&called.value, requested, candidates)
+        {
+            let cause = FailureCause::Guest(format!("invalid plan: {why}"));
+            return Err(RuleError::Failed { module: rule.identity().clone(), cause });
+        }
+        Ok::<Called<Plan>, RuleError>(called)
+    });
+    let served = served.clone();
     match answer {
-        Ok(called) => Ok(called.value),
+        Ok(called) => Ok((called.value, served)),
         Err(RuleError::Refused { refusal: Refusal::CannotFulfil(shortfall), .. }) => Err(OrderError::OutOfStock {
             sku: shortfall.sku,
             requested: u64::from(shortfall.requested),

@@ -12,6 +12,9 @@
 //! - [`experiments`]: figures per A/B variant, shadow runs;
 //! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
 //! - [`replay`]: `smartmart rules replay`, a candidate rule on the stored orders' inputs;
+//! - [`gate`]: the replay gate every reload passes (stored orders and the plug-in dir's examples);
+//! - [`rollouts`]: canary calls with fallback, automatic rollback, promotion, reload hooks;
+//! - [`shadow`]: shadow candidates of every slot, run after the answer;
 //! - [`error`]: every way an order can fail, and the API's error table.
 
 pub mod cart;
@@ -20,11 +23,14 @@ pub mod error;
 pub mod events;
 pub mod experiments;
 pub mod fraud;
+pub mod gate;
 pub mod inventory;
 pub mod invoice;
 pub mod payment;
 pub mod recovery;
 pub mod replay;
+pub mod rollouts;
+pub mod shadow;
 pub mod validate;
 
 use std::future::Future;
@@ -124,6 +130,8 @@ pub struct Pipeline {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub experiments: Arc<experiments::ExperimentStats>,
     pub events_ready: Arc<Notify>,
+    /// Canaries, rollbacks and the reload hooks.
+    pub rollouts: Arc<rollouts::Rollouts>,
 }
 
 async fn within<T>(
@@ -205,15 +213,18 @@ impl Pipeline {
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.inventory_delay).await;
-            inventory::allocate(&self.store, &rules, &self.metrics, &context, &keys).await.map(|a| (a, ms(leg_started)))
+            inventory::allocate(&self.store, &rules, &self.rollouts, &context, &keys)
+                .await
+                .map(|a| (a, ms(leg_started)))
         });
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.discount_delay).await;
             let (rules, context) = (rules.clone(), context.clone());
-            let (metrics, experiments) = (self.metrics.clone(), self.experiments.clone());
+            let (metrics, experiments, rollouts) =
+                (self.metrics.clone(), self.experiments.clone(), self.rollouts.clone());
             crate::rules::run_blocking(move || {
-                let books = discount::Books { metrics: &metrics, experiments: &experiments };
+                let books = discount::Books { metrics: &metrics, experiments: &experiments, rollouts: &rollouts };
                 discount::apply_discounts(&rules, &context, &books)
             })
             .await
@@ -248,7 +259,7 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        let ((allocations, inventory_ms), (discounts, discount_ms)) = (allocations, discounts);
+        let (((allocations, warehouse_shadow), inventory_ms), (discounts, discount_ms)) = (allocations, discounts);
         timings.discount = discount_ms;
         timings.inventory = inventory_ms;
 
@@ -286,7 +297,8 @@ impl Pipeline {
             fraud_review: None,
         };
 
-        let shadows = discounts.shadows;
+        let mut shadows = discounts.shadows;
+        shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
         let result = payment::pay_and_settle(self, invoice, &request, stage_started, started).await;
         if !shadows.is_empty() && result.is_ok() {
@@ -328,11 +340,11 @@ impl Pipeline {
     }
 
     /// Runs shadow candidates after the answer and records how they differ.
-    fn run_shadows(&self, order_id: String, jobs: Vec<discount::ShadowJob>) {
+    fn run_shadows(&self, order_id: String, jobs: Vec<shadow::ShadowJob>) {
         let store = self.store.clone();
         tokio::spawn(async move {
             let runs = crate::rules::run_blocking(move || {
-                jobs.iter().map(|job| discount::run_shadow(job, &order_id)).collect::<Vec<_>>()
+                jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>()
             })
             .await;
             if let Err(e) = store.record_shadow_runs(runs).await {

@@ -111,6 +111,37 @@ fn same_file(name: &str, file: &str) -> bool {
     name == file || format!("{name}.wasm") == file
 }
 
+/// The module files of each position of a slot's stack: the rule's own,
+/// its experiment variants' and its canary's (each may have granted a line).
+fn stack_of(entries: &[RuleEntry]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let mut files = vec![entry.module.clone()];
+            if let Some(experiment) = &entry.experiment {
+                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
+            }
+            files.extend(entry.canary.as_ref().and_then(|c| c.module.clone()));
+            files.dedup();
+            files
+        })
+        .collect()
+}
+
+/// The place of the `index`-th rule of `world`'s slot in `manifest` (the
+/// stack the stored orders ran on), as a reload's replay gate takes it:
+/// instead of the rule there, or a new rule at the end when the slot is
+/// shorter. A warehouse selector cannot be replayed.
+pub fn gate_target(manifest: &Manifest, world: World, index: usize) -> anyhow::Result<Target> {
+    let entries = match world {
+        World::DiscountRule => &manifest.discount,
+        World::FraudCheck => &manifest.fraud,
+        World::WarehouseSelector => return Err(refuse_warehouse()),
+    };
+    let position = index.min(entries.len());
+    Ok(Target { world, position, replaced: entries.get(index).cloned(), stack: stack_of(entries) })
+}
+
 /// Resolves `place` in the manifest's slot for `world`.
 pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Result<Target> {
     let entries = match world {
@@ -118,17 +149,7 @@ pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Resu
         World::FraudCheck => &manifest.fraud,
         World::WarehouseSelector => return Err(refuse_warehouse()),
     };
-    let stack: Vec<Vec<String>> = entries
-        .iter()
-        .map(|entry| {
-            let mut files = vec![entry.module.clone()];
-            if let Some(experiment) = &entry.experiment {
-                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
-            }
-            files.dedup();
-            files
-        })
-        .collect();
+    let stack = stack_of(entries);
     if world == World::DiscountRule {
         // A line names its module; a module at two places cannot be told apart.
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -673,6 +694,18 @@ mod tests {
         let refused = resolve(&m, World::WarehouseSelector, &Place::End).unwrap_err().to_string();
         assert!(refused.contains("stock levels at order time"), "{refused}");
         assert!(resolve(&m, World::FraudCheck, &Place::Position(1)).is_err());
+    }
+
+    #[test]
+    fn the_gate_replaces_the_rule_at_its_index_or_adds_one_at_the_end() {
+        let m = manifest(STACK);
+        let t = gate_target(&m, World::DiscountRule, 1).unwrap();
+        assert_eq!((t.position, t.replaced.as_ref().map(|e| e.module.as_str())), (1, Some("coupons.wasm")));
+        let t = gate_target(&m, World::DiscountRule, 5).unwrap();
+        assert_eq!((t.position, t.replaced.is_none()), (2, true), "past the end: a new rule at the end");
+        let t = gate_target(&m, World::FraudCheck, 0).unwrap();
+        assert_eq!(t.replaced.map(|e| e.module), Some("high_value.wasm".to_string()));
+        assert!(gate_target(&m, World::WarehouseSelector, 0).is_err());
     }
 
     #[test]

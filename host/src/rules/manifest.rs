@@ -22,10 +22,33 @@
 //!     { name = "control", weight = 90 },
 //!     { name = "fifteen", weight = 10, config = { percent = "15" } },
 //!     { name = "new-module", weight = 0, module = "loyalty_v2.wasm" } ] }
-//! # Shadow: a candidate runs beside the active module on live orders,
-//! # never changes them; differences are recorded.
+//! # Shadow (any slot): a candidate runs beside the active module on live
+//! # orders, never changes them; differences and errors are recorded.
 //! shadow = { module = "loyalty_v2.wasm", config = { percent = "12" } }
+//!
+//! # Canary (any slot): a new version serves a share of customers (sticky,
+//! # the keyed hash of the A/B assignment); a failed canary call is answered
+//! # by the stable version (`module` above), and the host rolls the canary
+//! # back by itself when a limit is crossed over the window (once it holds
+//! # at least `min_calls` calls). Limits left out are not checked; a rule
+//! # cannot have both a canary and an experiment.
+//! [[discount]]
+//! module = "coupons.wasm"
+//! canary = { name = "coupons-v2", module = "coupons_v2.wasm", share_percent = 10,
+//!            window_secs = 300, min_calls = 50, max_error_rate = 0.01,
+//!            max_budget_use = 0.8, max_p99_ms = 20 }
 //! ```
+//!
+//! ## The replay gate
+//!
+//! A reload swaps in a module or configuration that the serving set does not
+//! already run only after it passed, with no error, trap or exhausted budget:
+//! a replay of the last N stored orders of its slot (`SMARTMART_RELOAD_REPLAY_ORDERS`,
+//! default 200; warehouse selectors cannot be replayed, see `pipeline::replay`)
+//! and the examples of the plug-in directory: every `examples/<module stem>/*.json`
+//! (the input format of `smartmart rules run`: `order`, plus `candidates` for
+//! a selector and `payment` for a fraud check). A refusal names the manifest
+//! entry (rule, variant, shadow or canary) and the failing order or example.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,6 +98,52 @@ pub struct RuleEntry {
     /// A candidate that runs in the shadow of this rule.
     #[serde(default)]
     pub shadow: Option<ShadowEntry>,
+    /// A new version rolled out to a share of customers, with limits.
+    #[serde(default)]
+    pub canary: Option<CanaryEntry>,
+}
+
+/// A canary: `module` (and/or `config`) serves `share_percent` % of the
+/// customers while the limits hold over the window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryEntry {
+    /// The name operators use (`/v1/admin/rollouts/{name}/promote`);
+    /// default: the canary's module stem. Unique in the manifest.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Defaults to the rule's module (a configuration-only canary).
+    #[serde(default)]
+    pub module: Option<String>,
+    /// Defaults to the rule's.
+    #[serde(default)]
+    pub config: Option<BTreeMap<String, String>>,
+    /// 1..=100.
+    pub share_percent: u32,
+    /// The window the limits are checked over [default: 300].
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// Calls the window must hold before a limit is checked [default: 50].
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u64,
+    /// Share of failed calls (trap, budget, error), 0..=1.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// p99 of a call's budget use (the largest of fuel, memory and time
+    /// used over their budget), 0..=1.
+    #[serde(default)]
+    pub max_budget_use: Option<f64>,
+    /// p99 of the call latency, in ms.
+    #[serde(default)]
+    pub max_p99_ms: Option<f64>,
+}
+
+fn default_window_secs() -> u64 {
+    300
+}
+
+fn default_min_calls() -> u64 {
+    50
 }
 
 /// An experiment: customers are split between variants by weight.
@@ -118,6 +187,9 @@ impl Manifest {
             if let Some(shadow) = &entry.shadow {
                 files.push(shadow.module.clone());
             }
+            if let Some(canary) = entry.canary.as_ref().and_then(|c| c.module.clone()) {
+                files.push(canary);
+            }
         }
         files.sort();
         files.dedup();
@@ -130,5 +202,31 @@ impl Manifest {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("cannot read plug-in manifest {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid plug-in manifest {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_entry_takes_its_defaults_and_refuses_unknown_keys() {
+        let manifest: Manifest = toml::from_str(
+            r#"
+            [[discount]]
+            module = "gold_loyalty.wasm"
+            canary = { name = "loyalty-v2", module = "gold_loyalty_v2.wasm", share_percent = 10,
+                       max_error_rate = 0.01 }   # the README's shape: TOML 1.1 inline tables
+            [warehouse]
+            module = "nearest_warehouse.wasm"
+            "#,
+        )
+        .expect("a manifest with a canary");
+        let canary = manifest.discount[0].canary.clone().expect("a canary");
+        assert_eq!((canary.window_secs, canary.min_calls, canary.share_percent), (300, 50, 10));
+        assert_eq!((canary.max_error_rate, canary.max_budget_use, canary.max_p99_ms), (Some(0.01), None, None));
+        assert_eq!(manifest.module_files(), ["gold_loyalty.wasm", "gold_loyalty_v2.wasm", "nearest_warehouse.wasm"]);
+        let unknown = "[warehouse]\nmodule = \"w.wasm\"\ncanary = { share_percent = 5, max_errors = 1 }";
+        assert!(toml::from_str::<Manifest>(unknown).unwrap_err().to_string().contains("max_errors"));
     }
 }

@@ -9,6 +9,7 @@
 //! - [`text`]: escaping and bounding the text rules hand the host;
 //! - [`error`]: load-time refusals and call failures;
 //! - [`manifest`], [`ruleset`]: the plug-in directory and the immutable rule set loaded from it;
+//! - [`canary`]: a new version on a share of customers, watched, rolled back by itself;
 //! - [`native`]: the same calls on native closures (the benchmark baseline);
 //! - [`pool`]: the threads rule calls run on, a batch of calls per hop;
 //! - [`reload`]: hot reload of the plug-in directory (watch, debounce, check, swap);
@@ -64,6 +65,7 @@
 
 mod bindings;
 pub mod budgets;
+pub mod canary;
 pub mod engine;
 pub mod error;
 pub mod manifest;
@@ -87,5 +89,5 @@ pub use manifest::FailMode;
 pub use module::{Called, ModuleIdentity, RuleModule, Traced, Usage, run_blocking};
 pub use native::{NativeLogic, NativeRule, Rule};
 pub use ruleset::{Experiment, HostDefaults, Picked, RuleSet, SlotRule, Variant};
-pub use state::{LogLine, ModuleConfig};
+pub use state::{LogLine, ModuleConfig, config_hash};
 pub use world::World;

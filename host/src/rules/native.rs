@@ -75,6 +75,38 @@ impl Rule {
         }
     }
 
+    /// The module's configuration (empty for a native rule).
+    pub fn config(&self) -> super::ModuleConfig {
+        match self {
+            Rule::Wasm(m) => m.config().clone(),
+            Rule::Native(_) => super::ModuleConfig::new(),
+        }
+    }
+
+    /// [`super::config_hash`] of [`Rule::config`].
+    pub fn config_hash(&self) -> String {
+        super::config_hash(&self.config())
+    }
+
+    /// The module's budgets (the defaults for a native rule).
+    pub fn budgets(&self) -> super::Budgets {
+        match self {
+            Rule::Wasm(m) => m.budgets(),
+            Rule::Native(_) => super::Budgets::default(),
+        }
+    }
+
+    /// The largest of fuel, memory and wall time `usage` took of the
+    /// budgets (0 for a native rule, which has none).
+    pub fn budget_use(&self, usage: &Usage) -> f64 {
+        let Rule::Wasm(m) = self else { return 0.0 };
+        let b = m.budgets();
+        let fuel = usage.fuel as f64 / b.fuel.max(1) as f64;
+        let memory = usage.peak_memory_bytes as f64 / b.memory_bytes.max(1) as f64;
+        let time = usage.elapsed.as_secs_f64() * 1e3 / b.time_ms.max(1) as f64;
+        fuel.max(memory).max(time)
+    }
+
     fn wrong_world(&self) -> RuleError {
         RuleError::Failed {
             module: self.identity().clone(),

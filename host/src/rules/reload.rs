@@ -3,10 +3,15 @@
 //! reads the same twice in a row (nothing half-copied), a new rule set is
 //! built off the request path: read, digest, compile (or take the cached
 //! artifact), check against the worlds and signatures, then a smoke test on
-//! an example order. Only then is it swapped in, atomically; on any failure
-//! the last good set keeps serving and the error is kept for operators.
+//! an example order, then the [`ReloadHooks`] the host adds: canaries keep
+//! their live state, stored rollout states apply, and every module or
+//! configuration new to the set must pass the replay gate (`pipeline::gate`).
+//! Only then is it swapped in, atomically; on any failure the last good set
+//! keeps serving and the error is kept for operators.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +38,37 @@ pub struct ReloadError {
     pub file: String,
     pub error: String,
     pub at: String,
+    /// The manifest entry refused by the replay gate (`discount[2] flat.wasm / shadow`).
+    pub entry: Option<String>,
+    /// The stored order (or example file) it failed on.
+    pub order_id: Option<String>,
+}
+
+impl ReloadError {
+    /// A refusal of `file` that names no entry or order.
+    pub fn of_file(file: impl Into<String>, error: impl Into<String>) -> ReloadError {
+        ReloadError {
+            file: file.into(),
+            error: error.into(),
+            at: crate::store::now_rfc3339(),
+            entry: None,
+            order_id: None,
+        }
+    }
+}
+
+/// A boxed future (the hooks' asynchronous part).
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What the host adds to every reload, beside the rules layer's own checks.
+pub trait ReloadHooks: Send + Sync {
+    /// Applies the stored state of each canary (rolled back, promoted) to
+    /// `set`; blocking (called on a rule thread).
+    fn restore(&self, set: &RuleSet);
+    /// Checks what `next` runs that `previous` did not; blocking.
+    fn gate(&self, previous: &RuleSet, next: &RuleSet) -> Result<(), ReloadError>;
+    /// Told of a swap (`Ok(new set)`) or a refusal, after the fact.
+    fn outcome<'a>(&'a self, previous: &'a RuleSet, outcome: Result<&'a RuleSet, &'a ReloadError>) -> HookFuture<'a>;
 }
 
 /// Reload history since start.
@@ -53,39 +89,61 @@ pub struct Reloader {
     pub defaults: HostDefaults,
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub status: Arc<Mutex<ReloadStatus>>,
+    /// The host's gate and records (none: the rules layer's checks only).
+    pub hooks: Option<Arc<dyn ReloadHooks>>,
 }
 
 impl Reloader {
     /// Builds, checks and (if good) swaps in a new rule set now.
     pub async fn reload_now(&self) -> Result<(), ReloadError> {
         let this = self.clone();
+        let previous = self.rules.load_full();
+        let before = previous.clone();
         let built = super::run_blocking(move || {
-            let set = RuleSet::load(&this.runtime, &this.dir, &this.defaults).map_err(|e| describe(&this.dir, &e))?;
-            smoke_test(&set).map_err(|(file, error)| ReloadError { file, error, at: crate::store::now_rfc3339() })?;
-            Ok::<_, ReloadError>(set)
+            let mut set = RuleSet::load_unshared(&this.runtime, &this.dir, &this.defaults)
+                .map_err(|e| describe(&this.dir, &e))?;
+            smoke_test(&set).map_err(|(file, error)| ReloadError::of_file(file, error))?;
+            set.carry_over(&before);
+            if let Some(hooks) = &this.hooks {
+                hooks.restore(&set);
+                hooks.gate(&before, &set)?;
+            }
+            Ok::<_, ReloadError>(Arc::new(set))
         })
         .await;
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match built {
-            Ok(set) => {
-                let summary: Vec<String> =
-                    set.all().map(|(slot, r)| format!("{slot}:{}", r.module.identity())).collect();
-                self.rules.store(set);
-                status.reloads += 1;
-                status.errors.clear();
-                status.last_reload_at = Some(crate::store::now_rfc3339());
-                tracing::info!(rules = ?summary, "plug-in directory reloaded");
-                Ok(())
+        let result = {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            match &built {
+                Ok(set) => {
+                    let summary: Vec<String> =
+                        set.all().map(|(slot, r)| format!("{slot}:{}", r.module.identity())).collect();
+                    self.rules.store(set.clone());
+                    status.reloads += 1;
+                    status.errors.clear();
+                    status.last_reload_at = Some(crate::store::now_rfc3339());
+                    tracing::info!(rules = ?summary, "plug-in directory reloaded");
+                    Ok(())
+                }
+                Err(error) => {
+                    status.refused += 1;
+                    status.errors.push(error.clone());
+                    let excess = status.errors.len().saturating_sub(20);
+                    status.errors.drain(..excess);
+                    tracing::warn!(
+                        file = %error.file,
+                        entry = error.entry.as_deref().unwrap_or(""),
+                        order_id = error.order_id.as_deref().unwrap_or(""),
+                        error = %error.error,
+                        "reload refused; the last good rule set keeps serving"
+                    );
+                    Err(error.clone())
+                }
             }
-            Err(error) => {
-                status.refused += 1;
-                status.errors.push(error.clone());
-                let excess = status.errors.len().saturating_sub(20);
-                status.errors.drain(..excess);
-                tracing::warn!(file = %error.file, error = %error.error, "reload refused; the last good rule set keeps serving");
-                Err(error)
-            }
+        };
+        if let Some(hooks) = &self.hooks {
+            hooks.outcome(&previous, built.as_deref()).await;
         }
+        result
     }
 
     /// Watches the directory until `shutdown` ([`Watch::install`], then [`Watch::run`]).
@@ -180,7 +238,7 @@ fn describe(dir: &Path, error: &anyhow::Error) -> ReloadError {
             let text = format!("{error:#}");
             if text.contains("manifest") { "manifest.toml".into() } else { dir.display().to_string() }
         });
-    ReloadError { file, error: format!("{error:#}"), at: crate::store::now_rfc3339() }
+    ReloadError::of_file(file, format!("{error:#}"))
 }
 
 /// An order every rule must be able to answer (a refusal is an answer; a
@@ -238,6 +296,7 @@ fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
             rules.extend(experiment.variants.iter().map(|v| &v.rule));
         }
         rules.extend(rule.shadow.iter());
+        rules.extend(rule.canary.iter().map(|c| &c.rule));
         for candidate in rules {
             let outcome = match slot {
                 "discount" => candidate.apply_discount(&order).map(|_| ()),

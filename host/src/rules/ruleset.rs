@@ -9,9 +9,23 @@ use anyhow::{Context as _, bail};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::canary::{Canary, CanaryControl, CanaryLimits, CanaryState};
 use super::manifest::{FailMode, Manifest, RuleEntry};
 use super::native::Rule;
 use super::{ModuleConfig, RuleRuntime, World};
+
+/// Where `customer_id` falls in `0..total` for the assignment `name`: a keyed
+/// hash (HMAC-SHA256) of the name and the customer id, so it sticks across
+/// reloads and restarts as long as the key and the name stay. A/B variants
+/// and canary shares both use it.
+pub fn bucket(key: &[u8], name: &str, customer_id: &str, total: u64) -> u64 {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(name.as_bytes());
+    mac.update(&[0]);
+    mac.update(customer_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % total.max(1)
+}
 
 /// One arm of an experiment.
 #[derive(Clone)]
@@ -35,12 +49,7 @@ impl Experiment {
     /// restarts (as long as the key, the name and the weights stay).
     pub fn assign(&self, customer_id: &str) -> &Variant {
         let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
-        mac.update(self.name.as_bytes());
-        mac.update(&[0]);
-        mac.update(customer_id.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let point = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % total.max(1);
+        let point = bucket(&self.key, &self.name, customer_id, total);
         let mut upper = 0;
         for variant in &self.variants {
             upper += u64::from(variant.weight);
@@ -62,6 +71,8 @@ pub struct SlotRule {
     pub experiment: Option<Experiment>,
     /// A candidate run beside `module` on live orders, never changing them.
     pub shadow: Option<Rule>,
+    /// A new version serving a share of customers; `module` is its stable version.
+    pub canary: Option<Canary>,
 }
 
 /// The rule a customer gets, and the experiment arm it came from.
@@ -69,21 +80,42 @@ pub struct Picked<'a> {
     pub rule: &'a Rule,
     pub experiment: Option<&'a str>,
     pub variant: Option<&'a str>,
+    /// A running canary to try first (`rule` is then the stable version
+    /// that answers when the canary fails).
+    pub canary: Option<&'a Canary>,
 }
 
 impl SlotRule {
-    /// A plain rule: no experiment, no shadow.
+    /// A plain rule: no experiment, no shadow, no canary.
     pub fn single(module: Rule, fail_mode: FailMode) -> SlotRule {
-        SlotRule { module, fail_mode, experiment: None, shadow: None }
+        SlotRule { module, fail_mode, experiment: None, shadow: None, canary: None }
+    }
+
+    /// The rule serving everyone outside a running canary's share: the
+    /// canary once promoted, else `module`.
+    pub fn stable(&self) -> &Rule {
+        match &self.canary {
+            Some(canary) if canary.control.state() == CanaryState::Promoted => &canary.rule,
+            _ => &self.module,
+        }
     }
 
     /// The rule that serves `customer_id`.
     pub fn pick(&self, customer_id: &str) -> Picked<'_> {
+        if let Some(canary) = &self.canary {
+            let running = canary.control.state() == CanaryState::Running && canary.in_share(customer_id);
+            return Picked { rule: self.stable(), experiment: None, variant: None, canary: running.then_some(canary) };
+        }
         match &self.experiment {
-            None => Picked { rule: &self.module, experiment: None, variant: None },
+            None => Picked { rule: &self.module, experiment: None, variant: None, canary: None },
             Some(experiment) => {
                 let variant = experiment.assign(customer_id);
-                Picked { rule: &variant.rule, experiment: Some(&experiment.name), variant: Some(&variant.name) }
+                Picked {
+                    rule: &variant.rule,
+                    experiment: Some(&experiment.name),
+                    variant: Some(&variant.name),
+                    canary: None,
+                }
             }
         }
     }
@@ -99,6 +131,8 @@ pub struct RuleSet {
     pub dir: PathBuf,
     /// RFC 3339 time of loading.
     pub loaded_at: String,
+    /// The manifest it was loaded from (`None` for a set built in code).
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 /// What the host adds to every load: configuration injected unless the
@@ -160,6 +194,11 @@ impl RuleSet {
     /// Loads every module the manifest in `dir` names; any failure refuses
     /// the whole set, naming the file.
     pub fn load(runtime: &RuleRuntime, dir: &Path, defaults: &HostDefaults) -> anyhow::Result<Arc<RuleSet>> {
+        Self::load_unshared(runtime, dir, defaults).map(Arc::new)
+    }
+
+    /// [`RuleSet::load`], not yet shared (the reloader completes it first).
+    pub fn load_unshared(runtime: &RuleRuntime, dir: &Path, defaults: &HostDefaults) -> anyhow::Result<RuleSet> {
         let manifest = Manifest::read(dir)?;
         if manifest.warehouse.fail_mode == FailMode::Open {
             bail!(
@@ -172,13 +211,40 @@ impl RuleSet {
             manifest.discount.iter().map(|e| loader.slot(e, World::DiscountRule)).collect::<anyhow::Result<_>>()?;
         let warehouse = loader.slot(&manifest.warehouse, World::WarehouseSelector)?;
         let fraud = manifest.fraud.iter().map(|e| loader.slot(e, World::FraudCheck)).collect::<anyhow::Result<_>>()?;
-        Ok(Arc::new(RuleSet {
+        let set = RuleSet {
             discount,
             warehouse,
             fraud,
             dir: dir.to_owned(),
             loaded_at: crate::store::now_rfc3339(),
-        }))
+            manifest: Some(Arc::new(manifest)),
+        };
+        let mut names: Vec<&str> = set.canaries().map(|(_, _, c)| c.name.as_str()).collect();
+        names.sort();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            bail!("{}: two canaries are named {} (set `name`)", dir.join("manifest.toml").display(), pair[0]);
+        }
+        Ok(set)
+    }
+
+    /// Every canary of the set: its slot, its rule and the canary.
+    pub fn canaries(&self) -> impl Iterator<Item = (&'static str, &SlotRule, &Canary)> {
+        self.all().filter_map(|(slot, rule)| rule.canary.as_ref().map(|c| (slot, rule, c)))
+    }
+
+    /// Gives each canary of `self` the live control (state and window) of
+    /// the same rollout in `previous`, if it holds it: a reload neither
+    /// forgets the window nor resurrects a rolled-back canary.
+    pub fn carry_over(&mut self, previous: &RuleSet) {
+        let old: Vec<(&SlotRule, &Canary)> = previous.canaries().map(|(_, r, c)| (r, c)).collect();
+        let slots = self.discount.iter_mut().chain(std::iter::once(&mut self.warehouse)).chain(self.fraud.iter_mut());
+        for slot in slots {
+            let stable = slot.module.clone();
+            let Some(canary) = &mut slot.canary else { continue };
+            if let Some((_, kept)) = old.iter().find(|(r, c)| canary.same_rollout(&stable, c, &r.module)) {
+                canary.control = kept.control.clone();
+            }
+        }
     }
 
     /// Every rule of the set with its slot name, in slot order.
@@ -251,6 +317,35 @@ impl Loader<'_> {
             None => None,
             Some(s) => Some(self.module(&s.module, world, s.config.as_ref().unwrap_or(&entry.config), entry)?),
         };
-        Ok(SlotRule { module, fail_mode: entry.fail_mode, experiment, shadow })
+        let canary = match &entry.canary {
+            None => None,
+            Some(c) => {
+                if experiment.is_some() {
+                    bail!(
+                        "{}: a rule cannot have both an experiment and a canary (roll the canary out first)",
+                        entry.module
+                    );
+                }
+                let limits = CanaryLimits::of(c).map_err(|e| anyhow::anyhow!("canary of {}: {e}", entry.module))?;
+                let file = c.module.as_deref().unwrap_or(&entry.module);
+                let name = c.name.clone().unwrap_or_else(|| file.trim_end_matches(".wasm").to_string());
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                {
+                    bail!("canary name {name:?}: 1 to 64 characters of A-Z, a-z, 0-9, `-`, `_` and `.`");
+                }
+                let rule = self.module(file, world, c.config.as_ref().unwrap_or(&entry.config), entry)?;
+                Some(Canary {
+                    name,
+                    rule,
+                    share_percent: c.share_percent,
+                    limits,
+                    control: Arc::new(CanaryControl::default()),
+                    key: self.defaults.experiment_key.clone().into(),
+                })
+            }
+        };
+        Ok(SlotRule { module, fail_mode: entry.fail_mode, experiment, shadow, canary })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`outbox`]: the order's events and sink positions;
 //! - [`ledger`]: the sandbox payment gateway's ledger;
 //! - [`shadows`]: shadow runs of candidate rule modules;
+//! - [`rollouts`]: canary states and the history of reloads, refusals, rollbacks, promotions;
 //! - `schema` (private): versioned migrations; [`error`]: what callers match on;
 //! - [`postgres`]: the same operations on PostgreSQL, for several replicas
 //!   of the service on one database (`SMARTMART_DATABASE_URL`).
@@ -28,6 +29,7 @@ pub mod orders;
 pub mod outbox;
 pub mod postgres;
 mod readers;
+pub mod rollouts;
 mod schema;
 pub mod shadows;
 mod writer;
@@ -46,6 +48,7 @@ use ledger::{Captured, LedgerCharge};
 use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
 use outbox::{DueEvent, SinkPosition};
 use readers::Readers;
+use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 use writer::Writer;
 
@@ -583,6 +586,37 @@ impl Store {
 
     pub async fn shadow_summaries(&self) -> Result<Vec<ShadowSummary>, StoreError> {
         read!(self, |c| shadows::shadow_summaries(c), postgres::shadows::shadow_summaries(c))
+    }
+
+    // ---------------------------------------------------------------- rollouts
+
+    pub async fn record_rollout_event(&self, event: RolloutEvent) -> Result<(), StoreError> {
+        write!(self, |c| rollouts::record_event(c, &event), postgres::rollouts::record_event(c, &event))
+    }
+
+    /// Stores a canary's state and the event that moved it, in one command.
+    pub async fn record_rollout_state(&self, record: RolloutRecord, event: RolloutEvent) -> Result<(), StoreError> {
+        write!(
+            self,
+            |c| rollouts::record_state(c, &record, &event),
+            postgres::rollouts::record_state(c, &record, &event)
+        )
+    }
+
+    /// The stored state of the canary `entry` (blocking: a read connection).
+    pub fn rollout_state(&self, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.read_blocking(
+            |c| rollouts::state_of(c, entry),
+            async move |c| postgres::rollouts::state_of(c, entry).await,
+        )
+    }
+
+    /// The `limit` most recent rollout events, newest first (blocking).
+    pub fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
+        self.read_blocking(
+            |c| rollouts::recent_events(c, limit),
+            async move |c| postgres::rollouts::recent_events(c, limit).await,
+        )
     }
 }
 

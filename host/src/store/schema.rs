@@ -160,6 +160,38 @@ const MIGRATIONS: &[&str] = &[
         offset INTEGER NOT NULL CHECK (offset >= 0)
     );
     "#,
+    // 5: rollouts (canary states, the history of reloads, refusals,
+    // rollbacks and promotions), and shadow runs named by the candidate's
+    // rule name, version and configuration, with its failures counted apart.
+    // Times in integer ms.
+    r#"
+    CREATE TABLE rollout_states (
+        entry TEXT PRIMARY KEY,
+        slot TEXT NOT NULL,
+        stable_digest TEXT NOT NULL,
+        stable_config_hash TEXT NOT NULL,
+        canary_digest TEXT NOT NULL,
+        canary_config_hash TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'rolled_back', 'promoted')),
+        reason TEXT,
+        calls INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('reload', 'refused', 'rollback', 'promote')),
+        entry TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX rollout_events_by_time ON rollout_events (at_ms);
+    ALTER TABLE shadow_runs ADD COLUMN candidate_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow_runs ADD COLUMN candidate_config_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow_runs ADD COLUMN candidate_config TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE shadow_runs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE shadow_runs ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary

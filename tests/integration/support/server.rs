@@ -333,6 +333,11 @@ impl TestServer {
             .load_into(&engine.pipeline.store)
             .await
             .expect("loading the demo data set");
+        TestServer::serve_engine(engine, dir, limits).await
+    }
+
+    /// Serves `engine`, already started on the data dir `dir`.
+    pub async fn serve_engine(engine: Engine, dir: TempDir, limits: ConnectionLimits) -> TestServer {
         let engine = Arc::new(engine);
         let state = AppState::new(engine.clone(), credentials(), BODY_LIMIT, Duration::from_secs(10));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
@@ -341,5 +346,33 @@ impl TestServer {
         let task = tokio::spawn(serve_with(listener, state, shutdown.clone(), Duration::from_secs(5), limits));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a reqwest client");
         TestServer { base: format!("http://{address}"), client, engine, dir, shutdown, task: Some(task) }
+    }
+
+    /// Stops the server and its engine (workers included), then starts both
+    /// again on the same settings and data dir: a restart of the service.
+    pub async fn restart(mut self) -> TestServer {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task").expect("the server stops cleanly");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a temp dir"));
+        let mut engine = self.engine.clone();
+        drop(self);
+        // Connections still closing may hold the state a moment longer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let engine = loop {
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => break engine,
+                Err(shared) => {
+                    assert!(std::time::Instant::now() < deadline, "the engine is still shared after the stop");
+                    engine = shared;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let settings = engine.settings.clone();
+        engine.shutdown().await;
+        let engine = Engine::start(settings).await.expect("restarting the engine");
+        TestServer::serve_engine(engine, dir, ConnectionLimits::default()).await
     }
 }

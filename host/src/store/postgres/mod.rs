@@ -23,6 +23,7 @@ pub(super) mod catalog;
 pub(super) mod ledger;
 pub(super) mod orders;
 pub(super) mod outbox;
+pub(super) mod rollouts;
 mod schema;
 pub(super) mod shadows;
 

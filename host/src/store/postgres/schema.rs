@@ -159,6 +159,37 @@ const MIGRATIONS: &[&str] = &[
         "offset" BIGINT NOT NULL CHECK ("offset" >= 0)
     );
     "#,
+    // 5: rollouts (canary states; reloads, refusals, rollbacks and
+    // promotions), and shadow runs named by the candidate's rule name,
+    // version and configuration, with its failures counted apart.
+    r#"
+    CREATE TABLE rollout_states (
+        entry TEXT PRIMARY KEY,
+        slot TEXT NOT NULL,
+        stable_digest TEXT NOT NULL,
+        stable_config_hash TEXT NOT NULL,
+        canary_digest TEXT NOT NULL,
+        canary_config_hash TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'rolled_back', 'promoted')),
+        reason TEXT,
+        calls BIGINT NOT NULL,
+        errors BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE TABLE rollout_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('reload', 'refused', 'rollback', 'promote')),
+        entry TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX rollout_events_by_time ON rollout_events (at_ms);
+    ALTER TABLE shadow_runs ADD COLUMN candidate_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow_runs ADD COLUMN candidate_config_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE shadow_runs ADD COLUMN candidate_config TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE shadow_runs ADD COLUMN failed BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE shadow_runs ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this binary writes.

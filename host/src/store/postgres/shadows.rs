@@ -1,19 +1,22 @@
 //! Shadow runs on PostgreSQL (the twin of `store::shadows`).
 
 use deadpool_postgres::GenericClient;
+use serde_json::Value;
 
 use super::super::shadows::{ShadowRun, ShadowSummary};
-use super::super::{StoreError, now_rfc3339};
+use super::super::{StoreError, now_ms, now_rfc3339};
 
 pub async fn record_shadow_runs(db: &impl GenericClient, runs: &[ShadowRun]) -> Result<(), StoreError> {
     let insert = db
         .prepare_cached(
             "INSERT INTO shadow_runs (order_id, slot, active_module, active_digest, candidate_module,
-                 candidate_version, candidate_digest, active, candidate, money_difference_cents, differs, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+                 candidate_version, candidate_digest, active, candidate, money_difference_cents, differs, created_at,
+                 candidate_name, candidate_config_hash, candidate_config, failed, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT DO NOTHING",
         )
         .await?;
-    let now = now_rfc3339();
+    let (now, ms) = (now_rfc3339(), now_ms());
     for run in runs {
         db.execute(
             &insert,
@@ -28,8 +31,13 @@ pub async fn record_shadow_runs(db: &impl GenericClient, runs: &[ShadowRun]) -> 
                 &run.active_result,
                 &run.candidate_result,
                 &run.money_difference_cents,
-                &run.differs,
+                &(run.differs && !run.failed),
                 &now,
+                &run.candidate.name,
+                &run.candidate.config_hash,
+                &run.candidate.config,
+                &run.failed,
+                &ms,
             ],
         )
         .await?;
@@ -41,9 +49,11 @@ pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSumma
     let stmt = db
         .prepare_cached(
             "SELECT slot, active_module, candidate_module, candidate_version, candidate_digest,
-                    count(*), sum(differs::int)::bigint, sum(money_difference_cents)::bigint
-             FROM shadow_runs GROUP BY slot, active_module, candidate_module, candidate_version, candidate_digest
-             ORDER BY slot, candidate_module",
+                    count(*), sum(differs::int)::bigint, sum(money_difference_cents)::bigint, max(candidate_name),
+                    candidate_config_hash, max(candidate_config), sum(failed::int)::bigint
+             FROM shadow_runs
+             GROUP BY slot, active_module, candidate_module, candidate_version, candidate_digest, candidate_config_hash
+             ORDER BY slot, candidate_module, candidate_version, candidate_config_hash",
         )
         .await?;
     Ok(db
@@ -53,6 +63,8 @@ pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSumma
         .map(|r| {
             let orders = r.get::<_, i64>(5) as u64;
             let differing = r.get::<_, i64>(6) as u64;
+            let errors = r.get::<_, i64>(11) as u64;
+            let ratio = |n: u64| if orders == 0 { 0.0 } else { n as f64 / orders as f64 };
             ShadowSummary {
                 slot: r.get(0),
                 active_module: r.get(1),
@@ -61,8 +73,13 @@ pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSumma
                 candidate_digest: r.get(4),
                 orders,
                 differing_orders: differing,
-                share_differing: if orders == 0 { 0.0 } else { differing as f64 / orders as f64 },
+                share_differing: ratio(differing),
                 money_difference_cents: r.get(7),
+                candidate_name: r.get(8),
+                candidate_config_hash: r.get(9),
+                candidate_config: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or(Value::Null),
+                errors,
+                error_rate: ratio(errors),
             }
         })
         .collect())

@@ -1,0 +1,196 @@
+//! The replay gate of a reload: every module or configuration a new rule
+//! set runs that the serving set does not (a rule, an experiment's variant,
+//! a shadow candidate or a canary) must first answer, with no error, trap or
+//! exhausted budget:
+//!
+//! - the last N stored orders of its slot, replayed the way `smartmart rules
+//!   replay` does ([`super::replay`]: inputs rebuilt from the stored
+//!   invoices, at the rule's place in the stack the orders ran on);
+//!   warehouse selectors cannot be replayed (the stock each order saw is not
+//!   kept), so only their examples gate them;
+//! - every example the plug-in directory supplies for its module:
+//!   `examples/<module stem>/*.json` next to the manifest, each in the input
+//!   format of `smartmart rules run` ([`RunInput`]: the `order`, plus
+//!   `candidates` for a selector and `payment` for a fraud check; its
+//!   `config` is ignored: the manifest's applies).
+//!
+//! A refusal names the manifest entry, the module and the first order (or
+//! example file) it failed on. A refusal of the order (an invalid coupon) is
+//! an answer, not a failure.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::replay::{self, Outcome};
+use crate::rules::manifest::Manifest;
+use crate::rules::reload::ReloadError;
+use crate::rules::runner::RunInput;
+use crate::rules::{Rule, RuleError, RuleModule, RuleSet, World};
+use crate::store::Store;
+use crate::store::orders::StoredOrder;
+
+/// One module of a rule set with its place, as the gate names it.
+struct Placed<'a> {
+    world: World,
+    /// Index of the entry in its slot (0 for the warehouse).
+    index: usize,
+    /// `discount[2] flat.wasm / shadow`.
+    entry: String,
+    rule: &'a Rule,
+}
+
+/// What tells two modules of a slot apart for the gate: the same bytes with
+/// the same configuration and budgets answer the same.
+fn key(world: World, rule: &Rule) -> (&'static str, String, String, String) {
+    (world.slot(), rule.identity().digest.clone(), rule.config_hash(), format!("{:?}", rule.budgets()))
+}
+
+fn world_of(slot: &str) -> World {
+    match slot {
+        "discount" => World::DiscountRule,
+        "warehouse" => World::WarehouseSelector,
+        _ => World::FraudCheck,
+    }
+}
+
+/// Every module of `set` with its entry's name.
+fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
+    let mut out = Vec::new();
+    let mut index_in = std::collections::BTreeMap::<&str, usize>::new();
+    for (slot, rule) in set.all() {
+        let index = *index_in.entry(slot).and_modify(|i| *i += 1).or_insert(0);
+        let world = world_of(slot);
+        let base = if slot == "warehouse" {
+            format!("warehouse {}", rule.module.identity().file)
+        } else {
+            format!("{slot}[{}] {}", index + 1, rule.module.identity().file)
+        };
+        out.push(Placed { world, index, entry: format!("{base} / rule"), rule: &rule.module });
+        if let Some(experiment) = &rule.experiment {
+            for v in &experiment.variants {
+                out.push(Placed { world, index, entry: format!("{base} / variant {}", v.name), rule: &v.rule });
+            }
+        }
+        if let Some(shadow) = &rule.shadow {
+            out.push(Placed {
+                world,
+                index,
+                entry: format!("{base} / shadow {}", shadow.identity().file),
+                rule: shadow,
+            });
+        }
+        if let Some(canary) = &rule.canary {
+            out.push(Placed { world, index, entry: format!("{base} / canary {}", canary.name), rule: &canary.rule });
+        }
+    }
+    out
+}
+
+/// Checks what `next` runs that `previous` does not, on the last
+/// `last_orders` stored orders and the plug-in directory's examples.
+pub fn check(store: &Store, last_orders: usize, previous: &RuleSet, next: &RuleSet) -> Result<(), ReloadError> {
+    let known: BTreeSet<_> = placed(previous).iter().map(|p| key(p.world, p.rule)).collect();
+    let mut checked = BTreeSet::new();
+    let fresh: Vec<Placed<'_>> = placed(next)
+        .into_iter()
+        .filter(|p| !known.contains(&key(p.world, p.rule)))
+        .filter(|p| checked.insert((key(p.world, p.rule), p.index)))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let orders = if last_orders == 0 {
+        Vec::new()
+    } else {
+        store.recent_settled_orders(last_orders).map_err(|e| {
+            ReloadError::of_file("manifest.toml", format!("replay gate: cannot read the stored orders: {e}"))
+        })?
+    };
+    // The stack the stored orders ran on: the serving set's manifest.
+    let manifest = previous.manifest.as_deref().or(next.manifest.as_deref());
+    for p in &fresh {
+        let Rule::Wasm(module) = p.rule else { continue };
+        if let Some(manifest) = manifest
+            && p.world != World::WarehouseSelector
+            && !orders.is_empty()
+        {
+            replay_orders(module, manifest, p, &orders)?;
+        }
+        examples(module, &next.dir, p)?;
+    }
+    Ok(())
+}
+
+fn refusal(p: &Placed<'_>, module: &RuleModule, on: String, error: String) -> ReloadError {
+    ReloadError {
+        entry: Some(p.entry.clone()),
+        order_id: Some(on),
+        ..ReloadError::of_file(module.identity().file.clone(), error)
+    }
+}
+
+fn replay_orders(
+    module: &RuleModule,
+    manifest: &Manifest,
+    p: &Placed<'_>,
+    orders: &[StoredOrder],
+) -> Result<(), ReloadError> {
+    let target = replay::gate_target(manifest, p.world, p.index)
+        .map_err(|e| refusal(p, module, String::new(), format!("replay gate: {e:#}")))?;
+    let report = replay::replay(module, &target, orders);
+    let Some(failed) = report.orders.iter().find(|o| o.outcome == Outcome::Failed) else { return Ok(()) };
+    let failure = failed.failure.as_ref().map_or_else(String::new, |f| format!("{}: {}", f.kind, f.message));
+    Err(refusal(
+        p,
+        module,
+        failed.order_id.clone(),
+        format!(
+            "replay gate: {} ({}) failed on stored order {} ({} of the last {} orders replayed failed): {failure}",
+            p.entry,
+            module.identity(),
+            failed.order_id,
+            report.summary.failed,
+            report.summary.replayed
+        ),
+    ))
+}
+
+/// Runs `module` on every `examples/<stem>/*.json` of the plug-in directory.
+fn examples(module: &RuleModule, dir: &Path, p: &Placed<'_>) -> Result<(), ReloadError> {
+    let file = &module.identity().file;
+    let stem = file.strip_suffix(".wasm").unwrap_or(file);
+    let folder = dir.join("examples").join(stem);
+    let Ok(listing) = std::fs::read_dir(&folder) else { return Ok(()) };
+    let mut files: Vec<_> = listing
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|path| path.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let name = format!("examples/{stem}/{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        let bad =
+            |why: String| refusal(p, module, name.clone(), format!("replay gate: {} example {name}: {why}", p.entry));
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("unreadable: {e}")))?;
+        let input: RunInput = serde_json::from_str(&text).map_err(|e| bad(format!("not a rule input: {e}")))?;
+        let outcome = match p.world {
+            World::DiscountRule => module.apply_discount(&input.order).map(|_| ()),
+            World::WarehouseSelector => {
+                if input.candidates.is_empty() {
+                    return Err(bad("a warehouse selector's example needs `candidates`".into()));
+                }
+                module.select_warehouses(&input.order, &input.candidates).map(|_| ())
+            }
+            World::FraudCheck => {
+                let Some(payment) = &input.payment else {
+                    return Err(bad("a fraud check's example needs `payment`".into()));
+                };
+                module.check_fraud(&input.order, payment).map(|_| ())
+            }
+        };
+        if let Err(RuleError::Failed { module: identity, cause }) = outcome {
+            return Err(bad(format!("{identity} failed: {}: {cause}", cause.kind())));
+        }
+    }
+    Ok(())
+}
