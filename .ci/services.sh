@@ -5,6 +5,8 @@
 #
 #   PostgreSQL  127.0.0.1:5432   pg_ctlcluster --skip-systemctl-redirect <version> main start
 #   NATS        127.0.0.1:4222   nats-server with JetStream (-js), store in /var/lib/nats-server
+#   Chromium    chromium + chromedriver (Debian's packages) for the dashboard
+#               test: installed by .ci/chromium.sh when missing
 #
 # Run by .ci/run and by `cargo xtask test`, so the README's test command
 # works on a fresh machine too. Under CI=true a service that cannot be
@@ -74,6 +76,7 @@ failed=0
 ensure "PostgreSQL (127.0.0.1:5432)" postgres_answers postgres_start \
   'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' || failed=1
 ensure "NATS with JetStream (127.0.0.1:4222)" nats_answers nats_start "${NATS_START[*]}" || failed=1
+bash "$(dirname "$0")/chromium.sh" || failed=1
 
 if ((failed)); then
   if [ "${CI:-}" = "true" ]; then

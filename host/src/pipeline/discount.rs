@@ -3,7 +3,7 @@
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
-use super::experiments::ExperimentStats;
+use super::experiments::{Arm, ArmCall, ExperimentFigures};
 use super::invoice::{InvoiceDiscount, SkippedRule};
 use crate::domain::Slot;
 use crate::metrics::Metrics;
@@ -27,6 +27,9 @@ pub struct Discounts {
     /// Shadow candidates to run after the answer, on the input their active
     /// rule saw.
     pub shadows: Vec<ShadowJob>,
+    /// The experiment arms that served the order, for the figures of how
+    /// it ends (revenue, payment failures).
+    pub arms: Vec<Arm>,
 }
 
 /// A shadow candidate's pending run.
@@ -41,7 +44,7 @@ pub struct ShadowJob {
 /// Where the pipeline's per-call bookkeeping goes.
 pub struct Books<'a> {
     pub metrics: &'a Metrics,
-    pub experiments: &'a ExperimentStats,
+    pub experiments: &'a ExperimentFigures,
 }
 
 /// Discount lines of a rule's answer, capped so the total never goes below
@@ -81,12 +84,26 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
     let mut shadows = Vec::new();
+    let mut arms = Vec::new();
     for slot_rule in &rules.discount {
         let picked = slot_rule.pick(&order.customer.id);
+        let arm = match (picked.experiment, picked.variant) {
+            (Some(experiment), Some(variant)) => Some(Arm::of("discount", experiment, variant, picked.rule)),
+            _ => None,
+        };
+        let Some(rule) = picked.rule else {
+            // An "off" arm: this rule is skipped for the customer; the
+            // slot's other rules apply as usual.
+            if let Some(arm) = arm {
+                books.experiments.rule_call(&arm, ArmCall::default());
+                arms.push(arm);
+            }
+            continue;
+        };
         let started = std::time::Instant::now();
-        let answer = picked.rule.apply_discount(&order);
+        let answer = rule.apply_discount(&order);
         let seconds = started.elapsed().as_secs_f64();
-        books.metrics.rule_call("discount", picked.rule.identity(), picked.variant, outcome_of(&answer), seconds);
+        books.metrics.rule_call("discount", rule.identity(), picked.variant, outcome_of(&answer), seconds);
         let before = order.payable_cents;
         // The input the active rule saw, for a shadow candidate only.
         let seen = slot_rule.shadow.as_ref().map(|_| order.clone());
@@ -101,8 +118,11 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                 return Err(OrderError::RuleFailed { slot: "discount", module: Box::new((*module).clone()), cause });
             }
             Err(RuleError::Failed { module, cause }) => {
-                if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
-                    books.experiments.record(experiment, variant, 0, true, seconds * 1e6);
+                if let Some(arm) = arm {
+                    let call = ArmCall { failed: true, latency_us: Some(seconds * 1e6), ..ArmCall::default() };
+                    books.experiments.rule_call(&arm, call);
+                    // Skipped (fail open), the order goes on: how it ends counts for the arm.
+                    arms.push(arm);
                 }
                 match slot_rule.fail_mode {
                     FailMode::Closed => {
@@ -120,14 +140,17 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                 }
             }
         };
-        let granted = capped_lines(granted, picked.rule, picked.variant, &mut order.payable_cents);
+        let granted = capped_lines(granted, rule, picked.variant, &mut order.payable_cents);
         let taken = before - order.payable_cents;
-        if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
-            books.experiments.record(experiment, variant, taken, false, seconds * 1e6);
+        if let Some(arm) = arm {
+            let call =
+                ArmCall { fired: taken > 0, discount_cents: taken, failed: false, latency_us: Some(seconds * 1e6) };
+            books.experiments.rule_call(&arm, call);
+            arms.push(arm);
         }
         if let (Some(candidate), Some(seen)) = (&slot_rule.shadow, seen) {
             shadows.push(ShadowJob {
-                active: picked.rule.clone(),
+                active: rule.clone(),
                 candidate: candidate.clone(),
                 order: seen,
                 active_cents: taken,
@@ -136,7 +159,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         lines.extend(granted);
     }
     let total_cents = lines.iter().map(|l| l.amount_cents).sum();
-    Ok(Discounts { lines, total_cents, skipped, shadows })
+    Ok(Discounts { lines, total_cents, skipped, shadows, arms })
 }
 
 /// Runs a shadow candidate on the input its active rule saw; the result

@@ -112,10 +112,12 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
     let mut skipped: Vec<Value> = Vec::new();
     for rule in &rules.fraud {
         let picked = rule.pick(&context.customer.id);
+        // An "off" arm of an experiment: this check is skipped for the customer.
+        let Some(picked_rule) = picked.rule else { continue };
         let started = std::time::Instant::now();
-        let answer = picked.rule.check_fraud(&context, &payment);
+        let answer = picked_rule.check_fraud(&context, &payment);
         let outcome = super::discount::outcome_of(&answer);
-        metrics.rule_call("fraud", picked.rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
+        metrics.rule_call("fraud", picked_rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
         let (action, score) = match answer {
             Ok(called) => {
                 let verdict = called.value;
@@ -141,7 +143,7 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
             FraudAction::Escalate => 2,
         };
         if best.as_ref().is_none_or(|(a, s, _)| (rank(action), score) > (rank(*a), *s)) {
-            best = Some((action, score, picked.rule.identity().clone()));
+            best = Some((action, score, picked_rule.identity().clone()));
         }
     }
     flags.sort();

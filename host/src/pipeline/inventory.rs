@@ -47,7 +47,10 @@ pub async fn allocate(
         let plan = run_blocking(move || select(&rules_now, &order_now, &offered, &metrics_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
             slot: "warehouse",
-            module: Box::new((**rules.warehouse.pick(&order.customer.id).rule.identity()).clone()),
+            // The warehouse slot has no "off" arm (refused at load).
+            module: Box::new(
+                (**rules.warehouse.pick(&order.customer.id).rule.unwrap_or(&rules.warehouse.module).identity()).clone(),
+            ),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
         })?;
         let new_order = NewOrder {

@@ -123,7 +123,7 @@ pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Resu
         .map(|entry| {
             let mut files = vec![entry.module.clone()];
             if let Some(experiment) = &entry.experiment {
-                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
+                files.extend(experiment.variants.iter().filter_map(|v| v.module_file().map(str::to_string)));
             }
             files.dedup();
             files

@@ -5,6 +5,7 @@
 //! - [`world`]: the three rule worlds and the imports a rule may have;
 //! - [`module`]: one loaded module and the typed calls into it;
 //! - [`budgets`]: per-call time, fuel, memory and output limits;
+//! - [`config_hash`]: the hash naming a module's configuration;
 //! - [`types`]: what rules receive and return, in the host's own types;
 //! - [`text`]: escaping and bounding the text rules hand the host;
 //! - [`error`]: load-time refusals and call failures;
@@ -64,6 +65,7 @@
 
 mod bindings;
 pub mod budgets;
+pub mod config_hash;
 pub mod engine;
 pub mod error;
 pub mod manifest;

@@ -75,6 +75,15 @@ impl Rule {
         }
     }
 
+    /// `sha256:…` of the module's configuration; a native rule has none
+    /// (the hash of the empty configuration).
+    pub fn config_hash(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Rule::Wasm(m) => m.config_hash().into(),
+            Rule::Native(_) => super::config_hash::config_hash(&super::ModuleConfig::new()).into(),
+        }
+    }
+
     fn wrong_world(&self) -> RuleError {
         RuleError::Failed {
             module: self.identity().clone(),

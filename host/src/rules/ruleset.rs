@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::manifest::{FailMode, Manifest, RuleEntry};
+use super::manifest::{FailMode, Manifest, OFF_MODULE, RuleEntry};
 use super::native::Rule;
 use super::{ModuleConfig, RuleRuntime, World};
 
@@ -18,7 +18,9 @@ use super::{ModuleConfig, RuleRuntime, World};
 pub struct Variant {
     pub name: String,
     pub weight: u32,
-    pub rule: Rule,
+    /// `None` for an "off" arm (`module = "none"`): its customers skip the
+    /// rule, and the slot's other rules apply as usual.
+    pub rule: Option<Rule>,
 }
 
 /// An A/B experiment on one rule of a slot.
@@ -66,7 +68,8 @@ pub struct SlotRule {
 
 /// The rule a customer gets, and the experiment arm it came from.
 pub struct Picked<'a> {
-    pub rule: &'a Rule,
+    /// `None` when the customer's arm is "off": the rule is skipped.
+    pub rule: Option<&'a Rule>,
     pub experiment: Option<&'a str>,
     pub variant: Option<&'a str>,
 }
@@ -80,10 +83,10 @@ impl SlotRule {
     /// The rule that serves `customer_id`.
     pub fn pick(&self, customer_id: &str) -> Picked<'_> {
         match &self.experiment {
-            None => Picked { rule: &self.module, experiment: None, variant: None },
+            None => Picked { rule: Some(&self.module), experiment: None, variant: None },
             Some(experiment) => {
                 let variant = experiment.assign(customer_id);
-                Picked { rule: &variant.rule, experiment: Some(&experiment.name), variant: Some(&variant.name) }
+                Picked { rule: variant.rule.as_ref(), experiment: Some(&experiment.name), variant: Some(&variant.name) }
             }
         }
     }
@@ -232,6 +235,23 @@ impl Loader<'_> {
                     .variants
                     .iter()
                     .map(|v| {
+                        if v.is_off() {
+                            if world == World::WarehouseSelector {
+                                bail!(
+                                    "experiment {}: variant {}: the warehouse slot cannot be off (module = \"{OFF_MODULE}\"): an order needs a plan",
+                                    e.name,
+                                    v.name
+                                );
+                            }
+                            if v.config.is_some() {
+                                bail!(
+                                    "experiment {}: variant {}: an off arm (module = \"{OFF_MODULE}\") runs nothing, so it takes no config",
+                                    e.name,
+                                    v.name
+                                );
+                            }
+                            return Ok(Variant { name: v.name.clone(), weight: v.weight, rule: None });
+                        }
                         let rule = match (&v.module, &v.config) {
                             (None, None) => module.clone(),
                             (file, config) => self.module(
@@ -241,7 +261,7 @@ impl Loader<'_> {
                                 entry,
                             )?,
                         };
-                        Ok(Variant { name: v.name.clone(), weight: v.weight, rule })
+                        Ok(Variant { name: v.name.clone(), weight: v.weight, rule: Some(rule) })
                     })
                     .collect::<anyhow::Result<_>>()?;
                 Some(Experiment { name: e.name.clone(), variants, key: self.defaults.experiment_key.clone().into() })

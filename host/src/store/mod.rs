@@ -11,6 +11,7 @@
 //! - [`outbox`]: the order's events and sink positions;
 //! - [`ledger`]: the sandbox payment gateway's ledger;
 //! - [`shadows`]: shadow runs of candidate rule modules;
+//! - [`experiments`]: A/B figures per arm, only ever added to;
 //! - `schema` (private): versioned migrations; [`error`]: what callers match on.
 //!
 //! The store is SQLite today; its operations are what a second back-end
@@ -18,6 +19,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod experiments;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;
@@ -35,6 +37,7 @@ use rusqlite::Connection;
 pub use error::StoreError;
 
 use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
+use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
 use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
 use outbox::{DueEvent, SinkPosition};
@@ -394,6 +397,20 @@ impl Store {
 
     pub async fn shadow_summaries(&self) -> Result<Vec<ShadowSummary>, StoreError> {
         self.read(shadows::shadow_summaries)
+    }
+
+    // ---------------------------------------------------------------- experiments
+
+    /// Adds each delta to its A/B figures row, in one command (see
+    /// [`experiments::add_arm_figures`]): rows only ever grow, so figures
+    /// written by several processes add up.
+    pub async fn add_arm_figures(&self, deltas: Vec<(ArmKey, ArmFigures)>) -> Result<(), StoreError> {
+        self.write(move |c| experiments::add_arm_figures(c, &deltas)).await
+    }
+
+    /// Every A/B figures row with its latency buckets, in key order.
+    pub async fn arm_rows(&self) -> Result<Vec<ArmRow>, StoreError> {
+        self.read(experiments::arm_rows)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod alloc_meter;
 pub mod plugin_dir;
 pub mod server;
+pub mod service;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
