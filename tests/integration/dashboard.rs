@@ -7,7 +7,9 @@
 //! every loaded rule's digest and config hash, every arm's order count and
 //! digest, the SVG plot, the reload status; that the key is in no storage,
 //! cookie or URL; and that the page is served under a same-origin-only
-//! Content-Security-Policy. A screenshot is kept in the test's temp dir.
+//! Content-Security-Policy. A screenshot is kept in the test's temp dir
+//! (and copied to `$SMARTMART_DASHBOARD_SCREENSHOT` when set: the README's
+//! `docs/dashboard.png`).
 //!
 //! Chromium and chromedriver are installed by `.ci/chromium.sh` (run by
 //! `.ci/services.sh`); without them this test fails, saying so.
