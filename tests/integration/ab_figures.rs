@@ -244,6 +244,9 @@ async fn an_off_arm_keeps_the_base_rules_and_figures_survive_a_restart_split_by_
     // were, and the new config's orders get a row of their own.
     let (arms_again, second) = place_orders(&service, 400).await;
     assert_eq!(arms_again, arms, "assignment sticks across a restart");
+    // Stopped before anything read them: the clean stop writes the pending figures.
+    service.stop();
+    let service = Service::start(data.path(), plugins.path()).await;
     let (_, grown) = service.admin_get("/v1/admin/experiments").await;
     let total_off = add(&first["off"], &second["off"]);
     let total_on = add(&first["on"], &second["on"]);
