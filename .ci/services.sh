@@ -7,6 +7,8 @@
 #   NATS        127.0.0.1:4222   nats-server with JetStream (-js), store in /var/lib/nats-server
 #   Kafka       (no daemon)      the tansu broker binary, built once by .ci/kafka.sh into a
 #                                cache outside the repository; each Kafka test starts its own
+#   Chromium    chromium + chromedriver (Debian's packages) for the dashboard
+#               test: installed by .ci/chromium.sh when missing
 #
 # Run by .ci/run and by `cargo xtask test`, so the README's test command
 # works on a fresh machine too. Under CI=true a service that cannot be
@@ -82,6 +84,7 @@ else
   say "the Kafka test broker (tansu) could not be built; see above, then run: bash .ci/kafka.sh"
   failed=1
 fi
+bash "$(dirname "$0")/chromium.sh" || failed=1
 
 if ((failed)); then
   if [ "${CI:-}" = "true" ]; then

@@ -214,6 +214,7 @@ impl Engine {
             tokio::spawn(run_recorder(pipeline.store.clone(), recorder, shutdown.clone())),
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
             tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
+            tokio::spawn(pipeline.experiments.clone().run_flusher(pipeline.store.clone(), shutdown.clone())),
             tokio::spawn(recovery::run_janitor(
                 pipeline.clone(),
                 settings.janitor_every,
@@ -232,10 +233,12 @@ impl Engine {
         Ok(Engine { pipeline, runtime, reloader, sink, sandbox, settings, shutdown, workers })
     }
 
-    /// Reviews and delivers everything pending now (for the demo and tests).
+    /// Reviews and delivers everything pending now, and records the pending
+    /// experiment figures (for the demo and tests).
     pub async fn drain(&self) -> anyhow::Result<()> {
         fraud::review_pending(&self.pipeline).await?;
         crate::events::deliver_due(&self.pipeline, &self.sink).await?;
+        self.pipeline.experiments.flush(&self.pipeline.store).await?;
         Ok(())
     }
 

@@ -53,7 +53,7 @@ fn assignments(rules: &RuleSet, ids: &[String]) -> Vec<String> {
             let variant = picked.variant.expect("a variant").to_string();
             assert_eq!(experiment.assign(id).name, variant);
             let (file, version, _) = variant_module(&variant);
-            let identity = picked.rule.identity();
+            let identity = picked.rule.expect("no off arm in this experiment").identity();
             assert_eq!((identity.file.as_str(), identity.version.as_str()), (file, version), "{id}");
             variant
         })

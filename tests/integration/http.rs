@@ -417,6 +417,9 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/admin"),
+    ("GET", "/admin/dashboard.js"),
+    ("GET", "/admin/dashboard.css"),
 ];
 
 /// Whether `answer` is the router's own "no route" answer.

@@ -43,6 +43,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/admin"),
+    ("GET", "/admin/dashboard.js"),
+    ("GET", "/admin/dashboard.css"),
 ];
 
 /// One valid body per kind of write, with its required fields: the base

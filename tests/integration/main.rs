@@ -1,8 +1,10 @@
 //! The one integration-test binary: a module per feature.
 
+mod ab_figures;
 mod cli;
 mod crash;
 mod crash_http;
+mod dashboard;
 mod experiments;
 mod hardening;
 mod http;

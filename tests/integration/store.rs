@@ -11,6 +11,7 @@ use std::sync::Arc;
 use smartmart::domain::{EventKind, OrderStatus, Slot};
 use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
 use smartmart::store::catalog::{CartItem, Customer, Product, Warehouse};
+use smartmart::store::experiments::{ArmFigures, ArmKey, LATENCY_BOUNDS_US};
 use smartmart::store::ledger::Captured;
 use smartmart::store::orders::{
     Answer, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, ReserveOutcome, Settlement, Verdict,
@@ -187,6 +188,7 @@ on_both_backends!(
     twenty_racers_on_one_key_make_one_order,
     a_read_only_store_never_writes,
     canary_states_and_rollout_events_are_kept,
+    arm_figures_only_ever_add_up,
 );
 
 fn customer(id: &str, tier: Tier) -> Customer {
@@ -731,4 +733,49 @@ async fn canary_states_and_rollout_events_are_kept(t: TestStore) {
     let err = t.store.record_rollout_state(record("paused", 1, 0), event(3_000, "reload", "x")).await.unwrap_err();
     assert!(matches!(err, StoreError::Constraint(_)), "{err}");
     assert_eq!(t.store.rollout_events(10).unwrap().len(), 3, "the refused command wrote nothing");
+}
+
+async fn arm_figures_only_ever_add_up(t: TestStore) {
+    let key = |variant: &str, config: &str| ArmKey {
+        experiment: "loyalty".into(),
+        variant: variant.into(),
+        module_digest: "sha256:d1".into(),
+        config_hash: config.into(),
+    };
+    let delta = |orders: u64, revenue: u64, latency_bucket: usize| {
+        let mut f = ArmFigures {
+            slot: "discount".into(),
+            module: "gold_loyalty.wasm".into(),
+            version: "1.0.0".into(),
+            orders,
+            fired_orders: orders,
+            discount_cents: 10 * orders,
+            confirmed_orders: orders,
+            revenue_cents: revenue,
+            revenue_squares: (revenue as f64).powi(2),
+            calls: orders,
+            latency_us_sum: 20.0 * orders as f64,
+            ..ArmFigures::default()
+        };
+        f.latency_buckets[latency_bucket] = orders;
+        f
+    };
+    t.store.add_arm_figures(vec![(key("control", "sha256:a"), delta(2, 5_000, 1))]).await.unwrap();
+    // A second process on the same database adds to the same rows.
+    let other = t.reopen().await.unwrap();
+    other
+        .add_arm_figures(vec![
+            (key("control", "sha256:a"), delta(3, 7_000, 3)),
+            (key("fifteen", "sha256:b"), delta(1, 900, LATENCY_BOUNDS_US.len() - 1)),
+        ])
+        .await
+        .unwrap();
+    let rows = t.store.arm_rows().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let control = &rows[0].figures;
+    assert_eq!(rows[0].key, key("control", "sha256:a"));
+    assert_eq!((control.orders, control.discount_cents, control.revenue_cents), (5, 50, 12_000));
+    assert_eq!(control.revenue_squares, 5_000f64.powi(2) + 7_000f64.powi(2));
+    assert_eq!((control.latency_buckets[1], control.latency_buckets[3]), (2, 3));
+    assert_eq!(rows[1].figures.latency_buckets[LATENCY_BOUNDS_US.len() - 1], 1, "the +Inf bucket");
 }

@@ -13,8 +13,11 @@ use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::pipeline::error::ErrorCode;
+use crate::pipeline::experiments::Arm;
+use crate::pipeline::welch::{Difference, Moments, welch_interval};
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
+use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -248,6 +251,9 @@ pub struct PluginEntry {
     pub version: String,
     /// `sha256:` and the hex digest of the file.
     pub digest: String,
+    /// `sha256:…` of the module's configuration from the manifest (with
+    /// the host's defaults), so two configurations of one module differ.
+    pub config_hash: String,
     pub file: String,
     /// When the rule set holding it was loaded (RFC 3339).
     pub loaded_at: String,
@@ -301,6 +307,7 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
             name: id.name.clone(),
             version: id.version.clone(),
             digest: id.digest.clone(),
+            config_hash: rule.config_hash(),
             file: id.file.clone(),
             loaded_at: rules.loaded_at.clone(),
             experiment: experiment.map(str::to_string),
@@ -316,14 +323,9 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
         match &rule.experiment {
             None => plugins.push(entry(slot, &rule.module, None, None, rule.fail_mode)),
             Some(experiment) => {
-                for variant in &experiment.variants {
-                    plugins.push(entry(
-                        slot,
-                        &variant.rule,
-                        Some(&experiment.name),
-                        Some(&variant.name),
-                        rule.fail_mode,
-                    ));
+                // An "off" arm loads no module: it is listed by GET /v1/admin/experiments.
+                for (variant, module) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {
+                    plugins.push(entry(slot, module, Some(&experiment.name), Some(&variant.name), rule.fail_mode));
                 }
             }
         }
@@ -348,18 +350,49 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
     })
 }
 
-/// One variant of an A/B experiment, with its figures since start.
+/// One arm (variant) of an A/B experiment, with its figures from the store:
+/// every order it served, in this process and any other on the database,
+/// since its rows were first written. The first fields keep their meaning
+/// from before the figures were stored; `rows` splits them by module digest
+/// and config hash.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VariantFigures {
     pub name: String,
+    /// The module file the arm runs now; `none` for an "off" arm.
     pub module: String,
     pub version: String,
+    /// `sha256:…` of the module the arm runs now; `none` for an "off" arm.
     pub digest: String,
     pub weight: u32,
+    /// Orders this arm served (its rule ran, failed, or was off).
     pub orders: u64,
     pub discount_cents: u64,
+    /// Rule calls that failed.
     pub errors: u64,
+    /// Mean time of the arm's rule calls, in µs (0 without calls).
     pub mean_latency_us: f64,
+    /// `sha256:…` of the configuration the arm runs now; `none` for an "off" arm.
+    pub config_hash: String,
+    /// Whether this is an "off" arm (`module = "none"`): the rule is skipped.
+    pub off: bool,
+    /// Orders where the rule fired (took a non-zero discount off).
+    pub fired_orders: u64,
+    /// Orders that ended CONFIRMED, and the sum of their totals.
+    pub confirmed_orders: u64,
+    pub revenue_cents: u64,
+    /// `revenue_cents / confirmed_orders`; `null` without confirmed orders.
+    pub mean_order_value_cents: Option<f64>,
+    /// Orders that ended PAYMENT_FAILED.
+    pub payment_failures: u64,
+    /// Rule latency percentiles from the stored histogram; `null` without calls.
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+    /// This arm's mean order value minus the first (control) arm's, with its
+    /// 95 % Welch confidence interval, from the stored sums; `null` for the
+    /// first arm and while either arm has fewer than two confirmed orders.
+    pub vs_control: Option<Difference>,
+    /// The figures per (module digest, config hash) ever recorded for this arm.
+    pub rows: Vec<ArmRowView>,
 }
 
 /// An A/B experiment (`kind: ab`) or a shadow candidate (`kind: shadow`).
@@ -376,8 +409,14 @@ pub struct ExperimentAnswer {
     pub shadow: Option<ShadowSummary>,
 }
 
-/// A/B experiments with their figures per variant since start, and shadow
-/// candidates with their differences from the active modules.
+/// The sample of confirmed order totals that `figures` sums.
+fn order_values(figures: &ArmFigures) -> Moments {
+    Moments { n: figures.confirmed_orders, sum: figures.revenue_cents as f64, sum_squares: figures.revenue_squares }
+}
+
+/// A/B experiments with their stored figures per arm and per (module
+/// digest, config hash), and shadow candidates with their differences from
+/// the active modules.
 #[utoipa::path(get, path = "/v1/admin/experiments", tag = "admin",
     responses((status = 200, description = "the experiments and shadow candidates", body = Vec<ExperimentAnswer>),
               (status = 401)),
@@ -386,30 +425,55 @@ pub async fn get_experiments(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<Json<Vec<ExperimentAnswer>>, ApiError> {
-    let rules = state.engine.pipeline.rules.load_full();
-    let stats = &state.engine.pipeline.experiments;
+    let pipeline = &state.engine.pipeline;
+    // Every order answered before this request counts in what it reads.
+    if let Err(e) = pipeline.experiments.flush(&pipeline.store).await {
+        tracing::warn!(error = %e, "could not record the pending experiment figures before reading");
+    }
+    let stored = pipeline.store.arm_rows().await?;
+    let rules = pipeline.rules.load_full();
     let mut out = Vec::new();
     for (slot, rule) in rules.all() {
         let Some(experiment) = &rule.experiment else { continue };
-        let variants = experiment
-            .variants
-            .iter()
-            .map(|v| {
-                let f = stats.figures(&experiment.name, &v.name);
-                let id = v.rule.identity();
-                VariantFigures {
-                    name: v.name.clone(),
-                    module: id.file.clone(),
-                    version: id.version.clone(),
-                    digest: id.digest.clone(),
-                    weight: v.weight,
-                    orders: f.orders,
-                    discount_cents: f.discount_cents,
-                    errors: f.errors,
-                    mean_latency_us: f.mean_latency_us,
+        let mut control: Option<Moments> = None;
+        let mut variants = Vec::new();
+        for v in &experiment.variants {
+            let arm = Arm::of(slot, &experiment.name, &v.name, v.rule.as_ref());
+            let rows: Vec<&ArmRow> =
+                stored.iter().filter(|r| r.key.experiment == experiment.name && r.key.variant == v.name).collect();
+            let mut total = ArmFigures::default();
+            rows.iter().for_each(|r| total.add(&r.figures));
+            let values = order_values(&total);
+            let vs_control = match control {
+                None => {
+                    control = Some(values);
+                    None
                 }
-            })
-            .collect();
+                Some(first) => welch_interval(&first, &values, 0.95),
+            };
+            variants.push(VariantFigures {
+                name: v.name.clone(),
+                module: arm.module,
+                version: arm.version,
+                digest: arm.key.module_digest,
+                weight: v.weight,
+                orders: total.orders,
+                discount_cents: total.discount_cents,
+                errors: total.rule_errors,
+                mean_latency_us: if total.calls == 0 { 0.0 } else { total.latency_us_sum / total.calls as f64 },
+                config_hash: arm.key.config_hash,
+                off: v.rule.is_none(),
+                fired_orders: total.fired_orders,
+                confirmed_orders: total.confirmed_orders,
+                revenue_cents: total.revenue_cents,
+                mean_order_value_cents: values.mean(),
+                payment_failures: total.payment_failures,
+                latency_p50_us: total.latency_quantile_us(0.5),
+                latency_p99_us: total.latency_quantile_us(0.99),
+                vs_control,
+                rows: rows.iter().map(|r| ArmRowView::of(&r.key, &r.figures)).collect(),
+            });
+        }
         out.push(ExperimentAnswer {
             name: experiment.name.clone(),
             slot: slot.to_string(),
@@ -418,7 +482,7 @@ pub async fn get_experiments(
             shadow: None,
         });
     }
-    let shadows = state.engine.pipeline.store.shadow_summaries().await?;
+    let shadows = pipeline.store.shadow_summaries().await?;
     for s in shadows {
         out.push(ExperimentAnswer {
             name: format!(

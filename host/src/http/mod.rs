@@ -4,6 +4,7 @@
 //!
 //! - [`auth`]: channel and admin keys, customer tokens;
 //! - [`carts`], [`orders`], [`admin`], [`rollouts`], [`ops`]: the endpoints;
+//! - [`dashboard`]: the operators' page at `/admin` (HTML, script, style sheet);
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
@@ -11,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod carts;
+pub mod dashboard;
 pub mod error;
 pub mod json;
 pub mod openapi;
@@ -94,6 +96,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
 }
 
 /// The OpenAPI 3.1 document of [`app`], as served at `/openapi.json`.

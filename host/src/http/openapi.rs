@@ -94,7 +94,8 @@ fn error_description(status: &str) -> Option<&'static str> {
 }
 
 /// Operations that never touch the store (no 503).
-const STORELESS: &[&str] = &["/healthz", "/openapi.json", "/metrics"];
+const STORELESS: &[&str] =
+    &["/healthz", "/openapi.json", "/metrics", "/admin", "/admin/dashboard.js", "/admin/dashboard.css"];
 
 /// Completes the generated document (see the module comment).
 pub(super) fn complete(doc: &mut Value) {

@@ -3,7 +3,7 @@
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
-use super::experiments::ExperimentStats;
+use super::experiments::{Arm, ArmCall, ExperimentFigures};
 use super::invoice::{InvoiceDiscount, SkippedRule};
 use super::rollouts::Rollouts;
 use super::shadow::ShadowJob;
@@ -27,12 +27,15 @@ pub struct Discounts {
     /// Shadow candidates to run after the answer, on the input their active
     /// rule saw.
     pub shadows: Vec<ShadowJob>,
+    /// The experiment arms that served the order, for the figures of how
+    /// it ends (revenue, payment failures).
+    pub arms: Vec<Arm>,
 }
 
 /// Where the pipeline's per-call bookkeeping goes.
 pub struct Books<'a> {
     pub metrics: &'a Metrics,
-    pub experiments: &'a ExperimentStats,
+    pub experiments: &'a ExperimentFigures,
     /// Canary calls (and their fallback to the stable version).
     pub rollouts: &'a Rollouts,
 }
@@ -74,10 +77,25 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
     let mut shadows = Vec::new();
+    let mut arms = Vec::new();
     for slot_rule in &rules.discount {
         let picked = slot_rule.pick(&order.customer.id);
+        let arm = match (picked.experiment, picked.variant) {
+            (Some(experiment), Some(variant)) => Some(Arm::of("discount", experiment, variant, picked.rule)),
+            _ => None,
+        };
+        let Some(rule) = picked.rule else {
+            // An "off" arm: this rule is skipped for the customer; the
+            // slot's other rules apply as usual.
+            if let Some(arm) = arm {
+                books.experiments.rule_call(&arm, ArmCall::default());
+                arms.push(arm);
+            }
+            continue;
+        };
         let started = std::time::Instant::now();
-        let (answer, served) = books.rollouts.call("discount", slot_rule, &picked, |rule| rule.apply_discount(&order));
+        let (answer, served) =
+            books.rollouts.call("discount", slot_rule, &picked, rule, |rule| rule.apply_discount(&order));
         let seconds = started.elapsed().as_secs_f64();
         let before = order.payable_cents;
         // The input the active rule saw, for a shadow candidate only.
@@ -93,8 +111,11 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                 return Err(OrderError::RuleFailed { slot: "discount", module: Box::new((*module).clone()), cause });
             }
             Err(RuleError::Failed { module, cause }) => {
-                if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
-                    books.experiments.record(experiment, variant, 0, true, seconds * 1e6);
+                if let Some(arm) = arm {
+                    let call = ArmCall { failed: true, latency_us: Some(seconds * 1e6), ..ArmCall::default() };
+                    books.experiments.rule_call(&arm, call);
+                    // Skipped (fail open), the order goes on: how it ends counts for the arm.
+                    arms.push(arm);
                 }
                 match slot_rule.fail_mode {
                     FailMode::Closed => {
@@ -114,8 +135,11 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         };
         let granted = capped_lines(granted, served, picked.variant, &mut order.payable_cents);
         let taken = before - order.payable_cents;
-        if let (Some(experiment), Some(variant)) = (picked.experiment, picked.variant) {
-            books.experiments.record(experiment, variant, taken, false, seconds * 1e6);
+        if let Some(arm) = arm {
+            let call =
+                ArmCall { fired: taken > 0, discount_cents: taken, failed: false, latency_us: Some(seconds * 1e6) };
+            books.experiments.rule_call(&arm, call);
+            arms.push(arm);
         }
         if let (Some(candidate), Some(seen)) = (&slot_rule.shadow, seen) {
             shadows.push(ShadowJob::Discount {
@@ -128,7 +152,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         lines.extend(granted);
     }
     let total_cents = lines.iter().map(|l| l.amount_cents).sum();
-    Ok(Discounts { lines, total_cents, skipped, shadows })
+    Ok(Discounts { lines, total_cents, skipped, shadows, arms })
 }
 
 pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: String) -> SkippedRule {

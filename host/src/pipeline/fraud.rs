@@ -126,7 +126,10 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: 
     let mut skipped: Vec<Value> = Vec::new();
     for rule in &rules.fraud {
         let picked = rule.pick(&context.customer.id);
-        let (answer, served) = rollouts.call("fraud", rule, &picked, |r| r.check_fraud(&context, &payment));
+        // An "off" arm of an experiment: this check is skipped for the customer.
+        let Some(picked_rule) = picked.rule else { continue };
+        let (answer, served) =
+            rollouts.call("fraud", rule, &picked, picked_rule, |r| r.check_fraud(&context, &payment));
         if let Some(candidate) = &rule.shadow {
             let job = ShadowJob::Fraud {
                 active: served.clone(),

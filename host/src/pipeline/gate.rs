@@ -67,8 +67,9 @@ fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
         };
         out.push(Placed { world, index, entry: format!("{base} / rule"), rule: &rule.module });
         if let Some(experiment) = &rule.experiment {
-            for v in &experiment.variants {
-                out.push(Placed { world, index, entry: format!("{base} / variant {}", v.name), rule: &v.rule });
+            // An "off" arm runs no module: nothing to gate.
+            for (v, rule) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {
+                out.push(Placed { world, index, entry: format!("{base} / variant {}", v.name), rule });
             }
         }
         if let Some(shadow) = &rule.shadow {

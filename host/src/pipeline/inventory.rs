@@ -121,7 +121,9 @@ fn select(
     let slot = &rules.warehouse;
     let picked = slot.pick(&order.customer.id);
     let canary = picked.canary.map(|c| &c.rule);
-    let (answer, served) = rollouts.call("warehouse", slot, &picked, |rule| {
+    // The warehouse slot has no "off" arm (refused at load).
+    let rule = picked.rule.unwrap_or(&slot.module);
+    let (answer, served) = rollouts.call("warehouse", slot, &picked, rule, |rule| {
         let called = rule.select_warehouses(order, candidates)?;
         if canary.is_some_and(|c| std::ptr::eq(c, rule))
             && let Err(why) = validate_plan(&called.value, requested, candidates)

@@ -9,7 +9,8 @@
 //! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
 //! - [`invoice`]: the invoice the API answers;
 //! - [`fraud`]: fraud checks, run after the answer;
-//! - [`experiments`]: figures per A/B variant, shadow runs;
+//! - [`experiments`]: figures per A/B arm, recorded off the answer path into the store;
+//! - [`welch`]: the confidence interval of a difference in means, from stored sums;
 //! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
 //! - [`replay`]: `smartmart rules replay`, a candidate rule on the stored orders' inputs;
 //! - [`gate`]: the replay gate every reload passes (stored orders and the plug-in dir's examples);
@@ -32,6 +33,7 @@ pub mod replay;
 pub mod rollouts;
 pub mod shadow;
 pub mod validate;
+pub mod welch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -128,7 +130,7 @@ pub struct Pipeline {
     /// Wakes the fraud worker and the event dispatcher after a settlement.
     pub settled: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub experiments: Arc<experiments::ExperimentStats>,
+    pub experiments: Arc<experiments::ExperimentFigures>,
     pub events_ready: Arc<Notify>,
     /// Canaries, rollbacks and the reload hooks.
     pub rollouts: Arc<rollouts::Rollouts>,
@@ -297,10 +299,20 @@ impl Pipeline {
             fraud_review: None,
         };
 
-        let mut shadows = discounts.shadows;
+        let (mut shadows, arms) = (discounts.shadows, discounts.arms);
         shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
         let result = payment::pay_and_settle(self, invoice, &request, stage_started, started).await;
+        if !arms.is_empty() {
+            let settled = match &result {
+                Ok(placed) => Some(experiments::Settled::Confirmed { total_cents: placed.invoice.total_cents }),
+                Err(OrderError::PaymentFailed { .. }) => Some(experiments::Settled::PaymentFailed),
+                Err(_) => None,
+            };
+            if let Some(settled) = settled {
+                self.experiments.settled(&arms, settled);
+            }
+        }
         if !shadows.is_empty() && result.is_ok() {
             self.run_shadows(order_id.clone(), shadows);
         }

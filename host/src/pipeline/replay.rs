@@ -119,7 +119,7 @@ fn stack_of(entries: &[RuleEntry]) -> Vec<Vec<String>> {
         .map(|entry| {
             let mut files = vec![entry.module.clone()];
             if let Some(experiment) = &entry.experiment {
-                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
+                files.extend(experiment.variants.iter().filter_map(|v| v.module_file().map(str::to_string)));
             }
             files.extend(entry.canary.as_ref().and_then(|c| c.module.clone()));
             files.dedup();

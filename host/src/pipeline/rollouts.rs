@@ -83,15 +83,17 @@ impl Rollouts {
         let _ = self.notices.send(Notice { record, event });
     }
 
-    /// Calls the rule `picked` names for one order through `call`: the
-    /// canary first when the customer is in a running canary's share, the
-    /// stable version when the canary fails (trap, budget, error). Counts
-    /// each call in the metrics; returns the answer and the rule that gave it.
+    /// Calls `rule` (what `picked` names for one order, unless its arm is
+    /// off) through `call`: the canary first when the customer is in a
+    /// running canary's share, `rule` when the canary fails (trap, budget,
+    /// error). Counts each call in the metrics; returns the answer and the
+    /// rule that gave it.
     pub fn call<'a, T>(
         &self,
         slot: &'static str,
         slot_rule: &'a SlotRule,
         picked: &Picked<'a>,
+        rule: &'a Rule,
         call: impl Fn(&Rule) -> Result<Called<T>, RuleError>,
     ) -> (Result<Called<T>, RuleError>, &'a Rule) {
         if let Some(canary) = picked.canary {
@@ -119,10 +121,10 @@ impl Rollouts {
             }
         }
         let started = Instant::now();
-        let answer = call(picked.rule);
+        let answer = call(rule);
         let outcome = super::discount::outcome_of(&answer);
-        self.metrics.rule_call(slot, picked.rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
-        (answer, picked.rule)
+        self.metrics.rule_call(slot, rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
+        (answer, rule)
     }
 
     /// Makes the canary `name` of the serving set its stable version, and

@@ -22,7 +22,15 @@
 //!     { name = "control", weight = 90 },
 //!     { name = "fifteen", weight = 10, config = { percent = "15" } },
 //!     { name = "new-module", weight = 0, module = "loyalty_v2.wasm" } ] }
-//! # Shadow (any slot): a candidate runs beside the active module on live
+//! # An "off" arm (`module = "none"`): its share of customers skips this
+//! # rule (the other rules of the slot still apply), so a new stacked rule is
+//! # measured against its absence. Not for the warehouse slot.
+//! [[discount]]
+//! module = "bundle_deal.wasm"
+//! experiment = { name = "bundle", variants = [
+//!     { name = "off", weight = 50, module = "none" },
+//!     { name = "on", weight = 50 } ] }
+//! //! # Shadow (any slot): a candidate runs beside the active module on live
 //! # orders, never changes them; differences and errors are recorded.
 //! shadow = { module = "loyalty_v2.wasm", config = { percent = "12" } }
 //!
@@ -154,7 +162,11 @@ pub struct ExperimentEntry {
     pub variants: Vec<VariantEntry>,
 }
 
+/// The `module` of a variant that skips the rule (an "off" arm).
+pub const OFF_MODULE: &str = "none";
+
 /// One arm of an experiment; `module` and `config` default to the rule's.
+/// `module = "none"` ([`OFF_MODULE`]) is an "off" arm: the rule is skipped.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantEntry {
@@ -164,6 +176,18 @@ pub struct VariantEntry {
     pub module: Option<String>,
     #[serde(default)]
     pub config: Option<BTreeMap<String, String>>,
+}
+
+impl VariantEntry {
+    /// Whether this arm skips the rule (`module = "none"`).
+    pub fn is_off(&self) -> bool {
+        self.module.as_deref() == Some(OFF_MODULE)
+    }
+
+    /// The module file this arm loads, if it names one of its own.
+    pub fn module_file(&self) -> Option<&str> {
+        self.module.as_deref().filter(|_| !self.is_off())
+    }
 }
 
 /// A shadow candidate; `config` defaults to the rule's.
@@ -182,7 +206,7 @@ impl Manifest {
         for entry in self.discount.iter().chain(std::iter::once(&self.warehouse)).chain(&self.fraud) {
             files.push(entry.module.clone());
             if let Some(experiment) = &entry.experiment {
-                files.extend(experiment.variants.iter().filter_map(|v| v.module.clone()));
+                files.extend(experiment.variants.iter().filter_map(|v| v.module_file().map(str::to_string)));
             }
             if let Some(shadow) = &entry.shadow {
                 files.push(shadow.module.clone());

@@ -5,6 +5,7 @@
 //! - [`world`]: the three rule worlds and the imports a rule may have;
 //! - [`module`]: one loaded module and the typed calls into it;
 //! - [`budgets`]: per-call time, fuel, memory and output limits;
+//! - [`config_hash`]: the hash naming a module's configuration;
 //! - [`types`]: what rules receive and return, in the host's own types;
 //! - [`text`]: escaping and bounding the text rules hand the host;
 //! - [`error`]: load-time refusals and call failures;
@@ -66,6 +67,7 @@
 mod bindings;
 pub mod budgets;
 pub mod canary;
+pub mod config_hash;
 pub mod engine;
 pub mod error;
 pub mod manifest;
@@ -83,11 +85,12 @@ pub mod types;
 pub mod world;
 
 pub use budgets::Budgets;
+pub use config_hash::config_hash;
 pub use engine::{RuleRuntime, RuntimeOptions};
 pub use error::{FailureCause, LoadError, RuleError};
 pub use manifest::FailMode;
 pub use module::{Called, ModuleIdentity, RuleModule, Traced, Usage, run_blocking};
 pub use native::{NativeLogic, NativeRule, Rule};
 pub use ruleset::{Experiment, HostDefaults, Picked, RuleSet, SlotRule, Variant};
-pub use state::{LogLine, ModuleConfig, config_hash};
+pub use state::{LogLine, ModuleConfig};
 pub use world::World;

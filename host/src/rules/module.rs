@@ -92,6 +92,8 @@ pub struct RuleModule {
     prepared: Prepared,
     runtime: RuleRuntime,
     config: Arc<ModuleConfig>,
+    /// [`super::config_hash::config_hash`] of `config`, computed once.
+    config_hash: Arc<str>,
     label: Arc<str>,
     budgets: Budgets,
 }
@@ -185,6 +187,7 @@ impl RuleModule {
             imports: compiled.imports.into(),
             prepared,
             runtime: runtime.clone(),
+            config_hash: Arc::from(super::config_hash::config_hash(&config)),
             config,
             label: Arc::from(file_name.as_str()),
             budgets,
@@ -237,6 +240,11 @@ impl RuleModule {
 
     pub fn config(&self) -> &ModuleConfig {
         &self.config
+    }
+
+    /// `sha256:…` of the configuration (see [`super::config_hash`]).
+    pub fn config_hash(&self) -> &str {
+        &self.config_hash
     }
 
     /// The module's own description of itself.

@@ -83,9 +83,13 @@ impl Rule {
         }
     }
 
-    /// [`super::config_hash`] of [`Rule::config`].
+    /// `sha256:…` of the module's configuration; a native rule has none
+    /// (the hash of the empty configuration).
     pub fn config_hash(&self) -> String {
-        super::config_hash(&self.config())
+        match self {
+            Rule::Wasm(m) => m.config_hash().to_string(),
+            Rule::Native(_) => super::config_hash::config_hash(&super::ModuleConfig::new()),
+        }
     }
 
     /// The module's budgets (the defaults for a native rule).

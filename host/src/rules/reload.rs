@@ -293,7 +293,7 @@ fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
     for (slot, rule) in set.all() {
         let mut rules: Vec<&Rule> = vec![&rule.module];
         if let Some(experiment) = &rule.experiment {
-            rules.extend(experiment.variants.iter().map(|v| &v.rule));
+            rules.extend(experiment.variants.iter().filter_map(|v| v.rule.as_ref()));
         }
         rules.extend(rule.shadow.iter());
         rules.extend(rule.canary.iter().map(|c| &c.rule));

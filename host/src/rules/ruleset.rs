@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::canary::{Canary, CanaryControl, CanaryLimits, CanaryState};
-use super::manifest::{FailMode, Manifest, RuleEntry};
+use super::manifest::{FailMode, Manifest, OFF_MODULE, RuleEntry};
 use super::native::Rule;
 use super::{ModuleConfig, RuleRuntime, World};
 
@@ -32,7 +32,9 @@ pub fn bucket(key: &[u8], name: &str, customer_id: &str, total: u64) -> u64 {
 pub struct Variant {
     pub name: String,
     pub weight: u32,
-    pub rule: Rule,
+    /// `None` for an "off" arm (`module = "none"`): its customers skip the
+    /// rule, and the slot's other rules apply as usual.
+    pub rule: Option<Rule>,
 }
 
 /// An A/B experiment on one rule of a slot.
@@ -77,7 +79,8 @@ pub struct SlotRule {
 
 /// The rule a customer gets, and the experiment arm it came from.
 pub struct Picked<'a> {
-    pub rule: &'a Rule,
+    /// `None` when the customer's arm is "off": the rule is skipped.
+    pub rule: Option<&'a Rule>,
     pub experiment: Option<&'a str>,
     pub variant: Option<&'a str>,
     /// A running canary to try first (`rule` is then the stable version
@@ -104,14 +107,19 @@ impl SlotRule {
     pub fn pick(&self, customer_id: &str) -> Picked<'_> {
         if let Some(canary) = &self.canary {
             let running = canary.control.state() == CanaryState::Running && canary.in_share(customer_id);
-            return Picked { rule: self.stable(), experiment: None, variant: None, canary: running.then_some(canary) };
+            return Picked {
+                rule: Some(self.stable()),
+                experiment: None,
+                variant: None,
+                canary: running.then_some(canary),
+            };
         }
         match &self.experiment {
-            None => Picked { rule: &self.module, experiment: None, variant: None, canary: None },
+            None => Picked { rule: Some(&self.module), experiment: None, variant: None, canary: None },
             Some(experiment) => {
                 let variant = experiment.assign(customer_id);
                 Picked {
-                    rule: &variant.rule,
+                    rule: variant.rule.as_ref(),
                     experiment: Some(&experiment.name),
                     variant: Some(&variant.name),
                     canary: None,
@@ -298,6 +306,23 @@ impl Loader<'_> {
                     .variants
                     .iter()
                     .map(|v| {
+                        if v.is_off() {
+                            if world == World::WarehouseSelector {
+                                bail!(
+                                    "experiment {}: variant {}: the warehouse slot cannot be off (module = \"{OFF_MODULE}\"): an order needs a plan",
+                                    e.name,
+                                    v.name
+                                );
+                            }
+                            if v.config.is_some() {
+                                bail!(
+                                    "experiment {}: variant {}: an off arm (module = \"{OFF_MODULE}\") runs nothing, so it takes no config",
+                                    e.name,
+                                    v.name
+                                );
+                            }
+                            return Ok(Variant { name: v.name.clone(), weight: v.weight, rule: None });
+                        }
                         let rule = match (&v.module, &v.config) {
                             (None, None) => module.clone(),
                             (file, config) => self.module(
@@ -307,7 +332,7 @@ impl Loader<'_> {
                                 entry,
                             )?,
                         };
-                        Ok(Variant { name: v.name.clone(), weight: v.weight, rule })
+                        Ok(Variant { name: v.name.clone(), weight: v.weight, rule: Some(rule) })
                     })
                     .collect::<anyhow::Result<_>>()?;
                 Some(Experiment { name: e.name.clone(), variants, key: self.defaults.experiment_key.clone().into() })

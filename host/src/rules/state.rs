@@ -31,21 +31,6 @@ use super::text;
 /// Read-only key/value configuration of one module, from the manifest.
 pub type ModuleConfig = BTreeMap<String, String>;
 
-/// `sha256:` and the hex digest of a configuration (its keys in order, each
-/// key and value length-prefixed): what tells two configurations of one
-/// module apart in shadows, canaries and the replay gate.
-pub fn config_hash(config: &ModuleConfig) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut hasher = Sha256::new();
-    for (key, value) in config {
-        for part in [key, value] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-    }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
 /// Log lines one call may write; the rest are dropped and counted.
 pub const MAX_LOG_LINES: u32 = 64;
 /// Bytes of log text (messages, field keys and values, escaped) one call may
@@ -327,20 +312,6 @@ mod tests {
         fn log_dropped_for_test(&self) -> (u32, usize) {
             (self.dropped_lines, self.dropped_bytes)
         }
-    }
-
-    #[test]
-    fn a_config_hash_tells_configurations_apart_and_ignores_nothing() {
-        let config = |pairs: &[(&str, &str)]| -> ModuleConfig {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-        };
-        let a = config_hash(&config(&[("percent", "10")]));
-        assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");
-        assert_eq!(a, config_hash(&config(&[("percent", "10")])));
-        assert_ne!(a, config_hash(&config(&[("percent", "15")])));
-        assert_ne!(a, config_hash(&ModuleConfig::new()));
-        // Lengths are hashed: moving characters between key and value differs.
-        assert_ne!(config_hash(&config(&[("ab", "c")])), config_hash(&config(&[("a", "bc")])));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`outbox`]: the order's events and sink positions;
 //! - [`ledger`]: the sandbox payment gateway's ledger;
 //! - [`shadows`]: shadow runs of candidate rule modules;
+//! - [`experiments`]: A/B figures per arm, only ever added to;
 //! - [`rollouts`]: canary states and the history of reloads, refusals, rollbacks, promotions;
 //! - `schema` (private): versioned migrations; [`error`]: what callers match on;
 //! - [`postgres`]: the same operations on PostgreSQL, for several replicas
@@ -24,6 +25,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod experiments;
 pub mod ledger;
 pub mod orders;
 pub mod outbox;
@@ -44,6 +46,7 @@ pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
 use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
+use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
 use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
 use outbox::{DueEvent, SinkPosition};
@@ -617,6 +620,20 @@ impl Store {
             |c| rollouts::recent_events(c, limit),
             async move |c| postgres::rollouts::recent_events(c, limit).await,
         )
+    }
+
+    // ---------------------------------------------------------------- experiments
+
+    /// Adds each delta to its A/B figures row, in one command (see
+    /// [`experiments::add_arm_figures`]): rows only ever grow, so figures
+    /// written by several processes add up.
+    pub async fn add_arm_figures(&self, deltas: Vec<(ArmKey, ArmFigures)>) -> Result<(), StoreError> {
+        write!(self, |c| experiments::add_arm_figures(c, &deltas), postgres::experiments::add_arm_figures(c, &deltas))
+    }
+
+    /// Every A/B figures row with its latency buckets, in key order.
+    pub async fn arm_rows(&self) -> Result<Vec<ArmRow>, StoreError> {
+        read!(self, |c| experiments::arm_rows(c), postgres::experiments::arm_rows(c))
     }
 }
 

@@ -192,6 +192,42 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE shadow_runs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE shadow_runs ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: A/B figures, one row per (experiment, variant, module digest,
+    // config hash) of running sums, and its rule-latency histogram; only
+    // ever added to (see store::experiments). Portable types: BIGINT and
+    // DOUBLE PRECISION mean the same in SQLite and PostgreSQL.
+    r#"
+    CREATE TABLE experiment_arms (
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        module_digest TEXT NOT NULL,
+        config_hash TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        module TEXT NOT NULL,
+        version TEXT NOT NULL,
+        orders BIGINT NOT NULL DEFAULT 0,
+        fired_orders BIGINT NOT NULL DEFAULT 0,
+        discount_cents BIGINT NOT NULL DEFAULT 0,
+        confirmed_orders BIGINT NOT NULL DEFAULT 0,
+        revenue_cents BIGINT NOT NULL DEFAULT 0,
+        revenue_squares DOUBLE PRECISION NOT NULL DEFAULT 0,
+        payment_failures BIGINT NOT NULL DEFAULT 0,
+        rule_errors BIGINT NOT NULL DEFAULT 0,
+        calls BIGINT NOT NULL DEFAULT 0,
+        latency_us_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (experiment, variant, module_digest, config_hash)
+    );
+    CREATE TABLE experiment_latency (
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        module_digest TEXT NOT NULL,
+        config_hash TEXT NOT NULL,
+        le_us BIGINT NOT NULL,
+        calls BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (experiment, variant, module_digest, config_hash, le_us)
+    );
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary

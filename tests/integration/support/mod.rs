@@ -2,6 +2,7 @@
 
 pub mod alloc_meter;
 pub mod plugin_dir;
+pub mod plugin_service;
 pub mod server;
 pub mod service;
 

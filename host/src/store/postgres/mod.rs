@@ -20,6 +20,7 @@
 //! on the service's runtime, statements prepared once per connection.
 
 pub(super) mod catalog;
+pub(super) mod experiments;
 pub(super) mod ledger;
 pub(super) mod orders;
 pub(super) mod outbox;

@@ -1,0 +1,348 @@
+//! A/B figures: one row per (experiment, variant, module digest, config
+//! hash) with running sums, and its rule-latency histogram.
+//!
+//! Figures are only ever *added to* in the database (`x = x + delta` in an
+//! upsert), never read, changed in memory and written back: several
+//! processes writing to one database (replicas on a shared store, or one
+//! service after another) add up instead of overwriting each other. What
+//! the CI of a difference in mean order value needs is kept as sums (count,
+//! sum and sum of squares of the confirmed orders' totals), and latency as
+//! counts per fixed bucket ([`LATENCY_BOUNDS_US`]), so that rows merge by
+//! addition and percentiles are read from merged buckets.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::{StoreError, now_ms};
+
+/// Upper bounds (inclusive, µs) of the rule-latency buckets; the last one
+/// is +Inf, stored as `i64::MAX`. Fixed: changing them needs a migration.
+pub const LATENCY_BOUNDS_US: [i64; 17] = [
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    i64::MAX,
+];
+
+/// The `module_digest` and `config_hash` of an "off" arm (no module runs).
+pub const OFF_ARM: &str = "none";
+
+/// Which row figures count in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArmKey {
+    pub experiment: String,
+    pub variant: String,
+    /// `sha256:…` of the module, or `none` for an "off" arm.
+    pub module_digest: String,
+    /// `sha256:…` of the module's configuration, or `none` for an "off" arm.
+    pub config_hash: String,
+}
+
+/// One row's figures, or a delta to add to a row. The labels (`slot`,
+/// `module`, `version`) describe the row; the last written wins.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmFigures {
+    pub slot: String,
+    /// The module file (`none` for an "off" arm).
+    pub module: String,
+    pub version: String,
+    /// Orders this arm served (its rule ran, failed, or was off).
+    pub orders: u64,
+    /// Orders where the rule fired: a discount rule took a non-zero amount off.
+    pub fired_orders: u64,
+    pub discount_cents: u64,
+    /// Orders that ended CONFIRMED, and the sums of their totals and of the
+    /// totals' squares (for the variance).
+    pub confirmed_orders: u64,
+    pub revenue_cents: u64,
+    pub revenue_squares: f64,
+    /// Orders that ended PAYMENT_FAILED.
+    pub payment_failures: u64,
+    /// Rule calls that failed (trap, budget, guest error).
+    pub rule_errors: u64,
+    /// Rule calls timed, and the sum of their times.
+    pub calls: u64,
+    pub latency_us_sum: f64,
+    /// Calls per bucket of [`LATENCY_BOUNDS_US`] (not cumulative).
+    pub latency_buckets: [u64; LATENCY_BOUNDS_US.len()],
+}
+
+impl ArmFigures {
+    /// Adds `other` (a delta or another row) to these figures.
+    pub fn add(&mut self, other: &ArmFigures) {
+        if !other.module.is_empty() {
+            self.slot.clone_from(&other.slot);
+            self.module.clone_from(&other.module);
+            self.version.clone_from(&other.version);
+        }
+        self.orders += other.orders;
+        self.fired_orders += other.fired_orders;
+        self.discount_cents += other.discount_cents;
+        self.confirmed_orders += other.confirmed_orders;
+        self.revenue_cents += other.revenue_cents;
+        self.revenue_squares += other.revenue_squares;
+        self.payment_failures += other.payment_failures;
+        self.rule_errors += other.rule_errors;
+        self.calls += other.calls;
+        self.latency_us_sum += other.latency_us_sum;
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
+            *mine += theirs;
+        }
+    }
+
+    /// Counts one rule call of `latency_us` in its bucket and the sums.
+    pub fn time_call(&mut self, latency_us: f64) {
+        self.calls += 1;
+        self.latency_us_sum += latency_us;
+        let bucket =
+            LATENCY_BOUNDS_US.iter().position(|&le| latency_us <= le as f64).unwrap_or(LATENCY_BOUNDS_US.len() - 1);
+        self.latency_buckets[bucket] += 1;
+    }
+
+    /// The `q` quantile (0..=1) of the rule latency in µs, from the buckets:
+    /// linear within the bucket that holds it, as Prometheus'
+    /// `histogram_quantile` does; a quantile in the +Inf bucket reads as the
+    /// last finite bound. `None` without timed calls.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (index, &count) in self.latency_buckets.iter().enumerate() {
+            if count > 0 && (below + count) as f64 >= rank {
+                let lower = if index == 0 { 0.0 } else { LATENCY_BOUNDS_US[index - 1] as f64 };
+                if LATENCY_BOUNDS_US[index] == i64::MAX {
+                    return Some(lower);
+                }
+                let upper = LATENCY_BOUNDS_US[index] as f64;
+                let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += count;
+        }
+        None
+    }
+}
+
+/// A stored row with its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArmRow {
+    pub key: ArmKey,
+    pub figures: ArmFigures,
+}
+
+/// Adds each delta to its row (creating it), in one command.
+pub fn add_arm_figures(conn: &Connection, deltas: &[(ArmKey, ArmFigures)]) -> Result<(), StoreError> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO experiment_arms (experiment, variant, module_digest, config_hash, slot, module, version,
+             orders, fired_orders, discount_cents, confirmed_orders, revenue_cents, revenue_squares,
+             payment_failures, rule_errors, calls, latency_us_sum, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+         ON CONFLICT (experiment, variant, module_digest, config_hash) DO UPDATE SET
+             slot = excluded.slot, module = excluded.module, version = excluded.version,
+             orders = experiment_arms.orders + excluded.orders,
+             fired_orders = experiment_arms.fired_orders + excluded.fired_orders,
+             discount_cents = experiment_arms.discount_cents + excluded.discount_cents,
+             confirmed_orders = experiment_arms.confirmed_orders + excluded.confirmed_orders,
+             revenue_cents = experiment_arms.revenue_cents + excluded.revenue_cents,
+             revenue_squares = experiment_arms.revenue_squares + excluded.revenue_squares,
+             payment_failures = experiment_arms.payment_failures + excluded.payment_failures,
+             rule_errors = experiment_arms.rule_errors + excluded.rule_errors,
+             calls = experiment_arms.calls + excluded.calls,
+             latency_us_sum = experiment_arms.latency_us_sum + excluded.latency_us_sum,
+             updated_at_ms = excluded.updated_at_ms",
+    )?;
+    let mut bucket = conn.prepare_cached(
+        "INSERT INTO experiment_latency (experiment, variant, module_digest, config_hash, le_us, calls)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (experiment, variant, module_digest, config_hash, le_us) DO UPDATE SET
+             calls = experiment_latency.calls + excluded.calls",
+    )?;
+    let now = now_ms();
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (key, f) in deltas {
+        upsert.execute(params![
+            key.experiment,
+            key.variant,
+            key.module_digest,
+            key.config_hash,
+            f.slot,
+            f.module,
+            f.version,
+            int(f.orders),
+            int(f.fired_orders),
+            int(f.discount_cents),
+            int(f.confirmed_orders),
+            int(f.revenue_cents),
+            f.revenue_squares,
+            int(f.payment_failures),
+            int(f.rule_errors),
+            int(f.calls),
+            f.latency_us_sum,
+            now
+        ])?;
+        for (le, &calls) in LATENCY_BOUNDS_US.iter().zip(&f.latency_buckets) {
+            if calls > 0 {
+                bucket.execute(params![
+                    key.experiment,
+                    key.variant,
+                    key.module_digest,
+                    key.config_hash,
+                    le,
+                    int(calls)
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every stored row, in key order, with its latency buckets.
+pub fn arm_rows(conn: &Connection) -> Result<Vec<ArmRow>, StoreError> {
+    let mut rows: BTreeMap<ArmKey, ArmFigures> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT experiment, variant, module_digest, config_hash, slot, module, version,
+                orders, fired_orders, discount_cents, confirmed_orders, revenue_cents, revenue_squares,
+                payment_failures, rule_errors, calls, latency_us_sum
+         FROM experiment_arms",
+    )?;
+    let count = |r: &rusqlite::Row<'_>, i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    let read = stmt.query_map([], |r| {
+        let key =
+            ArmKey { experiment: r.get(0)?, variant: r.get(1)?, module_digest: r.get(2)?, config_hash: r.get(3)? };
+        let figures = ArmFigures {
+            slot: r.get(4)?,
+            module: r.get(5)?,
+            version: r.get(6)?,
+            orders: count(r, 7)?,
+            fired_orders: count(r, 8)?,
+            discount_cents: count(r, 9)?,
+            confirmed_orders: count(r, 10)?,
+            revenue_cents: count(r, 11)?,
+            revenue_squares: r.get(12)?,
+            payment_failures: count(r, 13)?,
+            rule_errors: count(r, 14)?,
+            calls: count(r, 15)?,
+            latency_us_sum: r.get(16)?,
+            latency_buckets: Default::default(),
+        };
+        Ok((key, figures))
+    })?;
+    for row in read {
+        let (key, figures) = row?;
+        rows.insert(key, figures);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT experiment, variant, module_digest, config_hash, le_us, calls FROM experiment_latency",
+    )?;
+    let read = stmt.query_map([], |r| {
+        let key =
+            ArmKey { experiment: r.get(0)?, variant: r.get(1)?, module_digest: r.get(2)?, config_hash: r.get(3)? };
+        Ok((key, r.get::<_, i64>(4)?, count(r, 5)?))
+    })?;
+    for bucket in read {
+        let (key, le, calls) = bucket?;
+        // A bound this binary does not know (never written by it) is left out.
+        if let (Some(figures), Some(index)) = (rows.get_mut(&key), LATENCY_BOUNDS_US.iter().position(|&b| b == le)) {
+            figures.latency_buckets[index] += calls;
+        }
+    }
+    Ok(rows.into_iter().map(|(key, figures)| ArmRow { key, figures }).collect())
+}
+
+/// What `GET /v1/admin/experiments` shows of a row: its figures with the
+/// percentiles and the mean order value read from the sums.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct ArmRowView {
+    /// `sha256:…` of the module, or `none` for an "off" arm.
+    pub module_digest: String,
+    /// `sha256:…` of the module's configuration, or `none` for an "off" arm.
+    pub config_hash: String,
+    pub module: String,
+    pub version: String,
+    pub orders: u64,
+    pub fired_orders: u64,
+    pub discount_cents: u64,
+    pub confirmed_orders: u64,
+    /// Sum of the confirmed orders' totals.
+    pub revenue_cents: u64,
+    /// `revenue_cents / confirmed_orders`; `null` without confirmed orders.
+    pub mean_order_value_cents: Option<f64>,
+    pub payment_failures: u64,
+    pub rule_errors: u64,
+    /// Rule calls timed (an "off" arm makes none).
+    pub calls: u64,
+    /// Rule latency percentiles from the stored buckets; `null` without calls.
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+}
+
+impl ArmRowView {
+    pub fn of(key: &ArmKey, f: &ArmFigures) -> ArmRowView {
+        ArmRowView {
+            module_digest: key.module_digest.clone(),
+            config_hash: key.config_hash.clone(),
+            module: f.module.clone(),
+            version: f.version.clone(),
+            orders: f.orders,
+            fired_orders: f.fired_orders,
+            discount_cents: f.discount_cents,
+            confirmed_orders: f.confirmed_orders,
+            revenue_cents: f.revenue_cents,
+            mean_order_value_cents: (f.confirmed_orders > 0)
+                .then(|| f.revenue_cents as f64 / f.confirmed_orders as f64),
+            payment_failures: f.payment_failures,
+            rule_errors: f.rule_errors,
+            calls: f.calls,
+            latency_p50_us: f.latency_quantile_us(0.5),
+            latency_p99_us: f.latency_quantile_us(0.99),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_merged_buckets() {
+        let mut a = ArmFigures::default();
+        let mut b = ArmFigures::default();
+        for _ in 0..50 {
+            a.time_call(80.0); // (50, 100]
+        }
+        for _ in 0..49 {
+            b.time_call(400.0); // (250, 500]
+        }
+        b.time_call(3_000_000.0); // +Inf
+        // 25th of 50 calls in (50, 100]: halfway through the bucket.
+        assert_eq!(a.latency_quantile_us(0.5), Some(75.0));
+        let mut merged = a.clone();
+        merged.add(&b);
+        assert_eq!(merged.calls, 100);
+        // The 50th of 100 calls is the last of the (50, 100] bucket.
+        assert_eq!(merged.latency_quantile_us(0.5), Some(100.0));
+        // The 99th lies in (250, 500]: 49 calls there, 49th of them.
+        assert_eq!(merged.latency_quantile_us(0.99), Some(500.0));
+        // The slowest call is in +Inf: the last finite bound.
+        assert_eq!(merged.latency_quantile_us(1.0), Some(1_000_000.0));
+        assert_eq!(ArmFigures::default().latency_quantile_us(0.5), None);
+    }
+}
