@@ -505,12 +505,14 @@ pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), St
 }
 
 /// The last `limit` orders that settled (CONFIRMED or PAYMENT_FAILED: the
-/// ones with a final invoice), newest first. Times compare as times (see
-/// [`pending_orders`]); ids are time-ordered (UUIDv7) and break ties.
+/// ones with a final invoice), newest first. Order ids are UUIDv7, made when
+/// the order is created, so their order is the creation order: the primary
+/// key is read backwards and the scan stops after `limit` matches (the
+/// reload's replay gate runs this on every reload, whatever the table's size).
 pub fn recent_settled(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1"
+         WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') ORDER BY id DESC LIMIT ?1"
     ))?;
     let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], stored_order)?;
     let mut out = Vec::new();
@@ -524,7 +526,7 @@ pub fn recent_settled(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder
 pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE fraud_action = 'ESCALATE' ORDER BY julianday(created_at) DESC, id DESC LIMIT ?1"
+         WHERE fraud_action = 'ESCALATE' ORDER BY id DESC LIMIT ?1"
     ))?;
     let rows = stmt.query_map([limit as i64], stored_order)?;
     let mut out = Vec::new();

@@ -363,7 +363,7 @@ async fn orders_where(db: &impl GenericClient, condition: &str, limit: usize) ->
     let stmt = db
         .prepare_cached(&format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE {condition}
-             ORDER BY created_at::timestamptz DESC, id DESC LIMIT $1"
+             ORDER BY id DESC LIMIT $1"
         ))
         .await?;
     db.query(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)]).await?.iter().map(stored_order).collect()
