@@ -6,7 +6,6 @@
 //! - [`carts`], [`orders`], [`admin`], [`ops`]: the endpoints;
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
-//! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
 
 pub mod admin;
 pub mod auth;
@@ -16,7 +15,6 @@ pub mod json;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
-pub mod rule_errors;
 pub mod server;
 pub mod validate;
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use super::events::fraud_envelope;
 use super::invoice::Invoice;
+use super::rule_errors::Handling;
 use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
 use crate::rules::{FailMode, RuleError, RuleSet};
 use crate::store::StoreError;
@@ -125,12 +126,16 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, metrics: &crate::metrics::Metr
             }
             Err(RuleError::Refused { .. }) => continue,
             Err(RuleError::Failed { module, cause }) => {
-                tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
                 if rule.fail_mode == FailMode::Open {
-                    skipped
-                        .push(json!({ "module": module.file, "version": module.version, "cause": cause.to_string() }));
+                    // The cause's kind and an error id, never the guest's words
+                    // (see `rule_errors`): the review is shown to customers.
+                    let error_id = super::rule_errors::record("fraud", &module, &cause, Handling::Skipped);
+                    skipped.push(json!({
+                        "module": module.file, "version": module.version, "cause": cause.kind(), "error_id": error_id,
+                    }));
                     continue;
                 }
+                tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
                 flags.push("RULE_FAILED".into());
                 (FraudAction::Review, 50)
             }

@@ -12,6 +12,7 @@
 //! - [`experiments`]: figures per A/B variant, shadow runs;
 //! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
 //! - [`replay`]: `smartmart rules replay`, a candidate rule on the stored orders' inputs;
+//! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause);
 //! - [`error`]: every way an order can fail, and the API's error table.
 
 pub mod cart;
@@ -25,6 +26,7 @@ pub mod invoice;
 pub mod payment;
 pub mod recovery;
 pub mod replay;
+pub mod rule_errors;
 pub mod validate;
 
 use std::future::Future;
