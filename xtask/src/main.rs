@@ -144,10 +144,20 @@ fn ensure_target(target: &str) -> Result {
     })
 }
 
+/// Stack of the bundled rules' instances. wasm-ld's default is 1 MiB, and
+/// the whole first memory (stack, data, the heap's start) is what the
+/// instance pool resets after each call: 64 KiB is far more than these
+/// rules use (their data is on the heap) and keeps the memory at 2 pages.
+const BARE_RUSTFLAGS: &str = "-C link-arg=-zstack-size=65536";
+
 /// `cargo build --release` of a guest workspace for `target`.
 fn build_guests(manifest: &str, target: &str) -> Result {
+    let mut cargo = cargo();
+    if target == BARE_TARGET {
+        cargo.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", BARE_RUSTFLAGS);
+    }
     // Relative paths: commands run from the root and print as typed there.
-    run(cargo().args([
+    run(cargo.args([
         "build",
         "--release",
         "--target",

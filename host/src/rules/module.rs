@@ -89,6 +89,8 @@ pub struct RuleModule {
     identity: Arc<ModuleIdentity>,
     path: PathBuf,
     imports: Arc<[String]>,
+    /// Whether any import is a WASI interface (see [`RuleModule::call`]).
+    uses_wasi: bool,
     prepared: Prepared,
     runtime: RuleRuntime,
     config: Arc<ModuleConfig>,
@@ -182,6 +184,7 @@ impl RuleModule {
                 digest: compiled.digest,
             }),
             path: file.to_owned(),
+            uses_wasi: compiled.imports.iter().any(|import| import.starts_with("wasi:")),
             imports: compiled.imports.into(),
             prepared,
             runtime: runtime.clone(),
@@ -384,8 +387,9 @@ impl RuleModule {
         // file or socket call) would bring down the order's task instead of
         // failing the rule. On a rule thread (`run_blocking`, the pipeline's
         // way in) there is no runtime; anywhere else inside a runtime the
-        // guest runs on a thread of its own.
-        let outcome = if !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
+        // guest runs on a thread of its own, unless it imports no WASI at all
+        // (the bundled rules): then nothing it can call blocks on a runtime.
+        let outcome = if self.uses_wasi && !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
             let prepared = &self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())
