@@ -1,17 +1,21 @@
 //! Benchmarks of the rule runtime (results and the command in BENCHMARKS.md).
 //!
+//! Everything here calls the host's own per-call code (`RuleModule`), never
+//! a copy of it:
+//!
 //! - `fresh instance + call`: each bundled rule through the public call API,
-//!   which builds a fresh store and instance for every call;
-//! - `gold-loyalty call vs instantiate`: `RuleModule::info` (instantiate and
+//!   which builds a fresh store and instance for every call (what the order
+//!   path does);
+//! - `instantiate only`: each bundled rule's fresh store and instance,
+//!   dropped without a call (`RuleModule::instantiate`, the same code up to
+//!   the guest's export): the call's own share is the difference;
+//! - `gold-loyalty call vs instantiate`: the host's per-call store alone
+//!   (`RuleModule::fresh_store_only`), `RuleModule::info` (instantiate and
 //!   the cheapest export) beside `apply_discount`, and the same gold-loyalty
 //!   logic as a native Rust closure (with and without cloning the order, as
 //!   the host clones it into the WIT types), and `apply_discount` called from
 //!   inside a tokio runtime directly and through `rules::run_blocking` (the
 //!   pipeline's way);
-//! - `per-call host setup`: the parts of a call the host pays before the
-//!   guest runs (its WASI context, a store on an engine configured like the
-//!   host's, the copy of the order), rebuilt here from public APIs because
-//!   the host's own are private: what the fresh instance costs beside them;
 //! - `load`: a module compiled from its bytes vs taken from the artifact cache.
 //!
 //! Needs the guests: `cargo xtask guests` (or `cargo xtask bench`).
@@ -24,11 +28,6 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use smartmart::rules::runner::RunInput;
 use smartmart::rules::types::{DiscountLine, OrderContext, Tier};
 use smartmart::rules::{Budgets, ModuleConfig, RuleModule, RuleRuntime, RuntimeOptions, World};
-use wasmtime::component::ResourceTable;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::WasiCtx;
-use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -106,6 +105,15 @@ fn fresh_instance_call(c: &mut Criterion) {
         b.iter(|| fraud.check_fraud(black_box(&high_value.order), black_box(&payment)).unwrap())
     });
     group.finish();
+
+    let mut group = c.benchmark_group("instantiate only");
+    for module in [&gold, &coupons, &nearest, &fraud] {
+        module.instantiate().unwrap();
+        group.bench_function(module.identity().file.trim_end_matches(".wasm"), |b| {
+            b.iter(|| module.instantiate().unwrap())
+        });
+    }
+    group.finish();
 }
 
 fn gold_loyalty_breakdown(c: &mut Criterion) {
@@ -117,6 +125,12 @@ fn gold_loyalty_breakdown(c: &mut Criterion) {
     assert_eq!(native_gold_loyalty(&no_config, &order).unwrap(), expected);
 
     let mut group = c.benchmark_group("gold-loyalty call vs instantiate");
+    group.bench_function("fresh store only (the call's state, limiter, fuel, deadline; no instance)", |b| {
+        b.iter(|| gold.fresh_store_only().unwrap())
+    });
+    group.bench_function("instantiate only (fresh store + instance, no call)", |b| {
+        b.iter(|| gold.instantiate().unwrap())
+    });
     group.bench_function("info (fresh instance + cheapest call)", |b| b.iter(|| gold.info().unwrap()));
     group.bench_function("apply_discount (fresh instance + call)", |b| {
         b.iter(|| gold.apply_discount(black_box(&order)).unwrap())
@@ -141,84 +155,6 @@ fn gold_loyalty_breakdown(c: &mut Criterion) {
     });
     group.bench_function("native closure, borrowing the order", |b| {
         b.iter(|| native_gold_loyalty(&no_config, black_box(&order)).unwrap())
-    });
-    group.finish();
-}
-
-/// As the host's `FrozenClock` (host/src/rules/state.rs).
-struct FrozenClock;
-
-impl HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-}
-
-/// What `RuleState::new` builds for every call (host/src/rules/state.rs).
-fn rule_state_like() -> (WasiCtx, ResourceTable, MemoryOutputPipe) {
-    let stderr = MemoryOutputPipe::new(4096);
-    let wasi = WasiCtx::builder()
-        .stdout(stderr.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock)
-        .insecure_random_seed(0)
-        .build();
-    (wasi, ResourceTable::new(), stderr)
-}
-
-/// An engine configured as `engine_config` does (host/src/rules/engine.rs).
-fn host_like_engine() -> Engine {
-    let max_instances = 256;
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(max_instances)
-        .total_core_instances(max_instances * 4)
-        .total_memories(max_instances * 2)
-        .total_tables(max_instances * 2)
-        .max_memory_size(64 << 20)
-        .linear_memory_keep_resident(2 << 20)
-        .table_keep_resident(64 << 10)
-        .pagemap_scan(Enabled::Auto);
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .epoch_interruption(true)
-        .consume_fuel(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).unwrap()
-}
-
-fn per_call_setup(c: &mut Criterion) {
-    let engine = host_like_engine();
-    let order = example("gold-basic").order;
-    let mut group = c.benchmark_group("per-call host setup");
-    group.bench_function("WASI context as RuleState::new builds it", |b| b.iter(rule_state_like));
-    group.bench_function("store with that context, fuel and deadline set, dropped", |b| {
-        b.iter(|| {
-            let mut store = Store::new(&engine, rule_state_like());
-            store.set_fuel(50_000_000).unwrap();
-            store.set_epoch_deadline(50);
-            store
-        })
-    });
-    group.bench_function("store with an empty state, dropped", |b| b.iter(|| Store::new(&engine, ())));
-    group.bench_function("clone of the order (the WIT conversion copies as much)", |b| {
-        b.iter(|| black_box(&order).clone())
     });
     group.finish();
 }
@@ -250,5 +186,5 @@ fn cwasm_count(dir: &Path) -> usize {
         .count()
 }
 
-criterion_group!(benches, fresh_instance_call, gold_loyalty_breakdown, per_call_setup, load_module);
+criterion_group!(benches, fresh_instance_call, gold_loyalty_breakdown, load_module);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use smartmart::app::GatewayChoice;
 use smartmart::pipeline::invoice::distance_km;
+use smartmart::pipeline::rule_errors;
 use smartmart::pipeline::validate::mint_token;
 use smartmart::pipeline::{Invoice, OrderError, OrderRequest, Placed};
 use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
@@ -481,9 +482,59 @@ async fn a_crashing_fail_open_discount_rule_is_skipped_and_named() {
     assert_eq!(invoice.skipped_rules.len(), 1, "{:?}", invoice.skipped_rules);
     assert_eq!(invoice.skipped_rules[0].slot, "discount");
     assert_eq!(invoice.skipped_rules[0].module, "hostile_panic.wasm");
-    let cause = &invoice.skipped_rules[0].cause;
-    assert!(cause.contains("coupon engine crashed"), "the guest's panic message: {cause}");
+    // The cause's kind and an error id; what the guest said goes to the operators only.
+    assert_eq!(invoice.skipped_rules[0].cause, "trap");
+    let error_id = invoice.skipped_rules[0].error_id.clone().expect("an error_id");
+    let answered = serde_json::to_string(&invoice).unwrap();
+    assert!(!answered.contains("coupon engine crashed"), "the guest's words reached the invoice: {answered}");
+    let stored = stored_order(&t, &invoice.order_id).await.invoice.expect("the stored invoice");
+    assert!(!stored.contains("coupon engine crashed"), "the guest's words were stored: {stored}");
+    let listed = rule_errors::recent().into_iter().find(|e| e.error_id == error_id);
+    let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
+    assert_eq!(listed.handling, rule_errors::Handling::Skipped);
+    assert_eq!((listed.slot.as_str(), listed.module.as_str()), ("discount", "hostile_panic.wasm"));
+    assert_eq!(listed.cause_kind, "trap");
+    assert!(listed.cause.contains("coupon engine crashed"), "the guest's panic message: {}", listed.cause);
     assert_eq!(t.charges(), [(format!("pay_{}", invoice.order_id), 80_910)]);
+    t.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_fail_open_fraud_check_is_skipped_with_its_kind_and_error_id() {
+    let plugins = tempfile::tempdir().unwrap();
+    for file in ["gold_loyalty.wasm", "nearest_warehouse.wasm", "high_value.wasm"] {
+        std::fs::copy(bundled_plugins().join(file), plugins.path().join(file)).unwrap();
+    }
+    // A threshold the rule cannot parse: it answers an error on every order.
+    let manifest = r#"
+[[discount]]
+module = "gold_loyalty.wasm"
+
+[warehouse]
+module = "nearest_warehouse.wasm"
+
+[[fraud]]
+module = "high_value.wasm"
+fail_mode = "open"
+config = { threshold_cents = "SECRET-WORDS-7d2a" }
+"#;
+    std::fs::write(plugins.path().join("manifest.toml"), manifest).unwrap();
+    let t = TestEngine::start_with(plugins.path(), |_| {}).await;
+    let invoice = confirmed(t.order("C-1002", &[("HDMI-2M", 1)], "tok_ok", None).await);
+    t.drain().await;
+
+    let review = stored_order(&t, &invoice.order_id).await.fraud_review.expect("reviewed");
+    assert_eq!(review["action"], "ALLOW", "nothing checked it: {review}");
+    let skipped = review["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{review}");
+    assert_eq!(skipped[0]["module"], "high_value.wasm");
+    assert_eq!(skipped[0]["cause"], "guest_error");
+    assert!(!review.to_string().contains("SECRET-WORDS-7d2a"), "the rule's words reached the review: {review}");
+    let error_id = skipped[0]["error_id"].as_str().expect("an error_id");
+    let listed = rule_errors::recent().into_iter().find(|e| e.error_id == error_id);
+    let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
+    assert_eq!((listed.slot.as_str(), listed.handling), ("fraud", rule_errors::Handling::Skipped));
+    assert!(listed.cause.contains("SECRET-WORDS-7d2a"), "{}", listed.cause);
     t.engine.shutdown().await;
 }
 

@@ -263,7 +263,43 @@ budgets = { time_ms = 10000 }
     assert_eq!(entry["slot"], "discount");
     assert_eq!(entry["module"], "hostile_panic.wasm");
     assert_eq!(entry["cause_kind"], "trap");
+    assert_eq!(entry["handling"], "rule_failed");
     // Operators only.
     send(server.web(Method::GET, "/v1/admin/rule-errors")).await.assert_error(401, "UNAUTHENTICATED");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_skipped_fail_open_rule_shows_its_kind_and_error_id_not_its_words() {
+    let plugins = PluginDir::new(
+        &[("hostile_panic", "hostile_panic.wasm")],
+        r#"
+[[discount]]
+module = "hostile_panic.wasm"
+fail_mode = "open"
+budgets = { time_ms = 10000 }
+"#,
+    );
+    let server = TestServer::start_with(plugins.path(), |_| {}).await;
+    let body = json!({"customer_id": "C-1001", "payment": {"token": "tok_ok"}});
+    let answer = server.order("C-1001", &[("HDMI-2M", 1)], &body).await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let text = answer.text();
+    assert!(!text.contains(MARKER), "the guest's panic message reached the invoice: {text}");
+    assert!(!text.contains("coupon engine crashed"), "{text}");
+    let skipped = &answer.json["skipped_rules"];
+    assert_eq!(skipped.as_array().map(Vec::len), Some(1), "{text}");
+    assert_eq!(skipped[0]["slot"], "discount");
+    assert_eq!(skipped[0]["module"], "hostile_panic.wasm");
+    assert_eq!(skipped[0]["cause"], "trap");
+    let error_id = skipped[0]["error_id"].as_str().expect("skipped_rules[0].error_id").to_string();
+    assert!(error_id.starts_with("rerr_"), "{error_id}");
+
+    let listed = send(server.admin(Method::GET, "/v1/admin/rule-errors")).await;
+    let entry = listed.json.as_array().unwrap().iter().find(|e| e["error_id"] == error_id.as_str()).cloned();
+    let entry = entry.unwrap_or_else(|| panic!("{error_id} is not listed: {}", listed.text()));
+    assert!(entry["cause"].as_str().unwrap().contains(MARKER), "{entry}");
+    assert_eq!(entry["cause_kind"], "trap");
+    assert_eq!(entry["handling"], "skipped");
     server.stop().await;
 }

@@ -6,8 +6,16 @@
 //! things therefore have to happen before `cargo test` at the root means
 //! anything, and this tool does them:
 //!
-//! - a fresh machine lacks the `wasm32-wasip2` target: install it (rustup);
-//! - the guests must be built, for that target, before the host's tests run;
+//! - a fresh machine lacks the `wasm32-wasip2` and `wasm32-unknown-unknown`
+//!   targets: install them (rustup);
+//! - the guests must be built before the host's tests run: the test guests
+//!   and the example for `wasm32-wasip2` (the target that makes a component
+//!   directly, as rule authors use it), the bundled rules for
+//!   `wasm32-unknown-unknown` as core modules that this tool turns into
+//!   components itself (`wit-component`): without Rust std's WASI imports a
+//!   component imports only its world's `log` and `config`, so that the host
+//!   wires up a handful of functions per fresh instance instead of ~70 (see
+//!   BENCHMARKS.md, "Rule runtime");
 //! - the JavaScript example rule (`examples/rules/coupons-js/`) needs its
 //!   pinned componentizer from npm (`npm ci`, from its committed lock file)
 //!   and is built with `npm run build`: Node.js 20+ and npm must be on PATH.
@@ -28,17 +36,23 @@
 //! cargo xtask bench [ARGS]    guests, then cargo bench -p smartmart ARGS
 //! ```
 //!
-//! Every command run is printed first. Only std: this must build anywhere.
+//! Every command run is printed first. Besides std, only `wit-component`
+//! (pure Rust, the crate wasmtime's own bindings generator uses): this must
+//! build anywhere.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::{env, fs, io};
 
+/// The target of the guests that are components as built (WASI preview 2).
 const WASM_TARGET: &str = "wasm32-wasip2";
-/// The wasm workspaces, relative to the repository root.
-const GUEST_WORKSPACES: [&str; 3] =
-    ["plugins/Cargo.toml", "tests/guests/Cargo.toml", "examples/rules/clearance/Cargo.toml"];
+/// The target of the bundled rules: core modules without WASI imports.
+const BARE_TARGET: &str = "wasm32-unknown-unknown";
+/// The wasm workspaces built for [`WASM_TARGET`], relative to the repository root.
+const GUEST_WORKSPACES: [&str; 2] = ["tests/guests/Cargo.toml", "examples/rules/clearance/Cargo.toml"];
+/// The bundled rules' workspace, built for [`BARE_TARGET`].
+const BUNDLED_WORKSPACE: &str = "plugins/Cargo.toml";
 /// Where the guests build (shared by the three workspaces), from the root.
 const GUEST_TARGET_DIR: &str = "target/guests";
 /// The JavaScript example rule, relative to the root, and its component.
@@ -107,73 +121,122 @@ fn run(cmd: &mut Command) -> Result {
     if status.success() { Ok(()) } else { Err(format!("`{shown}` failed ({status})")) }
 }
 
-/// Installs the wasm target with rustup when the toolchain lacks it.
-fn ensure_wasm_target() -> Result {
+/// Installs a wasm target with rustup when the toolchain lacks it.
+fn ensure_target(target: &str) -> Result {
     // Ask the compiler itself where the target's libraries live: this works
     // with and without rustup, for whichever toolchain cargo is using.
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let libdir = Command::new(&rustc)
-        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .output()
         .map_err(|e| format!("could not run rustc: {e}"))?;
     let libdir = String::from_utf8_lossy(&libdir.stdout);
     if !libdir.trim().is_empty() && Path::new(libdir.trim()).is_dir() {
         return Ok(());
     }
-    eprintln!("xtask: the {WASM_TARGET} target is not installed; installing it with rustup");
-    run(Command::new("rustup").args(["target", "add", WASM_TARGET])).map_err(|e| {
+    eprintln!("xtask: the {target} target is not installed; installing it with rustup");
+    run(Command::new("rustup").args(["target", "add", target])).map_err(|e| {
         format!(
-            "{e}\nthe guests need the {WASM_TARGET} Rust target. With rustup \
-             (https://rustup.rs): `rustup target add {WASM_TARGET}`; otherwise install \
-             your toolchain's rust-std component for {WASM_TARGET}."
+            "{e}\nthe guests need the {target} Rust target. With rustup \
+             (https://rustup.rs): `rustup target add {target}`; otherwise install \
+             your toolchain's rust-std component for {target}."
         )
     })
 }
 
+/// Stack of the bundled rules' instances. wasm-ld's default is 1 MiB, and
+/// the whole first memory (stack, data, the heap's start) is what the
+/// instance pool resets after each call: 64 KiB is far more than these
+/// rules use (their data is on the heap) and keeps the memory at 2 pages.
+const BARE_RUSTFLAGS: &str = "-C link-arg=-zstack-size=65536";
+
+/// `cargo build --release` of a guest workspace for `target`.
+fn build_guests(manifest: &str, target: &str) -> Result {
+    let mut cargo = cargo();
+    if target == BARE_TARGET {
+        cargo.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", BARE_RUSTFLAGS);
+    }
+    // Relative paths: commands run from the root and print as typed there.
+    run(cargo.args([
+        "build",
+        "--release",
+        "--target",
+        target,
+        "--manifest-path",
+        manifest,
+        "--target-dir",
+        GUEST_TARGET_DIR,
+    ]))
+}
+
+/// The top-level `.wasm` files of a release folder, sorted (`deps/` holds
+/// intermediate copies).
+fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension() == Some(OsStr::new("wasm")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Turns a core module built with wit-bindgen into a component: the world
+/// it was built for travels in the module's `component-type` custom section
+/// (wit-bindgen puts it there), so the component's imports are exactly the
+/// world's imports the module uses.
+fn componentize(module: &Path, to: &Path) -> Result {
+    let bytes = fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&bytes)
+        .and_then(|mut encoder| encoder.encode())
+        .map_err(|e| format!("cannot make a component of {}: {e:#}", module.display()))?;
+    fs::write(to, &component).map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    eprintln!(
+        "  {} ({} kB, from a {} kB core module)",
+        to.display(),
+        component.len().div_ceil(1000),
+        bytes.len().div_ceil(1000)
+    );
+    Ok(())
+}
+
 /// Builds every guest and copies the components where the host looks.
 fn guests() -> Result {
-    ensure_wasm_target()?;
-    // Relative paths: commands run from the root and print as typed there.
+    ensure_target(WASM_TARGET)?;
+    ensure_target(BARE_TARGET)?;
     for manifest in GUEST_WORKSPACES {
-        run(cargo().args([
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            "--manifest-path",
-            manifest,
-            "--target-dir",
-            GUEST_TARGET_DIR,
-        ]))?;
+        build_guests(manifest, WASM_TARGET)?;
     }
+    build_guests(BUNDLED_WORKSPACE, BARE_TARGET)?;
     let root = root();
-
-    // Every top-level .wasm of the release folder is a component one of the
-    // workspaces produced (deps/ holds intermediate copies).
-    let built = root.join(GUEST_TARGET_DIR).join(WASM_TARGET).join("release");
     let wasm_dir = root.join("target/wasm");
     let bundled_dir = root.join("plugins/bundled");
     for dir in [&wasm_dir, &bundled_dir] {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let mut components: Vec<PathBuf> = fs::read_dir(&built)
-        .map_err(|e| format!("cannot read {}: {e}", built.display()))?
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .filter(|path| path.extension() == Some(OsStr::new("wasm")))
-        .collect();
-    components.sort();
+
+    // Every top-level .wasm of the wasip2 release folder is a component one
+    // of its workspaces produced; bundled rules left there by builds of
+    // before they moved to the bare target are not.
+    let components = wasm_files(&root.join(GUEST_TARGET_DIR).join(WASM_TARGET).join("release"))?;
+    let components: Vec<&PathBuf> =
+        components.iter().filter(|path| !BUNDLED.iter().any(|name| path.ends_with(name))).collect();
     for from in &components {
-        let name = from.file_name().expect("a file");
-        copy(from, &wasm_dir.join(name))?;
+        copy(from, &wasm_dir.join(from.file_name().expect("a file")))?;
     }
+    let bare = root.join(GUEST_TARGET_DIR).join(BARE_TARGET).join("release");
     for name in BUNDLED {
-        copy(&built.join(name), &bundled_dir.join(name))?;
+        let component = wasm_dir.join(name);
+        componentize(&bare.join(name), &component)?;
+        copy(&component, &bundled_dir.join(name))?;
     }
     js_example(&root)?;
     copy(&root.join(JS_EXAMPLE).join(JS_COMPONENT), &wasm_dir.join(JS_COMPONENT))?;
     eprintln!(
         "xtask: {} components in {}, {} bundled rules in {}",
-        components.len(),
+        components.len() + BUNDLED.len() + 1,
         wasm_dir.display(),
         BUNDLED.len(),
         bundled_dir.display()

@@ -14,6 +14,7 @@ use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::pipeline::error::ErrorCode;
 use crate::pipeline::experiments::Arm;
+use crate::pipeline::rule_errors;
 use crate::pipeline::welch::{Difference, Moments, welch_interval};
 use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
@@ -555,12 +556,13 @@ pub async fn get_escalations(
     ))
 }
 
-/// The most recent rule failures answered `RULE_FAILED` (at most 256, this
-/// process only), newest first, with the full cause each `error_id` stands
-/// for: the guest's panic message or error text, which clients never see.
+/// The most recent rule failures answered `RULE_FAILED` or skipped by a
+/// fail-open slot (at most 256, this process only), newest first, with the
+/// full cause each `error_id` stands for: the guest's panic message or error
+/// text, which clients never see.
 #[utoipa::path(get, path = "/v1/admin/rule-errors", tag = "admin",
-    responses((status = 200, body = [super::rule_errors::RuleErrorRecord]), (status = 401)),
+    responses((status = 200, body = [rule_errors::RuleErrorRecord]), (status = 401)),
     security(("admin_key" = [])))]
-pub async fn get_rule_errors(_admin: Admin) -> Json<Vec<super::rule_errors::RuleErrorRecord>> {
-    Json(super::rule_errors::recent())
+pub async fn get_rule_errors(_admin: Admin) -> Json<Vec<rule_errors::RuleErrorRecord>> {
+    Json(rule_errors::recent())
 }

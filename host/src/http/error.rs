@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::pipeline::OrderError;
 use crate::pipeline::error::{ErrorCode, status_of};
+use crate::pipeline::rule_errors;
 use crate::store::StoreError;
 
 /// An error answer.
@@ -68,7 +69,7 @@ impl From<OrderError> for ApiError {
         // A failed rule's cause is the guest's text: it goes to the log and
         // the operators' list under an error id, and the client gets the id.
         if let OrderError::RuleFailed { slot, module, cause } = &e {
-            let error_id = super::rule_errors::record(slot, module, cause);
+            let error_id = rule_errors::record(slot, module, cause, rule_errors::Handling::RuleFailed);
             body["error"]["details"]["error_id"] = json!(error_id);
         }
         ApiError { code: e.code(), message: e.public_message(), body: Some(body), details: None }

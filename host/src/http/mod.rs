@@ -7,7 +7,6 @@
 //! - [`dashboard`]: the operators' page at `/admin` (HTML, script, style sheet);
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
-//! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause).
 
 pub mod admin;
 pub mod auth;
@@ -19,7 +18,6 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod rollouts;
-pub mod rule_errors;
 pub mod server;
 pub mod validate;
 

@@ -126,8 +126,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                         });
                     }
                     FailMode::Open => {
-                        tracing::warn!(module = %module, %cause, "fail-open discount rule skipped");
-                        skipped.push(skipped_rule(&module, cause.to_string()));
+                        skipped.push(skipped_rule(&module, &cause));
                         continue;
                     }
                 }
@@ -155,17 +154,18 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     Ok(Discounts { lines, total_cents, skipped, shadows, arms })
 }
 
-pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: String) -> SkippedRule {
+/// A fail-open rule's failure as the invoice lists it: the cause's kind and
+/// the error id under which operators find what the rule said (logged and
+/// kept in [`super::rule_errors`]).
+pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: &FailureCause) -> SkippedRule {
+    let slot = module.world.slot();
+    let error_id = super::rule_errors::record(slot, module, cause, super::rule_errors::Handling::Skipped);
     SkippedRule {
-        slot: match module.world {
-            crate::rules::World::DiscountRule => "discount",
-            crate::rules::World::WarehouseSelector => "warehouse",
-            crate::rules::World::FraudCheck => "fraud",
-        }
-        .into(),
+        slot: slot.into(),
         module: module.file.clone(),
         version: module.version.clone(),
         digest: module.digest.clone(),
-        cause,
+        cause: cause.kind().into(),
+        error_id: Some(error_id),
     }
 }

@@ -12,6 +12,7 @@ use super::Pipeline;
 use super::events::fraud_envelope;
 use super::invoice::Invoice;
 use super::rollouts::Rollouts;
+use super::rule_errors::Handling;
 use super::shadow::{self, ShadowJob};
 use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
 use crate::rules::{FailMode, RuleError, RuleSet};
@@ -149,12 +150,16 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: 
             }
             Err(RuleError::Refused { .. }) => continue,
             Err(RuleError::Failed { module, cause }) => {
-                tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
                 if rule.fail_mode == FailMode::Open {
-                    skipped
-                        .push(json!({ "module": module.file, "version": module.version, "cause": cause.to_string() }));
+                    // The cause's kind and an error id, never the guest's words
+                    // (see `rule_errors`): the review is shown to customers.
+                    let error_id = super::rule_errors::record("fraud", &module, &cause, Handling::Skipped);
+                    skipped.push(json!({
+                        "module": module.file, "version": module.version, "cause": cause.kind(), "error_id": error_id,
+                    }));
                     continue;
                 }
+                tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
                 flags.push("RULE_FAILED".into());
                 (FraudAction::Review, 50)
             }

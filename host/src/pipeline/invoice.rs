@@ -141,14 +141,23 @@ pub struct Timings {
     pub total: f64,
 }
 
-/// A fail-open rule that failed and was skipped.
+/// A fail-open rule that failed and was skipped. What the rule said goes to
+/// the operators only (`GET /v1/admin/rule-errors`, by `error_id`): the
+/// guest's words never reach an invoice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedRule {
     pub slot: String,
     pub module: String,
     pub version: String,
     pub digest: String,
+    /// The cause's kind, as in a `RULE_FAILED` answer: `trap`,
+    /// `time_budget`, `fuel_budget`, `memory_budget`, `output_budget`,
+    /// `guest_error` or `instantiate`.
     pub cause: String,
+    /// The failure's id in `GET /v1/admin/rule-errors`, where operators
+    /// find its full cause. Absent on invoices stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 /// Great-circle distance in km (haversine, mean Earth radius).

@@ -16,6 +16,7 @@
 //! - [`gate`]: the replay gate every reload passes (stored orders and the plug-in dir's examples);
 //! - [`rollouts`]: canary calls with fallback, automatic rollback, promotion, reload hooks;
 //! - [`shadow`]: shadow candidates of every slot, run after the answer;
+//! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause);
 //! - [`error`]: every way an order can fail, and the API's error table.
 
 pub mod cart;
@@ -31,6 +32,7 @@ pub mod payment;
 pub mod recovery;
 pub mod replay;
 pub mod rollouts;
+pub mod rule_errors;
 pub mod shadow;
 pub mod validate;
 pub mod welch;

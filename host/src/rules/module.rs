@@ -89,6 +89,8 @@ pub struct RuleModule {
     identity: Arc<ModuleIdentity>,
     path: PathBuf,
     imports: Arc<[String]>,
+    /// Whether any import is a WASI interface (see [`RuleModule::call`]).
+    uses_wasi: bool,
     prepared: Prepared,
     runtime: RuleRuntime,
     config: Arc<ModuleConfig>,
@@ -184,6 +186,7 @@ impl RuleModule {
                 digest: compiled.digest,
             }),
             path: file.to_owned(),
+            uses_wasi: compiled.imports.iter().any(|import| import.starts_with("wasi:")),
             imports: compiled.imports.into(),
             prepared,
             runtime: runtime.clone(),
@@ -332,6 +335,48 @@ impl RuleModule {
         RuleError::Failed { module: self.identity.clone(), cause }
     }
 
+    /// Instantiates the module in a fresh store under its budgets and drops
+    /// the instance without calling it: the part of every call that comes
+    /// before the guest runs (the rules benchmark sets it beside the calls).
+    pub fn instantiate(&self) -> Result<Called<()>, RuleError> {
+        self.call(|store, prepared| {
+            // The instance is dropped at once: its store ends with the call.
+            match prepared {
+                Prepared::Discount(pre) => pre.instantiate(store).map(|_| ())?,
+                Prepared::Warehouse(pre) => pre.instantiate(store).map(|_| ())?,
+                Prepared::Fraud(pre) => pre.instantiate(store).map(|_| ())?,
+            }
+            Ok(Ok(()))
+        })
+        .into_called()
+    }
+
+    /// Builds the fresh store of a call under the module's budgets and drops
+    /// it, instantiating nothing: the host's own per-call set-up, for the
+    /// rules benchmark.
+    #[doc(hidden)]
+    pub fn fresh_store_only(&self) -> Result<(), RuleError> {
+        self.fresh_store().map(drop)
+    }
+
+    /// The store of one call: the call's state (log, config, meters), its
+    /// memory limiter, fuel, epoch deadline and output budget.
+    fn fresh_store(&self) -> Result<Store<RuleState>, RuleError> {
+        let budgets = self.budgets;
+        let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| state);
+        store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
+        store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
+        // The output budget, enforced while wasmtime lifts what the guest
+        // hands over (the answer, each host call's arguments): a string or
+        // list is charged before it is copied, so an answer of a thousand
+        // strings aliasing one buffer is refused at the budget, not after
+        // the host has copied every alias.
+        store.set_hostcall_fuel(budgets.output_bytes);
+        Ok(store)
+    }
+
     /// One call in a fresh store under the module's budgets; classifies
     /// every way it can go wrong.
     fn call<T: Send>(
@@ -340,27 +385,19 @@ impl RuleModule {
     ) -> Traced<T> {
         let started = Instant::now();
         let budgets = self.budgets;
-        let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
-        let mut store = Store::new(self.runtime.engine(), state);
-        store.limiter(|state| state);
-        if let Err(e) = store.set_fuel(budgets.fuel) {
-            return Traced::not_run(self.failed(FailureCause::Instantiate(e.to_string())));
-        }
-        store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
-        // The output budget, enforced while wasmtime lifts what the guest
-        // hands over (the answer, each host call's arguments): a string or
-        // list is charged before it is copied, so an answer of a thousand
-        // strings aliasing one buffer is refused at the budget, not after
-        // the host has copied every alias.
-        store.set_hostcall_fuel(budgets.output_bytes);
+        let mut store = match self.fresh_store() {
+            Ok(store) => store,
+            Err(error) => return Traced::not_run(error),
+        };
         // wasmtime-wasi's synchronous WASI bindings block on the current
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
         // file or socket call) would bring down the order's task instead of
         // failing the rule. On a rule thread (`run_blocking`, the pipeline's
         // way in) there is no runtime; anywhere else inside a runtime the
-        // guest runs on a thread of its own.
-        let outcome = if !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
+        // guest runs on a thread of its own, unless it imports no WASI at all
+        // (the bundled rules): then nothing it can call blocks on a runtime.
+        let outcome = if self.uses_wasi && !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
             let prepared = &self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())

@@ -1,6 +1,6 @@
-//! What one rule call's `Store` holds: an empty WASI context, the module's
-//! read-only configuration, and the meters behind its budgets (memory, and
-//! the log budget below).
+//! What one rule call's `Store` holds: an empty WASI context (built only
+//! when the guest first touches WASI), the module's read-only configuration,
+//! and the meters behind its budgets (memory, and the log budget below).
 //!
 //! ## The log budget
 //!
@@ -48,8 +48,10 @@ pub const MAX_FIELD_VALUE: usize = 256;
 const STDIO_CAPACITY: usize = 4096;
 
 pub(crate) struct RuleState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// Built on the guest's first WASI call: the bundled rules import no WASI
+    /// at all, and building a context (two seeded generators, the pipes) is
+    /// a measurable part of a fresh call (BENCHMARKS.md, "Rule runtime").
+    wasi: Option<Wasi>,
     config: Arc<ModuleConfig>,
     /// `name@version` of the module, for log lines.
     label: Arc<str>,
@@ -60,7 +62,35 @@ pub(crate) struct RuleState {
     memory_budget: usize,
     pub(crate) peak_memory: usize,
     pub(crate) memory_denied: bool,
-    pub(crate) stderr: MemoryOutputPipe,
+}
+
+/// The deny-all WASI context of a call, its resource table, and the pipe
+/// its stdout and stderr write into.
+struct Wasi {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    stderr: MemoryOutputPipe,
+}
+
+impl Wasi {
+    fn new() -> Self {
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        // Deny-all WASI: no preopened directories, no environment, no
+        // arguments, no network, clocks frozen at zero, fixed-seed random.
+        // Rust's std for wasm32-wasip2 links a few WASI interfaces even when
+        // a rule uses none; this context makes each of them inert.
+        let ctx = WasiCtx::builder()
+            .stdout(stderr.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .insecure_random_seed(0)
+            .build();
+        Wasi { ctx, table: ResourceTable::new(), stderr }
+    }
 }
 
 /// A clock that always reads zero: rules get the order time as data, and a
@@ -87,24 +117,8 @@ impl HostMonotonicClock for FrozenClock {
 
 impl RuleState {
     pub(crate) fn new(label: Arc<str>, config: Arc<ModuleConfig>, memory_budget: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
-        // Deny-all WASI: no preopened directories, no environment, no
-        // arguments, no network, clocks frozen at zero, fixed-seed random.
-        // Rust's std links a few WASI interfaces even when a rule uses none;
-        // this context makes each of them inert.
-        let wasi = WasiCtx::builder()
-            .stdout(stderr.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .insecure_random_seed(0)
-            .build();
         RuleState {
-            wasi,
-            table: ResourceTable::new(),
+            wasi: None,
             config,
             label,
             log: LogMeter::default(),
@@ -112,14 +126,16 @@ impl RuleState {
             memory_budget,
             peak_memory: 0,
             memory_denied: false,
-            stderr,
         }
     }
 
     /// What the guest wrote to stdout/stderr, lossily decoded, trimmed,
     /// escaped and bounded: it is shown in logs.
     pub(crate) fn guest_output(&self) -> String {
-        text::failure_text(String::from_utf8_lossy(&self.stderr.contents()).trim())
+        let Some(wasi) = &self.wasi else {
+            return String::new();
+        };
+        text::failure_text(String::from_utf8_lossy(&wasi.stderr.contents()).trim())
     }
 
     /// Lines and bytes of log the call's budget dropped, if any.
@@ -196,7 +212,8 @@ impl LogMeter {
 
 impl WasiView for RuleState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let wasi = self.wasi.get_or_insert_with(Wasi::new);
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 

@@ -489,9 +489,13 @@ pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<AwaitingR
     Ok(out)
 }
 
-/// Stores fraud verdicts on their orders and readies their fraud events.
+/// Stores fraud verdicts on their orders and readies their fraud events. An
+/// order reviewed already keeps its first verdict (two passes that raced on
+/// it, e.g. the worker and a drain, change nothing the second time).
 pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), StoreError> {
-    let mut review = conn.prepare_cached("UPDATE orders SET fraud_review = ?2, fraud_action = ?3 WHERE id = ?1")?;
+    let mut review = conn.prepare_cached(
+        "UPDATE orders SET fraud_review = ?2, fraud_action = ?3 WHERE id = ?1 AND fraud_review IS NULL",
+    )?;
     let mut ready = conn.prepare_cached(
         "UPDATE outbox SET envelope = ?2, state = 'READY' WHERE id = ?1 AND state = 'AWAITING_VERDICT'",
     )?;

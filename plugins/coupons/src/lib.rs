@@ -126,6 +126,9 @@ pub fn decide(
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // the generated bindings
 mod wasm {
+    // The bump allocator: instances live for one call (see guest-alloc).
+    use guest_alloc as _;
+
     wit_bindgen::generate!({
         world: "discount-rule",
         path: "../../wit",

@@ -81,6 +81,9 @@ pub fn check(total_cents: u64, threshold_config: Option<&str>) -> Result<Verdict
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // the generated bindings
 mod wasm {
+    // The bump allocator: instances live for one call (see guest-alloc).
+    use guest_alloc as _;
+
     wit_bindgen::generate!({
         world: "fraud-check",
         path: "../../wit",

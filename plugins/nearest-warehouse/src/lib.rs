@@ -192,6 +192,9 @@ pub fn select(
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // the generated bindings
 mod wasm {
+    // The bump allocator: instances live for one call (see guest-alloc).
+    use guest_alloc as _;
+
     wit_bindgen::generate!({
         world: "warehouse-selector",
         path: "../../wit",

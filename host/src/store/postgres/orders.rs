@@ -343,7 +343,9 @@ pub async fn claim_awaiting_verdict(db: &impl GenericClient, limit: usize) -> Re
 }
 
 pub async fn record_verdicts(db: &impl GenericClient, verdicts: &[Verdict]) -> Result<(), StoreError> {
-    let review = db.prepare_cached("UPDATE orders SET fraud_review = $2, fraud_action = $3 WHERE id = $1").await?;
+    let review = db
+        .prepare_cached("UPDATE orders SET fraud_review = $2, fraud_action = $3 WHERE id = $1 AND fraud_review IS NULL")
+        .await?;
     let ready = db
         .prepare_cached(
             "UPDATE outbox SET envelope = $2, state = 'READY', next_attempt_ms = 0

@@ -2,10 +2,13 @@
 //!
 //! A rule's failure text (its panic message, a trap's backtrace note, its
 //! error message) is the guest's own words: it never goes into a client's
-//! HTTP answer. A client gets `503 RULE_FAILED` naming slot, module and
-//! version, and an `error_id`; the full cause is logged with that id and
-//! kept here, in a bounded ring of the [`CAPACITY`] most recent failures of
-//! this process, which `GET /v1/admin/rule-errors` shows.
+//! HTTP answer, a stored invoice or an event. A client gets the cause's kind
+//! (`trap`, `fuel_budget`, …) and an `error_id`: in `503 RULE_FAILED` when
+//! the slot fails closed, in the invoice's `skipped_rules` (and the fraud
+//! review's `skipped`) when a fail-open rule was skipped. The full cause is
+//! logged with that id and kept here, in a bounded ring of the [`CAPACITY`]
+//! most recent failures of this process, which `GET /v1/admin/rule-errors`
+//! shows.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
@@ -18,7 +21,19 @@ use crate::rules::{FailureCause, ModuleIdentity};
 /// Failures kept; the oldest goes when a new one comes.
 pub const CAPACITY: usize = 256;
 
-/// One rule failure that reached a client as `RULE_FAILED`.
+/// What a failure did to the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Handling {
+    /// The slot fails closed: the order was answered `RULE_FAILED`.
+    RuleFailed,
+    /// The slot fails open: the rule was skipped and the order went on
+    /// (listed in the invoice's `skipped_rules` or the fraud review's `skipped`).
+    Skipped,
+}
+
+/// One rule failure that reached a client as `RULE_FAILED`, or a fail-open
+/// rule that was skipped.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RuleErrorRecord {
     /// The id the client's error body carries (`details.error_id`).
@@ -37,6 +52,8 @@ pub struct RuleErrorRecord {
     /// The full cause, the guest's words included (escaped and bounded by the
     /// rule runtime).
     pub cause: String,
+    /// `rule_failed` (the order was refused) or `skipped` (a fail-open rule).
+    pub handling: Handling,
 }
 
 fn ring() -> &'static Mutex<VecDeque<RuleErrorRecord>> {
@@ -45,13 +62,19 @@ fn ring() -> &'static Mutex<VecDeque<RuleErrorRecord>> {
 }
 
 /// Logs a rule failure with a fresh error id, keeps it in the ring, and
-/// returns the id for the client's answer.
-pub fn record(slot: &str, module: &ModuleIdentity, cause: &FailureCause) -> String {
+/// returns the id for the client's answer (or the invoice).
+pub fn record(slot: &str, module: &ModuleIdentity, cause: &FailureCause, handling: Handling) -> String {
     let error_id = format!("rerr_{}", uuid::Uuid::now_v7().simple());
-    tracing::error!(
-        error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
-        "rule failed; the client was answered RULE_FAILED with this error_id"
-    );
+    match handling {
+        Handling::RuleFailed => tracing::error!(
+            error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
+            "rule failed; the client was answered RULE_FAILED with this error_id"
+        ),
+        Handling::Skipped => tracing::warn!(
+            error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
+            "fail-open rule failed and was skipped; the order lists it with this error_id"
+        ),
+    }
     let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let record = RuleErrorRecord {
         error_id: error_id.clone(),
@@ -63,6 +86,7 @@ pub fn record(slot: &str, module: &ModuleIdentity, cause: &FailureCause) -> Stri
         digest: module.digest.clone(),
         cause_kind: cause.kind().to_string(),
         cause: cause.to_string(),
+        handling,
     };
     let mut ring = ring().lock().unwrap_or_else(|p| p.into_inner());
     if ring.len() == CAPACITY {
