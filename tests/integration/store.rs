@@ -726,13 +726,13 @@ async fn canary_states_and_rollout_events_are_kept(t: TestStore) {
         .await
         .unwrap();
     assert_eq!(t.store.rollout_state("loyalty-v2").unwrap(), Some(record("rolled_back", 50, 20)));
-    let kinds: Vec<_> = t.store.rollout_events(10).unwrap().into_iter().map(|e| (e.at_ms, e.kind)).collect();
+    let kinds: Vec<_> = t.store.rollout_events(10).await.unwrap().into_iter().map(|e| (e.at_ms, e.kind)).collect();
     assert_eq!(kinds, [(2_000, "rollback".to_string()), (1_500, "reload".into()), (1_000, "reload".into())]);
-    assert_eq!(t.store.rollout_events(1).unwrap().len(), 1);
+    assert_eq!(t.store.rollout_events(1).await.unwrap().len(), 1);
     // A state the schema does not know is refused.
     let err = t.store.record_rollout_state(record("paused", 1, 0), event(3_000, "reload", "x")).await.unwrap_err();
     assert!(matches!(err, StoreError::Constraint(_)), "{err}");
-    assert_eq!(t.store.rollout_events(10).unwrap().len(), 3, "the refused command wrote nothing");
+    assert_eq!(t.store.rollout_events(10).await.unwrap().len(), 3, "the refused command wrote nothing");
 }
 
 async fn arm_figures_only_ever_add_up(t: TestStore) {

@@ -308,7 +308,7 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
             name: id.name.clone(),
             version: id.version.clone(),
             digest: id.digest.clone(),
-            config_hash: rule.config_hash(),
+            config_hash: rule.config_hash().to_string(),
             file: id.file.clone(),
             loaded_at: rules.loaded_at.clone(),
             experiment: experiment.map(str::to_string),

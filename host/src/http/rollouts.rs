@@ -40,7 +40,7 @@ impl RuleVersion {
             name: id.name.clone(),
             version: id.version.clone(),
             digest: id.digest.clone(),
-            config_hash: rule.config_hash(),
+            config_hash: rule.config_hash().to_string(),
         }
     }
 }
@@ -108,7 +108,7 @@ fn canaries(rules: &RuleSet) -> Vec<CanaryAnswer> {
     security(("admin_key" = [])))]
 pub async fn get_rollouts(State(state): State<AppState>, _admin: Admin) -> Result<Json<RolloutsAnswer>, ApiError> {
     let rules = state.engine.pipeline.rules.load_full();
-    let events = state.engine.pipeline.rollouts.events()?;
+    let events = state.engine.pipeline.rollouts.events().await?;
     Ok(Json(RolloutsAnswer { canaries: canaries(&rules), events }))
 }
 

@@ -41,7 +41,7 @@ impl Arm {
         let (module_digest, config_hash, module, version) = match rule {
             Some(rule) => {
                 let id = rule.identity();
-                (id.digest.clone(), rule.config_hash(), id.file.clone(), id.version.clone())
+                (id.digest.clone(), rule.config_hash().to_string(), id.file.clone(), id.version.clone())
             }
             None => (OFF_ARM.to_string(), OFF_ARM.to_string(), OFF_ARM.to_string(), String::new()),
         };

@@ -42,7 +42,7 @@ struct Placed<'a> {
 /// What tells two modules of a slot apart for the gate: the same bytes with
 /// the same configuration and budgets answer the same.
 fn key(world: World, rule: &Rule) -> (&'static str, String, String, String) {
-    (world.slot(), rule.identity().digest.clone(), rule.config_hash(), format!("{:?}", rule.budgets()))
+    (world.slot(), rule.identity().digest.clone(), rule.config_hash().to_string(), format!("{:?}", rule.budgets()))
 }
 
 fn world_of(slot: &str) -> World {

@@ -60,9 +60,9 @@ impl Rollouts {
             entry: canary.name.clone(),
             slot: slot.to_string(),
             stable_digest: rule.module.identity().digest.clone(),
-            stable_config_hash: rule.module.config_hash(),
+            stable_config_hash: rule.module.config_hash().to_string(),
             canary_digest: canary.rule.identity().digest.clone(),
-            canary_config_hash: canary.rule.config_hash(),
+            canary_config_hash: canary.rule.config_hash().to_string(),
             state: state.as_str().to_string(),
             reason: Some(reason.to_string()),
             calls,
@@ -147,8 +147,8 @@ impl Rollouts {
     }
 
     /// The recent events, newest first.
-    pub fn events(&self) -> Result<Vec<RolloutEvent>, StoreError> {
-        self.store.rollout_events(RECENT_EVENTS)
+    pub async fn events(&self) -> Result<Vec<RolloutEvent>, StoreError> {
+        self.store.rollout_events(RECENT_EVENTS).await
     }
 }
 

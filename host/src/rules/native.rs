@@ -85,10 +85,13 @@ impl Rule {
 
     /// `sha256:…` of the module's configuration; a native rule has none
     /// (the hash of the empty configuration).
-    pub fn config_hash(&self) -> String {
+    pub fn config_hash(&self) -> &str {
+        // Computed once, like a module's (it is read on the order path).
+        static EMPTY: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| super::config_hash::config_hash(&super::ModuleConfig::new()));
         match self {
-            Rule::Wasm(m) => m.config_hash().to_string(),
-            Rule::Native(_) => super::config_hash::config_hash(&super::ModuleConfig::new()),
+            Rule::Wasm(m) => m.config_hash(),
+            Rule::Native(_) => &EMPTY,
         }
     }
 

@@ -614,12 +614,9 @@ impl Store {
         )
     }
 
-    /// The `limit` most recent rollout events, newest first (blocking).
-    pub fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
-        self.read_blocking(
-            |c| rollouts::recent_events(c, limit),
-            async move |c| postgres::rollouts::recent_events(c, limit).await,
-        )
+    /// The `limit` most recent rollout events, newest first.
+    pub async fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
+        read!(self, |c| rollouts::recent_events(c, limit), postgres::rollouts::recent_events(c, limit))
     }
 
     // ---------------------------------------------------------------- experiments
