@@ -312,6 +312,7 @@ async fn reconciliation_sees_orders_touched_in_the_same_second() {
         currency: "USD".into(),
         holds: vec![Hold { warehouse_id: "WH-BLR".into(), sku: "TV-55-OLED".into(), quantity: 1 }],
         claim: None,
+        intent: None,
     };
     let outcome = t.engine.pipeline.store.reserve(order).await.unwrap();
     assert_eq!(outcome, ReserveOutcome::Reserved);

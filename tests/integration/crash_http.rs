@@ -294,7 +294,7 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
 async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final_order() {
     use sha2::Digest as _;
     use smartmart::pipeline::recovery::{self, RecoveryReport};
-    use smartmart::store::orders::{Hold, KeyClaim, NewOrder, ReserveOutcome};
+    use smartmart::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
 
     use crate::support::server::TestServer;
 
@@ -325,6 +325,7 @@ async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final
             currency: "USD".into(),
             holds: vec![Hold { warehouse_id: "WH-BLR".into(), sku: "HDMI-2M".into(), quantity: 1 }],
             claim: Some(claim),
+            intent: None,
         })
         .await
         .unwrap();
@@ -340,7 +341,15 @@ async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final
     }
     let total = draft["total_cents"].as_u64().unwrap();
     let key = format!("pay_{order_id}");
-    store.record_intent(order_id, draft.to_string(), &key, "sandbox", total, "tok_ok").await.unwrap();
+    let intent = PaymentIntent {
+        order_id: order_id.into(),
+        draft_invoice: draft.to_string(),
+        idempotency_key: key.clone(),
+        gateway: "sandbox".into(),
+        amount_cents: total,
+        token: "tok_ok".into(),
+    };
+    store.record_intent(intent).await.unwrap();
 
     let send = || async {
         server

@@ -14,9 +14,10 @@ use smartmart::store::catalog::{CartItem, Customer, Product, Warehouse};
 use smartmart::store::experiments::{ArmFigures, ArmKey, LATENCY_BOUNDS_US};
 use smartmart::store::ledger::Captured;
 use smartmart::store::orders::{
-    Answer, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, ReserveOutcome, Settlement, Verdict,
+    Answer, EventBody, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, PaymentIntent, ReserveOutcome, SettledAnswer,
+    Settlement, Verdict,
 };
-use smartmart::store::outbox::SinkPosition;
+use smartmart::store::outbox::{DueBody, SinkPosition};
 use smartmart::store::rollouts::{RolloutEvent, RolloutRecord};
 use smartmart::store::shadows::{ShadowModule, ShadowRun};
 use smartmart::store::{PostgresOptions, Store, StoreError, StoreOptions};
@@ -176,6 +177,7 @@ on_both_backends!(
     a_failed_payment_releases_the_stock,
     a_shortfall_writes_nothing,
     a_claimed_key_gives_no_second_order,
+    a_reserve_can_carry_the_payment_intent,
     cancel_and_discard_undo_exactly,
     a_settled_order_cannot_settle_again,
     interrupted_orders_are_found_for_recovery,
@@ -237,6 +239,18 @@ fn new_order(order_id: &str, customer_id: &str, holds: Vec<Hold>, key: Option<&s
         currency: "USD".into(),
         holds,
         claim: key.map(|k| KeyClaim { channel: "web".into(), key: k.into(), request_hash: format!("hash-{k}") }),
+        intent: None,
+    }
+}
+
+fn intent(order_id: &str, draft_invoice: String, key: &str, amount_cents: u64, token: &str) -> PaymentIntent {
+    PaymentIntent {
+        order_id: order_id.into(),
+        draft_invoice,
+        idempotency_key: key.into(),
+        gateway: "sandbox".into(),
+        amount_cents,
+        token: token.into(),
     }
 }
 
@@ -251,11 +265,19 @@ fn settlement(order_id: &str, customer_id: &str, status: OrderStatus) -> Settlem
         attempts: 1,
         failure: (!paid).then(|| "declined".to_string()),
         events: vec![
-            NewEvent { id: format!("{order_id}-audit"), kind: EventKind::Audit, envelope: Some("{\"a\":1}".into()) },
-            NewEvent { id: format!("{order_id}-analytics"), kind: EventKind::Analytics, envelope: Some("{}".into()) },
-            NewEvent { id: format!("{order_id}-fraud"), kind: EventKind::Fraud, envelope: None },
+            NewEvent {
+                id: format!("{order_id}-audit"),
+                kind: EventKind::Audit,
+                body: EventBody::Envelope("{\"a\":1}".into()),
+            },
+            NewEvent { id: format!("{order_id}-analytics"), kind: EventKind::Analytics, body: EventBody::FromInvoice },
+            NewEvent { id: format!("{order_id}-fraud"), kind: EventKind::Fraud, body: EventBody::AwaitingVerdict },
         ],
-        answer: Answer { status_code: if paid { 201 } else { 402 }, body: format!("answer of {order_id}") },
+        answer: if paid {
+            SettledAnswer::Invoice
+        } else {
+            SettledAnswer::Other(Answer { status_code: 402, body: format!("answer of {order_id}") })
+        },
     }
 }
 
@@ -269,7 +291,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
     let outcome = store.reserve(new_order(order_id, customer_id, holds, Some(order_id))).await.unwrap();
     assert_eq!(outcome, ReserveOutcome::Reserved);
     store
-        .record_intent(order_id, "{\"draft\":true}".into(), &format!("pay_{order_id}"), "sandbox", 1000, "tok")
+        .record_intent(intent(order_id, "{\"draft\":true}".into(), &format!("pay_{order_id}"), 1000, "tok"))
         .await
         .unwrap();
     store.settle(settlement(order_id, customer_id, status)).await.unwrap();
@@ -368,7 +390,7 @@ async fn a_paid_order_takes_its_stock_and_stores_its_answer(t: TestStore) {
         store.key_record("web", "k1").await.unwrap(),
         Some(KeyRecord::InFlight { request_hash: "hash-k1".into(), order_id: "o1".into() })
     );
-    store.record_intent("o1", "{\"draft\":true}".into(), "pay_o1", "sandbox", 5500, "tok_1").await.unwrap();
+    store.record_intent(intent("o1", "{\"draft\":true}".into(), "pay_o1", 5500, "tok_1")).await.unwrap();
     assert_eq!(store.order("o1").await.unwrap().unwrap().invoice.as_deref(), Some("{\"draft\":true}"));
     store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap();
     let order = store.order("o1").await.unwrap().unwrap();
@@ -382,7 +404,8 @@ async fn a_paid_order_takes_its_stock_and_stores_its_answer(t: TestStore) {
         store.key_record("web", "k1").await.unwrap(),
         Some(KeyRecord::Answered {
             request_hash: "hash-k1".into(),
-            answer: Answer { status_code: 201, body: "answer of o1".into() }
+            // The 201's body is the stored invoice, kept once.
+            answer: Answer { status_code: 201, body: r#"{"order_id":"o1","final":true}"#.into() }
         })
     );
     assert_eq!(t.number("SELECT count(*) FROM payments WHERE token IS NOT NULL").await, 0, "the token is erased");
@@ -393,6 +416,14 @@ async fn a_failed_payment_releases_the_stock(t: TestStore) {
     seed(&t.store).await;
     place(&t.store, "o1", "c1", vec![hold("W2", "A", 5)], OrderStatus::PaymentFailed).await;
     assert_eq!(t.store.order("o1").await.unwrap().unwrap().status, OrderStatus::PaymentFailed);
+    // A 402 keeps its own body (the error with the order), not the invoice.
+    assert_eq!(
+        t.store.key_record("web", "o1").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-o1".into(),
+            answer: Answer { status_code: 402, body: "answer of o1".into() }
+        })
+    );
     assert_eq!(available(&t.store, "W2", "A").await, (5, 5));
     assert_eq!(t.number("SELECT count(*) FROM reservations WHERE state = 'RELEASED'").await, 1);
     assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'FAILED'").await, 1);
@@ -407,6 +438,32 @@ async fn a_shortfall_writes_nothing(t: TestStore) {
     assert_eq!(t.number("SELECT count(*) FROM orders").await, 0);
     assert_eq!(t.number("SELECT count(*) FROM reservations").await, 0);
     assert_eq!(t.store.key_record("web", "k1").await.unwrap(), None, "the key stays free");
+}
+
+/// The discount leg finished first: the reserve records the intent in the
+/// same command, all or nothing.
+async fn a_reserve_can_carry_the_payment_intent(t: TestStore) {
+    seed(&t.store).await;
+    let mut order = new_order("o1", "c1", vec![hold("W1", "A", 2)], Some("k1"));
+    order.intent = Some(intent("o1", "{\"draft\":1}".into(), "pay_o1", 4200, "tok_ok"));
+    assert_eq!(t.store.reserve(order).await.unwrap(), ReserveOutcome::Reserved);
+    let stored = t.store.order("o1").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.total_cents), (OrderStatus::Pending, 4200));
+    assert_eq!(stored.invoice.as_deref(), Some("{\"draft\":1}"));
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'INTENT' AND token = 'tok_ok'").await, 1);
+
+    // A shortfall keeps nothing of it: no order, no hold, no intent.
+    let mut short = new_order("o2", "c1", vec![hold("W1", "B", 4)], Some("k2"));
+    short.intent = Some(intent("o2", "{}".into(), "pay_o2", 100, "tok_ok"));
+    assert!(matches!(t.store.reserve(short).await.unwrap(), ReserveOutcome::Shortfall { .. }));
+    assert_eq!(t.number("SELECT count(*) FROM payments").await, 1);
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 1);
+    // So does a taken key.
+    let mut again = new_order("o3", "c1", vec![hold("W1", "A", 1)], Some("k1"));
+    again.intent = Some(intent("o3", "{}".into(), "pay_o3", 100, "tok_ok"));
+    assert_eq!(t.store.reserve(again).await.unwrap(), ReserveOutcome::KeyTaken);
+    assert_eq!(t.number("SELECT count(*) FROM payments").await, 1);
+    assert_eq!(available(&t.store, "W1", "A").await, (10, 8));
 }
 
 async fn a_claimed_key_gives_no_second_order(t: TestStore) {
@@ -426,7 +483,7 @@ async fn cancel_and_discard_undo_exactly(t: TestStore) {
     seed(&t.store).await;
     let store = &t.store;
     store.reserve(new_order("o1", "c1", vec![hold("W1", "A", 2)], Some("k1"))).await.unwrap();
-    store.record_intent("o1", "{}".into(), "pay_o1", "sandbox", 2000, "tok").await.unwrap();
+    store.record_intent(intent("o1", "{}".into(), "pay_o1", 2000, "tok")).await.unwrap();
     assert!(store.cancel("o1", "gateway unreachable").await.unwrap());
     assert!(!store.cancel("o1", "again").await.unwrap(), "cancel is idempotent");
     let order = store.order("o1").await.unwrap().unwrap();
@@ -444,7 +501,7 @@ async fn cancel_and_discard_undo_exactly(t: TestStore) {
     assert_eq!(available(store, "W2", "A").await, (5, 5));
     // An order that reached payment is never discarded.
     store.reserve(new_order("o3", "c1", vec![hold("W1", "A", 1)], None)).await.unwrap();
-    store.record_intent("o3", "{}".into(), "pay_o3", "sandbox", 1000, "tok").await.unwrap();
+    store.record_intent(intent("o3", "{}".into(), "pay_o3", 1000, "tok")).await.unwrap();
     assert!(!store.discard("o3").await.unwrap());
     assert_eq!(store.order("o3").await.unwrap().unwrap().status, OrderStatus::Pending);
 }
@@ -457,7 +514,7 @@ async fn a_settled_order_cannot_settle_again(t: TestStore) {
     assert_eq!(t.store.order("o1").await.unwrap().unwrap().status, OrderStatus::Confirmed);
     assert_eq!(available(&t.store, "W1", "A").await, (9, 9), "nothing of the refused settlement applied");
     assert_eq!(t.number("SELECT count(*) FROM outbox").await, 3);
-    let err = t.store.record_intent("o1", "{}".into(), "pay_x", "sandbox", 1, "tok").await.unwrap_err();
+    let err = t.store.record_intent(intent("o1", "{}".into(), "pay_x", 1, "tok")).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
@@ -466,7 +523,7 @@ async fn interrupted_orders_are_found_for_recovery(t: TestStore) {
     let store = &t.store;
     store.reserve(new_order("unpaid", "c1", vec![hold("W1", "A", 1)], None)).await.unwrap();
     store.reserve(new_order("paying", "c2", vec![hold("W1", "A", 1)], None)).await.unwrap();
-    store.record_intent("paying", "{}".into(), "pay_paying", "sandbox", 1000, "tok_9").await.unwrap();
+    store.record_intent(intent("paying", "{}".into(), "pay_paying", 1000, "tok_9")).await.unwrap();
     place(store, "done", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     // As if the process that ran them died long ago.
     t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
@@ -499,6 +556,13 @@ async fn events_are_delivered_once_with_positions(t: TestStore) {
     let due = store.due_events(now, 10).await.unwrap();
     // The fraud event waits for its verdict.
     assert_eq!(due.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Audit, EventKind::Analytics]);
+    assert_eq!(due[0].body, DueBody::Envelope("{\"a\":1}".into()), "an envelope is delivered as written");
+    // An event without one comes with its order's stored invoice, to build it from.
+    let DueBody::FromInvoice { order_id, invoice, created_ms } = &due[1].body else {
+        panic!("analytics is built from the invoice: {:?}", due[1].body)
+    };
+    assert_eq!((order_id.as_str(), invoice.as_deref()), ("o1", Some(r#"{"order_id":"o1","final":true}"#)));
+    assert!((now - 60_000..=now).contains(created_ms), "{created_ms} vs {now}");
     assert_eq!(store.outbox_backlog().await.unwrap().0, 3);
     store.mark_retry(vec![due[1].seq], "sink down".into(), now + 60_000).await.unwrap();
     let position = SinkPosition { stream: "jsonl:audit".into(), offset: 120 };
@@ -539,7 +603,7 @@ async fn fraud_verdicts_ready_the_fraud_events(t: TestStore) {
     let due = store.due_events(smartmart::store::now_ms(), 10).await.unwrap();
     let fraud: Vec<_> = due.iter().filter(|e| e.kind == EventKind::Fraud).collect();
     assert_eq!(fraud.len(), 1);
-    assert_eq!(fraud[0].envelope, "{\"fraud\":true}");
+    assert_eq!(fraud[0].body, DueBody::Envelope("{\"fraud\":true}".into()));
     if !store.is_shared() {
         // One process: still offered until reviewed.
         assert_eq!(store.awaiting_verdict(10).await.unwrap().len(), 1);

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{EventSink, SinkEvent};
 use crate::domain::EventKind;
 use crate::pipeline::Pipeline;
-use crate::store::outbox::DueEvent;
+use crate::pipeline::events::{EnvelopeError, envelope_from_invoice};
+use crate::store::outbox::{DueBody, DueEvent};
 use crate::store::{StoreError, now_ms};
 
 /// Events read per pass.
@@ -36,12 +37,28 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
         }
         let mut progressed = false;
         for &kind in EventKind::ALL {
-            let batch: Vec<&DueEvent> = due.iter().filter(|e| e.kind == kind).collect();
+            let mut batch: Vec<&DueEvent> = Vec::new();
+            let mut events: Vec<SinkEvent> = Vec::new();
+            for event in due.iter().filter(|e| e.kind == kind) {
+                match sink_event(event, &pipeline.config.pseudonym_key) {
+                    Ok(built) => {
+                        batch.push(event);
+                        events.push(built);
+                    }
+                    Err(e) => {
+                        // Its order's invoice is unreadable: nothing to send.
+                        // It waits (with backoff) for an operator, and the
+                        // others go on.
+                        let error = format!("cannot build the envelope: {e}");
+                        tracing::error!(event_id = %event.id, %kind, %error, "event not delivered");
+                        let next = now_ms() + backoff(event.attempts).as_millis() as i64;
+                        pipeline.store.mark_retry(vec![event.seq], error, next).await?;
+                    }
+                }
+            }
             if batch.is_empty() {
                 continue;
             }
-            let events: Vec<SinkEvent> =
-                batch.iter().map(|e| SinkEvent { id: e.id.clone(), envelope: e.envelope.clone() }).collect();
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
             match sink.deliver(kind, &events).await {
                 Ok(position) => {
@@ -54,7 +71,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                 }
                 Err(e) => {
                     let attempts = batch.iter().map(|e| e.attempts).max().unwrap_or(0);
-                    let backoff = Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF);
+                    let backoff = backoff(attempts);
                     // The whole chain (`{:#}`): "connecting to NATS at …: connection refused".
                     let error = format!("{e:#}");
                     tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
@@ -67,6 +84,24 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             return Ok(delivered);
         }
     }
+}
+
+/// How long to wait before attempt `attempts + 1` of an event.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF)
+}
+
+/// The event as the sink gets it: its envelope, built now from the order's
+/// invoice for audit and analytics (see `pipeline::events`).
+fn sink_event(event: &DueEvent, pseudonym_key: &[u8]) -> Result<SinkEvent, EnvelopeError> {
+    let envelope = match &event.body {
+        DueBody::Envelope(envelope) => envelope.clone(),
+        DueBody::FromInvoice { invoice: None, .. } => return Err(EnvelopeError::NoInvoice),
+        DueBody::FromInvoice { invoice: Some(invoice), created_ms, .. } => {
+            envelope_from_invoice(&event.id, event.kind, invoice, *created_ms, pseudonym_key)?
+        }
+    };
+    Ok(SinkEvent { id: event.id.clone(), envelope })
 }
 
 /// Delivers events as they become ready, until `shutdown`; then one last pass.

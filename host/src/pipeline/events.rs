@@ -1,15 +1,20 @@
-//! Stage 5: the order's three events, built from its invoice and written to
-//! the outbox in the order's own transaction. Delivery happens later, in
-//! `crate::events`, never on the order's path.
+//! Stage 5: the order's three events, written to the outbox in the order's
+//! own transaction. Audit and analytics are derived from the invoice, which
+//! the order stores anyway: their rows hold no envelope, and the dispatcher
+//! builds it at delivery ([`envelope_from_invoice`]). Delivery happens
+//! later, in `crate::events`, never on the order's path.
 
 use hmac::{Hmac, Mac};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::invoice::{EventRef, Invoice};
-use crate::domain::EventKind;
-use crate::store::now_rfc3339;
-use crate::store::orders::NewEvent;
+use super::invoice::{
+    EventRef, Invoice, InvoiceAllocation, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
+};
+use crate::domain::{EventKind, OrderStatus};
+use crate::store::orders::{EventBody, NewEvent};
+use crate::store::{now_rfc3339, rfc3339_of_ms};
 
 /// A fresh event id.
 pub fn event_id() -> String {
@@ -31,57 +36,155 @@ pub fn pseudonym(key: &[u8], customer_id: &str) -> String {
 }
 
 /// The envelope every event has: `{id, type, order_id, channel, occurred_at, payload}`.
-fn envelope(id: &str, kind: EventKind, order_id: &str, channel: &str, payload: Value) -> String {
-    json!({
-        "id": id, "type": kind, "order_id": order_id, "channel": channel,
-        "occurred_at": now_rfc3339(), "payload": payload,
-    })
-    .to_string()
+#[derive(Serialize)]
+struct Envelope<'a, P> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    order_id: &'a str,
+    channel: &'a str,
+    occurred_at: &'a str,
+    payload: P,
+}
+
+fn envelope(
+    id: &str,
+    kind: EventKind,
+    order_id: &str,
+    channel: &str,
+    occurred_at: &str,
+    payload: impl Serialize,
+) -> String {
+    let envelope = Envelope { id, kind, order_id, channel, occurred_at, payload };
+    serde_json::to_string(&envelope).expect("an envelope always serialises (no maps with non-string keys)")
 }
 
 /// Everything that happened to the order (no payment token, no contact data).
-fn audit_payload(invoice: &Invoice) -> Value {
-    json!({
-        "order_id": invoice.order_id,
-        "status": invoice.status,
-        "channel": invoice.channel,
-        "customer": { "id": invoice.customer.id, "tier": invoice.customer.tier, "status": invoice.customer.status },
-        "items": invoice.items,
-        "currency": invoice.currency,
-        "subtotal_cents": invoice.subtotal_cents,
-        "discounts": invoice.discounts,
-        "discount_cents": invoice.discount_cents,
-        "total_cents": invoice.total_cents,
-        "allocations": invoice.allocations,
-        "payment": invoice.payment,
-        "skipped_rules": invoice.skipped_rules,
-        "timings_ms": invoice.timings_ms,
-        "created_at": invoice.created_at,
-    })
+#[derive(Serialize)]
+struct AuditPayload<'a> {
+    order_id: &'a str,
+    status: OrderStatus,
+    channel: &'a str,
+    customer: AuditCustomer<'a>,
+    items: &'a [InvoiceItem],
+    currency: &'a str,
+    subtotal_cents: u64,
+    discounts: &'a [InvoiceDiscount],
+    discount_cents: u64,
+    total_cents: u64,
+    allocations: &'a [InvoiceAllocation],
+    payment: &'a InvoicePayment,
+    skipped_rules: &'a [SkippedRule],
+    timings_ms: &'a Timings,
+    created_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct AuditCustomer<'a> {
+    id: &'a str,
+    tier: &'a str,
+    status: &'a str,
+}
+
+impl<'a> AuditPayload<'a> {
+    fn of(invoice: &'a Invoice) -> Self {
+        AuditPayload {
+            order_id: &invoice.order_id,
+            status: invoice.status,
+            channel: &invoice.channel,
+            customer: AuditCustomer {
+                id: &invoice.customer.id,
+                tier: &invoice.customer.tier,
+                status: &invoice.customer.status,
+            },
+            items: &invoice.items,
+            currency: &invoice.currency,
+            subtotal_cents: invoice.subtotal_cents,
+            discounts: &invoice.discounts,
+            discount_cents: invoice.discount_cents,
+            total_cents: invoice.total_cents,
+            allocations: &invoice.allocations,
+            payment: &invoice.payment,
+            skipped_rules: &invoice.skipped_rules,
+            timings_ms: &invoice.timings_ms,
+            created_at: &invoice.created_at,
+        }
+    }
 }
 
 /// No personal data: no name, email, phone, location or payment token; the
 /// customer only as a pseudonym.
-fn analytics_payload(invoice: &Invoice, pseudonym_key: &[u8]) -> Value {
-    json!({
-        "status": invoice.status,
-        "channel": invoice.channel,
-        "customer": pseudonym(pseudonym_key, &invoice.customer.id),
-        "tier": invoice.customer.tier,
-        "items": invoice.items.iter().map(|i| json!({
-            "sku": i.sku, "category": i.category, "quantity": i.quantity, "unit_price_cents": i.unit_price_cents,
-        })).collect::<Vec<_>>(),
-        "currency": invoice.currency,
-        "subtotal_cents": invoice.subtotal_cents,
-        "discount_cents": invoice.discount_cents,
-        "total_cents": invoice.total_cents,
-        "discounts": invoice.discounts.iter().map(|d| json!({
-            "rule": d.rule, "module": d.module, "version": d.version, "variant": d.variant, "amount_cents": d.amount_cents,
-        })).collect::<Vec<_>>(),
-        "warehouses": invoice.allocations.iter().map(|a| a.warehouse_id.as_str()).collect::<Vec<_>>(),
-        "payment_attempts": invoice.payment.attempts,
-        "created_at": invoice.created_at,
-    })
+#[derive(Serialize)]
+struct AnalyticsPayload<'a> {
+    status: OrderStatus,
+    channel: &'a str,
+    customer: String,
+    tier: &'a str,
+    items: Vec<AnalyticsItem<'a>>,
+    currency: &'a str,
+    subtotal_cents: u64,
+    discount_cents: u64,
+    total_cents: u64,
+    discounts: Vec<AnalyticsDiscount<'a>>,
+    warehouses: Vec<&'a str>,
+    payment_attempts: u32,
+    created_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct AnalyticsItem<'a> {
+    sku: &'a str,
+    category: &'a str,
+    quantity: u32,
+    unit_price_cents: u64,
+}
+
+#[derive(Serialize)]
+struct AnalyticsDiscount<'a> {
+    rule: &'a str,
+    module: &'a str,
+    version: &'a str,
+    variant: Option<&'a str>,
+    amount_cents: u64,
+}
+
+impl<'a> AnalyticsPayload<'a> {
+    fn of(invoice: &'a Invoice, pseudonym_key: &[u8]) -> Self {
+        AnalyticsPayload {
+            status: invoice.status,
+            channel: &invoice.channel,
+            customer: pseudonym(pseudonym_key, &invoice.customer.id),
+            tier: &invoice.customer.tier,
+            items: invoice
+                .items
+                .iter()
+                .map(|i| AnalyticsItem {
+                    sku: &i.sku,
+                    category: &i.category,
+                    quantity: i.quantity,
+                    unit_price_cents: i.unit_price_cents,
+                })
+                .collect(),
+            currency: &invoice.currency,
+            subtotal_cents: invoice.subtotal_cents,
+            discount_cents: invoice.discount_cents,
+            total_cents: invoice.total_cents,
+            discounts: invoice
+                .discounts
+                .iter()
+                .map(|d| AnalyticsDiscount {
+                    rule: &d.rule,
+                    module: &d.module,
+                    version: &d.version,
+                    variant: d.variant.as_deref(),
+                    amount_cents: d.amount_cents,
+                })
+                .collect(),
+            warehouses: invoice.allocations.iter().map(|a| a.warehouse_id.as_str()).collect(),
+            payment_attempts: invoice.payment.attempts,
+            created_at: &invoice.created_at,
+        }
+    }
 }
 
 /// The fraud event, once the verdict is known.
@@ -98,29 +201,61 @@ pub fn fraud_envelope(
         EventKind::Fraud,
         order_id,
         channel,
+        &now_rfc3339(),
         json!({ "order_id": order_id, "customer_id": customer_id, "total_cents": total_cents, "fraud_review": review }),
     )
 }
 
 /// The outbox rows of a settled order: audit and analytics ready to go,
+/// built at delivery from the stored invoice ([`envelope_from_invoice`]);
 /// fraud waiting for the verdict of the checks that run after the answer.
-pub fn outbox_events(invoice: &Invoice, pseudonym_key: &[u8]) -> Vec<NewEvent> {
-    let (order_id, channel) = (&invoice.order_id, &invoice.channel);
+pub fn outbox_events(invoice: &Invoice) -> Vec<NewEvent> {
     invoice
         .events
         .iter()
         .map(|event| NewEvent {
             id: event.id.clone(),
             kind: event.kind,
-            envelope: match event.kind {
-                EventKind::Audit => Some(envelope(&event.id, event.kind, order_id, channel, audit_payload(invoice))),
-                EventKind::Analytics => {
-                    Some(envelope(&event.id, event.kind, order_id, channel, analytics_payload(invoice, pseudonym_key)))
-                }
-                EventKind::Fraud => None,
+            body: match event.kind {
+                EventKind::Audit | EventKind::Analytics => EventBody::FromInvoice,
+                EventKind::Fraud => EventBody::AwaitingVerdict,
             },
         })
         .collect()
+}
+
+/// The audit or analytics envelope of event `id`, from its order's stored
+/// invoice and the time the event was written (`created_ms`): the same
+/// bytes however often it is built, so a delivery repeated after a crash
+/// repeats the first one.
+pub fn envelope_from_invoice(
+    id: &str,
+    kind: EventKind,
+    invoice: &str,
+    created_ms: i64,
+    pseudonym_key: &[u8],
+) -> Result<String, EnvelopeError> {
+    let invoice: Invoice = serde_json::from_str(invoice).map_err(|e| EnvelopeError::Invoice(e.to_string()))?;
+    let occurred_at = rfc3339_of_ms(created_ms);
+    let (order_id, channel) = (&invoice.order_id, &invoice.channel);
+    Ok(match kind {
+        EventKind::Audit => envelope(id, kind, order_id, channel, &occurred_at, AuditPayload::of(&invoice)),
+        EventKind::Analytics => {
+            envelope(id, kind, order_id, channel, &occurred_at, AnalyticsPayload::of(&invoice, pseudonym_key))
+        }
+        EventKind::Fraud => return Err(EnvelopeError::NotFromInvoice(kind)),
+    })
+}
+
+/// Why an envelope could not be built at delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("the order's stored invoice does not read back: {0}")]
+    Invoice(String),
+    #[error("the order's stored invoice is missing")]
+    NoInvoice,
+    #[error("a {0} event is not built from the invoice")]
+    NotFromInvoice(EventKind),
 }
 
 #[cfg(test)]
@@ -134,5 +269,55 @@ mod tests {
         assert_ne!(a, pseudonym(b"k2", "C-1001"));
         assert_ne!(a, pseudonym(b"k1", "C-1002"));
         assert!(!a.contains("1001"));
+    }
+
+    /// A stored invoice as the settlement writes it (with the customer's
+    /// name and where it ships: personal data analytics must not carry).
+    const STORED: &str = r#"{"order_id":"ord_1","status":"CONFIRMED","channel":"web",
+        "customer":{"id":"C-1001","name":"Lena Ortiz","tier":"GOLD","status":"ACTIVE"},
+        "items":[{"sku":"TV-1","name":"TV","category":"electronics","quantity":2,"unit_price_cents":5000,"line_total_cents":10000}],
+        "currency":"USD","subtotal_cents":10000,
+        "discounts":[{"rule":"gold","module":"gold.wasm","version":"1.0.0","digest":"sha256:00","variant":null,"description":"Gold","amount_cents":1000}],
+        "discount_cents":1000,"total_cents":9000,
+        "allocations":[{"warehouse_id":"WH-1","warehouse_name":"One","distance_km":1.5,"lines":[{"sku":"TV-1","quantity":2}]}],
+        "payment":{"status":"CAPTURED","transaction_id":"txn_1","attempts":1,"gateway":"sandbox"},
+        "events":[],"timings_ms":{"validate":0.1,"cart":0.1,"discount":0.2,"inventory":0.3,"payment":0.4,"total":1.2},
+        "created_at":"2026-11-29T10:00:00.123Z","ship_to":{"lat":12.97,"lon":77.59}}"#;
+
+    #[test]
+    fn envelopes_built_at_delivery_are_the_same_bytes_every_time() {
+        let at = 1_764_410_400_123;
+        let audit = envelope_from_invoice("evt_a", EventKind::Audit, STORED, at, b"k").unwrap();
+        assert_eq!(audit, envelope_from_invoice("evt_a", EventKind::Audit, STORED, at, b"k").unwrap());
+        let audit: Value = serde_json::from_str(&audit).unwrap();
+        assert_eq!(audit["id"], "evt_a");
+        assert_eq!(audit["type"], "audit");
+        assert_eq!(audit["order_id"], "ord_1");
+        assert_eq!(audit["channel"], "web");
+        assert_eq!(audit["occurred_at"], "2025-11-29T10:00:00.123Z");
+        assert_eq!(audit["payload"]["total_cents"], 9000);
+        assert_eq!(audit["payload"]["customer"], json!({"id": "C-1001", "tier": "GOLD", "status": "ACTIVE"}));
+        assert_eq!(audit["payload"]["payment"]["transaction_id"], "txn_1");
+        assert!(audit["payload"].get("ship_to").is_none());
+
+        let analytics = envelope_from_invoice("evt_b", EventKind::Analytics, STORED, at, b"k").unwrap();
+        for personal in ["C-1001", "Lena", "12.97", "77.59"] {
+            assert!(!analytics.contains(personal), "{personal} in {analytics}");
+        }
+        let analytics: Value = serde_json::from_str(&analytics).unwrap();
+        assert_eq!(analytics["payload"]["customer"], pseudonym(b"k", "C-1001"));
+        assert_eq!(analytics["payload"]["warehouses"], json!(["WH-1"]));
+        assert_eq!(
+            analytics["payload"]["items"],
+            json!([{"sku": "TV-1", "category": "electronics", "quantity": 2, "unit_price_cents": 5000}])
+        );
+    }
+
+    #[test]
+    fn an_unreadable_invoice_or_a_fraud_event_is_refused() {
+        let bad = envelope_from_invoice("evt_a", EventKind::Audit, "{", 0, b"k").unwrap_err();
+        assert!(matches!(bad, EnvelopeError::Invoice(_)), "{bad}");
+        let fraud = envelope_from_invoice("evt_c", EventKind::Fraud, STORED, 0, b"k").unwrap_err();
+        assert_eq!(fraud, EnvelopeError::NotFromInvoice(EventKind::Fraud));
     }
 }

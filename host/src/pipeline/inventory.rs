@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::invoice::{AllocationLine, InvoiceAllocation, distance_km};
+use super::invoice::{AllocationLine, Invoice, InvoiceAllocation, distance_km};
 use super::rollouts::Rollouts;
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
@@ -15,7 +15,7 @@ use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
 use crate::store::catalog::StockedWarehouse;
-use crate::store::orders::{Hold, KeyClaim, NewOrder, ReserveOutcome};
+use crate::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
 
 /// How often the leg re-plans when stock moves between reading and holding.
 const MAX_PLAN_ATTEMPTS: usize = 3;
@@ -30,16 +30,30 @@ pub struct OrderKeys<'a> {
     pub claim: Option<&'a KeyClaim>,
 }
 
+/// The payment intent to record with the hold, and the draft invoice it
+/// carries, when the order's total is already known as the stock is held
+/// (the discount leg finished first); `None` otherwise.
+pub type IntentWith<'a> = dyn Fn(&[InvoiceAllocation]) -> Option<(PaymentIntent, Invoice)> + Sync + 'a;
+
+/// The inventory leg's result.
+pub struct Allocated {
+    pub allocations: Vec<InvoiceAllocation>,
+    /// The run of the selector's shadow candidate, to make after the answer.
+    pub shadow: Option<ShadowJob>,
+    /// The draft invoice whose payment intent was recorded with the hold.
+    pub with_intent: Option<Invoice>,
+}
+
 /// Plans and holds the order's stock; on success the order exists as
-/// PENDING. Also returns the run of the selector's shadow candidate, if it
-/// has one, to make after the answer.
+/// PENDING (with its payment intent when `intent_with` gave one).
 pub async fn allocate(
     store: &Store,
     rules: &Arc<RuleSet>,
     rollouts: &Arc<Rollouts>,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
-) -> Result<(Vec<InvoiceAllocation>, Option<ShadowJob>), OrderError> {
+    intent_with: &IntentWith<'_>,
+) -> Result<Allocated, OrderError> {
     let requested = Arc::new(requested_quantities(order));
     let skus: Vec<&str> = requested.keys().map(String::as_str).collect();
     for _ in 0..MAX_PLAN_ATTEMPTS {
@@ -54,6 +68,9 @@ pub async fn allocate(
             module: Box::new((**served.identity()).clone()),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
         })?;
+        let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
+        let allocations = describe(&plan, &stocked, order, variant);
+        let (intent, with_intent) = intent_with(&allocations).unzip();
         let new_order = NewOrder {
             order_id: keys.order_id.to_string(),
             customer_id: keys.customer_id.to_string(),
@@ -61,10 +78,10 @@ pub async fn allocate(
             currency: keys.currency.to_string(),
             holds,
             claim: keys.claim.cloned(),
+            intent,
         };
         match store.reserve(new_order).await.map_err(|e| unavailable(Stage::Inventory, e))? {
             ReserveOutcome::Reserved => {
-                let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
                 let shadow = rules.warehouse.shadow.as_ref().map(|candidate| ShadowJob::Warehouse {
                     active: served.clone(),
                     candidate: candidate.clone(),
@@ -72,7 +89,7 @@ pub async fn allocate(
                     candidates: candidates.clone(),
                     active_plan: plan.clone(),
                 });
-                return Ok((describe(&plan, &stocked, order, variant), shadow));
+                return Ok(Allocated { allocations, shadow, with_intent });
             }
             ReserveOutcome::Shortfall { warehouse_id, sku } => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");

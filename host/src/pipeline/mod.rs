@@ -38,7 +38,7 @@ pub mod validate;
 pub mod welch;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -51,9 +51,10 @@ use crate::domain::{OrderStatus, PaymentStatus};
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
 use crate::rules::types::{GeoPoint, OrderContext, RuleCustomer};
+use crate::store::catalog::Customer;
 use crate::store::orders::KeyClaim;
 use crate::store::{Store, now_ms, now_rfc3339};
-use invoice::{InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
+use invoice::{InvoiceAllocation, InvoiceCustomer, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings};
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.
@@ -138,6 +139,41 @@ pub struct Pipeline {
     pub rollouts: Arc<rollouts::Rollouts>,
 }
 
+/// What an order's invoice is made of, besides its legs' results.
+struct InvoiceParts<'a> {
+    order_id: &'a str,
+    request: &'a OrderRequest,
+    customer: &'a Customer,
+    cart: &'a cart::PricedCart,
+    context: &'a OrderContext,
+}
+
+/// What the invoice takes from the discount leg.
+struct DiscountFigures {
+    lines: Vec<InvoiceDiscount>,
+    total_cents: u64,
+    skipped: Vec<SkippedRule>,
+}
+
+impl DiscountFigures {
+    fn of(discounts: &discount::Discounts) -> DiscountFigures {
+        DiscountFigures {
+            lines: discounts.lines.clone(),
+            total_cents: discounts.total_cents,
+            skipped: discounts.skipped.clone(),
+        }
+    }
+}
+
+/// Whether the order's payment intent is already in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// Recorded with the stock's hold (the discount leg finished first).
+    Recorded,
+    /// Still to record before the gateway is asked.
+    ToRecord,
+}
+
 async fn within<T>(
     stage: Stage,
     limit: Duration,
@@ -214,10 +250,28 @@ impl Pipeline {
             currency: &config.currency,
             claim: claim.as_ref(),
         };
+        let parts = InvoiceParts {
+            order_id: &order_id,
+            request: &request,
+            customer: &customer,
+            cart: &cart,
+            context: &context,
+        };
+        // The discount leg's figures as soon as they are known: when they
+        // are, the inventory leg records the payment intent with its hold
+        // (one command to the store's writer instead of two).
+        let discounted_first: OnceLock<(DiscountFigures, f64)> = OnceLock::new();
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.inventory_delay).await;
-            inventory::allocate(&self.store, &rules, &self.rollouts, &context, &keys)
+            let intent_with = |allocations: &[InvoiceAllocation]| {
+                let (figures, discount_ms) = discounted_first.get()?;
+                let timings = Timings { discount: *discount_ms, inventory: ms(leg_started), ..timings.clone() };
+                let invoice = self.pending_invoice(&parts, figures, allocations.to_vec(), timings);
+                let intent = payment::intent_of(&invoice, self.gateway.name(), &request.payment_token);
+                Some((intent, invoice))
+            };
+            inventory::allocate(&self.store, &rules, &self.rollouts, &context, &keys, &intent_with)
                 .await
                 .map(|a| (a, ms(leg_started)))
         });
@@ -227,12 +281,14 @@ impl Pipeline {
             let (rules, context) = (rules.clone(), context.clone());
             let (metrics, experiments, rollouts) =
                 (self.metrics.clone(), self.experiments.clone(), self.rollouts.clone());
-            crate::rules::run_blocking(move || {
+            let discounts = crate::rules::run_blocking(move || {
                 let books = discount::Books { metrics: &metrics, experiments: &experiments, rollouts: &rollouts };
                 discount::apply_discounts(&rules, &context, &books)
             })
-            .await
-            .map(|d| (d, ms(leg_started)))
+            .await?;
+            let discount_ms = ms(leg_started);
+            let _ = discounted_first.set((DiscountFigures::of(&discounts), discount_ms));
+            Ok((discounts, discount_ms))
         });
         let (allocated, discounted) = if config.sequential_legs {
             let allocated = inventory_leg.await;
@@ -240,7 +296,7 @@ impl Pipeline {
         } else {
             tokio::join!(inventory_leg, discount_leg)
         };
-        let (discounts, allocations) = match (discounted, allocated) {
+        let (discounts, allocated) = match (discounted, allocated) {
             (Ok(d), Ok(a)) => (d, a),
             (Err(e), allocated) => {
                 // Undo the other leg: release whatever the inventory leg held
@@ -263,48 +319,26 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        let (((allocations, warehouse_shadow), inventory_ms), (discounts, discount_ms)) = (allocations, discounts);
+        let ((allocated, inventory_ms), (discounts, discount_ms)) = (allocated, discounts);
         timings.discount = discount_ms;
         timings.inventory = inventory_ms;
-
-        let total_cents = cart.subtotal_cents.saturating_sub(discounts.total_cents);
-        let invoice = Invoice {
-            order_id: order_id.clone(),
-            status: OrderStatus::Pending,
-            channel: request.channel.clone(),
-            customer: InvoiceCustomer {
-                id: customer.id.clone(),
-                name: customer.name.clone(),
-                tier: customer.tier.as_str().into(),
-                status: customer.status.as_str().into(),
-            },
-            items: cart.lines.iter().map(InvoiceItem::from).collect(),
-            currency: config.currency.clone(),
-            subtotal_cents: cart.subtotal_cents,
-            discounts: discounts.lines,
-            discount_cents: discounts.total_cents,
-            total_cents,
-            allocations,
-            payment: InvoicePayment {
-                status: PaymentStatus::Pending,
-                transaction_id: None,
-                attempts: 0,
-                gateway: self.gateway.name().into(),
-                failure: None,
-            },
-            events: events::event_refs(),
-            timings_ms: timings,
-            created_at: now_rfc3339(),
-            ship_to: context.ship_to,
-            coupon_code: context.coupon_code.clone(),
-            skipped_rules: discounts.skipped,
-            fraud_review: None,
+        let warehouse_shadow = allocated.shadow;
+        let (invoice, intent) = match allocated.with_intent {
+            // The draft the intent recorded, with the legs' final timings.
+            Some(mut invoice) => {
+                invoice.timings_ms = timings;
+                (invoice, Intent::Recorded)
+            }
+            None => {
+                let figures = DiscountFigures::of(&discounts);
+                (self.pending_invoice(&parts, &figures, allocated.allocations, timings), Intent::ToRecord)
+            }
         };
 
         let (mut shadows, arms) = (discounts.shadows, discounts.arms);
         shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
-        let result = payment::pay_and_settle(self, invoice, &request, stage_started, started).await;
+        let result = payment::pay_and_settle(self, invoice, intent, &request, stage_started, started).await;
         if !arms.is_empty() {
             let settled = match &result {
                 Ok(placed) => Some(experiments::Settled::Confirmed { total_cents: placed.invoice.total_cents }),
@@ -341,6 +375,50 @@ impl Pipeline {
             metrics.payment_attempts(invoice.payment.status.as_str(), invoice.payment.attempts);
         }
         result
+    }
+
+    /// The order's invoice before payment (PENDING): what the payment
+    /// intent records as the draft, and what the settlement completes.
+    fn pending_invoice(
+        &self,
+        parts: &InvoiceParts<'_>,
+        discounts: &DiscountFigures,
+        allocations: Vec<InvoiceAllocation>,
+        timings: Timings,
+    ) -> Invoice {
+        let InvoiceParts { order_id, request, customer, cart, context } = parts;
+        Invoice {
+            order_id: order_id.to_string(),
+            status: OrderStatus::Pending,
+            channel: request.channel.clone(),
+            customer: InvoiceCustomer {
+                id: customer.id.clone(),
+                name: customer.name.clone(),
+                tier: customer.tier.as_str().into(),
+                status: customer.status.as_str().into(),
+            },
+            items: cart.lines.iter().map(InvoiceItem::from).collect(),
+            currency: self.config.currency.clone(),
+            subtotal_cents: cart.subtotal_cents,
+            discounts: discounts.lines.clone(),
+            discount_cents: discounts.total_cents,
+            total_cents: cart.subtotal_cents.saturating_sub(discounts.total_cents),
+            allocations,
+            payment: InvoicePayment {
+                status: PaymentStatus::Pending,
+                transaction_id: None,
+                attempts: 0,
+                gateway: self.gateway.name().into(),
+                failure: None,
+            },
+            events: events::event_refs(),
+            timings_ms: timings,
+            created_at: now_rfc3339(),
+            ship_to: context.ship_to,
+            coupon_code: context.coupon_code.clone(),
+            skipped_rules: discounts.skipped.clone(),
+            fraud_review: None,
+        }
     }
 
     /// Runs one order (see [`Pipeline::run_order`]) and counts its outcome.

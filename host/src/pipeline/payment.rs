@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use super::invoice::{Invoice, Placed};
 use super::validate::unavailable;
-use super::{OrderError, OrderRequest, Pipeline, Stage, events, ms};
+use super::{Intent, OrderError, OrderRequest, Pipeline, Stage, events, ms};
 use crate::domain::{OrderStatus, PaymentStatus};
 use crate::payment::{ChargeRequest, charge_with_retries};
-use crate::store::orders::{Answer, Settlement};
+use crate::store::orders::{Answer, PaymentIntent, SettledAnswer, Settlement};
 
 /// The gateway idempotency key of an order: one per order, the same on
 /// every attempt and at reconciliation.
@@ -30,7 +30,6 @@ pub(super) fn finish(
     mut invoice: Invoice,
     charged: Result<String, String>,
     attempts: u32,
-    pseudonym_key: &[u8],
 ) -> (Settlement, Result<Placed, OrderError>) {
     invoice.payment.attempts = attempts;
     let failure = match charged {
@@ -48,8 +47,8 @@ pub(super) fn finish(
         }
     };
     let json = serialise(&invoice);
-    let events = events::outbox_events(&invoice, pseudonym_key);
-    let settlement = |answer: Answer, invoice: &Invoice, json: String| Settlement {
+    let events = events::outbox_events(&invoice);
+    let settlement = |answer: SettledAnswer, invoice: &Invoice, json: String| Settlement {
         order_id: invoice.order_id.clone(),
         customer_id: invoice.customer.id.clone(),
         status: invoice.status,
@@ -62,44 +61,48 @@ pub(super) fn finish(
     };
     match &failure {
         None => {
-            let stored = settlement(Answer { status_code: 201, body: json.clone() }, &invoice, json.clone());
+            let stored = settlement(SettledAnswer::Invoice, &invoice, json.clone());
             (stored, Ok(Placed { invoice, json }))
         }
         Some(reason) => {
             let error = OrderError::PaymentFailed { reason: reason.clone(), order: Box::new(invoice.clone()) };
             let answer = Answer { status_code: error.status(), body: error.body().to_string() };
-            (settlement(answer, &invoice, json), Err(error))
+            (settlement(SettledAnswer::Other(answer), &invoice, json), Err(error))
         }
+    }
+}
+
+/// The payment intent of a PENDING invoice. The draft invoice and the
+/// payment token let reconciliation finish the order after a crash between
+/// intent and settlement (re-driving the payment with the same gateway
+/// key); the token is erased at settlement.
+pub(super) fn intent_of(invoice: &Invoice, gateway: &str, token: &str) -> PaymentIntent {
+    PaymentIntent {
+        order_id: invoice.order_id.clone(),
+        draft_invoice: serialise(invoice),
+        idempotency_key: payment_key(&invoice.order_id),
+        gateway: gateway.to_string(),
+        amount_cents: invoice.total_cents,
+        token: token.to_string(),
     }
 }
 
 pub(super) async fn pay_and_settle(
     pipeline: &Pipeline,
     mut invoice: Invoice,
+    intent: Intent,
     request: &OrderRequest,
     stage_started: Instant,
     order_started: Instant,
 ) -> Result<Placed, OrderError> {
     let key = payment_key(&invoice.order_id);
     let store = &pipeline.store;
-    // The draft invoice and the payment token let reconciliation finish the
-    // order after a crash between intent and settlement (re-driving the
-    // payment with the same gateway key); both are written with the intent,
-    // and the token is erased at settlement.
-    let draft = serialise(&invoice);
-    let recorded = store
-        .record_intent(
-            &invoice.order_id,
-            draft,
-            &key,
-            pipeline.gateway.name(),
-            invoice.total_cents,
-            &request.payment_token,
-        )
-        .await;
-    if let Err(e) = recorded {
-        pipeline.cancel(&invoice.order_id, "payment intent could not be recorded").await;
-        return Err(unavailable(Stage::Payment, e));
+    if intent == Intent::ToRecord {
+        let recorded = store.record_intent(intent_of(&invoice, pipeline.gateway.name(), &request.payment_token)).await;
+        if let Err(e) = recorded {
+            pipeline.cancel(&invoice.order_id, "payment intent could not be recorded").await;
+            return Err(unavailable(Stage::Payment, e));
+        }
     }
 
     let charge = ChargeRequest {
@@ -114,7 +117,7 @@ pub(super) async fn pay_and_settle(
     invoice.timings_ms.total = ms(order_started);
     let charged = outcome.result.map(|c| c.transaction_id).map_err(|e| e.to_string());
     let order_id = invoice.order_id.clone();
-    let (settlement, answer) = finish(invoice, charged, outcome.attempts, &pipeline.config.pseudonym_key);
+    let (settlement, answer) = finish(invoice, charged, outcome.attempts);
     if let Err(e) = store.settle(settlement).await {
         // Charged (maybe) but not recorded: the order stays PENDING with its
         // intent, and reconciliation settles it from the gateway's ledger.

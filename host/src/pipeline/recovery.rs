@@ -115,7 +115,7 @@ async fn settle_from_draft(
         return Err(StoreError::Corrupt(format!("order {} has no readable draft invoice", intent.order_id)));
     };
     let attempts = invoice.payment.attempts.max(1);
-    let (settlement, _) = payment::finish(invoice, charged, attempts, &pipeline.config.pseudonym_key);
+    let (settlement, _) = payment::finish(invoice, charged, attempts);
     pipeline.store.settle(settlement).await
 }
 

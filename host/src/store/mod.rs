@@ -48,7 +48,9 @@ pub use postgres::PostgresOptions;
 use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
-use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
+use orders::{
+    AwaitingReview, KeyRecord, NewOrder, OpenIntent, PaymentIntent, ReserveOutcome, Settlement, StoredOrder, Verdict,
+};
 use outbox::{DueEvent, SinkPosition};
 use readers::Readers;
 use rollouts::{RolloutEvent, RolloutRecord};
@@ -426,22 +428,8 @@ impl Store {
 
     /// Records the payment intent with the draft invoice and the payment
     /// token, kept until the order settles (see [`orders::record_intent`]).
-    pub async fn record_intent(
-        &self,
-        order_id: &str,
-        draft_invoice: String,
-        idempotency_key: &str,
-        gateway: &str,
-        amount_cents: u64,
-        token: &str,
-    ) -> Result<(), StoreError> {
-        let (order_id, key, gateway, token) =
-            (order_id.to_string(), idempotency_key.to_string(), gateway.to_string(), token.to_string());
-        write!(
-            self,
-            |c| orders::record_intent(c, &order_id, &draft_invoice, &key, &gateway, amount_cents, &token),
-            postgres::orders::record_intent(c, &order_id, &draft_invoice, &key, &gateway, amount_cents, &token)
-        )
+    pub async fn record_intent(&self, intent: PaymentIntent) -> Result<(), StoreError> {
+        write!(self, |c| orders::record_intent(c, &intent), postgres::orders::record_intent(c, &intent))
     }
 
     pub async fn settle(&self, settlement: Settlement) -> Result<(), StoreError> {
@@ -636,9 +624,20 @@ impl Store {
 
 /// The current time as RFC 3339 UTC with millisecond precision.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `ms` since the Unix epoch as RFC 3339 text, to the millisecond (as
+/// [`now_rfc3339`] writes it).
+pub fn rfc3339_of_ms(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    rfc3339(at)
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    let at = at.replace_nanosecond(at.millisecond() as u32 * 1_000_000).unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -47,6 +47,35 @@ pub struct NewOrder {
     pub holds: Vec<Hold>,
     /// Recorded with the order, so that every retry with the key finds it.
     pub claim: Option<KeyClaim>,
+    /// The payment intent, when it is already known as the stock is held
+    /// (the discount leg finished first): recorded in the same command,
+    /// which spares the order a round trip to the writer.
+    pub intent: Option<PaymentIntent>,
+}
+
+/// The gateway is about to be asked for `amount_cents`: with it, the draft
+/// invoice reconciliation settles from and the payment token it re-drives
+/// the payment with after a crash (erased at settlement).
+#[derive(Clone)]
+pub struct PaymentIntent {
+    pub order_id: String,
+    pub draft_invoice: String,
+    pub idempotency_key: String,
+    pub gateway: String,
+    pub amount_cents: u64,
+    pub token: String,
+}
+
+// Manual: the payment token never reaches a log line.
+impl std::fmt::Debug for PaymentIntent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentIntent")
+            .field("order_id", &self.order_id)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("gateway", &self.gateway)
+            .field("amount_cents", &self.amount_cents)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome of trying to create an order and hold its stock.
@@ -68,8 +97,31 @@ pub enum ReserveOutcome {
 pub struct NewEvent {
     pub id: String,
     pub kind: EventKind,
-    /// The full envelope, or `None` while it awaits the fraud verdict.
-    pub envelope: Option<String>,
+    pub body: EventBody,
+}
+
+/// What an outbox row holds until the event is delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    /// The full envelope, ready to deliver.
+    Envelope(String),
+    /// Ready, built at delivery from the order's stored invoice (audit and
+    /// analytics are derived from it): the writer stores the invoice once
+    /// instead of once more per event.
+    FromInvoice,
+    /// Waits for the fraud verdict, which brings its envelope.
+    AwaitingVerdict,
+}
+
+impl EventBody {
+    /// The row's `envelope` and `state`.
+    pub(super) fn stored(&self) -> (Option<&str>, OutboxState) {
+        match self {
+            EventBody::Envelope(envelope) => (Some(envelope), OutboxState::Ready),
+            EventBody::FromInvoice => (None, OutboxState::Ready),
+            EventBody::AwaitingVerdict => (None, OutboxState::AwaitingVerdict),
+        }
+    }
 }
 
 /// What a channel was (or will be) answered for an order: stored with the
@@ -78,6 +130,27 @@ pub struct NewEvent {
 pub struct Answer {
     pub status_code: u16,
     pub body: String,
+}
+
+/// What a settlement records as the answer for the order's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettledAnswer {
+    /// `201` with the stored invoice as the body: the invoice is kept once
+    /// (in `orders.invoice`) and the key's replay reads it from there.
+    Invoice,
+    /// Any other answer (a `402` with the failed order), stored as given.
+    Other(Answer),
+}
+
+impl SettledAnswer {
+    /// The status code and the body to store with the key: no body for
+    /// [`SettledAnswer::Invoice`] (the invoice is the body).
+    pub fn stored(&self) -> (u16, Option<&str>) {
+        match self {
+            SettledAnswer::Invoice => (201, None),
+            SettledAnswer::Other(answer) => (answer.status_code, Some(answer.body.as_str())),
+        }
+    }
 }
 
 /// The final state of a paid or failed order.
@@ -94,7 +167,7 @@ pub struct Settlement {
     pub failure: Option<String>,
     pub events: Vec<NewEvent>,
     /// The answer for the order's idempotency key, when it has one.
-    pub answer: Answer,
+    pub answer: SettledAnswer,
 }
 
 /// An order as stored.
@@ -233,6 +306,9 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
             HoldState::Held.as_str()
         ])?;
     }
+    if let Some(intent) = &order.intent {
+        record_intent(conn, intent)?;
+    }
     Ok(ReserveOutcome::Reserved)
 }
 
@@ -316,20 +392,13 @@ pub fn discard(conn: &Connection, order_id: &str) -> Result<bool, StoreError> {
     Ok(pending)
 }
 
-/// Records that the gateway is about to be asked for `amount_cents`, with
-/// the draft invoice reconciliation settles from: after this, a crash is
-/// reconciled with the gateway. Refused unless the order is PENDING.
-pub fn record_intent(
-    conn: &Connection,
-    order_id: &str,
-    draft_invoice: &str,
-    idempotency_key: &str,
-    gateway: &str,
-    amount_cents: u64,
-    token: &str,
-) -> Result<(), StoreError> {
+/// Records that the gateway is about to be asked for the intent's amount,
+/// with the draft invoice reconciliation settles from: after this, a crash
+/// is reconciled with the gateway. Refused unless the order is PENDING.
+pub fn record_intent(conn: &Connection, intent: &PaymentIntent) -> Result<(), StoreError> {
+    let PaymentIntent { order_id, draft_invoice, idempotency_key, gateway, amount_cents, token } = intent;
     let now = now_rfc3339();
-    let amount = i64_of(amount_cents, "the amount")?;
+    let amount = i64_of(*amount_cents, "the amount")?;
     let updated = conn
         .prepare_cached(
             "UPDATE orders SET invoice = ?2, total_cents = ?3, updated_at = ?4 WHERE id = ?1 AND status = 'PENDING'",
@@ -380,10 +449,11 @@ pub fn settle(conn: &Connection, settlement: &Settlement) -> Result<(), StoreErr
         now
     ])?;
     insert_events(conn, &settlement.order_id, &settlement.events)?;
+    let (status_code, body) = settlement.answer.stored();
     conn.prepare_cached(
         "UPDATE idempotency SET status_code = ?2, body = ?3 WHERE order_id = ?1 AND status_code IS NULL",
     )?
-    .execute(params![settlement.order_id, settlement.answer.status_code, settlement.answer.body])?;
+    .execute(params![settlement.order_id, status_code, body])?;
     Ok(())
 }
 
@@ -393,8 +463,8 @@ fn insert_events(conn: &Connection, order_id: &str, events: &[NewEvent]) -> Resu
     )?;
     let now = super::now_ms();
     for event in events {
-        let state = if event.envelope.is_some() { OutboxState::Ready } else { OutboxState::AwaitingVerdict };
-        insert.execute(params![event.id, order_id, event.kind.as_str(), event.envelope, state.as_str(), now])?;
+        let (envelope, state) = event.body.stored();
+        insert.execute(params![event.id, order_id, event.kind.as_str(), envelope, state.as_str(), now])?;
     }
     Ok(())
 }
@@ -462,6 +532,14 @@ pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<St
     }
     Ok((unpaid, intents))
 }
+
+/// The key's row, its answer's body read from the order when the key
+/// stores none (`?1` channel, `?2` key).
+const KEY_RECORD: &str = "
+    SELECT i.request_hash, i.order_id, i.status_code,
+           CASE WHEN i.status_code IS NULL THEN NULL ELSE coalesce(i.body, o.invoice) END
+    FROM idempotency i LEFT JOIN orders o ON o.id = i.order_id
+    WHERE i.channel = ?1 AND i.key = ?2";
 
 /// Fraud events waiting for a verdict; `state != 'DELIVERED'` lets SQLite
 /// use the partial index of pending events (see `outbox`).
@@ -540,12 +618,12 @@ pub fn escalations(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, 
     Ok(out)
 }
 
-/// What the idempotency key `(channel, key)` holds, if it was used.
+/// What the idempotency key `(channel, key)` holds, if it was used. A key
+/// answered with its order's invoice stores no body of its own (see
+/// [`SettledAnswer::Invoice`]): the body is the order's stored invoice.
 pub fn key_record(conn: &Connection, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
     let row = conn
-        .prepare_cached(
-            "SELECT request_hash, order_id, status_code, body FROM idempotency WHERE channel = ?1 AND key = ?2",
-        )?
+        .prepare_cached(KEY_RECORD.trim_start())?
         .query_row(params![channel, key], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -14,8 +14,30 @@ pub struct DueEvent {
     pub seq: i64,
     pub id: String,
     pub kind: EventKind,
-    pub envelope: String,
+    pub body: DueBody,
     pub attempts: u32,
+}
+
+/// What a due event is delivered as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DueBody {
+    /// The envelope as written.
+    Envelope(String),
+    /// To build at delivery from the order's stored invoice (see
+    /// `orders::EventBody::FromInvoice`); `invoice` is `None` only if the
+    /// order's row is gone, which no operation does to a settled order.
+    FromInvoice { order_id: String, invoice: Option<String>, created_ms: i64 },
+}
+
+impl DueBody {
+    /// From a row's `envelope`, `order_id`, `created_ms` and the order's
+    /// invoice (read only for a row without an envelope).
+    pub(super) fn of(envelope: Option<String>, order_id: String, created_ms: i64, invoice: Option<String>) -> DueBody {
+        match envelope {
+            Some(envelope) => DueBody::Envelope(envelope),
+            None => DueBody::FromInvoice { order_id, invoice, created_ms },
+        }
+    }
 }
 
 /// Where a sink's stream of one event type ends once a delivery is recorded.
@@ -28,20 +50,25 @@ pub struct SinkPosition {
 
 /// `state != 'DELIVERED'` lets SQLite use the partial index of pending
 /// events: without it every pass scans every event ever written.
-pub(super) const DUE_EVENTS: &str = "SELECT seq, id, type, envelope, attempts FROM outbox
-     WHERE state = 'READY' AND state != 'DELIVERED' AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2";
+/// An event without an envelope reads its order's invoice (a primary-key
+/// lookup per such event).
+pub(super) const DUE_EVENTS: &str = "SELECT e.seq, e.id, e.type, e.envelope, e.attempts, e.order_id, e.created_ms,
+            CASE WHEN e.envelope IS NULL THEN (SELECT o.invoice FROM orders o WHERE o.id = e.order_id) END
+     FROM outbox e
+     WHERE e.state = 'READY' AND e.state != 'DELIVERED' AND e.next_attempt_ms <= ?1 ORDER BY e.seq LIMIT ?2";
 
 /// Up to `limit` READY events whose next attempt is due, oldest first.
 pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(DUE_EVENTS)?;
     let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+        let body = DueBody::of(r.get(3)?, r.get(5)?, r.get(6)?, r.get(7)?);
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, body, r.get(4)?))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, id, kind, envelope, attempts) = row?;
+        let (seq, id, kind, body, attempts) = row?;
         let kind = kind.parse().map_err(|e| StoreError::Corrupt(format!("outbox row {seq}: {e}")))?;
-        out.push(DueEvent { seq, id, kind, envelope, attempts });
+        out.push(DueEvent { seq, id, kind, body, attempts });
     }
     Ok(out)
 }

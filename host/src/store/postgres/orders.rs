@@ -6,11 +6,12 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::super::orders::{
-    Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict,
+    Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, ReserveOutcome, Settlement,
+    StoredOrder, Verdict,
 };
 use super::super::{StoreError, now_ms, now_rfc3339};
 use super::{Step, bigint};
-use crate::domain::{HoldState, OrderStatus, OutboxState, PaymentStatus};
+use crate::domain::{HoldState, OrderStatus, PaymentStatus};
 
 /// How long a replica owns the fraud checks of an order it picked up; after
 /// that (it died) another replica runs them.
@@ -68,6 +69,9 @@ pub async fn reserve(db: &impl GenericClient, order: &NewOrder) -> Result<Step<R
         }
         db.execute(&record, &[&order.order_id, &hold.warehouse_id, &hold.sku, &quantity, &HoldState::Held.as_str()])
             .await?;
+    }
+    if let Some(intent) = &order.intent {
+        record_intent(db, intent).await?;
     }
     Ok(Step::Commit(ReserveOutcome::Reserved))
 }
@@ -149,17 +153,10 @@ pub async fn discard(db: &impl GenericClient, order_id: &str) -> Result<bool, St
     Ok(pending)
 }
 
-pub async fn record_intent(
-    db: &impl GenericClient,
-    order_id: &str,
-    draft_invoice: &str,
-    idempotency_key: &str,
-    gateway: &str,
-    amount_cents: u64,
-    token: &str,
-) -> Result<(), StoreError> {
+pub async fn record_intent(db: &impl GenericClient, intent: &PaymentIntent) -> Result<(), StoreError> {
+    let PaymentIntent { order_id, draft_invoice, idempotency_key, gateway, amount_cents, token } = intent;
     let now = now_rfc3339();
-    let amount = bigint(amount_cents, "the amount")?;
+    let amount = bigint(*amount_cents, "the amount")?;
     let stmt = db
         .prepare_cached(
             "UPDATE orders SET invoice = $2, total_cents = $3, updated_at = $4 WHERE id = $1 AND status = 'PENDING'",
@@ -223,8 +220,8 @@ pub async fn settle(db: &impl GenericClient, settlement: &Settlement) -> Result<
             "UPDATE idempotency SET status_code = $2, body = $3 WHERE order_id = $1 AND status_code IS NULL",
         )
         .await?;
-    db.execute(&stmt, &[&settlement.order_id, &i64::from(settlement.answer.status_code), &settlement.answer.body])
-        .await?;
+    let (status_code, body) = settlement.answer.stored();
+    db.execute(&stmt, &[&settlement.order_id, &i64::from(status_code), &body]).await?;
     Ok(())
 }
 
@@ -236,9 +233,8 @@ async fn insert_events(db: &impl GenericClient, order_id: &str, events: &[NewEve
         .await?;
     let now = now_ms();
     for event in events {
-        let state = if event.envelope.is_some() { OutboxState::Ready } else { OutboxState::AwaitingVerdict };
-        db.execute(&insert, &[&event.id, &order_id, &event.kind.as_str(), &event.envelope, &state.as_str(), &now])
-            .await?;
+        let (envelope, state) = event.body.stored();
+        db.execute(&insert, &[&event.id, &order_id, &event.kind.as_str(), &envelope, &state.as_str(), &now]).await?;
     }
     Ok(())
 }
@@ -380,9 +376,14 @@ pub async fn escalations(db: &impl GenericClient, limit: usize) -> Result<Vec<St
 }
 
 pub async fn key_record(db: &impl GenericClient, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+    // A key answered with its order's invoice stores no body of its own
+    // (`SettledAnswer::Invoice`): the body is the order's stored invoice.
     let stmt = db
         .prepare_cached(
-            "SELECT request_hash, order_id, status_code, body FROM idempotency WHERE channel = $1 AND key = $2",
+            "SELECT i.request_hash, i.order_id, i.status_code,
+                    CASE WHEN i.status_code IS NULL THEN NULL ELSE coalesce(i.body, o.invoice) END
+             FROM idempotency i LEFT JOIN orders o ON o.id = i.order_id
+             WHERE i.channel = $1 AND i.key = $2",
         )
         .await?;
     Ok(db.query_opt(&stmt, &[&channel, &key]).await?.map(|r| {

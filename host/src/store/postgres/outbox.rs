@@ -7,7 +7,7 @@
 
 use deadpool_postgres::GenericClient;
 
-use super::super::outbox::{DueEvent, SinkPosition};
+use super::super::outbox::{DueBody, DueEvent, SinkPosition};
 use super::super::{StoreError, now_ms};
 
 /// How long a delivery pass owns the events it claimed.
@@ -19,14 +19,17 @@ pub async fn claim_due_events(db: &impl GenericClient, now_ms: i64, limit: usize
             "UPDATE outbox o SET next_attempt_ms = $2 FROM (
                  SELECT seq FROM outbox WHERE state = 'READY' AND next_attempt_ms <= $1
                  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) due
-             WHERE o.seq = due.seq RETURNING o.seq, o.id, o.type, o.envelope, o.attempts",
+             WHERE o.seq = due.seq
+             RETURNING o.seq, o.id, o.type, o.envelope, o.attempts, o.order_id, o.created_ms,
+                 CASE WHEN o.envelope IS NULL THEN (SELECT invoice FROM orders WHERE id = o.order_id) END",
         )
         .await?;
     let mut out = Vec::new();
     for r in db.query(&stmt, &[&now_ms, &(now_ms + DELIVERY_LEASE_MS), &(limit as i64)]).await? {
         let seq: i64 = r.get(0);
         let kind = r.get::<_, &str>(2).parse().map_err(|e| StoreError::Corrupt(format!("outbox row {seq}: {e}")))?;
-        out.push(DueEvent { seq, id: r.get(1), kind, envelope: r.get(3), attempts: r.get::<_, i64>(4) as u32 });
+        let body = DueBody::of(r.get(3), r.get(5), r.get(6), r.get(7));
+        out.push(DueEvent { seq, id: r.get(1), kind, body, attempts: r.get::<_, i64>(4) as u32 });
     }
     out.sort_by_key(|e| e.seq);
     Ok(out)
