@@ -24,6 +24,7 @@
 //! connection or knows which database it uses.
 
 pub mod catalog;
+mod checkpointer;
 pub mod error;
 pub mod experiments;
 pub mod ledger;
@@ -46,6 +47,7 @@ pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
 use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
+use checkpointer::Checkpointer;
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
 use orders::{
@@ -137,6 +139,8 @@ enum Backend {
 struct Sqlite {
     /// `None` for a store opened read-only (tools beside a running service).
     writer: Option<Writer>,
+    /// Checkpoints the WAL while the store is open (`None` read-only).
+    _checkpointer: Option<Checkpointer>,
     readers: Readers,
     path: PathBuf,
 }
@@ -224,10 +228,14 @@ impl Store {
         // so the hot path would parse and plan its SQL again on every call.
         conn.set_prepared_statement_cache_capacity(readers::STATEMENT_CACHE_CAPACITY);
         schema::migrate(&mut conn)?;
+        // Checkpoints run on a thread of their own (see `checkpointer`).
+        conn.pragma_update(None, "wal_autocheckpoint", checkpointer::WRITER_BACKSTOP_PAGES)?;
+        let checkpointer = Checkpointer::start(path, options.durability)?;
         let writer =
             Writer::start(conn).map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Store::new(Backend::Sqlite(Sqlite {
             writer: Some(writer),
+            _checkpointer: Some(checkpointer),
             readers: Readers::new(path, options.busy_timeout),
             path: path.to_owned(),
         })))
@@ -248,7 +256,7 @@ impl Store {
         }
         let readers = Readers::new(path, options.busy_timeout);
         readers.read(schema::check_current)?;
-        Ok(Store::new(Backend::Sqlite(Sqlite { writer: None, readers, path: path.to_owned() })))
+        Ok(Store::new(Backend::Sqlite(Sqlite { writer: None, _checkpointer: None, readers, path: path.to_owned() })))
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://…`) and
