@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::{Dataset, Engine, EngineSettings};
+use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::geo::{GeoPoint, distance_km};
+use smartmart::domain::order::{Allocation, AllocationLine, DiscountLine};
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
 use smartmart::rules::types::{
-    Allocation, AllocationLine, Candidate, DiscountLine, FraudAction, OrderContext, PaymentSummary, Plan, Refusal,
-    Shortfall, Tier, Verdict,
+    Candidate, FraudAction, OrderContext, PaymentSummary, Plan, Refusal, Shortfall, Verdict,
 };
 use smartmart::rules::{NativeLogic, NativeRule, Rule, RuleSet, SlotRule};
 use smartmart::store::catalog::{CartItem, Customer};
@@ -43,8 +45,8 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
             email: "bench@example.com".into(),
             phone: "+1".into(),
             tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
-            status: smartmart::rules::types::AccountStatus::Active,
-            location: smartmart::rules::types::GeoPoint { lat: 12.97, lon: 77.59 },
+            status: AccountStatus::Active,
+            location: GeoPoint { lat: 12.97, lon: 77.59 },
         })
         .collect();
     let stock = ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"]
@@ -81,7 +83,7 @@ fn native_rules(wasm: &RuleSet) -> Arc<RuleSet> {
         let best = candidates
             .iter()
             .filter(|c| covers(c))
-            .map(|c| (smartmart::pipeline::invoice::distance_km(o.ship_to, c.location), c))
+            .map(|c| (distance_km(o.ship_to, c.location), c))
             .min_by(|a, b| a.0.total_cmp(&b.0));
         match best {
             Some((km, c)) => Ok(Plan {

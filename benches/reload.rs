@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use smartmart::app::{Dataset, Engine, EngineSettings};
+use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
 use smartmart::store::catalog::{CartItem, Customer};
 
 const SECRET: &[u8] = b"bench-secret";

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::app::{Dataset, Engine, EngineSettings};
+use crate::domain::invoice::Invoice;
 use crate::pipeline::validate::mint_token;
-use crate::pipeline::{Invoice, OrderError, OrderRequest};
+use crate::pipeline::{OrderError, OrderRequest};
 use crate::store::catalog::CartItem;
 
 /// One scripted order.

@@ -18,9 +18,10 @@ use anyhow::Context as _;
 use rand::Rng as _;
 
 use crate::app::{Dataset, Engine, EngineSettings};
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::geo::GeoPoint;
 use crate::pipeline::validate::mint_token;
 use crate::pipeline::{OrderError, OrderRequest};
-use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{CartItem, Customer};
 
 /// The identity secret the soak signs its customers' tokens with.

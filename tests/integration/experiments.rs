@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use smartmart::app::Engine;
-use smartmart::pipeline::Invoice;
+use smartmart::domain::customer::Tier;
+use smartmart::domain::invoice::Invoice;
 use smartmart::rules::RuleSet;
-use smartmart::rules::types::Tier;
 use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::TestEngine;

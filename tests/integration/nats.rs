@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, Context};
 use futures::StreamExt as _;
 use serde_json::Value;
 use smartmart::app::Engine;
-use smartmart::domain::EventKind;
+use smartmart::domain::status::EventKind;
 use smartmart::events::nats::STREAM_DESCRIPTION;
 use smartmart::events::{EventSink, NatsSettings, NatsSink, SinkChoice, SinkEvent};
 use smartmart::pipeline::Placed;

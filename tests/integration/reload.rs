@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 use smartmart::app::Engine;
-use smartmart::pipeline::invoice::InvoiceDiscount;
-use smartmart::pipeline::{Invoice, OrderError, Pipeline};
+use smartmart::domain::invoice::{Invoice, InvoiceDiscount};
+use smartmart::pipeline::{OrderError, Pipeline};
 use smartmart::rules::signing;
 
 use crate::support::plugin_dir::{

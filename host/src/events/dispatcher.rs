@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, SinkEvent};
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 use crate::pipeline::Pipeline;
 use crate::store::outbox::DueEvent;
 use crate::store::{StoreError, now_ms};

@@ -12,11 +12,12 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
-use crate::pipeline::error::ErrorCode;
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::status::ErrorCode;
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
 use crate::pipeline::welch::{Difference, Moments, welch_interval};
-use crate::rules::types::{AccountStatus, GeoPoint, Tier};
 use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
 use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
@@ -515,7 +516,7 @@ pub struct EscalationQuery {
 pub struct Escalation {
     pub order_id: String,
     pub customer_id: String,
-    pub status: crate::domain::OrderStatus,
+    pub status: crate::domain::status::OrderStatus,
     pub total_cents: u64,
     pub currency: String,
     pub created_at: String,

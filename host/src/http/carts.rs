@@ -12,9 +12,9 @@ use super::auth::{Channel, customer_token};
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_CART_LINES, MAX_QUANTITY, check_id};
+use crate::domain::invoice::InvoiceItem;
+use crate::domain::order::CartLine;
 use crate::pipeline::OrderError;
-use crate::pipeline::invoice::InvoiceItem;
-use crate::rules::types::CartLine;
 use crate::store::StoreError;
 use crate::store::catalog::CartItem;
 

@@ -36,7 +36,7 @@ use utoipa_axum::routes;
 
 use crate::app::Engine;
 use crate::config::Credentials;
-use crate::pipeline::error::ErrorCode;
+use crate::domain::status::ErrorCode;
 use error::ApiError;
 
 /// What every handler can reach.

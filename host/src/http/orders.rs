@@ -27,10 +27,10 @@ use super::auth::{Channel, raw_customer_token};
 use super::error::ApiError;
 use super::json::{ApiPath, RawJson};
 use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
-use crate::domain::OrderStatus;
-use crate::pipeline::error::ErrorCode;
-use crate::pipeline::{Invoice, OrderError, OrderRequest};
-use crate::rules::types::GeoPoint;
+use crate::domain::geo::GeoPoint;
+use crate::domain::invoice::Invoice;
+use crate::domain::status::{ErrorCode, OrderStatus};
+use crate::pipeline::{OrderError, OrderRequest};
 use crate::store::orders::KeyRecord;
 
 /// The body of `POST /v1/orders`.

@@ -12,7 +12,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::ApiPath;
 use super::validate::check_id;
-use crate::pipeline::error::ErrorCode;
+use crate::domain::status::ErrorCode;
 use crate::rules::canary::{Canary, CanaryLimits, CanaryState, WindowFigures};
 use crate::rules::{Rule, RuleSet, SlotRule};
 use crate::store::now_ms;

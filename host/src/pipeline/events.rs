@@ -6,8 +6,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::invoice::{EventRef, Invoice};
-use crate::domain::EventKind;
+use crate::domain::invoice::{EventRef, Invoice};
+use crate::domain::status::EventKind;
 use crate::store::now_rfc3339;
 use crate::store::orders::NewEvent;
 

@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::invoice::{AllocationLine, InvoiceAllocation, distance_km};
 use super::rollouts::Rollouts;
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
+use crate::domain::geo::distance_km;
+use crate::domain::invoice::{AllocationLine, InvoiceAllocation};
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
@@ -223,7 +224,8 @@ fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::types::{Allocation, AllocationLine as PlanLine, GeoPoint};
+    use crate::domain::geo::GeoPoint;
+    use crate::domain::order::{Allocation, AllocationLine as PlanLine};
 
     fn candidates() -> Vec<Candidate> {
         vec![Candidate {

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
-//! - [`invoice`]: the invoice the API answers;
+//! - [`placed`]: a placed order's invoice with its JSON text, serialised once;
 //! - [`fraud`]: fraud checks, run after the answer;
 //! - [`experiments`]: figures per A/B arm, recorded off the answer path into the store;
 //! - [`welch`]: the confidence interval of a difference in means, from stored sums;
@@ -27,8 +27,8 @@ pub mod experiments;
 pub mod fraud;
 pub mod gate;
 pub mod inventory;
-pub mod invoice;
 pub mod payment;
+pub mod placed;
 pub mod recovery;
 pub mod replay;
 pub mod rollouts;
@@ -45,15 +45,16 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub use error::{OrderError, Stage};
-pub use invoice::{Invoice, Placed};
+pub use placed::Placed;
 
-use crate::domain::{OrderStatus, PaymentStatus};
+use crate::domain::geo::GeoPoint;
+use crate::domain::invoice::{Invoice, InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
+use crate::domain::status::{OrderStatus, PaymentStatus};
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
-use crate::rules::types::{GeoPoint, OrderContext, RuleCustomer};
+use crate::rules::types::{OrderContext, RuleCustomer};
 use crate::store::orders::KeyClaim;
 use crate::store::{Store, now_ms, now_rfc3339};
-use invoice::{InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.

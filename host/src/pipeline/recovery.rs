@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::invoice::Invoice;
 use super::{Pipeline, payment};
+use crate::domain::invoice::Invoice;
 use crate::payment::{ChargeRequest, GatewayError, charge_with_retries};
 use crate::store::StoreError;
 use crate::store::orders::OpenIntent;

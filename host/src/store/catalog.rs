@@ -4,7 +4,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{StoreError, now_rfc3339};
-use crate::rules::types::{AccountStatus, CartLine, GeoPoint, Tier};
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::CartLine;
 
 /// A customer with everything the host knows about them (personal data
 /// included: it never leaves the host except on the customer's own invoice).

@@ -55,7 +55,7 @@ use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 use writer::Writer;
 
-use crate::rules::types::CartLine;
+use crate::domain::order::CartLine;
 
 /// `PRAGMA synchronous`, the durability of a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::Engine;
+use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::{OrderError, Pipeline, Placed};
 use smartmart::rules::ModuleIdentity;
 use smartmart::rules::reload::ReloadStatus;
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
 use smartmart::store::catalog::{CartItem, Customer, Product};
 use tempfile::TempDir;
 

@@ -9,7 +9,8 @@ use super::super::catalog::{
 };
 use super::super::{StoreError, now_rfc3339};
 use super::bigint;
-use crate::rules::types::{CartLine, GeoPoint};
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::CartLine;
 
 pub async fn upsert_customer(db: &impl GenericClient, c: &Customer) -> Result<(), StoreError> {
     let stmt = db
