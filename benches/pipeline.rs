@@ -37,7 +37,7 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
     let mut settings = EngineSettings::new(dir, &repo().join("plugins/bundled"), SECRET);
     tweak(&mut settings);
     let engine = Engine::start(settings).await.expect("engine starts");
-    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(&engine.pipeline.store).await.unwrap();
+    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(engine.store()).await.unwrap();
     let customers = (0..WORKERS * 4)
         .map(|i| Customer {
             id: format!("B-{i:04}"),
@@ -55,7 +55,7 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
             ["HDMI-2M", "MOUSE-WIRELESS", "TV-55-OLED"].map(|sku| (w.to_string(), sku.to_string(), 10_000_000))
         })
         .collect();
-    engine.pipeline.store.load_catalog(customers, vec![], vec![], stock).await.unwrap();
+    engine.store().load_catalog(customers, vec![], vec![], stock).await.unwrap();
     engine
 }
 
@@ -128,7 +128,7 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let pipeline = engine.pipeline.clone();
+        let pipeline = engine.pipeline().clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker);
             for i in 0..per_worker {
@@ -137,7 +137,7 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
                     CartItem { sku: "TV-55-OLED".into(), quantity: 1 },
                     CartItem { sku: "HDMI-2M".into(), quantity: 2 },
                 ];
-                pipeline.store.replace_cart(&customer, cart).await.unwrap();
+                pipeline.store().replace_cart(&customer, cart).await.unwrap();
                 let request = OrderRequest {
                     channel: "web".into(),
                     customer_id: customer.clone(),
@@ -182,7 +182,7 @@ async fn main() {
     let native_dir = tempfile::tempdir().unwrap();
     let wasm = engine(wasm_dir.path(), |_| {}).await;
     let native = engine(native_dir.path(), |_| {}).await;
-    native.pipeline.rules.store(native_rules(&native.pipeline.rules.load()));
+    native.serve_rules(native_rules(&native.rules()));
     // Warm-up: compile caches, SQLite pages, allocator.
     run_orders(&wasm, WORKERS, 20).await;
     run_orders(&native, WORKERS, 20).await;

@@ -126,7 +126,7 @@ async fn seed(engine: &Engine, options: &SoakOptions) -> anyhow::Result<()> {
             location: GeoPoint { lat: 12.9716, lon: 77.5946 },
         })
         .collect();
-    let store = &engine.pipeline.store;
+    let store = engine.store();
     // A restarted soak finds its data set already loaded.
     if store.customer(&customer_of(0)).await?.is_none() {
         let stock = dataset
@@ -160,7 +160,7 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             let coupon = rng.random_bool(0.25).then(|| "WELCOME10".to_string());
             (items, token, coupon)
         };
-        engine.pipeline.store.replace_cart(customer, items).await?;
+        engine.store().replace_cart(customer, items).await?;
         let request = OrderRequest {
             channel: "soak".into(),
             customer_id: customer.into(),
@@ -170,7 +170,7 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             ship_to: None,
             idempotency: None,
         };
-        match engine.pipeline.place_order(request).await {
+        match engine.pipeline().place_order(request).await {
             Ok(invoice) => {
                 summary.confirmed += 1;
                 say(&format!("CONFIRMED {}", invoice.order_id));

@@ -27,10 +27,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Delivers every due event once; returns how many were delivered.
 pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
     // One pass at a time: two passes would both read the same READY rows.
-    let _pass = pipeline.store.delivery_pass().await;
+    let _pass = pipeline.store().delivery_pass().await;
     let mut delivered = 0;
     loop {
-        let due = pipeline.store.due_events(now_ms(), BATCH).await?;
+        let due = pipeline.store().due_events(now_ms(), BATCH).await?;
         if due.is_empty() {
             return Ok(delivered);
         }
@@ -45,7 +45,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
             match sink.deliver(kind, &events).await {
                 Ok(position) => {
-                    pipeline.store.mark_delivered(seqs, position.clone()).await?;
+                    pipeline.store().mark_delivered(seqs, position.clone()).await?;
                     if let Some(position) = &position {
                         sink.recorded(position);
                     }
@@ -59,7 +59,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                     let error = format!("{e:#}");
                     tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store.mark_retry(seqs, error, next).await?;
+                    pipeline.store().mark_retry(seqs, error, next).await?;
                 }
             }
         }
@@ -77,7 +77,7 @@ pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdo
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = pipeline.events_ready.notified() => {
+            _ = pipeline.events_ready().notified() => {
                 // Let the events of the orders settling now join this pass:
                 // each pass costs a write and an fsync per file and a store
                 // command, whatever its size. Events are never on an

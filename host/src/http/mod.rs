@@ -138,8 +138,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request"));
     state
         .engine
-        .pipeline
-        .metrics
+        .metrics()
         .requests
         .get_or_create(&crate::metrics::RequestLabels { method, route, status: status.to_string() })
         .inc();

@@ -50,11 +50,14 @@ pub use placed::Placed;
 use crate::domain::geo::GeoPoint;
 use crate::domain::invoice::{Invoice, InvoiceCustomer, InvoiceItem, InvoicePayment, Timings};
 use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::metrics::Metrics;
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
 use crate::rules::types::{OrderContext, RuleCustomer};
 use crate::store::orders::KeyClaim;
-use crate::store::{Store, now_ms, now_rfc3339};
+use crate::store::{Store, StoreError, now_ms, now_rfc3339};
+use experiments::ExperimentFigures;
+use rollouts::Rollouts;
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.
@@ -124,19 +127,22 @@ pub struct OrderRequest {
 }
 
 /// The engine: shared state of every order. Cheap to clone.
+///
+/// Its parts are private: callers place orders, read the store and the rule
+/// set serving now, and the stages (this module's children) reach the rest.
 #[derive(Clone)]
 pub struct Pipeline {
-    pub store: Store,
-    pub rules: Arc<ArcSwap<RuleSet>>,
-    pub gateway: Arc<dyn PaymentGateway>,
-    pub config: Arc<PipelineConfig>,
+    store: Store,
+    rules: Arc<ArcSwap<RuleSet>>,
+    gateway: Arc<dyn PaymentGateway>,
+    config: Arc<PipelineConfig>,
     /// Wakes the fraud worker and the event dispatcher after a settlement.
-    pub settled: Arc<Notify>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub experiments: Arc<experiments::ExperimentFigures>,
-    pub events_ready: Arc<Notify>,
+    settled: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    experiments: Arc<ExperimentFigures>,
+    events_ready: Arc<Notify>,
     /// Canaries, rollbacks and the reload hooks.
-    pub rollouts: Arc<rollouts::Rollouts>,
+    rollouts: Arc<Rollouts>,
 }
 
 async fn within<T>(
@@ -152,6 +158,60 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Pipeline {
+    /// A pipeline over its parts. `rules` is shared with the reloader, which
+    /// swaps in each new set; `experiments` with the worker that flushes it.
+    pub(crate) fn new(
+        store: Store,
+        rules: Arc<ArcSwap<RuleSet>>,
+        gateway: Arc<dyn PaymentGateway>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+        experiments: Arc<ExperimentFigures>,
+        rollouts: Arc<Rollouts>,
+    ) -> Pipeline {
+        Pipeline {
+            store,
+            rules,
+            gateway,
+            config: Arc::new(config),
+            settled: Arc::new(Notify::new()),
+            metrics,
+            experiments,
+            events_ready: Arc::new(Notify::new()),
+            rollouts,
+        }
+    }
+
+    /// The store orders are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The rule set serving orders now. A snapshot: a reload swaps in a new
+    /// set without changing this one.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// Notified when events are ready to deliver: what the dispatcher waits on.
+    pub(crate) fn events_ready(&self) -> &Notify {
+        &self.events_ready
+    }
+
+    /// Records the pending experiment figures now, rather than at the
+    /// flusher's next pass (so that a read counts every answered order).
+    pub(crate) async fn flush_experiments(&self) -> Result<(), StoreError> {
+        self.experiments.flush(&self.store).await
+    }
+
     /// Runs one order through every stage. `Ok` is the confirmed invoice;
     /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
     #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
