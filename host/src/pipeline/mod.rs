@@ -377,7 +377,7 @@ impl Pipeline {
             }
         }
         if !shadows.is_empty() && result.is_ok() {
-            self.run_shadows(order_id.clone(), shadows);
+            run_shadows(self.store.clone(), order_id.clone(), shadows);
         }
         self.settled.notify_one();
         self.events_ready.notify_one();
@@ -414,20 +414,6 @@ impl Pipeline {
         result
     }
 
-    /// Runs shadow candidates after the answer and records how they differ.
-    fn run_shadows(&self, order_id: String, jobs: Vec<shadow::ShadowJob>) {
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let runs = crate::rules::run_blocking(move || {
-                jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>()
-            })
-            .await;
-            if let Err(e) = store.record_shadow_runs(runs).await {
-                tracing::warn!(error = %e, "could not record shadow runs");
-            }
-        });
-    }
-
     /// Removes an order refused before payment for its input (see `orders::discard`).
     async fn discard(&self, order_id: &str) {
         if let Err(e) = self.store.discard(order_id).await {
@@ -442,4 +428,16 @@ impl Pipeline {
             tracing::error!(order_id, error = %e, "could not release the order's stock; the janitor will");
         }
     }
+}
+
+/// Runs shadow candidates after the answer and records how they differ.
+fn run_shadows(store: Store, order_id: String, jobs: Vec<shadow::ShadowJob>) {
+    tokio::spawn(async move {
+        let runs =
+            crate::rules::run_blocking(move || jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>())
+                .await;
+        if let Err(e) = store.record_shadow_runs(runs).await {
+            tracing::warn!(error = %e, "could not record shadow runs");
+        }
+    });
 }
