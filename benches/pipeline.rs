@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::{Dataset, Engine, EngineSettings};
-use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::{GeoPoint, distance_km};
 use smartmart::domain::order::{Allocation, AllocationLine, DiscountLine};
 use smartmart::pipeline::OrderRequest;
@@ -22,7 +22,7 @@ use smartmart::rules::types::{
     Candidate, FraudAction, OrderContext, PaymentSummary, Plan, Refusal, Shortfall, Verdict,
 };
 use smartmart::rules::{NativeLogic, NativeRule, Rule, RuleSet, SlotRule};
-use smartmart::store::catalog::{CartItem, Customer};
+use smartmart::store::catalog::CartItem;
 
 const SECRET: &[u8] = b"bench-secret";
 const WORKERS: usize = 8;

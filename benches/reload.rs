@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use smartmart::app::{Dataset, Engine, EngineSettings};
-use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
-use smartmart::store::catalog::{CartItem, Customer};
+use smartmart::store::catalog::CartItem;
 
 const SECRET: &[u8] = b"bench-secret";
 /// Swaps per latency measurement.

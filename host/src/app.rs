@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::customer::Customer;
 use crate::events::{EventSink, SinkChoice, run_dispatcher};
 use crate::metrics::Metrics;
 use crate::payment::{Charge, HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
@@ -20,7 +21,7 @@ use crate::pipeline::rollouts::{Rollouts, run_recorder};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
 use crate::rules::reload::{ReloadError, ReloadHooks, ReloadStatus, Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
-use crate::store::catalog::{Customer, Product, Warehouse};
+use crate::store::catalog::{Product, Warehouse};
 use crate::store::{Database, PostgresOptions, Store, StoreError, StoreOptions};
 
 /// Which payment gateway orders are charged through.

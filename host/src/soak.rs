@@ -18,11 +18,11 @@ use anyhow::Context as _;
 use rand::Rng as _;
 
 use crate::app::{Dataset, Engine, EngineSettings};
-use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::customer::{AccountStatus, Customer, Tier};
 use crate::domain::geo::GeoPoint;
 use crate::pipeline::validate::mint_token;
 use crate::pipeline::{OrderError, OrderRequest};
-use crate::store::catalog::{CartItem, Customer};
+use crate::store::catalog::CartItem;
 
 /// The identity secret the soak signs its customers' tokens with.
 pub const IDENTITY_SECRET: &[u8] = b"soak-identity-secret-not-for-production";

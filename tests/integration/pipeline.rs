@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smartmart::app::GatewayChoice;
-use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::{GeoPoint, distance_km};
 use smartmart::domain::invoice::Invoice;
 use smartmart::pipeline::rule_errors;
 use smartmart::pipeline::validate::mint_token;
 use smartmart::pipeline::{OrderError, OrderRequest, Placed};
-use smartmart::store::catalog::{CartItem, Customer, Product, StockLevel};
+use smartmart::store::catalog::{CartItem, Product, StockLevel};
 use smartmart::store::orders;
 use tempfile::TempDir;
 

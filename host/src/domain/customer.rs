@@ -1,6 +1,22 @@
-//! Who places orders: a customer's loyalty tier and account status.
+//! Who places orders: the customer record, its loyalty tier and account status.
 
 use serde::{Deserialize, Serialize};
+
+use super::geo::GeoPoint;
+
+/// A customer with everything the host knows about them (personal data
+/// included: it never leaves the host except on the customer's own invoice).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+    pub tier: Tier,
+    pub status: AccountStatus,
+    pub location: GeoPoint,
+}
 
 /// Loyalty tier of a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

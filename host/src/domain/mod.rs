@@ -8,7 +8,7 @@
 //!
 //! - [`status`]: the enums stored as text (order, payment, event, hold and
 //!   outbox states, rule slots, the API's error codes);
-//! - [`customer`]: who orders: tier and account status;
+//! - [`customer`]: who orders: the customer record, tier and account status;
 //! - [`geo`]: points on Earth and the distance between them;
 //! - [`order`]: what an order is made of: cart lines, granted discounts,
 //!   warehouse allocations;

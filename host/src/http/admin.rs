@@ -12,13 +12,13 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
-use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::customer::{AccountStatus, Customer, Tier};
 use crate::domain::geo::GeoPoint;
 use crate::domain::status::ErrorCode;
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
 use crate::pipeline::welch::{Difference, Moments, welch_interval};
-use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
+use crate::store::catalog::{Product, StockLevel, Warehouse};
 use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
 

@@ -45,7 +45,7 @@ use rusqlite::Connection;
 pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
-use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
+use catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse};
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
 use orders::{AwaitingReview, KeyRecord, NewOrder, OpenIntent, ReserveOutcome, Settlement, StoredOrder, Verdict};
@@ -55,6 +55,7 @@ use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 use writer::Writer;
 
+use crate::domain::customer::Customer;
 use crate::domain::order::CartLine;
 
 /// `PRAGMA synchronous`, the durability of a commit.

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::Engine;
-use smartmart::domain::customer::{AccountStatus, Tier};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::{OrderError, Pipeline, Placed};
 use smartmart::rules::ModuleIdentity;
 use smartmart::rules::reload::ReloadStatus;
-use smartmart::store::catalog::{CartItem, Customer, Product};
+use smartmart::store::catalog::{CartItem, Product};
 use tempfile::TempDir;
 
 use super::{bundled_plugins, order_request, wasm};

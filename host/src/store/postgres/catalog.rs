@@ -4,11 +4,10 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::super::catalog::{
-    CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier,
-};
+use super::super::catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier};
 use super::super::{StoreError, now_rfc3339};
 use super::bigint;
+use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
 use crate::domain::order::CartLine;
 
