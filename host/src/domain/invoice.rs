@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::geo::GeoPoint;
-use super::order::CartLine;
+use super::order::{AllocationLine, CartLine};
 use super::status::{EventKind, OrderStatus, PaymentStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -105,12 +105,6 @@ pub struct InvoiceAllocation {
     /// The experiment variant of the warehouse selector, if it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AllocationLine {
-    pub sku: String,
-    pub quantity: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

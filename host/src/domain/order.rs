@@ -30,8 +30,10 @@ pub struct DiscountLine {
     pub reasons: Vec<String>,
 }
 
-/// Units of one sku taken from one warehouse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Units of one sku taken from one warehouse: in a rule's plan and on the
+// invoice alike. A plain comment, not a doc comment: utoipa would make it
+// the OpenAPI schema's description, which the invoice's copy never had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AllocationLine {
     pub sku: String,
     pub quantity: u32,

@@ -11,7 +11,7 @@ use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
 use crate::domain::geo::distance_km;
-use crate::domain::invoice::{AllocationLine, InvoiceAllocation};
+use crate::domain::invoice::InvoiceAllocation;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
@@ -214,7 +214,7 @@ fn describe(
                 warehouse_id: w.warehouse.id.clone(),
                 warehouse_name: w.warehouse.name.clone(),
                 distance_km: distance_km(order.ship_to, w.warehouse.location),
-                lines: a.lines.iter().map(|l| AllocationLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+                lines: a.lines.clone(),
                 variant: variant.clone(),
             })
         })
@@ -225,7 +225,7 @@ fn describe(
 mod tests {
     use super::*;
     use crate::domain::geo::GeoPoint;
-    use crate::domain::order::{Allocation, AllocationLine as PlanLine};
+    use crate::domain::order::{Allocation, AllocationLine};
 
     fn candidates() -> Vec<Candidate> {
         vec![Candidate {
@@ -240,7 +240,7 @@ mod tests {
         Plan {
             allocations: vec![Allocation {
                 warehouse_id: warehouse.into(),
-                lines: vec![PlanLine { sku: sku.into(), quantity }],
+                lines: vec![AllocationLine { sku: sku.into(), quantity }],
             }],
             reasons: vec![],
         }
