@@ -239,7 +239,7 @@ fn start_service(
             let engine = Arc::new(Engine::start(settings).await.expect("the engine starts"));
             Dataset::read(&repo().join("examples/demo/dataset.json"))
                 .expect("the demo data set")
-                .load_into(&engine.pipeline.store)
+                .load_into(engine.store())
                 .await
                 .expect("loading the demo data set");
             let credentials = Credentials {

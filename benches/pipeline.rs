@@ -13,14 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::{Dataset, Engine, EngineSettings};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
+use smartmart::domain::geo::{GeoPoint, distance_km};
+use smartmart::domain::order::{Allocation, AllocationLine, DiscountLine};
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
 use smartmart::rules::types::{
-    Allocation, AllocationLine, Candidate, DiscountLine, FraudAction, OrderContext, PaymentSummary, Plan, Refusal,
-    Shortfall, Tier, Verdict,
+    Candidate, FraudAction, OrderContext, PaymentSummary, Plan, Refusal, Shortfall, Verdict,
 };
 use smartmart::rules::{NativeLogic, NativeRule, Rule, RuleSet, SlotRule};
-use smartmart::store::catalog::{CartItem, Customer};
+use smartmart::store::catalog::CartItem;
 
 const SECRET: &[u8] = b"bench-secret";
 const WORKERS: usize = 8;
@@ -35,7 +37,7 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
     let mut settings = EngineSettings::new(dir, &repo().join("plugins/bundled"), SECRET);
     tweak(&mut settings);
     let engine = Engine::start(settings).await.expect("engine starts");
-    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(&engine.pipeline.store).await.unwrap();
+    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(engine.store()).await.unwrap();
     let customers = (0..WORKERS * 4)
         .map(|i| Customer {
             id: format!("B-{i:04}"),
@@ -43,8 +45,8 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
             email: "bench@example.com".into(),
             phone: "+1".into(),
             tier: if i % 2 == 0 { Tier::Gold } else { Tier::Silver },
-            status: smartmart::rules::types::AccountStatus::Active,
-            location: smartmart::rules::types::GeoPoint { lat: 12.97, lon: 77.59 },
+            status: AccountStatus::Active,
+            location: GeoPoint { lat: 12.97, lon: 77.59 },
         })
         .collect();
     let stock = ["WH-BLR", "WH-BOM", "WH-DEL", "WH-MAA"]
@@ -53,7 +55,7 @@ async fn engine(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineSettings)) 
             ["HDMI-2M", "MOUSE-WIRELESS", "TV-55-OLED"].map(|sku| (w.to_string(), sku.to_string(), 10_000_000))
         })
         .collect();
-    engine.pipeline.store.load_catalog(customers, vec![], vec![], stock).await.unwrap();
+    engine.store().load_catalog(customers, vec![], vec![], stock).await.unwrap();
     engine
 }
 
@@ -81,7 +83,7 @@ fn native_rules(wasm: &RuleSet) -> Arc<RuleSet> {
         let best = candidates
             .iter()
             .filter(|c| covers(c))
-            .map(|c| (smartmart::pipeline::invoice::distance_km(o.ship_to, c.location), c))
+            .map(|c| (distance_km(o.ship_to, c.location), c))
             .min_by(|a, b| a.0.total_cmp(&b.0));
         match best {
             Some((km, c)) => Ok(Plan {
@@ -126,7 +128,7 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let pipeline = engine.pipeline.clone();
+        let pipeline = engine.pipeline().clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_worker);
             for i in 0..per_worker {
@@ -135,7 +137,7 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
                     CartItem { sku: "TV-55-OLED".into(), quantity: 1 },
                     CartItem { sku: "HDMI-2M".into(), quantity: 2 },
                 ];
-                pipeline.store.replace_cart(&customer, cart).await.unwrap();
+                pipeline.store().replace_cart(&customer, cart).await.unwrap();
                 let request = OrderRequest {
                     channel: "web".into(),
                     customer_id: customer.clone(),
@@ -180,7 +182,7 @@ async fn main() {
     let native_dir = tempfile::tempdir().unwrap();
     let wasm = engine(wasm_dir.path(), |_| {}).await;
     let native = engine(native_dir.path(), |_| {}).await;
-    native.pipeline.rules.store(native_rules(&native.pipeline.rules.load()));
+    native.serve_rules(native_rules(&native.rules()));
     // Warm-up: compile caches, SQLite pages, allocator.
     run_orders(&wasm, WORKERS, 20).await;
     run_orders(&native, WORKERS, 20).await;

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use smartmart::app::{Dataset, Engine, EngineSettings};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
+use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::OrderRequest;
 use smartmart::pipeline::validate::mint_token;
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{CartItem, Customer};
+use smartmart::store::catalog::CartItem;
 
 const SECRET: &[u8] = b"bench-secret";
 /// Swaps per latency measurement.
@@ -109,7 +110,7 @@ fn land(dir: &Path, bytes: &[u8]) -> Instant {
 }
 
 fn serving(engine: &Engine) -> String {
-    engine.pipeline.rules.load().discount[FLAT].module.identity().digest.clone()
+    engine.rules().discount[FLAT].module.identity().digest.clone()
 }
 
 /// Lands `bytes` and waits until they serve; the time from landing to serving.
@@ -144,7 +145,7 @@ async fn start(plugins: &Path, data: &Path) -> Engine {
     let mut settings = EngineSettings::new(data, plugins, SECRET);
     settings.watch_plugins = true;
     let engine = Engine::start(settings).await.expect("the engine starts");
-    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(&engine.pipeline.store).await.unwrap();
+    Dataset::read(&repo().join("examples/demo/dataset.json")).unwrap().load_into(engine.store()).await.unwrap();
     let customers = (0..WORKERS)
         .map(|i| Customer {
             id: format!("R-{i:02}"),
@@ -160,7 +161,7 @@ async fn start(plugins: &Path, data: &Path) -> Engine {
         .iter()
         .flat_map(|w| ["HDMI-2M", "TV-55-OLED"].map(|sku| (w.to_string(), sku.to_string(), 100_000_000)))
         .collect();
-    engine.pipeline.store.load_catalog(customers, vec![], vec![], stock).await.unwrap();
+    engine.store().load_catalog(customers, vec![], vec![], stock).await.unwrap();
     engine
 }
 
@@ -173,13 +174,13 @@ fn order_loops(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..WORKERS)
         .map(|w| {
-            let pipeline = engine.pipeline.clone();
+            let pipeline = engine.pipeline().clone();
             let (stop, confirmed, failed) = (stop.clone(), confirmed.clone(), failed.clone());
             tokio::spawn(async move {
                 let customer = format!("R-{w:02}");
                 let cart = vec![CartItem { sku: "HDMI-2M".into(), quantity: 1 }];
                 while !stop.load(Ordering::Relaxed) {
-                    pipeline.store.replace_cart(&customer, cart.clone()).await.unwrap();
+                    pipeline.store().replace_cart(&customer, cart.clone()).await.unwrap();
                     let request = OrderRequest {
                         channel: "web".into(),
                         customer_id: customer.clone(),
@@ -255,7 +256,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut swaps_done = [0usize; 3];
-    let reloads_before = engine.reloader.status.lock().unwrap().reloads;
+    let reloads_before = engine.reload_status().reloads;
     for _ in 0..ROUNDS {
         for (k, kind) in [Swaps::None, Swaps::Cached, Swaps::New].into_iter().enumerate() {
             let started = Instant::now();
@@ -284,7 +285,7 @@ async fn main() {
     for task in loops {
         task.await.unwrap();
     }
-    let status = engine.reloader.status.lock().unwrap().clone();
+    let status = engine.reload_status();
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

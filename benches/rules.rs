@@ -25,8 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use smartmart::domain::customer::Tier;
+use smartmart::domain::order::DiscountLine;
 use smartmart::rules::runner::RunInput;
-use smartmart::rules::types::{DiscountLine, OrderContext, Tier};
+use smartmart::rules::types::OrderContext;
 use smartmart::rules::{Budgets, ModuleConfig, RuleModule, RuleRuntime, RuntimeOptions, World};
 
 fn repo() -> PathBuf {

@@ -9,18 +9,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use serde::Deserialize;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::customer::Customer;
 use crate::events::{EventSink, SinkChoice, run_dispatcher};
-use crate::payment::{HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::metrics::Metrics;
+use crate::payment::{Charge, HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::pipeline::experiments::ExperimentFigures;
 use crate::pipeline::rollouts::{Rollouts, run_recorder};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
-use crate::rules::reload::{ReloadHooks, Reloader, Watch};
+use crate::rules::reload::{ReloadError, ReloadHooks, ReloadStatus, Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
-use crate::store::catalog::{Customer, Product, Warehouse};
-use crate::store::{Database, PostgresOptions, Store, StoreOptions};
+use crate::store::catalog::{Product, Warehouse};
+use crate::store::{Database, PostgresOptions, Store, StoreError, StoreOptions};
 
 /// Which payment gateway orders are charged through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +101,11 @@ impl EngineSettings {
 
 /// The running engine. Dropping it does not stop the workers: call `shutdown`.
 pub struct Engine {
-    pub pipeline: Pipeline,
-    pub runtime: RuleRuntime,
-    pub reloader: Reloader,
-    pub sink: Arc<dyn EventSink>,
-    pub sandbox: Option<SandboxGateway>,
-    pub settings: EngineSettings,
+    pipeline: Pipeline,
+    reloader: Reloader,
+    sink: Arc<dyn EventSink>,
+    sandbox: Option<SandboxGateway>,
+    settings: EngineSettings,
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
 }
@@ -141,7 +142,7 @@ impl Engine {
         } else {
             None
         };
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(Metrics::default());
         let (rollouts, recorder) = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
         // The first set is not gated (there is nothing to keep serving
         // instead), but stored canary states apply to it: a rollback
@@ -182,26 +183,18 @@ impl Engine {
             hooks: Some(rollouts.clone() as Arc<dyn ReloadHooks>),
         };
         let store_shared = store.is_shared();
-        let pipeline = Pipeline {
-            store,
-            rules,
-            gateway,
-            config: Arc::new(PipelineConfig {
-                currency: settings.currency.clone(),
-                identity_secret: settings.identity_secret.clone(),
-                max_token_lifetime: settings.max_token_lifetime,
-                pseudonym_key: settings.pseudonym_key.clone(),
-                stage_timeout: settings.stage_timeout,
-                retry: settings.retry.clone(),
-                faults: settings.faults.clone(),
-                sequential_legs: settings.sequential_legs,
-            }),
-            settled: Arc::new(Notify::new()),
-            metrics,
-            experiments: Arc::default(),
-            events_ready: Arc::new(Notify::new()),
-            rollouts,
+        let experiments = Arc::new(ExperimentFigures::default());
+        let config = PipelineConfig {
+            currency: settings.currency.clone(),
+            identity_secret: settings.identity_secret.clone(),
+            max_token_lifetime: settings.max_token_lifetime,
+            pseudonym_key: settings.pseudonym_key.clone(),
+            stage_timeout: settings.stage_timeout,
+            retry: settings.retry.clone(),
+            faults: settings.faults.clone(),
+            sequential_legs: settings.sequential_legs,
         };
+        let pipeline = Pipeline::new(store.clone(), rules, gateway, config, metrics, experiments.clone(), rollouts);
         // On SQLite every PENDING order now is from a process that died; on
         // a shared database only those too old to be running on a replica.
         let interrupted_after = if store_shared { settings.janitor_min_age } else { Duration::ZERO };
@@ -211,10 +204,10 @@ impl Engine {
         }
         let shutdown = CancellationToken::new();
         let mut workers = vec![
-            tokio::spawn(run_recorder(pipeline.store.clone(), recorder, shutdown.clone())),
+            tokio::spawn(run_recorder(store.clone(), recorder, shutdown.clone())),
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
             tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
-            tokio::spawn(pipeline.experiments.clone().run_flusher(pipeline.store.clone(), shutdown.clone())),
+            tokio::spawn(experiments.run_flusher(store, shutdown.clone())),
             tokio::spawn(recovery::run_janitor(
                 pipeline.clone(),
                 settings.janitor_every,
@@ -230,7 +223,66 @@ impl Engine {
                 }
             }));
         }
-        Ok(Engine { pipeline, runtime, reloader, sink, sandbox, settings, shutdown, workers })
+        Ok(Engine { pipeline, reloader, sink, sandbox, settings, shutdown, workers })
+    }
+
+    /// Places orders (cheap to clone into a task).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The store: the catalog and carts the admin and cart APIs edit, the
+    /// orders they read back.
+    pub fn store(&self) -> &Store {
+        self.pipeline.store()
+    }
+
+    /// The rule set serving orders now.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.pipeline.rules()
+    }
+
+    /// Serves `rules` from the next order on, as a reload does but without
+    /// its replay gate: for a benchmark's native baseline, not for operators.
+    pub fn serve_rules(&self, rules: Arc<RuleSet>) {
+        self.reloader.rules.store(rules);
+    }
+
+    /// Reloads the plug-in directory now (through the replay gate), rather
+    /// than when the watch notices a change.
+    pub async fn reload_now(&self) -> Result<(), ReloadError> {
+        self.reloader.reload_now().await
+    }
+
+    /// A copy of what the reloader has done so far.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What `/metrics` renders; the HTTP edge adds its request counts.
+    pub fn metrics(&self) -> &Metrics {
+        self.pipeline.metrics()
+    }
+
+    /// Canaries: their events and their promotion.
+    pub fn rollouts(&self) -> &Rollouts {
+        self.pipeline.rollouts()
+    }
+
+    /// Records the pending experiment figures now (see [`Pipeline::flush_experiments`]).
+    pub async fn flush_experiments(&self) -> Result<(), StoreError> {
+        self.pipeline.flush_experiments().await
+    }
+
+    /// The sandbox gateway's captured charges by idempotency key; `None` when
+    /// orders are charged through an external gateway.
+    pub fn sandbox_charges(&self) -> Option<Vec<(String, Charge)>> {
+        self.sandbox.as_ref().map(SandboxGateway::charges)
+    }
+
+    /// The settings the engine started with (to start another on the same data dir).
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
     }
 
     /// Reviews and delivers everything pending now, and records the pending
@@ -238,7 +290,7 @@ impl Engine {
     pub async fn drain(&self) -> anyhow::Result<()> {
         fraud::review_pending(&self.pipeline).await?;
         crate::events::deliver_due(&self.pipeline, &self.sink).await?;
-        self.pipeline.experiments.flush(&self.pipeline.store).await?;
+        self.pipeline.flush_experiments().await?;
         Ok(())
     }
 

@@ -583,7 +583,7 @@ mod tests {
         let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
         let SinkChoice::Kafka(kafka) = &settings.engine.0.event_sink else { panic!("not kafka") };
         assert_eq!(kafka.brokers, ["k1:9092", "k2:9093"]);
-        assert_eq!(kafka.topic(crate::domain::EventKind::Fraud), "shop.events.fraud");
+        assert_eq!(kafka.topic(crate::domain::status::EventKind::Fraud), "shop.events.fraud");
         assert_eq!((kafka.partitions, kafka.replication_factor), (6, 3));
         assert_eq!(kafka.timeout, Duration::from_millis(2500));
         let defaults = ServeConfig { event_sink: Some(EventSinkKind::Kafka), ..keyed() };

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::app::{Dataset, Engine, EngineSettings};
+use crate::domain::invoice::Invoice;
 use crate::pipeline::validate::mint_token;
-use crate::pipeline::{Invoice, OrderError, OrderRequest};
+use crate::pipeline::{OrderError, OrderRequest};
 use crate::store::catalog::CartItem;
 
 /// One scripted order.
@@ -132,10 +133,10 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
     let mut settings = EngineSettings::new(data_dir, plugins_dir, &secret);
     settings.retry.base_delay = Duration::from_millis(10);
     let engine = Engine::start(settings).await?;
-    Dataset::read(dataset)?.load_into(&engine.pipeline.store).await?;
+    Dataset::read(dataset)?.load_into(engine.store()).await?;
     println!("SmartMart demo — data dir {}", data_dir.display());
     println!("rules: {}", plugins_dir.display());
-    for (slot, rule) in engine.pipeline.rules.load().all() {
+    for (slot, rule) in engine.rules().all() {
         println!("  {slot:<9} {}", rule.module.identity());
     }
     println!();
@@ -144,7 +145,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
         println!("▶ {}", case.title);
         let items: Vec<CartItem> =
             case.cart.iter().map(|(sku, q)| CartItem { sku: sku.to_string(), quantity: *q }).collect();
-        engine.pipeline.store.replace_cart(case.customer, items).await.context("filling the cart")?;
+        engine.store().replace_cart(case.customer, items).await.context("filling the cart")?;
         let request = OrderRequest {
             channel: "web".into(),
             customer_id: case.customer.into(),
@@ -154,7 +155,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
             ship_to: None,
             idempotency: None,
         };
-        match engine.pipeline.place_order(request).await {
+        match engine.pipeline().place_order(request).await {
             Ok(invoice) => {
                 println!("   → 201 CONFIRMED");
                 print_invoice(&invoice);
@@ -176,7 +177,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
     engine.drain().await?;
     println!("▶ Fraud reviews (run after the answers)");
     for order_id in escalation_candidates {
-        let stored = engine.pipeline.store.order(&order_id).await?;
+        let stored = engine.store().order(&order_id).await?;
         if let Some(review) = stored.and_then(|o| o.fraud_review) {
             println!("   {order_id}: {} score {} flags {}", review["action"], review["score"], review["flags"]);
         }

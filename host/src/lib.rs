@@ -4,6 +4,8 @@
 //! (sandboxed business rules), [`store`] (SQLite), [`payment`] (gateways) and
 //! the outbox → [`events`] (delivered after the answer).
 //!
+//! - [`domain`]: the records and states every layer speaks (the leaf: it
+//!   imports none of the others);
 //! - [`app`]: the assembled engine and its settings; [`demo`]: `smartmart demo`;
 //! - [`rules`]: the WebAssembly sandbox that runs business rules;
 //! - [`pipeline`]: the order saga and its stages;

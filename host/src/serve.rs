@@ -80,9 +80,9 @@ pub async fn run(config: ServeConfig, dev: bool, demo_data: Option<PathBuf>) -> 
     let (settings, generated) = resolve_settings(config, dev)?;
     let engine = Engine::start(settings.engine.0.clone()).await?;
     if let Some(dataset) = demo_data
-        && !engine.pipeline.store.has_customers().await?
+        && !engine.store().has_customers().await?
     {
-        Dataset::read(&dataset)?.load_into(&engine.pipeline.store).await?;
+        Dataset::read(&dataset)?.load_into(engine.store()).await?;
         tracing::info!(dataset = %dataset.display(), "loaded the demo data set");
     }
     let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;

@@ -18,10 +18,11 @@ use anyhow::Context as _;
 use rand::Rng as _;
 
 use crate::app::{Dataset, Engine, EngineSettings};
+use crate::domain::customer::{AccountStatus, Customer, Tier};
+use crate::domain::geo::GeoPoint;
 use crate::pipeline::validate::mint_token;
 use crate::pipeline::{OrderError, OrderRequest};
-use crate::rules::types::{AccountStatus, GeoPoint, Tier};
-use crate::store::catalog::{CartItem, Customer};
+use crate::store::catalog::CartItem;
 
 /// The identity secret the soak signs its customers' tokens with.
 pub const IDENTITY_SECRET: &[u8] = b"soak-identity-secret-not-for-production";
@@ -125,7 +126,7 @@ async fn seed(engine: &Engine, options: &SoakOptions) -> anyhow::Result<()> {
             location: GeoPoint { lat: 12.9716, lon: 77.5946 },
         })
         .collect();
-    let store = &engine.pipeline.store;
+    let store = engine.store();
     // A restarted soak finds its data set already loaded.
     if store.customer(&customer_of(0)).await?.is_none() {
         let stock = dataset
@@ -159,7 +160,7 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             let coupon = rng.random_bool(0.25).then(|| "WELCOME10".to_string());
             (items, token, coupon)
         };
-        engine.pipeline.store.replace_cart(customer, items).await?;
+        engine.store().replace_cart(customer, items).await?;
         let request = OrderRequest {
             channel: "soak".into(),
             customer_id: customer.into(),
@@ -169,7 +170,7 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             ship_to: None,
             idempotency: None,
         };
-        match engine.pipeline.place_order(request).await {
+        match engine.pipeline().place_order(request).await {
             Ok(invoice) => {
                 summary.confirmed += 1;
                 say(&format!("CONFIRMED {}", invoice.order_id));

@@ -162,7 +162,7 @@ fn killing_the_process_mid_order_loses_nothing_and_charges_nothing_twice() {
     let charges = runtime.block_on(async {
         let engine = Engine::start(soak::settings(&options)).await.expect("restarting on the crashed data dir");
         engine.drain().await.expect("draining");
-        let charges = engine.sandbox.as_ref().expect("sandbox gateway").charges();
+        let charges = engine.sandbox_charges().expect("sandbox gateway");
         engine.shutdown().await;
         charges
     });
@@ -314,7 +314,7 @@ async fn reconciliation_sees_orders_touched_in_the_same_second() {
         claim: None,
         intent: None,
     };
-    let outcome = t.engine.pipeline.store.reserve(order).await.unwrap();
+    let outcome = t.engine.store().reserve(order).await.unwrap();
     assert_eq!(outcome, ReserveOutcome::Reserved);
     assert_eq!(t.stock_in("WH-BLR", "TV-55-OLED").await.available, before.available - 1);
     // Last touched at the start of the current second, written as RFC 3339 writes it.
@@ -326,7 +326,7 @@ async fn reconciliation_sees_orders_touched_in_the_same_second() {
     })
     .await;
 
-    let report = recovery::reconcile(&t.engine.pipeline, Duration::ZERO).await.unwrap();
+    let report = recovery::reconcile(t.engine.pipeline(), Duration::ZERO).await.unwrap();
     assert_eq!(report, RecoveryReport { cancelled: 1, ..RecoveryReport::default() });
     // Cleanly undone: never answered, nothing charged, so nothing is kept.
     let rows: i64 =

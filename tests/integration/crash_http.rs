@@ -299,7 +299,7 @@ async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final
     use crate::support::server::TestServer;
 
     let server = TestServer::start().await;
-    let store = server.engine.pipeline.store.clone();
+    let store = server.engine.store().clone();
     // A real invoice to draft the interrupted order from.
     let template = server
         .order("C-1001", &[("HDMI-2M", 1)], &json!({"customer_id": "C-1001", "payment": {"token": "tok_ok"}}))
@@ -370,7 +370,7 @@ async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final
     assert!(server.charges().iter().all(|(k, _)| *k != key), "nothing charged yet");
 
     // Reconciliation re-drives the payment with the order's own key.
-    let report = recovery::reconcile(&server.engine.pipeline, Duration::ZERO).await.unwrap();
+    let report = recovery::reconcile(server.engine.pipeline(), Duration::ZERO).await.unwrap();
     assert_eq!(report, RecoveryReport { confirmed: 1, ..RecoveryReport::default() });
 
     let answered = send().await;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use smartmart::app::Engine;
-use smartmart::pipeline::Invoice;
+use smartmart::domain::customer::Tier;
+use smartmart::domain::invoice::Invoice;
 use smartmart::rules::RuleSet;
-use smartmart::rules::types::Tier;
 use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::TestEngine;
@@ -66,32 +66,32 @@ async fn ab_assignment_follows_the_weights_and_sticks_across_a_reload_and_a_rest
     let t = TestEngine::start_with(plugins.path(), |s| s.watch_plugins = false).await;
     let ids: Vec<String> = (0..10_000).map(|n| format!("C-{n:05}")).collect();
 
-    let first = assignments(&t.engine.pipeline.rules.load(), &ids);
+    let first = assignments(&t.engine.rules(), &ids);
     let control = first.iter().filter(|v| *v == "control").count();
     let share = control as f64 / ids.len() as f64;
     assert!((0.68..=0.72).contains(&share), "control share {share} (weight 70 %)");
     assert_eq!(ids.len() - control, first.iter().filter(|v| *v == "v2").count());
 
     // After a reload: a new set, the same assignment.
-    let before = t.engine.pipeline.rules.load_full();
-    t.engine.reloader.reload_now().await.expect("reloading");
-    let after = t.engine.pipeline.rules.load_full();
+    let before = t.engine.rules();
+    t.engine.reload_now().await.expect("reloading");
+    let after = t.engine.rules();
     assert!(!std::sync::Arc::ptr_eq(&before, &after), "a new rule set is in place");
     assert_eq!(assignments(&after, &ids), first, "the same variants after a reload");
 
     // After a restart on the same settings (and data dir).
     let TestEngine { engine, dir } = t;
-    let settings = engine.settings.clone();
+    let settings = engine.settings().clone();
     engine.shutdown().await;
     let engine = Engine::start(settings.clone()).await.expect("restarting");
-    assert_eq!(assignments(&engine.pipeline.rules.load(), &ids), first, "the same variants after a restart");
+    assert_eq!(assignments(&engine.rules(), &ids), first, "the same variants after a restart");
     engine.shutdown().await;
 
     // The assignment is keyed: another experiment key splits differently.
     let mut rekeyed = settings;
     rekeyed.experiment_key = b"another-experiment-key".to_vec();
     let engine = Engine::start(rekeyed).await.expect("starting with another key");
-    let other = assignments(&engine.pipeline.rules.load(), &ids);
+    let other = assignments(&engine.rules(), &ids);
     assert_ne!(other, first);
     engine.shutdown().await;
     drop(dir);
@@ -111,12 +111,12 @@ fn rule_calls(metrics: &str, labels: &[(&str, &str)]) -> u64 {
 async fn the_variant_shows_on_invoices_events_admin_figures_and_metrics() {
     let plugins = PluginDir::new(&FLAT_GUESTS, AB_MANIFEST);
     let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
-    let pipeline = &server.engine.pipeline;
+    let pipeline = server.engine.pipeline();
     add_products(pipeline, &[("AB-WIDGET", 10_000)]).await;
     plenty_of_stock(pipeline, &["AB-WIDGET"]).await;
     let customers = add_customers(pipeline, "C-AB", 30, &[Tier::Gold, Tier::Silver, Tier::Standard]).await;
     let expected: BTreeMap<String, String> =
-        customers.iter().cloned().zip(assignments(&pipeline.rules.load(), &customers)).collect();
+        customers.iter().cloned().zip(assignments(&pipeline.rules(), &customers)).collect();
     let count = |variant: &str| expected.values().filter(|v| *v == variant).count() as u64;
     assert!(count("control") > 0 && count("v2") > 0, "both variants among the customers: {expected:?}");
 
@@ -244,16 +244,16 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
     let plain = PluginDir::new(&FLAT_GUESTS, PLAIN_MANIFEST);
     let server = TestServer::start_with(shadowed.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
     let reference = TestEngine::start_with(plain.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
-    shadow_catalog(&server.engine.pipeline).await;
-    shadow_catalog(&reference.engine.pipeline).await;
+    shadow_catalog(server.engine.pipeline()).await;
+    shadow_catalog(reference.engine.pipeline()).await;
 
     // Every customer with every cart, on both engines.
     let mut expected_runs: BTreeMap<String, (i64, bool)> = BTreeMap::new();
     for n in 0..N {
         let customer = SHADOW_CUSTOMERS[n % SHADOW_CUSTOMERS.len()];
         let cart = SHADOW_CARTS[(n / SHADOW_CUSTOMERS.len()) % SHADOW_CARTS.len()];
-        let with_shadow = order_on(&server.engine.pipeline, customer, cart).await.expect("an order with the shadow");
-        let without = order_on(&reference.engine.pipeline, customer, cart).await.expect("an order without it");
+        let with_shadow = order_on(server.engine.pipeline(), customer, cart).await.expect("an order with the shadow");
+        let without = order_on(reference.engine.pipeline(), customer, cart).await.expect("an order without it");
         assert_eq!(with_shadow.discounts, without.discounts, "{customer} {cart:?}: the shadow changed the discounts");
         assert_eq!(
             (with_shadow.subtotal_cents, with_shadow.discount_cents, with_shadow.total_cents),
@@ -279,7 +279,7 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
     assert!(differing > 0 && differing < N as u64, "the carts cover both cases: {expected_runs:?}");
 
     // The shadow runs land after the answers: poll.
-    let store = server.engine.pipeline.store.clone();
+    let store = server.engine.store().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let summaries = loop {
         let summaries = store.shadow_summaries().await.expect("reading the shadow summaries");

@@ -18,7 +18,7 @@ use rskafka::BackoffConfig;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use serde_json::{Value, json};
-use smartmart::domain::EventKind;
+use smartmart::domain::status::EventKind;
 use smartmart::events::kafka::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, partition_for};
 use smartmart::events::{EventSink, KafkaSettings, KafkaSink, SinkEvent};
 use tempfile::TempDir;

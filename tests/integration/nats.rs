@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, Context};
 use futures::StreamExt as _;
 use serde_json::Value;
 use smartmart::app::Engine;
-use smartmart::domain::EventKind;
+use smartmart::domain::status::EventKind;
 use smartmart::events::nats::STREAM_DESCRIPTION;
 use smartmart::events::{EventSink, NatsSettings, NatsSink, SinkChoice, SinkEvent};
 use smartmart::pipeline::Placed;
@@ -208,7 +208,7 @@ async fn a_delivery_repeated_after_a_crash_is_dropped_by_the_stream() {
     // A crash after JetStream acknowledged but before the outbox marks
     // committed: the next process finds the rows READY and sends them again.
     let TestEngine { engine, dir } = t;
-    let settings = engine.settings.clone();
+    let settings = engine.settings().clone();
     engine.shutdown().await;
     let db = dir.path().join("smartmart.sqlite");
     let reset = rusqlite::Connection::open(&db)
@@ -256,7 +256,7 @@ async fn with_nats_down_orders_confirm_and_events_wait_until_it_answers() {
 
     // With the right URL, the waiting events go out, each once.
     let TestEngine { engine, dir } = t;
-    let mut settings = engine.settings.clone();
+    let mut settings = engine.settings().clone();
     engine.shutdown().await;
     settings.event_sink = stream.choice();
     let t = TestEngine { engine: Engine::start(settings).await.expect("restarting"), dir };

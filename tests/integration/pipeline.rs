@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smartmart::app::GatewayChoice;
-use smartmart::pipeline::invoice::distance_km;
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
+use smartmart::domain::geo::{GeoPoint, distance_km};
+use smartmart::domain::invoice::Invoice;
 use smartmart::pipeline::rule_errors;
 use smartmart::pipeline::validate::mint_token;
-use smartmart::pipeline::{Invoice, OrderError, OrderRequest, Placed};
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{CartItem, Customer, Product, StockLevel};
+use smartmart::pipeline::{OrderError, OrderRequest, Placed};
+use smartmart::store::catalog::{CartItem, Product, StockLevel};
 use smartmart::store::orders;
 use tempfile::TempDir;
 
@@ -77,12 +78,12 @@ fn assert_digest(digest: &str) {
 
 async fn customer(t: &TestEngine, id: &str) -> Customer {
     let id = id.to_string();
-    t.engine.pipeline.store.customer(&id).await.unwrap().expect("customer exists")
+    t.engine.store().customer(&id).await.unwrap().expect("customer exists")
 }
 
 async fn stored_order(t: &TestEngine, order_id: &str) -> orders::StoredOrder {
     let id = order_id.to_string();
-    t.engine.pipeline.store.order(&id).await.unwrap().expect("order stored")
+    t.engine.store().order(&id).await.unwrap().expect("order stored")
 }
 
 // ---------------------------------------------------------------------------
@@ -329,7 +330,7 @@ async fn uc5_high_value_order_is_confirmed_then_escalated_by_the_fraud_check() {
     assert_eq!(review["action"], "ALLOW");
     assert_eq!(review["flags"], json!([]));
 
-    let escalated = t.engine.pipeline.store.escalations(100).await.unwrap();
+    let escalated = t.engine.store().escalations(100).await.unwrap();
     let ids: Vec<&str> = escalated.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(ids, [big.order_id.as_str()]);
     assert_eq!(escalated[0].total_cents, 749_700);
@@ -387,7 +388,7 @@ async fn validation_refusals_create_no_order() {
         ("empty cart", order_request("C-1002", "tok_ok", None), "EMPTY_CART", "cart"),
     ];
     for (what, request, code, stage) in cases {
-        let e = refused(t.engine.pipeline.place_order(request).await);
+        let e = refused(t.engine.pipeline().place_order(request).await);
         assert_eq!(e.code(), code, "{what}: {e}");
         assert_eq!(e.stage().map(|s| s.as_str()), Some(stage), "{what}");
     }
@@ -578,7 +579,7 @@ async fn an_unreachable_payment_gateway_fails_after_three_attempts_and_releases_
             GatewayChoice::Http { url: format!("http://127.0.0.1:{port}"), timeout: Duration::from_secs(2) };
     })
     .await;
-    assert!(t.engine.sandbox.is_none());
+    assert!(t.engine.sandbox_charges().is_none());
     let before = figures(&t.stock("TV-55-OLED").await);
 
     let failed = payment_failed(t.order("C-1001", &[("TV-55-OLED", 1)], "tok_ok", None).await);
@@ -646,7 +647,7 @@ async fn two_hundred_concurrent_orders_for_ten_units_confirm_exactly_ten() {
             location: cities[n % cities.len()],
         })
         .collect();
-    let store = &t.engine.pipeline.store;
+    let store = t.engine.store();
     store.load_catalog(customers, vec![product], vec![], stock.to_vec()).await.unwrap();
     for n in 0..CUSTOMERS {
         store.replace_cart(&format!("C-LOAD-{n:03}"), vec![CartItem { sku: SKU.into(), quantity: 1 }]).await.unwrap();
@@ -654,7 +655,7 @@ async fn two_hundred_concurrent_orders_for_ten_units_confirm_exactly_ten() {
 
     let mut tasks = Vec::new();
     for n in 0..CUSTOMERS {
-        let pipeline = t.engine.pipeline.clone();
+        let pipeline = t.engine.pipeline().clone();
         tasks.push(tokio::spawn(async move {
             pipeline.place_order(order_request(&format!("C-LOAD-{n:03}"), "tok_ok", None)).await
         }));

@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 use smartmart::app::Engine;
-use smartmart::pipeline::invoice::InvoiceDiscount;
-use smartmart::pipeline::{Invoice, OrderError, Pipeline};
+use smartmart::domain::invoice::{Invoice, InvoiceDiscount};
+use smartmart::pipeline::{OrderError, Pipeline};
 use smartmart::rules::signing;
 
 use crate::support::plugin_dir::{
@@ -146,7 +146,7 @@ async fn stop_loops(stop: &AtomicBool, loops: Vec<tokio::task::JoinHandle<Outcom
 /// timeout no slow shared machine reaches.
 async fn flat_engine(plugins: &PluginDir) -> TestEngine {
     let t = TestEngine::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
-    plenty_of_stock(&t.engine.pipeline, &["TV-55-OLED", "HDMI-2M", "MOUSE-WIRELESS"]).await;
+    plenty_of_stock(t.engine.pipeline(), &["TV-55-OLED", "HDMI-2M", "MOUSE-WIRELESS"]).await;
     t
 }
 
@@ -166,7 +166,7 @@ async fn fifty_swaps_under_load_fail_no_order_and_every_invoice_is_one_whole_ver
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
-    let loops = order_loops(&engine.pipeline, &stop, &done);
+    let loops = order_loops(engine.pipeline(), &stop, &done);
     for swap in 1..=SWAPS {
         let next = swap % 2;
         let reloads_before = reload_status(engine).reloads;
@@ -233,7 +233,7 @@ async fn broken_modules_are_refused_the_old_set_keeps_serving_and_the_error_is_s
     let plugins = flat_plugins(&versions[0]);
     let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
     let engine = &server.engine;
-    plenty_of_stock(&engine.pipeline, &["TV-55-OLED"]).await;
+    plenty_of_stock(engine.pipeline(), &["TV-55-OLED"]).await;
 
     let mut garbage = b"\0asm\x0d\0\x01\0".to_vec();
     garbage.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
@@ -260,7 +260,7 @@ async fn broken_modules_are_refused_the_old_set_keeps_serving_and_the_error_is_s
 
         // The old set keeps serving.
         assert_eq!(discount_identity(engine, FLAT).digest, versions[current].digest, "{what}");
-        let invoice = order_on(&engine.pipeline, "C-1001", &[("TV-55-OLED", 1)])
+        let invoice = order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)])
             .await
             .unwrap_or_else(|e| panic!("an order after {what} was dropped in: {e:?}"));
         assert_eq!(served_version(&invoice, "GOLD", &versions), versions[current].version, "{what}");
@@ -282,7 +282,8 @@ async fn broken_modules_are_refused_the_old_set_keeps_serving_and_the_error_is_s
         let (errors, listed) = admin_plugins(&server).await;
         assert!(errors.is_empty(), "{what}: {errors:?}");
         assert_eq!(listed["version"], versions[current].version, "{what}: {listed}");
-        let invoice = order_on(&engine.pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order after the fix");
+        let invoice =
+            order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order after the fix");
         assert_eq!(served_version(&invoice, "GOLD", &versions), versions[current].version, "after {what}");
     }
     assert!(reload_status(engine).refused >= 4, "{:?}", reload_status(engine));
@@ -301,7 +302,7 @@ async fn a_module_written_slowly_in_place_never_serves_half_a_file() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
-    let loops = order_loops(&engine.pipeline, &stop, &done);
+    let loops = order_loops(engine.pipeline(), &stop, &done);
     wait_until("orders flow", || done.load(Ordering::Relaxed) >= 4).await;
 
     // discount_v2.wasm (~58 KiB) in 4 KiB chunks, 70 ms apart: about one second.
@@ -323,7 +324,7 @@ async fn a_module_written_slowly_in_place_never_serves_half_a_file() {
     let served: Vec<String> = outcomes.invoices.iter().map(|(tier, i)| served_version(i, tier, &versions)).collect();
     assert!(served.iter().any(|v| v == "1.0.0"), "the old version served meanwhile");
     assert!(served.iter().any(|v| v == "2.0.0"), "the new version served once written");
-    let invoice = order_on(&engine.pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order afterwards");
+    let invoice = order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order afterwards");
     assert_eq!(served_version(&invoice, "GOLD", &versions), "2.0.0");
     let status = reload_status(engine);
     eprintln!("slow writer: {during} orders during the write; {} reloads, {} refused", status.reloads, status.refused);
@@ -372,7 +373,7 @@ async fn with_trusted_keys_only_modules_signed_by_them_load_at_start() {
         s.watch_plugins = false;
     })
     .await;
-    let invoice = order_on(&t.engine.pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order");
+    let invoice = order_on(t.engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order");
     assert_eq!(served_version(&invoice, "GOLD", std::slice::from_ref(&v1)), "1.0.0");
     t.engine.shutdown().await;
 
@@ -443,7 +444,7 @@ async fn with_trusted_keys_a_reload_refuses_unsigned_foreign_or_tampered_modules
 
     let old_digest: &str = &versions[0].digest;
     let refused = |what: &'static str, says: &'static str| async move {
-        let error = engine.reloader.reload_now().await.expect_err(what);
+        let error = engine.reload_now().await.expect_err(what);
         assert_eq!(error.file, "flat.wasm", "{what}: {error:?}");
         assert!(error.error.contains("flat.wasm") && error.error.contains(says), "{what}: {error:?}");
         assert_eq!(reload_status(engine).errors.last(), Some(&error), "{what}");
@@ -461,16 +462,16 @@ async fn with_trusted_keys_a_reload_refuses_unsigned_foreign_or_tampered_modules
     std::fs::remove_file(plugins.file("flat.wasm.sig")).unwrap();
     refused("an unsigned module", "unsigned module").await;
     std::fs::write(plugins.file("flat.wasm.sig"), "not hex").unwrap();
-    let error = engine.reloader.reload_now().await.expect_err("a malformed signature");
+    let error = engine.reload_now().await.expect_err("a malformed signature");
     assert_eq!(error.file, "flat.wasm.sig", "{error:?}");
     assert!(error.error.contains("malformed signature"), "{error:?}");
-    let invoice = order_on(&engine.pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order meanwhile");
+    let invoice = order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order meanwhile");
     assert_eq!(served_version(&invoice, "GOLD", &versions), "1.0.0");
 
     sign(&plugins, "flat.wasm", &trusted_key);
-    engine.reloader.reload_now().await.expect("a module signed by the trusted key reloads");
+    engine.reload_now().await.expect("a module signed by the trusted key reloads");
     assert_eq!(discount_identity(engine, FLAT).digest, versions[1].digest);
     assert!(reload_status(engine).errors.is_empty());
-    let invoice = order_on(&engine.pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order afterwards");
+    let invoice = order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order afterwards");
     assert_eq!(served_version(&invoice, "GOLD", &versions), "2.0.0");
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value;
-use smartmart::pipeline::Invoice;
+use smartmart::domain::customer::Tier;
+use smartmart::domain::invoice::Invoice;
 use smartmart::rules::canary::CanaryState;
-use smartmart::rules::types::Tier;
 use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::example_order;
@@ -70,7 +70,7 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     let plugins = PluginDir::new(&[("discount_v1", "flat.wasm")], FLAT_MANIFEST);
     let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
     let engine = &server.engine;
-    plenty_of_stock(&engine.pipeline, &["TV-55-OLED", "HDMI-2M"]).await;
+    plenty_of_stock(engine.pipeline(), &["TV-55-OLED", "HDMI-2M"]).await;
     let v1 = guest_digest("discount_v1");
     let bulk = guest_bytes("hostile_bulk");
 
@@ -98,9 +98,9 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     wait_for_served(engine, status.reloads, 1, &v1).await;
     std::fs::remove_dir_all(plugins.file("examples")).unwrap();
     for (customer, cart) in [("C-1001", ("TV-55-OLED", 1)), ("C-1002", ("HDMI-2M", 2))] {
-        order_on(&engine.pipeline, customer, &[cart]).await.expect("an order on v1");
+        order_on(engine.pipeline(), customer, &[cart]).await.expect("an order on v1");
     }
-    let bulk_order = order_on(&engine.pipeline, "C-1003", &[("HDMI-2M", 5)]).await.expect("a bulk order on v1");
+    let bulk_order = order_on(engine.pipeline(), "C-1003", &[("HDMI-2M", 5)]).await.expect("a bulk order on v1");
     let bulk_order = bulk_order.invoice.order_id.clone();
 
     // 3. Dropped in again: the replay of the stored orders catches it, naming the order.
@@ -115,7 +115,8 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
 
     // The service never serves it: the same bulk order is served by v1.
     assert_eq!(discount_identity(engine, 1).digest, v1);
-    let placed = order_on(&engine.pipeline, "C-1003", &[("HDMI-2M", 5)]).await.expect("a bulk order after the refusal");
+    let placed =
+        order_on(engine.pipeline(), "C-1003", &[("HDMI-2M", 5)]).await.expect("a bulk order after the refusal");
     assert!(placed.invoice.discounts.iter().all(|d| d.digest != guest_digest("hostile_bulk")));
     assert_eq!(lines(&placed.invoice), [("flat.wasm".to_string(), 100)]);
     let newest_bulk = placed.invoice.order_id.clone();
@@ -146,7 +147,7 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     let error = status.errors.last().expect("the refusal is recorded");
     assert_eq!(error.entry.as_deref(), Some("discount[2] flat.wasm / shadow candidate.wasm"), "{error:?}");
     assert_eq!(error.order_id.as_deref(), Some(newest_bulk.as_str()), "the newest failing order: {error:?}");
-    assert!(engine.pipeline.rules.load().discount[1].shadow.is_none(), "the shadow never runs");
+    assert!(engine.rules().discount[1].shadow.is_none(), "the shadow never runs");
 }
 
 // ---------------------------------------------------------------------------
@@ -189,7 +190,7 @@ async fn a_failing_canary_never_fails_an_order_and_is_rolled_back_for_good_until
         s.watch_plugins = false;
     })
     .await;
-    let pipeline = &server.engine.pipeline;
+    let pipeline = server.engine.pipeline();
     plenty_of_stock(pipeline, &["HDMI-2M"]).await;
     let customers = add_customers(pipeline, "CAN", 40, &[Tier::Gold]).await;
 
@@ -198,8 +199,8 @@ async fn a_failing_canary_never_fails_an_order_and_is_rolled_back_for_good_until
         order_on(pipeline, customer, &[("HDMI-2M", 1)]).await.expect("an order before the canary");
     }
     plugins.write_manifest(LOYALTY_CANARY);
-    server.engine.reloader.reload_now().await.expect("the canary passes the replay gate");
-    let rules = pipeline.rules.load_full();
+    server.engine.reload_now().await.expect("the canary passes the replay gate");
+    let rules = pipeline.rules();
     let canary = rules.discount[0].canary.as_ref().expect("a canary");
     let (inside, outside): (Vec<&String>, Vec<&String>) = customers.iter().partition(|c| canary.in_share(c));
     assert!(inside.len() >= 5 && outside.len() >= 5, "a 50 % share: {} in, {} out", inside.len(), outside.len());
@@ -273,14 +274,14 @@ async fn a_failing_canary_never_fails_an_order_and_is_rolled_back_for_good_until
     assert_eq!(metric(&metrics, "smartmart_canary_calls_total", &[("canary", "loyalty-bulk")]), canary_calls);
 
     // A reload keeps it rolled back.
-    server.engine.reloader.reload_now().await.expect("reloading the same manifest");
+    server.engine.reload_now().await.expect("reloading the same manifest");
     let placed = order_on(pipeline, inside[0], &[("HDMI-2M", 1)]).await.expect("an order after a reload");
     assert!(stable_only(&placed));
     assert_eq!(rollouts(&server).await["canaries"][0]["state"], "rolled_back");
 
     // So does a restart: the rollback is stored.
     let server = server.restart().await;
-    let pipeline = &server.engine.pipeline;
+    let pipeline = server.engine.pipeline();
     let answer = rollouts(&server).await;
     assert_eq!(answer["canaries"][0]["state"], "rolled_back", "{answer}");
     assert_eq!(answer["canaries"][0]["reason"], reason);
@@ -291,7 +292,7 @@ async fn a_failing_canary_never_fails_an_order_and_is_rolled_back_for_good_until
 
     // Until the manifest names a new version: it runs again, afresh.
     plugins.write_manifest(LOYALTY_CANARY_V2);
-    server.engine.reloader.reload_now().await.expect("a new canary version");
+    server.engine.reload_now().await.expect("a new canary version");
     let answer = rollouts(&server).await;
     assert_eq!(answer["canaries"][0]["state"], "running", "{answer}");
     assert_eq!(answer["canaries"][0]["errors"], 0);
@@ -319,7 +320,7 @@ async fn a_failing_fraud_canary_is_answered_by_the_stable_check_and_rolled_back(
     let plugins = PluginDir::new(&[], "");
     std::fs::write(plugins.file("manifest.toml"), FRAUD_CANARY).unwrap();
     let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
-    let pipeline = &server.engine.pipeline;
+    let pipeline = server.engine.pipeline();
     plenty_of_stock(pipeline, &["TV-55-OLED"]).await;
     for _ in 0..5 {
         let placed = order_on(pipeline, "C-1001", &[("TV-55-OLED", 1)]).await.expect("an order");
@@ -366,15 +367,15 @@ async fn a_promoted_canary_serves_everyone_and_stays_promoted_across_a_restart()
         s.watch_plugins = false;
     })
     .await;
-    plenty_of_stock(&server.engine.pipeline, &["TV-55-OLED"]).await;
-    let customers = add_customers(&server.engine.pipeline, "PRO", 20, &[Tier::Standard]).await;
-    let rules = server.engine.pipeline.rules.load_full();
+    plenty_of_stock(server.engine.pipeline(), &["TV-55-OLED"]).await;
+    let customers = add_customers(server.engine.pipeline(), "PRO", 20, &[Tier::Standard]).await;
+    let rules = server.engine.rules();
     let canary = rules.discount[0].canary.as_ref().expect("a canary");
     let outside: Vec<&String> = customers.iter().filter(|c| !canary.in_share(c)).collect();
     let inside = customers.len() - outside.len();
     assert!(inside > 0 && !outside.is_empty());
     for customer in &customers {
-        let placed = order_on(&server.engine.pipeline, customer, &[("TV-55-OLED", 1)]).await.expect("an order");
+        let placed = order_on(server.engine.pipeline(), customer, &[("TV-55-OLED", 1)]).await.expect("an order");
         let expected = if canary.in_share(customer) { ("discount_v2.wasm", 250) } else { ("discount_v1.wasm", 100) };
         assert_eq!(lines(&placed.invoice), [(expected.0.to_string(), expected.1)], "{customer}");
     }
@@ -423,13 +424,13 @@ async fn a_promoted_canary_serves_everyone_and_stays_promoted_across_a_restart()
 
     // Everyone gets v2, also after a restart.
     for customer in &outside {
-        let placed = order_on(&server.engine.pipeline, customer, &[("TV-55-OLED", 1)]).await.expect("an order");
+        let placed = order_on(server.engine.pipeline(), customer, &[("TV-55-OLED", 1)]).await.expect("an order");
         assert_eq!(lines(&placed.invoice), [("discount_v2.wasm".to_string(), 250)], "{customer}");
     }
     let server = server.restart().await;
     assert_eq!(rollouts(&server).await["canaries"][0]["state"], "promoted");
     for customer in &outside {
-        let placed = order_on(&server.engine.pipeline, customer, &[("TV-55-OLED", 1)]).await.expect("an order");
+        let placed = order_on(server.engine.pipeline(), customer, &[("TV-55-OLED", 1)]).await.expect("an order");
         assert_eq!(lines(&placed.invoice), [("discount_v2.wasm".to_string(), 250)], "after the restart: {customer}");
     }
 }
@@ -465,7 +466,7 @@ async fn shadows_run_in_every_slot_named_by_version_and_config_and_a_trap_is_an_
     let plugins = PluginDir::new(&[("hostile_bulk", "hostile_bulk.wasm")], "");
     std::fs::write(plugins.file("manifest.toml"), SHADOWS).unwrap();
     let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
-    let pipeline = &server.engine.pipeline;
+    let pipeline = server.engine.pipeline();
     plenty_of_stock(pipeline, &["HDMI-2M", "TV-55-OLED"]).await;
     for (customer, cart) in [("C-1001", ("HDMI-2M", 1)), ("C-1001", ("HDMI-2M", 5)), ("C-1002", ("TV-55-OLED", 1))] {
         let order = order_on(pipeline, customer, &[cart]).await.expect("an order with shadows");
@@ -474,7 +475,7 @@ async fn shadows_run_in_every_slot_named_by_version_and_config_and_a_trap_is_an_
     }
     server.engine.drain().await.expect("the fraud reviews");
 
-    let store = pipeline.store.clone();
+    let store = pipeline.store().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let summaries: Vec<ShadowSummary> = loop {
         let summaries = store.shadow_summaries().await.expect("the shadow summaries");
@@ -485,7 +486,7 @@ async fn shadows_run_in_every_slot_named_by_version_and_config_and_a_trap_is_an_
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let of = |slot: &str| summaries.iter().find(|s| s.slot == slot).unwrap_or_else(|| panic!("no {slot} shadow"));
-    let rules = pipeline.rules.load_full();
+    let rules = pipeline.rules();
 
     // Discount: the trap on the 5-unit order is an error, not a difference.
     let discount = of("discount");

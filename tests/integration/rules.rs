@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use smartmart::rules::types::{DiscountLine, FraudAction, OrderContext, Refusal};
+use smartmart::domain::order::DiscountLine;
+use smartmart::rules::types::{FraudAction, OrderContext, Refusal};
 use smartmart::rules::{
     Budgets, FailureCause, LoadError, ModuleConfig, RuleError, RuleModule, RuleRuntime, RuntimeOptions, World,
 };

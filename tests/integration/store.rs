@@ -8,9 +8,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use smartmart::domain::{EventKind, OrderStatus, Slot};
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{CartItem, Customer, Product, Warehouse};
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
+use smartmart::domain::geo::GeoPoint;
+use smartmart::domain::status::{EventKind, OrderStatus, Slot};
+use smartmart::store::catalog::{CartItem, Product, Warehouse};
 use smartmart::store::experiments::{ArmFigures, ArmKey, LATENCY_BOUNDS_US};
 use smartmart::store::ledger::Captured;
 use smartmart::store::orders::{

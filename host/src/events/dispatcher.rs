@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, SinkEvent};
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 use crate::pipeline::Pipeline;
 use crate::pipeline::events::{EnvelopeError, envelope_from_invoice};
 use crate::store::outbox::{DueBody, DueEvent};
@@ -28,10 +28,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Delivers every due event once; returns how many were delivered.
 pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
     // One pass at a time: two passes would both read the same READY rows.
-    let _pass = pipeline.store.delivery_pass().await;
+    let _pass = pipeline.store().delivery_pass().await;
     let mut delivered = 0;
     loop {
-        let due = pipeline.store.due_events(now_ms(), BATCH).await?;
+        let due = pipeline.store().due_events(now_ms(), BATCH).await?;
         if due.is_empty() {
             return Ok(delivered);
         }
@@ -40,7 +40,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let mut batch: Vec<&DueEvent> = Vec::new();
             let mut events: Vec<SinkEvent> = Vec::new();
             for event in due.iter().filter(|e| e.kind == kind) {
-                match sink_event(event, &pipeline.config.pseudonym_key) {
+                match sink_event(event, pipeline.pseudonym_key()) {
                     Ok(built) => {
                         batch.push(event);
                         events.push(built);
@@ -52,7 +52,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                         let error = format!("cannot build the envelope: {e}");
                         tracing::error!(event_id = %event.id, %kind, %error, "event not delivered");
                         let next = now_ms() + backoff(event.attempts).as_millis() as i64;
-                        pipeline.store.mark_retry(vec![event.seq], error, next).await?;
+                        pipeline.store().mark_retry(vec![event.seq], error, next).await?;
                     }
                 }
             }
@@ -62,7 +62,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
             match sink.deliver(kind, &events).await {
                 Ok(position) => {
-                    pipeline.store.mark_delivered(seqs, position.clone()).await?;
+                    pipeline.store().mark_delivered(seqs, position.clone()).await?;
                     if let Some(position) = &position {
                         sink.recorded(position);
                     }
@@ -76,7 +76,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                     let error = format!("{e:#}");
                     tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store.mark_retry(seqs, error, next).await?;
+                    pipeline.store().mark_retry(seqs, error, next).await?;
                 }
             }
         }
@@ -112,7 +112,7 @@ pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdo
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = pipeline.events_ready.notified() => {
+            _ = pipeline.events_ready().notified() => {
                 // Let the events of the orders settling now join this pass:
                 // each pass costs a write and an fsync per file and a store
                 // command, whatever its size. Events are never on an

@@ -49,7 +49,7 @@ use rskafka::record::Record;
 use tokio::sync::Mutex;
 
 use super::{EventSink, SinkEvent};
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 use crate::store::outbox::SinkPosition;
 
 /// The record headers every event carries.

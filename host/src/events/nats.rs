@@ -39,7 +39,7 @@ use async_nats::jetstream::{self, Context};
 use tokio::sync::Mutex;
 
 use super::{EventSink, SinkEvent};
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 use crate::store::outbox::SinkPosition;
 
 /// The description of a stream this service created; the mark of "ours".

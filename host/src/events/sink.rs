@@ -17,7 +17,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 use crate::store::outbox::SinkPosition;
 
 /// One event handed to a sink.

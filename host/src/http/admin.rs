@@ -12,12 +12,13 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
-use crate::pipeline::error::ErrorCode;
+use crate::domain::customer::{AccountStatus, Customer, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::status::ErrorCode;
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
 use crate::pipeline::welch::{Difference, Moments, welch_interval};
-use crate::rules::types::{AccountStatus, GeoPoint, Tier};
-use crate::store::catalog::{Customer, Product, StockLevel, Warehouse};
+use crate::store::catalog::{Product, StockLevel, Warehouse};
 use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
 
@@ -139,7 +140,7 @@ pub async fn put_customer(
         status: body.status,
         location: body.location,
     };
-    state.engine.pipeline.store.upsert_customer(customer.clone()).await?;
+    state.engine.store().upsert_customer(customer.clone()).await?;
     Ok(Json(customer))
 }
 
@@ -160,7 +161,7 @@ pub async fn put_product(
         return Err(ApiError::invalid(format!("unit_price_cents: at most {MAX_PRICE_CENTS}")));
     }
     let product = Product { sku, name: body.name, category: body.category, unit_price_cents: body.unit_price_cents };
-    state.engine.pipeline.store.upsert_product(product.clone()).await?;
+    state.engine.store().upsert_product(product.clone()).await?;
     Ok(Json(product))
 }
 
@@ -178,7 +179,7 @@ pub async fn put_warehouse(
     check_text("name", &body.name)?;
     check_location("location", &body.location)?;
     let warehouse = Warehouse { id, name: body.name, location: body.location };
-    state.engine.pipeline.store.upsert_warehouse(warehouse.clone()).await?;
+    state.engine.store().upsert_warehouse(warehouse.clone()).await?;
     Ok(Json(warehouse))
 }
 
@@ -201,7 +202,7 @@ pub async fn put_stock(
     if body.on_hand > u64::from(u32::MAX) {
         return Err(ApiError::invalid(format!("on_hand: at most {}", u32::MAX)));
     }
-    let level: StockLevel = state.engine.pipeline.store.set_stock(&warehouse_id, &sku, body.on_hand).await?;
+    let level: StockLevel = state.engine.store().set_stock(&warehouse_id, &sku, body.on_hand).await?;
     Ok(Json(StockAnswer {
         warehouse_id: level.warehouse_id,
         sku: level.sku,
@@ -222,7 +223,7 @@ pub async fn get_stock(
 ) -> Result<Json<SkuStock>, ApiError> {
     let not_found = || ApiError::new(ErrorCode::NotFound, format!("sku {sku} not found"));
     check_id("sku", &sku).map_err(|_| not_found())?;
-    let store = &state.engine.pipeline.store;
+    let store = state.engine.store();
     if store.product(&sku).await?.is_none() {
         return Err(not_found());
     }
@@ -296,7 +297,7 @@ pub struct PluginsAnswer {
               (status = 401)),
     security(("admin_key" = [])))]
 pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<PluginsAnswer> {
-    let rules = state.engine.pipeline.rules.load_full();
+    let rules = state.engine.rules();
     let entry = |slot: &str,
                  rule: &crate::rules::Rule,
                  experiment: Option<&str>,
@@ -337,7 +338,7 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
             plugins.push(entry(slot, &canary.rule, None, Some("canary"), rule.fail_mode));
         }
     }
-    let status = state.engine.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let status = state.engine.reload_status();
     Json(PluginsAnswer {
         plugins,
         errors: status
@@ -426,13 +427,13 @@ pub async fn get_experiments(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<Json<Vec<ExperimentAnswer>>, ApiError> {
-    let pipeline = &state.engine.pipeline;
+    let engine = &state.engine;
     // Every order answered before this request counts in what it reads.
-    if let Err(e) = pipeline.experiments.flush(&pipeline.store).await {
+    if let Err(e) = engine.flush_experiments().await {
         tracing::warn!(error = %e, "could not record the pending experiment figures before reading");
     }
-    let stored = pipeline.store.arm_rows().await?;
-    let rules = pipeline.rules.load_full();
+    let stored = engine.store().arm_rows().await?;
+    let rules = engine.rules();
     let mut out = Vec::new();
     for (slot, rule) in rules.all() {
         let Some(experiment) = &rule.experiment else { continue };
@@ -483,7 +484,7 @@ pub async fn get_experiments(
             shadow: None,
         });
     }
-    let shadows = pipeline.store.shadow_summaries().await?;
+    let shadows = engine.store().shadow_summaries().await?;
     for s in shadows {
         out.push(ExperimentAnswer {
             name: format!(
@@ -515,7 +516,7 @@ pub struct EscalationQuery {
 pub struct Escalation {
     pub order_id: String,
     pub customer_id: String,
-    pub status: crate::domain::OrderStatus,
+    pub status: crate::domain::status::OrderStatus,
     pub total_cents: u64,
     pub currency: String,
     pub created_at: String,
@@ -539,7 +540,7 @@ pub async fn get_escalations(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1..=1000"));
     }
-    let escalated = state.engine.pipeline.store.escalations(limit as usize).await?;
+    let escalated = state.engine.store().escalations(limit as usize).await?;
     Ok(Json(
         escalated
             .into_iter()

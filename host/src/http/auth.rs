@@ -67,11 +67,8 @@ pub fn raw_customer_token(headers: &HeaderMap) -> Result<String, ApiError> {
 /// Verifies the customer token and that it names `customer_id`.
 pub fn customer_token(state: &AppState, headers: &HeaderMap, customer_id: &str) -> Result<String, ApiError> {
     let token = raw_customer_token(headers)?;
-    let subject = verify_token(
-        state.credentials.identity_secret.as_bytes(),
-        &token,
-        state.engine.pipeline.config.max_token_lifetime,
-    )?;
+    let subject =
+        verify_token(state.credentials.identity_secret.as_bytes(), &token, state.engine.settings().max_token_lifetime)?;
     if subject != customer_id {
         return Err(OrderError::CustomerMismatch.into());
     }

@@ -12,9 +12,9 @@ use super::auth::{Channel, customer_token};
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_CART_LINES, MAX_QUANTITY, check_id};
+use crate::domain::invoice::InvoiceItem;
+use crate::domain::order::CartLine;
 use crate::pipeline::OrderError;
-use crate::pipeline::invoice::InvoiceItem;
-use crate::rules::types::CartLine;
 use crate::store::StoreError;
 use crate::store::catalog::CartItem;
 
@@ -52,11 +52,11 @@ pub struct CartView {
 fn view(state: &AppState, customer_id: String, lines: &[CartLine]) -> CartView {
     let items: Vec<InvoiceItem> = lines.iter().map(InvoiceItem::from).collect();
     let subtotal_cents = items.iter().map(|i| i.line_total_cents).fold(0u64, u64::saturating_add);
-    CartView { customer_id, items, subtotal_cents, currency: state.engine.pipeline.config.currency.clone() }
+    CartView { customer_id, items, subtotal_cents, currency: state.engine.settings().currency.clone() }
 }
 
 async fn require_customer(state: &AppState, customer_id: &str) -> Result<(), ApiError> {
-    let found = state.engine.pipeline.store.customer(customer_id).await?;
+    let found = state.engine.store().customer(customer_id).await?;
     found.map(|_| ()).ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()).into())
 }
 
@@ -89,7 +89,7 @@ pub async fn put_cart(
     require_customer(&state, &customer_id).await?;
     let items: Vec<CartItem> =
         body.items.into_iter().map(|item| CartItem { sku: item.sku, quantity: item.quantity }).collect();
-    let lines = state.engine.pipeline.store.replace_cart(&customer_id, items).await.map_err(|e| match e {
+    let lines = state.engine.store().replace_cart(&customer_id, items).await.map_err(|e| match e {
         StoreError::NotFound(what) => {
             ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
         }
@@ -115,7 +115,7 @@ pub async fn get_cart(
     check_id("customer_id", &customer_id)?;
     customer_token(&state, &headers, &customer_id)?;
     require_customer(&state, &customer_id).await?;
-    let (lines, unknown) = state.engine.pipeline.store.cart(&customer_id).await?;
+    let (lines, unknown) = state.engine.store().cart(&customer_id).await?;
     if let Some(sku) = unknown.into_iter().next() {
         return Err(OrderError::UnknownSku(sku).into());
     }

@@ -6,8 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::domain::status::ErrorCode;
 use crate::pipeline::OrderError;
-use crate::pipeline::error::{ErrorCode, status_of};
+use crate::pipeline::error::status_of;
 use crate::pipeline::rule_errors;
 use crate::store::StoreError;
 

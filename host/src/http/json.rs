@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use super::error::ApiError;
-use crate::pipeline::error::ErrorCode;
+use crate::domain::status::ErrorCode;
 
 /// A JSON body (a JSON object), with the API's error bodies.
 pub struct ApiJson<T>(pub T);

@@ -36,7 +36,7 @@ use utoipa_axum::routes;
 
 use crate::app::Engine;
 use crate::config::Credentials;
-use crate::pipeline::error::ErrorCode;
+use crate::domain::status::ErrorCode;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -138,8 +138,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request"));
     state
         .engine
-        .pipeline
-        .metrics
+        .metrics()
         .requests
         .get_or_create(&crate::metrics::RequestLabels { method, route, status: status.to_string() })
         .inc();

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::pipeline::Invoice;
+use crate::domain::invoice::Invoice;
 
 /// Every non-2xx answer: `{"error": {"code", "message", "stage"?, "details"?}}`.
 #[derive(Debug, Serialize, ToSchema)]

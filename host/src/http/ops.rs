@@ -39,8 +39,8 @@ pub async fn healthz() -> impl IntoResponse {
     responses((status = 200, description = "ready to take orders", body = Readiness),
               (status = 503, description = "not ready (store down, no rules, or shutting down)", body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let store = state.engine.pipeline.store.ping().await;
-    let rules = state.engine.pipeline.rules.load().all().count();
+    let store = state.engine.store().ping().await;
+    let rules = state.engine.rules().all().count();
     let shutting_down = state.shutting_down.is_cancelled();
     let ready = store && rules > 0 && !shutting_down;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -52,12 +52,12 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "Prometheus text format (OpenMetrics)", body = String,
                content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let pipeline = &state.engine.pipeline;
-    if let Ok((depth, lag_ms)) = pipeline.store.outbox_backlog().await {
-        pipeline.metrics.outbox_depth.set(depth as i64);
-        pipeline.metrics.outbox_lag_seconds.set(lag_ms as f64 / 1000.0);
+    let metrics = state.engine.metrics();
+    if let Ok((depth, lag_ms)) = state.engine.store().outbox_backlog().await {
+        metrics.outbox_depth.set(depth as i64);
+        metrics.outbox_lag_seconds.set(lag_ms as f64 / 1000.0);
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], pipeline.metrics.render())
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
 }
 
 /// This API as OpenAPI 3, generated from the code.

@@ -27,10 +27,10 @@ use super::auth::{Channel, raw_customer_token};
 use super::error::ApiError;
 use super::json::{ApiPath, RawJson};
 use super::validate::{MAX_IDEMPOTENCY_KEY, check_id, check_location};
-use crate::domain::OrderStatus;
-use crate::pipeline::error::ErrorCode;
-use crate::pipeline::{Invoice, OrderError, OrderRequest};
-use crate::rules::types::GeoPoint;
+use crate::domain::geo::GeoPoint;
+use crate::domain::invoice::Invoice;
+use crate::domain::status::{ErrorCode, OrderStatus};
+use crate::pipeline::{OrderError, OrderRequest};
 use crate::store::orders::KeyRecord;
 
 /// The body of `POST /v1/orders`.
@@ -141,7 +141,7 @@ pub async fn post_order(
         // a retry racing the first request waits for its answer.
         let lock = state.key_locks.lock_for(&channel, key);
         _guard = lock.lock_owned().await;
-        match state.engine.pipeline.store.key_record(&channel, key).await? {
+        match state.engine.store().key_record(&channel, key).await? {
             Some(KeyRecord::Answered { request_hash, .. } | KeyRecord::InFlight { request_hash, .. })
                 if request_hash != hash =>
             {
@@ -172,7 +172,7 @@ pub async fn post_order(
     };
     // The order runs in its own task: a client that goes away (or the
     // request timeout) cannot cancel it half-way.
-    let pipeline = state.engine.pipeline.clone();
+    let pipeline = state.engine.pipeline().clone();
     let outcome = tokio::spawn(async move { pipeline.place_order(request).await })
         .await
         .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("order task failed: {e}")))?;
@@ -202,7 +202,7 @@ const SHARED_KEY_POLL: Duration = Duration::from_millis(20);
 /// wait for its answer (the same bytes that replica gave), so that a client
 /// sending one key to two replicas gets one order and two identical answers.
 async fn answer_when_done(state: &AppState, channel: &str, key: &str, hash: &str) -> Result<Response, ApiError> {
-    let store = &state.engine.pipeline.store;
+    let store = state.engine.store();
     if !store.is_shared() {
         return Ok(in_progress());
     }
@@ -256,9 +256,9 @@ pub async fn get_order(
     let subject = crate::pipeline::validate::verify_token(
         state.credentials.identity_secret.as_bytes(),
         &token,
-        state.engine.pipeline.config.max_token_lifetime,
+        state.engine.settings().max_token_lifetime,
     )?;
-    let stored = state.engine.pipeline.store.order(&order_id).await?.ok_or_else(not_found)?;
+    let stored = state.engine.store().order(&order_id).await?.ok_or_else(not_found)?;
     if !matches!(stored.status, OrderStatus::Confirmed | OrderStatus::PaymentFailed) {
         return Err(not_found());
     }

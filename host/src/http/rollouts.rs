@@ -12,7 +12,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::ApiPath;
 use super::validate::check_id;
-use crate::pipeline::error::ErrorCode;
+use crate::domain::status::ErrorCode;
 use crate::rules::canary::{Canary, CanaryLimits, CanaryState, WindowFigures};
 use crate::rules::{Rule, RuleSet, SlotRule};
 use crate::store::now_ms;
@@ -107,8 +107,8 @@ fn canaries(rules: &RuleSet) -> Vec<CanaryAnswer> {
               (status = 401)),
     security(("admin_key" = [])))]
 pub async fn get_rollouts(State(state): State<AppState>, _admin: Admin) -> Result<Json<RolloutsAnswer>, ApiError> {
-    let rules = state.engine.pipeline.rules.load_full();
-    let events = state.engine.pipeline.rollouts.events().await?;
+    let rules = state.engine.rules();
+    let events = state.engine.rollouts().events().await?;
     Ok(Json(RolloutsAnswer { canaries: canaries(&rules), events }))
 }
 
@@ -127,8 +127,8 @@ pub async fn promote(
     ApiPath(entry): ApiPath<String>,
 ) -> Result<Json<CanaryAnswer>, ApiError> {
     check_id("entry", &entry)?;
-    let rules = state.engine.pipeline.rules.load_full();
-    match state.engine.pipeline.rollouts.promote(&rules, &entry).await? {
+    let rules = state.engine.rules();
+    match state.engine.rollouts().promote(&rules, &entry).await? {
         None => Err(ApiError::new(ErrorCode::NotFound, format!("no canary named {entry} in the serving rule set"))),
         Some(Err(current)) => Err(ApiError::new(
             ErrorCode::Conflict,

@@ -1,7 +1,7 @@
 //! Checks on request values that serde's types cannot express.
 
 use super::error::ApiError;
-use crate::rules::types::GeoPoint;
+use crate::domain::geo::GeoPoint;
 
 /// Largest quantity of one cart line (docs/api.md).
 pub const MAX_QUANTITY: u32 = 1_000_000;

@@ -2,7 +2,7 @@
 
 use super::validate::unavailable;
 use super::{OrderError, Stage};
-use crate::rules::types::CartLine;
+use crate::domain::order::CartLine;
 use crate::store::Store;
 
 /// The priced cart lines and their subtotal.

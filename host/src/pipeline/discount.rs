@@ -4,9 +4,10 @@
 
 use super::OrderError;
 use super::experiments::{Arm, ArmCall, ExperimentFigures};
-use super::invoice::{InvoiceDiscount, SkippedRule};
 use super::rollouts::Rollouts;
 use super::shadow::ShadowJob;
+use crate::domain::invoice::{InvoiceDiscount, SkippedRule};
+use crate::domain::order::DiscountLine;
 use crate::metrics::Metrics;
 use crate::rules::types::{OrderContext, Refusal};
 use crate::rules::{Called, FailMode, FailureCause, Rule, RuleError, RuleSet};
@@ -44,7 +45,7 @@ pub struct Books<'a> {
 /// zero, with the provenance of the module that granted them. Pure: also
 /// how `rules replay` caps a candidate's answer.
 pub fn capped_lines(
-    granted: Vec<crate::rules::types::DiscountLine>,
+    granted: Vec<DiscountLine>,
     rule: &Rule,
     variant: Option<&str>,
     payable: &mut u64,

@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
-pub use crate::domain::ErrorCode;
+use crate::domain::invoice::Invoice;
+use crate::domain::status::ErrorCode;
 
-use super::invoice::Invoice;
 use crate::rules::{FailureCause, ModuleIdentity};
 
 /// A stage of the pipeline, as named in error bodies and metrics.

@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::invoice::{
+use crate::domain::invoice::{
     EventRef, Invoice, InvoiceAllocation, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
 };
-use crate::domain::{EventKind, OrderStatus};
+use crate::domain::status::{EventKind, OrderStatus};
 use crate::store::orders::{EventBody, NewEvent};
 use crate::store::{now_rfc3339, rfc3339_of_ms};
 

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
 use super::events::fraud_envelope;
-use super::invoice::Invoice;
 use super::rollouts::Rollouts;
 use super::rule_errors::Handling;
 use super::shadow::{self, ShadowJob};
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::invoice::Invoice;
 use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
 use crate::rules::{FailMode, RuleError, RuleSet};
 use crate::store::StoreError;
@@ -88,9 +89,8 @@ pub fn order_context(invoice: &Invoice) -> OrderContext {
         currency: invoice.currency.clone(),
         customer: RuleCustomer {
             id: invoice.customer.id.clone(),
-            tier: serde_json::from_value(json!(invoice.customer.tier)).unwrap_or(crate::rules::types::Tier::Standard),
-            status: serde_json::from_value(json!(invoice.customer.status))
-                .unwrap_or(crate::rules::types::AccountStatus::Active),
+            tier: serde_json::from_value(json!(invoice.customer.tier)).unwrap_or(Tier::Standard),
+            status: serde_json::from_value(json!(invoice.customer.status)).unwrap_or(AccountStatus::Active),
         },
         lines: invoice.items.iter().map(|i| i.to_cart_line()).collect(),
         subtotal_cents: invoice.subtotal_cents,

@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::invoice::{AllocationLine, Invoice, InvoiceAllocation, distance_km};
 use super::rollouts::Rollouts;
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
+use crate::domain::geo::distance_km;
+use crate::domain::invoice::{Invoice, InvoiceAllocation};
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
@@ -230,7 +231,7 @@ fn describe(
                 warehouse_id: w.warehouse.id.clone(),
                 warehouse_name: w.warehouse.name.clone(),
                 distance_km: distance_km(order.ship_to, w.warehouse.location),
-                lines: a.lines.iter().map(|l| AllocationLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+                lines: a.lines.clone(),
                 variant: variant.clone(),
             })
         })
@@ -240,7 +241,8 @@ fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::types::{Allocation, AllocationLine as PlanLine, GeoPoint};
+    use crate::domain::geo::GeoPoint;
+    use crate::domain::order::{Allocation, AllocationLine};
 
     fn candidates() -> Vec<Candidate> {
         vec![Candidate {
@@ -255,7 +257,7 @@ mod tests {
         Plan {
             allocations: vec![Allocation {
                 warehouse_id: warehouse.into(),
-                lines: vec![PlanLine { sku: sku.into(), quantity }],
+                lines: vec![AllocationLine { sku: sku.into(), quantity }],
             }],
             reasons: vec![],
         }

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
-//! - [`invoice`]: the invoice the API answers;
+//! - [`placed`]: a placed order's invoice with its JSON text, serialised once;
 //! - [`fraud`]: fraud checks, run after the answer;
 //! - [`experiments`]: figures per A/B arm, recorded off the answer path into the store;
 //! - [`welch`]: the confidence interval of a difference in means, from stored sums;
@@ -27,8 +27,8 @@ pub mod experiments;
 pub mod fraud;
 pub mod gate;
 pub mod inventory;
-pub mod invoice;
 pub mod payment;
+pub mod placed;
 pub mod recovery;
 pub mod replay;
 pub mod rollouts;
@@ -45,16 +45,22 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 pub use error::{OrderError, Stage};
-pub use invoice::{Invoice, Placed};
+pub use placed::Placed;
 
-use crate::domain::{OrderStatus, PaymentStatus};
+use crate::domain::customer::Customer;
+use crate::domain::geo::GeoPoint;
+use crate::domain::invoice::{
+    Invoice, InvoiceAllocation, InvoiceCustomer, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
+};
+use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::metrics::Metrics;
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
-use crate::rules::types::{GeoPoint, OrderContext, RuleCustomer};
-use crate::store::catalog::Customer;
+use crate::rules::types::{OrderContext, RuleCustomer};
 use crate::store::orders::KeyClaim;
-use crate::store::{Store, now_ms, now_rfc3339};
-use invoice::{InvoiceAllocation, InvoiceCustomer, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings};
+use crate::store::{Store, StoreError, now_ms, now_rfc3339};
+use experiments::ExperimentFigures;
+use rollouts::Rollouts;
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.
@@ -124,19 +130,22 @@ pub struct OrderRequest {
 }
 
 /// The engine: shared state of every order. Cheap to clone.
+///
+/// Its parts are private: callers place orders, read the store and the rule
+/// set serving now, and the stages (this module's children) reach the rest.
 #[derive(Clone)]
 pub struct Pipeline {
-    pub store: Store,
-    pub rules: Arc<ArcSwap<RuleSet>>,
-    pub gateway: Arc<dyn PaymentGateway>,
-    pub config: Arc<PipelineConfig>,
+    store: Store,
+    rules: Arc<ArcSwap<RuleSet>>,
+    gateway: Arc<dyn PaymentGateway>,
+    config: Arc<PipelineConfig>,
     /// Wakes the fraud worker and the event dispatcher after a settlement.
-    pub settled: Arc<Notify>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub experiments: Arc<experiments::ExperimentFigures>,
-    pub events_ready: Arc<Notify>,
+    settled: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    experiments: Arc<ExperimentFigures>,
+    events_ready: Arc<Notify>,
     /// Canaries, rollbacks and the reload hooks.
-    pub rollouts: Arc<rollouts::Rollouts>,
+    rollouts: Arc<Rollouts>,
 }
 
 /// What an order's invoice is made of, besides its legs' results.
@@ -187,6 +196,66 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Pipeline {
+    /// A pipeline over its parts. `rules` is shared with the reloader, which
+    /// swaps in each new set; `experiments` with the worker that flushes it.
+    pub(crate) fn new(
+        store: Store,
+        rules: Arc<ArcSwap<RuleSet>>,
+        gateway: Arc<dyn PaymentGateway>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+        experiments: Arc<ExperimentFigures>,
+        rollouts: Arc<Rollouts>,
+    ) -> Pipeline {
+        Pipeline {
+            store,
+            rules,
+            gateway,
+            config: Arc::new(config),
+            settled: Arc::new(Notify::new()),
+            metrics,
+            experiments,
+            events_ready: Arc::new(Notify::new()),
+            rollouts,
+        }
+    }
+
+    /// The store orders are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The rule set serving orders now. A snapshot: a reload swaps in a new
+    /// set without changing this one.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// The key of customer pseudonyms, for the analytics envelopes the
+    /// dispatcher builds at delivery.
+    pub(crate) fn pseudonym_key(&self) -> &[u8] {
+        &self.config.pseudonym_key
+    }
+
+    /// Notified when events are ready to deliver: what the dispatcher waits on.
+    pub(crate) fn events_ready(&self) -> &Notify {
+        &self.events_ready
+    }
+
+    /// Records the pending experiment figures now, rather than at the
+    /// flusher's next pass (so that a read counts every answered order).
+    pub(crate) async fn flush_experiments(&self) -> Result<(), StoreError> {
+        self.experiments.flush(&self.store).await
+    }
+
     /// Runs one order through every stage. `Ok` is the confirmed invoice;
     /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
     #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
@@ -350,7 +419,7 @@ impl Pipeline {
             }
         }
         if !shadows.is_empty() && result.is_ok() {
-            self.run_shadows(order_id.clone(), shadows);
+            run_shadows(self.store.clone(), order_id.clone(), shadows);
         }
         self.settled.notify_one();
         self.events_ready.notify_one();
@@ -431,20 +500,6 @@ impl Pipeline {
         result
     }
 
-    /// Runs shadow candidates after the answer and records how they differ.
-    fn run_shadows(&self, order_id: String, jobs: Vec<shadow::ShadowJob>) {
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let runs = crate::rules::run_blocking(move || {
-                jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>()
-            })
-            .await;
-            if let Err(e) = store.record_shadow_runs(runs).await {
-                tracing::warn!(error = %e, "could not record shadow runs");
-            }
-        });
-    }
-
     /// Removes an order refused before payment for its input (see `orders::discard`).
     async fn discard(&self, order_id: &str) {
         if let Err(e) = self.store.discard(order_id).await {
@@ -459,4 +514,16 @@ impl Pipeline {
             tracing::error!(order_id, error = %e, "could not release the order's stock; the janitor will");
         }
     }
+}
+
+/// Runs shadow candidates after the answer and records how they differ.
+fn run_shadows(store: Store, order_id: String, jobs: Vec<shadow::ShadowJob>) {
+    tokio::spawn(async move {
+        let runs =
+            crate::rules::run_blocking(move || jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>())
+                .await;
+        if let Err(e) = store.record_shadow_runs(runs).await {
+            tracing::warn!(error = %e, "could not record shadow runs");
+        }
+    });
 }

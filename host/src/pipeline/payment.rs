@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
-use super::invoice::{Invoice, Placed};
 use super::validate::unavailable;
-use super::{Intent, OrderError, OrderRequest, Pipeline, Stage, events, ms};
-use crate::domain::{OrderStatus, PaymentStatus};
+use super::{Intent, OrderError, OrderRequest, Pipeline, Placed, Stage, events, ms};
+use crate::domain::invoice::Invoice;
+use crate::domain::status::{OrderStatus, PaymentStatus};
 use crate::payment::{ChargeRequest, charge_with_retries};
 use crate::store::orders::{Answer, PaymentIntent, SettledAnswer, Settlement};
 

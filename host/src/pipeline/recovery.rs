@@ -25,11 +25,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::invoice::Invoice;
 use super::{Pipeline, payment};
-use crate::payment::{ChargeRequest, GatewayError, charge_with_retries};
-use crate::store::StoreError;
+use crate::domain::invoice::Invoice;
+use crate::payment::{ChargeRequest, GatewayError, PaymentGateway, RetryPolicy, charge_with_retries};
 use crate::store::orders::OpenIntent;
+use crate::store::{Store, StoreError};
 
 /// What a reconciliation pass did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
@@ -57,10 +57,10 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
         }
     }
     for intent in intents {
-        match redrive(pipeline, &intent).await {
+        match redrive(pipeline.gateway.as_ref(), &pipeline.config.retry, &intent).await {
             Some(charged) => {
                 let confirmed = charged.is_ok();
-                settle_from_draft(pipeline, &intent, charged).await?;
+                settle_from_draft(&pipeline.store, &intent, charged).await?;
                 if confirmed { report.confirmed += 1 } else { report.failed += 1 }
             }
             None => report.undecided += 1,
@@ -76,8 +76,11 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
 
 /// What the gateway says of the order's payment once re-driven: the
 /// transaction id, the reason it failed, or `None` if it cannot tell now.
-async fn redrive(pipeline: &Pipeline, intent: &OpenIntent) -> Option<Result<String, String>> {
-    let gateway = pipeline.gateway.as_ref();
+async fn redrive(
+    gateway: &dyn PaymentGateway,
+    retry: &RetryPolicy,
+    intent: &OpenIntent,
+) -> Option<Result<String, String>> {
     if let Some(token) = &intent.token {
         let request = ChargeRequest {
             idempotency_key: intent.idempotency_key.clone(),
@@ -86,7 +89,7 @@ async fn redrive(pipeline: &Pipeline, intent: &OpenIntent) -> Option<Result<Stri
             currency: intent.currency.clone(),
             token: token.clone(),
         };
-        let outcome = charge_with_retries(gateway, &request, &pipeline.config.retry).await;
+        let outcome = charge_with_retries(gateway, &request, retry).await;
         match outcome.result {
             Ok(charge) => return Some(Ok(charge.transaction_id)),
             Err(GatewayError::Declined { reason }) => return Some(Err(format!("payment declined: {reason}"))),
@@ -105,18 +108,18 @@ async fn redrive(pipeline: &Pipeline, intent: &OpenIntent) -> Option<Result<Stri
 }
 
 async fn settle_from_draft(
-    pipeline: &Pipeline,
+    store: &Store,
     intent: &OpenIntent,
     charged: Result<String, String>,
 ) -> Result<(), StoreError> {
-    let stored = pipeline.store.order(&intent.order_id).await?;
+    let stored = store.order(&intent.order_id).await?;
     let Some(invoice) = stored.and_then(|o| o.invoice).and_then(|draft| serde_json::from_str::<Invoice>(&draft).ok())
     else {
         return Err(StoreError::Corrupt(format!("order {} has no readable draft invoice", intent.order_id)));
     };
     let attempts = invoice.payment.attempts.max(1);
     let (settlement, _) = payment::finish(invoice, charged, attempts);
-    pipeline.store.settle(settlement).await
+    store.settle(settlement).await
 }
 
 /// Reconciles orders stuck longer than `min_age`, every `every`, until `shutdown`.

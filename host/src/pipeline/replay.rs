@@ -35,8 +35,8 @@ use anyhow::bail;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::invoice::{Invoice, InvoiceDiscount};
 use super::{discount, fraud};
+use crate::domain::invoice::{Invoice, InvoiceDiscount};
 use crate::rules::manifest::{Manifest, RuleEntry};
 use crate::rules::types::OrderContext;
 use crate::rules::{Budgets, ModuleConfig, ModuleIdentity, RuleError, RuleModule, Traced, Usage, World, text};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::discount::capped_lines;
-use crate::domain::Slot;
+use crate::domain::status::Slot;
 use crate::rules::types::{Candidate, OrderContext, PaymentSummary, Plan, Verdict};
 use crate::rules::{Rule, RuleError};
 use crate::store::shadows::{ShadowModule, ShadowRun};

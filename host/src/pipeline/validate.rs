@@ -6,8 +6,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
 
 use super::OrderError;
-use crate::rules::types::AccountStatus;
-use crate::store::catalog::Customer;
+use crate::domain::customer::{AccountStatus, Customer};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Deserialize)]

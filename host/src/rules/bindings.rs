@@ -1,5 +1,6 @@
 //! The only place that generates bindings from `wit/`, and the conversions
-//! between the WIT-generated types and the host's own (`rules::types`).
+//! between the WIT-generated types and the host's own (`rules::types` and
+//! the `domain` types they are made of).
 //!
 //! The conversions out of the guest are the sandbox's edge for text: every
 //! string a rule returns is escaped and bounded here ([`super::text`]), so
@@ -14,6 +15,7 @@
 
 use super::text;
 use super::types as host;
+use crate::domain::{customer, geo, order};
 
 /// Rule text for the host: escaped, bounded.
 fn clean(s: String) -> String {
@@ -69,27 +71,27 @@ use discount_world::exports::smartmart::rules::discount as wit_discount;
 use fraud_world::exports::smartmart::rules::fraud as wit_fraud;
 use warehouse_world::exports::smartmart::rules::warehouse as wit_warehouse;
 
-impl From<host::Tier> for wit::Tier {
-    fn from(tier: host::Tier) -> Self {
+impl From<customer::Tier> for wit::Tier {
+    fn from(tier: customer::Tier) -> Self {
         match tier {
-            host::Tier::Gold => wit::Tier::Gold,
-            host::Tier::Silver => wit::Tier::Silver,
-            host::Tier::Standard => wit::Tier::Standard,
+            customer::Tier::Gold => wit::Tier::Gold,
+            customer::Tier::Silver => wit::Tier::Silver,
+            customer::Tier::Standard => wit::Tier::Standard,
         }
     }
 }
 
-impl From<host::AccountStatus> for wit::AccountStatus {
-    fn from(status: host::AccountStatus) -> Self {
+impl From<customer::AccountStatus> for wit::AccountStatus {
+    fn from(status: customer::AccountStatus) -> Self {
         match status {
-            host::AccountStatus::Active => wit::AccountStatus::Active,
-            host::AccountStatus::Blocked => wit::AccountStatus::Blocked,
+            customer::AccountStatus::Active => wit::AccountStatus::Active,
+            customer::AccountStatus::Blocked => wit::AccountStatus::Blocked,
         }
     }
 }
 
-impl From<host::GeoPoint> for wit::GeoPoint {
-    fn from(p: host::GeoPoint) -> Self {
+impl From<geo::GeoPoint> for wit::GeoPoint {
+    fn from(p: geo::GeoPoint) -> Self {
         wit::GeoPoint { lat: p.lat, lon: p.lon }
     }
 }
@@ -132,9 +134,9 @@ pub(crate) enum GuestError {
     Failed(String),
 }
 
-impl From<wit_discount::DiscountLine> for host::DiscountLine {
+impl From<wit_discount::DiscountLine> for order::DiscountLine {
     fn from(l: wit_discount::DiscountLine) -> Self {
-        host::DiscountLine {
+        order::DiscountLine {
             rule: clean(l.rule),
             description: clean(l.description),
             amount_cents: l.amount_cents,
@@ -176,12 +178,12 @@ impl From<wit_warehouse::Plan> for host::Plan {
             allocations: p
                 .allocations
                 .into_iter()
-                .map(|a| host::Allocation {
+                .map(|a| order::Allocation {
                     warehouse_id: clean(a.warehouse_id),
                     lines: a
                         .lines
                         .into_iter()
-                        .map(|l| host::AllocationLine { sku: clean(l.sku), quantity: l.quantity })
+                        .map(|l| order::AllocationLine { sku: clean(l.sku), quantity: l.quantity })
                         .collect(),
                 })
                 .collect(),

@@ -16,8 +16,9 @@ use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
 use super::state::{LogLine, ModuleConfig, RuleState};
 use super::text;
-use super::types::{Candidate, DiscountLine, OrderContext, PaymentSummary, Plan, RuleInfo, Verdict};
+use super::types::{Candidate, OrderContext, PaymentSummary, Plan, RuleInfo, Verdict};
 use super::world::World;
+use crate::domain::order::DiscountLine;
 
 /// Wall-clock deadline of the `meta.info` call made while loading, in ms.
 const LOAD_TIME_MS: u64 = 2_000;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::module::{Called, ModuleIdentity, RuleModule, Usage};
-use super::types::{Candidate, DiscountLine, OrderContext, PaymentSummary, Plan, Refusal, Verdict};
+use super::types::{Candidate, OrderContext, PaymentSummary, Plan, Refusal, Verdict};
 use super::{RuleError, World};
+use crate::domain::order::DiscountLine;
 
 type DiscountFn = dyn Fn(&OrderContext) -> Result<Vec<DiscountLine>, Refusal> + Send + Sync;
 type SelectFn = dyn Fn(&OrderContext, &[Candidate]) -> Result<Plan, Refusal> + Send + Sync;

@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use super::manifest::Manifest;
 use super::native::Rule;
 use super::ruleset::SignatureError;
-use super::types::{
-    AccountStatus, Candidate, CartLine, GeoPoint, OrderContext, PaymentSummary, RuleCustomer, StockLevel, Tier,
-};
+use super::types::{Candidate, OrderContext, PaymentSummary, RuleCustomer, StockLevel};
 use super::{HostDefaults, LoadError, RuleError, RuleRuntime, RuleSet};
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::CartLine;
 
 /// How long the directory must be quiet before a reload is tried.
 pub const QUIET: Duration = Duration::from_millis(150);

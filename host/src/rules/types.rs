@@ -2,45 +2,15 @@
 //!
 //! The rest of the host speaks these types; `bindings` converts them to and
 //! from the WIT-generated ones at the sandbox's edge. They are also the JSON
-//! format of `smartmart rules run --input` (see `examples/orders/`).
+//! format of `smartmart rules run --input` (see `examples/orders/`). What is
+//! not specific to rules (customers, cart lines, discounts, allocations) is
+//! the domain's (`crate::domain`); these types are built from it.
 
 use serde::{Deserialize, Serialize};
 
-/// Loyalty tier of a customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Tier {
-    Gold,
-    Silver,
-    Standard,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Gold => "GOLD",
-            Tier::Silver => "SILVER",
-            Tier::Standard => "STANDARD",
-        }
-    }
-}
-
-/// Account status of a customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AccountStatus {
-    Active,
-    Blocked,
-}
-
-impl AccountStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountStatus::Active => "ACTIVE",
-            AccountStatus::Blocked => "BLOCKED",
-        }
-    }
-}
+use crate::domain::customer::{AccountStatus, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::{Allocation, CartLine};
 
 /// The customer as rules see it: no name, email, phone or address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,34 +19,6 @@ pub struct RuleCustomer {
     pub id: String,
     pub tier: Tier,
     pub status: AccountStatus,
-}
-
-/// One cart line priced at order time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CartLine {
-    pub sku: String,
-    pub name: String,
-    pub category: String,
-    pub quantity: u32,
-    pub unit_price_cents: u64,
-}
-
-impl CartLine {
-    /// Quantity × unit price; saturating, the cart stage bounds both factors.
-    pub fn total_cents(&self) -> u64 {
-        u64::from(self.quantity).saturating_mul(self.unit_price_cents)
-    }
-}
-
-/// A point on Earth in decimal degrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GeoPoint {
-    #[schema(minimum = -90, maximum = 90)]
-    pub lat: f64,
-    #[schema(minimum = -180, maximum = 180)]
-    pub lon: f64,
 }
 
 /// Everything a rule may base its decision on.
@@ -96,15 +38,6 @@ pub struct OrderContext {
     pub ordered_at_ms: i64,
 }
 
-/// One discount a rule grants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiscountLine {
-    pub rule: String,
-    pub description: String,
-    pub amount_cents: u64,
-    pub reasons: Vec<String>,
-}
-
 /// Units of one sku a warehouse can still promise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,20 +54,6 @@ pub struct Candidate {
     pub name: String,
     pub location: GeoPoint,
     pub stock: Vec<StockLevel>,
-}
-
-/// Units of one sku taken from one warehouse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllocationLine {
-    pub sku: String,
-    pub quantity: u32,
-}
-
-/// What one warehouse ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
-    pub warehouse_id: String,
-    pub lines: Vec<AllocationLine>,
 }
 
 /// The warehouse selector's answer.

@@ -4,21 +4,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{StoreError, now_rfc3339};
-use crate::rules::types::{AccountStatus, CartLine, GeoPoint, Tier};
-
-/// A customer with everything the host knows about them (personal data
-/// included: it never leaves the host except on the customer's own invoice).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Customer {
-    pub id: String,
-    pub name: String,
-    pub email: String,
-    pub phone: String,
-    pub tier: Tier,
-    pub status: AccountStatus,
-    pub location: GeoPoint,
-}
+use crate::domain::customer::{AccountStatus, Customer, Tier};
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::CartLine;
 
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -46,7 +46,7 @@ use rusqlite::Connection;
 pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
-use catalog::{CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse};
+use catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse};
 use checkpointer::Checkpointer;
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCharge};
@@ -59,7 +59,8 @@ use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 use writer::Writer;
 
-use crate::rules::types::CartLine;
+use crate::domain::customer::Customer;
+use crate::domain::order::CartLine;
 
 /// `PRAGMA synchronous`, the durability of a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::{StoreError, now_rfc3339};
-use crate::domain::{EventKind, HoldState, OrderStatus, OutboxState, PaymentStatus};
+use crate::domain::status::{EventKind, HoldState, OrderStatus, OutboxState, PaymentStatus};
 
 /// Units of one sku held from one warehouse.
 #[derive(Debug, Clone, PartialEq, Eq)]

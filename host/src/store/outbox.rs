@@ -6,7 +6,7 @@
 use rusqlite::{Connection, params};
 
 use super::{StoreError, now_ms};
-use crate::domain::EventKind;
+use crate::domain::status::EventKind;
 
 /// An event ready to deliver.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{StoreError, now_ms, now_rfc3339};
-use crate::domain::Slot;
+use crate::domain::status::Slot;
 
 /// A module as a shadow run names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -112,7 +112,7 @@ impl TestEngine {
         let engine = Engine::start(settings).await.expect("starting the engine");
         Dataset::read(&demo_dataset())
             .expect("reading the demo data set")
-            .load_into(&engine.pipeline.store)
+            .load_into(engine.store())
             .await
             .expect("loading the demo data set");
         TestEngine { engine, dir }
@@ -144,19 +144,19 @@ impl TestEngine {
         let customer = customer.to_string();
         let items: Vec<CartItem> =
             items.iter().map(|(sku, quantity)| CartItem { sku: sku.to_string(), quantity: *quantity }).collect();
-        self.engine.pipeline.store.replace_cart(&customer, items).await.expect("filling the cart");
+        self.engine.store().replace_cart(&customer, items).await.expect("filling the cart");
     }
 
     /// `customer`'s cart as (sku, quantity).
     pub async fn cart(&self, customer: &str) -> Vec<(String, u32)> {
         let customer = customer.to_string();
-        let (lines, _) = self.engine.pipeline.store.cart(&customer).await.expect("reading the cart");
+        let (lines, _) = self.engine.store().cart(&customer).await.expect("reading the cart");
         lines.into_iter().map(|l| (l.sku, l.quantity)).collect()
     }
 
     /// Places an order from `customer`'s current cart with a valid token.
     pub async fn place(&self, customer: &str, payment_token: &str, coupon: Option<&str>) -> Result<Placed, OrderError> {
-        self.engine.pipeline.place_order(order_request(customer, payment_token, coupon)).await
+        self.engine.pipeline().place_order(order_request(customer, payment_token, coupon)).await
     }
 
     /// Fills the cart, then places the order.
@@ -174,7 +174,7 @@ impl TestEngine {
     /// Stock of `sku` in every warehouse that lists it.
     pub async fn stock(&self, sku: &str) -> Vec<StockLevel> {
         let sku = sku.to_string();
-        self.engine.pipeline.store.stock_of_sku(&sku).await.expect("reading stock")
+        self.engine.store().stock_of_sku(&sku).await.expect("reading stock")
     }
 
     /// Stock of `sku` in `warehouse_id`.
@@ -203,8 +203,8 @@ impl TestEngine {
 
     /// The sandbox gateway's captured charges: (idempotency key, amount).
     pub fn charges(&self) -> Vec<(String, u64)> {
-        let sandbox = self.engine.sandbox.as_ref().expect("the engine runs the sandbox gateway");
-        sandbox.charges().into_iter().map(|(key, charge)| (key, charge.amount_cents)).collect()
+        let charges = self.engine.sandbox_charges().expect("the engine runs the sandbox gateway");
+        charges.into_iter().map(|(key, charge)| (key, charge.amount_cents)).collect()
     }
 
     /// The parsed lines of `events/<kind>.jsonl` (none if absent).

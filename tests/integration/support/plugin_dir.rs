@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smartmart::app::Engine;
+use smartmart::domain::customer::{AccountStatus, Customer, Tier};
+use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::{OrderError, Pipeline, Placed};
 use smartmart::rules::ModuleIdentity;
 use smartmart::rules::reload::ReloadStatus;
-use smartmart::rules::types::{AccountStatus, GeoPoint, Tier};
-use smartmart::store::catalog::{CartItem, Customer, Product};
+use smartmart::store::catalog::{CartItem, Product};
 use tempfile::TempDir;
 
 use super::{bundled_plugins, order_request, wasm};
@@ -129,17 +130,17 @@ pub async fn wait_until_or(what: &str, mut condition: impl FnMut() -> bool, stat
 
 /// A copy of the reloader's status.
 pub fn reload_status(engine: &Engine) -> ReloadStatus {
-    engine.reloader.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    engine.reload_status()
 }
 
 /// The identity of the module serving the `index`-th discount rule now.
 pub fn discount_identity(engine: &Engine, index: usize) -> Arc<ModuleIdentity> {
-    engine.pipeline.rules.load().discount[index].module.identity().clone()
+    engine.rules().discount[index].module.identity().clone()
 }
 
 /// The discount modules serving now, for failure messages.
 pub fn serving_discounts(engine: &Engine) -> String {
-    let rules = engine.pipeline.rules.load();
+    let rules = engine.rules();
     rules.discount.iter().map(|r| r.module.identity().to_string()).collect::<Vec<_>>().join(", ")
 }
 
@@ -182,7 +183,7 @@ pub async fn add_customers(pipeline: &Pipeline, prefix: &str, count: usize, tier
             location: GeoPoint { lat: 12.9716, lon: 77.5946 },
         })
         .collect();
-    pipeline.store.load_catalog(customers, vec![], vec![], vec![]).await.expect("adding customers");
+    pipeline.store().load_catalog(customers, vec![], vec![], vec![]).await.expect("adding customers");
     ids
 }
 
@@ -197,7 +198,7 @@ pub async fn add_products(pipeline: &Pipeline, products: &[(&str, u64)]) {
             unit_price_cents: *price,
         })
         .collect();
-    pipeline.store.load_catalog(vec![], products, vec![], vec![]).await.expect("adding products");
+    pipeline.store().load_catalog(vec![], products, vec![], vec![]).await.expect("adding products");
 }
 
 /// Ten million units of each sku in every warehouse.
@@ -206,13 +207,13 @@ pub async fn plenty_of_stock(pipeline: &Pipeline, skus: &[&str]) {
         .iter()
         .flat_map(|warehouse| skus.iter().map(move |sku| (warehouse.to_string(), sku.to_string(), 10_000_000)))
         .collect();
-    pipeline.store.load_catalog(vec![], vec![], vec![], stock).await.expect("stocking up");
+    pipeline.store().load_catalog(vec![], vec![], vec![], stock).await.expect("stocking up");
 }
 
 /// Fills `customer`'s cart with `items`, then places the order (tok_ok, no coupon).
 pub async fn order_on(pipeline: &Pipeline, customer: &str, items: &[(&str, u32)]) -> Result<Placed, OrderError> {
     let items: Vec<CartItem> =
         items.iter().map(|(sku, quantity)| CartItem { sku: sku.to_string(), quantity: *quantity }).collect();
-    pipeline.store.replace_cart(customer, items).await.expect("filling the cart");
+    pipeline.store().replace_cart(customer, items).await.expect("filling the cart");
     pipeline.place_order(order_request(customer, "tok_ok", None)).await
 }

@@ -255,8 +255,8 @@ impl TestServer {
 
     /// The sandbox gateway's captured charges: (idempotency key, amount).
     pub fn charges(&self) -> Vec<(String, u64)> {
-        let sandbox = self.engine.sandbox.as_ref().expect("the engine runs the sandbox gateway");
-        sandbox.charges().into_iter().map(|(key, charge)| (key, charge.amount_cents)).collect()
+        let charges = self.engine.sandbox_charges().expect("the engine runs the sandbox gateway");
+        charges.into_iter().map(|(key, charge)| (key, charge.amount_cents)).collect()
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server task.
@@ -330,7 +330,7 @@ impl TestServer {
         let engine = Engine::start(settings).await.expect("starting the engine");
         Dataset::read(&demo_dataset())
             .expect("reading the demo data set")
-            .load_into(&engine.pipeline.store)
+            .load_into(engine.store())
             .await
             .expect("loading the demo data set");
         TestServer::serve_engine(engine, dir, limits).await
@@ -370,7 +370,7 @@ impl TestServer {
                 }
             }
         };
-        let settings = engine.settings.clone();
+        let settings = engine.settings().clone();
         engine.shutdown().await;
         let engine = Engine::start(settings).await.expect("restarting the engine");
         TestServer::serve_engine(engine, dir, ConnectionLimits::default()).await

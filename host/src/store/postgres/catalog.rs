@@ -4,12 +4,12 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::super::catalog::{
-    CartItem, Customer, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier,
-};
+use super::super::catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier};
 use super::super::{StoreError, now_rfc3339};
 use super::bigint;
-use crate::rules::types::{CartLine, GeoPoint};
+use crate::domain::customer::Customer;
+use crate::domain::geo::GeoPoint;
+use crate::domain::order::CartLine;
 
 pub async fn upsert_customer(db: &impl GenericClient, c: &Customer) -> Result<(), StoreError> {
     let stmt = db

@@ -11,7 +11,7 @@ use super::super::orders::{
 };
 use super::super::{StoreError, now_ms, now_rfc3339};
 use super::{Step, bigint};
-use crate::domain::{HoldState, OrderStatus, PaymentStatus};
+use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
 
 /// How long a replica owns the fraud checks of an order it picked up; after
 /// that (it died) another replica runs them.

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{EventKind, OrderStatus, PaymentStatus};
-use crate::rules::types::{CartLine, GeoPoint};
+use super::geo::GeoPoint;
+use super::order::{AllocationLine, CartLine};
+use super::status::{EventKind, OrderStatus, PaymentStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
@@ -106,12 +107,6 @@ pub struct InvoiceAllocation {
     pub variant: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AllocationLine {
-    pub sku: String,
-    pub quantity: u32,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoicePayment {
     pub status: PaymentStatus,
@@ -158,32 +153,4 @@ pub struct SkippedRule {
     /// find its full cause. Absent on invoices stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_id: Option<String>,
-}
-
-/// Great-circle distance in km (haversine, mean Earth radius).
-pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
-    const EARTH_RADIUS_KM: f64 = 6371.0088;
-    let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dlat = lat2 - lat1;
-    let dlon = (b.lon - a.lon).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
-    let km = 2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin();
-    (km * 10.0).round() / 10.0
-}
-
-/// A confirmed order's invoice together with its JSON text: the invoice is
-/// serialised once, and the stored invoice, the idempotent replay and the
-/// HTTP body are those same bytes.
-#[derive(Debug, Clone)]
-pub struct Placed {
-    pub invoice: Invoice,
-    pub json: String,
-}
-
-impl std::ops::Deref for Placed {
-    type Target = Invoice;
-
-    fn deref(&self) -> &Invoice {
-        &self.invoice
-    }
 }

@@ -1,4 +1,5 @@
-//! The states an order and its parts go through, as enums stored as text.
+//! The states an order and its parts go through, and the other closed sets
+//! of words (slots, error codes), as enums stored as text.
 //!
 //! Each is matched in one place (here) when read back from the store; every
 //! other module speaks the enum. The texts are part of the API (`status` of
