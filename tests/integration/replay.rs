@@ -127,6 +127,15 @@ async fn replay_compares_candidates_on_the_stored_orders_of_a_running_engine_wit
     let dir = engine.data_dir().to_owned();
     let invoices = stored_invoices(&engine).await;
     assert_eq!(invoices.len(), 6, "six settled orders");
+    // The engine's checkpoint thread copies committed pages from the WAL into
+    // the database file in the background; finish that copy now, so that the
+    // files stand still unless something writes.
+    let conn = rusqlite::Connection::open(dir.join("smartmart.sqlite")).expect("opening the database");
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("checkpointing the WAL");
+    assert_eq!(busy, 0, "a checkpoint could not run");
+    drop(conn);
     let hash_before = database_hash(&dir);
     let rows_before = row_counts(&engine).await;
 

@@ -1,5 +1,6 @@
 //! Customers, products, warehouses, stock and carts on PostgreSQL (the
-//! twin of `store::catalog`, which holds the types).
+//! twin of `store::catalog`, which holds the store-side records; the
+//! customer is `domain::customer::Customer`).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
