@@ -50,7 +50,11 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                         // It waits (with backoff) for an operator, and the
                         // others go on.
                         let error = format!("cannot build the envelope: {e}");
-                        tracing::error!(event_id = %event.id, %kind, %error, "event not delivered");
+                        let order_id = match &event.body {
+                            DueBody::FromInvoice { order_id, .. } => order_id.as_str(),
+                            DueBody::Envelope(_) => "",
+                        };
+                        tracing::error!(event_id = %event.id, order_id, %kind, %error, "event not delivered");
                         let next = now_ms() + backoff(event.attempts).as_millis() as i64;
                         pipeline.store().mark_retry(vec![event.seq], error, next).await?;
                     }

@@ -164,16 +164,6 @@ struct DiscountFigures {
     skipped: Vec<SkippedRule>,
 }
 
-impl DiscountFigures {
-    fn of(discounts: &discount::Discounts) -> DiscountFigures {
-        DiscountFigures {
-            lines: discounts.lines.clone(),
-            total_cents: discounts.total_cents,
-            skipped: discounts.skipped.clone(),
-        }
-    }
-}
-
 /// Whether the order's payment intent is already in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Intent {
@@ -356,8 +346,10 @@ impl Pipeline {
             })
             .await?;
             let discount_ms = ms(leg_started);
-            let _ = discounted_first.set((DiscountFigures::of(&discounts), discount_ms));
-            Ok((discounts, discount_ms))
+            let discount::Discounts { lines, total_cents, skipped, shadows, arms } = discounts;
+            // Set once, here: the leg's only exit with figures.
+            let _ = discounted_first.set((DiscountFigures { lines, total_cents, skipped }, discount_ms));
+            Ok((shadows, arms))
         });
         let (allocated, discounted) = if config.sequential_legs {
             let allocated = inventory_leg.await;
@@ -388,7 +380,10 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        let ((allocated, inventory_ms), (discounts, discount_ms)) = (allocated, discounts);
+        let ((allocated, inventory_ms), (mut shadows, arms)) = (allocated, discounts);
+        let Some((figures, discount_ms)) = discounted_first.into_inner() else {
+            unreachable!("the discount leg succeeded, so it stored its figures");
+        };
         timings.discount = discount_ms;
         timings.inventory = inventory_ms;
         let warehouse_shadow = allocated.shadow;
@@ -398,13 +393,9 @@ impl Pipeline {
                 invoice.timings_ms = timings;
                 (invoice, Intent::Recorded)
             }
-            None => {
-                let figures = DiscountFigures::of(&discounts);
-                (self.pending_invoice(&parts, &figures, allocated.allocations, timings), Intent::ToRecord)
-            }
+            None => (self.pending_invoice(&parts, &figures, allocated.allocations, timings), Intent::ToRecord),
         };
 
-        let (mut shadows, arms) = (discounts.shadows, discounts.arms);
         shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
         let result = payment::pay_and_settle(self, invoice, intent, &request, stage_started, started).await;
