@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::customer::Customer;
 use crate::events::{EventSink, SinkChoice, run_dispatcher};
 use crate::metrics::Metrics;
-use crate::payment::{Charge, HttpGateway, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::payment::{Charge, HttpGateway, HttpGatewayOptions, PaymentGateway, RetryPolicy, SandboxGateway};
 use crate::pipeline::experiments::ExperimentFigures;
 use crate::pipeline::rollouts::{Rollouts, run_recorder};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
@@ -25,12 +25,13 @@ use crate::store::catalog::{Product, Warehouse};
 use crate::store::{Database, PostgresOptions, Store, StoreError, StoreOptions};
 
 /// Which payment gateway orders are charged through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum GatewayChoice {
     /// The built-in sandbox (the tokens of docs/api.md), its ledger in the store.
     Sandbox,
-    /// An external gateway speaking the protocol of `payment::http`.
-    Http { url: String, timeout: Duration },
+    /// An external gateway speaking the protocol of `payment::http`, over
+    /// HTTP or verified HTTPS.
+    Http { url: String, options: HttpGatewayOptions },
 }
 
 /// Everything the engine needs to start.
@@ -91,7 +92,7 @@ impl EngineSettings {
             postgres: PostgresOptions::default(),
             faults: Faults::default(),
             sequential_legs: false,
-            janitor_every: Duration::from_secs(10),
+            janitor_every: Duration::from_secs(1),
             janitor_min_age: Duration::from_secs(60),
             event_sink: SinkChoice::Jsonl,
             reload_replay_orders: 200,
@@ -162,7 +163,7 @@ impl Engine {
                 let sandbox = SandboxGateway::new(store.clone());
                 (Arc::new(sandbox.clone()), Some(sandbox))
             }
-            GatewayChoice::Http { url, timeout } => (Arc::new(HttpGateway::new(url, *timeout)?), None),
+            GatewayChoice::Http { url, options } => (Arc::new(HttpGateway::new(url, options)?), None),
         };
         // Before any delivery: cut what a crash left unrecorded in the sink.
         let replica = if store.is_shared() { Some(replica_id(data_dir)?) } else { None };

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::app::{EngineSettings, GatewayChoice};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
 use crate::http::ConnectionLimits;
-use crate::payment::RetryPolicy;
+use crate::payment::{HttpGatewayOptions, RetryPolicy};
 
 /// Settings of `smartmart serve`. Every field may come from the file, the
 /// environment or the command line.
@@ -64,12 +64,25 @@ pub struct ServeConfig {
     /// Orders at or above this total are escalated by the bundled fraud check [default: 500000].
     #[arg(long, env = "SMARTMART_FRAUD_THRESHOLD_CENTS")]
     pub fraud_threshold_cents: Option<u64>,
-    /// Gateway attempts per order, the first included [default: 3].
+    /// An optional cap on gateway attempts per order, the first included (1..=100)
+    /// [default: as many as the retry budget allows].
     #[arg(long, env = "SMARTMART_PAYMENT_MAX_ATTEMPTS")]
     pub payment_max_attempts: Option<u32>,
-    /// External payment gateway base URL (payment::http protocol); default: the sandbox gateway.
+    /// How long after an order's first payment attempt new attempts may start; below the
+    /// stage timeout, whose rest goes to resolving an unknown outcome [default: 2500].
+    #[arg(long, env = "SMARTMART_PAYMENT_RETRY_BUDGET_MS")]
+    pub payment_retry_budget_ms: Option<u64>,
+    /// External payment gateway base URL (payment::http protocol, http or https);
+    /// default: the sandbox gateway.
     #[arg(long, env = "SMARTMART_PAYMENT_GATEWAY_URL")]
     pub payment_gateway_url: Option<String>,
+    /// Each request to the external gateway, from connecting to its answer [default: 2000].
+    #[arg(long, env = "SMARTMART_PAYMENT_GATEWAY_TIMEOUT_MS")]
+    pub payment_gateway_timeout_ms: Option<u64>,
+    /// PEM file of certificate authorities trusted for the external gateway besides the
+    /// system's (certificates are always verified).
+    #[arg(long, env = "SMARTMART_PAYMENT_GATEWAY_CA_FILE")]
+    pub payment_gateway_ca_file: Option<PathBuf>,
     /// ISO 4217 currency of every amount [default: USD].
     #[arg(long, env = "SMARTMART_CURRENCY")]
     pub currency: Option<String>,
@@ -189,6 +202,9 @@ impl ServeConfig {
             pseudonym_key: self.pseudonym_key.or(lower.pseudonym_key),
             fraud_threshold_cents: self.fraud_threshold_cents.or(lower.fraud_threshold_cents),
             payment_max_attempts: self.payment_max_attempts.or(lower.payment_max_attempts),
+            payment_retry_budget_ms: self.payment_retry_budget_ms.or(lower.payment_retry_budget_ms),
+            payment_gateway_timeout_ms: self.payment_gateway_timeout_ms.or(lower.payment_gateway_timeout_ms),
+            payment_gateway_ca_file: self.payment_gateway_ca_file.or(lower.payment_gateway_ca_file),
             payment_gateway_url: self.payment_gateway_url.or(lower.payment_gateway_url),
             currency: self.currency.or(lower.currency),
             body_limit_bytes: self.body_limit_bytes.or(lower.body_limit_bytes),
@@ -364,21 +380,43 @@ impl ServeSettings {
             bail!("SMARTMART_RECOVERY_AFTER_MS must be at least 100, got {recovery_after_ms}");
         }
         engine.janitor_min_age = Duration::from_millis(recovery_after_ms);
-        // A pass every quarter of the age (at most every 10 s): an
-        // interrupted order waits at most 1.25 times the age.
-        engine.janitor_every = (engine.janitor_min_age / 4).min(Duration::from_secs(10));
+        // A pass every quarter of the age, and at least every second: an
+        // interrupted order waits at most 1.25 times the age, and a payment
+        // answered PAYMENT_PENDING is asked about again within a second of
+        // being due.
+        engine.janitor_every = (engine.janitor_min_age / 4).min(Duration::from_secs(1));
         engine.currency = config.currency.unwrap_or_else(|| "USD".into());
         if engine.currency.len() != 3 || !engine.currency.chars().all(|c| c.is_ascii_uppercase()) {
             bail!("SMARTMART_CURRENCY must be an ISO 4217 code such as USD, got `{}`", engine.currency);
         }
         engine.fraud_threshold_cents = config.fraud_threshold_cents.unwrap_or(500_000);
-        let attempts = config.payment_max_attempts.unwrap_or(3);
-        if !(1..=10).contains(&attempts) {
-            bail!("SMARTMART_PAYMENT_MAX_ATTEMPTS must be 1..=10, got {attempts}");
+        if let Some(attempts) = config.payment_max_attempts
+            && !(1..=100).contains(&attempts)
+        {
+            bail!("SMARTMART_PAYMENT_MAX_ATTEMPTS must be 1..=100, got {attempts}");
         }
-        engine.retry = RetryPolicy { max_attempts: attempts, ..RetryPolicy::default() };
-        if let Some(url) = config.payment_gateway_url {
-            engine.gateway = GatewayChoice::Http { url, timeout: Duration::from_secs(2) };
+        let budget_ms = config.payment_retry_budget_ms.unwrap_or(2_500);
+        let gateway_timeout_ms = config.payment_gateway_timeout_ms.unwrap_or(2_000);
+        if !(1..=600_000).contains(&gateway_timeout_ms) {
+            bail!("SMARTMART_PAYMENT_GATEWAY_TIMEOUT_MS must be 1..=600000, got {gateway_timeout_ms}");
+        }
+        engine.retry = RetryPolicy {
+            budget: Duration::from_millis(budget_ms),
+            max_attempts: config.payment_max_attempts,
+            ..RetryPolicy::default()
+        };
+        let ca_file = config.payment_gateway_ca_file.clone();
+        match config.payment_gateway_url {
+            Some(url) => {
+                engine.gateway = GatewayChoice::Http {
+                    url,
+                    options: HttpGatewayOptions { timeout: Duration::from_millis(gateway_timeout_ms), ca_file },
+                };
+            }
+            None if ca_file.is_some() => {
+                bail!("SMARTMART_PAYMENT_GATEWAY_CA_FILE is set but SMARTMART_PAYMENT_GATEWAY_URL is not")
+            }
+            None => {}
         }
         if let Some(keys) = &config.trusted_keys {
             engine.trusted_keys = parse_trusted_keys(keys)?;
@@ -394,6 +432,14 @@ impl ServeSettings {
             bail!("timeouts must be positive");
         }
         engine.stage_timeout = Duration::from_millis(stage_timeout_ms);
+        // The retries must leave room, before the answer is due, to resolve
+        // an outcome they left unknown.
+        if budget_ms >= stage_timeout_ms {
+            bail!(
+                "SMARTMART_PAYMENT_RETRY_BUDGET_MS ({budget_ms}) must be below the stage timeout \
+                 SMARTMART_STAGE_TIMEOUT_MS ({stage_timeout_ms})"
+            );
+        }
         let header_read_timeout_ms = config.header_read_timeout_ms.unwrap_or(10_000);
         let idle_timeout_ms = config.idle_timeout_ms.unwrap_or(60_000);
         if header_read_timeout_ms == 0 || idle_timeout_ms == 0 {
@@ -528,6 +574,43 @@ mod tests {
         assert!(ServeSettings::resolve(bad_channel, false).is_err());
         let attempts = ServeConfig { payment_max_attempts: Some(0), ..keyed() };
         assert!(ServeSettings::resolve(attempts, false).is_err());
+    }
+
+    #[test]
+    fn payment_settings_default_and_are_checked() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        let retry = &settings.engine.0.retry;
+        assert_eq!((retry.budget, retry.max_attempts), (Duration::from_millis(2_500), None));
+        assert!(matches!(settings.engine.0.gateway, GatewayChoice::Sandbox));
+
+        let https = ServeConfig {
+            payment_gateway_url: Some("https://pay.example".into()),
+            payment_gateway_timeout_ms: Some(750),
+            payment_gateway_ca_file: Some("ca.pem".into()),
+            payment_retry_budget_ms: Some(1_000),
+            payment_max_attempts: Some(7),
+            ..keyed()
+        };
+        let (settings, _) = ServeSettings::resolve(https, false).unwrap();
+        let GatewayChoice::Http { url, options } = &settings.engine.0.gateway else { panic!("an HTTP gateway") };
+        assert_eq!(url, "https://pay.example");
+        assert_eq!(options.timeout, Duration::from_millis(750));
+        assert_eq!(options.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(settings.engine.0.retry.budget, Duration::from_millis(1_000));
+        assert_eq!(settings.engine.0.retry.max_attempts, Some(7));
+
+        for (bad, names) in [
+            (ServeConfig { payment_retry_budget_ms: Some(5_000), ..keyed() }, "SMARTMART_PAYMENT_RETRY_BUDGET_MS"),
+            (ServeConfig { payment_gateway_timeout_ms: Some(0), ..keyed() }, "SMARTMART_PAYMENT_GATEWAY_TIMEOUT_MS"),
+            (
+                ServeConfig { payment_gateway_ca_file: Some("ca.pem".into()), ..keyed() },
+                "SMARTMART_PAYMENT_GATEWAY_URL",
+            ),
+            (ServeConfig { payment_max_attempts: Some(101), ..keyed() }, "SMARTMART_PAYMENT_MAX_ATTEMPTS"),
+        ] {
+            let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
+            assert!(error.contains(names), "{error}");
+        }
     }
 
     #[test]

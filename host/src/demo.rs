@@ -65,6 +65,20 @@ const USE_CASES: &[UseCase] = &[
         payment_token: "tok_transient_2",
     },
     UseCase {
+        title: "UC4d the gateway's answer is lost after it captured: a lookup finds the charge, confirmed",
+        customer: "C-1005",
+        cart: &[("PHONE-CASE-X12", 1)],
+        coupon: None,
+        payment_token: "tok_lost",
+    },
+    UseCase {
+        title: "UC4e the gateway stalls and captures nothing: the key is cancelled, failed, nothing charged",
+        customer: "C-1005",
+        cart: &[("PHONE-CASE-X12", 1)],
+        coupon: None,
+        payment_token: "tok_stall",
+    },
+    UseCase {
         title: "UC5 high-value order: confirmed, then fraud review ESCALATE",
         customer: "C-1003",
         cart: &[("LAPTOP-PRO-16", 3)],

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub rule_calls: Family<RuleLabels, Counter>,
     pub rule_seconds: Family<RuleLabels, Histogram, fn() -> Histogram>,
     pub payment_attempts: Family<OutcomeLabels, Counter>,
+    pub payments_pending: Gauge,
+    pub payment_reconciliations: Family<OutcomeLabels, Counter>,
+    pub payment_gateway_errors: Family<OutcomeLabels, Counter>,
     pub outbox_depth: Gauge,
     pub outbox_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub requests: Family<RequestLabels, Counter>,
@@ -78,6 +81,24 @@ impl Default for Metrics {
         registry.register("rule_call_duration_seconds", "Duration of rule calls", rule_seconds.clone());
         let payment_attempts = Family::<OutcomeLabels, Counter>::default();
         registry.register("payment_attempts", "Gateway attempts by outcome", payment_attempts.clone());
+        let payments_pending = Gauge::default();
+        registry.register(
+            "payments_pending",
+            "Orders answered PAYMENT_PENDING whose payment outcome the reconciler has not resolved yet",
+            payments_pending.clone(),
+        );
+        let payment_reconciliations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "payment_reconciliations",
+            "Payments resolved after their order's answer or a crash, by outcome (confirmed, failed, undecided)",
+            payment_reconciliations.clone(),
+        );
+        let payment_gateway_errors = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "payment_gateway_errors",
+            "Failed gateway requests by kind (unknown, unreachable, untrusted: a refused TLS certificate)",
+            payment_gateway_errors.clone(),
+        );
         let outbox_depth = Gauge::default();
         registry.register("outbox_depth", "Events not yet delivered", outbox_depth.clone());
         let outbox_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -104,6 +125,9 @@ impl Default for Metrics {
             rule_calls,
             rule_seconds,
             payment_attempts,
+            payments_pending,
+            payment_reconciliations,
+            payment_gateway_errors,
             outbox_depth,
             outbox_lag_seconds,
             requests,
@@ -160,6 +184,16 @@ impl Metrics {
         self.canary_rollbacks
             .get_or_create(&CanaryLabels { canary: canary.to_string(), outcome: "rolled_back".into() })
             .inc();
+    }
+
+    /// One resolution of a payment by the reconciler.
+    pub fn payment_reconciliation(&self, outcome: &str) {
+        self.payment_reconciliations.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
+
+    /// One failed gateway request, by the kind of its failure.
+    pub fn payment_gateway_error(&self, kind: &str) {
+        self.payment_gateway_errors.get_or_create(&OutcomeLabels { outcome: kind.to_string() }).inc();
     }
 
     pub fn payment_attempts(&self, outcome: &str, attempts: u32) {

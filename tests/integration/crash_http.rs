@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::crash::event_ids_in_file;
+use crate::support::clients::{self, Final, Seen};
 use crate::support::server::{ADMIN_KEY, WEB_KEY, token};
 use crate::support::service::{Service, free_port};
 
@@ -77,67 +78,12 @@ async fn seed(client: &reqwest::Client, service: &Service) {
     }
 }
 
-/// What a client finally got for its key.
-#[derive(Debug, Clone)]
-struct Final {
-    status: u16,
-    body: String,
-}
-
-#[derive(Default)]
-struct Seen {
-    connection_errors: AtomicUsize,
-    in_progress: AtomicUsize,
-    unavailable: AtomicUsize,
-}
-
 /// Sends customer `n`'s order until it gets a final answer (201 or 402),
 /// retrying with the same key through kills and `IDEMPOTENCY_IN_PROGRESS`.
 async fn order_until_final(client: &reqwest::Client, port: u16, n: usize, seen: &Seen) -> Final {
     let id = customer(n);
     let body = json!({"customer_id": id, "payment": {"token": payment_token(n)}}).to_string();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(Instant::now() < deadline, "no final answer for {id}");
-        let sent = client
-            .post(format!("http://127.0.0.1:{port}/v1/orders"))
-            .bearer_auth(WEB_KEY)
-            .header("X-Customer-Token", token(&id))
-            .header("Idempotency-Key", format!("crash-key-{n}"))
-            .header("Content-Type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let answer = match sent {
-            Ok(answer) => answer,
-            Err(_) => {
-                // The service is down (killed): ask again, same key.
-                seen.connection_errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                continue;
-            }
-        };
-        let status = answer.status().as_u16();
-        let retry_after = answer.headers().get("retry-after").cloned();
-        let Ok(text) = answer.text().await else {
-            seen.connection_errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        match status {
-            201 | 402 => return Final { status, body: text },
-            409 if text.contains("IDEMPOTENCY_IN_PROGRESS") => {
-                assert!(retry_after.is_some(), "409 IDEMPOTENCY_IN_PROGRESS without Retry-After");
-                seen.in_progress.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Shutting down or the store briefly unavailable: retryable.
-            503 => {
-                seen.unavailable.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("{id}: unexpected {other} {text}"),
-        }
-    }
+    clients::order_until_final(client, port, &id, &format!("crash-key-{n}"), &body, seen).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,13 +130,7 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
         client.await.expect("a client task");
     }
     let finals = finals.lock().await.clone();
-    eprintln!(
-        "answers: {} ({} connection errors, {} IDEMPOTENCY_IN_PROGRESS, {} unavailable on the way)",
-        finals.len(),
-        seen.connection_errors.load(Ordering::Relaxed),
-        seen.in_progress.load(Ordering::Relaxed),
-        seen.unavailable.load(Ordering::Relaxed)
-    );
+    eprintln!("answers: {} ({seen})", finals.len());
     assert_eq!(finals.len(), CUSTOMERS);
 
     // A retry now, after every restart, replays the recorded answer byte for byte.

@@ -504,6 +504,7 @@ fn admin_routes() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/v1/admin/plugins", None),
         (Method::GET, "/v1/admin/experiments", None),
         (Method::GET, "/v1/admin/fraud/escalations", None),
+        (Method::GET, "/v1/admin/payments/pending", None),
     ]
 }
 

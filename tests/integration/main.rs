@@ -6,6 +6,8 @@ mod crash;
 mod crash_http;
 mod dashboard;
 mod experiments;
+mod gateway_faults;
+mod gateway_protocol;
 mod hardening;
 mod http;
 mod http_fuzz;

@@ -15,13 +15,23 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use smartmart::payment::{
-    Charge, ChargeRequest, GatewayError, HttpGateway, PaymentGateway, PaymentOutcome, RetryPolicy, SandboxGateway,
-    charge_with_retries,
+    Charge, ChargeRequest, GatewayError, HttpGateway, HttpGatewayOptions, PaymentGateway, PaymentOutcome, RetryPolicy,
+    SandboxGateway, charge_with_retries,
 };
 
-/// Short waits so that retries cost milliseconds.
+/// Short waits so that retries cost milliseconds, at most `max_attempts`.
 fn fast_policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy { max_attempts, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }
+    RetryPolicy {
+        budget: Duration::from_secs(10),
+        max_attempts: Some(max_attempts),
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    }
+}
+
+/// An answer deadline no test reaches.
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
 }
 
 fn request(key: &str, token: &str, amount_cents: u64) -> ChargeRequest {
@@ -102,7 +112,7 @@ impl TestGateway {
     }
 
     fn client(&self, timeout: Duration) -> HttpGateway {
-        HttpGateway::new(&self.base_url, timeout).unwrap()
+        HttpGateway::new(&self.base_url, &HttpGatewayOptions { timeout, ca_file: None }).unwrap()
     }
 
     fn ledger(&self) -> HashMap<String, Charge> {
@@ -178,10 +188,10 @@ async fn http_captures_on_the_first_attempt_and_sends_the_protocol_body() {
     let gateway = server.client(CLIENT_TIMEOUT);
     assert_eq!(gateway.name(), "http");
 
-    let outcome = charge_with_retries(&gateway, &request("k-first", "tok_ok", 90_000), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&gateway, &request("k-first", "tok_ok", 90_000), &fast_policy(3), far()).await;
 
     let expected = Charge { transaction_id: "gw_txn_k-first".into(), amount_cents: 90_000 };
-    assert_eq!(outcome, PaymentOutcome { result: Ok(expected.clone()), attempts: 1 });
+    assert_eq!(outcome, PaymentOutcome { result: Ok(expected.clone()), attempts: 1, maybe_charged: false });
     assert_eq!(server.ledger(), HashMap::from([("k-first".to_owned(), expected)]));
     assert_eq!(server.charge_keys(), [Some("k-first".to_owned())]);
     let seen = server.state.seen.lock().unwrap();
@@ -199,7 +209,7 @@ async fn http_retries_503_with_the_same_key_and_charges_once() {
         TestGateway::start(|n| if n <= 2 { Step::Fail(StatusCode::SERVICE_UNAVAILABLE) } else { Step::Capture }).await;
     let gateway = server.client(CLIENT_TIMEOUT);
 
-    let outcome = charge_with_retries(&gateway, &request("k-retry", "tok_ok", 1_500), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&gateway, &request("k-retry", "tok_ok", 1_500), &fast_policy(3), far()).await;
 
     assert_eq!(outcome.attempts, 3);
     assert_eq!(outcome.result, Ok(Charge { transaction_id: "gw_txn_k-retry".into(), amount_cents: 1_500 }));
@@ -212,9 +222,12 @@ async fn http_decline_is_final_and_not_retried() {
     let server = TestGateway::start(|_| Step::Decline("insufficient funds")).await;
     let gateway = server.client(CLIENT_TIMEOUT);
 
-    let outcome = charge_with_retries(&gateway, &request("k-decline", "tok_ok", 700), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&gateway, &request("k-decline", "tok_ok", 700), &fast_policy(3), far()).await;
 
-    assert_eq!(outcome, PaymentOutcome { result: Err(GatewayError::declined("insufficient funds")), attempts: 1 });
+    assert_eq!(
+        outcome,
+        PaymentOutcome { result: Err(GatewayError::declined("insufficient funds")), attempts: 1, maybe_charged: false }
+    );
     assert_eq!(server.charge_keys().len(), 1, "one request only");
     assert!(server.ledger().is_empty());
 }
@@ -232,19 +245,21 @@ async fn http_timeout_is_transient_and_the_retry_finds_the_charge_made_by_the_lo
     let gateway = server.client(client_timeout);
 
     // One attempt alone: the answer never comes in time.
-    let single = charge_with_retries(&gateway, &request("k-slow", "tok_ok", 2_000), &fast_policy(1)).await;
+    let single = charge_with_retries(&gateway, &request("k-slow", "tok_ok", 2_000), &fast_policy(1), far()).await;
     assert_eq!(single.attempts, 1);
-    let Err(GatewayError::Transient { reason }) = single.result else { panic!("expected transient: {single:?}") };
+    assert!(single.maybe_charged, "a timed-out attempt may have charged");
+    let Err(GatewayError::Unknown { reason, .. }) = single.result else { panic!("expected unknown: {single:?}") };
     assert!(reason.contains("timed out"), "{reason}");
 
     // The pipeline retries with the same key: the gateway answers the charge
     // the lost attempt made, and nothing is charged twice.
-    let retried = charge_with_retries(&gateway, &request("k-slow", "tok_ok", 2_000), &fast_policy(3)).await;
+    let retried = charge_with_retries(&gateway, &request("k-slow", "tok_ok", 2_000), &fast_policy(3), far()).await;
     assert_eq!(
         retried,
         PaymentOutcome {
             result: Ok(Charge { transaction_id: "gw_txn_k-slow".into(), amount_cents: 2_000 }),
-            attempts: 1
+            attempts: 1,
+            maybe_charged: false
         }
     );
     assert_eq!(server.ledger().len(), 1);
@@ -262,29 +277,35 @@ async fn http_timeouts_are_retried_within_one_charge() {
         .await;
     let gateway = server.client(Duration::from_millis(150));
 
-    let outcome = charge_with_retries(&gateway, &request("k-slow3", "tok_ok", 10), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&gateway, &request("k-slow3", "tok_ok", 10), &fast_policy(3), far()).await;
 
     assert_eq!(
         outcome,
         PaymentOutcome {
             result: Ok(Charge { transaction_id: "gw_txn_k-slow3".into(), amount_cents: 10 }),
-            attempts: 3
+            attempts: 3,
+            maybe_charged: true
         }
     );
     assert_eq!(server.ledger().len(), 1);
 }
 
 #[tokio::test]
-async fn http_gateway_down_fails_every_attempt_transiently() {
+async fn http_gateway_down_fails_every_attempt_as_never_sent() {
     // A port with nothing listening: bind, take the port, let go.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let gateway = HttpGateway::new(&format!("http://127.0.0.1:{port}"), CLIENT_TIMEOUT).unwrap();
+    let gateway = HttpGateway::new(
+        &format!("http://127.0.0.1:{port}"),
+        &HttpGatewayOptions { timeout: CLIENT_TIMEOUT, ca_file: None },
+    )
+    .unwrap();
 
-    let outcome = charge_with_retries(&gateway, &request("k-down", "tok_ok", 100), &fast_policy(4)).await;
+    let outcome = charge_with_retries(&gateway, &request("k-down", "tok_ok", 100), &fast_policy(4), far()).await;
 
     assert_eq!(outcome.attempts, 4);
-    assert!(matches!(&outcome.result, Err(GatewayError::Transient { .. })), "{outcome:?}");
-    assert!(matches!(gateway.lookup("k-down").await, Err(GatewayError::Transient { .. })));
+    assert!(!outcome.maybe_charged, "a refused connection sent nothing");
+    assert!(matches!(&outcome.result, Err(GatewayError::NotCharged { retryable: true, .. })), "{outcome:?}");
+    assert!(matches!(gateway.lookup("k-down").await, Err(GatewayError::NotCharged { .. })));
 }
 
 #[tokio::test]
@@ -299,11 +320,18 @@ async fn http_malformed_answers_are_transient_and_other_4xx_are_final() {
     let gateway = server.client(CLIENT_TIMEOUT);
 
     let malformed = gateway.charge(&request("k-odd", "tok_ok", 5)).await;
-    assert_eq!(malformed, Err(GatewayError::transient("unreadable answer (200 OK)")));
+    assert_eq!(malformed, Err(GatewayError::transient("POST /v1/charges: unreadable answer (200 OK)")));
     let rejected = gateway.charge(&request("k-odd", "tok_ok", 5)).await;
     assert_eq!(rejected, Err(GatewayError::declined("rejected by gateway: 400 Bad Request")));
     let throttled = gateway.charge(&request("k-odd", "tok_ok", 5)).await;
-    assert_eq!(throttled, Err(GatewayError::transient("gateway answered 429 Too Many Requests: busy")));
+    assert_eq!(
+        throttled,
+        Err(GatewayError::NotCharged {
+            reason: "POST /v1/charges: gateway answered 429 Too Many Requests".into(),
+            retryable: true,
+            retry_after: None
+        })
+    );
     assert!(server.ledger().is_empty());
 }
 
@@ -334,24 +362,34 @@ async fn sandbox_tokens_behave_as_the_contract_says() {
     assert_eq!(sandbox.name(), "sandbox");
     let policy = fast_policy(3);
 
-    let ok = charge_with_retries(&sandbox, &request("ok", "tok_ok", 100), &policy).await;
+    let ok = charge_with_retries(&sandbox, &request("ok", "tok_ok", 100), &policy, far()).await;
     assert_eq!(ok.attempts, 1);
     let ok = ok.result.unwrap();
     assert!(ok.transaction_id.starts_with("txn_"), "{ok:?}");
     assert_eq!(ok.amount_cents, 100);
 
-    let other = charge_with_retries(&sandbox, &request("other", "tok_visa_4242", 200), &policy).await;
+    let other = charge_with_retries(&sandbox, &request("other", "tok_visa_4242", 200), &policy, far()).await;
     assert_eq!((other.attempts, other.result.as_ref().map(|c| c.amount_cents)), (1, Ok(200)));
 
-    let declined = charge_with_retries(&sandbox, &request("decline", "tok_decline", 300), &policy).await;
-    assert_eq!(declined, PaymentOutcome { result: Err(GatewayError::declined("card declined")), attempts: 1 });
+    let declined = charge_with_retries(&sandbox, &request("decline", "tok_decline", 300), &policy, far()).await;
+    assert_eq!(
+        declined,
+        PaymentOutcome { result: Err(GatewayError::declined("card declined")), attempts: 1, maybe_charged: false }
+    );
 
-    let down = charge_with_retries(&sandbox, &request("down", "tok_down", 400), &policy).await;
-    assert_eq!(down.attempts, 3);
-    assert!(matches!(down.result, Err(GatewayError::Transient { .. })), "{down:?}");
+    let down = charge_with_retries(&sandbox, &request("down", "tok_down", 400), &policy, far()).await;
+    assert_eq!((down.attempts, down.maybe_charged), (3, false));
+    assert!(matches!(down.result, Err(GatewayError::NotCharged { .. })), "{down:?}");
 
-    let invalid = charge_with_retries(&sandbox, &request("invalid", "4242-4242", 500), &policy).await;
-    assert_eq!(invalid, PaymentOutcome { result: Err(GatewayError::declined("invalid payment token")), attempts: 1 });
+    let invalid = charge_with_retries(&sandbox, &request("invalid", "4242-4242", 500), &policy, far()).await;
+    assert_eq!(
+        invalid,
+        PaymentOutcome {
+            result: Err(GatewayError::declined("invalid payment token")),
+            attempts: 1,
+            maybe_charged: false
+        }
+    );
 
     let keys: Vec<String> = sandbox.charges().into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, ["ok", "other"], "only captures are in the ledger");
@@ -362,7 +400,7 @@ async fn sandbox_transient_2_captures_on_the_third_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = sandbox_in(&dir);
 
-    let outcome = charge_with_retries(&sandbox, &request("t2", "tok_transient_2", 999), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&sandbox, &request("t2", "tok_transient_2", 999), &fast_policy(3), far()).await;
 
     assert_eq!(outcome.attempts, 3);
     let charge = outcome.result.unwrap();
@@ -374,10 +412,10 @@ async fn sandbox_transient_3_outlasts_three_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = sandbox_in(&dir);
 
-    let outcome = charge_with_retries(&sandbox, &request("t3", "tok_transient_3", 999), &fast_policy(3)).await;
+    let outcome = charge_with_retries(&sandbox, &request("t3", "tok_transient_3", 999), &fast_policy(3), far()).await;
 
     assert_eq!(outcome.attempts, 3);
-    assert!(matches!(outcome.result, Err(GatewayError::Transient { .. })), "{outcome:?}");
+    assert!(matches!(outcome.result, Err(GatewayError::Unknown { .. })), "{outcome:?}");
     assert!(sandbox.charges().is_empty(), "nothing charged");
     assert_eq!(sandbox.lookup("t3").await, Ok(None));
     // The fourth attempt for that key (say, a later retry) captures.

@@ -13,15 +13,15 @@ use smartmart::domain::geo::GeoPoint;
 use smartmart::domain::status::{EventKind, OrderStatus, Slot};
 use smartmart::store::catalog::{CartItem, Product, Warehouse};
 use smartmart::store::experiments::{ArmFigures, ArmKey, LATENCY_BOUNDS_US};
-use smartmart::store::ledger::Captured;
+use smartmart::store::ledger::{Captured, LedgerCancel};
 use smartmart::store::orders::{
-    Answer, EventBody, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, PaymentIntent, ReserveOutcome, SettledAnswer,
-    Settlement, Verdict,
+    Answer, EventBody, Hold, KeyClaim, KeyRecord, NewEvent, NewOrder, PaymentIntent, PendingPayment, PendingPaymentRow,
+    ReserveOutcome, SettledAnswer, Settlement, Verdict,
 };
 use smartmart::store::outbox::{DueBody, SinkPosition};
 use smartmart::store::rollouts::{RolloutEvent, RolloutRecord};
 use smartmart::store::shadows::{ShadowModule, ShadowRun};
-use smartmart::store::{PostgresOptions, Store, StoreError, StoreOptions};
+use smartmart::store::{PostgresOptions, RESOLVE_LEASE_MS, Store, StoreError, StoreOptions};
 use tempfile::TempDir;
 
 pub const START_POSTGRES: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
@@ -192,6 +192,13 @@ on_both_backends!(
     a_read_only_store_never_writes,
     canary_states_and_rollout_events_are_kept,
     arm_figures_only_ever_add_up,
+    a_payment_pending_order_answers_202_until_it_is_paid,
+    a_payment_pending_order_that_fails_releases_exactly,
+    only_a_pending_order_with_an_intent_becomes_payment_pending,
+    pending_payments_are_resolved_at_their_time,
+    pending_payments_are_listed_until_settled,
+    the_sandbox_ledger_cancels_a_key_for_good,
+    capture_and_cancel_of_one_key_never_both_happen,
 );
 
 fn customer(id: &str, tier: Tier) -> Customer {
@@ -298,11 +305,23 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
     store.settle(settlement(order_id, customer_id, status)).await.unwrap();
 }
 
+/// The schema version this binary writes, on either back-end.
+const SCHEMA_VERSION: i64 = 7;
+
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
-    for table in ["customers", "orders", "outbox", "shadow_runs", "sandbox_charges", "sink_positions"] {
+    for table in
+        ["customers", "orders", "outbox", "shadow_runs", "sandbox_charges", "sink_positions", "sandbox_cancelled"]
+    {
         t.number(&format!("SELECT count(*) FROM {table}")).await;
     }
+    t.number("SELECT count(resolve_after_ms) FROM payments").await;
+    // One version number per schema, the same on both back-ends.
+    let version = match &t.raw {
+        Raw::Sqlite(_) => t.number("SELECT user_version FROM pragma_user_version").await,
+        Raw::Postgres(..) => t.number("SELECT max(version) FROM smartmart_schema").await,
+    };
+    assert_eq!(version, SCHEMA_VERSION);
     // …and opening the same database again (a restart, a second replica) migrates nothing twice.
     seed(&t.store).await;
     let again = t.reopen().await.expect("reopening a migrated database");
@@ -528,10 +547,11 @@ async fn interrupted_orders_are_found_for_recovery(t: TestStore) {
     place(store, "done", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     // As if the process that ran them died long ago.
     t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
-    let (unpaid, intents) = store.pending_orders("2000-06-01T00:00:00Z").await.unwrap();
+    let now = smartmart::store::now_ms();
+    let (unpaid, intents) = store.pending_orders("2000-06-01T00:00:00Z", now).await.unwrap();
     assert!(unpaid.is_empty() && intents.is_empty(), "orders newer than the cutoff are left alone");
     let cutoff = "2001-01-01T00:00:00.5Z";
-    let (unpaid, intents) = store.pending_orders(cutoff).await.unwrap();
+    let (unpaid, intents) = store.pending_orders(cutoff, now).await.unwrap();
     assert_eq!(unpaid, ["unpaid"]);
     assert_eq!(intents.len(), 1);
     assert_eq!(
@@ -540,7 +560,8 @@ async fn interrupted_orders_are_found_for_recovery(t: TestStore) {
     );
     assert_eq!(intents[0].token.as_deref(), Some("tok_9"));
     assert_eq!(intents[0].currency, "USD");
-    let (unpaid_again, intents_again) = store.pending_orders(cutoff).await.unwrap();
+    assert!(!intents[0].outcome_unknown, "interrupted, never answered PAYMENT_PENDING");
+    let (unpaid_again, intents_again) = store.pending_orders(cutoff, now).await.unwrap();
     if store.is_shared() {
         // Claimed: no other replica's janitor takes them until they are as old again.
         assert!(unpaid_again.is_empty() && intents_again.is_empty());
@@ -638,7 +659,7 @@ async fn the_sandbox_ledger_charges_a_key_once(t: TestStore) {
     for racer in racers {
         match racer.await.unwrap() {
             Captured::New(c) | Captured::Existing(c) => transactions.insert(c.transaction_id),
-            Captured::Mismatch(m) => panic!("{m}"),
+            other => panic!("{other:?}"),
         };
     }
     assert_eq!(transactions.len(), 1);
@@ -843,4 +864,311 @@ async fn arm_figures_only_ever_add_up(t: TestStore) {
     assert_eq!(control.revenue_squares, 5_000f64.powi(2) + 7_000f64.powi(2));
     assert_eq!((control.latency_buckets[1], control.latency_buckets[3]), (2, 3));
     assert_eq!(rows[1].figures.latency_buckets[LATENCY_BOUNDS_US.len() - 1], 1, "the +Inf bucket");
+}
+
+/// The invoice an order is answered with while its payment outcome is unknown.
+fn pending_invoice(order_id: &str) -> String {
+    format!(r#"{{"order_id":"{order_id}","status":"PAYMENT_PENDING"}}"#)
+}
+
+fn pending(order_id: &str, resolve_after_ms: i64) -> PendingPayment {
+    PendingPayment { order_id: order_id.into(), invoice: pending_invoice(order_id), attempts: 3, resolve_after_ms }
+}
+
+/// Reserve and record the intent (key `order_id`, gateway key `pay_{order_id}`,
+/// 1000 cents, token `tok`): an order whose payment is in flight.
+async fn paying(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold>) {
+    let outcome = store.reserve(new_order(order_id, customer_id, holds, Some(order_id))).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved);
+    store
+        .record_intent(intent(order_id, "{\"draft\":true}".into(), &format!("pay_{order_id}"), 1000, "tok"))
+        .await
+        .unwrap();
+}
+
+async fn a_payment_pending_order_answers_202_until_it_is_paid(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    store.replace_cart("c1", vec![CartItem { sku: "A".into(), quantity: 3 }]).await.unwrap();
+    paying(store, "o1", "c1", vec![hold("W1", "A", 3), hold("W1", "B", 1)]).await;
+    store.mark_payment_pending(pending("o1", 1_000)).await.unwrap();
+    // Answered 202 with the pending invoice, kept once (on the order).
+    assert_eq!(
+        store.key_record("web", "o1").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-o1".into(),
+            answer: Answer { status_code: 202, body: pending_invoice("o1") }
+        })
+    );
+    assert_eq!(t.number("SELECT count(*) FROM idempotency WHERE body IS NOT NULL").await, 0);
+    let order = store.order("o1").await.unwrap().unwrap();
+    assert_eq!((order.status, order.invoice), (OrderStatus::Pending, Some(pending_invoice("o1"))));
+    // The stock stays held, nothing is announced, the token is kept for the reconciler.
+    assert_eq!(available(store, "W1", "A").await, (10, 7));
+    assert_eq!(available(store, "W1", "B").await, (3, 2));
+    assert_eq!(t.number("SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(
+        t.number(
+            "SELECT count(*) FROM payments WHERE status = 'INTENT' AND token = 'tok' AND attempts = 3
+             AND resolve_after_ms = 1000"
+        )
+        .await,
+        1
+    );
+    assert!(!store.cart("c1").await.unwrap().0.is_empty(), "the cart waits for the payment");
+
+    store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap();
+    // The final answer replaces the 202.
+    assert_eq!(
+        store.key_record("web", "o1").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-o1".into(),
+            answer: Answer { status_code: 201, body: r#"{"order_id":"o1","final":true}"#.into() }
+        })
+    );
+    assert_eq!(store.order("o1").await.unwrap().unwrap().status, OrderStatus::Confirmed);
+    assert_eq!(available(store, "W1", "A").await, (7, 7), "taken exactly once");
+    assert_eq!(available(store, "W1", "B").await, (2, 2));
+    assert_eq!(t.number("SELECT count(*) FROM reservations WHERE state = 'COMMITTED'").await, 2);
+    assert_eq!(t.number("SELECT count(*) FROM outbox").await, 3);
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'CAPTURED' AND token IS NULL").await, 1);
+    assert!(store.cart("c1").await.unwrap().0.is_empty());
+}
+
+async fn a_payment_pending_order_that_fails_releases_exactly(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    paying(store, "o1", "c1", vec![hold("W2", "A", 5)]).await;
+    paying(store, "o2", "c2", vec![hold("W1", "A", 2)]).await;
+    store.mark_payment_pending(pending("o1", 1_000)).await.unwrap();
+    assert_eq!(available(store, "W2", "A").await, (5, 0));
+    store.settle(settlement("o1", "c1", OrderStatus::PaymentFailed)).await.unwrap();
+    assert_eq!(
+        store.key_record("web", "o1").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-o1".into(),
+            answer: Answer { status_code: 402, body: "answer of o1".into() }
+        })
+    );
+    assert_eq!(store.order("o1").await.unwrap().unwrap().status, OrderStatus::PaymentFailed);
+    assert_eq!(available(store, "W2", "A").await, (5, 5), "released exactly");
+    assert_eq!(available(store, "W1", "A").await, (10, 8), "another order's hold untouched");
+    assert_eq!(t.number("SELECT count(*) FROM reservations WHERE state = 'RELEASED'").await, 1);
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'FAILED' AND token IS NULL").await, 1);
+    assert_eq!(t.number("SELECT count(*) FROM outbox WHERE order_id = 'o1'").await, 3);
+    // A settled order settles once, whatever it was answered before.
+    let err = store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(
+        store.key_record("web", "o2").await.unwrap(),
+        Some(KeyRecord::InFlight { request_hash: "hash-o2".into(), order_id: "o2".into() }),
+        "another order's key untouched"
+    );
+}
+
+async fn only_a_pending_order_with_an_intent_becomes_payment_pending(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    place(store, "done", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    let err = store.mark_payment_pending(pending("done", 1_000)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(
+        store.key_record("web", "done").await.unwrap(),
+        Some(KeyRecord::Answered {
+            request_hash: "hash-done".into(),
+            answer: Answer { status_code: 201, body: r#"{"order_id":"done","final":true}"#.into() }
+        })
+    );
+    // Reserved, never reached payment: refused, and the order's update undone with it.
+    store.reserve(new_order("unpaid", "c1", vec![hold("W1", "A", 1)], Some("unpaid"))).await.unwrap();
+    t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00Z' WHERE id = 'unpaid'").await;
+    let err = store.mark_payment_pending(pending("unpaid", 1_000)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.order("unpaid").await.unwrap().unwrap().invoice, None);
+    assert_eq!(t.number("SELECT count(*) FROM orders WHERE updated_at = '2001-01-01T00:00:00Z'").await, 1);
+    assert_eq!(
+        store.key_record("web", "unpaid").await.unwrap(),
+        Some(KeyRecord::InFlight { request_hash: "hash-unpaid".into(), order_id: "unpaid".into() })
+    );
+    let err = store.mark_payment_pending(pending("nobody", 1_000)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(t.number("SELECT count(resolve_after_ms) FROM payments").await, 0);
+    assert_eq!(store.payments_pending_count().await.unwrap(), 0);
+}
+
+/// The order ids of the intents `pending_orders` returns, and whether each
+/// is an unknown outcome.
+async fn due(store: &Store, updated_before: &str, now_ms: i64) -> Vec<(String, bool)> {
+    let (unpaid, intents) = store.pending_orders(updated_before, now_ms).await.unwrap();
+    assert!(unpaid.is_empty(), "{unpaid:?}");
+    let mut due: Vec<_> = intents.into_iter().map(|i| (i.order_id, i.outcome_unknown)).collect();
+    due.sort();
+    due
+}
+
+async fn pending_payments_are_resolved_at_their_time(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    let shared = store.is_shared();
+    paying(store, "paying", "c1", vec![hold("W1", "A", 1)]).await;
+    paying(store, "pp", "c2", vec![hold("W1", "A", 2)]).await;
+    let now = smartmart::store::now_ms();
+    store.mark_payment_pending(pending("pp", now + 60_000)).await.unwrap();
+    // Both as if their process died long ago.
+    t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
+    let (long_ago, cutoff) = ("2000-06-01T00:00:00Z", "2001-01-01T00:00:00.5Z");
+    assert_eq!(due(store, long_ago, now).await, []);
+    // The interrupted intent is found by its age; the pending payment, however
+    // old, waits for the time the reconciler asked for.
+    assert_eq!(due(store, cutoff, now).await, [("paying".to_string(), false)]);
+    assert_eq!(due(store, long_ago, now + 59_999).await, []);
+
+    // Its time has come: found whatever its updated_at, with what resolving it needs.
+    let (unpaid, intents) = store.pending_orders(long_ago, now + 60_000).await.unwrap();
+    assert!(unpaid.is_empty());
+    assert_eq!(intents.len(), 1);
+    let intent = &intents[0];
+    assert_eq!((intent.order_id.as_str(), intent.idempotency_key.as_str()), ("pp", "pay_pp"));
+    assert_eq!((intent.amount_cents, intent.currency.as_str(), intent.token.as_deref()), (1000, "USD", Some("tok")));
+    assert!(intent.outcome_unknown);
+    if shared {
+        // Claimed: another replica does not ask the gateway about it meanwhile…
+        assert_eq!(due(store, long_ago, now + 60_000).await, []);
+        assert_eq!(
+            t.number("SELECT resolve_after_ms FROM payments WHERE order_id = 'pp'").await,
+            now + 60_000 + RESOLVE_LEASE_MS
+        );
+        // …unless this one died with it: the lease runs out.
+        assert_eq!(due(store, long_ago, now + 60_000 + RESOLVE_LEASE_MS).await, [("pp".to_string(), true)]);
+    } else {
+        assert_eq!(due(store, long_ago, now + 60_000).await, [("pp".to_string(), true)], "found until settled");
+    }
+
+    // An undecided pass asks again later.
+    store.defer_resolution("pp", now + 600_000).await.unwrap();
+    assert_eq!(due(store, long_ago, now + 599_999).await, []);
+    assert_eq!(due(store, long_ago, now + 600_000).await, [("pp".to_string(), true)]);
+    // Settled: never found again, and deferring it does nothing.
+    store.settle(settlement("pp", "c2", OrderStatus::Confirmed)).await.unwrap();
+    store.defer_resolution("pp", now).await.unwrap();
+    store.defer_resolution("nobody", now).await.unwrap();
+    assert_eq!(due(store, long_ago, i64::MAX).await, []);
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'INTENT'").await, 1);
+
+    // An interrupted order whose outcome stays unknown is handed over the
+    // same way: from then on its time counts, not its age.
+    store.defer_resolution("paying", now + 700_000).await.unwrap();
+    let later = smartmart::store::rfc3339_of_ms(now + 700_000);
+    assert_eq!(due(store, &later, now + 699_999).await, []);
+    assert_eq!(due(store, long_ago, now + 700_000).await, [("paying".to_string(), true)]);
+    assert_eq!(store.payments_pending_count().await.unwrap(), 1);
+    store.settle(settlement("paying", "c1", OrderStatus::PaymentFailed)).await.unwrap();
+    assert_eq!(due(store, &later, i64::MAX).await, []);
+    assert_eq!(t.number("SELECT count(*) FROM payments WHERE status = 'INTENT'").await, 0);
+    assert_eq!(available(store, "W1", "A").await, (8, 8));
+}
+
+async fn pending_payments_are_listed_until_settled(t: TestStore) {
+    seed(&t.store).await;
+    let store = &t.store;
+    assert_eq!((store.payments_pending(10).await.unwrap(), store.payments_pending_count().await.unwrap()), (vec![], 0));
+    paying(store, "o1", "c1", vec![hold("W1", "A", 1)]).await;
+    paying(store, "o2", "c2", vec![hold("W1", "A", 1)]).await;
+    paying(store, "o3", "c3", vec![hold("W1", "A", 1)]).await;
+    store.mark_payment_pending(pending("o2", 5_000)).await.unwrap();
+    store.mark_payment_pending(pending("o1", 7_000)).await.unwrap();
+    let created_1 = store.order("o1").await.unwrap().unwrap().created_at;
+    let created_2 = store.order("o2").await.unwrap().unwrap().created_at;
+    let row = |id: &str, customer: &str, created_at: String, resolve_after_ms| PendingPaymentRow {
+        order_id: id.into(),
+        customer_id: customer.into(),
+        channel: "web".into(),
+        amount_cents: 1000,
+        currency: "USD".into(),
+        created_at,
+        attempts: 3,
+        resolve_after_ms,
+    };
+    // Oldest first; the order whose payment is merely in flight is not listed.
+    assert_eq!(
+        store.payments_pending(10).await.unwrap(),
+        [row("o1", "c1", created_1.clone(), 7_000), row("o2", "c2", created_2.clone(), 5_000)]
+    );
+    assert_eq!(store.payments_pending(1).await.unwrap().len(), 1);
+    assert_eq!(store.payments_pending_count().await.unwrap(), 2);
+    store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap();
+    assert_eq!(store.payments_pending(10).await.unwrap(), [row("o2", "c2", created_2.clone(), 5_000)]);
+    assert_eq!(store.payments_pending_count().await.unwrap(), 1);
+    store.settle(settlement("o2", "c2", OrderStatus::PaymentFailed)).await.unwrap();
+    assert!(store.payments_pending(10).await.unwrap().is_empty());
+    assert_eq!(store.payments_pending_count().await.unwrap(), 0);
+}
+
+async fn the_sandbox_ledger_cancels_a_key_for_good(t: TestStore) {
+    let store = &t.store;
+    let Captured::New(charge) = store.ledger_capture("pay_1", "o1", 1000, "USD").await.unwrap() else {
+        panic!("a new key is a new charge");
+    };
+    // A captured key stays captured: the cancel says so.
+    assert_eq!(store.ledger_cancel("pay_1").await.unwrap(), LedgerCancel::Captured(charge.clone()));
+    assert_eq!(store.ledger_lookup("pay_1").await.unwrap(), Some(charge.clone()));
+    // A key cancelled first is never captured.
+    assert_eq!(store.ledger_cancel("pay_2").await.unwrap(), LedgerCancel::Cancelled);
+    assert_eq!(store.ledger_cancel("pay_2").await.unwrap(), LedgerCancel::Cancelled, "cancel is idempotent");
+    assert_eq!(store.ledger_capture("pay_2", "o2", 50, "USD").await.unwrap(), Captured::Cancelled);
+    assert_eq!(store.ledger_capture("pay_2", "o2", 50, "USD").await.unwrap(), Captured::Cancelled);
+    assert_eq!(store.ledger_lookup("pay_2").await.unwrap(), None);
+    assert_eq!(store.ledger_cancel("pay_2").await.unwrap(), LedgerCancel::Cancelled);
+    assert_eq!(store.ledger_charges().unwrap(), [charge]);
+    assert_eq!(t.number("SELECT count(*) FROM sandbox_cancelled").await, 1);
+}
+
+async fn capture_and_cancel_of_one_key_never_both_happen(t: TestStore) {
+    let (mut captured, mut cancelled) = (0, 0);
+    for round in 0..12 {
+        let key = format!("pay_race_{round}");
+        let mut captures = Vec::new();
+        let mut cancels = Vec::new();
+        // 16 captures and 16 cancels, interleaved; half the rounds start with a cancel.
+        for racer in 0..32 {
+            let store = t.store.clone();
+            let key = key.clone();
+            if (racer + round) % 2 == 0 {
+                captures.push(tokio::spawn(async move { store.ledger_capture(&key, "o9", 10, "USD").await.unwrap() }));
+            } else {
+                cancels.push(tokio::spawn(async move { store.ledger_cancel(&key).await.unwrap() }));
+            }
+        }
+        let mut capture_outcomes = Vec::new();
+        for capture in captures {
+            capture_outcomes.push(capture.await.unwrap());
+        }
+        let mut cancel_outcomes = Vec::new();
+        for cancel in cancels {
+            cancel_outcomes.push(cancel.await.unwrap());
+        }
+        match t.store.ledger_lookup(&key).await.unwrap() {
+            // One charge: every capture got it, and every cancel saw it.
+            Some(charge) => {
+                captured += 1;
+                assert_eq!(capture_outcomes.iter().filter(|c| matches!(c, Captured::New(_))).count(), 1, "{key}");
+                for outcome in &capture_outcomes {
+                    match outcome {
+                        Captured::New(c) | Captured::Existing(c) => assert_eq!(c, &charge),
+                        other => panic!("{key} was charged, yet a capture got {other:?}"),
+                    }
+                }
+                assert!(cancel_outcomes.iter().all(|c| *c == LedgerCancel::Captured(charge.clone())), "{key}");
+            }
+            // No charge: every capture and every cancel found the key cancelled.
+            None => {
+                cancelled += 1;
+                assert!(capture_outcomes.iter().all(|c| *c == Captured::Cancelled), "{key}: {capture_outcomes:?}");
+                assert!(cancel_outcomes.iter().all(|c| *c == LedgerCancel::Cancelled), "{key}: {cancel_outcomes:?}");
+            }
+        }
+    }
+    assert_eq!(captured + cancelled, 12);
+    assert_eq!(t.number("SELECT count(*) FROM sandbox_charges").await, captured);
+    assert_eq!(t.number("SELECT count(*) FROM sandbox_cancelled").await, cancelled);
 }

@@ -76,6 +76,10 @@ text_enum! {
         PaymentFailed = "PAYMENT_FAILED",
         /// Undone before payment (a failed leg, or interrupted by a crash).
         Cancelled = "CANCELLED",
+        /// Answered `202`: the gateway has not said whether it captured;
+        /// stock stays held while the reconciler finds out. Only in the
+        /// invoice (the order's row stays `PENDING` until it settles).
+        PaymentPending = "PAYMENT_PENDING",
     }
 }
 

@@ -567,3 +567,73 @@ pub async fn get_escalations(
 pub async fn get_rule_errors(_admin: Admin) -> Json<Vec<rule_errors::RuleErrorRecord>> {
     Json(rule_errors::recent())
 }
+
+/// An order answered `PAYMENT_PENDING` whose payment outcome the
+/// reconciler has not resolved yet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingPaymentView {
+    pub order_id: String,
+    pub customer_id: String,
+    pub channel: String,
+    pub amount_cents: u64,
+    pub currency: String,
+    /// When the order was placed (RFC 3339).
+    pub created_at: String,
+    /// Seconds since the order was placed.
+    pub age_seconds: f64,
+    /// Gateway attempts made for it.
+    pub attempts: u32,
+    /// When the reconciler asks the gateway again (RFC 3339).
+    pub next_resolution_at: String,
+}
+
+/// The paging of `GET /v1/admin/payments/pending`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    /// How many, oldest first: 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Orders whose payment outcome is unknown (answered `PAYMENT_PENDING`),
+/// oldest first, with their age: the reconciler resolves them with the
+/// gateway (a lookup, then a cancel) as soon as it answers.
+#[utoipa::path(get, path = "/v1/admin/payments/pending", tag = "admin", params(PendingQuery),
+    responses((status = 200, description = "the pending payments, oldest first", body = Vec<PendingPaymentView>),
+              (status = 400), (status = 401)),
+    security(("admin_key" = [])))]
+pub async fn get_pending_payments(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<PendingQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<PendingPaymentView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be 1..=1000"));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let pending = state.engine.store().payments_pending(limit as usize).await?;
+    Ok(Json(
+        pending
+            .into_iter()
+            .map(|p| {
+                let placed = time::OffsetDateTime::parse(&p.created_at, &time::format_description::well_known::Rfc3339);
+                let age_seconds = placed.map_or(0.0, |placed| ((now - placed).as_seconds_f64() * 1e3).round() / 1e3);
+                PendingPaymentView {
+                    order_id: p.order_id,
+                    customer_id: p.customer_id,
+                    channel: p.channel,
+                    amount_cents: p.amount_cents,
+                    currency: p.currency,
+                    created_at: p.created_at,
+                    age_seconds,
+                    attempts: p.attempts,
+                    next_resolution_at: crate::store::rfc3339_of_ms(p.resolve_after_ms),
+                }
+            })
+            .collect(),
+    ))
+}

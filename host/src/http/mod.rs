@@ -88,6 +88,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_experiments))
         .routes(routes!(admin::get_escalations))
         .routes(routes!(admin::get_rule_errors))
+        .routes(routes!(admin::get_pending_payments))
         .routes(routes!(rollouts::get_rollouts))
         .routes(routes!(rollouts::promote))
         .routes(routes!(ops::healthz))

@@ -100,6 +100,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             description = "1 to 255 visible ASCII characters; scoped to the channel")),
     request_body = OrderBody,
     responses((status = 201, description = "the invoice", body = Invoice),
+              (status = 202, description = "the order as an invoice with `status: PAYMENT_PENDING`: the gateway has not \
+                said whether it captured; stock stays held and the service finds the outcome itself. \
+                `GET /v1/orders/{order_id}`, or the same request with the same `Idempotency-Key`, gives the final answer",
+               body = Invoice),
               (status = 402, description = "`PAYMENT_FAILED`: the error and the order (`status: PAYMENT_FAILED`)",
                body = super::openapi::PaymentFailedBody),
               (status = 400), (status = 401), (status = 403), (status = 404),
@@ -178,7 +182,7 @@ pub async fn post_order(
         .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("order task failed: {e}")))?;
     // The same bytes as the stored invoice and the stored idempotent answer.
     Ok(match outcome {
-        Ok(placed) => json_response(201, placed.json),
+        Ok(placed) => json_response(placed.status_code(), placed.json),
         Err(e @ OrderError::PaymentFailed { .. }) => json_response(402, e.body().to_string()),
         // Another replica claimed the key between the check above and this order's first write.
         Err(OrderError::IdempotencyInProgress) => match &waiting_key {
@@ -239,7 +243,7 @@ fn in_progress() -> Response {
 /// Read a placed order (with its fraud review once the checks have run).
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
     params(("order_id" = String, Path), ("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)")),
-    responses((status = 200, description = "the stored invoice or `PAYMENT_FAILED` order, with `fraud_review` once the checks have run",
+    responses((status = 200, description = "the stored invoice, `PAYMENT_FAILED` order or `PAYMENT_PENDING` order, with `fraud_review` once the checks have run",
                body = Invoice),
               (status = 401), (status = 403), (status = 404)),
     security(("channel_key" = [])))]
@@ -259,7 +263,7 @@ pub async fn get_order(
         state.engine.settings().max_token_lifetime,
     )?;
     let stored = state.engine.store().order(&order_id).await?.ok_or_else(not_found)?;
-    if !matches!(stored.status, OrderStatus::Confirmed | OrderStatus::PaymentFailed) {
+    if !matches!(stored.status, OrderStatus::Confirmed | OrderStatus::PaymentFailed | OrderStatus::Pending) {
         return Err(not_found());
     }
     if subject != stored.customer_id {
@@ -268,6 +272,11 @@ pub async fn get_order(
     let text = stored.invoice.ok_or_else(not_found)?;
     let mut invoice: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("stored invoice unreadable: {e}")))?;
+    // A PENDING row is an order still running (its draft is not an answer)
+    // unless it was answered PAYMENT_PENDING: then that answer is its state.
+    if stored.status == OrderStatus::Pending && invoice["status"] != OrderStatus::PaymentPending.as_str() {
+        return Err(not_found());
+    }
     if let Some(review) = stored.fraud_review {
         invoice["fraud_review"] = review;
     }

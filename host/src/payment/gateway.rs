@@ -2,6 +2,7 @@
 //! asked, what comes back, and the two ways it can fail.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -48,21 +49,41 @@ pub struct Charge {
     pub amount_cents: u64,
 }
 
-/// Why a charge (or a lookup) did not succeed.
+/// Why a charge (or a lookup, or a cancel) did not succeed. The three kinds
+/// differ in what they say about the money, which is what decides an order:
+/// a decline and a request that never reached the gateway charged nothing,
+/// an unknown outcome may have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
-    /// Final: the gateway refused the payment. Retrying cannot help.
+    /// Final: the gateway refused the payment. Nothing was charged and
+    /// retrying cannot help.
     #[error("payment declined: {reason}")]
     Declined {
         /// Why, in the gateway's words (safe to show the customer).
         reason: String,
     },
-    /// The outcome is unknown or the gateway is unavailable: the same request
-    /// (same idempotency key) may be sent again.
-    #[error("payment gateway unavailable: {reason}")]
-    Transient {
-        /// What went wrong (timeout, connection refused, 503, …).
+    /// The request certainly did not reach the gateway (no connection, or a
+    /// TLS handshake the host refused), so nothing was charged by it.
+    #[error("payment gateway unreachable: {reason}")]
+    NotCharged {
+        /// What went wrong (connection refused, the certificate error, …).
         reason: String,
+        /// Whether trying again may succeed: not for a certificate the host
+        /// will not trust, which no retry within an order's time changes.
+        retryable: bool,
+        /// How long the gateway asked us to wait (`Retry-After` of a `429`).
+        retry_after: Option<Duration>,
+    },
+    /// The outcome is unknown: the gateway may have captured (a timeout, a
+    /// reset connection, a 5xx, an unreadable answer). The same request
+    /// (same idempotency key) may be sent again; before an order may be
+    /// called failed, the key must be resolved (looked up, then cancelled).
+    #[error("payment gateway unavailable: {reason}")]
+    Unknown {
+        /// What went wrong.
+        reason: String,
+        /// How long the gateway asked us to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -72,22 +93,69 @@ impl GatewayError {
         GatewayError::Declined { reason: reason.into() }
     }
 
-    /// A failure worth retrying with the same idempotency key.
+    /// An attempt whose outcome is unknown (the gateway may have charged);
+    /// worth retrying with the same idempotency key.
     pub fn transient(reason: impl Into<String>) -> Self {
-        GatewayError::Transient { reason: reason.into() }
+        GatewayError::Unknown { reason: reason.into(), retry_after: None }
+    }
+
+    /// A request that never reached the gateway; worth retrying.
+    pub fn unreachable(reason: impl Into<String>) -> Self {
+        GatewayError::NotCharged { reason: reason.into(), retryable: true, retry_after: None }
+    }
+
+    /// A request the host refused to send (an untrusted certificate): not
+    /// retried.
+    pub fn untrusted(reason: impl Into<String>) -> Self {
+        GatewayError::NotCharged { reason: reason.into(), retryable: false, retry_after: None }
     }
 
     /// Whether sending the same request again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, GatewayError::Transient { .. })
+        matches!(self, GatewayError::Unknown { .. } | GatewayError::NotCharged { retryable: true, .. })
+    }
+
+    /// Whether the gateway may have charged during the failed attempt.
+    pub fn may_have_charged(&self) -> bool {
+        matches!(self, GatewayError::Unknown { .. })
+    }
+
+    /// The wait the gateway asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::Unknown { retry_after, .. } | GatewayError::NotCharged { retry_after, .. } => *retry_after,
+            GatewayError::Declined { .. } => None,
+        }
     }
 
     /// The reason, whichever the kind.
     pub fn reason(&self) -> &str {
         match self {
-            GatewayError::Declined { reason } | GatewayError::Transient { reason } => reason,
+            GatewayError::Declined { reason }
+            | GatewayError::NotCharged { reason, .. }
+            | GatewayError::Unknown { reason, .. } => reason,
         }
     }
+
+    /// A short label of the kind, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Declined { .. } => "declined",
+            GatewayError::NotCharged { retryable: true, .. } => "unreachable",
+            GatewayError::NotCharged { retryable: false, .. } => "untrusted",
+            GatewayError::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// What the gateway answered to a cancel of an idempotency key (protocol v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// A charge was captured under the key before the cancel: here it is.
+    Captured(Charge),
+    /// Nothing was captured, and the key is dead: no request with it can
+    /// ever capture, even one already on its way.
+    Cancelled,
 }
 
 /// A payment gateway: the sandbox built into the host, or an external one
@@ -106,10 +174,15 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Retrying is the caller's job (see `charge_with_retries`).
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError>;
 
-    /// Whether a charge was captured under `idempotency_key`, for reconciling
-    /// orders whose outcome was lost in a crash. `Ok(None)` means "certainly
-    /// not charged"; an unreachable gateway is `Err(Transient)`.
+    /// Whether a charge was captured under `idempotency_key`. `Ok(None)`
+    /// means "not charged so far": a request still on its way may capture
+    /// later, which only [`PaymentGateway::cancel`] rules out. An
+    /// unreachable gateway is an error.
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Charge>, GatewayError>;
+
+    /// Settles the key for good: the charge captured under it, or the
+    /// guarantee that none ever will be (protocol v2). Idempotent.
+    async fn cancel(&self, idempotency_key: &str) -> Result<CancelOutcome, GatewayError>;
 }
 
 #[cfg(test)]
@@ -134,7 +207,17 @@ mod tests {
     #[test]
     fn only_transient_errors_are_retryable() {
         assert!(GatewayError::transient("503").is_transient());
+        assert!(GatewayError::unreachable("refused").is_transient());
+        assert!(!GatewayError::untrusted("unknown issuer").is_transient());
         assert!(!GatewayError::declined("card declined").is_transient());
         assert_eq!(GatewayError::declined("card declined").reason(), "card declined");
+    }
+
+    #[test]
+    fn only_an_unknown_outcome_may_have_charged() {
+        assert!(GatewayError::transient("timed out").may_have_charged());
+        assert!(!GatewayError::unreachable("refused").may_have_charged());
+        assert!(!GatewayError::untrusted("unknown issuer").may_have_charged());
+        assert!(!GatewayError::declined("card declined").may_have_charged());
     }
 }

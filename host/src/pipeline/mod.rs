@@ -246,8 +246,10 @@ impl Pipeline {
         self.experiments.flush(&self.store).await
     }
 
-    /// Runs one order through every stage. `Ok` is the confirmed invoice;
-    /// `Err(OrderError::PaymentFailed)` carries the recorded failed order.
+    /// Runs one order through every stage. `Ok` is the confirmed invoice, or
+    /// the `PAYMENT_PENDING` one of an order whose payment outcome is not
+    /// known yet; `Err(OrderError::PaymentFailed)` carries the recorded
+    /// failed order.
     #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
     async fn run_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let started = Instant::now();
@@ -399,9 +401,14 @@ impl Pipeline {
         shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
         let result = payment::pay_and_settle(self, invoice, intent, &request, stage_started, started).await;
+        // A payment still pending counts nowhere yet: its order settles later.
+        let confirmed = matches!(&result, Ok(placed) if placed.invoice.status == OrderStatus::Confirmed);
         if !arms.is_empty() {
             let settled = match &result {
-                Ok(placed) => Some(experiments::Settled::Confirmed { total_cents: placed.invoice.total_cents }),
+                Ok(placed) if confirmed => {
+                    Some(experiments::Settled::Confirmed { total_cents: placed.invoice.total_cents })
+                }
+                Ok(_) => None,
                 Err(OrderError::PaymentFailed { .. }) => Some(experiments::Settled::PaymentFailed),
                 Err(_) => None,
             };
@@ -409,7 +416,7 @@ impl Pipeline {
                 self.experiments.settled(&arms, settled);
             }
         }
-        if !shadows.is_empty() && result.is_ok() {
+        if !shadows.is_empty() && confirmed {
             run_shadows(self.store.clone(), order_id.clone(), shadows);
         }
         self.settled.notify_one();
@@ -485,7 +492,7 @@ impl Pipeline {
     pub async fn place_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let result = self.run_order(request).await;
         self.metrics.order(match &result {
-            Ok(_) => "CONFIRMED",
+            Ok(placed) => placed.invoice.status.as_str(),
             Err(e) => e.code().as_str(),
         });
         result

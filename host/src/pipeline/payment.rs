@@ -1,9 +1,12 @@
 //! Stage 4 and the settlement: record the intent (with the draft invoice
-//! reconciliation would settle from), charge through the gateway with
-//! retries (one idempotency key per order), then settle the order in one
-//! command with its events and the answer for the request's idempotency
-//! key. A final payment failure releases the stock and is recorded as a
-//! `PAYMENT_FAILED` order.
+//! reconciliation would settle from), charge through the gateway within the
+//! retry budget (one idempotency key per order), decide what that came to
+//! (resolving an unknown outcome with the gateway), then settle the order
+//! in one command with its events and the answer for the request's
+//! idempotency key. A payment that certainly charged nothing releases the
+//! stock and is recorded as a `PAYMENT_FAILED` order; one whose outcome is
+//! still unknown at the answer deadline is answered `202 PAYMENT_PENDING`
+//! with its stock held, and the reconciler settles it (see `recovery`).
 
 use std::time::Instant;
 
@@ -11,8 +14,12 @@ use super::validate::unavailable;
 use super::{Intent, OrderError, OrderRequest, Pipeline, Placed, Stage, events, ms};
 use crate::domain::invoice::Invoice;
 use crate::domain::status::{OrderStatus, PaymentStatus};
-use crate::payment::{ChargeRequest, charge_with_retries};
-use crate::store::orders::{Answer, PaymentIntent, SettledAnswer, Settlement};
+use crate::payment::{ChargeRequest, Decision, charge_with_retries, decide};
+use crate::store::orders::{Answer, PaymentIntent, PendingPayment, SettledAnswer, Settlement};
+use crate::store::{Store, StoreError, now_ms};
+
+/// How long after an unknown outcome the reconciler first asks the gateway again.
+pub(crate) const FIRST_RESOLUTION_AFTER_MS: i64 = 1_000;
 
 /// The gateway idempotency key of an order: one per order, the same on
 /// every attempt and at reconciliation.
@@ -72,6 +79,32 @@ pub(super) fn finish(
     }
 }
 
+/// Hands an order whose payment outcome is unknown to the reconciler: its
+/// invoice says `PAYMENT_PENDING` (what `GET /v1/orders/{id}` and a retry
+/// with its idempotency key answer, with `202`), its stock stays held, and
+/// no event goes out until it settles.
+pub(super) async fn hand_to_reconciler(
+    store: &Store,
+    mut invoice: Invoice,
+    attempts: u32,
+    reason: &str,
+) -> Result<Placed, StoreError> {
+    invoice.status = OrderStatus::PaymentPending;
+    invoice.payment.status = PaymentStatus::Pending;
+    invoice.payment.attempts = attempts;
+    let json = serialise(&invoice);
+    store
+        .mark_payment_pending(PendingPayment {
+            order_id: invoice.order_id.clone(),
+            invoice: json.clone(),
+            attempts,
+            resolve_after_ms: now_ms() + FIRST_RESOLUTION_AFTER_MS,
+        })
+        .await?;
+    tracing::warn!(order_id = %invoice.order_id, reason, "payment outcome unknown at the answer deadline; answered PAYMENT_PENDING, the reconciler will settle it");
+    Ok(Placed { invoice, json })
+}
+
 /// The payment intent of a PENDING invoice. The draft invoice and the
 /// payment token let reconciliation finish the order after a crash between
 /// intent and settlement (re-driving the payment with the same gateway
@@ -105,6 +138,10 @@ pub(super) async fn pay_and_settle(
         }
     }
 
+    // The answer is due one stage timeout after the payment stage began:
+    // the retries stop within their budget, and what is left of it goes to
+    // resolving an unknown outcome.
+    let deadline = tokio::time::Instant::from_std(stage_started) + pipeline.config.stage_timeout;
     let charge = ChargeRequest {
         idempotency_key: key,
         order_id: invoice.order_id.clone(),
@@ -112,12 +149,30 @@ pub(super) async fn pay_and_settle(
         currency: invoice.currency.clone(),
         token: request.payment_token.clone(),
     };
-    let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry).await;
+    let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry, deadline).await;
+    let attempts = outcome.attempts;
+    if let Err(error) = &outcome.result {
+        pipeline.metrics.payment_gateway_error(error.kind());
+        if !error.is_transient() && !matches!(error, crate::payment::GatewayError::Declined { .. }) {
+            tracing::error!(order_id = %invoice.order_id, error = %error, "the payment gateway cannot be used; nothing was sent");
+        }
+    }
+    let decision = decide(pipeline.gateway.as_ref(), &charge.idempotency_key, outcome, deadline).await;
     invoice.timings_ms.payment = ms(stage_started);
     invoice.timings_ms.total = ms(order_started);
-    let charged = outcome.result.map(|c| c.transaction_id).map_err(|e| e.to_string());
     let order_id = invoice.order_id.clone();
-    let (settlement, answer) = finish(invoice, charged, outcome.attempts);
+    let charged = match decision {
+        Decision::Charged(charge) => Ok(charge.transaction_id),
+        Decision::NotCharged(reason) => Err(reason),
+        Decision::Unknown(reason) => {
+            return hand_to_reconciler(store, invoice, attempts, &reason).await.map_err(|e| {
+                // Left PENDING with its intent: the janitor re-drives it.
+                tracing::error!(%order_id, error = %e, "could not record the pending payment; reconciliation will finish it");
+                unavailable(Stage::Payment, e)
+            });
+        }
+    };
+    let (settlement, answer) = finish(invoice, charged, attempts);
     if let Err(e) = store.settle(settlement).await {
         // Charged (maybe) but not recorded: the order stays PENDING with its
         // intent, and reconciliation settles it from the gateway's ledger.

@@ -1,24 +1,31 @@
-//! Reconciliation of orders a crash (or a store outage) left PENDING.
+//! Reconciliation of orders a crash (or a store outage) left PENDING, and
+//! of payments whose outcome was unknown when their order was answered.
 //!
 //! - no payment intent: the order never reached the gateway and its client
 //!   never got an answer; it is cleanly undone (stock released, rows and
 //!   idempotency claim removed, a log line kept), so a retry of the same
 //!   request places it, and a key never ends with two orders;
-//! - a payment intent: the payment is re-driven with the order's own
-//!   gateway idempotency key and the payment token kept with the intent
-//!   (the gateway charges a key at most once, so a charge that already went
-//!   through is found, never repeated), and the order ends CONFIRMED or
-//!   PAYMENT_FAILED as the gateway answers, settled from its stored draft
-//!   invoice with its events. Without a token (an intent from an older
-//!   version) the gateway is only asked what it did under the key. If the
-//!   gateway cannot answer, the order waits for the next pass, and a retry
-//!   of its request gets `IDEMPOTENCY_IN_PROGRESS`.
+//! - a payment intent interrupted by a crash: the payment is re-driven with
+//!   the order's own gateway idempotency key and the payment token kept
+//!   with the intent (the gateway charges a key at most once, so a charge
+//!   that already went through is found, never repeated), within the retry
+//!   budget; what that comes to is decided as on the order's path (an
+//!   unknown outcome is resolved with a lookup and a cancel). Without a
+//!   token (an intent from an older version) the key is only resolved;
+//! - a payment answered `PAYMENT_PENDING` (its outcome unknown at the
+//!   answer deadline): the key is resolved, never charged again — a lookup,
+//!   then a cancel, which either returns the charge or guarantees none will
+//!   ever be made.
 //!
-//! Either way the answer for the request's idempotency key is stored with
-//! the settlement, so the client's retry gets the order's final answer.
+//! A decided payment settles the order CONFIRMED or PAYMENT_FAILED from its
+//! stored draft invoice, with its events and the answer for the request's
+//! idempotency key (the client's retry then gets the final answer). One the
+//! gateway cannot decide now stays pending (answered `PAYMENT_PENDING` from
+//! then on) and is asked about again at its next resolution time.
 //!
 //! At start-up every PENDING order is from a dead process; while serving,
-//! the janitor only touches orders older than any order can take.
+//! the janitor only touches orders older than any order can take, and
+//! pending payments when they are due.
 
 use std::time::Duration;
 
@@ -27,28 +34,35 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, payment};
 use crate::domain::invoice::Invoice;
-use crate::payment::{ChargeRequest, GatewayError, PaymentGateway, RetryPolicy, charge_with_retries};
+use crate::payment::{ChargeRequest, Decision, PaymentGateway, RetryPolicy, charge_with_retries, decide, resolve};
 use crate::store::orders::OpenIntent;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, now_ms};
+
+/// How long after an undecided resolution the gateway is asked again.
+const RESOLVE_AGAIN_AFTER_MS: i64 = 2_000;
+
+/// The longest a resolution (or a re-driven payment) may take.
+const RESOLUTION_TIME: Duration = Duration::from_secs(10);
 
 /// What a reconciliation pass did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Orders interrupted before payment, cleanly undone (rows removed, stock released, key freed).
     pub cancelled: usize,
-    /// Orders whose re-driven payment the gateway confirmed, settled CONFIRMED.
+    /// Orders whose payment the gateway confirmed, settled CONFIRMED.
     pub confirmed: usize,
-    /// Orders the gateway declined or never charged, settled PAYMENT_FAILED.
+    /// Orders the gateway declined or certainly never charged, settled PAYMENT_FAILED.
     pub failed: usize,
-    /// Orders the gateway could not answer for: left for the next pass.
+    /// Orders the gateway could not answer for: pending until the next pass.
     pub undecided: usize,
 }
 
-/// Reconciles PENDING orders last touched before `min_age` ago.
+/// Reconciles PENDING orders last touched before `min_age` ago, and every
+/// pending payment whose resolution is due.
 pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<RecoveryReport, StoreError> {
     let cutoff = time::OffsetDateTime::now_utc() - min_age;
     let cutoff = cutoff.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let (unpaid, intents) = pipeline.store.pending_orders(&cutoff).await?;
+    let (unpaid, intents) = pipeline.store.pending_orders(&cutoff, now_ms()).await?;
     let mut report = RecoveryReport::default();
     for order_id in unpaid {
         if pipeline.store.discard(&order_id).await? {
@@ -57,54 +71,95 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
         }
     }
     for intent in intents {
-        match redrive(pipeline.gateway.as_ref(), &pipeline.config.retry, &intent).await {
-            Some(charged) => {
-                let confirmed = charged.is_ok();
-                settle_from_draft(&pipeline.store, &intent, charged).await?;
-                if confirmed { report.confirmed += 1 } else { report.failed += 1 }
+        // One order's trouble (another replica settled it first, a store
+        // hiccup) must not hold back the others: it is logged and retried
+        // at the next pass.
+        match reconcile_intent(pipeline, &intent).await {
+            Ok(outcome) => {
+                match outcome {
+                    "confirmed" => report.confirmed += 1,
+                    "failed" => report.failed += 1,
+                    _ => report.undecided += 1,
+                }
+                pipeline.metrics.payment_reconciliation(outcome);
             }
-            None => report.undecided += 1,
+            Err(e) => {
+                tracing::warn!(order_id = %intent.order_id, error = %e, "could not reconcile the order; next pass")
+            }
         }
     }
+    if let Ok(pending) = pipeline.store.payments_pending_count().await {
+        pipeline.metrics.payments_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
     if report != RecoveryReport::default() {
-        tracing::info!(?report, "reconciled interrupted orders");
+        tracing::info!(?report, "reconciled interrupted orders and pending payments");
         pipeline.settled.notify_one();
         pipeline.events_ready.notify_one();
     }
     Ok(report)
 }
 
-/// What the gateway says of the order's payment once re-driven: the
-/// transaction id, the reason it failed, or `None` if it cannot tell now.
-async fn redrive(
-    gateway: &dyn PaymentGateway,
-    retry: &RetryPolicy,
-    intent: &OpenIntent,
-) -> Option<Result<String, String>> {
-    if let Some(token) = &intent.token {
-        let request = ChargeRequest {
-            idempotency_key: intent.idempotency_key.clone(),
-            order_id: intent.order_id.clone(),
-            amount_cents: intent.amount_cents,
-            currency: intent.currency.clone(),
-            token: token.clone(),
-        };
-        let outcome = charge_with_retries(gateway, &request, retry).await;
-        match outcome.result {
-            Ok(charge) => return Some(Ok(charge.transaction_id)),
-            Err(GatewayError::Declined { reason }) => return Some(Err(format!("payment declined: {reason}"))),
-            // Still failing: ask what happened under the key, as below.
-            Err(GatewayError::Transient { .. }) => {}
+/// Decides one open payment and records it: `confirmed`, `failed` or
+/// `undecided` (the metric's label).
+async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<&'static str, StoreError> {
+    let gateway = pipeline.gateway.as_ref();
+    let decision = if intent.outcome_unknown {
+        let deadline = tokio::time::Instant::now() + RESOLUTION_TIME;
+        resolve(gateway, &intent.idempotency_key, deadline).await
+    } else {
+        redrive(gateway, &pipeline.config.retry, intent).await
+    };
+    match decision {
+        Decision::Charged(charge) => {
+            settle_from_draft(&pipeline.store, intent, Ok(charge.transaction_id)).await?;
+            Ok("confirmed")
+        }
+        Decision::NotCharged(reason) => {
+            settle_from_draft(&pipeline.store, intent, Err(reason)).await?;
+            Ok("failed")
+        }
+        Decision::Unknown(reason) => {
+            tracing::warn!(order_id = %intent.order_id, %reason, "gateway cannot say whether the order was charged; will ask again");
+            if intent.outcome_unknown {
+                pipeline.store.defer_resolution(&intent.order_id, now_ms() + RESOLVE_AGAIN_AFTER_MS).await?;
+            } else {
+                // Interrupted by a crash, its client never answered: from
+                // now on it is a pending payment like any other.
+                let draft = draft_of(&pipeline.store, intent).await?;
+                let attempts = draft.payment.attempts.max(1);
+                payment::hand_to_reconciler(&pipeline.store, draft, attempts, &reason).await?;
+            }
+            Ok("undecided")
         }
     }
-    match gateway.lookup(&intent.idempotency_key).await {
-        Ok(Some(charge)) => Some(Ok(charge.transaction_id)),
-        Ok(None) => Some(Err("the payment did not complete; the gateway holds no charge".to_string())),
-        Err(e) => {
-            tracing::warn!(order_id = %intent.order_id, error = %e, "gateway cannot say whether the order was charged; will retry");
-            None
-        }
-    }
+}
+
+/// What the gateway says of an interrupted order's payment once re-driven
+/// within the retry budget, its outcome resolved if the attempts leave it
+/// unknown.
+async fn redrive(gateway: &dyn PaymentGateway, retry: &RetryPolicy, intent: &OpenIntent) -> Decision {
+    let deadline = tokio::time::Instant::now() + retry.budget + RESOLUTION_TIME;
+    let Some(token) = &intent.token else {
+        return resolve(gateway, &intent.idempotency_key, deadline).await;
+    };
+    let request = ChargeRequest {
+        idempotency_key: intent.idempotency_key.clone(),
+        order_id: intent.order_id.clone(),
+        amount_cents: intent.amount_cents,
+        currency: intent.currency.clone(),
+        token: token.clone(),
+    };
+    let outcome = charge_with_retries(gateway, &request, retry, deadline).await;
+    decide(gateway, &intent.idempotency_key, outcome, deadline).await
+}
+
+/// The order's stored draft (or `PAYMENT_PENDING`) invoice.
+async fn draft_of(store: &Store, intent: &OpenIntent) -> Result<Invoice, StoreError> {
+    let stored = store.order(&intent.order_id).await?;
+    stored
+        .and_then(|o| o.invoice)
+        .and_then(|draft| serde_json::from_str::<Invoice>(&draft).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("order {} has no readable draft invoice", intent.order_id)))
 }
 
 async fn settle_from_draft(
@@ -112,11 +167,7 @@ async fn settle_from_draft(
     intent: &OpenIntent,
     charged: Result<String, String>,
 ) -> Result<(), StoreError> {
-    let stored = store.order(&intent.order_id).await?;
-    let Some(invoice) = stored.and_then(|o| o.invoice).and_then(|draft| serde_json::from_str::<Invoice>(&draft).ok())
-    else {
-        return Err(StoreError::Corrupt(format!("order {} has no readable draft invoice", intent.order_id)));
-    };
+    let invoice = draft_of(store, intent).await?;
     let attempts = invoice.payment.attempts.max(1);
     let (settlement, _) = payment::finish(invoice, charged, attempts);
     store.settle(settlement).await

@@ -1,7 +1,13 @@
 //! The sandbox payment gateway's ledger: what the stand-in provider
-//! captured, one row per gateway idempotency key. It lives in the store's
-//! database so that its writes share the writer's group commit and any
-//! process on the same database can reconcile an order another started.
+//! captured, one row per gateway idempotency key, and the keys cancelled
+//! before any capture. It lives in the store's database so that its writes
+//! share the writer's group commit and any process on the same database can
+//! reconcile an order another started.
+//!
+//! A key is captured or cancelled, never both: a capture of a cancelled key
+//! captures nothing, a cancel of a captured key returns the charge. Here
+//! the writer runs one command at a time, so the check and the write of
+//! either cannot interleave with the other's.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
@@ -27,9 +33,21 @@ pub enum Captured {
     Existing(LedgerCharge),
     /// The key was captured before for another amount or currency.
     Mismatch(&'static str),
+    /// The key was cancelled (see [`cancel`]): nothing was captured.
+    Cancelled,
 }
 
-/// Records a capture for `key`, or finds the one already recorded.
+/// What cancelling a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerCancel {
+    /// The key was captured before the cancel: that charge stands.
+    Captured(LedgerCharge),
+    /// No capture under the key, and none will ever be made.
+    Cancelled,
+}
+
+/// Records a capture for `key`, or finds the one already recorded; a
+/// cancelled key captures nothing.
 pub fn capture(
     conn: &Connection,
     key: &str,
@@ -47,6 +65,9 @@ pub fn capture(
             Captured::Existing(existing)
         });
     }
+    if is_cancelled(conn, key)? {
+        return Ok(Captured::Cancelled);
+    }
     let transaction_id = format!("txn_{}", Uuid::now_v7().simple());
     conn.prepare_cached(
         "INSERT INTO sandbox_charges (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
@@ -60,6 +81,26 @@ pub fn capture(
         amount_cents,
         currency: currency.to_string(),
     }))
+}
+
+/// Cancels `key`: its charge if it was captured, otherwise the key is
+/// recorded as cancelled (again: idempotent) and no capture will ever be
+/// made under it. What a caller asks when it cannot tell whether its
+/// capture happened and must know for good.
+pub fn cancel(conn: &Connection, key: &str) -> Result<LedgerCancel, StoreError> {
+    if let Some(charge) = lookup(conn, key)? {
+        return Ok(LedgerCancel::Captured(charge));
+    }
+    conn.prepare_cached(
+        "INSERT INTO sandbox_cancelled (idempotency_key, cancelled_at) VALUES (?1, ?2)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )?
+    .execute(params![key, now_rfc3339()])?;
+    Ok(LedgerCancel::Cancelled)
+}
+
+fn is_cancelled(conn: &Connection, key: &str) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("SELECT 1 FROM sandbox_cancelled WHERE idempotency_key = ?1")?.exists([key])?)
 }
 
 fn charge(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerCharge> {

@@ -49,9 +49,10 @@ pub use postgres::PostgresOptions;
 use catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse};
 use checkpointer::Checkpointer;
 use experiments::{ArmFigures, ArmKey, ArmRow};
-use ledger::{Captured, LedgerCharge};
+use ledger::{Captured, LedgerCancel, LedgerCharge};
 use orders::{
-    AwaitingReview, KeyRecord, NewOrder, OpenIntent, PaymentIntent, ReserveOutcome, Settlement, StoredOrder, Verdict,
+    AwaitingReview, KeyRecord, NewOrder, OpenIntent, PaymentIntent, PendingPayment, PendingPaymentRow, ReserveOutcome,
+    Settlement, StoredOrder, Verdict,
 };
 use outbox::{DueEvent, SinkPosition};
 use readers::Readers;
@@ -61,6 +62,12 @@ use writer::Writer;
 
 use crate::domain::customer::Customer;
 use crate::domain::order::CartLine;
+
+/// How long a replica owns the resolution of a pending payment it claimed
+/// (see [`Store::pending_orders`]): its `resolve_after_ms` is pushed this
+/// far ahead, so that no other replica asks the gateway about it meanwhile;
+/// after that (the replica died, or never set a time) another one does.
+pub const RESOLVE_LEASE_MS: i64 = 30_000;
 
 /// `PRAGMA synchronous`, the durability of a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -441,8 +448,40 @@ impl Store {
         write!(self, |c| orders::record_intent(c, &intent), postgres::orders::record_intent(c, &intent))
     }
 
+    /// The order's final state (see [`orders::settle`]); an order answered
+    /// PAYMENT_PENDING settles the same way, its key's `202` replaced by the
+    /// final answer.
     pub async fn settle(&self, settlement: Settlement) -> Result<(), StoreError> {
         write!(self, |c| orders::settle(c, &settlement), postgres::orders::settle(c, &settlement))
+    }
+
+    /// Answers PAYMENT_PENDING: hands the order to the reconciler, its
+    /// stock still held and its key answering `202` with the pending
+    /// invoice (see [`orders::mark_payment_pending`]).
+    pub async fn mark_payment_pending(&self, pending: PendingPayment) -> Result<(), StoreError> {
+        write!(self, |c| orders::mark_payment_pending(c, &pending), postgres::orders::mark_payment_pending(c, &pending))
+    }
+
+    /// When the reconciler looks at the order's open payment again (see
+    /// [`orders::defer_resolution`]); nothing once it is no longer open.
+    pub async fn defer_resolution(&self, order_id: &str, resolve_after_ms: i64) -> Result<(), StoreError> {
+        let order_id = order_id.to_string();
+        write!(
+            self,
+            |c| orders::defer_resolution(c, &order_id, resolve_after_ms),
+            postgres::orders::defer_resolution(c, &order_id, resolve_after_ms)
+        )
+    }
+
+    /// Up to `limit` orders answered PAYMENT_PENDING and not settled yet,
+    /// oldest first (operators' list).
+    pub async fn payments_pending(&self, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
+        read!(self, |c| orders::payments_pending(c, limit), postgres::orders::payments_pending(c, limit))
+    }
+
+    /// How many orders are answered PAYMENT_PENDING and not settled yet.
+    pub async fn payments_pending_count(&self) -> Result<u64, StoreError> {
+        read!(self, |c| orders::payments_pending_count(c), postgres::orders::payments_pending_count(c))
     }
 
     /// Undoes a PENDING order (see [`orders::cancel`]); whether it was pending.
@@ -467,14 +506,21 @@ impl Store {
     }
 
     /// PENDING orders last touched before `updated_before` (RFC 3339): the
-    /// unpaid ones and the payment intents to reconcile. On a shared
-    /// database they are claimed for this replica: no other replica gets
-    /// them until they are as old again.
-    pub async fn pending_orders(&self, updated_before: &str) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
+    /// unpaid ones and the payment intents to reconcile; and the orders
+    /// answered PAYMENT_PENDING whose resolution is due (`resolve_after_ms <=
+    /// now_ms`) however recently touched, which are never returned before
+    /// that (see [`orders::pending_orders`]). On a shared database they are
+    /// claimed for this replica: no other replica gets them until they are
+    /// as old again, or for [`RESOLVE_LEASE_MS`] when due for resolution.
+    pub async fn pending_orders(
+        &self,
+        updated_before: &str,
+        now_ms: i64,
+    ) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(db) => db.read(|c| orders::pending_orders(c, updated_before)),
+            Backend::Sqlite(db) => db.read(|c| orders::pending_orders(c, updated_before, now_ms)),
             Backend::Postgres(db) => {
-                postgres::transact!(db, |tx| postgres::orders::claim_pending_orders(&tx, updated_before).await)
+                postgres::transact!(db, |tx| postgres::orders::claim_pending_orders(&tx, updated_before, now_ms).await)
             }
         }
     }
@@ -567,6 +613,14 @@ impl Store {
             |c| ledger::capture(c, &key, &order_id, amount_cents, &currency),
             postgres::ledger::capture(c, &key, &order_id, amount_cents, &currency)
         )
+    }
+
+    /// Cancels `key` in the sandbox ledger: the charge if it was captured,
+    /// otherwise no capture will ever be made under it (see
+    /// [`ledger::cancel`]); a capture and a cancel of one key never interleave.
+    pub async fn ledger_cancel(&self, key: &str) -> Result<LedgerCancel, StoreError> {
+        let key = key.to_string();
+        write!(self, |c| ledger::cancel(c, &key), postgres::ledger::cancel(c, &key))
     }
 
     pub async fn ledger_lookup(&self, key: &str) -> Result<Option<LedgerCharge>, StoreError> {

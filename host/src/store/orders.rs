@@ -5,12 +5,23 @@
 //!
 //! ```text
 //! reserve ──► PENDING (stock held, key claimed) ──record_intent──► PENDING + payment INTENT + draft invoice
-//!    │                 │                                              │
-//!    │         cancel / discard                              settle (CONFIRMED | PAYMENT_FAILED)
+//!    │                 │                                              │          │
+//!    │         cancel / discard                                       │   mark_payment_pending (outcome unknown)
+//!    │                 │                                              │          ▼
+//!    │                 │                                              │   PENDING + INTENT with resolve_after_ms:
+//!    │                 │                                              │   stock held, the key answers 202 with the
+//!    │                 │                                              │   PAYMENT_PENDING invoice; the reconciler's
+//!    │                 │                                              │          │
+//!    │                 │                                              ├──────────┘
+//!    │                 │                                     settle (CONFIRMED | PAYMENT_FAILED)
 //!    ▼                 ▼                                              ▼
 //!  nothing    CANCELLED (or nothing), key free      CONFIRMED (stock taken) | PAYMENT_FAILED (stock released);
 //!                                                   the key's answer stored; events in the outbox
 //! ```
+//!
+//! An order answered PAYMENT_PENDING stays `PENDING` in `orders.status`:
+//! what tells it apart is its payment's `resolve_after_ms`, and its stored
+//! invoice says PAYMENT_PENDING to whoever reads it.
 //!
 //! The functions here run SQL on a connection the store hands them: the
 //! writer's (inside its transaction) or a reader's.
@@ -195,6 +206,10 @@ pub struct OpenIntent {
     /// The payment token, to re-drive the payment (absent for intents
     /// recorded before tokens were kept).
     pub token: Option<String>,
+    /// The order was answered PAYMENT_PENDING (its payment's outcome was
+    /// unknown when the answer was due): the reconciler resolves it, it
+    /// is never charged again blindly.
+    pub outcome_unknown: bool,
 }
 
 // Manual: the payment token never reaches a log line.
@@ -204,8 +219,35 @@ impl std::fmt::Debug for OpenIntent {
             .field("order_id", &self.order_id)
             .field("idempotency_key", &self.idempotency_key)
             .field("amount_cents", &self.amount_cents)
+            .field("outcome_unknown", &self.outcome_unknown)
             .finish_non_exhaustive()
     }
+}
+
+/// An order whose payment outcome is unknown when its answer is due: it is
+/// answered PAYMENT_PENDING with `invoice` and handed to the reconciler,
+/// which looks at it again at `resolve_after_ms` (ms since the epoch).
+#[derive(Debug, Clone)]
+pub struct PendingPayment {
+    pub order_id: String,
+    /// The invoice as answered (status PAYMENT_PENDING).
+    pub invoice: String,
+    pub attempts: u32,
+    pub resolve_after_ms: i64,
+}
+
+/// An order answered PAYMENT_PENDING and not settled yet (operators' list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPaymentRow {
+    pub order_id: String,
+    pub customer_id: String,
+    pub channel: String,
+    pub amount_cents: u64,
+    pub currency: String,
+    pub created_at: String,
+    pub attempts: u32,
+    /// When the reconciler looks at it next (ms since the epoch).
+    pub resolve_after_ms: i64,
 }
 
 /// What an idempotency key holds.
@@ -449,12 +491,104 @@ pub fn settle(conn: &Connection, settlement: &Settlement) -> Result<(), StoreErr
         now
     ])?;
     insert_events(conn, &settlement.order_id, &settlement.events)?;
+    // A PAYMENT_PENDING order's key answers 202 until now: the final
+    // answer replaces it.
     let (status_code, body) = settlement.answer.stored();
     conn.prepare_cached(
-        "UPDATE idempotency SET status_code = ?2, body = ?3 WHERE order_id = ?1 AND status_code IS NULL",
+        "UPDATE idempotency SET status_code = ?2, body = ?3
+         WHERE order_id = ?1 AND (status_code IS NULL OR status_code = 202)",
     )?
     .execute(params![settlement.order_id, status_code, body])?;
     Ok(())
+}
+
+/// Hands a PENDING order whose payment outcome is unknown to the reconciler,
+/// all or nothing: the order keeps its stock held and its payment token,
+/// stores the PAYMENT_PENDING invoice it was answered with, its INTENT gets
+/// `resolve_after_ms`, and its key answers `202` with that invoice (no body
+/// of its own: the invoice is read from the order, as for a `201`). No
+/// event is written: the order's events go out when it settles. `Conflict`
+/// if the order is not PENDING or has no payment intent.
+pub fn mark_payment_pending(conn: &Connection, pending: &PendingPayment) -> Result<(), StoreError> {
+    let PendingPayment { order_id, invoice, attempts, resolve_after_ms } = pending;
+    let now = now_rfc3339();
+    let updated = conn
+        .prepare_cached("UPDATE orders SET invoice = ?2, updated_at = ?3 WHERE id = ?1 AND status = 'PENDING'")?
+        .execute(params![order_id, invoice, now])?;
+    if updated == 0 {
+        return Err(StoreError::Conflict(format!("order {order_id} is not pending")));
+    }
+    let updated = conn
+        .prepare_cached(
+            "UPDATE payments SET resolve_after_ms = ?2, attempts = ?3, updated_at = ?4
+             WHERE order_id = ?1 AND status = 'INTENT'",
+        )?
+        .execute(params![order_id, resolve_after_ms, attempts, now])?;
+    if updated == 0 {
+        // The error rolls the order's update back with the whole command.
+        return Err(StoreError::Conflict(format!("order {order_id} has no payment intent")));
+    }
+    conn.prepare_cached(
+        "UPDATE idempotency SET status_code = 202, body = NULL WHERE order_id = ?1 AND status_code IS NULL",
+    )?
+    .execute([order_id])?;
+    Ok(())
+}
+
+/// When the reconciler looks at the order's open payment again (after a
+/// pass that could not decide it, or to hand it an interrupted order whose
+/// outcome stays unknown). Nothing to do once the payment is no longer INTENT.
+pub fn defer_resolution(conn: &Connection, order_id: &str, resolve_after_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE payments SET resolve_after_ms = ?2, updated_at = ?3 WHERE order_id = ?1 AND status = 'INTENT'",
+    )?
+    .execute(params![order_id, resolve_after_ms, now_rfc3339()])?;
+    Ok(())
+}
+
+/// The open payments handed to the reconciler: `status = 'INTENT' AND
+/// resolve_after_ms IS NOT NULL` is the partial index `payments_to_resolve`,
+/// so only they are read, and their orders by primary key. The unary `+`
+/// keeps SQLite from driving the join from the orders' status index instead
+/// (every PENDING order, those in flight included).
+const PAYMENTS_TO_RESOLVE: &str = "payments p JOIN orders o ON o.id = p.order_id
+    WHERE p.status = 'INTENT' AND p.resolve_after_ms IS NOT NULL AND +o.status = 'PENDING'";
+
+/// [`PAYMENTS_TO_RESOLVE`], oldest first (`?1` the limit): order ids are
+/// UUIDv7, their order is the creation order.
+fn payments_pending_sql() -> String {
+    format!(
+        "SELECT o.id, o.customer_id, o.channel, p.amount_cents, o.currency, o.created_at, p.attempts, p.resolve_after_ms
+         FROM {PAYMENTS_TO_RESOLVE} ORDER BY o.id LIMIT ?1"
+    )
+}
+
+fn payments_pending_count_sql() -> String {
+    format!("SELECT count(*) FROM {PAYMENTS_TO_RESOLVE}")
+}
+
+/// Orders answered PAYMENT_PENDING and not settled yet, oldest first.
+pub fn payments_pending(conn: &Connection, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&payments_pending_sql())?;
+    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        Ok(PendingPaymentRow {
+            order_id: r.get(0)?,
+            customer_id: r.get(1)?,
+            channel: r.get(2)?,
+            amount_cents: r.get::<_, i64>(3)? as u64,
+            currency: r.get(4)?,
+            created_at: r.get(5)?,
+            attempts: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+            resolve_after_ms: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many orders [`payments_pending`] lists (a gauge).
+pub fn payments_pending_count(conn: &Connection) -> Result<u64, StoreError> {
+    let count: i64 = conn.prepare_cached(&payments_pending_count_sql())?.query_row([], |r| r.get(0))?;
+    Ok(count as u64)
 }
 
 fn insert_events(conn: &Connection, order_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
@@ -500,32 +634,59 @@ fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
     })())
 }
 
+/// The PENDING orders to look at (`?1` the cutoff, `?2` now in ms), in two
+/// branches each found through an index: the orders not handed to the
+/// reconciler and last updated before the cutoff (the status index), and the
+/// payments handed to it whose time has come, whatever their order's
+/// `updated_at` (the partial index `payments_to_resolve`, see
+/// [`PAYMENTS_TO_RESOLVE`] for the `+`). An order handed to the reconciler is
+/// not looked at before its `resolve_after_ms`, however old: that time is
+/// what the reconciler asked for. The branches never share an order.
+const PENDING_ORDERS: &str = "
+    SELECT o.id, p.idempotency_key, p.amount_cents, o.currency, p.token, p.resolve_after_ms FROM orders o
+    LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'INTENT'
+    WHERE o.status = 'PENDING' AND julianday(o.updated_at) <= julianday(?1) AND p.resolve_after_ms IS NULL
+    UNION ALL
+    SELECT o.id, p.idempotency_key, p.amount_cents, o.currency, p.token, p.resolve_after_ms FROM payments p
+    JOIN orders o ON o.id = p.order_id
+    WHERE p.status = 'INTENT' AND p.resolve_after_ms <= ?2 AND +o.status = 'PENDING'";
+
 /// Orders still PENDING: those with a payment intent must be reconciled
 /// with the gateway; the others never reached payment.
-/// Only orders last updated before `updated_before` (RFC 3339) count. The
-/// times are compared as times, not text: RFC 3339 text drops trailing zeros
-/// of the fraction (`…:05Z`, `…:05.3Z`, `…:05.312Z`), so it does not sort.
-pub fn pending_orders(conn: &Connection, updated_before: &str) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT o.id, p.idempotency_key, p.amount_cents, o.currency, p.token FROM orders o
-         LEFT JOIN payments p ON p.order_id = o.id AND p.status = 'INTENT'
-         WHERE o.status = 'PENDING' AND julianday(o.updated_at) <= julianday(?1)",
-    )?;
+/// Only orders last updated before `updated_before` (RFC 3339) count, and
+/// the orders answered PAYMENT_PENDING whose `resolve_after_ms` is at or
+/// before `now_ms` (see [`PENDING_ORDERS`]). The times are compared as times,
+/// not text: RFC 3339 text drops trailing zeros of the fraction (`…:05Z`,
+/// `…:05.3Z`, `…:05.312Z`), so it does not sort.
+pub fn pending_orders(
+    conn: &Connection,
+    updated_before: &str,
+    now_ms: i64,
+) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
+    let mut stmt = conn.prepare_cached(PENDING_ORDERS.trim_start())?;
     let mut unpaid = Vec::new();
     let mut intents = Vec::new();
-    let rows = stmt.query_map([updated_before], |r| {
+    let rows = stmt.query_map(params![updated_before, now_ms], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, Option<String>>(1)?,
             r.get::<_, Option<i64>>(2)?,
             r.get::<_, String>(3)?,
             r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
         ))
     })?;
     for row in rows {
         match row? {
-            (order_id, Some(idempotency_key), Some(amount), currency, token) => {
-                intents.push(OpenIntent { order_id, idempotency_key, amount_cents: amount as u64, currency, token })
+            (order_id, Some(idempotency_key), Some(amount), currency, token, resolve_after_ms) => {
+                intents.push(OpenIntent {
+                    order_id,
+                    idempotency_key,
+                    amount_cents: amount as u64,
+                    currency,
+                    token,
+                    outcome_unknown: resolve_after_ms.is_some(),
+                })
             }
             (order_id, ..) => unpaid.push(order_id),
         }
@@ -639,4 +800,41 @@ pub fn key_record(conn: &Connection, channel: &str, key: &str) -> Result<Option<
         }
         _ => KeyRecord::InFlight { request_hash, order_id: order_id.unwrap_or_default() },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        // Unbound parameters read as NULL; the plan does not depend on them.
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut rows = stmt.raw_query();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            plan.push(row.get::<_, String>(3).unwrap());
+        }
+        plan.join("; ")
+    }
+
+    /// The reconciler polls for pending payments all the time: it reads the
+    /// partial index of payments handed to it, and the PENDING orders through
+    /// the status index, never every order (a table that grows with every order).
+    #[test]
+    fn the_reconciler_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let pending = plan(&conn, PENDING_ORDERS);
+        assert!(pending.contains("SEARCH o USING INDEX orders_by_status"), "{pending}");
+        assert!(pending.contains("SEARCH p USING INDEX payments_to_resolve"), "{pending}");
+        for sql in [payments_pending_sql(), payments_pending_count_sql()] {
+            let plan = plan(&conn, &sql);
+            assert!(plan.contains("SEARCH p USING INDEX payments_to_resolve"), "{sql}: {plan}");
+        }
+        for sql in [PENDING_ORDERS.to_string(), payments_pending_sql(), payments_pending_count_sql()] {
+            let plan = plan(&conn, &sql);
+            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+        }
+    }
 }

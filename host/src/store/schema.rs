@@ -228,6 +228,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (experiment, variant, module_digest, config_hash, le_us)
     );
     "#,
+    // 7: an unknown payment outcome is never a failure. A payment whose
+    // outcome the gateway had not given by the time the answer was due is
+    // answered PAYMENT_PENDING and handed to the reconciler: `resolve_after_ms`
+    // (NULL = not handed over) is when the reconciler looks at it again. The
+    // partial index holds only the payments handed over and still open, so
+    // the reconciler finds the due ones without reading every order. The
+    // sandbox ledger's cancelled keys: a cancelled key is never captured.
+    r#"
+    ALTER TABLE payments ADD COLUMN resolve_after_ms INTEGER;
+    CREATE INDEX payments_to_resolve ON payments (resolve_after_ms)
+        WHERE status = 'INTENT' AND resolve_after_ms IS NOT NULL;
+    CREATE TABLE sandbox_cancelled (
+        idempotency_key TEXT PRIMARY KEY,
+        cancelled_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary

@@ -1,10 +1,13 @@
 //! Shared helpers of the integration tests.
 
 pub mod alloc_meter;
+pub mod clients;
+pub mod gateway;
 pub mod plugin_dir;
 pub mod plugin_service;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -83,9 +86,10 @@ pub fn demo_dataset() -> PathBuf {
 }
 
 /// Settings for a test engine on `data_dir`: the test secret, retries that
-/// wait milliseconds; everything else as deployed.
+/// wait milliseconds within a 300 ms budget; everything else as deployed.
 pub fn engine_settings(data_dir: &Path, plugins_dir: &Path) -> EngineSettings {
     let mut settings = EngineSettings::new(data_dir, plugins_dir, SECRET);
+    settings.retry.budget = Duration::from_millis(300);
     settings.retry.base_delay = Duration::from_millis(1);
     settings.retry.max_delay = Duration::from_millis(5);
     settings

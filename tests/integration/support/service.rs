@@ -14,13 +14,27 @@ pub struct Service {
     pub port: u16,
     data_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Where its standard error goes (inherited when `None`).
+    log: Option<PathBuf>,
 }
 
 impl Service {
     /// `smartmart serve` on `port` and `data_dir` with the test credentials,
     /// the bundled rules and the demo data set; `env` adds or overrides settings.
     pub fn spawn(data_dir: &Path, port: u16, env: &[(&str, String)]) -> Service {
+        Service::spawn_logging(data_dir, port, env, None)
+    }
+
+    /// Like [`Service::spawn`], its standard error appended to `log` (when
+    /// given), so that a test can read what it logged.
+    pub fn spawn_logging(data_dir: &Path, port: u16, env: &[(&str, String)], log: Option<&Path>) -> Service {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new().create(true).append(true).open(path).expect("opening the service's log"),
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
             .args(["serve", "--demo-data"])
             .arg(demo_dataset())
@@ -35,10 +49,10 @@ impl Service {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting smartmart serve");
-        Service { child, port, data_dir: data_dir.to_owned(), env }
+        Service { child, port, data_dir: data_dir.to_owned(), env, log: log.map(Path::to_owned) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -70,7 +84,7 @@ impl Service {
     /// Starts it again on the same port, data dir and settings.
     pub fn restart(&mut self) {
         let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        *self = Service::spawn(&self.data_dir.clone(), self.port, &env);
+        *self = Service::spawn_logging(&self.data_dir.clone(), self.port, &env, self.log.clone().as_deref());
     }
 }
 

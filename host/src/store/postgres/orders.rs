@@ -6,10 +6,10 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::super::orders::{
-    Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, ReserveOutcome, Settlement,
-    StoredOrder, Verdict,
+    Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, PendingPayment,
+    PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
 };
-use super::super::{StoreError, now_ms, now_rfc3339};
+use super::super::{RESOLVE_LEASE_MS, StoreError, now_ms, now_rfc3339};
 use super::{Step, bigint};
 use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
 
@@ -215,14 +215,102 @@ pub async fn settle(db: &impl GenericClient, settlement: &Settlement) -> Result<
     )
     .await?;
     insert_events(db, &settlement.order_id, &settlement.events).await?;
+    // A PAYMENT_PENDING order's key answers 202 until now: the final
+    // answer replaces it.
     let stmt = db
         .prepare_cached(
-            "UPDATE idempotency SET status_code = $2, body = $3 WHERE order_id = $1 AND status_code IS NULL",
+            "UPDATE idempotency SET status_code = $2, body = $3
+             WHERE order_id = $1 AND (status_code IS NULL OR status_code = 202)",
         )
         .await?;
     let (status_code, body) = settlement.answer.stored();
     db.execute(&stmt, &[&settlement.order_id, &i64::from(status_code), &body]).await?;
     Ok(())
+}
+
+/// See `store::orders::mark_payment_pending`. Rows are locked in the order
+/// `settle` locks them (order, payment, key).
+pub async fn mark_payment_pending(db: &impl GenericClient, pending: &PendingPayment) -> Result<(), StoreError> {
+    let PendingPayment { order_id, invoice, attempts, resolve_after_ms } = pending;
+    let now = now_rfc3339();
+    let stmt = db
+        .prepare_cached("UPDATE orders SET invoice = $2, updated_at = $3 WHERE id = $1 AND status = 'PENDING'")
+        .await?;
+    if db.execute(&stmt, &[&order_id, &invoice, &now]).await? == 0 {
+        return Err(StoreError::Conflict(format!("order {order_id} is not pending")));
+    }
+    let stmt = db
+        .prepare_cached(
+            "UPDATE payments SET resolve_after_ms = $2, attempts = $3, updated_at = $4
+             WHERE order_id = $1 AND status = 'INTENT'",
+        )
+        .await?;
+    if db.execute(&stmt, &[&order_id, &resolve_after_ms, &i64::from(*attempts), &now]).await? == 0 {
+        // The error rolls the whole transaction back, the order's update with it.
+        return Err(StoreError::Conflict(format!("order {order_id} has no payment intent")));
+    }
+    let stmt = db
+        .prepare_cached(
+            "UPDATE idempotency SET status_code = 202, body = NULL WHERE order_id = $1 AND status_code IS NULL",
+        )
+        .await?;
+    db.execute(&stmt, &[&order_id]).await?;
+    Ok(())
+}
+
+/// See `store::orders::defer_resolution`.
+pub async fn defer_resolution(
+    db: &impl GenericClient,
+    order_id: &str,
+    resolve_after_ms: i64,
+) -> Result<(), StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "UPDATE payments SET resolve_after_ms = $2, updated_at = $3 WHERE order_id = $1 AND status = 'INTENT'",
+        )
+        .await?;
+    db.execute(&stmt, &[&order_id, &resolve_after_ms, &now_rfc3339()]).await?;
+    Ok(())
+}
+
+/// Orders answered PAYMENT_PENDING and not settled yet, oldest first (see
+/// `store::orders::payments_pending`: read through the partial index
+/// `payments_to_resolve`).
+pub async fn payments_pending(db: &impl GenericClient, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT o.id, o.customer_id, o.channel, p.amount_cents, o.currency, o.created_at, p.attempts,
+                    p.resolve_after_ms
+             FROM payments p JOIN orders o ON o.id = p.order_id
+             WHERE p.status = 'INTENT' AND p.resolve_after_ms IS NOT NULL AND o.status = 'PENDING'
+             ORDER BY o.id LIMIT $1",
+        )
+        .await?;
+    let rows = db.query(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| PendingPaymentRow {
+            order_id: r.get(0),
+            customer_id: r.get(1),
+            channel: r.get(2),
+            amount_cents: r.get::<_, i64>(3) as u64,
+            currency: r.get(4),
+            created_at: r.get(5),
+            attempts: u32::try_from(r.get::<_, i64>(6)).unwrap_or(u32::MAX),
+            resolve_after_ms: r.get(7),
+        })
+        .collect())
+}
+
+/// How many orders [`payments_pending`] lists (a gauge).
+pub async fn payments_pending_count(db: &impl GenericClient) -> Result<u64, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id
+             WHERE p.status = 'INTENT' AND p.resolve_after_ms IS NOT NULL AND o.status = 'PENDING'",
+        )
+        .await?;
+    Ok(db.query_one(&stmt, &[]).await?.get::<_, i64>(0) as u64)
 }
 
 async fn insert_events(db: &impl GenericClient, order_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
@@ -262,41 +350,83 @@ pub async fn get_order(db: &impl GenericClient, order_id: &str) -> Result<Option
     db.query_opt(&stmt, &[&order_id]).await?.as_ref().map(stored_order).transpose()
 }
 
-/// PENDING orders last touched before `updated_before`, claimed: their
-/// `updated_at` moves to now, so no other replica's janitor takes them until
-/// they are as old again (this replica died meanwhile).
+/// The PENDING orders to look at (see `store::orders::pending_orders`),
+/// claimed for this replica:
+///
+/// - those not handed to the reconciler and last touched before
+///   `updated_before`: their `updated_at` moves to now, so no other
+///   replica's janitor takes them until they are as old again (this
+///   replica died meanwhile);
+/// - those handed to the reconciler whose `resolve_after_ms` is at or before
+///   `now_ms`: that moves to `now_ms + RESOLVE_LEASE_MS` (and `updated_at` to
+///   now), so no other replica takes them while this one asks the gateway;
+///   the reconciler sets the time it wants next ([`defer_resolution`]) or
+///   settles them.
+///
+/// Rows are locked `FOR UPDATE SKIP LOCKED`: a claim never waits for
+/// another, and the conditions are checked again on the rows as locked, so
+/// an order claimed by a replica that committed meanwhile is skipped.
 pub async fn claim_pending_orders(
     db: &impl GenericClient,
     updated_before: &str,
+    now_ms: i64,
 ) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
+    let now = now_rfc3339();
     let stmt = db
         .prepare_cached(
             "UPDATE orders o SET updated_at = $2 FROM (
-                 SELECT id FROM orders WHERE status = 'PENDING' AND updated_at::timestamptz <= $1::text::timestamptz
+                 SELECT id FROM orders s
+                 WHERE status = 'PENDING' AND updated_at::timestamptz <= $1::text::timestamptz
+                   AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = s.id AND p.status = 'INTENT'
+                                   AND p.resolve_after_ms IS NOT NULL)
                  ORDER BY id FOR UPDATE SKIP LOCKED) stale
              WHERE o.id = stale.id RETURNING o.id, o.currency",
         )
         .await?;
-    let claimed = db.query(&stmt, &[&updated_before, &now_rfc3339()]).await?;
-    let ids: Vec<String> = claimed.iter().map(|r| r.get(0)).collect();
+    let mut claimed: Vec<(String, String)> =
+        db.query(&stmt, &[&updated_before, &now]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Both rows locked: a lease another replica took after this statement's
+    // snapshot is seen on the locked payment, and the row skipped.
     let stmt = db
         .prepare_cached(
-            "SELECT order_id, idempotency_key, amount_cents, token FROM payments
+            "UPDATE payments p SET resolve_after_ms = $2 FROM (
+                 SELECT p.order_id FROM payments p JOIN orders o ON o.id = p.order_id
+                 WHERE p.status = 'INTENT' AND p.resolve_after_ms <= $1 AND o.status = 'PENDING'
+                 ORDER BY p.order_id FOR UPDATE SKIP LOCKED) due
+             WHERE p.order_id = due.order_id RETURNING p.order_id",
+        )
+        .await?;
+    let due: Vec<String> = db
+        .query(&stmt, &[&now_ms, &now_ms.saturating_add(RESOLVE_LEASE_MS)])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|id: &String| !claimed.iter().any(|(claimed, _)| claimed == id))
+        .collect();
+    if !due.is_empty() {
+        let stmt =
+            db.prepare_cached("UPDATE orders SET updated_at = $2 WHERE id = ANY($1) RETURNING id, currency").await?;
+        claimed.extend(db.query(&stmt, &[&due, &now]).await?.iter().map(|r| (r.get(0), r.get(1))));
+    }
+    let ids: Vec<&str> = claimed.iter().map(|(id, _)| id.as_str()).collect();
+    let stmt = db
+        .prepare_cached(
+            "SELECT order_id, idempotency_key, amount_cents, token, resolve_after_ms FROM payments
              WHERE order_id = ANY($1) AND status = 'INTENT'",
         )
         .await?;
     let intents = db.query(&stmt, &[&ids]).await?;
     let mut unpaid = Vec::new();
     let mut open = Vec::new();
-    for row in &claimed {
-        let order_id: String = row.get(0);
+    for (order_id, currency) in claimed {
         match intents.iter().find(|i| i.get::<_, &str>(0) == order_id) {
             Some(i) => open.push(OpenIntent {
                 order_id,
                 idempotency_key: i.get(1),
                 amount_cents: i.get::<_, i64>(2) as u64,
-                currency: row.get(1),
+                currency,
                 token: i.get(3),
+                outcome_unknown: i.get::<_, Option<i64>>(4).is_some(),
             }),
             None => unpaid.push(order_id),
         }

@@ -226,6 +226,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (experiment, variant, module_digest, config_hash, le_us)
     );
     "#,
+    // 7: payments answered PAYMENT_PENDING, handed to the reconciler until
+    // `resolve_after_ms` (NULL = not handed over), found through a partial
+    // index of the open ones; the sandbox ledger's cancelled keys.
+    r#"
+    ALTER TABLE payments ADD COLUMN resolve_after_ms BIGINT;
+    CREATE INDEX payments_to_resolve ON payments (resolve_after_ms)
+        WHERE status = 'INTENT' AND resolve_after_ms IS NOT NULL;
+    CREATE TABLE sandbox_cancelled (
+        idempotency_key TEXT PRIMARY KEY,
+        cancelled_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
