@@ -14,6 +14,10 @@
 #
 # Run by .ci/services.sh (so by .ci/run and `cargo xtask test`). Exits
 # non-zero when the broker cannot be built.
+#
+#   .ci/kafka.sh --check    only says whether it is built: prints the path
+#                           and exits 0, or exits 3 and builds nothing (what
+#                           a filtered `cargo xtask test` does outside CI)
 set -euo pipefail
 TANSU_VERSION=0.6.0
 TOOLS="${SMARTMART_TOOLS:-$HOME/.cache/smartmart-tools}"
@@ -22,10 +26,19 @@ BIN="$ROOT/bin/tansu"
 
 say() { echo "kafka.sh: $*" >&2; }
 
+case "${1:-}" in
+  "" | --check) ;;
+  *) say "usage: .ci/kafka.sh [--check]"; exit 2 ;;
+esac
+
 if [ -x "$BIN" ]; then
   say "tansu $TANSU_VERSION is installed ($BIN)"
   echo "$BIN"
   exit 0
+fi
+if [ "${1:-}" = --check ]; then
+  say "tansu $TANSU_VERSION is not built ($BIN)"
+  exit 3
 fi
 
 say "building tansu $TANSU_VERSION (the Kafka-protocol test broker) into $ROOT; once only"

@@ -9,7 +9,8 @@
 #   .ci/schemathesis.sh [BINARY]          default: target/debug/smartmart
 #   SCHEMATHESIS_MAX_EXAMPLES (default 30), SCHEMATHESIS_MAX_TIME seconds per run (default 300)
 #
-# Needs python3; installs the `schemathesis` package with pip if it is missing.
+# Needs python3: Schemathesis runs from the venv of .ci/python.sh (pinned
+# versions, made once outside the repository; never the system's Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/debug/smartmart}"
@@ -18,14 +19,11 @@ MAX_TIME="${SCHEMATHESIS_MAX_TIME:-300}"
 die() { echo "schemathesis.sh: $*" >&2; exit 2; }
 
 [ -x "$BIN" ] || die "$BIN is not an executable (cargo build -p smartmart)"
-command -v python3 >/dev/null || die "python3 is missing"
-if ! python3 -c 'import schemathesis' 2>/dev/null; then
-  echo "schemathesis.sh: installing schemathesis (pip)" >&2
-  python3 -m pip install --quiet schemathesis || die "pip install schemathesis failed"
-fi
+VENV="$(bash .ci/python.sh | tail -n 1)" && [ -n "$VENV" ] || die "no venv with Schemathesis (.ci/python.sh, above)"
+PYTHON="$VENV/bin/python"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/smartmart-schemathesis.XXXXXX")"
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 URL="http://127.0.0.1:$PORT"
 PID=""
 finish() {
@@ -47,17 +45,17 @@ env -u SMARTMART_CHANNEL_KEYS -u SMARTMART_ADMIN_KEY -u SMARTMART_IDENTITY_SECRE
   --plugins-dir plugins/bundled --listen "127.0.0.1:$PORT" >"$WORK/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 600); do
-  python3 -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$URL/readyz" 2>/dev/null && break
+  "$PYTHON" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$URL/readyz" 2>/dev/null && break
   kill -0 "$PID" 2>/dev/null || { tail -20 "$WORK/serve.log" >&2; die "the service exited"; }
   sleep 0.1
 done
-read -r ADMIN WEB < <(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["admin_key"], d["channel_keys"]["web"])' \
+read -r ADMIN WEB < <("$PYTHON" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["admin_key"], d["channel_keys"]["web"])' \
   "$WORK/data/dev-credentials.json")
 TOKEN="$(env -u SMARTMART_IDENTITY_SECRET "$BIN" token C-1001 --data-dir "$WORK/data")"
 
 ROOT="$(pwd)"
 st() { # runs in $WORK: Schemathesis keeps its crash cache in the working directory
-  (cd "$WORK" && python3 -m schemathesis.cli --config-file "$ROOT/.ci/schemathesis.toml" run "$URL/openapi.json" \
+  (cd "$WORK" && "$PYTHON" -m schemathesis.cli --config-file "$ROOT/.ci/schemathesis.toml" run "$URL/openapi.json" \
     --checks all --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed 1 \
     --request-timeout 30 --workers 2 --no-shrink "$@")
 }

@@ -19,6 +19,9 @@
 //! - the JavaScript example rule (`examples/rules/coupons-js/`) needs its
 //!   pinned componentizer from npm (`npm ci`, from its committed lock file)
 //!   and is built with `npm run build`: Node.js 20+ and npm must be on PATH.
+//!   Only `guests` and `test` build it (the suite runs its tests and loads
+//!   its component); the service, the demo and the benchmarks never load it,
+//!   so `serve`, `demo`, `run` and `bench` need no Node.js.
 //!
 //! ```text
 //! cargo xtask guests          build every guest (Rust, and the JavaScript example);
@@ -26,23 +29,35 @@
 //!                             bundled rules also to plugins/bundled/
 //! cargo xtask test [ARGS]     the local services (.ci/services.sh: PostgreSQL,
 //!                             NATS with JetStream, started when they do not
-//!                             answer; the Kafka test broker, built once), guests, the rules' native unit tests
-//!                             (plugins/, the examples), then cargo test
-//!                             --workspace ARGS; without ARGS, then
-//!                             .ci/schemathesis.sh (python3)
-//! cargo xtask demo [ARGS]     guests, then cargo run -p smartmart -- demo ARGS
-//! cargo xtask serve [ARGS]    guests, then cargo run --release -p smartmart -- serve ARGS
-//! cargo xtask run [ARGS]      guests, then cargo run -p smartmart -- ARGS
-//! cargo xtask bench [ARGS]    guests, then cargo bench -p smartmart ARGS
+//!                             answer; the Kafka test broker, built once, but
+//!                             not for a filtered run, see below), every guest,
+//!                             the Python tools' venv (.ci/python.sh), the rules'
+//!                             native unit tests (plugins/, the examples), then
+//!                             cargo test --workspace ARGS with the venv's bin/
+//!                             first on PATH; without ARGS, then
+//!                             .ci/schemathesis.sh
+//! cargo xtask demo [ARGS]     the Rust guests, then cargo run -p smartmart -- demo ARGS
+//! cargo xtask serve [ARGS]    the Rust guests, then cargo run --release -p smartmart -- serve ARGS
+//! cargo xtask run [ARGS]      the Rust guests, then cargo run -p smartmart -- ARGS
+//! cargo xtask bench [ARGS]    the Rust guests, then cargo bench -p smartmart ARGS
 //! ```
 //!
-//! Every command run is printed first. Besides std, only `wit-component`
-//! (pure Rust, the crate wasmtime's own bindings generator uses): this must
-//! build anywhere.
+//! The Kafka test broker (`.ci/kafka.sh`, tansu built from crates.io: 20–33
+//! minutes once) is built for the whole suite, and for a filtered run only
+//! under `CI=true` or when an argument mentions `kafka`; otherwise
+//! `.ci/services.sh` gets `SMARTMART_KAFKA_BROKER=skip` (set it to `build`
+//! to override), and the Kafka tests, if the filter selects them, fail
+//! saying that the broker is missing.
+//!
+//! Each command announces its stages on stderr (`xtask: [2/3] …`), and every
+//! command run is printed first. Besides std, only `wit-component` (pure
+//! Rust, the crate wasmtime's own bindings generator uses): this must build
+//! anywhere.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::{env, fs, io};
 
 /// The target of the guests that are components as built (WASI preview 2).
@@ -69,26 +84,74 @@ fn main() -> ExitCode {
     let mut args = env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
-    let outcome = match task.as_str() {
-        "guests" if rest.is_empty() => guests(),
-        "guests" => Err(format!("`guests` takes no arguments, got {rest:?}")),
-        "test" => services().and_then(|()| guests()).and_then(|()| test(&rest)),
-        "demo" => guests().and_then(|()| smartmart_run(Some("demo"), &rest)),
-        "serve" => guests().and_then(|()| smartmart_run(Some("serve"), &rest)),
-        "run" => guests().and_then(|()| smartmart_run(None, &rest)),
-        "bench" => guests().and_then(|()| run(cargo().args(["bench", "-p", "smartmart"]).args(&rest))),
-        _ => Err(format!(
-            "unknown task {task:?}\n\
-             usage: cargo xtask <guests | test | demo | serve | run | bench> [ARGS...]\n\
-             (see the doc comment of xtask/src/main.rs)"
-        )),
-    };
-    match outcome {
+    match task_main(&task, &rest) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("xtask: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Which guests a command needs: the serving commands only the Rust ones
+/// (no Node.js), `guests` and `test` the JavaScript example too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guests {
+    Rust,
+    WithJavaScript,
+}
+
+fn task_main(task: &str, rest: &[String]) -> Result {
+    match task {
+        "guests" if rest.is_empty() => guests(Guests::WithJavaScript, &mut Stages::new(3)),
+        "guests" => Err(format!("`guests` takes no arguments, got {rest:?}")),
+        "test" => {
+            let mut stages = Stages::new(6);
+            services(rest, &mut stages)?;
+            guests(Guests::WithJavaScript, &mut stages)?;
+            let venv = python_venv(&mut stages)?;
+            test(rest, venv.as_deref(), &mut stages)
+        }
+        "demo" | "serve" | "run" => {
+            let mut stages = Stages::new(3);
+            guests(Guests::Rust, &mut stages)?;
+            let subcommand = if task == "run" { None } else { Some(task) };
+            smartmart_run(subcommand, rest, &mut stages)
+        }
+        "bench" => {
+            let mut stages = Stages::new(3);
+            guests(Guests::Rust, &mut stages)?;
+            // The bench profile's first build compiles wasmtime again, whatever
+            // else was built before (BENCHMARKS.md: ~25 minutes on 2 cores).
+            stages.start(
+                "building and running the benchmarks (a first build compiles wasmtime: ~25 minutes on 2 cores)…",
+            );
+            run(cargo().args(["bench", "-p", "smartmart"]).args(rest))
+        }
+        _ => Err(format!(
+            "unknown task {task:?}\n\
+             usage: cargo xtask <guests | test | demo | serve | run | bench> [ARGS...]\n\
+             (see the doc comment of xtask/src/main.rs)"
+        )),
+    }
+}
+
+/// The stages of a command, announced one line each on stderr before each
+/// starts (`xtask: [2/3] building the rule modules…`), so that a first run
+/// on a fresh machine, minutes long, says where it is.
+struct Stages {
+    total: u32,
+    current: u32,
+}
+
+impl Stages {
+    fn new(total: u32) -> Stages {
+        Stages { total, current: 0 }
+    }
+
+    fn start(&mut self, what: impl Display) {
+        self.current += 1;
+        eprintln!("xtask: [{}/{}] {what}", self.current, self.total);
     }
 }
 
@@ -113,7 +176,13 @@ fn run(cmd: &mut Command) -> Result {
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
-    eprintln!("$ {shown}");
+    // The variables set for this command (not PATH: long, and said apart).
+    let envs: String = cmd
+        .get_envs()
+        .filter(|(key, _)| *key != "PATH")
+        .filter_map(|(key, value)| Some(format!("{}={} ", key.to_string_lossy(), value?.to_string_lossy())))
+        .collect();
+    eprintln!("$ {envs}{shown}");
     let status = cmd.status().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => format!("`{name}` not found on PATH"),
         _ => format!("could not start `{shown}`: {e}"),
@@ -121,8 +190,8 @@ fn run(cmd: &mut Command) -> Result {
     if status.success() { Ok(()) } else { Err(format!("`{shown}` failed ({status})")) }
 }
 
-/// Installs a wasm target with rustup when the toolchain lacks it.
-fn ensure_target(target: &str) -> Result {
+/// Whether the toolchain has a target's standard library.
+fn target_installed(target: &str) -> Result<bool> {
     // Ask the compiler itself where the target's libraries live: this works
     // with and without rustup, for whichever toolchain cargo is using.
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
@@ -131,17 +200,33 @@ fn ensure_target(target: &str) -> Result {
         .output()
         .map_err(|e| format!("could not run rustc: {e}"))?;
     let libdir = String::from_utf8_lossy(&libdir.stdout);
-    if !libdir.trim().is_empty() && Path::new(libdir.trim()).is_dir() {
+    Ok(!libdir.trim().is_empty() && Path::new(libdir.trim()).is_dir())
+}
+
+/// Installs the wasm targets the guests need with rustup when the
+/// toolchain lacks them (one stage).
+fn wasm_targets(stages: &mut Stages) -> Result {
+    let mut missing = Vec::new();
+    for target in [WASM_TARGET, BARE_TARGET] {
+        if !target_installed(target)? {
+            missing.push(target);
+        }
+    }
+    if missing.is_empty() {
+        stages.start(format_args!("the wasm32 targets are installed ({WASM_TARGET}, {BARE_TARGET})"));
         return Ok(());
     }
-    eprintln!("xtask: the {target} target is not installed; installing it with rustup");
-    run(Command::new("rustup").args(["target", "add", target])).map_err(|e| {
-        format!(
-            "{e}\nthe guests need the {target} Rust target. With rustup \
-             (https://rustup.rs): `rustup target add {target}`; otherwise install \
-             your toolchain's rust-std component for {target}."
-        )
-    })
+    stages.start(format_args!("installing the wasm32 targets ({}) with rustup…", missing.join(", ")));
+    for target in missing {
+        run(Command::new("rustup").args(["target", "add", target])).map_err(|e| {
+            format!(
+                "{e}\nthe guests need the {target} Rust target. With rustup \
+                 (https://rustup.rs): `rustup target add {target}`; otherwise install \
+                 your toolchain's rust-std component for {target}."
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Stack of the bundled rules' instances. wasm-ld's default is 1 MiB, and
@@ -202,15 +287,19 @@ fn componentize(module: &Path, to: &Path) -> Result {
     Ok(())
 }
 
-/// Builds every guest and copies the components where the host looks.
-fn guests() -> Result {
-    ensure_target(WASM_TARGET)?;
-    ensure_target(BARE_TARGET)?;
+/// Builds the guests `which` names and copies the components where the
+/// host looks: the wasm targets, the Rust guests (test guests, the
+/// clearance example, the bundled rules) and, with
+/// [`Guests::WithJavaScript`], the JavaScript example; a stage each.
+fn guests(which: Guests, stages: &mut Stages) -> Result {
+    wasm_targets(stages)?;
+    let root = root();
+    let first = !root.join(GUEST_TARGET_DIR).join(BARE_TARGET).join("release").is_dir();
+    stages.start(format_args!("building the rule modules{}…", if first { " (first time: a few minutes)" } else { "" }));
     for manifest in GUEST_WORKSPACES {
         build_guests(manifest, WASM_TARGET)?;
     }
     build_guests(BUNDLED_WORKSPACE, BARE_TARGET)?;
-    let root = root();
     let wasm_dir = root.join("target/wasm");
     let bundled_dir = root.join("plugins/bundled");
     for dir in [&wasm_dir, &bundled_dir] {
@@ -232,11 +321,15 @@ fn guests() -> Result {
         componentize(&bare.join(name), &component)?;
         copy(&component, &bundled_dir.join(name))?;
     }
-    js_example(&root)?;
-    copy(&root.join(JS_EXAMPLE).join(JS_COMPONENT), &wasm_dir.join(JS_COMPONENT))?;
+    let with_js = which == Guests::WithJavaScript;
+    if with_js {
+        stages.start("building the JavaScript example rule (examples/rules/coupons-js: npm, Node.js 20+)…");
+        js_example(&root)?;
+        copy(&root.join(JS_EXAMPLE).join(JS_COMPONENT), &wasm_dir.join(JS_COMPONENT))?;
+    }
     eprintln!(
         "xtask: {} components in {}, {} bundled rules in {}",
-        components.len() + BUNDLED.len() + 1,
+        components.len() + BUNDLED.len() + usize::from(with_js),
         wasm_dir.display(),
         BUNDLED.len(),
         bundled_dir.display()
@@ -289,16 +382,85 @@ fn copy(from: &Path, to: &Path) -> Result {
     Ok(())
 }
 
-/// The rules' logic natively (bundled rules and the example), then the
-/// host's whole workspace.
+/// Whether `CI=true`: set-up that cannot be done fails the run instead of
+/// warning.
+fn under_ci() -> bool {
+    env::var_os("CI").is_some_and(|value| value == "true")
+}
+
+/// Whether a `cargo xtask test ARGS` run leaves the Kafka test broker
+/// unbuilt: a filtered run (ARGS) outside CI whose arguments do not mention
+/// Kafka, unless SMARTMART_KAFKA_BROKER already says what to do.
+fn skip_kafka_broker(args: &[String]) -> bool {
+    !args.is_empty()
+        && !under_ci()
+        && env::var_os("SMARTMART_KAFKA_BROKER").is_none()
+        && !args.iter().any(|arg| arg.to_ascii_lowercase().contains("kafka"))
+}
+
 /// Checks that the services the tests talk to answer, starting them when
 /// they do not (`.ci/services.sh`; under CI=true one that cannot be started
 /// fails the run, elsewhere it is a warning and the tests that need it fail).
-fn services() -> Result {
-    run(Command::new("bash").arg(root().join(".ci/services.sh")))
+/// A filtered run does not build the Kafka test broker ([`skip_kafka_broker`]).
+fn services(args: &[String], stages: &mut Stages) -> Result {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join(".ci/services.sh"));
+    let kafka = if skip_kafka_broker(args) {
+        cmd.env("SMARTMART_KAFKA_BROKER", "skip");
+        "not built for a filtered run"
+    } else {
+        "built once: 20–33 minutes the first time"
+    };
+    stages.start(format_args!("the local services: PostgreSQL, NATS, Chromium, the Kafka test broker ({kafka})…"));
+    run(&mut cmd)
 }
 
-fn test(args: &[String]) -> Result {
+/// The venv of the suite's Python tools at pinned versions
+/// (`.ci/python.sh`: Schemathesis, openapi-spec-validator), so that nothing
+/// is pip-installed into the system's Python. Its path, or None (a warning)
+/// when it cannot be made outside CI.
+fn python_venv(stages: &mut Stages) -> Result<Option<PathBuf>> {
+    stages.start("the Python tools' venv (.ci/python.sh; first time: pip, under a minute)…");
+    let script = root().join(".ci/python.sh");
+    eprintln!("$ bash {}", script.display());
+    let made = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not start bash: {e}"))
+        .and_then(|output| {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match stdout.lines().last() {
+                Some(path) if output.status.success() && !path.trim().is_empty() => Ok(PathBuf::from(path.trim())),
+                _ => Err(format!("`bash {}` failed ({})", script.display(), output.status)),
+            }
+        });
+    match made {
+        Ok(venv) => Ok(Some(venv)),
+        Err(e) if under_ci() => Err(e),
+        Err(e) => {
+            eprintln!("xtask: warning: {e}; the tests that run python3 use the system's");
+            Ok(None)
+        }
+    }
+}
+
+/// PATH with `venv`'s bin/ first.
+fn path_with_venv(venv: &Path) -> Result<OsString> {
+    let old = env::var_os("PATH").unwrap_or_default();
+    env::join_paths(std::iter::once(venv.join("bin")).chain(env::split_paths(&old)))
+        .map_err(|e| format!("cannot put {} on PATH: {e}", venv.display()))
+}
+
+/// The rules' logic natively (bundled rules and the examples, the
+/// JavaScript one with npm), then the host's whole workspace with `args`
+/// (python3 from the venv), then, without `args`, Schemathesis.
+fn test(args: &[String], venv: Option<&Path>, stages: &mut Stages) -> Result {
+    let first = !root().join("target/debug/smartmart").is_file();
+    stages.start(format_args!(
+        "building and running the tests{}…",
+        if first { " (first build compiles wasmtime: 10–20 minutes on 2 cores)" } else { "" }
+    ));
     let mut totals = Totals::default();
     for manifest in ["plugins/Cargo.toml", "examples/rules/clearance/Cargo.toml"] {
         run_tests(
@@ -307,7 +469,13 @@ fn test(args: &[String]) -> Result {
         )?;
     }
     run_tests(npm(&root().join(JS_EXAMPLE)).args(["test"]), &mut totals).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
-    let mut outcome = run_tests(cargo().args(["test", "--workspace"]).args(args), &mut totals);
+    let mut cargo_test = cargo();
+    cargo_test.args(["test", "--workspace"]).args(args);
+    if let Some(venv) = venv {
+        eprintln!("xtask: python3 for the tests: {}/bin first on PATH", venv.display());
+        cargo_test.env("PATH", path_with_venv(venv)?);
+    }
+    let mut outcome = run_tests(&mut cargo_test, &mut totals);
     // The whole suite (no filter): the API against its OpenAPI document, with
     // the binary `cargo test` just built; it counts as one test.
     if outcome.is_ok() && args.is_empty() {
@@ -332,7 +500,7 @@ struct Totals {
 /// `test result:` lines (node's `# pass N` / `# fail N`) to `totals`.
 fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result {
     use std::io::BufRead as _;
-    cmd.stdout(std::process::Stdio::piped());
+    cmd.stdout(Stdio::piped());
     let program = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
     eprintln!("$ {program} {}", cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
     let mut child = cmd.spawn().map_err(|e| format!("could not start {program}: {e}"))?;
@@ -362,10 +530,19 @@ fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result {
     if status.success() { Ok(()) } else { Err(format!("`{program} test` failed ({status})")) }
 }
 
-/// `cargo run -p smartmart -- [subcommand] args…`
-fn smartmart_run(subcommand: Option<&str>, args: &[String]) -> Result {
+/// `cargo run -p smartmart -- [subcommand] args…` (one stage).
+fn smartmart_run(subcommand: Option<&str>, args: &[String], stages: &mut Stages) -> Result {
     // The service runs optimised; the demo and the rule tools share the
     // test build (dependencies are optimised in every profile).
-    let profile: &[&str] = if subcommand == Some("serve") { &["--release"] } else { &[] };
+    let serve = subcommand == Some("serve");
+    let profile: &[&str] = if serve { &["--release"] } else { &[] };
+    let binary = root().join(if serve { "target/release/smartmart" } else { "target/debug/smartmart" });
+    let what = match subcommand {
+        Some("serve") => "building and starting the service",
+        Some("demo") => "building and running the demo",
+        _ => "building and running smartmart",
+    };
+    let first = if binary.is_file() { "" } else { " (first build compiles wasmtime: 10–20 minutes on 2 cores)" };
+    stages.start(format_args!("{what}{first}…"));
     run(cargo().args(["run", "-p", "smartmart"]).args(profile).arg("--").args(subcommand).args(args))
 }
