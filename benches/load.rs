@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use smartmart::app::{Dataset, Engine, EngineSettings};
-use smartmart::config::Credentials;
+use smartmart::http::Credentials;
 use smartmart::http::{AppState, serve};
 use smartmart::pipeline::validate::mint_token;
 use tokio::sync::Mutex;

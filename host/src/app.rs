@@ -16,9 +16,10 @@ use crate::domain::customer::Customer;
 use crate::events::{EventSink, SinkChoice, run_dispatcher};
 use crate::metrics::Metrics;
 use crate::payment::{Charge, HttpGateway, HttpGatewayOptions, PaymentGateway, RetryPolicy, SandboxGateway};
+use crate::pipeline::canary::{Canaries, run_recorder};
 use crate::pipeline::experiments::ExperimentFigures;
-use crate::pipeline::rollouts::{Rollouts, run_recorder};
 use crate::pipeline::{Faults, Pipeline, PipelineConfig, fraud, recovery};
+use crate::release::rollouts::Rollouts;
 use crate::rules::reload::{ReloadError, ReloadHooks, ReloadStatus, Reloader, Watch};
 use crate::rules::{HostDefaults, ModuleConfig, RuleRuntime, RuleSet, RuntimeOptions};
 use crate::store::catalog::{Product, Warehouse};
@@ -103,6 +104,7 @@ impl EngineSettings {
 /// The running engine. Dropping it does not stop the workers: call `shutdown`.
 pub struct Engine {
     pipeline: Pipeline,
+    rollouts: Arc<Rollouts>,
     reloader: Reloader,
     sink: Arc<dyn EventSink>,
     sandbox: Option<SandboxGateway>,
@@ -144,7 +146,8 @@ impl Engine {
             None
         };
         let metrics = Arc::new(Metrics::default());
-        let (rollouts, recorder) = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
+        let rollouts = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
+        let (canaries, recorder) = Canaries::new(metrics.clone());
         // The first set is not gated (there is nothing to keep serving
         // instead), but stored canary states apply to it: a rollback
         // survives the restart.
@@ -195,7 +198,7 @@ impl Engine {
             faults: settings.faults.clone(),
             sequential_legs: settings.sequential_legs,
         };
-        let pipeline = Pipeline::new(store.clone(), rules, gateway, config, metrics, experiments.clone(), rollouts);
+        let pipeline = Pipeline::new(store.clone(), rules, gateway, config, metrics, experiments.clone(), canaries);
         // On SQLite every PENDING order now is from a process that died; on
         // a shared database only those too old to be running on a replica.
         let interrupted_after = if store_shared { settings.janitor_min_age } else { Duration::ZERO };
@@ -207,7 +210,7 @@ impl Engine {
         let mut workers = vec![
             tokio::spawn(run_recorder(store.clone(), recorder, shutdown.clone())),
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
-            tokio::spawn(run_dispatcher(pipeline.clone(), sink.clone(), shutdown.clone())),
+            tokio::spawn(run_dispatcher(pipeline.outbox(), sink.clone(), shutdown.clone())),
             tokio::spawn(experiments.run_flusher(store, shutdown.clone())),
             tokio::spawn(recovery::run_janitor(
                 pipeline.clone(),
@@ -224,7 +227,7 @@ impl Engine {
                 }
             }));
         }
-        Ok(Engine { pipeline, reloader, sink, sandbox, settings, shutdown, workers })
+        Ok(Engine { pipeline, rollouts, reloader, sink, sandbox, settings, shutdown, workers })
     }
 
     /// Places orders (cheap to clone into a task).
@@ -267,7 +270,7 @@ impl Engine {
 
     /// Canaries: their events and their promotion.
     pub fn rollouts(&self) -> &Rollouts {
-        self.pipeline.rollouts()
+        &self.rollouts
     }
 
     /// Records the pending experiment figures now (see [`Pipeline::flush_experiments`]).
@@ -290,7 +293,7 @@ impl Engine {
     /// experiment figures (for the demo and tests).
     pub async fn drain(&self) -> anyhow::Result<()> {
         fraud::review_pending(&self.pipeline).await?;
-        crate::events::deliver_due(&self.pipeline, &self.sink).await?;
+        crate::events::deliver_due(&self.pipeline.outbox(), &self.sink).await?;
         self.pipeline.flush_experiments().await?;
         Ok(())
     }

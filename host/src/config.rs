@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
-use crate::http::ConnectionLimits;
+use crate::http::{ConnectionLimits, Credentials};
 use crate::payment::{HttpGatewayOptions, RetryPolicy};
 
 /// Settings of `smartmart serve`. Every field may come from the file, the
@@ -232,41 +232,13 @@ impl ServeConfig {
     }
 }
 
-/// The credentials the service checks. Never logged: `Debug` is redacted.
-#[derive(Clone)]
-pub struct Credentials {
-    /// Channel name → key.
-    pub channel_keys: BTreeMap<String, String>,
-    pub admin_key: String,
-    pub identity_secret: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("channels", &self.channel_keys.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
 const MIN_SECRET_LEN: usize = 16;
 
-impl Credentials {
-    /// Random credentials for development, shown once by `serve --dev`.
-    pub fn generate() -> Credentials {
-        let key = || {
-            use rand::Rng as _;
-            let bytes: [u8; 24] = rand::rng().random();
-            hex::encode(bytes)
-        };
-        Credentials {
-            channel_keys: ["web", "mobile", "partner"].into_iter().map(|c| (c.to_string(), key())).collect(),
-            admin_key: key(),
-            identity_secret: key(),
-        }
-    }
+/// Parsing of `SMARTMART_CHANNEL_KEYS`.
+struct ChannelKeys;
 
-    fn parse_channel_keys(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+impl ChannelKeys {
+    fn parse(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let mut keys = BTreeMap::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let Some((channel, key)) = pair.split_once(':') else {
@@ -339,9 +311,8 @@ impl ServeSettings {
             }
             Credentials::generate()
         } else {
-            let channel_keys = Credentials::parse_channel_keys(
-                config.channel_keys.as_deref().context("SMARTMART_CHANNEL_KEYS is not set")?,
-            )?;
+            let channel_keys =
+                ChannelKeys::parse(config.channel_keys.as_deref().context("SMARTMART_CHANNEL_KEYS is not set")?)?;
             let admin_key = config.admin_key.clone().context("SMARTMART_ADMIN_KEY is not set")?;
             let identity_secret = config.identity_secret.clone().context("SMARTMART_IDENTITY_SECRET is not set")?;
             for (name, value) in [("SMARTMART_ADMIN_KEY", &admin_key), ("SMARTMART_IDENTITY_SECRET", &identity_secret)]

@@ -14,15 +14,15 @@
 //! - [`events`]: event sinks and the outbox dispatcher.
 
 pub mod app;
+pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod http;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod payment;
 pub mod pipeline;
+pub mod release;
 pub mod rules;
-pub mod serve;
-pub mod soak;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Prometheus metrics, in a registry owned by the engine (no global state,
 //! so several engines can live in one process, as the tests do).
 
+use crate::domain::status::Slot;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -153,7 +154,7 @@ impl Metrics {
 
     pub fn rule_call(
         &self,
-        slot: &str,
+        slot: Slot,
         module: &crate::rules::ModuleIdentity,
         variant: Option<&str>,
         outcome: &str,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use smartmart::pipeline::experiments::{Arm, ArmCall, ExperimentFigures, Settled};
-use smartmart::pipeline::welch::{Moments, welch_interval};
+use smartmart::release::welch::{Moments, welch_interval};
 use smartmart::rules::ModuleConfig;
 use smartmart::rules::config_hash::config_hash;
 use smartmart::store::experiments::{ArmFigures, ArmKey};
@@ -275,7 +275,7 @@ fn arm(variant: &str) -> Arm {
             module_digest: "sha256:abc".into(),
             config_hash: "sha256:def".into(),
         },
-        slot: "discount",
+        slot: smartmart::domain::status::Slot::Discount,
         module: "deal.wasm".into(),
         version: "1.0.0".into(),
     }

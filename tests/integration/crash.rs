@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use smartmart::app::{Dataset, Engine};
-use smartmart::soak::{self, SoakOptions};
+use smartmart::cli::soak::{self, SoakOptions};
 
 use crate::support::{bundled_plugins, demo_dataset};
 

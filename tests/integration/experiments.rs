@@ -290,7 +290,7 @@ async fn a_shadow_candidate_never_changes_an_invoice_and_its_differences_are_exa
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let summary = ShadowSummary {
-        slot: "discount".into(),
+        slot: smartmart::domain::status::Slot::Discount,
         active_module: "discount_v1.wasm".into(),
         candidate_module: "discount_v2.wasm".into(),
         candidate_version: "2.0.0".into(),

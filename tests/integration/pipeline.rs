@@ -183,7 +183,7 @@ async fn uc1_gold_customer_gets_ten_percent_ships_from_nearest_warehouse_and_emi
 async fn uc2_silver_customer_gets_no_discount_line() {
     let t = TestEngine::start().await;
     let invoice = confirmed(t.order("C-1002", &[("WASHER-8KG", 1)], "tok_ok", None).await);
-    assert_eq!(invoice.customer.tier, "SILVER");
+    assert_eq!(invoice.customer.tier.as_str(), "SILVER");
     assert_eq!(invoice.subtotal_cents, 54_900);
     assert_eq!(invoice.discounts, []);
     assert_eq!(invoice.discount_cents, 0);
@@ -492,7 +492,7 @@ async fn a_crashing_fail_open_discount_rule_is_skipped_and_named() {
     assert!(!answered.contains("coupon engine crashed"), "the guest's words reached the invoice: {answered}");
     let stored = stored_order(&t, &invoice.order_id).await.invoice.expect("the stored invoice");
     assert!(!stored.contains("coupon engine crashed"), "the guest's words were stored: {stored}");
-    let listed = rule_errors::recent().into_iter().find(|e| e.error_id == error_id);
+    let listed = t.engine.pipeline().rule_errors().recent().into_iter().find(|e| e.error_id == error_id);
     let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
     assert_eq!(listed.handling, rule_errors::Handling::Skipped);
     assert_eq!((listed.slot.as_str(), listed.module.as_str()), ("discount", "hostile_panic.wasm"));
@@ -534,7 +534,7 @@ config = { threshold_cents = "SECRET-WORDS-7d2a" }
     assert_eq!(skipped[0]["cause"], "guest_error");
     assert!(!review.to_string().contains("SECRET-WORDS-7d2a"), "the rule's words reached the review: {review}");
     let error_id = skipped[0]["error_id"].as_str().expect("an error_id");
-    let listed = rule_errors::recent().into_iter().find(|e| e.error_id == error_id);
+    let listed = t.engine.pipeline().rule_errors().recent().into_iter().find(|e| e.error_id == error_id);
     let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
     assert_eq!((listed.slot.as_str(), listed.handling), ("fraud", rule_errors::Handling::Skipped));
     assert!(listed.cause.contains("SECRET-WORDS-7d2a"), "{}", listed.cause);

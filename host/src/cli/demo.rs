@@ -112,7 +112,7 @@ fn dollars(cents: u64) -> String {
 }
 
 fn print_invoice(invoice: &Invoice) {
-    println!("   order {} {} — {}", invoice.order_id, invoice.status, invoice.customer.tier);
+    println!("   order {} {} — {}", invoice.order_id, invoice.status, invoice.customer.tier.as_str());
     println!("   subtotal {} {}", dollars(invoice.subtotal_cents), invoice.currency);
     for d in &invoice.discounts {
         println!(

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Dataset, Engine};
-use crate::config::{Credentials, ServeConfig, ServeSettings};
+use crate::config::{ServeConfig, ServeSettings};
+use crate::http::Credentials;
 use crate::http::{AppState, serve_with};
 
 /// `--dev` credentials, kept in the data dir (mode 0600) so that a restart

@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::customer::{AccountStatus, Tier};
 use super::geo::GeoPoint;
 use super::order::{AllocationLine, CartLine};
-use super::status::{EventKind, OrderStatus, PaymentStatus};
+use super::status::{EventKind, OrderStatus, PaymentStatus, Slot};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
@@ -43,8 +44,8 @@ pub struct Invoice {
 pub struct InvoiceCustomer {
     pub id: String,
     pub name: String,
-    pub tier: String,
-    pub status: String,
+    pub tier: Tier,
+    pub status: AccountStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -141,7 +142,7 @@ pub struct Timings {
 /// guest's words never reach an invoice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedRule {
-    pub slot: String,
+    pub slot: Slot,
     pub module: String,
     pub version: String,
     pub digest: String,

@@ -10,12 +10,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Defines a text-backed enum: `as_str`, `Display`, `FromStr` and serde
-/// as the same upper/lower-case words.
+/// Defines a text-backed enum: `as_str`, `Display`, `FromStr`, serde and
+/// the OpenAPI schema as the same upper/lower-case words.
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
@@ -31,6 +31,21 @@ macro_rules! text_enum {
                 }
             }
         }
+
+        // The OpenAPI schema by hand: utoipa's derive does not see a serde
+        // rename whose text comes through a macro, and would publish the
+        // Rust variant names (`Confirmed`) instead of the texts the bodies
+        // carry (`CONFIRMED`). A string enum of exactly those texts.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,6 +145,32 @@ text_enum! {
         Discount = "discount",
         Warehouse = "warehouse",
         Fraud = "fraud",
+    }
+}
+
+text_enum! {
+    /// What a canary does now (stored with its rollout).
+    CanaryState {
+        /// Serving its share, watched.
+        Running = "running",
+        /// Stopped by a crossed limit: the stable version serves everyone.
+        RolledBack = "rolled_back",
+        /// Made the stable version: it serves everyone.
+        Promoted = "promoted",
+    }
+}
+
+text_enum! {
+    /// What moved a rollout's history (`GET /v1/admin/rollouts`).
+    RolloutEventKind {
+        /// A reload of the plug-in directory was applied.
+        Reload = "reload",
+        /// A reload was refused (a check or the replay gate).
+        Refused = "refused",
+        /// A canary crossed a limit and was rolled back.
+        Rollback = "rollback",
+        /// A canary became the stable version.
+        Promote = "promote",
     }
 }
 

@@ -9,14 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::envelope::{EnvelopeError, envelope_from_invoice};
 use super::{EventSink, SinkEvent};
+use crate::clock::now_ms;
 use crate::domain::status::EventKind;
-use crate::pipeline::Pipeline;
-use crate::pipeline::events::{EnvelopeError, envelope_from_invoice};
 use crate::store::outbox::{DueBody, DueEvent};
-use crate::store::{StoreError, now_ms};
+use crate::store::{Store, StoreError};
 
 /// Events read per pass.
 const BATCH: usize = 1024;
@@ -25,13 +26,24 @@ const GATHER: Duration = Duration::from_millis(20);
 /// Longest wait between two attempts at one event.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// What the dispatcher needs: the outbox, the key of customer pseudonyms
+/// (analytics envelopes are built at delivery), and the signal that events
+/// are ready.
+#[derive(Clone)]
+pub struct Outbox {
+    pub store: Store,
+    pub pseudonym_key: Arc<[u8]>,
+    pub ready: Arc<Notify>,
+}
+
 /// Delivers every due event once; returns how many were delivered.
-pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
+pub async fn deliver_due(outbox: &Outbox, sink: &Arc<dyn EventSink>) -> Result<usize, StoreError> {
+    let store = &outbox.store;
     // One pass at a time: two passes would both read the same READY rows.
-    let _pass = pipeline.store().delivery_pass().await;
+    let _pass = store.delivery_pass().await;
     let mut delivered = 0;
     loop {
-        let due = pipeline.store().due_events(now_ms(), BATCH).await?;
+        let due = store.due_events(now_ms(), BATCH).await?;
         if due.is_empty() {
             return Ok(delivered);
         }
@@ -40,7 +52,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let mut batch: Vec<&DueEvent> = Vec::new();
             let mut events: Vec<SinkEvent> = Vec::new();
             for event in due.iter().filter(|e| e.kind == kind) {
-                match sink_event(event, pipeline.pseudonym_key()) {
+                match sink_event(event, &outbox.pseudonym_key) {
                     Ok(built) => {
                         batch.push(event);
                         events.push(built);
@@ -56,7 +68,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                         };
                         tracing::error!(event_id = %event.id, order_id, %kind, %error, "event not delivered");
                         let next = now_ms() + backoff(event.attempts).as_millis() as i64;
-                        pipeline.store().mark_retry(vec![event.seq], error, next).await?;
+                        store.mark_retry(vec![event.seq], error, next).await?;
                     }
                 }
             }
@@ -66,7 +78,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
             let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
             match sink.deliver(kind, &events).await {
                 Ok(position) => {
-                    pipeline.store().mark_delivered(seqs, position.clone()).await?;
+                    store.mark_delivered(seqs, position.clone()).await?;
                     if let Some(position) = &position {
                         sink.recorded(position);
                     }
@@ -80,7 +92,7 @@ pub async fn deliver_due(pipeline: &Pipeline, sink: &Arc<dyn EventSink>) -> Resu
                     let error = format!("{e:#}");
                     tracing::warn!(sink = sink.name(), %kind, %error, retry_in_ms = backoff.as_millis() as u64, "event delivery failed");
                     let next = now_ms() + backoff.as_millis() as i64;
-                    pipeline.store().mark_retry(seqs, error, next).await?;
+                    store.mark_retry(seqs, error, next).await?;
                 }
             }
         }
@@ -96,7 +108,7 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 /// The event as the sink gets it: its envelope, built now from the order's
-/// invoice for audit and analytics (see `pipeline::events`).
+/// invoice for audit and analytics (see [`super::envelope`]).
 fn sink_event(event: &DueEvent, pseudonym_key: &[u8]) -> Result<SinkEvent, EnvelopeError> {
     let envelope = match &event.body {
         DueBody::Envelope(envelope) => envelope.clone(),
@@ -109,14 +121,14 @@ fn sink_event(event: &DueEvent, pseudonym_key: &[u8]) -> Result<SinkEvent, Envel
 }
 
 /// Delivers events as they become ready, until `shutdown`; then one last pass.
-pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdown: CancellationToken) {
+pub async fn run_dispatcher(outbox: Outbox, sink: Arc<dyn EventSink>, shutdown: CancellationToken) {
     loop {
-        if let Err(e) = deliver_due(&pipeline, &sink).await {
+        if let Err(e) = deliver_due(&outbox, &sink).await {
             tracing::warn!(error = %e, "event dispatch pass failed; retrying");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = pipeline.events_ready().notified() => {
+            _ = outbox.ready.notified() => {
                 // Let the events of the orders settling now join this pass:
                 // each pass costs a write and an fsync per file and a store
                 // command, whatever its size. Events are never on an
@@ -126,7 +138,7 @@ pub async fn run_dispatcher(pipeline: Pipeline, sink: Arc<dyn EventSink>, shutdo
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-    if let Err(e) = deliver_due(&pipeline, &sink).await {
+    if let Err(e) = deliver_due(&outbox, &sink).await {
         tracing::warn!(error = %e, "final event dispatch pass failed; events go out after the next start");
     }
 }

@@ -1,20 +1,23 @@
-//! Stage 5: the order's three events, written to the outbox in the order's
-//! own transaction. Audit and analytics are derived from the invoice, which
-//! the order stores anyway: their rows hold no envelope, and the dispatcher
-//! builds it at delivery ([`envelope_from_invoice`]). Delivery happens
-//! later, in `crate::events`, never on the order's path.
+//! The envelopes of an order's three events, from its invoice: what stage 5
+//! of the saga writes to the outbox in the order's own transaction
+//! ([`outbox_events`]), and what the dispatcher builds at delivery for
+//! audit and analytics ([`envelope_from_invoice`]): those are derived from
+//! the invoice, which the order stores anyway, so their rows hold no
+//! envelope. Delivery happens later ([`super::dispatcher`]), never on the
+//! order's path.
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::clock::{now_rfc3339, rfc3339_of_ms};
+use crate::domain::customer::{AccountStatus, Tier};
 use crate::domain::invoice::{
     EventRef, Invoice, InvoiceAllocation, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
 };
 use crate::domain::status::{EventKind, OrderStatus};
 use crate::store::orders::{EventBody, NewEvent};
-use crate::store::{now_rfc3339, rfc3339_of_ms};
 
 /// A fresh event id.
 pub fn event_id() -> String {
@@ -82,8 +85,8 @@ struct AuditPayload<'a> {
 #[derive(Serialize)]
 struct AuditCustomer<'a> {
     id: &'a str,
-    tier: &'a str,
-    status: &'a str,
+    tier: Tier,
+    status: AccountStatus,
 }
 
 impl<'a> AuditPayload<'a> {
@@ -94,8 +97,8 @@ impl<'a> AuditPayload<'a> {
             channel: &invoice.channel,
             customer: AuditCustomer {
                 id: &invoice.customer.id,
-                tier: &invoice.customer.tier,
-                status: &invoice.customer.status,
+                tier: invoice.customer.tier,
+                status: invoice.customer.status,
             },
             items: &invoice.items,
             currency: &invoice.currency,
@@ -119,7 +122,7 @@ struct AnalyticsPayload<'a> {
     status: OrderStatus,
     channel: &'a str,
     customer: String,
-    tier: &'a str,
+    tier: Tier,
     items: Vec<AnalyticsItem<'a>>,
     currency: &'a str,
     subtotal_cents: u64,
@@ -154,7 +157,7 @@ impl<'a> AnalyticsPayload<'a> {
             status: invoice.status,
             channel: &invoice.channel,
             customer: pseudonym(pseudonym_key, &invoice.customer.id),
-            tier: &invoice.customer.tier,
+            tier: invoice.customer.tier,
             items: invoice
                 .items
                 .iter()

@@ -392,7 +392,7 @@ impl EventSink for KafkaSink {
     }
 
     async fn deliver(&self, kind: EventKind, events: &[SinkEvent]) -> anyhow::Result<Option<SinkPosition>> {
-        let now = chrono::DateTime::from_timestamp_millis(crate::store::now_ms()).unwrap_or_default();
+        let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms()).unwrap_or_default();
         let records: Vec<Record> = events.iter().map(|e| record(kind, e, now)).collect::<anyhow::Result<_>>()?;
         let topic = self.topic(kind).await?;
         // Each partition's records in outbox order.

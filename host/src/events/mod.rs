@@ -4,20 +4,24 @@
 //! - [`nats`]: the NATS JetStream sink (deduplication by event id);
 //! - [`kafka`]: the Kafka sink (at least once, keyed by order id;
 //!   consumers deduplicate by the `event-id` header);
+//! - [`envelope`]: the envelopes of an order's three events, from its
+//!   invoice (the saga writes them to the outbox; the dispatcher builds
+//!   audit and analytics at delivery);
 //! - [`dispatcher`]: reads READY outbox rows, delivers them at least once,
 //!   backs off per event when a sink fails; never on an order's path.
 
-pub mod dispatcher;
+pub(crate) mod dispatcher;
+pub(crate) mod envelope;
 pub mod kafka;
 pub mod nats;
-pub mod sink;
+pub(crate) mod sink;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-pub use dispatcher::{deliver_due, run_dispatcher};
+pub use dispatcher::{Outbox, deliver_due, run_dispatcher};
 pub use kafka::{KafkaSettings, KafkaSink};
 pub use nats::{NatsSettings, NatsSink};
 pub use sink::{EventSink, JsonlSink, SinkEvent};

@@ -14,10 +14,10 @@ use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
 use crate::domain::customer::{AccountStatus, Customer, Tier};
 use crate::domain::geo::GeoPoint;
-use crate::domain::status::ErrorCode;
+use crate::domain::status::{ErrorCode, Slot};
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
-use crate::pipeline::welch::{Difference, Moments, welch_interval};
+use crate::release::welch::{Difference, Moments, welch_interval};
 use crate::store::catalog::{Product, StockLevel, Warehouse};
 use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
@@ -248,7 +248,7 @@ pub async fn get_stock(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PluginEntry {
     /// `discount`, `warehouse` or `fraud`.
-    pub slot: String,
+    pub slot: Slot,
     pub name: String,
     pub version: String,
     /// `sha256:` and the hex digest of the file.
@@ -298,14 +298,14 @@ pub struct PluginsAnswer {
     security(("admin_key" = [])))]
 pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<PluginsAnswer> {
     let rules = state.engine.rules();
-    let entry = |slot: &str,
+    let entry = |slot: Slot,
                  rule: &crate::rules::Rule,
                  experiment: Option<&str>,
                  variant: Option<&str>,
                  fail_mode: crate::rules::FailMode| {
         let id = rule.identity();
         PluginEntry {
-            slot: slot.to_string(),
+            slot,
             name: id.name.clone(),
             version: id.version.clone(),
             digest: id.digest.clone(),
@@ -401,7 +401,7 @@ pub struct VariantFigures {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExperimentAnswer {
     pub name: String,
-    pub slot: String,
+    pub slot: Slot,
     /// `ab` or `shadow`.
     pub kind: String,
     /// The variants of an A/B experiment (empty for a shadow candidate).
@@ -476,13 +476,7 @@ pub async fn get_experiments(
                 rows: rows.iter().map(|r| ArmRowView::of(&r.key, &r.figures)).collect(),
             });
         }
-        out.push(ExperimentAnswer {
-            name: experiment.name.clone(),
-            slot: slot.to_string(),
-            kind: "ab".into(),
-            variants,
-            shadow: None,
-        });
+        out.push(ExperimentAnswer { name: experiment.name.clone(), slot, kind: "ab".into(), variants, shadow: None });
     }
     let shadows = engine.store().shadow_summaries().await?;
     for s in shadows {
@@ -493,7 +487,7 @@ pub async fn get_experiments(
                 s.candidate_version,
                 &s.candidate_config_hash[..s.candidate_config_hash.len().min(19)]
             ),
-            slot: s.slot.clone(),
+            slot: s.slot,
             kind: "shadow".into(),
             variants: Vec::new(),
             shadow: Some(s),
@@ -564,8 +558,8 @@ pub async fn get_escalations(
 #[utoipa::path(get, path = "/v1/admin/rule-errors", tag = "admin",
     responses((status = 200, body = [rule_errors::RuleErrorRecord]), (status = 401)),
     security(("admin_key" = [])))]
-pub async fn get_rule_errors(_admin: Admin) -> Json<Vec<rule_errors::RuleErrorRecord>> {
-    Json(rule_errors::recent())
+pub async fn get_rule_errors(State(state): State<AppState>, _admin: Admin) -> Json<Vec<rule_errors::RuleErrorRecord>> {
+    Json(state.engine.pipeline().rule_errors().recent())
 }
 
 /// An order answered `PAYMENT_PENDING` whose payment outcome the
@@ -631,7 +625,7 @@ pub async fn get_pending_payments(
                     created_at: p.created_at,
                     age_seconds,
                     attempts: p.attempts,
-                    next_resolution_at: crate::store::rfc3339_of_ms(p.resolve_after_ms),
+                    next_resolution_at: crate::clock::rfc3339_of_ms(p.resolve_after_ms),
                 }
             })
             .collect(),

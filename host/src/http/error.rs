@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 use crate::domain::status::ErrorCode;
 use crate::pipeline::OrderError;
 use crate::pipeline::error::status_of;
-use crate::pipeline::rule_errors;
 use crate::store::StoreError;
 
 /// An error answer.
@@ -17,18 +16,14 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The whole body, when the error brings its own (an order's error,
+    /// with its stage and details).
     pub body: Option<Value>,
-    pub details: Option<Value>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), body: None, details: None }
-    }
-
-    pub fn with_details(mut self, details: Value) -> ApiError {
-        self.details = Some(details);
-        self
+        ApiError { code, message: message.into(), body: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -47,11 +42,7 @@ impl ApiError {
         if let Some(body) = &self.body {
             return body.clone();
         }
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(details) = &self.details {
-            error["details"] = details.clone();
-        }
-        json!({ "error": error })
+        json!({ "error": { "code": self.code, "message": self.message } })
     }
 }
 
@@ -66,14 +57,10 @@ impl IntoResponse for ApiError {
 
 impl From<OrderError> for ApiError {
     fn from(e: OrderError) -> Self {
-        let mut body = e.body();
-        // A failed rule's cause is the guest's text: it goes to the log and
-        // the operators' list under an error id, and the client gets the id.
-        if let OrderError::RuleFailed { slot, module, cause } = &e {
-            let error_id = rule_errors::record(slot, module, cause, rule_errors::Handling::RuleFailed);
-            body["error"]["details"]["error_id"] = json!(error_id);
-        }
-        ApiError { code: e.code(), message: e.public_message(), body: Some(body), details: None }
+        // A failed rule's cause is the guest's text: the saga put it in the
+        // log and the operators' list under an error id, which the body carries.
+        let body = e.body();
+        ApiError { code: e.code(), message: e.public_message(), body: Some(body) }
     }
 }
 

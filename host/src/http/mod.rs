@@ -8,19 +8,21 @@
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
 
-pub mod admin;
-pub mod auth;
-pub mod carts;
-pub mod dashboard;
-pub mod error;
-pub mod json;
-pub mod openapi;
-pub mod ops;
-pub mod orders;
-pub mod rollouts;
-pub mod server;
-pub mod validate;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod carts;
+pub(crate) mod credentials;
+pub(crate) mod dashboard;
+pub(crate) mod error;
+pub(crate) mod json;
+pub(crate) mod openapi;
+pub(crate) mod ops;
+pub(crate) mod orders;
+pub(crate) mod rollouts;
+pub(crate) mod server;
+pub(crate) mod validate;
 
+pub use credentials::Credentials;
 pub use server::{ConnectionLimits, serve, serve_with};
 
 use std::sync::Arc;
@@ -35,7 +37,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::Engine;
-use crate::config::Credentials;
 use crate::domain::status::ErrorCode;
 use error::ApiError;
 

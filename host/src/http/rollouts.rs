@@ -12,10 +12,10 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::ApiPath;
 use super::validate::check_id;
-use crate::domain::status::ErrorCode;
+use crate::clock::now_ms;
+use crate::domain::status::{ErrorCode, Slot};
 use crate::rules::canary::{Canary, CanaryLimits, CanaryState, WindowFigures};
 use crate::rules::{Rule, RuleSet, SlotRule};
-use crate::store::now_ms;
 use crate::store::rollouts::RolloutEvent;
 
 /// A version of a rule: its module and configuration.
@@ -51,7 +51,7 @@ pub struct CanaryAnswer {
     /// The canary's name (the manifest's `canary.name`, default its module stem).
     pub entry: String,
     /// `discount`, `warehouse` or `fraud`.
-    pub slot: String,
+    pub slot: Slot,
     /// The version serving everyone outside the canary's share (as the manifest names it).
     pub stable: RuleVersion,
     pub canary: RuleVersion,
@@ -79,11 +79,11 @@ pub struct RolloutsAnswer {
     pub events: Vec<RolloutEvent>,
 }
 
-fn canary_answer(slot: &str, rule: &SlotRule, canary: &Canary) -> CanaryAnswer {
+fn canary_answer(slot: Slot, rule: &SlotRule, canary: &Canary) -> CanaryAnswer {
     let (calls, errors, reason, since_ms) = canary.control.totals();
     CanaryAnswer {
         entry: canary.name.clone(),
-        slot: slot.to_string(),
+        slot,
         stable: RuleVersion::of(&rule.module),
         canary: RuleVersion::of(&canary.rule),
         share_percent: canary.share_percent,

@@ -16,11 +16,11 @@
 //! - [`http`]: [`HttpGateway`], the adapter for an external gateway over
 //!   HTTP(S), and the wire protocol such a gateway implements.
 
-pub mod gateway;
-pub mod http;
-pub mod resolve;
-pub mod retry;
-pub mod sandbox;
+pub(crate) mod gateway;
+pub(crate) mod http;
+pub(crate) mod resolve;
+pub(crate) mod retry;
+pub(crate) mod sandbox;
 
 pub use gateway::{CancelOutcome, Charge, ChargeRequest, GatewayError, PaymentGateway};
 pub use http::{HttpGateway, HttpGatewayError, HttpGatewayOptions};

@@ -3,23 +3,15 @@
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
+use super::canary::Canaries;
 use super::experiments::{Arm, ArmCall, ExperimentFigures};
-use super::rollouts::Rollouts;
+use super::rule_errors::{Handling, RuleErrors};
+use super::rule_io::capped_lines;
 use super::shadow::ShadowJob;
 use crate::domain::invoice::{InvoiceDiscount, SkippedRule};
-use crate::domain::order::DiscountLine;
-use crate::metrics::Metrics;
+use crate::domain::status::Slot;
 use crate::rules::types::{OrderContext, Refusal};
-use crate::rules::{Called, FailMode, FailureCause, Rule, RuleError, RuleSet};
-
-/// A rule call's outcome as a metric label.
-pub(super) fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
-    match answer {
-        Ok(_) => "ok",
-        Err(RuleError::Refused { .. }) => "refused",
-        Err(RuleError::Failed { cause, .. }) => cause.kind(),
-    }
-}
+use crate::rules::{FailMode, FailureCause, RuleError, RuleSet};
 
 pub struct Discounts {
     pub lines: Vec<InvoiceDiscount>,
@@ -35,41 +27,11 @@ pub struct Discounts {
 
 /// Where the pipeline's per-call bookkeeping goes.
 pub struct Books<'a> {
-    pub metrics: &'a Metrics,
     pub experiments: &'a ExperimentFigures,
     /// Canary calls (and their fallback to the stable version).
-    pub rollouts: &'a Rollouts,
-}
-
-/// Discount lines of a rule's answer, capped so the total never goes below
-/// zero, with the provenance of the module that granted them. Pure: also
-/// how `rules replay` caps a candidate's answer.
-pub fn capped_lines(
-    granted: Vec<DiscountLine>,
-    rule: &Rule,
-    variant: Option<&str>,
-    payable: &mut u64,
-) -> Vec<InvoiceDiscount> {
-    let identity = rule.identity();
-    let mut lines = Vec::new();
-    for line in granted {
-        let amount = line.amount_cents.min(*payable);
-        if amount == 0 {
-            continue;
-        }
-        *payable -= amount;
-        lines.push(InvoiceDiscount {
-            rule: line.rule,
-            module: identity.file.clone(),
-            version: identity.version.clone(),
-            digest: identity.digest.clone(),
-            variant: variant.map(str::to_string),
-            description: line.description,
-            amount_cents: amount,
-            reasons: line.reasons,
-        });
-    }
-    lines
+    pub canaries: &'a Canaries,
+    /// Where a fail-open rule's failure is recorded for operators.
+    pub rule_errors: &'a RuleErrors,
 }
 
 /// Runs the discount slot on `order` (whose `payable_cents` is the subtotal).
@@ -82,7 +44,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     for slot_rule in &rules.discount {
         let picked = slot_rule.pick(&order.customer.id);
         let arm = match (picked.experiment, picked.variant) {
-            (Some(experiment), Some(variant)) => Some(Arm::of("discount", experiment, variant, picked.rule)),
+            (Some(experiment), Some(variant)) => Some(Arm::of(Slot::Discount, experiment, variant, picked.rule)),
             _ => None,
         };
         let Some(rule) = picked.rule else {
@@ -96,7 +58,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         };
         let started = std::time::Instant::now();
         let (answer, served) =
-            books.rollouts.call("discount", slot_rule, &picked, rule, |rule| rule.apply_discount(&order));
+            books.canaries.call(Slot::Discount, slot_rule, &picked, rule, |rule| rule.apply_discount(&order));
         let seconds = started.elapsed().as_secs_f64();
         let before = order.payable_cents;
         // The input the active rule saw, for a shadow candidate only.
@@ -109,7 +71,12 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
             // A discount rule has no other refusal; the bindings cannot produce one.
             Err(RuleError::Refused { module, refusal }) => {
                 let cause = FailureCause::Guest(format!("unexpected refusal {refusal:?}"));
-                return Err(OrderError::RuleFailed { slot: "discount", module: Box::new((*module).clone()), cause });
+                return Err(OrderError::RuleFailed {
+                    slot: Slot::Discount,
+                    module: Box::new((*module).clone()),
+                    cause,
+                    error_id: None,
+                });
             }
             Err(RuleError::Failed { module, cause }) => {
                 if let Some(arm) = arm {
@@ -121,13 +88,14 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                 match slot_rule.fail_mode {
                     FailMode::Closed => {
                         return Err(OrderError::RuleFailed {
-                            slot: "discount",
+                            slot: Slot::Discount,
                             module: Box::new((*module).clone()),
                             cause,
+                            error_id: None,
                         });
                     }
                     FailMode::Open => {
-                        skipped.push(skipped_rule(&module, &cause));
+                        skipped.push(skipped_rule(books.rule_errors, &module, &cause));
                         continue;
                     }
                 }
@@ -157,12 +125,16 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
 
 /// A fail-open rule's failure as the invoice lists it: the cause's kind and
 /// the error id under which operators find what the rule said (logged and
-/// kept in [`super::rule_errors`]).
-pub(super) fn skipped_rule(module: &crate::rules::ModuleIdentity, cause: &FailureCause) -> SkippedRule {
+/// kept in the engine's [`RuleErrors`]).
+pub(super) fn skipped_rule(
+    rule_errors: &RuleErrors,
+    module: &crate::rules::ModuleIdentity,
+    cause: &FailureCause,
+) -> SkippedRule {
     let slot = module.world.slot();
-    let error_id = super::rule_errors::record(slot, module, cause, super::rule_errors::Handling::Skipped);
+    let error_id = rule_errors.record(slot, module, cause, Handling::Skipped);
     SkippedRule {
-        slot: slot.into(),
+        slot,
         module: module.file.clone(),
         version: module.version.clone(),
         digest: module.digest.clone(),

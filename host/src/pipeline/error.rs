@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::domain::invoice::Invoice;
-use crate::domain::status::ErrorCode;
+use crate::domain::status::{ErrorCode, Slot};
 
 use crate::rules::{FailureCause, ModuleIdentity};
 
@@ -56,7 +56,14 @@ pub enum OrderError {
     #[error("out of stock: {sku} (requested {requested}, available {available})")]
     OutOfStock { sku: String, requested: u64, available: u64 },
     #[error("{slot} rule {module} failed: {cause}")]
-    RuleFailed { slot: &'static str, module: Box<ModuleIdentity>, cause: FailureCause },
+    RuleFailed {
+        slot: Slot,
+        module: Box<ModuleIdentity>,
+        cause: FailureCause,
+        /// The failure's entry in the engine's rule errors, once recorded
+        /// there (`Pipeline::place_order` does, as the error leaves the saga).
+        error_id: Option<String>,
+    },
     #[error("payment failed: {reason}")]
     PaymentFailed { reason: String, order: Box<Invoice> },
     #[error("{stage:?} dependency unavailable: {message}")]
@@ -107,10 +114,10 @@ impl OrderError {
             OrderError::EmptyCart | OrderError::UnknownSku(_) => Stage::Cart,
             OrderError::InvalidCoupon { .. } => Stage::Discount,
             OrderError::OutOfStock { .. } => Stage::Inventory,
-            OrderError::RuleFailed { slot, .. } => match *slot {
-                "discount" => Stage::Discount,
-                "warehouse" => Stage::Inventory,
-                _ => Stage::Events,
+            OrderError::RuleFailed { slot, .. } => match slot {
+                Slot::Discount => Stage::Discount,
+                Slot::Warehouse => Stage::Inventory,
+                Slot::Fraud => Stage::Events,
             },
             OrderError::PaymentFailed { .. } => Stage::Payment,
             OrderError::DependencyUnavailable { stage, .. } | OrderError::StageTimeout { stage } => *stage,
@@ -127,10 +134,16 @@ impl OrderError {
             OrderError::InvalidCoupon { module, .. } => {
                 Some(json!({ "module": module.file, "version": module.version, "digest": module.digest }))
             }
-            OrderError::RuleFailed { slot, module, cause } => Some(json!({
-                "slot": slot, "module": module.file, "rule": module.name, "version": module.version,
-                "digest": module.digest, "cause": cause.kind(),
-            })),
+            OrderError::RuleFailed { slot, module, cause, error_id } => {
+                let mut details = json!({
+                    "slot": slot, "module": module.file, "rule": module.name, "version": module.version,
+                    "digest": module.digest, "cause": cause.kind(),
+                });
+                if let Some(error_id) = error_id {
+                    details["error_id"] = json!(error_id);
+                }
+                Some(details)
+            }
             _ => None,
         }
     }
@@ -140,7 +153,7 @@ impl OrderError {
     /// rule failed and how (`cause` in the details), never what it said.
     pub fn public_message(&self) -> String {
         match self {
-            OrderError::RuleFailed { slot, module, cause } => format!(
+            OrderError::RuleFailed { slot, module, cause, .. } => format!(
                 "the {slot} rule {}@{} failed ({}); operators can look the failure up by its error_id",
                 module.name,
                 module.version,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::status::Slot;
 use crate::rules::Rule;
 use crate::store::experiments::{ArmFigures, ArmKey, OFF_ARM};
 use crate::store::{Store, StoreError};
@@ -30,14 +31,14 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arm {
     pub key: ArmKey,
-    pub slot: &'static str,
+    pub slot: Slot,
     pub module: String,
     pub version: String,
 }
 
 impl Arm {
     /// The arm of `rule` (`None`: an "off" arm) in `experiment`'s `variant`.
-    pub fn of(slot: &'static str, experiment: &str, variant: &str, rule: Option<&Rule>) -> Arm {
+    pub fn of(slot: Slot, experiment: &str, variant: &str, rule: Option<&Rule>) -> Arm {
         let (module_digest, config_hash, module, version) = match rule {
             Some(rule) => {
                 let id = rule.identity();

@@ -5,17 +5,18 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
-use super::events::fraud_envelope;
-use super::rollouts::Rollouts;
-use super::rule_errors::Handling;
+use super::canary::Canaries;
+use super::rule_errors::{Handling, RuleErrors};
+use super::rule_io::{order_context, payment_summary};
 use super::shadow::{self, ShadowJob};
-use crate::domain::customer::{AccountStatus, Tier};
 use crate::domain::invoice::Invoice;
-use crate::rules::types::{FraudAction, OrderContext, PaymentSummary, RuleCustomer};
+use crate::domain::status::Slot;
+use crate::events::envelope::fraud_envelope;
+use crate::rules::types::FraudAction;
 use crate::rules::{FailMode, RuleError, RuleSet};
 use crate::store::StoreError;
 use crate::store::orders::{AwaitingReview, Verdict};
@@ -35,14 +36,15 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
             return Ok(reviewed);
         }
         let rules = pipeline.rules.load_full();
-        let rollouts = pipeline.rollouts.clone();
+        let canaries = pipeline.canaries.clone();
+        let rule_errors = pipeline.rule_errors.clone();
         // One hop to a rule thread for the whole batch, one store command
         // for its verdicts (and one for its shadow runs).
         let (verdicts, shadows) = crate::rules::run_blocking(move || {
             let mut shadows = Vec::new();
             let verdicts = waiting
                 .into_iter()
-                .map(|waiting| verdict(&rules, &rollouts, waiting, &mut shadows))
+                .map(|waiting| verdict(&rules, &canaries, &rule_errors, waiting, &mut shadows))
                 .collect::<Vec<_>>();
             (verdicts, shadows)
         })
@@ -58,14 +60,70 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
     }
 }
 
+/// The verdict of an order's fraud checks, as stored on the order and shown
+/// with it (`fraud_review`). The fields are in alphabetical order, the order
+/// in which the review was stored before it was typed, so that the stored
+/// text keeps its shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FraudReview {
+    pub action: FraudAction,
+    /// When the checks ran (RFC 3339).
+    pub checked_at: String,
+    /// The digest of the module whose verdict won (none when no check ran).
+    pub digest: Option<String>,
+    pub flags: Vec<String>,
+    pub module: Option<String>,
+    pub reasons: Vec<String>,
+    /// 0 to 100.
+    pub score: u8,
+    /// Fail-open checks that failed and were skipped.
+    pub skipped: Vec<SkippedCheck>,
+    pub version: Option<String>,
+}
+
+/// A fail-open fraud check that failed: the cause's kind and the error id
+/// operators look it up by, never the guest's words.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedCheck {
+    pub cause: String,
+    pub error_id: String,
+    pub module: String,
+    pub version: String,
+}
+
+impl FraudReview {
+    /// The review of an order whose stored invoice cannot be read: a human looks.
+    fn of_unreadable_order() -> FraudReview {
+        FraudReview {
+            action: FraudAction::Review,
+            checked_at: crate::clock::now_rfc3339(),
+            digest: None,
+            flags: vec!["UNREADABLE_ORDER".into()],
+            module: None,
+            reasons: Vec::new(),
+            score: 50,
+            skipped: Vec::new(),
+            version: None,
+        }
+    }
+}
+
 /// The verdict on one waiting order, with its completed fraud events.
-fn verdict(rules: &RuleSet, rollouts: &Rollouts, waiting: AwaitingReview, shadows: &mut Vec<ShadowRun>) -> Verdict {
+fn verdict(
+    rules: &RuleSet,
+    canaries: &Canaries,
+    rule_errors: &RuleErrors,
+    waiting: AwaitingReview,
+    shadows: &mut Vec<ShadowRun>,
+) -> Verdict {
     let order = &waiting.order;
     let review = match order.invoice.as_deref().map(serde_json::from_str::<Invoice>) {
-        Some(Ok(invoice)) => review(rules, &invoice, rollouts, shadows),
-        _ => json!({ "action": "REVIEW", "score": 50, "flags": ["UNREADABLE_ORDER"], "module": null, "version": null }),
+        Some(Ok(invoice)) => review(rules, &invoice, canaries, rule_errors, shadows),
+        _ => FraudReview::of_unreadable_order(),
     };
-    let action = review["action"].as_str().unwrap_or("REVIEW").to_string();
+    let action = review.action.as_str().to_string();
+    // A typed record always serialises (string keys, no floats).
+    let review = serde_json::to_value(&review).unwrap_or_default();
     let envelopes = waiting
         .event_ids
         .iter()
@@ -78,59 +136,30 @@ fn verdict(rules: &RuleSet, rollouts: &Rollouts, waiting: AwaitingReview, shadow
     Verdict { order_id: order.id.clone(), review: review.to_string(), action, envelopes }
 }
 
-/// The order as rules see it, rebuilt from its stored invoice: what the
-/// fraud checks run on (`payable_cents` is what the customer was charged),
-/// and what `rules replay` starts from. `ordered_at_ms` is the invoice's
-/// `created_at`.
-pub fn order_context(invoice: &Invoice) -> OrderContext {
-    OrderContext {
-        order_id: invoice.order_id.clone(),
-        channel: invoice.channel.clone(),
-        currency: invoice.currency.clone(),
-        customer: RuleCustomer {
-            id: invoice.customer.id.clone(),
-            tier: serde_json::from_value(json!(invoice.customer.tier)).unwrap_or(Tier::Standard),
-            status: serde_json::from_value(json!(invoice.customer.status)).unwrap_or(AccountStatus::Active),
-        },
-        lines: invoice.items.iter().map(|i| i.to_cart_line()).collect(),
-        subtotal_cents: invoice.subtotal_cents,
-        payable_cents: invoice.total_cents,
-        coupon_code: invoice.coupon_code.clone(),
-        ship_to: invoice.ship_to,
-        ordered_at_ms: time::OffsetDateTime::parse(&invoice.created_at, &time::format_description::well_known::Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-            .unwrap_or(0),
-    }
-}
-
-/// The payment as fraud checks see it, from the stored invoice.
-pub fn payment_summary(invoice: &Invoice) -> PaymentSummary {
-    PaymentSummary {
-        status: invoice.payment.status.as_str().to_string(),
-        amount_cents: invoice.total_cents,
-        attempts: invoice.payment.attempts,
-        gateway: invoice.payment.gateway.clone(),
-    }
-}
-
 /// Runs the fraud slot on one order and combines the verdicts: the most
 /// severe action wins (then the highest score); flags are merged. A failed
 /// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
 /// a fail-open one is skipped and listed. A check's shadow candidate runs
 /// on the same order; its run is added to `shadows`.
-pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: &mut Vec<ShadowRun>) -> Value {
+pub fn review(
+    rules: &RuleSet,
+    invoice: &Invoice,
+    canaries: &Canaries,
+    rule_errors: &RuleErrors,
+    shadows: &mut Vec<ShadowRun>,
+) -> FraudReview {
     let context = order_context(invoice);
     let payment = payment_summary(invoice);
     let mut best: Option<(FraudAction, u8, std::sync::Arc<crate::rules::ModuleIdentity>)> = None;
     let mut flags: Vec<String> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
-    let mut skipped: Vec<Value> = Vec::new();
+    let mut skipped: Vec<SkippedCheck> = Vec::new();
     for rule in &rules.fraud {
         let picked = rule.pick(&context.customer.id);
         // An "off" arm of an experiment: this check is skipped for the customer.
         let Some(picked_rule) = picked.rule else { continue };
         let (answer, served) =
-            rollouts.call("fraud", rule, &picked, picked_rule, |r| r.check_fraud(&context, &payment));
+            canaries.call(Slot::Fraud, rule, &picked, picked_rule, |r| r.check_fraud(&context, &payment));
         if let Some(candidate) = &rule.shadow {
             let job = ShadowJob::Fraud {
                 active: served.clone(),
@@ -153,10 +182,13 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: 
                 if rule.fail_mode == FailMode::Open {
                     // The cause's kind and an error id, never the guest's words
                     // (see `rule_errors`): the review is shown to customers.
-                    let error_id = super::rule_errors::record("fraud", &module, &cause, Handling::Skipped);
-                    skipped.push(json!({
-                        "module": module.file, "version": module.version, "cause": cause.kind(), "error_id": error_id,
-                    }));
+                    let error_id = rule_errors.record(Slot::Fraud, &module, &cause, Handling::Skipped);
+                    skipped.push(SkippedCheck {
+                        cause: cause.kind().to_string(),
+                        error_id,
+                        module: module.file.clone(),
+                        version: module.version.clone(),
+                    });
                     continue;
                 }
                 tracing::warn!(order_id = %invoice.order_id, module = %module, %cause, "fraud check failed");
@@ -176,13 +208,22 @@ pub fn review(rules: &RuleSet, invoice: &Invoice, rollouts: &Rollouts, shadows: 
     flags.sort();
     flags.dedup();
     let (action, score, module, version, digest) = match best {
-        Some((action, score, id)) => (action, score, json!(id.file), json!(id.version), json!(id.digest)),
-        None => (FraudAction::Allow, 0, Value::Null, Value::Null, Value::Null),
+        Some((action, score, id)) => {
+            (action, score, Some(id.file.clone()), Some(id.version.clone()), Some(id.digest.clone()))
+        }
+        None => (FraudAction::Allow, 0, None, None, None),
     };
-    json!({
-        "action": action.as_str(), "score": score, "flags": flags, "module": module, "version": version,
-        "digest": digest, "reasons": reasons, "skipped": skipped, "checked_at": crate::store::now_rfc3339(),
-    })
+    FraudReview {
+        action,
+        checked_at: crate::clock::now_rfc3339(),
+        digest,
+        flags,
+        module,
+        reasons,
+        score,
+        skipped,
+        version,
+    }
 }
 
 /// Reviews orders as they settle, until `shutdown`.

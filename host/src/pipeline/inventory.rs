@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::rollouts::Rollouts;
+use super::canary::Canaries;
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
 use crate::domain::geo::distance_km;
 use crate::domain::invoice::{Invoice, InvoiceAllocation};
+use crate::domain::status::Slot;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
 use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
 use crate::store::Store;
@@ -50,7 +51,7 @@ pub struct Allocated {
 pub async fn allocate(
     store: &Store,
     rules: &Arc<RuleSet>,
-    rollouts: &Arc<Rollouts>,
+    canaries: &Arc<Canaries>,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
     intent_with: &IntentWith<'_>,
@@ -60,14 +61,15 @@ pub async fn allocate(
     for _ in 0..MAX_PLAN_ATTEMPTS {
         let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
         let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-        let (rules_now, order_now, rollouts_now, offered, wanted) =
-            (rules.clone(), order.clone(), rollouts.clone(), candidates.clone(), requested.clone());
+        let (rules_now, order_now, canaries_now, offered, wanted) =
+            (rules.clone(), order.clone(), canaries.clone(), candidates.clone(), requested.clone());
         let (plan, served) =
-            run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &rollouts_now)).await?;
+            run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
         let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
-            slot: "warehouse",
+            slot: Slot::Warehouse,
             module: Box::new((**served.identity()).clone()),
             cause: FailureCause::Guest(format!("invalid plan: {why}")),
+            error_id: None,
         })?;
         let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
         let allocations = describe(&plan, &stocked, order, variant);
@@ -134,14 +136,14 @@ fn select(
     order: &OrderContext,
     candidates: &[Candidate],
     requested: &BTreeMap<String, u64>,
-    rollouts: &Rollouts,
+    canaries: &Canaries,
 ) -> Result<(Plan, Rule), OrderError> {
     let slot = &rules.warehouse;
     let picked = slot.pick(&order.customer.id);
     let canary = picked.canary.map(|c| &c.rule);
     // The warehouse slot has no "off" arm (refused at load).
     let rule = picked.rule.unwrap_or(&slot.module);
-    let (answer, served) = rollouts.call("warehouse", slot, &picked, rule, |rule| {
+    let (answer, served) = canaries.call(Slot::Warehouse, slot, &picked, rule, |rule| {
         let called = rule.select_warehouses(order, candidates)?;
         if canary.is_some_and(|c| std::ptr::eq(c, rule))
             && let Err(why) = validate_plan(&called.value, requested, candidates)
@@ -160,14 +162,18 @@ fn select(
             available: u64::from(shortfall.available),
         }),
         Err(RuleError::Refused { module, refusal }) => Err(OrderError::RuleFailed {
-            slot: "warehouse",
+            slot: Slot::Warehouse,
             module: Box::new((*module).clone()),
             cause: FailureCause::Guest(format!("unexpected refusal {refusal:?}")),
+            error_id: None,
         }),
         // The order cannot ship without a plan: the warehouse slot always fails closed.
-        Err(RuleError::Failed { module, cause }) => {
-            Err(OrderError::RuleFailed { slot: "warehouse", module: Box::new((*module).clone()), cause })
-        }
+        Err(RuleError::Failed { module, cause }) => Err(OrderError::RuleFailed {
+            slot: Slot::Warehouse,
+            module: Box::new((*module).clone()),
+            cause,
+            error_id: None,
+        }),
     }
 }
 

@@ -6,36 +6,34 @@
 //!                       undone if discount fails          └─ releases the hold when payment finally fails
 //! ```
 //!
-//! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`], [`events`]: the stages;
+//! - [`validate`], [`cart`], [`discount`], [`inventory`], [`payment`]: the stages (the
+//!   events of stage 5 are built by `crate::events::envelope`);
 //! - [`placed`]: a placed order's invoice with its JSON text, serialised once;
 //! - [`fraud`]: fraud checks, run after the answer;
 //! - [`experiments`]: figures per A/B arm, recorded off the answer path into the store;
-//! - [`welch`]: the confidence interval of a difference in means, from stored sums;
-//! - [`recovery`]: start-up and periodic reconciliation of orders a crash interrupted;
-//! - [`replay`]: `smartmart rules replay`, a candidate rule on the stored orders' inputs;
-//! - [`gate`]: the replay gate every reload passes (stored orders and the plug-in dir's examples);
-//! - [`rollouts`]: canary calls with fallback, automatic rollback, promotion, reload hooks;
+//! - [`recovery`]: start-up and periodic reconciliation of orders a crash
+//!   interrupted, and of payments answered `PAYMENT_PENDING`;
+//! - [`canary`]: canary calls with fallback to the stable version, and their automatic rollback;
 //! - [`shadow`]: shadow candidates of every slot, run after the answer;
+//! - [`rule_io`]: the order as rules see it, capped discount lines, call outcomes (a leaf,
+//!   shared with the release tooling of `crate::release`, which the saga never calls);
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause);
 //! - [`error`]: every way an order can fail, and the API's error table.
 
-pub mod cart;
-pub mod discount;
-pub mod error;
-pub mod events;
+pub(crate) mod canary;
+pub(crate) mod cart;
+pub(crate) mod discount;
+pub(crate) mod error;
 pub mod experiments;
-pub mod fraud;
-pub mod gate;
-pub mod inventory;
-pub mod payment;
-pub mod placed;
+pub(crate) mod fraud;
+pub(crate) mod inventory;
+pub(crate) mod payment;
+pub(crate) mod placed;
 pub mod recovery;
-pub mod replay;
-pub mod rollouts;
 pub mod rule_errors;
-pub mod shadow;
+pub(crate) mod rule_io;
+pub(crate) mod shadow;
 pub mod validate;
-pub mod welch;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -47,20 +45,22 @@ use tokio::sync::Notify;
 pub use error::{OrderError, Stage};
 pub use placed::Placed;
 
+use crate::clock::{now_ms, now_rfc3339};
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
 use crate::domain::invoice::{
     Invoice, InvoiceAllocation, InvoiceCustomer, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
 };
 use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::events::envelope;
 use crate::metrics::Metrics;
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
 use crate::rules::types::{OrderContext, RuleCustomer};
 use crate::store::orders::KeyClaim;
-use crate::store::{Store, StoreError, now_ms, now_rfc3339};
+use crate::store::{Store, StoreError};
+use canary::Canaries;
 use experiments::ExperimentFigures;
-use rollouts::Rollouts;
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.
@@ -145,7 +145,9 @@ pub struct Pipeline {
     experiments: Arc<ExperimentFigures>,
     events_ready: Arc<Notify>,
     /// Canaries, rollbacks and the reload hooks.
-    rollouts: Arc<Rollouts>,
+    canaries: Arc<Canaries>,
+    /// The recent rule failures operators look up by error id.
+    rule_errors: Arc<rule_errors::RuleErrors>,
 }
 
 /// What an order's invoice is made of, besides its legs' results.
@@ -195,7 +197,7 @@ impl Pipeline {
         config: PipelineConfig,
         metrics: Arc<Metrics>,
         experiments: Arc<ExperimentFigures>,
-        rollouts: Arc<Rollouts>,
+        canaries: Arc<Canaries>,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -206,8 +208,14 @@ impl Pipeline {
             metrics,
             experiments,
             events_ready: Arc::new(Notify::new()),
-            rollouts,
+            canaries,
+            rule_errors: Arc::default(),
         }
+    }
+
+    /// The recent rule failures (`GET /v1/admin/rule-errors`).
+    pub fn rule_errors(&self) -> &rule_errors::RuleErrors {
+        &self.rule_errors
     }
 
     /// The store orders are kept in.
@@ -225,19 +233,14 @@ impl Pipeline {
         &self.metrics
     }
 
-    pub(crate) fn rollouts(&self) -> &Rollouts {
-        &self.rollouts
-    }
-
-    /// The key of customer pseudonyms, for the analytics envelopes the
-    /// dispatcher builds at delivery.
-    pub(crate) fn pseudonym_key(&self) -> &[u8] {
-        &self.config.pseudonym_key
-    }
-
-    /// Notified when events are ready to deliver: what the dispatcher waits on.
-    pub(crate) fn events_ready(&self) -> &Notify {
-        &self.events_ready
+    /// What the event dispatcher needs of the engine: the store, the key of
+    /// customer pseudonyms, and the signal that settled orders' events are ready.
+    pub(crate) fn outbox(&self) -> crate::events::Outbox {
+        crate::events::Outbox {
+            store: self.store.clone(),
+            pseudonym_key: Arc::from(self.config.pseudonym_key.as_slice()),
+            ready: self.events_ready.clone(),
+        }
     }
 
     /// Records the pending experiment figures now, rather than at the
@@ -332,7 +335,7 @@ impl Pipeline {
                 let intent = payment::intent_of(&invoice, self.gateway.name(), &request.payment_token);
                 Some((intent, invoice))
             };
-            inventory::allocate(&self.store, &rules, &self.rollouts, &context, &keys, &intent_with)
+            inventory::allocate(&self.store, &rules, &self.canaries, &context, &keys, &intent_with)
                 .await
                 .map(|a| (a, ms(leg_started)))
         });
@@ -340,10 +343,11 @@ impl Pipeline {
             let leg_started = Instant::now();
             injected_delay(config.faults.discount_delay).await;
             let (rules, context) = (rules.clone(), context.clone());
-            let (metrics, experiments, rollouts) =
-                (self.metrics.clone(), self.experiments.clone(), self.rollouts.clone());
+            let (experiments, canaries, rule_errors) =
+                (self.experiments.clone(), self.canaries.clone(), self.rule_errors.clone());
             let discounts = crate::rules::run_blocking(move || {
-                let books = discount::Books { metrics: &metrics, experiments: &experiments, rollouts: &rollouts };
+                let books =
+                    discount::Books { experiments: &experiments, canaries: &canaries, rule_errors: &rule_errors };
                 discount::apply_discounts(&rules, &context, &books)
             })
             .await?;
@@ -461,8 +465,8 @@ impl Pipeline {
             customer: InvoiceCustomer {
                 id: customer.id.clone(),
                 name: customer.name.clone(),
-                tier: customer.tier.as_str().into(),
-                status: customer.status.as_str().into(),
+                tier: customer.tier,
+                status: customer.status,
             },
             items: cart.lines.iter().map(InvoiceItem::from).collect(),
             currency: self.config.currency.clone(),
@@ -478,7 +482,7 @@ impl Pipeline {
                 gateway: self.gateway.name().into(),
                 failure: None,
             },
-            events: events::event_refs(),
+            events: envelope::event_refs(),
             timings_ms: timings,
             created_at: now_rfc3339(),
             ship_to: context.ship_to,
@@ -490,7 +494,12 @@ impl Pipeline {
 
     /// Runs one order (see [`Pipeline::run_order`]) and counts its outcome.
     pub async fn place_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
-        let result = self.run_order(request).await;
+        let mut result = self.run_order(request).await;
+        // A failed rule's cause is the guest's text: it goes to the log and
+        // the operators' list under an error id, and the client gets the id.
+        if let Err(OrderError::RuleFailed { slot, module, cause, error_id: error_id @ None }) = &mut result {
+            *error_id = Some(self.rule_errors.record(*slot, module, cause, rule_errors::Handling::RuleFailed));
+        }
         self.metrics.order(match &result {
             Ok(placed) => placed.invoice.status.as_str(),
             Err(e) => e.code().as_str(),

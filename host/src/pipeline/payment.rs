@@ -11,12 +11,14 @@
 use std::time::Instant;
 
 use super::validate::unavailable;
-use super::{Intent, OrderError, OrderRequest, Pipeline, Placed, Stage, events, ms};
+use super::{Intent, OrderError, OrderRequest, Pipeline, Placed, Stage, ms};
+use crate::clock::now_ms;
 use crate::domain::invoice::Invoice;
 use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::events::envelope;
 use crate::payment::{ChargeRequest, Decision, charge_with_retries, decide};
 use crate::store::orders::{Answer, PaymentIntent, PendingPayment, SettledAnswer, Settlement};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError};
 
 /// How long after an unknown outcome the reconciler first asks the gateway again.
 pub(crate) const FIRST_RESOLUTION_AFTER_MS: i64 = 1_000;
@@ -54,7 +56,7 @@ pub(super) fn finish(
         }
     };
     let json = serialise(&invoice);
-    let events = events::outbox_events(&invoice);
+    let events = envelope::outbox_events(&invoice);
     let settlement = |answer: SettledAnswer, invoice: &Invoice, json: String| Settlement {
         order_id: invoice.order_id.clone(),
         customer_id: invoice.customer.id.clone(),

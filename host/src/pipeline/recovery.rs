@@ -33,10 +33,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, payment};
+use crate::clock::now_ms;
 use crate::domain::invoice::Invoice;
 use crate::payment::{ChargeRequest, Decision, PaymentGateway, RetryPolicy, charge_with_retries, decide, resolve};
 use crate::store::orders::OpenIntent;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError};
 
 /// How long after an undecided resolution the gateway is asked again.
 const RESOLVE_AGAIN_AFTER_MS: i64 = 2_000;
@@ -77,11 +78,11 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
         match reconcile_intent(pipeline, &intent).await {
             Ok(outcome) => {
                 match outcome {
-                    "confirmed" => report.confirmed += 1,
-                    "failed" => report.failed += 1,
-                    _ => report.undecided += 1,
+                    Reconciled::Confirmed => report.confirmed += 1,
+                    Reconciled::Failed => report.failed += 1,
+                    Reconciled::Undecided => report.undecided += 1,
                 }
-                pipeline.metrics.payment_reconciliation(outcome);
+                pipeline.metrics.payment_reconciliation(outcome.as_str());
             }
             Err(e) => {
                 tracing::warn!(order_id = %intent.order_id, error = %e, "could not reconcile the order; next pass")
@@ -99,9 +100,27 @@ pub async fn reconcile(pipeline: &Pipeline, min_age: Duration) -> Result<Recover
     Ok(report)
 }
 
-/// Decides one open payment and records it: `confirmed`, `failed` or
-/// `undecided` (the metric's label).
-async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<&'static str, StoreError> {
+/// What became of one open payment in a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reconciled {
+    Confirmed,
+    Failed,
+    Undecided,
+}
+
+impl Reconciled {
+    /// The metric's label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Reconciled::Confirmed => "confirmed",
+            Reconciled::Failed => "failed",
+            Reconciled::Undecided => "undecided",
+        }
+    }
+}
+
+/// Decides one open payment and records it.
+async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<Reconciled, StoreError> {
     let gateway = pipeline.gateway.as_ref();
     let decision = if intent.outcome_unknown {
         let deadline = tokio::time::Instant::now() + RESOLUTION_TIME;
@@ -112,11 +131,11 @@ async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<&'
     match decision {
         Decision::Charged(charge) => {
             settle_from_draft(&pipeline.store, intent, Ok(charge.transaction_id)).await?;
-            Ok("confirmed")
+            Ok(Reconciled::Confirmed)
         }
         Decision::NotCharged(reason) => {
             settle_from_draft(&pipeline.store, intent, Err(reason)).await?;
-            Ok("failed")
+            Ok(Reconciled::Failed)
         }
         Decision::Unknown(reason) => {
             tracing::warn!(order_id = %intent.order_id, %reason, "gateway cannot say whether the order was charged; will ask again");
@@ -129,7 +148,7 @@ async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<&'
                 let attempts = draft.payment.attempts.max(1);
                 payment::hand_to_reconciler(&pipeline.store, draft, attempts, &reason).await?;
             }
-            Ok("undecided")
+            Ok(Reconciled::Undecided)
         }
     }
 }

@@ -7,15 +7,16 @@
 //! the slot fails closed, in the invoice's `skipped_rules` (and the fraud
 //! review's `skipped`) when a fail-open rule was skipped. The full cause is
 //! logged with that id and kept here, in a bounded ring of the [`CAPACITY`]
-//! most recent failures of this process, which `GET /v1/admin/rule-errors`
-//! shows.
+//! most recent failures of this process ([`RuleErrors`], owned by the
+//! engine's pipeline), which `GET /v1/admin/rule-errors` shows.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::status::Slot;
 use crate::rules::{FailureCause, ModuleIdentity};
 
 /// Failures kept; the oldest goes when a new one comes.
@@ -41,7 +42,7 @@ pub struct RuleErrorRecord {
     /// When it happened (RFC 3339, UTC).
     pub at: String,
     /// The rule slot: `discount`, `warehouse` or `fraud`.
-    pub slot: String,
+    pub slot: Slot,
     /// The module's file, name, version and digest.
     pub module: String,
     pub rule: String,
@@ -56,47 +57,57 @@ pub struct RuleErrorRecord {
     pub handling: Handling,
 }
 
-fn ring() -> &'static Mutex<VecDeque<RuleErrorRecord>> {
-    static RING: OnceLock<Mutex<VecDeque<RuleErrorRecord>>> = OnceLock::new();
-    RING.get_or_init(|| Mutex::new(VecDeque::with_capacity(CAPACITY)))
+/// The most recent rule failures of one engine.
+#[derive(Debug)]
+pub struct RuleErrors {
+    ring: Mutex<VecDeque<RuleErrorRecord>>,
 }
 
-/// Logs a rule failure with a fresh error id, keeps it in the ring, and
-/// returns the id for the client's answer (or the invoice).
-pub fn record(slot: &str, module: &ModuleIdentity, cause: &FailureCause, handling: Handling) -> String {
-    let error_id = format!("rerr_{}", uuid::Uuid::now_v7().simple());
-    match handling {
-        Handling::RuleFailed => tracing::error!(
-            error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
-            "rule failed; the client was answered RULE_FAILED with this error_id"
-        ),
-        Handling::Skipped => tracing::warn!(
-            error_id = %error_id, slot, module = %module, cause_kind = cause.kind(), %cause,
-            "fail-open rule failed and was skipped; the order lists it with this error_id"
-        ),
+impl Default for RuleErrors {
+    fn default() -> Self {
+        RuleErrors { ring: Mutex::new(VecDeque::with_capacity(CAPACITY)) }
     }
-    let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let record = RuleErrorRecord {
-        error_id: error_id.clone(),
-        at,
-        slot: slot.to_string(),
-        module: module.file.clone(),
-        rule: module.name.clone(),
-        version: module.version.clone(),
-        digest: module.digest.clone(),
-        cause_kind: cause.kind().to_string(),
-        cause: cause.to_string(),
-        handling,
-    };
-    let mut ring = ring().lock().unwrap_or_else(|p| p.into_inner());
-    if ring.len() == CAPACITY {
-        ring.pop_front();
-    }
-    ring.push_back(record);
-    error_id
 }
 
-/// The kept failures, newest first.
-pub fn recent() -> Vec<RuleErrorRecord> {
-    ring().lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
+impl RuleErrors {
+    /// Logs a rule failure with a fresh error id, keeps it in the ring, and
+    /// returns the id for the client's answer (or the invoice).
+    pub fn record(&self, slot: Slot, module: &ModuleIdentity, cause: &FailureCause, handling: Handling) -> String {
+        let error_id = format!("rerr_{}", uuid::Uuid::now_v7().simple());
+        match handling {
+            Handling::RuleFailed => tracing::error!(
+                error_id = %error_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
+                "rule failed; the client was answered RULE_FAILED with this error_id"
+            ),
+            Handling::Skipped => tracing::warn!(
+                error_id = %error_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
+                "fail-open rule failed and was skipped; the order lists it with this error_id"
+            ),
+        }
+        let at =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let record = RuleErrorRecord {
+            error_id: error_id.clone(),
+            at,
+            slot,
+            module: module.file.clone(),
+            rule: module.name.clone(),
+            version: module.version.clone(),
+            digest: module.digest.clone(),
+            cause_kind: cause.kind().to_string(),
+            cause: cause.to_string(),
+            handling,
+        };
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() == CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(record);
+        error_id
+    }
+
+    /// The kept failures, newest first.
+    pub fn recent(&self) -> Vec<RuleErrorRecord> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
+    }
 }

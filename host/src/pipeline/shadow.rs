@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::discount::capped_lines;
+use super::rule_io::capped_lines;
 use crate::domain::status::Slot;
 use crate::rules::types::{Candidate, OrderContext, PaymentSummary, Plan, Verdict};
 use crate::rules::{Rule, RuleError};

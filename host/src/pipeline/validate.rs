@@ -27,7 +27,7 @@ pub fn verify_token(secret: &[u8], token: &str, max_lifetime: std::time::Duratio
         // malformed) and never echoes the token.
         .map_err(|e| OrderError::InvalidCustomerToken(e.to_string()))?
         .claims;
-    let now = crate::store::now_ms().max(0) as u64 / 1000;
+    let now = crate::clock::now_ms().max(0) as u64 / 1000;
     if claims.exp.saturating_sub(now) > max_lifetime.as_secs() {
         return Err(OrderError::InvalidCustomerToken(format!(
             "token lifetime too long: it expires more than the allowed {} s from now",
@@ -74,7 +74,7 @@ pub fn mint_token(secret: &[u8], customer_id: &str, ttl: std::time::Duration) ->
         exp: u64,
         iat: u64,
     }
-    let now = crate::store::now_ms() as u64 / 1000;
+    let now = crate::clock::now_ms() as u64 / 1000;
     let claims = Claims { sub: customer_id, exp: now + ttl.as_secs(), iat: now };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),

@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::replay::{self, Outcome};
+use crate::domain::status::Slot;
 use crate::rules::manifest::Manifest;
 use crate::rules::reload::ReloadError;
 use crate::rules::runner::RunInput;
@@ -41,26 +42,18 @@ struct Placed<'a> {
 
 /// What tells two modules of a slot apart for the gate: the same bytes with
 /// the same configuration and budgets answer the same.
-fn key(world: World, rule: &Rule) -> (&'static str, String, String, String) {
+fn key(world: World, rule: &Rule) -> (Slot, String, String, String) {
     (world.slot(), rule.identity().digest.clone(), rule.config_hash().to_string(), format!("{:?}", rule.budgets()))
-}
-
-fn world_of(slot: &str) -> World {
-    match slot {
-        "discount" => World::DiscountRule,
-        "warehouse" => World::WarehouseSelector,
-        _ => World::FraudCheck,
-    }
 }
 
 /// Every module of `set` with its entry's name.
 fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
     let mut out = Vec::new();
-    let mut index_in = std::collections::BTreeMap::<&str, usize>::new();
+    let mut index_in = std::collections::BTreeMap::<Slot, usize>::new();
     for (slot, rule) in set.all() {
         let index = *index_in.entry(slot).and_modify(|i| *i += 1).or_insert(0);
-        let world = world_of(slot);
-        let base = if slot == "warehouse" {
+        let world = World::of(slot);
+        let base = if slot == Slot::Warehouse {
             format!("warehouse {}", rule.module.identity().file)
         } else {
             format!("{slot}[{}] {}", index + 1, rule.module.identity().file)

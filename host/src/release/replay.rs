@@ -3,7 +3,7 @@
 //! the active rule answered.
 //!
 //! The inputs are rebuilt from each settled order's stored invoice, the way
-//! the fraud worker rebuilds an order for its checks ([`fraud::order_context`]):
+//! the fraud worker rebuilds an order for its checks ([`order_context`]):
 //! nothing is written per order for replay, and nothing beyond what the
 //! order holds is involved.
 //!
@@ -16,7 +16,7 @@
 //!   where it was). The active result is what the replaced rule granted on
 //!   the invoice (0 if nothing, or if the candidate is a new rule); the
 //!   candidate's answer is capped as the pipeline caps it
-//!   ([`discount::capped_lines`]). Later rules are not re-run: the difference
+//!   ([`capped_lines`]). Later rules are not re-run: the difference
 //!   is the candidate's discount minus the active rule's, in cents, positive
 //!   when the customer pays less with the candidate.
 //! - **Fraud.** Every check sees the same order; the active result is the
@@ -35,8 +35,9 @@ use anyhow::bail;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{discount, fraud};
 use crate::domain::invoice::{Invoice, InvoiceDiscount};
+use crate::domain::status::Slot;
+use crate::pipeline::rule_io::{capped_lines, order_context, payment_summary};
 use crate::rules::manifest::{Manifest, RuleEntry};
 use crate::rules::types::OrderContext;
 use crate::rules::{Budgets, ModuleConfig, ModuleIdentity, RuleError, RuleModule, Traced, Usage, World, text};
@@ -210,7 +211,7 @@ pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Resu
 #[derive(Debug, Serialize)]
 pub struct ReplayReport {
     pub candidate: ModuleIdentity,
-    pub slot: &'static str,
+    pub slot: Slot,
     /// The replaced rule's module file, if any.
     pub replaces: Option<String>,
     /// 1-based position in the slot's stack.
@@ -445,7 +446,7 @@ fn replay_discount(
     };
     let active_cents: u64 = active_lines.iter().map(|l| l.amount_cents).sum();
     let payable = invoice.subtotal_cents.saturating_sub(before);
-    let context = OrderContext { payable_cents: payable, ..fraud::order_context(invoice) };
+    let context = OrderContext { payable_cents: payable, ..order_context(invoice) };
     replay.input_payable_cents = Some(payable);
     replay.active = json!({ "discount_cents": active_cents, "lines": active_lines });
     let traced = candidate.apply_discount_traced(&context);
@@ -453,7 +454,7 @@ fn replay_discount(
     match traced.result {
         Ok(granted) => {
             let mut left = payable;
-            let lines = discount::capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, &mut left);
+            let lines = capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, &mut left);
             let candidate_cents = payable - left;
             let difference = candidate_cents as i64 - active_cents as i64;
             replay.candidate = json!({ "discount_cents": candidate_cents, "lines": lines });
@@ -471,8 +472,8 @@ fn replay_fraud(
     invoice: &Invoice,
     mut replay: OrderReplay,
 ) -> (OrderReplay, Option<Usage>) {
-    let context = fraud::order_context(invoice);
-    let payment = fraud::payment_summary(invoice);
+    let context = order_context(invoice);
+    let payment = payment_summary(invoice);
     let traced: Traced<_> = candidate.check_fraud_traced(&context, &payment);
     let usage = traced.usage;
     replay.active = match &order.fraud_review {
@@ -577,7 +578,7 @@ impl ReplayReport {
                 Outcome::Refused => {
                     let _ = writeln!(s, "REFUSED the order: {}", r.candidate["refused"]);
                 }
-                _ if self.slot == "discount" => {
+                _ if self.slot == Slot::Discount => {
                     let difference = r.difference_cents.unwrap_or(0);
                     let cents = |v: &Value| v["discount_cents"].as_u64().unwrap_or(0);
                     let _ = writeln!(

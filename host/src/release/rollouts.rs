@@ -1,32 +1,23 @@
-//! Watched rollouts, the pipeline's side: calls that go to a canary first
-//! (a failed canary call is answered by the stable version, so a canary
-//! never fails an order), the automatic rollback when a canary crosses a
-//! limit, promotion, and the hooks every reload runs through (stored canary
-//! states, the replay gate of [`super::gate`], the history of reloads and
-//! refusals). States and events are stored (`store::rollouts`): a rollback
-//! survives restarts and reloads until the manifest names a new version.
+//! Watched rollouts, the release side: promotion of a canary by an
+//! operator, and the hooks every reload runs through (stored canary states
+//! restored, the replay gate of [`super::gate`], the history of reloads and
+//! refusals). The canary calls themselves, and their automatic rollback,
+//! are on the order's path (`pipeline::canary`). States and events are
+//! stored (`store::rollouts`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
+use crate::clock::now_ms;
+use crate::domain::status::{CanaryState, RolloutEventKind};
 use crate::metrics::Metrics;
-use crate::rules::canary::{Canary, CanarySample, CanaryState};
+use crate::pipeline::canary::canary_record;
+use crate::rules::RuleSet;
 use crate::rules::reload::{HookFuture, ReloadError, ReloadHooks};
-use crate::rules::{Called, FailureCause, Picked, Rule, RuleError, RuleSet, SlotRule};
-use crate::store::rollouts::{RolloutEvent, RolloutRecord};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::rollouts::RolloutEvent;
+use crate::store::{Store, StoreError};
 
 /// Events `GET /v1/admin/rollouts` lists.
 pub const RECENT_EVENTS: usize = 100;
-
-/// A canary state to store, with the event that moved it.
-struct Notice {
-    record: RolloutRecord,
-    event: RolloutEvent,
-}
 
 /// The rollouts of one engine.
 pub struct Rollouts {
@@ -34,97 +25,11 @@ pub struct Rollouts {
     metrics: Arc<Metrics>,
     /// Stored orders a reload's replay gate replays.
     replay_orders: usize,
-    notices: mpsc::UnboundedSender<Notice>,
 }
 
-/// The receiving end of the rollbacks to store ([`run_recorder`]).
-pub struct Recorder(mpsc::UnboundedReceiver<Notice>);
-
 impl Rollouts {
-    pub fn new(store: Store, metrics: Arc<Metrics>, replay_orders: usize) -> (Arc<Rollouts>, Recorder) {
-        let (notices, rx) = mpsc::unbounded_channel();
-        (Arc::new(Rollouts { store, metrics, replay_orders, notices }), Recorder(rx))
-    }
-
-    /// The canary's stored form in `state`.
-    fn record(
-        slot: &str,
-        rule: &SlotRule,
-        canary: &Canary,
-        state: CanaryState,
-        reason: &str,
-        at_ms: i64,
-    ) -> RolloutRecord {
-        let (calls, errors, _, _) = canary.control.totals();
-        RolloutRecord {
-            entry: canary.name.clone(),
-            slot: slot.to_string(),
-            stable_digest: rule.module.identity().digest.clone(),
-            stable_config_hash: rule.module.config_hash().to_string(),
-            canary_digest: canary.rule.identity().digest.clone(),
-            canary_config_hash: canary.rule.config_hash().to_string(),
-            state: state.as_str().to_string(),
-            reason: Some(reason.to_string()),
-            calls,
-            errors,
-            at_ms,
-        }
-    }
-
-    /// A canary crossed a limit on this call: count it, log it, and have
-    /// the rollback stored (off the order's path).
-    fn rolled_back(&self, slot: &str, rule: &SlotRule, canary: &Canary, reason: String) {
-        let at_ms = now_ms();
-        self.metrics.canary_rollback(&canary.name);
-        tracing::warn!(canary = %canary.name, slot, module = %canary.rule.identity(), %reason,
-            "canary rolled back; the stable version serves everyone");
-        let record = Self::record(slot, rule, canary, CanaryState::RolledBack, &reason, at_ms);
-        let event = RolloutEvent { at_ms, kind: "rollback".into(), entry: canary.name.clone(), reason };
-        let _ = self.notices.send(Notice { record, event });
-    }
-
-    /// Calls `rule` (what `picked` names for one order, unless its arm is
-    /// off) through `call`: the canary first when the customer is in a
-    /// running canary's share, `rule` when the canary fails (trap, budget,
-    /// error). Counts each call in the metrics; returns the answer and the
-    /// rule that gave it.
-    pub fn call<'a, T>(
-        &self,
-        slot: &'static str,
-        slot_rule: &'a SlotRule,
-        picked: &Picked<'a>,
-        rule: &'a Rule,
-        call: impl Fn(&Rule) -> Result<Called<T>, RuleError>,
-    ) -> (Result<Called<T>, RuleError>, &'a Rule) {
-        if let Some(canary) = picked.canary {
-            let started = Instant::now();
-            let answer = call(&canary.rule);
-            let seconds = started.elapsed().as_secs_f64();
-            let outcome = super::discount::outcome_of(&answer);
-            self.metrics.rule_call(slot, canary.rule.identity(), Some("canary"), outcome, seconds);
-            self.metrics.canary_call(&canary.name, outcome);
-            let (failed, budget_use) = match &answer {
-                Ok(called) => (false, canary.rule.budget_use(&called.usage)),
-                Err(RuleError::Refused { .. }) => (false, 0.0),
-                Err(RuleError::Failed { cause, .. }) => (true, if budget_cause(cause) { 1.0 } else { 0.0 }),
-            };
-            let sample = CanarySample { at_ms: now_ms(), failed, budget_use, latency_ms: seconds * 1e3 };
-            if let Some(reason) = canary.control.record(&canary.limits, sample) {
-                self.rolled_back(slot, slot_rule, canary, reason);
-            }
-            if !failed {
-                return (answer, &canary.rule);
-            }
-            if let Err(RuleError::Failed { module, cause }) = &answer {
-                tracing::warn!(canary = %canary.name, module = %module, %cause,
-                    "canary call failed; the stable version answers this order");
-            }
-        }
-        let started = Instant::now();
-        let answer = call(rule);
-        let outcome = super::discount::outcome_of(&answer);
-        self.metrics.rule_call(slot, rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
-        (answer, rule)
+    pub fn new(store: Store, metrics: Arc<Metrics>, replay_orders: usize) -> Arc<Rollouts> {
+        Arc::new(Rollouts { store, metrics, replay_orders })
     }
 
     /// Makes the canary `name` of the serving set its stable version, and
@@ -139,9 +44,9 @@ impl Rollouts {
         if !canary.control.leave_running(CanaryState::Promoted, &reason, at_ms) {
             return Ok(Some(Err(canary.control.state())));
         }
-        tracing::info!(canary = %canary.name, slot, module = %canary.rule.identity(), "canary promoted");
-        let record = Self::record(slot, rule, canary, CanaryState::Promoted, &reason, at_ms);
-        let event = RolloutEvent { at_ms, kind: "promote".into(), entry: canary.name.clone(), reason };
+        tracing::info!(canary = %canary.name, %slot, module = %canary.rule.identity(), "canary promoted");
+        let record = canary_record(slot, rule, canary, CanaryState::Promoted, &reason, at_ms);
+        let event = RolloutEvent { at_ms, kind: RolloutEventKind::Promote, entry: canary.name.clone(), reason };
         self.store.record_rollout_state(record, event).await?;
         Ok(Some(Ok(())))
     }
@@ -150,10 +55,6 @@ impl Rollouts {
     pub async fn events(&self) -> Result<Vec<RolloutEvent>, StoreError> {
         self.store.rollout_events(RECENT_EVENTS).await
     }
-}
-
-fn budget_cause(cause: &FailureCause) -> bool {
-    matches!(cause.kind(), "fuel_budget" | "memory_budget" | "time_budget" | "output_budget")
 }
 
 /// What changed from `previous` to `next`, for the reload event: the
@@ -196,7 +97,7 @@ fn promoted_by_manifest(previous: &RuleSet, next: &RuleSet) -> Vec<RolloutEvent>
         })
         .map(|(_, _, c)| RolloutEvent {
             at_ms: now_ms(),
-            kind: "promote".into(),
+            kind: RolloutEventKind::Promote,
             entry: c.name.clone(),
             reason: format!("the manifest names {} as the stable version", c.rule.identity()),
         })
@@ -223,9 +124,9 @@ impl ReloadHooks for Rollouts {
                 && stored.canary_config_hash == canary.rule.config_hash()
                 && stored.stable_digest == rule.module.identity().digest
                 && stored.stable_config_hash == rule.module.config_hash();
-            let state = CanaryState::parse(&stored.state).unwrap_or(CanaryState::Running);
+            let state = stored.state;
             if same && state != CanaryState::Running {
-                tracing::info!(canary = %canary.name, slot, state = state.as_str(), "canary state restored from the store");
+                tracing::info!(canary = %canary.name, %slot, state = state.as_str(), "canary state restored from the store");
                 canary.control.restore(state, stored.calls, stored.errors, stored.reason, stored.at_ms);
             }
         }
@@ -242,7 +143,7 @@ impl ReloadHooks for Rollouts {
                     self.metrics.reload("ok");
                     let mut events = vec![RolloutEvent {
                         at_ms: now_ms(),
-                        kind: "reload".into(),
+                        kind: RolloutEventKind::Reload,
                         entry: "manifest.toml".into(),
                         reason: changes(previous, next),
                     }];
@@ -253,7 +154,7 @@ impl ReloadHooks for Rollouts {
                     self.metrics.reload("refused");
                     vec![RolloutEvent {
                         at_ms: now_ms(),
-                        kind: "refused".into(),
+                        kind: RolloutEventKind::Refused,
                         entry: error.entry.clone().unwrap_or_else(|| error.file.clone()),
                         reason: error.error.clone(),
                     }]
@@ -265,38 +166,5 @@ impl ReloadHooks for Rollouts {
                 }
             }
         })
-    }
-}
-
-/// Stores each rollback as it happens, until `shutdown` (then what is queued).
-pub async fn run_recorder(store: Store, recorder: Recorder, shutdown: CancellationToken) {
-    let Recorder(mut rx) = recorder;
-    loop {
-        let notice = tokio::select! {
-            notice = rx.recv() => notice,
-            _ = shutdown.cancelled() => None,
-        };
-        match notice {
-            Some(notice) => store_notice(&store, notice).await,
-            None => break,
-        }
-    }
-    rx.close();
-    while let Ok(notice) = rx.try_recv() {
-        store_notice(&store, notice).await;
-    }
-}
-
-/// The rollback is in force in this process already; storing it is what
-/// makes it last. A store briefly unavailable is retried a few times.
-async fn store_notice(store: &Store, Notice { record, event }: Notice) {
-    let mut attempts: u64 = 0;
-    while let Err(e) = store.record_rollout_state(record.clone(), event.clone()).await {
-        attempts += 1;
-        tracing::error!(canary = %record.entry, error = %e, attempts, "could not store a canary rollback");
-        if attempts >= 5 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200 * attempts)).await;
     }
 }

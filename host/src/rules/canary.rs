@@ -23,46 +23,23 @@ use super::manifest::CanaryEntry;
 /// Samples a window keeps at most, whatever its length: the oldest go first.
 const MAX_SAMPLES: usize = 100_000;
 
-/// What a canary does now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CanaryState {
-    /// Serving its share, watched.
-    Running,
-    /// Stopped by a crossed limit: the stable version serves everyone.
-    RolledBack,
-    /// Made the stable version: it serves everyone.
-    Promoted,
+pub use crate::domain::status::CanaryState;
+
+/// A state as the lock-free control keeps it.
+fn code(state: CanaryState) -> u8 {
+    match state {
+        CanaryState::Running => 0,
+        CanaryState::RolledBack => 1,
+        CanaryState::Promoted => 2,
+    }
 }
 
-impl CanaryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CanaryState::Running => "running",
-            CanaryState::RolledBack => "rolled_back",
-            CanaryState::Promoted => "promoted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<CanaryState> {
-        match text {
-            "running" => Some(CanaryState::Running),
-            "rolled_back" => Some(CanaryState::RolledBack),
-            "promoted" => Some(CanaryState::Promoted),
-            _ => None,
-        }
-    }
-
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(code: u8) -> CanaryState {
-        match code {
-            1 => CanaryState::RolledBack,
-            2 => CanaryState::Promoted,
-            _ => CanaryState::Running,
-        }
+/// The state a [`code`] stands for (the control stores nothing else).
+fn from_code(code: u8) -> CanaryState {
+    match code {
+        1 => CanaryState::RolledBack,
+        2 => CanaryState::Promoted,
+        _ => CanaryState::Running,
     }
 }
 
@@ -147,8 +124,8 @@ pub struct CanaryControl {
 impl Default for CanaryControl {
     fn default() -> Self {
         CanaryControl {
-            state: AtomicU8::new(CanaryState::Running.code()),
-            window: Mutex::new(Window { since_ms: crate::store::now_ms(), ..Window::default() }),
+            state: AtomicU8::new(code(CanaryState::Running)),
+            window: Mutex::new(Window { since_ms: crate::clock::now_ms(), ..Window::default() }),
         }
     }
 }
@@ -165,7 +142,7 @@ fn p99(mut values: Vec<f64>) -> f64 {
 
 impl CanaryControl {
     pub fn state(&self) -> CanaryState {
-        CanaryState::from_code(self.state.load(Ordering::Acquire))
+        from_code(self.state.load(Ordering::Acquire))
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -187,7 +164,7 @@ impl CanaryControl {
         w.errors = w.errors.max(errors);
         w.reason = reason;
         w.since_ms = at_ms;
-        self.state.store(state.code(), Ordering::Release);
+        self.state.store(code(state), Ordering::Release);
     }
 
     /// Moves from `Running` to `to`; false if it was not running (another
@@ -195,7 +172,7 @@ impl CanaryControl {
     pub fn leave_running(&self, to: CanaryState, reason: &str, now_ms: i64) -> bool {
         let moved = self
             .state
-            .compare_exchange(CanaryState::Running.code(), to.code(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(code(CanaryState::Running), code(to), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if moved {
             let mut w = self.window();

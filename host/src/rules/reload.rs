@@ -5,7 +5,7 @@
 //! artifact), check against the worlds and signatures, then a smoke test on
 //! an example order, then the [`ReloadHooks`] the host adds: canaries keep
 //! their live state, stored rollout states apply, and every module or
-//! configuration new to the set must pass the replay gate (`pipeline::gate`).
+//! configuration new to the set must pass the replay gate (`release::gate`).
 //! Only then is it swapped in, atomically; on any failure the last good set
 //! keeps serving and the error is kept for operators.
 
@@ -29,6 +29,7 @@ use super::{HostDefaults, LoadError, RuleError, RuleRuntime, RuleSet};
 use crate::domain::customer::{AccountStatus, Tier};
 use crate::domain::geo::GeoPoint;
 use crate::domain::order::CartLine;
+use crate::domain::status::Slot;
 
 /// How long the directory must be quiet before a reload is tried.
 pub const QUIET: Duration = Duration::from_millis(150);
@@ -51,7 +52,7 @@ impl ReloadError {
         ReloadError {
             file: file.into(),
             error: error.into(),
-            at: crate::store::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
             entry: None,
             order_id: None,
         }
@@ -121,7 +122,7 @@ impl Reloader {
                     self.rules.store(set.clone());
                     status.reloads += 1;
                     status.errors.clear();
-                    status.last_reload_at = Some(crate::store::now_rfc3339());
+                    status.last_reload_at = Some(crate::clock::now_rfc3339());
                     tracing::info!(rules = ?summary, "plug-in directory reloaded");
                     Ok(())
                 }
@@ -300,9 +301,9 @@ fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
         rules.extend(rule.canary.iter().map(|c| &c.rule));
         for candidate in rules {
             let outcome = match slot {
-                "discount" => candidate.apply_discount(&order).map(|_| ()),
-                "warehouse" => candidate.select_warehouses(&order, &candidates).map(|_| ()),
-                _ => candidate.check_fraud(&order, &payment).map(|_| ()),
+                Slot::Discount => candidate.apply_discount(&order).map(|_| ()),
+                Slot::Warehouse => candidate.select_warehouses(&order, &candidates).map(|_| ()),
+                Slot::Fraud => candidate.check_fraud(&order, &payment).map(|_| ()),
             };
             if let Err(RuleError::Failed { module, cause }) = outcome {
                 return Err((module.file.clone(), format!("smoke test on an example order failed: {module} {cause}")));

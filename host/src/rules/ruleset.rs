@@ -2,6 +2,7 @@
 //! an immutable snapshot; an order takes the current one when it starts and
 //! finishes on it, whatever is reloaded meanwhile.
 
+use crate::domain::status::Slot;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -224,7 +225,7 @@ impl RuleSet {
             warehouse,
             fraud,
             dir: dir.to_owned(),
-            loaded_at: crate::store::now_rfc3339(),
+            loaded_at: crate::clock::now_rfc3339(),
             manifest: Some(Arc::new(manifest)),
         };
         let mut names: Vec<&str> = set.canaries().map(|(_, _, c)| c.name.as_str()).collect();
@@ -236,7 +237,7 @@ impl RuleSet {
     }
 
     /// Every canary of the set: its slot, its rule and the canary.
-    pub fn canaries(&self) -> impl Iterator<Item = (&'static str, &SlotRule, &Canary)> {
+    pub fn canaries(&self) -> impl Iterator<Item = (Slot, &SlotRule, &Canary)> {
         self.all().filter_map(|(slot, rule)| rule.canary.as_ref().map(|c| (slot, rule, c)))
     }
 
@@ -256,12 +257,12 @@ impl RuleSet {
     }
 
     /// Every rule of the set with its slot name, in slot order.
-    pub fn all(&self) -> impl Iterator<Item = (&'static str, &SlotRule)> {
+    pub fn all(&self) -> impl Iterator<Item = (Slot, &SlotRule)> {
         self.discount
             .iter()
-            .map(|r| ("discount", r))
-            .chain(std::iter::once(("warehouse", &self.warehouse)))
-            .chain(self.fraud.iter().map(|r| ("fraud", r)))
+            .map(|r| (Slot::Discount, r))
+            .chain(std::iter::once((Slot::Warehouse, &self.warehouse)))
+            .chain(self.fraud.iter().map(|r| (Slot::Fraud, r)))
     }
 }
 

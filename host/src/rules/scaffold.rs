@@ -201,7 +201,7 @@ impl Vars {
             ("{{name}}", spec.name.clone()),
             ("{{crate}}", crate_name.clone()),
             ("{{world}}", world.name().to_owned()),
-            ("{{slot}}", world.slot().to_owned()),
+            ("{{slot}}", world.slot().to_string()),
             ("{{manifest_table}}", manifest_table.to_owned()),
             ("{{contract}}", CONTRACT.to_owned()),
             ("{{contract_version}}", CONTRACT.split_once('@').map_or("", |(_, v)| v).to_owned()),

@@ -1,5 +1,6 @@
 //! The three rule worlds of `wit/`, and which imports a rule may have.
 
+use crate::domain::status::Slot;
 use serde::{Deserialize, Serialize};
 
 /// The WIT package of `wit/`, with its version: what rules are built against.
@@ -27,11 +28,20 @@ impl World {
     }
 
     /// The plug-in slot the world serves: its table in `manifest.toml`.
-    pub fn slot(self) -> &'static str {
+    pub fn slot(self) -> Slot {
         match self {
-            World::DiscountRule => "discount",
-            World::WarehouseSelector => "warehouse",
-            World::FraudCheck => "fraud",
+            World::DiscountRule => Slot::Discount,
+            World::WarehouseSelector => Slot::Warehouse,
+            World::FraudCheck => Slot::Fraud,
+        }
+    }
+
+    /// The world a slot's modules implement.
+    pub fn of(slot: Slot) -> World {
+        match slot {
+            Slot::Discount => World::DiscountRule,
+            Slot::Warehouse => World::WarehouseSelector,
+            Slot::Fraud => World::FraudCheck,
         }
     }
 

@@ -1,41 +1,58 @@
 //! The store boundary: every SQL statement of the host lives under this
 //! folder, and the rest of the host calls typed operations on [`Store`].
 //!
-//! - [`writer`] (private): one thread owns the write connection and commits
-//!   every waiting command in one transaction (group commit, a SAVEPOINT per
-//!   command); callers await their command's durable answer;
-//! - [`readers`] (private): read connections used inline by the reading
-//!   thread (WAL readers never wait for the writer);
-//! - [`catalog`]: customers, products, warehouses, stock and carts;
-//! - [`orders`]: orders, reservations, payments, idempotency keys;
-//! - [`outbox`]: the order's events and sink positions;
-//! - [`ledger`]: the sandbox payment gateway's ledger;
-//! - [`shadows`]: shadow runs of candidate rule modules;
-//! - [`experiments`]: A/B figures per arm, only ever added to;
-//! - [`rollouts`]: canary states and the history of reloads, refusals, rollbacks, promotions;
-//! - `schema` (private): versioned migrations; [`error`]: what callers match on;
-//! - [`postgres`]: the same operations on PostgreSQL, for several replicas
-//!   of the service on one database (`SMARTMART_DATABASE_URL`).
+//! The folder has three parts:
 //!
-//! The modules above hold the types and the SQLite statements; the
-//! PostgreSQL twins of the statements live under [`postgres`]. Every
-//! operation of [`Store`] runs on either back-end and one test suite
-//! (`tests/integration/store.rs`) runs on both, so no caller ever sees a
-//! connection or knows which database it uses.
+//! - the records, neutral as to the back-end (public, each module with its
+//!   records only: what callers hand to [`Store`] and get back, and what
+//!   both back-ends read and write):
+//!   - [`catalog`]: customers, products, warehouses, stock and carts;
+//!   - [`orders`]: orders, reservations, payments, idempotency keys, and
+//!     the saga's state diagram;
+//!   - [`outbox`]: the order's events and sink positions;
+//!   - [`ledger`]: the sandbox payment gateway's ledger;
+//!   - [`shadows`]: shadow runs of candidate rule modules;
+//!   - [`experiments`]: A/B figures per arm, only ever added to;
+//!   - [`rollouts`]: canary states and the history of reloads, refusals,
+//!     rollbacks, promotions;
+//!   - [`error`]: what callers match on;
+//! - the back-ends, two sibling folders implementing the same operations
+//!   with one file per module of records (`sqlite/orders.rs` and
+//!   `postgres/orders.rs` for [`orders`], …); private to `store`, so
+//!   nothing else in the host can call a back-end's function:
+//!   - `sqlite/`: an embedded SQLite file written by one process, with its
+//!     writer thread (group commit, a SAVEPOINT per command), its inline
+//!     readers (WAL readers never wait for the writer), its WAL
+//!     checkpointer and its migrations (`PRAGMA user_version`);
+//!   - `postgres/`: PostgreSQL, for several replicas of the service on one
+//!     database (`SMARTMART_DATABASE_URL`), with its pool, its transactions
+//!     retried on a deadlock or serialization failure, its work claimed
+//!     with `FOR UPDATE SKIP LOCKED` and leases, and its migrations (table
+//!     `smartmart_schema`);
+//! - the facade, this file: [`Store`] opens either back-end and sends each
+//!   operation to it (`sqlite::orders::reserve` or
+//!   `postgres::orders::reserve`, …).
+//!
+//! A new operation is therefore its records (if any) in a neutral module,
+//! one function in each back-end's file and one method of [`Store`]. The
+//! two back-ends' migration lists carry the same versions, one for one
+//! (checked by the tests in `migrations.rs`); every operation of [`Store`]
+//! runs on either back-end and one test suite (`tests/integration/store.rs`)
+//! runs on both, so no caller ever sees a connection or knows which
+//! database it uses.
 
 pub mod catalog;
-mod checkpointer;
 pub mod error;
 pub mod experiments;
 pub mod ledger;
+#[cfg(test)]
+mod migrations;
 pub mod orders;
 pub mod outbox;
-pub mod postgres;
-mod readers;
+mod postgres;
 pub mod rollouts;
-mod schema;
 pub mod shadows;
-mod writer;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +64,6 @@ pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
 use catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse};
-use checkpointer::Checkpointer;
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCancel, LedgerCharge};
 use orders::{
@@ -55,10 +71,8 @@ use orders::{
     Settlement, StoredOrder, Verdict,
 };
 use outbox::{DueEvent, SinkPosition};
-use readers::Readers;
 use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
-use writer::Writer;
 
 use crate::domain::customer::Customer;
 use crate::domain::order::CartLine;
@@ -140,33 +154,8 @@ struct Inner {
 }
 
 enum Backend {
-    Sqlite(Sqlite),
+    Sqlite(sqlite::Sqlite),
     Postgres(postgres::Postgres),
-}
-
-struct Sqlite {
-    /// `None` for a store opened read-only (tools beside a running service).
-    writer: Option<Writer>,
-    /// Checkpoints the WAL while the store is open (`None` read-only).
-    _checkpointer: Option<Checkpointer>,
-    readers: Readers,
-    path: PathBuf,
-}
-
-impl Sqlite {
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.readers.read(f)
-    }
-
-    async fn write<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        match &self.writer {
-            Some(writer) => writer.write(op).await,
-            None => Err(StoreError::Unavailable(format!("{} was opened read-only", self.path.display()))),
-        }
-    }
 }
 
 impl std::fmt::Debug for Store {
@@ -224,29 +213,7 @@ impl Store {
     /// Opens (creating if needed) the SQLite database at `path`, migrates it
     /// and starts its writer thread.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(options.busy_timeout)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", options.durability.pragma())?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Each store command runs in a savepoint, whose undo pages SQLite
-        // keeps in a statement journal: in memory, not in a temp file.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // Every statement is `prepare_cached`; rusqlite keeps 16 by default,
-        // so the hot path would parse and plan its SQL again on every call.
-        conn.set_prepared_statement_cache_capacity(readers::STATEMENT_CACHE_CAPACITY);
-        schema::migrate(&mut conn)?;
-        // Checkpoints run on a thread of their own (see `checkpointer`).
-        conn.pragma_update(None, "wal_autocheckpoint", checkpointer::WRITER_BACKSTOP_PAGES)?;
-        let checkpointer = Checkpointer::start(path, options.durability)?;
-        let writer =
-            Writer::start(conn).map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(Store::new(Backend::Sqlite(Sqlite {
-            writer: Some(writer),
-            _checkpointer: Some(checkpointer),
-            readers: Readers::new(path, options.busy_timeout),
-            path: path.to_owned(),
-        })))
+        Ok(Store::new(Backend::Sqlite(sqlite::Sqlite::open(path, options)?)))
     }
 
     /// Opens the SQLite database at `path` for reading only, beside a
@@ -256,15 +223,7 @@ impl Store {
     /// A missing file, or a schema version other than the one this binary
     /// knows, is refused.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        if !path.is_file() {
-            return Err(StoreError::NotFound(format!(
-                "no database at {} (is this the service's data dir?)",
-                path.display()
-            )));
-        }
-        let readers = Readers::new(path, options.busy_timeout);
-        readers.read(schema::check_current)?;
-        Ok(Store::new(Backend::Sqlite(Sqlite { writer: None, _checkpointer: None, readers, path: path.to_owned() })))
+        Ok(Store::new(Backend::Sqlite(sqlite::Sqlite::open_read_only(path, options)?)))
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://…`) and
@@ -322,12 +281,7 @@ impl Store {
 
     /// Whether the database answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
-        let answer: Result<i64, StoreError> = async {
-            read!(self, |c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?), async {
-                Ok(c.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
-            })
-        }
-        .await;
+        let answer: Result<i64, StoreError> = async { read!(self, |c| sqlite::ping(c), postgres::ping(c)) }.await;
         answer.is_ok()
     }
 
@@ -335,37 +289,43 @@ impl Store {
 
     /// Whether any customer exists (an empty store gets the demo data set).
     pub async fn has_customers(&self) -> Result<bool, StoreError> {
-        read!(self, |c| Ok(c.prepare_cached("SELECT 1 FROM customers LIMIT 1")?.exists([])?), async {
-            Ok(c.query_opt("SELECT 1 FROM customers LIMIT 1", &[]).await?.is_some())
-        })
+        read!(self, |c| sqlite::catalog::has_customers(c), postgres::catalog::has_customers(c))
     }
 
     pub async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
-        read!(self, |c| catalog::get_customer(c, id), postgres::catalog::get_customer(c, id))
+        read!(self, |c| sqlite::catalog::get_customer(c, id), postgres::catalog::get_customer(c, id))
     }
 
     pub async fn upsert_customer(&self, customer: Customer) -> Result<(), StoreError> {
-        write!(self, |c| catalog::upsert_customer(c, &customer), postgres::catalog::upsert_customer(c, &customer))
+        write!(
+            self,
+            |c| sqlite::catalog::upsert_customer(c, &customer),
+            postgres::catalog::upsert_customer(c, &customer)
+        )
     }
 
     pub async fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
-        read!(self, |c| catalog::get_product(c, sku), postgres::catalog::get_product(c, sku))
+        read!(self, |c| sqlite::catalog::get_product(c, sku), postgres::catalog::get_product(c, sku))
     }
 
     pub async fn upsert_product(&self, product: Product) -> Result<(), StoreError> {
-        write!(self, |c| catalog::upsert_product(c, &product), postgres::catalog::upsert_product(c, &product))
+        write!(self, |c| sqlite::catalog::upsert_product(c, &product), postgres::catalog::upsert_product(c, &product))
     }
 
     pub async fn upsert_warehouse(&self, warehouse: Warehouse) -> Result<(), StoreError> {
-        write!(self, |c| catalog::upsert_warehouse(c, &warehouse), postgres::catalog::upsert_warehouse(c, &warehouse))
+        write!(
+            self,
+            |c| sqlite::catalog::upsert_warehouse(c, &warehouse),
+            postgres::catalog::upsert_warehouse(c, &warehouse)
+        )
     }
 
-    /// Sets the units on hand (see [`catalog::set_stock`]).
+    /// Sets the units on hand (see `sqlite::catalog::set_stock`).
     pub async fn set_stock(&self, warehouse_id: &str, sku: &str, on_hand: u64) -> Result<StockLevel, StoreError> {
         let (warehouse_id, sku) = (warehouse_id.to_string(), sku.to_string());
         write!(
             self,
-            |c| catalog::set_stock(c, &warehouse_id, &sku, on_hand),
+            |c| sqlite::catalog::set_stock(c, &warehouse_id, &sku, on_hand),
             postgres::catalog::set_stock(c, &warehouse_id, &sku, on_hand)
         )
     }
@@ -381,11 +341,11 @@ impl Store {
         write!(
             self,
             |c| {
-                customers.iter().try_for_each(|customer| catalog::upsert_customer(c, customer))?;
-                products.iter().try_for_each(|product| catalog::upsert_product(c, product))?;
-                warehouses.iter().try_for_each(|warehouse| catalog::upsert_warehouse(c, warehouse))?;
+                customers.iter().try_for_each(|customer| sqlite::catalog::upsert_customer(c, customer))?;
+                products.iter().try_for_each(|product| sqlite::catalog::upsert_product(c, product))?;
+                warehouses.iter().try_for_each(|warehouse| sqlite::catalog::upsert_warehouse(c, warehouse))?;
                 for (warehouse_id, sku, on_hand) in &stock {
-                    catalog::set_stock(c, warehouse_id, sku, *on_hand)?;
+                    sqlite::catalog::set_stock(c, warehouse_id, sku, *on_hand)?;
                 }
                 Ok(())
             },
@@ -409,12 +369,12 @@ impl Store {
     }
 
     pub async fn stock_of_sku(&self, sku: &str) -> Result<Vec<StockLevel>, StoreError> {
-        read!(self, |c| catalog::stock_of_sku(c, sku), postgres::catalog::stock_of_sku(c, sku))
+        read!(self, |c| sqlite::catalog::stock_of_sku(c, sku), postgres::catalog::stock_of_sku(c, sku))
     }
 
     /// Warehouses holding any of `skus`, with the availability of each.
     pub async fn stocked_warehouses(&self, skus: &[&str]) -> Result<Vec<StockedWarehouse>, StoreError> {
-        read!(self, |c| catalog::stocked_warehouses(c, skus), postgres::catalog::stocked_warehouses(c, skus))
+        read!(self, |c| sqlite::catalog::stocked_warehouses(c, skus), postgres::catalog::stocked_warehouses(c, skus))
     }
 
     /// Replaces a customer's cart; `NotFound` names the first unknown sku.
@@ -422,53 +382,57 @@ impl Store {
         let customer_id = customer_id.to_string();
         write!(
             self,
-            |c| catalog::replace_cart(c, &customer_id, &items),
+            |c| sqlite::catalog::replace_cart(c, &customer_id, &items),
             postgres::catalog::replace_cart(c, &customer_id, &items)
         )
     }
 
     /// The cart priced now, and the skus no longer in the catalog.
     pub async fn cart(&self, customer_id: &str) -> Result<(Vec<CartLine>, Vec<String>), StoreError> {
-        read!(self, |c| catalog::cart_lines(c, customer_id), postgres::catalog::cart_lines(c, customer_id))
+        read!(self, |c| sqlite::catalog::cart_lines(c, customer_id), postgres::catalog::cart_lines(c, customer_id))
     }
 
     // ---------------------------------------------------------------- orders
 
-    /// Creates the order PENDING, claims its key, holds its stock (see [`orders::reserve`]).
+    /// Creates the order PENDING, claims its key, holds its stock (see `sqlite::orders::reserve`).
     pub async fn reserve(&self, order: NewOrder) -> Result<ReserveOutcome, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(db) => db.write(move |c| orders::reserve(c, &order)).await,
+            Backend::Sqlite(db) => db.write(move |c| sqlite::orders::reserve(c, &order)).await,
             Backend::Postgres(db) => postgres::transact_steps!(db, |tx| postgres::orders::reserve(&tx, &order).await),
         }
     }
 
     /// Records the payment intent with the draft invoice and the payment
-    /// token, kept until the order settles (see [`orders::record_intent`]).
+    /// token, kept until the order settles (see `sqlite::orders::record_intent`).
     pub async fn record_intent(&self, intent: PaymentIntent) -> Result<(), StoreError> {
-        write!(self, |c| orders::record_intent(c, &intent), postgres::orders::record_intent(c, &intent))
+        write!(self, |c| sqlite::orders::record_intent(c, &intent), postgres::orders::record_intent(c, &intent))
     }
 
-    /// The order's final state (see [`orders::settle`]); an order answered
+    /// The order's final state (see `sqlite::orders::settle`); an order answered
     /// PAYMENT_PENDING settles the same way, its key's `202` replaced by the
     /// final answer.
     pub async fn settle(&self, settlement: Settlement) -> Result<(), StoreError> {
-        write!(self, |c| orders::settle(c, &settlement), postgres::orders::settle(c, &settlement))
+        write!(self, |c| sqlite::orders::settle(c, &settlement), postgres::orders::settle(c, &settlement))
     }
 
     /// Answers PAYMENT_PENDING: hands the order to the reconciler, its
     /// stock still held and its key answering `202` with the pending
-    /// invoice (see [`orders::mark_payment_pending`]).
+    /// invoice (see `sqlite::orders::mark_payment_pending`).
     pub async fn mark_payment_pending(&self, pending: PendingPayment) -> Result<(), StoreError> {
-        write!(self, |c| orders::mark_payment_pending(c, &pending), postgres::orders::mark_payment_pending(c, &pending))
+        write!(
+            self,
+            |c| sqlite::orders::mark_payment_pending(c, &pending),
+            postgres::orders::mark_payment_pending(c, &pending)
+        )
     }
 
     /// When the reconciler looks at the order's open payment again (see
-    /// [`orders::defer_resolution`]); nothing once it is no longer open.
+    /// `sqlite::orders::defer_resolution`); nothing once it is no longer open.
     pub async fn defer_resolution(&self, order_id: &str, resolve_after_ms: i64) -> Result<(), StoreError> {
         let order_id = order_id.to_string();
         write!(
             self,
-            |c| orders::defer_resolution(c, &order_id, resolve_after_ms),
+            |c| sqlite::orders::defer_resolution(c, &order_id, resolve_after_ms),
             postgres::orders::defer_resolution(c, &order_id, resolve_after_ms)
         )
     }
@@ -476,40 +440,40 @@ impl Store {
     /// Up to `limit` orders answered PAYMENT_PENDING and not settled yet,
     /// oldest first (operators' list).
     pub async fn payments_pending(&self, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
-        read!(self, |c| orders::payments_pending(c, limit), postgres::orders::payments_pending(c, limit))
+        read!(self, |c| sqlite::orders::payments_pending(c, limit), postgres::orders::payments_pending(c, limit))
     }
 
     /// How many orders are answered PAYMENT_PENDING and not settled yet.
     pub async fn payments_pending_count(&self) -> Result<u64, StoreError> {
-        read!(self, |c| orders::payments_pending_count(c), postgres::orders::payments_pending_count(c))
+        read!(self, |c| sqlite::orders::payments_pending_count(c), postgres::orders::payments_pending_count(c))
     }
 
-    /// Undoes a PENDING order (see [`orders::cancel`]); whether it was pending.
+    /// Undoes a PENDING order (see `sqlite::orders::cancel`); whether it was pending.
     pub async fn cancel(&self, order_id: &str, reason: &str) -> Result<bool, StoreError> {
         let (order_id, reason) = (order_id.to_string(), reason.to_string());
-        write!(self, |c| orders::cancel(c, &order_id, &reason), postgres::orders::cancel(c, &order_id, &reason))
+        write!(self, |c| sqlite::orders::cancel(c, &order_id, &reason), postgres::orders::cancel(c, &order_id, &reason))
     }
 
-    /// Removes a PENDING order refused for its input (see [`orders::discard`]).
+    /// Removes a PENDING order refused for its input (see `sqlite::orders::discard`).
     pub async fn discard(&self, order_id: &str) -> Result<bool, StoreError> {
         let order_id = order_id.to_string();
-        write!(self, |c| orders::discard(c, &order_id), postgres::orders::discard(c, &order_id))
+        write!(self, |c| sqlite::orders::discard(c, &order_id), postgres::orders::discard(c, &order_id))
     }
 
     pub async fn order(&self, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
-        read!(self, |c| orders::get_order(c, order_id), postgres::orders::get_order(c, order_id))
+        read!(self, |c| sqlite::orders::get_order(c, order_id), postgres::orders::get_order(c, order_id))
     }
 
     /// What an idempotency key holds, if it was used.
     pub async fn key_record(&self, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
-        read!(self, |c| orders::key_record(c, channel, key), postgres::orders::key_record(c, channel, key))
+        read!(self, |c| sqlite::orders::key_record(c, channel, key), postgres::orders::key_record(c, channel, key))
     }
 
     /// PENDING orders last touched before `updated_before` (RFC 3339): the
     /// unpaid ones and the payment intents to reconcile; and the orders
     /// answered PAYMENT_PENDING whose resolution is due (`resolve_after_ms <=
     /// now_ms`) however recently touched, which are never returned before
-    /// that (see [`orders::pending_orders`]). On a shared database they are
+    /// that (see `sqlite::orders::pending_orders`). On a shared database they are
     /// claimed for this replica: no other replica gets them until they are
     /// as old again, or for [`RESOLVE_LEASE_MS`] when due for resolution.
     pub async fn pending_orders(
@@ -518,7 +482,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(db) => db.read(|c| orders::pending_orders(c, updated_before, now_ms)),
+            Backend::Sqlite(db) => db.read(|c| sqlite::orders::pending_orders(c, updated_before, now_ms)),
             Backend::Postgres(db) => {
                 postgres::transact!(db, |tx| postgres::orders::claim_pending_orders(&tx, updated_before, now_ms).await)
             }
@@ -529,7 +493,7 @@ impl Store {
     /// events (claimed for a while on a shared database).
     pub async fn awaiting_verdict(&self, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(db) => db.read(|c| orders::awaiting_verdict(c, limit)),
+            Backend::Sqlite(db) => db.read(|c| sqlite::orders::awaiting_verdict(c, limit)),
             Backend::Postgres(db) => {
                 postgres::transact!(db, |tx| postgres::orders::claim_awaiting_verdict(&tx, limit).await)
             }
@@ -537,7 +501,7 @@ impl Store {
     }
 
     pub async fn record_verdicts(&self, verdicts: Vec<Verdict>) -> Result<(), StoreError> {
-        write!(self, |c| orders::record_verdicts(c, &verdicts), postgres::orders::record_verdicts(c, &verdicts))
+        write!(self, |c| sqlite::orders::record_verdicts(c, &verdicts), postgres::orders::record_verdicts(c, &verdicts))
     }
 
     /// The last `limit` settled orders (CONFIRMED or PAYMENT_FAILED, newest
@@ -545,13 +509,13 @@ impl Store {
     /// reconstructs rule inputs from. Blocking (tools call it without a runtime).
     pub fn recent_settled_orders(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
         self.read_blocking(
-            |c| orders::recent_settled(c, limit),
+            |c| sqlite::orders::recent_settled(c, limit),
             async move |c| postgres::orders::recent_settled(c, limit).await,
         )
     }
 
     pub async fn escalations(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-        read!(self, |c| orders::escalations(c, limit), postgres::orders::escalations(c, limit))
+        read!(self, |c| sqlite::orders::escalations(c, limit), postgres::orders::escalations(c, limit))
     }
 
     // ---------------------------------------------------------------- outbox
@@ -563,10 +527,10 @@ impl Store {
 
     /// Up to `limit` events due for delivery, oldest first. On a shared
     /// database they are claimed for this replica for a while (see
-    /// [`postgres::outbox`]).
+    /// `postgres::outbox`).
     pub async fn due_events(&self, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
         match &self.inner.backend {
-            Backend::Sqlite(db) => db.read(|c| outbox::due_events(c, now_ms, limit)),
+            Backend::Sqlite(db) => db.read(|c| sqlite::outbox::due_events(c, now_ms, limit)),
             Backend::Postgres(db) => {
                 postgres::transact!(db, |tx| postgres::outbox::claim_due_events(&tx, now_ms, limit).await)
             }
@@ -576,7 +540,7 @@ impl Store {
     pub async fn mark_delivered(&self, seqs: Vec<i64>, position: Option<SinkPosition>) -> Result<(), StoreError> {
         write!(
             self,
-            |c| outbox::mark_delivered(c, &seqs, position.as_ref()),
+            |c| sqlite::outbox::mark_delivered(c, &seqs, position.as_ref()),
             postgres::outbox::mark_delivered(c, &seqs, position.as_ref())
         )
     }
@@ -584,18 +548,18 @@ impl Store {
     pub async fn mark_retry(&self, seqs: Vec<i64>, error: String, next_attempt_ms: i64) -> Result<(), StoreError> {
         write!(
             self,
-            |c| outbox::mark_retry(c, &seqs, &error, next_attempt_ms),
+            |c| sqlite::outbox::mark_retry(c, &seqs, &error, next_attempt_ms),
             postgres::outbox::mark_retry(c, &seqs, &error, next_attempt_ms)
         )
     }
 
     pub async fn sink_positions(&self) -> Result<Vec<SinkPosition>, StoreError> {
-        read!(self, |c| outbox::sink_positions(c), postgres::outbox::sink_positions(c))
+        read!(self, |c| sqlite::outbox::sink_positions(c), postgres::outbox::sink_positions(c))
     }
 
     /// Events not yet delivered, and the age in ms of the oldest of them.
     pub async fn outbox_backlog(&self) -> Result<(u64, i64), StoreError> {
-        read!(self, |c| outbox::outbox_backlog(c), postgres::outbox::outbox_backlog(c))
+        read!(self, |c| sqlite::outbox::outbox_backlog(c), postgres::outbox::outbox_backlog(c))
     }
 
     // ---------------------------------------------------------------- sandbox ledger
@@ -610,49 +574,49 @@ impl Store {
         let (key, order_id, currency) = (key.to_string(), order_id.to_string(), currency.to_string());
         write!(
             self,
-            |c| ledger::capture(c, &key, &order_id, amount_cents, &currency),
+            |c| sqlite::ledger::capture(c, &key, &order_id, amount_cents, &currency),
             postgres::ledger::capture(c, &key, &order_id, amount_cents, &currency)
         )
     }
 
     /// Cancels `key` in the sandbox ledger: the charge if it was captured,
     /// otherwise no capture will ever be made under it (see
-    /// [`ledger::cancel`]); a capture and a cancel of one key never interleave.
+    /// `sqlite::ledger::cancel`); a capture and a cancel of one key never interleave.
     pub async fn ledger_cancel(&self, key: &str) -> Result<LedgerCancel, StoreError> {
         let key = key.to_string();
-        write!(self, |c| ledger::cancel(c, &key), postgres::ledger::cancel(c, &key))
+        write!(self, |c| sqlite::ledger::cancel(c, &key), postgres::ledger::cancel(c, &key))
     }
 
     pub async fn ledger_lookup(&self, key: &str) -> Result<Option<LedgerCharge>, StoreError> {
-        read!(self, |c| ledger::lookup(c, key), postgres::ledger::lookup(c, key))
+        read!(self, |c| sqlite::ledger::lookup(c, key), postgres::ledger::lookup(c, key))
     }
 
     /// Every capture of the sandbox ledger, oldest first (tests, inspection). Blocking.
     pub fn ledger_charges(&self) -> Result<Vec<LedgerCharge>, StoreError> {
-        self.read_blocking(ledger::all, async |c| postgres::ledger::all(c).await)
+        self.read_blocking(sqlite::ledger::all, async |c| postgres::ledger::all(c).await)
     }
 
     // ---------------------------------------------------------------- shadows
 
     pub async fn record_shadow_runs(&self, runs: Vec<ShadowRun>) -> Result<(), StoreError> {
-        write!(self, |c| shadows::record_shadow_runs(c, &runs), postgres::shadows::record_shadow_runs(c, &runs))
+        write!(self, |c| sqlite::shadows::record_shadow_runs(c, &runs), postgres::shadows::record_shadow_runs(c, &runs))
     }
 
     pub async fn shadow_summaries(&self) -> Result<Vec<ShadowSummary>, StoreError> {
-        read!(self, |c| shadows::shadow_summaries(c), postgres::shadows::shadow_summaries(c))
+        read!(self, |c| sqlite::shadows::shadow_summaries(c), postgres::shadows::shadow_summaries(c))
     }
 
     // ---------------------------------------------------------------- rollouts
 
     pub async fn record_rollout_event(&self, event: RolloutEvent) -> Result<(), StoreError> {
-        write!(self, |c| rollouts::record_event(c, &event), postgres::rollouts::record_event(c, &event))
+        write!(self, |c| sqlite::rollouts::record_event(c, &event), postgres::rollouts::record_event(c, &event))
     }
 
     /// Stores a canary's state and the event that moved it, in one command.
     pub async fn record_rollout_state(&self, record: RolloutRecord, event: RolloutEvent) -> Result<(), StoreError> {
         write!(
             self,
-            |c| rollouts::record_state(c, &record, &event),
+            |c| sqlite::rollouts::record_state(c, &record, &event),
             postgres::rollouts::record_state(c, &record, &event)
         )
     }
@@ -660,50 +624,31 @@ impl Store {
     /// The stored state of the canary `entry` (blocking: a read connection).
     pub fn rollout_state(&self, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
         self.read_blocking(
-            |c| rollouts::state_of(c, entry),
+            |c| sqlite::rollouts::state_of(c, entry),
             async move |c| postgres::rollouts::state_of(c, entry).await,
         )
     }
 
     /// The `limit` most recent rollout events, newest first.
     pub async fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
-        read!(self, |c| rollouts::recent_events(c, limit), postgres::rollouts::recent_events(c, limit))
+        read!(self, |c| sqlite::rollouts::recent_events(c, limit), postgres::rollouts::recent_events(c, limit))
     }
 
     // ---------------------------------------------------------------- experiments
 
     /// Adds each delta to its A/B figures row, in one command (see
-    /// [`experiments::add_arm_figures`]): rows only ever grow, so figures
+    /// `sqlite::experiments::add_arm_figures`): rows only ever grow, so figures
     /// written by several processes add up.
     pub async fn add_arm_figures(&self, deltas: Vec<(ArmKey, ArmFigures)>) -> Result<(), StoreError> {
-        write!(self, |c| experiments::add_arm_figures(c, &deltas), postgres::experiments::add_arm_figures(c, &deltas))
+        write!(
+            self,
+            |c| sqlite::experiments::add_arm_figures(c, &deltas),
+            postgres::experiments::add_arm_figures(c, &deltas)
+        )
     }
 
     /// Every A/B figures row with its latency buckets, in key order.
     pub async fn arm_rows(&self) -> Result<Vec<ArmRow>, StoreError> {
-        read!(self, |c| experiments::arm_rows(c), postgres::experiments::arm_rows(c))
+        read!(self, |c| sqlite::experiments::arm_rows(c), postgres::experiments::arm_rows(c))
     }
-}
-
-/// The current time as RFC 3339 UTC with millisecond precision.
-pub fn now_rfc3339() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
-}
-
-/// `ms` since the Unix epoch as RFC 3339 text, to the millisecond (as
-/// [`now_rfc3339`] writes it).
-pub fn rfc3339_of_ms(ms: i64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    rfc3339(at)
-}
-
-fn rfc3339(at: time::OffsetDateTime) -> String {
-    let at = at.replace_nanosecond(at.millisecond() as u32 * 1_000_000).unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -1,11 +1,10 @@
 //! The outbox: events written with their order, delivered after the answer.
 //! A sink that keeps a position (the JSON Lines files: a byte offset) has
 //! it recorded in the same transaction as the delivery marks, so a restart
-//! resumes exactly where the last recorded delivery ended.
+//! resumes exactly where the last recorded delivery ended. These are the
+//! records both back-ends deliver from (`store::sqlite::outbox`,
+//! `store::postgres::outbox`).
 
-use rusqlite::{Connection, params};
-
-use super::{StoreError, now_ms};
 use crate::domain::status::EventKind;
 
 /// An event ready to deliver.
@@ -46,101 +45,4 @@ pub struct SinkPosition {
     /// The sink and stream, e.g. `jsonl:audit`.
     pub stream: String,
     pub offset: u64,
-}
-
-/// `state != 'DELIVERED'` lets SQLite use the partial index of pending
-/// events: without it every pass scans every event ever written.
-/// An event without an envelope reads its order's invoice (a primary-key
-/// lookup per such event).
-pub(super) const DUE_EVENTS: &str = "SELECT e.seq, e.id, e.type, e.envelope, e.attempts, e.order_id, e.created_ms,
-            CASE WHEN e.envelope IS NULL THEN (SELECT o.invoice FROM orders o WHERE o.id = e.order_id) END
-     FROM outbox e
-     WHERE e.state = 'READY' AND e.state != 'DELIVERED' AND e.next_attempt_ms <= ?1 ORDER BY e.seq LIMIT ?2";
-
-/// Up to `limit` READY events whose next attempt is due, oldest first.
-pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(DUE_EVENTS)?;
-    let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
-        let body = DueBody::of(r.get(3)?, r.get(5)?, r.get(6)?, r.get(7)?);
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, body, r.get(4)?))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, id, kind, body, attempts) = row?;
-        let kind = kind.parse().map_err(|e| StoreError::Corrupt(format!("outbox row {seq}: {e}")))?;
-        out.push(DueEvent { seq, id, kind, body, attempts });
-    }
-    Ok(out)
-}
-
-/// Marks events delivered and records where the sink's stream now ends.
-pub fn mark_delivered(conn: &Connection, seqs: &[i64], position: Option<&SinkPosition>) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE outbox SET state = 'DELIVERED', delivered_ms = ?2 WHERE seq = ?1 AND state = 'READY'",
-    )?;
-    let now = now_ms();
-    for seq in seqs {
-        stmt.execute(params![seq, now])?;
-    }
-    if let Some(position) = position {
-        conn.prepare_cached(
-            "INSERT INTO sink_positions (stream, offset) VALUES (?1, ?2)
-             ON CONFLICT (stream) DO UPDATE SET offset = ?2",
-        )?
-        .execute(params![position.stream, position.offset as i64])?;
-    }
-    Ok(())
-}
-
-pub fn mark_retry(conn: &Connection, seqs: &[i64], error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_ms = ?3 WHERE seq = ?1",
-    )?;
-    for seq in seqs {
-        stmt.execute(params![seq, error, next_attempt_ms])?;
-    }
-    Ok(())
-}
-
-/// Every recorded sink position.
-pub fn sink_positions(conn: &Connection) -> Result<Vec<SinkPosition>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT stream, offset FROM sink_positions ORDER BY stream")?;
-    let rows = stmt.query_map([], |r| Ok(SinkPosition { stream: r.get(0)?, offset: r.get::<_, i64>(1)? as u64 }))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Events not yet delivered, and the age in ms of the oldest of them.
-pub fn outbox_backlog(conn: &Connection) -> Result<(u64, i64), StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")?
-        .query_row([], |r| {
-            let oldest: i64 = r.get(1)?;
-            Ok((r.get::<_, i64>(0)? as u64, if oldest == 0 { 0 } else { now_ms() - oldest }))
-        })?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The dispatcher and the fraud worker poll the outbox all the time:
-    /// their queries must read the partial index of pending events, never
-    /// the whole table (which grows with every order).
-    #[test]
-    fn the_polling_queries_use_the_pending_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
-        for sql in [DUE_EVENTS, super::super::orders::AWAITING_VERDICT] {
-            // Unbound parameters read as NULL; the plan does not depend on them.
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let mut rows = stmt.raw_query();
-            let mut plan = Vec::new();
-            while let Some(row) = rows.next().unwrap() {
-                plan.push(row.get::<_, String>(3).unwrap());
-            }
-            let plan = plan.join("; ");
-            assert!(plan.contains("USING INDEX outbox_pending"), "{sql}: {plan}");
-        }
-    }
 }

@@ -2,12 +2,12 @@
 //! the events of reloads, refusals, rollbacks and promotions. Stored, not
 //! kept in memory, so that a rollback survives restarts and reloads, and so
 //! that several replicas on one database see one history. Times are integer
-//! milliseconds since the Unix epoch.
+//! milliseconds since the Unix epoch. These are the records both back-ends
+//! store (`store::sqlite::rollouts`, `store::postgres::rollouts`).
 
-use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 
-use super::StoreError;
+use crate::domain::status::{CanaryState, RolloutEventKind, Slot};
 
 /// The stored state of one canary, by its name. It applies only while the
 /// manifest names the same canary (digest and configuration): a new version
@@ -15,13 +15,12 @@ use super::StoreError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutRecord {
     pub entry: String,
-    pub slot: String,
+    pub slot: Slot,
     pub stable_digest: String,
     pub stable_config_hash: String,
     pub canary_digest: String,
     pub canary_config_hash: String,
-    /// `running`, `rolled_back` or `promoted`.
-    pub state: String,
+    pub state: CanaryState,
     pub reason: Option<String>,
     pub calls: u64,
     pub errors: u64,
@@ -32,78 +31,8 @@ pub struct RolloutRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RolloutEvent {
     pub at_ms: i64,
-    /// `reload`, `refused`, `rollback` or `promote`.
-    pub kind: String,
+    pub kind: RolloutEventKind,
     /// The canary's name, or the manifest entry a reload changed or the gate refused.
     pub entry: String,
     pub reason: String,
-}
-
-pub fn record_event(conn: &Connection, event: &RolloutEvent) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO rollout_events (at_ms, kind, entry, reason) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![event.at_ms, event.kind, event.entry, event.reason])?;
-    Ok(())
-}
-
-/// Stores `record` (replacing the entry's previous state) and its event.
-pub fn record_state(conn: &Connection, record: &RolloutRecord, event: &RolloutEvent) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO rollout_states (entry, slot, stable_digest, stable_config_hash, canary_digest,
-             canary_config_hash, state, reason, calls, errors, at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (entry) DO UPDATE SET slot = excluded.slot, stable_digest = excluded.stable_digest,
-             stable_config_hash = excluded.stable_config_hash, canary_digest = excluded.canary_digest,
-             canary_config_hash = excluded.canary_config_hash, state = excluded.state,
-             reason = excluded.reason, calls = excluded.calls, errors = excluded.errors, at_ms = excluded.at_ms",
-    )?
-    .execute(params![
-        record.entry,
-        record.slot,
-        record.stable_digest,
-        record.stable_config_hash,
-        record.canary_digest,
-        record.canary_config_hash,
-        record.state,
-        record.reason,
-        record.calls as i64,
-        record.errors as i64,
-        record.at_ms
-    ])?;
-    record_event(conn, event)
-}
-
-pub fn state_of(conn: &Connection, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT entry, slot, stable_digest, stable_config_hash, canary_digest, canary_config_hash, state, reason,
-                calls, errors, at_ms
-         FROM rollout_states WHERE entry = ?1",
-    )?;
-    Ok(stmt
-        .query_row([entry], |r| {
-            Ok(RolloutRecord {
-                entry: r.get(0)?,
-                slot: r.get(1)?,
-                stable_digest: r.get(2)?,
-                stable_config_hash: r.get(3)?,
-                canary_digest: r.get(4)?,
-                canary_config_hash: r.get(5)?,
-                state: r.get(6)?,
-                reason: r.get(7)?,
-                calls: r.get::<_, i64>(8)? as u64,
-                errors: r.get::<_, i64>(9)? as u64,
-                at_ms: r.get(10)?,
-            })
-        })
-        .optional()?)
-}
-
-/// The `limit` most recent events, newest first.
-pub fn recent_events(conn: &Connection, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT at_ms, kind, entry, reason FROM rollout_events ORDER BY at_ms DESC, id DESC LIMIT ?1",
-    )?;
-    let rows = stmt.query_map([limit as i64], |r| {
-        Ok(RolloutEvent { at_ms: r.get(0)?, kind: r.get(1)?, entry: r.get(2)?, reason: r.get(3)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 use smartmart::app::{Dataset, Engine};
-use smartmart::config::Credentials;
+use smartmart::http::Credentials;
 use smartmart::http::{AppState, ConnectionLimits, serve_with};
 use smartmart::pipeline::validate::mint_token;
 use tempfile::TempDir;

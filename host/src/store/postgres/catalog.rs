@@ -1,16 +1,22 @@
 //! Customers, products, warehouses, stock and carts on PostgreSQL (the
-//! twin of `store::catalog`, which holds the store-side records; the
-//! customer is `domain::customer::Customer`).
+//! twin of `store::sqlite::catalog`; the records are in `store::catalog`,
+//! the customer is `domain::customer::Customer`).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
+use super::super::StoreError;
 use super::super::catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier};
-use super::super::{StoreError, now_rfc3339};
 use super::bigint;
+use crate::clock::now_rfc3339;
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
 use crate::domain::order::CartLine;
+
+/// Whether any customer exists (an empty store gets the demo data set).
+pub async fn has_customers(db: &impl GenericClient) -> Result<bool, StoreError> {
+    Ok(db.query_opt("SELECT 1 FROM customers LIMIT 1", &[]).await?.is_some())
+}
 
 pub async fn upsert_customer(db: &impl GenericClient, c: &Customer) -> Result<(), StoreError> {
     let stmt = db

@@ -1,13 +1,14 @@
-//! A/B figures on PostgreSQL (the twin of `store::experiments`, which holds
-//! the types): rows only ever grow (`x = x + excluded.x`), so the figures of
-//! every replica add up in the database.
+//! A/B figures on PostgreSQL (the twin of `store::sqlite::experiments`; the
+//! records are in `store::experiments`): rows only ever grow (`x = x +
+//! excluded.x`), so the figures of every replica add up in the database.
 
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 
+use super::super::StoreError;
 use super::super::experiments::{ArmFigures, ArmKey, ArmRow, LATENCY_BOUNDS_US};
-use super::super::{StoreError, now_ms};
+use crate::clock::now_ms;
 
 /// Adds each delta to its row (creating it), rows in key order (the lock
 /// order of every replica).

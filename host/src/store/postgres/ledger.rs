@@ -1,6 +1,6 @@
-//! The sandbox gateway's ledger on PostgreSQL (the twin of `store::ledger`):
-//! shared by every replica, so any of them can recover an order another one
-//! started.
+//! The sandbox gateway's ledger on PostgreSQL (the twin of
+//! `store::sqlite::ledger`; the records are in `store::ledger`): shared by
+//! every replica, so any of them can recover an order another one started.
 //!
 //! A key is captured or cancelled, never both, whichever replicas race on
 //! it: a capture and a cancel each first take the key's transaction-scoped
@@ -11,8 +11,9 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::super::StoreError;
 use super::super::ledger::{Captured, LedgerCancel, LedgerCharge};
-use super::super::{StoreError, now_rfc3339};
+use crate::clock::now_rfc3339;
 
 /// The first key of the ledger's advisory locks (`pg_advisory_xact_lock(int,
 /// int)`, the second being the hash of the idempotency key): a space of its

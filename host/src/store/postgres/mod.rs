@@ -1,5 +1,8 @@
 //! The PostgreSQL back-end of the store: the same operations as the SQLite
-//! one, for several replicas of the service on one database.
+//! one (`store::sqlite`, its sibling), for several replicas of the service
+//! on one database. Private to `store`: the rest of the host reaches it
+//! only through `Store`, with the records of the neutral modules
+//! (`store::orders`, `store::catalog`, …).
 //!
 //! Where the SQLite back-end relies on being the database's only writer
 //! (one process, one writer thread), this one relies on the database:
@@ -25,18 +28,18 @@ pub(super) mod ledger;
 pub(super) mod orders;
 pub(super) mod outbox;
 pub(super) mod rollouts;
-mod schema;
+pub(super) mod schema;
 pub(super) mod shadows;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::StoreError;
 
 /// Times a transaction is run again after a deadlock or serialization failure.
-pub(crate) const MAX_RETRIES: u32 = 8;
+pub(super) const MAX_RETRIES: u32 = 8;
 
 /// How the PostgreSQL store is reached.
 #[derive(Debug, Clone)]
@@ -56,11 +59,49 @@ impl Default for PostgresOptions {
     }
 }
 
-pub(crate) struct Postgres {
+/// The domain's text enums as PostgreSQL `text` columns: written as their
+/// text, read back through `FromStr`, a word the service does not know
+/// being an error (a corrupt row), never a default.
+macro_rules! text_columns {
+    ($($name:ty),+) => {$(
+        impl tokio_postgres::types::ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &tokio_postgres::types::Type,
+                out: &mut tokio_postgres::types::private::BytesMut,
+            ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                self.as_str().to_sql(ty, out)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::ToSql>::accepts(ty)
+            }
+
+            tokio_postgres::types::to_sql_checked!();
+        }
+
+        impl<'a> tokio_postgres::types::FromSql<'a> for $name {
+            fn from_sql(
+                ty: &tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(<&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?.parse::<$name>()?)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::FromSql>::accepts(ty)
+            }
+        }
+    )+};
+}
+
+text_columns!(crate::domain::status::Slot, crate::domain::status::CanaryState, crate::domain::status::RolloutEventKind);
+
+pub(super) struct Postgres {
     pool: Pool,
     url: String,
     /// The URL without its password, for messages.
-    pub(crate) display: String,
+    pub(super) display: String,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -74,7 +115,7 @@ fn redacted(url: &str, config: &tokio_postgres::Config) -> String {
 impl Postgres {
     /// Connects, and migrates the database unless `read_only` (then the
     /// schema must be exactly this binary's).
-    pub(crate) async fn connect(url: &str, options: &PostgresOptions) -> Result<Postgres, StoreError> {
+    pub(super) async fn connect(url: &str, options: &PostgresOptions) -> Result<Postgres, StoreError> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
         let display = redacted(url, &config);
@@ -102,18 +143,18 @@ impl Postgres {
     }
 
     /// The URL it was opened with (password included: never log it).
-    pub(crate) fn url(&self) -> &str {
+    pub(super) fn url(&self) -> &str {
         &self.url
     }
 
     /// A pooled connection.
-    pub(crate) async fn client(&self) -> Result<Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.display)))
     }
 }
 
 /// What a transaction's body decided.
-pub(crate) enum Step<T> {
+pub(super) enum Step<T> {
     /// Keep what it wrote.
     Commit(T),
     /// Roll back what it wrote (e.g. a shortfall after some stock was held).
@@ -159,9 +200,14 @@ macro_rules! transact {
     };
 }
 
-pub(crate) use {transact, transact_steps};
+pub(super) use {transact, transact_steps};
 
 /// Converts a count or amount for a `BIGINT` column.
 pub(super) fn bigint(value: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} does not fit in 63 bits")))
+}
+
+/// Whether the database answers a trivial query (readiness).
+pub(super) async fn ping(db: &impl GenericClient) -> Result<i64, StoreError> {
+    Ok(db.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
 }

@@ -1,6 +1,7 @@
-//! Orders and their saga state on PostgreSQL (the twin of `store::orders`,
-//! which holds the types and the state diagram). Each write function runs
-//! inside the transaction of one store operation.
+//! Orders and their saga state on PostgreSQL (the twin of
+//! `store::sqlite::orders`; the records and the state diagram are in
+//! `store::orders`). Each write function runs inside the transaction of
+//! one store operation.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -9,8 +10,9 @@ use super::super::orders::{
     Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, PendingPayment,
     PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
 };
-use super::super::{RESOLVE_LEASE_MS, StoreError, now_ms, now_rfc3339};
+use super::super::{RESOLVE_LEASE_MS, StoreError};
 use super::{Step, bigint};
+use crate::clock::{now_ms, now_rfc3339};
 use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
 
 /// How long a replica owns the fraud checks of an order it picked up; after

@@ -1,14 +1,16 @@
-//! The outbox on PostgreSQL (the twin of `store::outbox`). Several replicas
-//! deliver at once: a delivery pass claims its due events with `FOR UPDATE
-//! SKIP LOCKED` and a lease (their next attempt moves [`DELIVERY_LEASE_MS`]
-//! ahead), so each event is offered to one replica; a replica that dies
-//! mid-delivery leaves them to another once the lease runs out, and the
-//! broker's deduplication by event id (JetStream) keeps them once.
+//! The outbox on PostgreSQL (the twin of `store::sqlite::outbox`; the
+//! records are in `store::outbox`). Several replicas deliver at once: a
+//! delivery pass claims its due events with `FOR UPDATE SKIP LOCKED` and a
+//! lease (their next attempt moves [`DELIVERY_LEASE_MS`] ahead), so each
+//! event is offered to one replica; a replica that dies mid-delivery leaves
+//! them to another once the lease runs out, and the broker's deduplication
+//! by event id (JetStream) keeps them once.
 
 use deadpool_postgres::GenericClient;
 
+use super::super::StoreError;
 use super::super::outbox::{DueBody, DueEvent, SinkPosition};
-use super::super::{StoreError, now_ms};
+use crate::clock::now_ms;
 
 /// How long a delivery pass owns the events it claimed.
 pub const DELIVERY_LEASE_MS: i64 = 30_000;

@@ -1,5 +1,6 @@
-//! Rollouts on PostgreSQL (the twin of `store::rollouts`): one canary
-//! state per entry and one history, shared by every replica.
+//! Rollouts on PostgreSQL (the twin of `store::sqlite::rollouts`; the
+//! records are in `store::rollouts`): one canary state per entry and one
+//! history, shared by every replica.
 
 use deadpool_postgres::GenericClient;
 
@@ -57,14 +58,17 @@ pub async fn state_of(db: &impl GenericClient, entry: &str) -> Result<Option<Rol
              FROM rollout_states WHERE entry = $1",
         )
         .await?;
-    Ok(db.query_opt(&stmt, &[&entry]).await?.map(|r| RolloutRecord {
+    let Some(r) = db.query_opt(&stmt, &[&entry]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(RolloutRecord {
         entry: r.get(0),
-        slot: r.get(1),
+        slot: r.try_get(1)?,
         stable_digest: r.get(2),
         stable_config_hash: r.get(3),
         canary_digest: r.get(4),
         canary_config_hash: r.get(5),
-        state: r.get(6),
+        state: r.try_get(6)?,
         reason: r.get(7),
         calls: r.get::<_, i64>(8) as u64,
         errors: r.get::<_, i64>(9) as u64,
@@ -80,6 +84,6 @@ pub async fn recent_events(db: &impl GenericClient, limit: usize) -> Result<Vec<
         .query(&stmt, &[&(limit as i64)])
         .await?
         .iter()
-        .map(|r| RolloutEvent { at_ms: r.get(0), kind: r.get(1), entry: r.get(2), reason: r.get(3) })
-        .collect())
+        .map(|r| Ok(RolloutEvent { at_ms: r.get(0), kind: r.try_get(1)?, entry: r.get(2), reason: r.get(3) }))
+        .collect::<Result<_, tokio_postgres::Error>>()?)
 }

@@ -1,6 +1,7 @@
 //! Versioned migrations of the PostgreSQL back-end, tracked in the table
 //! `smartmart_schema`. Version N here makes the same tables, columns and
-//! indexes as version N of the SQLite back-end (`store::schema`), in
+//! indexes as version N of the SQLite back-end (`store::sqlite::schema`;
+//! the tests of `store::migrations` hold the two lists to that), in
 //! PostgreSQL's types: integers are `BIGINT` (the store's values are
 //! `i64`), times stay RFC 3339 text as in SQLite (and are compared as
 //! `timestamptz`). Append only: a released migration is never edited.
@@ -15,7 +16,7 @@ use super::super::StoreError;
 /// Any constant of our own, the same for every replica.
 const MIGRATION_LOCK: i64 = 0x5347_4d41_5254; // "SMART"
 
-const MIGRATIONS: &[&str] = &[
+pub(in crate::store) const MIGRATIONS: &[&str] = &[
     // 1: catalog, carts, orders and their saga state, outbox.
     r#"
     CREATE TABLE customers (
@@ -273,7 +274,7 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
         tx.batch_execute(sql).await?;
         tx.execute(
             "INSERT INTO smartmart_schema (version, applied_at) VALUES ($1, $2)",
-            &[&version, &super::super::now_rfc3339()],
+            &[&version, &crate::clock::now_rfc3339()],
         )
         .await?;
         tracing::info!(version, "applied database migration (PostgreSQL)");

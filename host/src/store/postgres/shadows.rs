@@ -1,10 +1,12 @@
-//! Shadow runs on PostgreSQL (the twin of `store::shadows`).
+//! Shadow runs on PostgreSQL (the twin of `store::sqlite::shadows`; the
+//! records are in `store::shadows`).
 
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
+use super::super::StoreError;
 use super::super::shadows::{ShadowRun, ShadowSummary};
-use super::super::{StoreError, now_ms, now_rfc3339};
+use crate::clock::{now_ms, now_rfc3339};
 
 pub async fn record_shadow_runs(db: &impl GenericClient, runs: &[ShadowRun]) -> Result<(), StoreError> {
     let insert = db
@@ -61,12 +63,13 @@ pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSumma
         .await?
         .iter()
         .map(|r| {
+            let slot = r.try_get(0)?;
             let orders = r.get::<_, i64>(5) as u64;
             let differing = r.get::<_, i64>(6) as u64;
             let errors = r.get::<_, i64>(11) as u64;
             let ratio = |n: u64| if orders == 0 { 0.0 } else { n as f64 / orders as f64 };
-            ShadowSummary {
-                slot: r.get(0),
+            Ok(ShadowSummary {
+                slot,
                 active_module: r.get(1),
                 candidate_module: r.get(2),
                 candidate_version: r.get(3),
@@ -80,7 +83,7 @@ pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSumma
                 candidate_config: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or(Value::Null),
                 errors,
                 error_rate: ratio(errors),
-            }
+            })
         })
-        .collect())
+        .collect::<Result<_, tokio_postgres::Error>>()?)
 }

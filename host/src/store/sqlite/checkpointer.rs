@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{Durability, StoreError};
+use super::super::{Durability, StoreError};
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(50);
@@ -25,13 +25,13 @@ const INTERVAL: Duration = Duration::from_millis(50);
 pub(super) const WRITER_BACKSTOP_PAGES: i64 = 16_384;
 
 /// Stops the checkpoint thread when dropped (with the store).
-pub(crate) struct Checkpointer {
+pub(super) struct Checkpointer {
     _stop: mpsc::Sender<()>,
 }
 
 impl Checkpointer {
     /// Starts checkpointing the database at `path`.
-    pub(crate) fn start(path: &Path, durability: Durability) -> Result<Checkpointer, StoreError> {
+    pub(super) fn start(path: &Path, durability: Durability) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path)?;
         // A checkpoint syncs as its connection's setting says.
         conn.pragma_update(None, "synchronous", durability.pragma())?;

@@ -12,21 +12,21 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::StoreError;
+use super::super::StoreError;
 
 /// Prepared statements kept per connection: more than the store has.
 pub(super) const STATEMENT_CACHE_CAPACITY: usize = 128;
 /// Idle connections kept for reuse; more are opened when more threads read at once.
 const MAX_IDLE: usize = 16;
 
-pub(crate) struct Readers {
+pub(super) struct Readers {
     path: PathBuf,
     busy_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl Readers {
-    pub(crate) fn new(path: &Path, busy_timeout: Duration) -> Readers {
+    pub(super) fn new(path: &Path, busy_timeout: Duration) -> Readers {
         Readers { path: path.to_owned(), busy_timeout, idle: Mutex::new(Vec::new()) }
     }
 
@@ -41,7 +41,7 @@ impl Readers {
     }
 
     /// Runs `f` on a read connection, on this thread.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match taken {
             Some(conn) => conn,

@@ -1,11 +1,14 @@
-//! Versioned migrations, tracked in `PRAGMA user_version`. Append only:
-//! a released migration is never edited.
+//! Versioned migrations of the SQLite back-end, tracked in `PRAGMA
+//! user_version`. Version N here makes the same tables, columns and indexes
+//! as version N of the PostgreSQL back-end (`store::postgres::schema`); the
+//! tests of `store::migrations` hold the two lists to that. Append only: a
+//! released migration is never edited.
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use super::super::StoreError;
 
-const MIGRATIONS: &[&str] = &[
+pub(in crate::store) const MIGRATIONS: &[&str] = &[
     // 1: catalog, carts, orders and their saga state, outbox.
     r#"
     CREATE TABLE customers (

@@ -20,7 +20,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::super::StoreError;
 
 /// Most commands committed together.
 const MAX_BATCH: usize = 512;
@@ -41,20 +41,20 @@ struct Job {
 /// Handle to the writer thread; cheap to clone. The thread stops when the
 /// last handle is dropped, after committing what was queued.
 #[derive(Clone)]
-pub(crate) struct Writer {
+pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn` (already configured and migrated).
-    pub(crate) fn start(conn: Connection) -> std::io::Result<Writer> {
+    pub(super) fn start(conn: Connection) -> std::io::Result<Writer> {
         let (jobs, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new().name("store-writer".into()).spawn(move || run(conn, queue))?;
         Ok(Writer { jobs })
     }
 
     /// Runs `op` in the next batch; answers once that batch is durable.
-    pub(crate) async fn write<T: Send + 'static>(
+    pub(super) async fn write<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

@@ -1,0 +1,163 @@
+//! Canaries on the order's path: a call goes to a running canary first for
+//! the customers in its share, and a failed canary call is answered by the
+//! stable version, so a canary never fails an order. A canary that crosses
+//! a limit is rolled back at once in this process, and the rollback is
+//! stored off the order's path ([`run_recorder`]), so that it survives
+//! restarts and reloads until the manifest names a new version. Promotion,
+//! and the hooks every reload runs through, are the release tooling's
+//! (`release::rollouts`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::rule_io::outcome_of;
+use crate::clock::now_ms;
+use crate::domain::status::{RolloutEventKind, Slot};
+use crate::metrics::Metrics;
+use crate::rules::canary::{Canary, CanarySample, CanaryState};
+use crate::rules::{Called, FailureCause, Picked, Rule, RuleError, SlotRule};
+use crate::store::Store;
+use crate::store::rollouts::{RolloutEvent, RolloutRecord};
+
+/// A canary state to store, with the event that moved it.
+struct Notice {
+    record: RolloutRecord,
+    event: RolloutEvent,
+}
+
+/// The canary calls of one engine.
+pub struct Canaries {
+    metrics: Arc<Metrics>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+/// The receiving end of the rollbacks to store ([`run_recorder`]).
+pub struct Recorder(mpsc::UnboundedReceiver<Notice>);
+
+/// The canary's stored form in `state`.
+pub(crate) fn canary_record(
+    slot: Slot,
+    rule: &SlotRule,
+    canary: &Canary,
+    state: CanaryState,
+    reason: &str,
+    at_ms: i64,
+) -> RolloutRecord {
+    let (calls, errors, _, _) = canary.control.totals();
+    RolloutRecord {
+        entry: canary.name.clone(),
+        slot,
+        stable_digest: rule.module.identity().digest.clone(),
+        stable_config_hash: rule.module.config_hash().to_string(),
+        canary_digest: canary.rule.identity().digest.clone(),
+        canary_config_hash: canary.rule.config_hash().to_string(),
+        state,
+        reason: Some(reason.to_string()),
+        calls,
+        errors,
+        at_ms,
+    }
+}
+
+impl Canaries {
+    pub fn new(metrics: Arc<Metrics>) -> (Arc<Canaries>, Recorder) {
+        let (notices, rx) = mpsc::unbounded_channel();
+        (Arc::new(Canaries { metrics, notices }), Recorder(rx))
+    }
+
+    /// A canary crossed a limit on this call: count it, log it, and have
+    /// the rollback stored (off the order's path).
+    fn rolled_back(&self, slot: Slot, rule: &SlotRule, canary: &Canary, reason: String) {
+        let at_ms = now_ms();
+        self.metrics.canary_rollback(&canary.name);
+        tracing::warn!(canary = %canary.name, %slot, module = %canary.rule.identity(), %reason,
+            "canary rolled back; the stable version serves everyone");
+        let record = canary_record(slot, rule, canary, CanaryState::RolledBack, &reason, at_ms);
+        let event = RolloutEvent { at_ms, kind: RolloutEventKind::Rollback, entry: canary.name.clone(), reason };
+        let _ = self.notices.send(Notice { record, event });
+    }
+
+    /// Calls `rule` (what `picked` names for one order, unless its arm is
+    /// off) through `call`: the canary first when the customer is in a
+    /// running canary's share, `rule` when the canary fails (trap, budget,
+    /// error). Counts each call in the metrics; returns the answer and the
+    /// rule that gave it.
+    pub fn call<'a, T>(
+        &self,
+        slot: Slot,
+        slot_rule: &'a SlotRule,
+        picked: &Picked<'a>,
+        rule: &'a Rule,
+        call: impl Fn(&Rule) -> Result<Called<T>, RuleError>,
+    ) -> (Result<Called<T>, RuleError>, &'a Rule) {
+        if let Some(canary) = picked.canary {
+            let started = Instant::now();
+            let answer = call(&canary.rule);
+            let seconds = started.elapsed().as_secs_f64();
+            let outcome = outcome_of(&answer);
+            self.metrics.rule_call(slot, canary.rule.identity(), Some("canary"), outcome, seconds);
+            self.metrics.canary_call(&canary.name, outcome);
+            let (failed, budget_use) = match &answer {
+                Ok(called) => (false, canary.rule.budget_use(&called.usage)),
+                Err(RuleError::Refused { .. }) => (false, 0.0),
+                Err(RuleError::Failed { cause, .. }) => (true, if budget_cause(cause) { 1.0 } else { 0.0 }),
+            };
+            let sample = CanarySample { at_ms: now_ms(), failed, budget_use, latency_ms: seconds * 1e3 };
+            if let Some(reason) = canary.control.record(&canary.limits, sample) {
+                self.rolled_back(slot, slot_rule, canary, reason);
+            }
+            if !failed {
+                return (answer, &canary.rule);
+            }
+            if let Err(RuleError::Failed { module, cause }) = &answer {
+                tracing::warn!(canary = %canary.name, module = %module, %cause,
+                    "canary call failed; the stable version answers this order");
+            }
+        }
+        let started = Instant::now();
+        let answer = call(rule);
+        let outcome = outcome_of(&answer);
+        self.metrics.rule_call(slot, rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
+        (answer, rule)
+    }
+}
+
+fn budget_cause(cause: &FailureCause) -> bool {
+    matches!(cause.kind(), "fuel_budget" | "memory_budget" | "time_budget" | "output_budget")
+}
+
+/// Stores each rollback as it happens, until `shutdown` (then what is queued).
+pub async fn run_recorder(store: Store, recorder: Recorder, shutdown: CancellationToken) {
+    let Recorder(mut rx) = recorder;
+    loop {
+        let notice = tokio::select! {
+            notice = rx.recv() => notice,
+            _ = shutdown.cancelled() => None,
+        };
+        match notice {
+            Some(notice) => store_notice(&store, notice).await,
+            None => break,
+        }
+    }
+    rx.close();
+    while let Ok(notice) = rx.try_recv() {
+        store_notice(&store, notice).await;
+    }
+}
+
+/// The rollback is in force in this process already; storing it is what
+/// makes it last. A store briefly unavailable is retried a few times.
+async fn store_notice(store: &Store, Notice { record, event }: Notice) {
+    let mut attempts: u64 = 0;
+    while let Err(e) = store.record_rollout_state(record.clone(), event.clone()).await {
+        attempts += 1;
+        tracing::error!(canary = %record.entry, error = %e, attempts, "could not store a canary rollback");
+        if attempts >= 5 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * attempts)).await;
+    }
+}

@@ -1,0 +1,144 @@
+//! The two back-ends' migration lists, held to each other: the same
+//! versions 1..=N, numbered alike in their comments, and version N of each
+//! makes the same tables, columns and indexes (in its own types). That a
+//! migrated database of either back-end reports version N is checked by
+//! `tests/integration/store.rs` (`migrations_are_versioned_and_rerun_safely`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{postgres, sqlite};
+
+/// Columns only PostgreSQL has, with why.
+const POSTGRES_ONLY: &[(&str, &str)] = &[
+    // No rowid in PostgreSQL: `seq` keeps the captures in the order they
+    // were made (`postgres::ledger::all`; SQLite orders by rowid).
+    ("sandbox_charges", "seq"),
+];
+
+/// What one migration makes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Made {
+    /// Tables created, with their columns.
+    tables: BTreeMap<String, BTreeSet<String>>,
+    /// Indexes created, with their table.
+    indexes: BTreeMap<String, String>,
+    /// Columns added to a table (`ALTER TABLE … ADD COLUMN`).
+    added: BTreeSet<(String, String)>,
+}
+
+/// A name as written, quotes (`"offset"`) removed.
+fn name(token: &str) -> String {
+    token.trim_matches('"').to_string()
+}
+
+/// The column definitions of a `CREATE TABLE`: what is between its first
+/// parenthesis and the matching one, split at the commas outside parentheses.
+fn definitions(statement: &str) -> Vec<String> {
+    let open = statement.find('(').expect("a table without columns");
+    let mut depth = 0;
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for c in statement[open + 1..].chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => break,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    out.push(current);
+    out
+}
+
+fn made(sql: &str) -> Made {
+    let sql: String = sql.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let mut made = Made::default();
+    for statement in sql.split(';') {
+        let statement = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+        let words: Vec<&str> = statement.split(' ').collect();
+        match words.as_slice() {
+            [""] => {}
+            ["CREATE", "TABLE", table, ..] => {
+                let table = name(table.split('(').next().unwrap_or(table));
+                let columns = definitions(&statement)
+                    .iter()
+                    .filter_map(|definition| definition.split_whitespace().next().map(name))
+                    .filter(|first| {
+                        !matches!(first.as_str(), "PRIMARY" | "UNIQUE" | "CHECK" | "FOREIGN" | "CONSTRAINT")
+                    })
+                    .collect();
+                assert!(made.tables.insert(table.clone(), columns).is_none(), "{table} created twice");
+            }
+            ["CREATE", "INDEX", index, "ON", table, ..] | ["CREATE", "UNIQUE", "INDEX", index, "ON", table, ..] => {
+                made.indexes.insert(name(index), name(table));
+            }
+            ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
+                made.added.insert((name(table), name(column)));
+            }
+            _ => panic!("a statement these tests do not know how to compare: {statement}"),
+        }
+    }
+    made
+}
+
+/// The version numbers of the `// N: …` comments that open the entries of
+/// the `MIGRATIONS` list in `source`.
+fn commented_versions(source: &str) -> Vec<usize> {
+    let start = source.find("const MIGRATIONS").expect("a MIGRATIONS list");
+    let list = &source[start..];
+    let list = &list[..list.find("\n];").expect("the end of the MIGRATIONS list")];
+    list.lines()
+        .filter_map(|line| line.trim().strip_prefix("// "))
+        .filter_map(|comment| comment.split_once(':'))
+        .filter_map(|(number, _)| number.parse().ok())
+        .collect()
+}
+
+#[test]
+fn both_back_ends_have_the_same_migration_versions() {
+    let (lite, pg) = (sqlite::schema::MIGRATIONS, postgres::schema::MIGRATIONS);
+    assert_eq!(lite.len(), pg.len(), "SQLite has {} migrations, PostgreSQL {}", lite.len(), pg.len());
+    let versions: Vec<usize> = (1..=lite.len()).collect();
+    assert_eq!(commented_versions(include_str!("sqlite/schema.rs")), versions, "the SQLite list's `// N:` comments");
+    assert_eq!(
+        commented_versions(include_str!("postgres/schema.rs")),
+        versions,
+        "the PostgreSQL list's `// N:` comments"
+    );
+}
+
+#[test]
+fn each_version_makes_the_same_tables_columns_and_indexes_on_both_back_ends() {
+    for (index, (lite, pg)) in sqlite::schema::MIGRATIONS.iter().zip(postgres::schema::MIGRATIONS).enumerate() {
+        let version = index + 1;
+        let lite = made(lite);
+        let mut pg = made(pg);
+        for (table, column) in POSTGRES_ONLY {
+            if let Some(columns) = pg.tables.get_mut(*table) {
+                columns.remove(*column);
+            }
+        }
+        assert!(
+            lite != Made::default(),
+            "version {version} makes nothing these tests can see: is the parser still reading it?"
+        );
+        assert_eq!(lite, pg, "version {version}: SQLite (left) and PostgreSQL (right) differ");
+    }
+}
+
+#[test]
+fn the_comparison_sees_a_difference() {
+    let lite = made("CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER CHECK (b > 0), PRIMARY KEY (a, b));");
+    assert_eq!(lite.tables["t"], BTreeSet::from(["a".to_string(), "b".to_string()]));
+    assert_ne!(lite, made("CREATE TABLE t (a TEXT PRIMARY KEY, c BIGINT);"));
+    let index = made(
+        "CREATE INDEX i ON t (a) WHERE a != 'x'; -- a comment; with a semicolon\nALTER TABLE t ADD COLUMN \"d\" TEXT;",
+    );
+    assert_eq!(index.indexes["i"], "t");
+    assert!(index.added.contains(&("t".to_string(), "d".to_string())));
+}
