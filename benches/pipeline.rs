@@ -146,6 +146,8 @@ async fn run_orders(engine: &Engine, workers: usize, per_worker: usize) -> (f64,
                     payment_token: "tok_ok".into(),
                     ship_to: None,
                     idempotency: None,
+                    request_id: None,
+                    traceparent: None,
                 };
                 let t = Instant::now();
                 pipeline.place_order(request).await.expect("order confirmed");

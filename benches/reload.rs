@@ -189,6 +189,8 @@ fn order_loops(
                         payment_token: "tok_ok".into(),
                         ship_to: None,
                         idempotency: None,
+                        request_id: None,
+                        traceparent: None,
                     };
                     match pipeline.place_order(request).await {
                         Ok(_) => confirmed.fetch_add(1, Ordering::Relaxed),

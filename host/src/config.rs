@@ -165,6 +165,45 @@ pub struct ServeConfig {
     /// acknowledgement (acks = all); a delivery past it fails and is retried [default: 5000].
     #[arg(long, env = "SMARTMART_KAFKA_TIMEOUT_MS")]
     pub kafka_timeout_ms: Option<u64>,
+    /// Log lines on standard error: `text` (one line per event, for people)
+    /// or `json` (one JSON object per line: timestamp, level, target,
+    /// message, the event's fields and its spans' fields); colours only
+    /// when standard error is a terminal. Which lines: `RUST_LOG`
+    /// [default: text].
+    #[arg(long, env = "SMARTMART_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written (`SMARTMART_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// `SMARTMART_LOG_FORMAT` as the commands other than `serve` read it
+    /// (`serve` takes it from its configuration: flag, environment, file).
+    /// Unset or empty: `text`.
+    pub fn from_env() -> anyhow::Result<LogFormat> {
+        match std::env::var("SMARTMART_LOG_FORMAT") {
+            Ok(value) if !value.trim().is_empty() => LogFormat::parse(&value),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+            Err(std::env::VarError::NotUnicode(_)) => bail!("SMARTMART_LOG_FORMAT must be `text` or `json`"),
+        }
+    }
+
+    fn parse(value: &str) -> anyhow::Result<LogFormat> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("SMARTMART_LOG_FORMAT must be `text` or `json`, got `{other}`"),
+        }
+    }
 }
 
 /// Where events are delivered (`SMARTMART_EVENT_SINK`).
@@ -228,6 +267,7 @@ impl ServeConfig {
             kafka_partitions: self.kafka_partitions.or(lower.kafka_partitions),
             kafka_replication_factor: self.kafka_replication_factor.or(lower.kafka_replication_factor),
             kafka_timeout_ms: self.kafka_timeout_ms.or(lower.kafka_timeout_ms),
+            log_format: self.log_format.or(lower.log_format),
         }
     }
 }
@@ -665,6 +705,20 @@ mod tests {
         let huge = ServeConfig { reload_replay_orders: Some(1_000_000), ..keyed() };
         let error = ServeSettings::resolve(huge, false).unwrap_err().to_string();
         assert!(error.contains("SMARTMART_RELOAD_REPLAY_ORDERS"), "{error}");
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(LogFormat::default(), LogFormat::Text);
+        assert_eq!(LogFormat::parse("json").unwrap(), LogFormat::Json);
+        assert_eq!(LogFormat::parse(" JSON ").unwrap(), LogFormat::Json);
+        assert_eq!(LogFormat::parse("text").unwrap(), LogFormat::Text);
+        assert!(LogFormat::parse("xml").unwrap_err().to_string().contains("SMARTMART_LOG_FORMAT"));
+        let file: ServeConfig = toml::from_str("log_format = \"json\"").unwrap();
+        assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert!(toml::from_str::<ServeConfig>("log_format = \"xml\"").is_err());
+        let cli = ServeConfig { log_format: Some(LogFormat::Text), ..ServeConfig::default() };
+        assert_eq!(cli.or(file).log_format, Some(LogFormat::Text), "the command line wins");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub rule_seconds: Family<RuleLabels, Histogram, fn() -> Histogram>,
     pub payment_attempts: Family<OutcomeLabels, Counter>,
     pub payments_pending: Gauge,
+    /// The SQLite writer's totals, as last exported (see [`Metrics::store_writer`]).
+    store_writer: StoreWriterFamilies,
     pub payment_reconciliations: Family<OutcomeLabels, Counter>,
     pub payment_gateway_errors: Family<OutcomeLabels, Counter>,
     pub outbox_depth: Gauge,
@@ -66,6 +68,15 @@ pub struct Metrics {
     pub canary_calls: Family<CanaryLabels, Counter>,
     /// Automatic canary rollbacks by canary (`outcome` = `rolled_back`).
     pub canary_rollbacks: Family<CanaryLabels, Counter>,
+    /// How long the service took to answer, by method, route and status
+    /// (`smartmart_http_request_duration_seconds`).
+    pub http_request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+/// `smartmart_build_info{version="…"} 1`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
 }
 
 impl Default for Metrics {
@@ -82,6 +93,7 @@ impl Default for Metrics {
         registry.register("rule_call_duration_seconds", "Duration of rule calls", rule_seconds.clone());
         let payment_attempts = Family::<OutcomeLabels, Counter>::default();
         registry.register("payment_attempts", "Gateway attempts by outcome", payment_attempts.clone());
+        let store_writer = StoreWriterFamilies::register(&mut registry);
         let payments_pending = Gauge::default();
         registry.register(
             "payments_pending",
@@ -116,6 +128,18 @@ impl Default for Metrics {
         registry.register("canary_calls", "Canary calls by canary and outcome", canary_calls.clone());
         let canary_rollbacks = Family::<CanaryLabels, Counter>::default();
         registry.register("canary_rollbacks", "Automatic canary rollbacks by canary", canary_rollbacks.clone());
+        let http_request_seconds =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by method, route and status",
+            http_request_seconds.clone(),
+        );
+        registry.register(
+            "build",
+            "The running build (the crate's version)",
+            prometheus_client::metrics::info::Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }),
+        );
         Metrics {
             reloads,
             canary_calls,
@@ -127,16 +151,66 @@ impl Default for Metrics {
             rule_seconds,
             payment_attempts,
             payments_pending,
+            store_writer,
             payment_reconciliations,
             payment_gateway_errors,
             outbox_depth,
             outbox_lag_seconds,
             requests,
+            http_request_seconds,
         }
     }
 }
 
+/// The SQLite writer's counters: batches (one commit each), the commands
+/// they carried, and the writer's time running commands against
+/// committing (the commit's `fdatasync` included).
+#[derive(Default)]
+struct StoreWriterFamilies {
+    commits: Counter,
+    commands: Counter,
+    running_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    committing_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// What was exported so far: counters only go up by the difference.
+    exported: std::sync::Mutex<crate::store::stats::WriterTotals>,
+}
+
+impl StoreWriterFamilies {
+    fn register(registry: &mut Registry) -> StoreWriterFamilies {
+        let families = StoreWriterFamilies::default();
+        registry.register(
+            "store_commits",
+            "SQLite writer transactions committed (one per group commit)",
+            families.commits.clone(),
+        );
+        registry.register("store_commands", "Store commands carried by those commits", families.commands.clone());
+        registry.register(
+            "store_running_seconds",
+            "Writer time spent running commands (statements and savepoints)",
+            families.running_seconds.clone(),
+        );
+        registry.register(
+            "store_committing_seconds",
+            "Writer time spent in COMMIT (WAL write and fdatasync), running nothing else",
+            families.committing_seconds.clone(),
+        );
+        families
+    }
+}
+
 impl Metrics {
+    /// Brings the store writer's counters up to `totals` (read from the
+    /// store at scrape time).
+    pub fn store_writer(&self, totals: crate::store::stats::WriterTotals) {
+        let families = &self.store_writer;
+        let mut exported = families.exported.lock().unwrap_or_else(|p| p.into_inner());
+        families.commits.inc_by(totals.commits.saturating_sub(exported.commits));
+        families.commands.inc_by(totals.commands.saturating_sub(exported.commands));
+        families.running_seconds.inc_by(totals.running.saturating_sub(exported.running).as_secs_f64());
+        families.committing_seconds.inc_by(totals.committing.saturating_sub(exported.committing).as_secs_f64());
+        *exported = totals;
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -195,6 +269,12 @@ impl Metrics {
     /// One failed gateway request, by the kind of its failure.
     pub fn payment_gateway_error(&self, kind: &str) {
         self.payment_gateway_errors.get_or_create(&OutcomeLabels { outcome: kind.to_string() }).inc();
+    }
+
+    /// One answered HTTP request: counted, and its duration observed.
+    pub fn http_request(&self, labels: &RequestLabels, seconds: f64) {
+        self.requests.get_or_create(labels).inc();
+        self.http_request_seconds.get_or_create(labels).observe(seconds);
     }
 
     pub fn payment_attempts(&self, outcome: &str, attempts: u32) {

@@ -419,6 +419,14 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_documents_every_answer() 
                 }
             }
             assert!(responses.contains_key("504"), "{method} {path}: 504 (the request timeout) undocumented");
+            for (status, response) in responses {
+                assert!(response["headers"]["X-Request-Id"].is_object(), "{method} {path} {status}: no X-Request-Id");
+            }
+            let headers: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| ps.iter().filter(|p| p["in"] == "header").filter_map(|p| p["name"].as_str()).collect())
+                .unwrap_or_default();
+            assert!(headers.contains(&"X-Request-Id") && headers.contains(&"traceparent"), "{method} {path}");
             if op.get("requestBody").is_some() {
                 for status in ["400", "413", "415"] {
                     assert!(responses.contains_key(status), "{method} {path}: {status} undocumented");
@@ -429,6 +437,9 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_documents_every_answer() 
             }
         }
     }
+
+    // The error body names its request.
+    assert!(doc["components"]["schemas"]["ErrorDetail"]["properties"]["request_id"].is_object());
 
     // POST /v1/orders: 402 with the order, 409 with Retry-After.
     let post = &doc["paths"]["/v1/orders"]["post"]["responses"];

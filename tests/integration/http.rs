@@ -387,6 +387,18 @@ async fn health_readiness_metrics_and_the_openapi_document_need_no_key() {
     assert!(text.contains("smartmart_"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("# TYPE smartmart_")), "{text}");
     assert!(metrics.content_type.contains("text"), "{}", metrics.content_type);
+    // The store writer's own figures: each order's commands ride in group
+    // commits, and the writer's time is split into running and committing.
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (commits, commands) = (value("smartmart_store_commits_total"), value("smartmart_store_commands_total"));
+    assert!(commits >= 1.0 && commands >= commits, "{commits} commits of {commands} commands");
+    // At least the order's hold, its capture and its settlement.
+    assert!(commands >= 3.0, "{commands}");
+    assert!(value("smartmart_store_committing_seconds_total") > 0.0);
+    assert!(value("smartmart_store_running_seconds_total") > 0.0);
 
     let openapi = send(server.request(Method::GET, "/openapi.json")).await;
     assert_eq!(openapi.status, 200, "{}", openapi.text());

@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["domain", "clock"]),
     // The rule runtime knows the domain only: never the saga that calls it.
     ("rules", &["domain", "clock"]),
-    ("metrics", &["domain", "rules"]),
+    ("metrics", &["store", "domain", "rules"]),
     // A gateway; the sandbox keeps its ledger in the store.
     ("payment", &["store", "domain", "clock"]),
     // Event envelopes and their delivery, below the saga that writes them.

@@ -14,6 +14,7 @@ mod http_fuzz;
 mod kafka;
 mod layers;
 mod nats;
+mod observability;
 mod payment;
 mod pipeline;
 mod reload;

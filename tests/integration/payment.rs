@@ -41,6 +41,8 @@ fn request(key: &str, token: &str, amount_cents: u64) -> ChargeRequest {
         amount_cents,
         currency: "USD".into(),
         token: token.into(),
+        request_id: None,
+        traceparent: None,
     }
 }
 

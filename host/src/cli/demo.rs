@@ -168,6 +168,8 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
             payment_token: case.payment_token.into(),
             ship_to: None,
             idempotency: None,
+            request_id: None,
+            traceparent: None,
         };
         match engine.pipeline().place_order(request).await {
             Ok(invoice) => {
@@ -175,7 +177,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
                 print_invoice(&invoice);
                 escalation_candidates.push(invoice.order_id.clone());
             }
-            Err(OrderError::PaymentFailed { reason, order }) => {
+            Err(OrderError::PaymentFailed { reason, order, .. }) => {
                 println!("   → 402 PAYMENT_FAILED: {reason}");
                 print_invoice(&order);
             }

@@ -3,6 +3,7 @@
 //! `demo` and `soak`; `token` is here. `main.rs` only calls [`main`].
 
 mod demo;
+mod logging;
 mod rules;
 pub mod serve;
 pub mod soak;
@@ -84,13 +85,14 @@ enum Command {
     },
 }
 
-/// The `smartmart` command: parses the command line, runs the command.
+/// The `smartmart` command: parses the command line, sets up the log,
+/// runs the command.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let outcome = prepare(Cli::parse().command).and_then(|command| {
+        logging::install(&command.log);
+        run(command.command)
+    });
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -99,14 +101,34 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Rules(command) => rules::run(command),
+/// A command ready to run, and how it logs.
+struct Prepared {
+    command: Command,
+    log: logging::LogSettings,
+}
+
+/// Reads what the log needs before anything logs: `serve`'s configuration
+/// file is merged into its settings here (so that `log_format` may come
+/// from the file, the environment or the flag), the other commands read
+/// `SMARTMART_LOG_FORMAT` alone.
+fn prepare(command: Command) -> anyhow::Result<Prepared> {
+    Ok(match command {
         Command::Serve { config, config_file, dev, demo_data } => {
             let config = match config_file {
                 Some(path) => config.or(crate::config::ServeConfig::from_file(&path)?),
                 None => config,
             };
+            let log = logging::LogSettings::serve(config.log_format.unwrap_or_default());
+            Prepared { command: Command::Serve { config, config_file: None, dev, demo_data }, log }
+        }
+        other => Prepared { command: other, log: logging::LogSettings::tool(crate::config::LogFormat::from_env()?) },
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Rules(command) => rules::run(command),
+        Command::Serve { config, config_file: _, dev, demo_data } => {
             tokio::runtime::Runtime::new()?.block_on(serve::run(config, dev, demo_data))?;
             Ok(ExitCode::SUCCESS)
         }

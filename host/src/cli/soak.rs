@@ -169,6 +169,8 @@ async fn order_loop(engine: &Engine, customer: &str, next: &AtomicUsize, total: 
             payment_token: token.into(),
             ship_to: None,
             idempotency: None,
+            request_id: None,
+            traceparent: None,
         };
         match engine.pipeline().place_order(request).await {
             Ok(invoice) => {

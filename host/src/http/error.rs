@@ -1,6 +1,10 @@
 //! The one error type of the HTTP edge: every non-2xx answer has the body
-//! `{"error": {"code", "message", "stage"?, "details"?}}`, its status taken
-//! from the pipeline's error table.
+//! `{"error": {"code", "message", "stage"?, "details"?, "request_id"}}`, its
+//! status taken from the pipeline's error table. `request_id` is the id of
+//! the request being answered (see `super::request_id`), written here, where
+//! the body is serialised; a body that already names a request (a `402`
+//! whose order recorded its own request's id, which its idempotent replays
+//! repeat byte for byte) keeps it.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -38,11 +42,29 @@ impl ApiError {
         StatusCode::from_u16(status_of(self.code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// The body, without the request id.
     pub fn to_body(&self) -> Value {
         if let Some(body) = &self.body {
             return body.clone();
         }
         json!({ "error": { "code": self.code, "message": self.message } })
+    }
+
+    /// The body as answered: with `error.request_id` when a request is
+    /// being answered and the body names none yet.
+    pub fn to_answer_body(&self) -> Value {
+        let mut body = self.to_body();
+        if let Some(request) = super::request_id::current() {
+            with_request_id(&mut body, &request.id);
+        }
+        body
+    }
+}
+
+/// Adds `error.request_id` to an error body that has none.
+pub(crate) fn with_request_id(body: &mut Value, request_id: &str) {
+    if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+        error.entry("request_id").or_insert_with(|| Value::from(request_id));
     }
 }
 
@@ -51,7 +73,7 @@ impl IntoResponse for ApiError {
         if self.status().is_server_error() {
             tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
-        (self.status(), axum::Json(self.to_body())).into_response()
+        (self.status(), axum::Json(self.to_answer_body())).into_response()
     }
 }
 
@@ -71,5 +93,29 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(why) => ApiError::new(ErrorCode::Conflict, why),
             other => ApiError::new(ErrorCode::DependencyUnavailable, other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::request_id::{RequestContext, scope};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_answered_for_a_request_names_it() {
+        let error = || ApiError::new(ErrorCode::NotFound, "no such endpoint");
+        assert_eq!(error().to_answer_body(), json!({"error": {"code": "NOT_FOUND", "message": "no such endpoint"}}));
+        let context = Arc::new(RequestContext { id: "req-7".into(), trace: None });
+        let body = scope(context, async { error().to_answer_body() }).await;
+        assert_eq!(body, json!({"error": {"code": "NOT_FOUND", "message": "no such endpoint", "request_id": "req-7"}}));
+    }
+
+    #[tokio::test]
+    async fn a_body_naming_its_request_keeps_it() {
+        let mut stored = json!({"error": {"code": "PAYMENT_FAILED", "message": "m", "request_id": "req-first"}});
+        with_request_id(&mut stored, "req-second");
+        assert_eq!(stored["error"]["request_id"], "req-first");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`dashboard`]: the operators' page at `/admin` (HTML, script, style sheet);
 //! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
+//! - [`request_id`]: `X-Request-Id` and `traceparent`, for the answer, the log and the gateway.
 
 pub(crate) mod admin;
 pub(crate) mod auth;
@@ -18,6 +19,7 @@ pub(crate) mod json;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod orders;
+pub(crate) mod request_id;
 pub(crate) mod rollouts;
 pub(crate) mod server;
 pub(crate) mod validate;
@@ -30,9 +32,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -119,30 +123,50 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Per request: a span, a log line without personal data, the metrics, and
-/// the request timeout.
+/// Per request, outermost of every layer (so that it also sees the answers
+/// the others make: 404, 405, 413, the timeout): the request id and trace
+/// context ([`request_id`]), a span naming them, the request timeout, the
+/// `X-Request-Id` answer header, a debug line without personal data, and
+/// the metrics.
+///
+/// The span is at ERROR level: a span's level only decides whether it is
+/// recorded, and every line written while the request is handled, a
+/// warning or an error too, must carry its `request_id`.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let span = tracing::info_span!("request", %method, %route);
-    let response = match tokio::time::timeout(
-        state.request_timeout,
-        tracing::Instrument::instrument(next.run(request), span.clone()),
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::new(ErrorCode::StageTimeout, "the request took longer than the configured request timeout")
-            .into_response(),
+    let context = Arc::new(request_id::RequestContext::of(request.headers()));
+    let span = tracing::error_span!(
+        "request",
+        %method,
+        %route,
+        request_id = %context.id,
+        trace_id = tracing::field::Empty
+    );
+    if let Some(trace) = &context.trace {
+        span.record("trace_id", trace.trace_id.as_str());
+    }
+    let timeout = state.request_timeout;
+    let handled = async move {
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                ApiError::new(ErrorCode::StageTimeout, "the request took longer than the configured request timeout")
+                    .into_response()
+            }
+        }
     };
+    let mut response = request_id::scope(context.clone(), handled.instrument(span.clone())).await;
+    if let Ok(id) = HeaderValue::from_str(&context.id) {
+        response.headers_mut().insert(request_id::X_REQUEST_ID, id);
+    }
     let status = response.status().as_u16();
-    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request"));
-    state
-        .engine
-        .metrics()
-        .requests
-        .get_or_create(&crate::metrics::RequestLabels { method, route, status: status.to_string() })
-        .inc();
+    let seconds = started.elapsed().as_secs_f64();
+    // Not `info`: one line per request is too many at thousands a second;
+    // failures are logged where they happen (5xx: `error::ApiError`).
+    span.in_scope(|| tracing::debug!(status, elapsed_ms = seconds * 1e3, "request"));
+    let labels = crate::metrics::RequestLabels { method, route, status: status.to_string() };
+    state.engine.metrics().http_request(&labels, seconds);
     response
 }

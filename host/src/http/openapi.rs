@@ -8,7 +8,10 @@
 //! - a body-taking operation answers 400, 413 and 415; an operation with
 //!   path parameters 400 (a parameter that is not UTF-8); an operation
 //!   with a key 401; every operation 504 (the request timeout) and every
-//!   operation that reads the store 503.
+//!   operation that reads the store 503;
+//! - every operation takes the optional `X-Request-Id` and `traceparent`
+//!   request headers, and every answer has the `X-Request-Id` header
+//!   (`super::request_id`).
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -17,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::domain::invoice::Invoice;
 
-/// Every non-2xx answer: `{"error": {"code", "message", "stage"?, "details"?}}`.
+/// Every non-2xx answer: `{"error": {"code", "message", "stage"?, "details"?, "request_id"}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -37,6 +40,12 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
+    /// The request answered, as in the `X-Request-Id` answer header. On
+    /// every error answer; a replayed `402` repeats the first answer byte
+    /// for byte, so it names the request that placed the order (and none
+    /// when no request waited for the outcome: the reconciler settled it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// 402 of `POST /v1/orders`: the error and the order, shaped like the
@@ -51,7 +60,9 @@ pub struct PaymentFailedBody {
 #[openapi(
     info(title = "SmartMart fulfillment engine", version = "1",
          description = "Orders, carts and operations of the SmartMart fulfillment engine. Every error answer is \
-                        `{\"error\": {\"code\", \"message\", \"stage\"?, \"details\"?}}`."),
+                        `{\"error\": {\"code\", \"message\", \"stage\"?, \"details\"?, \"request_id\"}}`; every \
+                        answer carries `X-Request-Id` (the client's, 1 to 128 visible ASCII characters, else a \
+                        generated one)."),
     components(schemas(ErrorBody, ErrorDetail, PaymentFailedBody)),
     modifiers(&SecuritySchemes)
 )]
@@ -111,7 +122,40 @@ pub(super) fn complete(doc: &mut Value) {
     }
 }
 
+/// The request headers every operation takes.
+fn tracing_parameters() -> [Value; 2] {
+    [
+        json!({
+            "name": "X-Request-Id", "in": "header", "required": false,
+            "description": "names the request in the answer, its log lines and the payment gateway's calls; \
+                            1 to 128 visible ASCII characters, anything else is replaced by a generated id",
+            "schema": { "type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$" }
+        }),
+        json!({
+            "name": "traceparent", "in": "header", "required": false,
+            "description": "W3C Trace Context (version 00): its trace is continued in the calls to the payment \
+                            gateway; a malformed one is ignored",
+            "schema": { "type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$" }
+        }),
+    ]
+}
+
+/// The answer header every response has.
+fn request_id_header() -> Value {
+    json!({
+        "description": "the request's id: the client's `X-Request-Id` when valid, else a generated one \
+                        (`req_` and a UUIDv7)",
+        "schema": { "type": "string" }
+    })
+}
+
 fn complete_operation(path: &str, operation: &mut Value) {
+    if let Some(object) = operation.as_object_mut() {
+        let parameters = object.entry("parameters").or_insert_with(|| json!([]));
+        if let Some(parameters) = parameters.as_array_mut() {
+            parameters.extend(tracing_parameters());
+        }
+    }
     let takes_body = operation.get("requestBody").is_some();
     let has_key = operation.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
     let has_path_params =
@@ -145,6 +189,10 @@ fn complete_operation(path: &str, operation: &mut Value) {
         if description.is_empty() {
             let text = error_description(status).unwrap_or("the answer");
             response.insert("description".into(), json!(text));
+        }
+        let headers = response.entry("headers").or_insert_with(|| json!({}));
+        if let Some(headers) = headers.as_object_mut() {
+            headers.insert("X-Request-Id".into(), request_id_header());
         }
         let is_error = status.starts_with('4') || status.starts_with('5');
         if is_error && response.get("content").is_none() {

@@ -57,6 +57,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics.outbox_depth.set(depth as i64);
         metrics.outbox_lag_seconds.set(lag_ms as f64 / 1000.0);
     }
+    if let Some(totals) = state.engine.store().writer_totals() {
+        metrics.store_writer(totals);
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
 }
 

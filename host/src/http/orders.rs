@@ -9,6 +9,11 @@
 //! `IDEMPOTENCY_IN_PROGRESS` (with `Retry-After`) until reconciliation has
 //! finished the order, then its final answer. The claim is unique in the
 //! database, so two processes racing on one key still create one order.
+//!
+//! A `402`'s body names the request that placed the order
+//! (`error.request_id`) and is stored as is: a replay repeats it byte for
+//! byte, the first request's id included, while its `X-Request-Id` header
+//! is the replay's own. Only fresh error answers name the current request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -165,6 +170,7 @@ pub async fn post_order(
     let waiting_key = key.clone();
 
     let channel_of_key = channel.clone();
+    let context = super::request_id::current();
     let request = OrderRequest {
         channel,
         customer_id: order.customer_id,
@@ -173,13 +179,18 @@ pub async fn post_order(
         payment_token: order.payment.token,
         ship_to: order.ship_to,
         idempotency: key.map(|k| (k, hash.clone())),
+        request_id: context.as_ref().map(|c| c.id.clone()),
+        traceparent: context.as_ref().and_then(|c| c.outgoing_traceparent()),
     };
     // The order runs in its own task: a client that goes away (or the
-    // request timeout) cannot cancel it half-way.
+    // request timeout) cannot cancel it half-way. It stays in the request's
+    // span, so that its log lines name the request.
     let pipeline = state.engine.pipeline().clone();
-    let outcome = tokio::spawn(async move { pipeline.place_order(request).await })
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("order task failed: {e}")))?;
+    let span = tracing::Span::current();
+    let outcome =
+        tokio::spawn(tracing::Instrument::instrument(async move { pipeline.place_order(request).await }, span))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("order task failed: {e}")))?;
     // The same bytes as the stored invoice and the stored idempotent answer.
     Ok(match outcome {
         Ok(placed) => json_response(placed.status_code(), placed.json),

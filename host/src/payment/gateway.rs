@@ -24,6 +24,29 @@ pub struct ChargeRequest {
     /// The customer's payment token. A secret: never logged, and redacted from
     /// this type's `Debug` output.
     pub token: String,
+    /// The id of the request the order was placed by (`X-Request-Id` to an
+    /// HTTP gateway); `None` for calls no request made (reconciliation).
+    pub request_id: Option<String>,
+    /// The W3C `traceparent` to send with the call, when the request came
+    /// with a trace context.
+    pub traceparent: Option<String>,
+}
+
+impl ChargeRequest {
+    /// What ties this charge, and the lookup and cancel that may follow it,
+    /// to the request it is made for.
+    pub fn trace(&self) -> RequestTrace {
+        RequestTrace { request_id: self.request_id.clone(), traceparent: self.traceparent.clone() }
+    }
+}
+
+/// What ties a gateway call to the request it is made for: sent by the
+/// HTTP gateway as the `X-Request-Id` and `traceparent` headers. Empty
+/// ([`RequestTrace::default`]) for calls no request made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestTrace {
+    pub request_id: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 // Manual so that a `{:?}` in a log line or a panic message cannot leak the
@@ -36,6 +59,8 @@ impl fmt::Debug for ChargeRequest {
             .field("amount_cents", &self.amount_cents)
             .field("currency", &self.currency)
             .field("token", &"<redacted>")
+            .field("request_id", &self.request_id)
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }
@@ -183,6 +208,20 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Settles the key for good: the charge captured under it, or the
     /// guarantee that none ever will be (protocol v2). Idempotent.
     async fn cancel(&self, idempotency_key: &str) -> Result<CancelOutcome, GatewayError>;
+
+    /// [`PaymentGateway::lookup`] made for the request `trace` names (a
+    /// gateway that can carry it says so to its operators; the default
+    /// ignores it).
+    async fn lookup_for(&self, idempotency_key: &str, trace: &RequestTrace) -> Result<Option<Charge>, GatewayError> {
+        let _ = trace;
+        self.lookup(idempotency_key).await
+    }
+
+    /// [`PaymentGateway::cancel`] made for the request `trace` names.
+    async fn cancel_for(&self, idempotency_key: &str, trace: &RequestTrace) -> Result<CancelOutcome, GatewayError> {
+        let _ = trace;
+        self.cancel(idempotency_key).await
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +236,8 @@ mod tests {
             amount_cents: 1234,
             currency: "USD".into(),
             token: "tok_secret_4242".into(),
+            request_id: Some("req-1".into()),
+            traceparent: None,
         };
         let shown = format!("{request:?} {request:#?}");
         assert!(!shown.contains("tok_secret_4242"), "{shown}");

@@ -55,6 +55,16 @@
 //! A gateway without it (`404`, `405` or `501` here) leaves such orders
 //! `PAYMENT_PENDING` until a lookup finds the charge.
 //!
+//! ## Request ids and trace context (every endpoint)
+//!
+//! A call made while answering a request (the order's charge attempts, and
+//! the lookup and cancel that resolve their outcome before the answer)
+//! carries that request's `X-Request-Id`, and a W3C `traceparent` when the
+//! request came with one (same trace id, the request's own span as the
+//! parent). Calls the reconciler makes after the answer, or after a crash,
+//! carry neither. Gateways may log them; they change nothing in the
+//! protocol.
+//!
 //! SmartMart never logs the payment token; the gateway should not either.
 
 use std::path::Path;
@@ -65,7 +75,7 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::gateway::{CancelOutcome, Charge, ChargeRequest, GatewayError, PaymentGateway};
+use super::gateway::{CancelOutcome, Charge, ChargeRequest, GatewayError, PaymentGateway, RequestTrace};
 
 /// The longest reason taken from a gateway's answer; a misbehaving gateway
 /// must not fill our logs and invoices.
@@ -302,17 +312,23 @@ fn unexpected(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) 
 }
 
 impl HttpGateway {
-    /// Sends `request` and reads its whole answer.
+    /// Sends `request` (with the headers naming the request it is made
+    /// for) and reads its whole answer.
     async fn exchange(
         &self,
         what: &str,
         request: reqwest::RequestBuilder,
+        trace: &RequestTrace,
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), GatewayError> {
-        let response = request
-            .header(USER_AGENT, Self::user_agent())
-            .send()
-            .await
-            .map_err(|error| transport_error(what, error))?;
+        let mut request = request.header(USER_AGENT, Self::user_agent());
+        // Checked at the HTTP edge; a value that cannot be a header is left out, never fatal.
+        let headers = [("x-request-id", &trace.request_id), ("traceparent", &trace.traceparent)];
+        for (name, value) in headers {
+            if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.map_err(|error| transport_error(what, error))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|error| transport_error(what, error))?;
@@ -339,7 +355,7 @@ impl PaymentGateway for HttpGateway {
             token: &request.token,
         };
         let post = self.client.post(self.endpoint(None, false)).header("Idempotency-Key", key_header).json(&body);
-        let (status, headers, answer) = self.exchange(WHAT, post).await?;
+        let (status, headers, answer) = self.exchange(WHAT, post, &request.trace()).await?;
 
         match classify(status) {
             StatusClass::Success => match captured_from_body(&answer) {
@@ -360,9 +376,17 @@ impl PaymentGateway for HttpGateway {
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Charge>, GatewayError> {
+        self.lookup_for(idempotency_key, &RequestTrace::default()).await
+    }
+
+    async fn cancel(&self, idempotency_key: &str) -> Result<CancelOutcome, GatewayError> {
+        self.cancel_for(idempotency_key, &RequestTrace::default()).await
+    }
+
+    async fn lookup_for(&self, idempotency_key: &str, trace: &RequestTrace) -> Result<Option<Charge>, GatewayError> {
         const WHAT: &str = "GET /v1/charges/{key}";
         let get = self.client.get(self.endpoint(Some(idempotency_key), false));
-        let (status, headers, answer) = self.exchange(WHAT, get).await?;
+        let (status, headers, answer) = self.exchange(WHAT, get, trace).await?;
         match status {
             StatusCode::OK if cancelled_body(&answer) => Ok(None),
             StatusCode::OK => captured_from_body(&answer)
@@ -373,10 +397,10 @@ impl PaymentGateway for HttpGateway {
         }
     }
 
-    async fn cancel(&self, idempotency_key: &str) -> Result<CancelOutcome, GatewayError> {
+    async fn cancel_for(&self, idempotency_key: &str, trace: &RequestTrace) -> Result<CancelOutcome, GatewayError> {
         const WHAT: &str = "POST /v1/charges/{key}/cancel";
         let post = self.client.post(self.endpoint(Some(idempotency_key), true));
-        let (status, headers, answer) = self.exchange(WHAT, post).await?;
+        let (status, headers, answer) = self.exchange(WHAT, post, trace).await?;
         match status {
             StatusCode::OK if cancelled_body(&answer) => Ok(CancelOutcome::Cancelled),
             StatusCode::OK => captured_from_body(&answer)

@@ -22,7 +22,7 @@ pub(crate) mod resolve;
 pub(crate) mod retry;
 pub(crate) mod sandbox;
 
-pub use gateway::{CancelOutcome, Charge, ChargeRequest, GatewayError, PaymentGateway};
+pub use gateway::{CancelOutcome, Charge, ChargeRequest, GatewayError, PaymentGateway, RequestTrace};
 pub use http::{HttpGateway, HttpGatewayError, HttpGatewayOptions};
 pub use resolve::{Decision, decide, resolve};
 pub use retry::{PaymentOutcome, RetryPolicy, charge_with_retries};

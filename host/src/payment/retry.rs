@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::gateway::{Charge, ChargeRequest, GatewayError, PaymentGateway};
 
@@ -84,7 +84,9 @@ pub struct PaymentOutcome {
 /// retry after a lost answer cannot charge twice.
 ///
 /// Emits one `tracing` event per attempt with the order id, the attempt number
-/// and its outcome (never the payment token).
+/// and its outcome (never the payment token): `debug` for a capture (the
+/// usual case: one line per order would flood the log), `info` for a
+/// decline, `warn` for a failure.
 pub async fn charge_with_retries(
     gateway: &dyn PaymentGateway,
     request: &ChargeRequest,
@@ -127,7 +129,7 @@ fn log_attempt(
     let order_id = request.order_id.as_str();
     let key = request.idempotency_key.as_str();
     match result {
-        Ok(charge) => info!(
+        Ok(charge) => debug!(
             order_id,
             gateway,
             idempotency_key = key,
@@ -232,6 +234,8 @@ mod tests {
             amount_cents: 5000,
             currency: "USD".into(),
             token: "tok_ok".into(),
+            request_id: None,
+            traceparent: None,
         }
     }
 

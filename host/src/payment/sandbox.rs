@@ -279,6 +279,8 @@ mod tests {
             amount_cents,
             currency: "USD".into(),
             token: token.into(),
+            request_id: None,
+            traceparent: None,
         }
     }
 

@@ -65,7 +65,14 @@ pub enum OrderError {
         error_id: Option<String>,
     },
     #[error("payment failed: {reason}")]
-    PaymentFailed { reason: String, order: Box<Invoice> },
+    PaymentFailed {
+        reason: String,
+        order: Box<Invoice>,
+        /// The request the failure answers (`error.request_id` of the body,
+        /// stored with it for idempotent replays); `None` when no request
+        /// is waiting (the reconciler settled it).
+        request_id: Option<String>,
+    },
     #[error("{stage:?} dependency unavailable: {message}")]
     DependencyUnavailable { stage: Stage, message: String },
     #[error("{stage:?} stage timed out")]
@@ -173,7 +180,12 @@ impl OrderError {
             error["details"] = details;
         }
         match self {
-            OrderError::PaymentFailed { order, .. } => json!({ "error": error, "order": order }),
+            OrderError::PaymentFailed { order, request_id, .. } => {
+                if let Some(request_id) = request_id {
+                    error["request_id"] = json!(request_id);
+                }
+                json!({ "error": error, "order": order })
+            }
             _ => json!({ "error": error }),
         }
     }

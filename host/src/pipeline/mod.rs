@@ -127,6 +127,12 @@ pub struct OrderRequest {
     /// The channel's `Idempotency-Key` and a hash of the request body: the
     /// answer is stored with them in the order's transaction.
     pub idempotency: Option<(String, String)>,
+    /// The id of the HTTP request placing the order (`X-Request-Id`): sent
+    /// to the payment gateway, and named by a `402`'s body.
+    pub request_id: Option<String>,
+    /// The W3C `traceparent` the gateway calls carry (the request's trace,
+    /// the request's span as their parent), when the request had one.
+    pub traceparent: Option<String>,
 }
 
 /// The engine: shared state of every order. Cheap to clone.
@@ -253,7 +259,10 @@ impl Pipeline {
     /// the `PAYMENT_PENDING` one of an order whose payment outcome is not
     /// known yet; `Err(OrderError::PaymentFailed)` carries the recorded
     /// failed order.
-    #[tracing::instrument(name = "order", skip_all, fields(order_id = tracing::field::Empty, channel = %request.channel))]
+    // At ERROR level, as the HTTP edge's `request` span: enabled whenever
+    // any line of the order is, so that every line names the order.
+    #[tracing::instrument(name = "order", level = "error", skip_all,
+        fields(order_id = tracing::field::Empty, channel = %request.channel))]
     async fn run_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let started = Instant::now();
         let config = &self.config;
@@ -523,14 +532,16 @@ impl Pipeline {
     }
 }
 
-/// Runs shadow candidates after the answer and records how they differ.
+/// Runs shadow candidates after the answer and records how they differ,
+/// in the order's span (what they log names the order and its request).
 fn run_shadows(store: Store, order_id: String, jobs: Vec<shadow::ShadowJob>) {
-    tokio::spawn(async move {
+    let shadows = async move {
         let runs =
             crate::rules::run_blocking(move || jobs.iter().map(|job| shadow::run(job, &order_id)).collect::<Vec<_>>())
                 .await;
         if let Err(e) = store.record_shadow_runs(runs).await {
             tracing::warn!(error = %e, "could not record shadow runs");
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(shadows, tracing::Span::current()));
 }

@@ -35,10 +35,14 @@ fn serialise(invoice: &Invoice) -> String {
 
 /// Settles `invoice` as the gateway answered (`Ok(transaction id)` or
 /// `Err(reason)`): the settlement to store, and what the channel is told.
+/// A `402`'s body names `request_id`, the request it answers (none when
+/// the reconciler settles): the stored answer is that very body, so that
+/// an idempotent replay repeats the first answer byte for byte.
 pub(super) fn finish(
     mut invoice: Invoice,
     charged: Result<String, String>,
     attempts: u32,
+    request_id: Option<&str>,
 ) -> (Settlement, Result<Placed, OrderError>) {
     invoice.payment.attempts = attempts;
     let failure = match charged {
@@ -74,7 +78,11 @@ pub(super) fn finish(
             (stored, Ok(Placed { invoice, json }))
         }
         Some(reason) => {
-            let error = OrderError::PaymentFailed { reason: reason.clone(), order: Box::new(invoice.clone()) };
+            let error = OrderError::PaymentFailed {
+                reason: reason.clone(),
+                order: Box::new(invoice.clone()),
+                request_id: request_id.map(str::to_owned),
+            };
             let answer = Answer { status_code: error.status(), body: error.body().to_string() };
             (settlement(SettledAnswer::Other(answer), &invoice, json), Err(error))
         }
@@ -150,6 +158,8 @@ pub(super) async fn pay_and_settle(
         amount_cents: invoice.total_cents,
         currency: invoice.currency.clone(),
         token: request.payment_token.clone(),
+        request_id: request.request_id.clone(),
+        traceparent: request.traceparent.clone(),
     };
     let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry, deadline).await;
     let attempts = outcome.attempts;
@@ -159,7 +169,7 @@ pub(super) async fn pay_and_settle(
             tracing::error!(order_id = %invoice.order_id, error = %error, "the payment gateway cannot be used; nothing was sent");
         }
     }
-    let decision = decide(pipeline.gateway.as_ref(), &charge.idempotency_key, outcome, deadline).await;
+    let decision = decide(pipeline.gateway.as_ref(), &charge.idempotency_key, &charge.trace(), outcome, deadline).await;
     invoice.timings_ms.payment = ms(stage_started);
     invoice.timings_ms.total = ms(order_started);
     let order_id = invoice.order_id.clone();
@@ -174,7 +184,7 @@ pub(super) async fn pay_and_settle(
             });
         }
     };
-    let (settlement, answer) = finish(invoice, charged, attempts);
+    let (settlement, answer) = finish(invoice, charged, attempts, request.request_id.as_deref());
     if let Err(e) = store.settle(settlement).await {
         // Charged (maybe) but not recorded: the order stays PENDING with its
         // intent, and reconciliation settles it from the gateway's ledger.

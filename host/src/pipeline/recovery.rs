@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Pipeline, payment};
 use crate::clock::now_ms;
 use crate::domain::invoice::Invoice;
-use crate::payment::{ChargeRequest, Decision, PaymentGateway, RetryPolicy, charge_with_retries, decide, resolve};
+use crate::payment::{
+    ChargeRequest, Decision, PaymentGateway, RequestTrace, RetryPolicy, charge_with_retries, decide, resolve,
+};
 use crate::store::orders::OpenIntent;
 use crate::store::{Store, StoreError};
 
@@ -124,7 +126,7 @@ async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<Re
     let gateway = pipeline.gateway.as_ref();
     let decision = if intent.outcome_unknown {
         let deadline = tokio::time::Instant::now() + RESOLUTION_TIME;
-        resolve(gateway, &intent.idempotency_key, deadline).await
+        resolve(gateway, &intent.idempotency_key, &RequestTrace::default(), deadline).await
     } else {
         redrive(gateway, &pipeline.config.retry, intent).await
     };
@@ -159,7 +161,7 @@ async fn reconcile_intent(pipeline: &Pipeline, intent: &OpenIntent) -> Result<Re
 async fn redrive(gateway: &dyn PaymentGateway, retry: &RetryPolicy, intent: &OpenIntent) -> Decision {
     let deadline = tokio::time::Instant::now() + retry.budget + RESOLUTION_TIME;
     let Some(token) = &intent.token else {
-        return resolve(gateway, &intent.idempotency_key, deadline).await;
+        return resolve(gateway, &intent.idempotency_key, &RequestTrace::default(), deadline).await;
     };
     let request = ChargeRequest {
         idempotency_key: intent.idempotency_key.clone(),
@@ -167,9 +169,12 @@ async fn redrive(gateway: &dyn PaymentGateway, retry: &RetryPolicy, intent: &Ope
         amount_cents: intent.amount_cents,
         currency: intent.currency.clone(),
         token: token.clone(),
+        // After the answer (or a crash) no request is waiting: the gateway is told of none.
+        request_id: None,
+        traceparent: None,
     };
     let outcome = charge_with_retries(gateway, &request, retry, deadline).await;
-    decide(gateway, &intent.idempotency_key, outcome, deadline).await
+    decide(gateway, &intent.idempotency_key, &RequestTrace::default(), outcome, deadline).await
 }
 
 /// The order's stored draft (or `PAYMENT_PENDING`) invoice.
@@ -188,7 +193,8 @@ async fn settle_from_draft(
 ) -> Result<(), StoreError> {
     let invoice = draft_of(store, intent).await?;
     let attempts = invoice.payment.attempts.max(1);
-    let (settlement, _) = payment::finish(invoice, charged, attempts);
+    // No request is being answered: a stored 402 names none.
+    let (settlement, _) = payment::finish(invoice, charged, attempts, None);
     store.settle(settlement).await
 }
 

@@ -48,10 +48,14 @@ fn pool() -> &'static crossbeam_channel::Sender<Task> {
 }
 
 /// Runs `f` (rule calls) on a rule thread and returns its result. A panic in
-/// `f` is resumed here, on the caller's task.
+/// `f` is resumed here, on the caller's task. `f` runs in the caller's
+/// tracing span, so that what the rules log names the order (and the
+/// request) they ran for.
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (answer, result) = oneshot::channel();
+    let span = tracing::Span::current();
     let task: Task = Box::new(move || {
+        let _entered = span.enter();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = answer.send(outcome);
     });
@@ -59,5 +63,31 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T
     match result.await.expect("a rule thread always answers") {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Instrument as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn rule_calls_run_in_the_callers_span() {
+        // A registry of the test's own (no global subscriber): it keeps the
+        // current span per thread, so the rule thread's can be read from it.
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry());
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        let span = tracing::error_span!("order", order_id = "ord_1");
+        let seen = dispatch.clone();
+        let on_rule_thread =
+            run(move || (std::thread::current().name().map(str::to_owned), seen.current_span().id().cloned()))
+                .instrument(span.clone())
+                .await;
+        assert!(on_rule_thread.0.as_deref().is_some_and(|name| name.starts_with("rule-")), "{on_rule_thread:?}");
+        assert_eq!(on_rule_thread.1, span.id(), "the rule thread is in the caller's span");
+        // Outside a span, none.
+        let seen = dispatch.clone();
+        assert_eq!(run(move || seen.current_span().id().cloned()).await, None);
     }
 }

@@ -53,6 +53,7 @@ mod postgres;
 pub mod rollouts;
 pub mod shadows;
 mod sqlite;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,6 +232,16 @@ impl Store {
     /// exactly this binary's, and every transaction is read-only).
     pub async fn open_postgres(url: &str, options: &PostgresOptions) -> Result<Store, StoreError> {
         Ok(Store::new(Backend::Postgres(postgres::Postgres::connect(url, options).await?)))
+    }
+
+    /// What the SQLite writer has done so far (batches, commands, where its
+    /// time went); `None` on PostgreSQL, where every command is a
+    /// transaction of its own.
+    pub fn writer_totals(&self) -> Option<stats::WriterTotals> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => Some(db.stats.totals()),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Which database this is, without secrets (logs, errors).

@@ -232,6 +232,8 @@ pub fn order_request(customer: &str, payment_token: &str, coupon: Option<&str>) 
         payment_token: payment_token.into(),
         ship_to: None,
         idempotency: None,
+        request_id: None,
+        traceparent: None,
     }
 }
 

@@ -63,6 +63,8 @@ pub fn now_secs() -> u64 {
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// The `X-Request-Id` answer header.
+    pub request_id: Option<String>,
     pub bytes: Vec<u8>,
     /// The body parsed as JSON (`Null` if it is not JSON).
     pub json: Value,
@@ -91,7 +93,8 @@ impl Answer {
         self
     }
 
-    /// Panics unless the body is `{"error": {"code", "message", ...}}` with a JSON content type.
+    /// Panics unless the body is `{"error": {"code", "message", "request_id", ...}}` with a JSON
+    /// content type, and `error.request_id` is the answer's `X-Request-Id`.
     #[track_caller]
     pub fn assert_error_shape(&self) -> &Self {
         assert!(self.is_json(), "content type {:?} of error {} {}", self.content_type, self.status, self.text());
@@ -99,6 +102,8 @@ impl Answer {
         assert!(error.is_object(), "no error object: {} {}", self.status, self.text());
         assert!(error["code"].as_str().is_some_and(|c| !c.is_empty()), "no error.code: {}", self.text());
         assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no error.message: {}", self.text());
+        let request_id = error["request_id"].as_str().unwrap_or_else(|| panic!("no error.request_id: {}", self.text()));
+        assert_eq!(Some(request_id), self.request_id.as_deref(), "error.request_id is not the answer's X-Request-Id");
         self
     }
 
@@ -298,9 +303,10 @@ pub async fn try_send(request: RequestBuilder) -> Result<Answer, reqwest::Error>
     let status = response.status().as_u16();
     let content_type =
         response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = response.bytes().await?.to_vec();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Answer { status, content_type, bytes, json })
+    Ok(Answer { status, content_type, request_id, bytes, json })
 }
 
 impl TestServer {

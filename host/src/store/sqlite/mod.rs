@@ -33,9 +33,11 @@ pub(super) mod shadows;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
+use super::stats::WriterStats;
 use super::{StoreError, StoreOptions};
 use checkpointer::Checkpointer;
 use readers::Readers;
@@ -68,6 +70,8 @@ pub(super) struct Sqlite {
     /// Checkpoints the WAL while the store is open (`None` read-only).
     _checkpointer: Option<Checkpointer>,
     readers: Readers,
+    /// What the writer did (`Store::writer_totals`).
+    pub(super) stats: Arc<WriterStats>,
     pub(super) path: PathBuf,
 }
 
@@ -90,9 +94,11 @@ impl Sqlite {
         // Checkpoints run on a thread of their own (see `checkpointer`).
         conn.pragma_update(None, "wal_autocheckpoint", checkpointer::WRITER_BACKSTOP_PAGES)?;
         let checkpointer = Checkpointer::start(path, options.durability)?;
-        let writer =
-            Writer::start(conn).map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer::start(conn, stats.clone())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Sqlite {
+            stats,
             writer: Some(writer),
             _checkpointer: Some(checkpointer),
             readers: Readers::new(path, options.busy_timeout),
@@ -112,7 +118,7 @@ impl Sqlite {
         }
         let readers = Readers::new(path, options.busy_timeout);
         readers.read(schema::check_current)?;
-        Ok(Sqlite { writer: None, _checkpointer: None, readers, path: path.to_owned() })
+        Ok(Sqlite { stats: Arc::default(), writer: None, _checkpointer: None, readers, path: path.to_owned() })
     }
 
     /// Runs `f` on a read connection, on this thread.

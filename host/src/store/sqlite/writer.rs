@@ -17,10 +17,14 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::StoreError;
+use super::super::stats::WriterStats;
 
 /// Most commands committed together.
 const MAX_BATCH: usize = 512;
@@ -47,9 +51,9 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn` (already configured and migrated).
-    pub(super) fn start(conn: Connection) -> std::io::Result<Writer> {
+    pub(super) fn start(conn: Connection, stats: Arc<WriterStats>) -> std::io::Result<Writer> {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        std::thread::Builder::new().name("store-writer".into()).spawn(move || run(conn, queue))?;
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || run(conn, queue, &stats))?;
         Ok(Writer { jobs })
     }
 
@@ -96,7 +100,7 @@ fn job<T: Send + 'static>(
 }
 
 /// The thread's loop: one batch per wake-up, until every handle is gone.
-fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, stats: &WriterStats) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     while let Some(first) = queue.blocking_recv() {
         pending.push_back(first);
@@ -107,14 +111,15 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
             }
         }
         while !pending.is_empty() {
-            run_batch(&conn, &mut pending);
+            run_batch(&conn, &mut pending, stats);
         }
     }
 }
 
 /// Runs queued jobs in one transaction and answers them. Jobs left in
 /// `pending` (after SQLite aborted the transaction) go into the next one.
-fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>) {
+fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>, stats: &WriterStats) {
+    let started = Instant::now();
     if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let why = format!("cannot begin a transaction: {e}");
         tracing::error!(error = %e, "store writer cannot begin a transaction; failing {} commands", pending.len());
@@ -151,8 +156,12 @@ fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>) {
             return abort(conn, completions, &format!("cannot close a savepoint: {e}"));
         }
     }
+    let committing = Instant::now();
     match run_cached(conn, "COMMIT") {
-        Ok(()) => completions.into_iter().for_each(|complete| complete(None)),
+        Ok(()) => {
+            stats.committed(completions.len(), committing - started, committing.elapsed());
+            completions.into_iter().for_each(|complete| complete(None));
+        }
         Err(e) => abort(conn, completions, &format!("commit failed: {e}")),
     }
 }
@@ -183,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("w.sqlite")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL UNIQUE);").unwrap();
-        (Writer::start(conn).unwrap(), dir)
+        (Writer::start(conn, Arc::default()).unwrap(), dir)
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {

@@ -1,0 +1,55 @@
+//! What the store's writer does, counted as it happens: how many commands
+//! each group commit carries, and where the writer's time goes (running
+//! the commands against committing them, the commit's `fdatasync`
+//! included). The figures every claim about the store's cost rests on;
+//! `/metrics` exports them (`smartmart_store_*`). Owned by one store: two
+//! stores in one process (tests) count apart.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The writer's running totals.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    commits: AtomicU64,
+    commands: AtomicU64,
+    run_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+/// A reading of [`WriterStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterTotals {
+    /// Transactions committed (one per batch).
+    pub commits: u64,
+    /// Commands those transactions carried.
+    pub commands: u64,
+    /// Time spent running the commands (their statements and savepoints).
+    pub running: Duration,
+    /// Time spent in `COMMIT` (the WAL write and, with `durability = full`,
+    /// its `fdatasync`), during which the writer runs nothing else.
+    pub committing: Duration,
+}
+
+impl WriterStats {
+    /// One committed batch of `commands`, with the time each part took.
+    pub(super) fn committed(&self, commands: usize, running: Duration, committing: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+        self.run_nanos.fetch_add(nanos(running), Ordering::Relaxed);
+        self.commit_nanos.fetch_add(nanos(committing), Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> WriterTotals {
+        WriterTotals {
+            commits: self.commits.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            running: Duration::from_nanos(self.run_nanos.load(Ordering::Relaxed)),
+            committing: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
