@@ -392,10 +392,12 @@ fn under_ci() -> bool {
 /// unbuilt: a filtered run (ARGS) outside CI whose arguments do not mention
 /// Kafka, unless SMARTMART_KAFKA_BROKER already says what to do.
 fn skip_kafka_broker(args: &[String]) -> bool {
-    !args.is_empty()
-        && !under_ci()
-        && env::var_os("SMARTMART_KAFKA_BROKER").is_none()
-        && !args.iter().any(|arg| arg.to_ascii_lowercase().contains("kafka"))
+    // A filter that selects Kafka tests needs the broker; `--skip kafka…` does not.
+    let selects_kafka = args
+        .iter()
+        .enumerate()
+        .any(|(i, arg)| arg.to_ascii_lowercase().contains("kafka") && (i == 0 || args[i - 1] != "--skip"));
+    !args.is_empty() && !under_ci() && env::var_os("SMARTMART_KAFKA_BROKER").is_none() && !selects_kafka
 }
 
 /// Checks that the services the tests talk to answer, starting them when

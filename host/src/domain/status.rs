@@ -208,6 +208,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_openapi_schema_spells_each_enum_as_the_bodies_do() {
+        use utoipa::PartialSchema as _;
+        let texts = |schema| serde_json::to_value(schema).unwrap()["enum"].clone();
+        assert_eq!(
+            texts(OrderStatus::schema()),
+            serde_json::json!(["PENDING", "CONFIRMED", "PAYMENT_FAILED", "CANCELLED", "PAYMENT_PENDING"])
+        );
+        assert_eq!(texts(PaymentStatus::schema()), serde_json::json!(["PENDING", "INTENT", "CAPTURED", "FAILED"]));
+        assert_eq!(texts(EventKind::schema()), serde_json::json!(["audit", "analytics", "fraud"]));
+        assert_eq!(texts(Slot::schema()), serde_json::json!(["discount", "warehouse", "fraud"]));
+    }
+
+    #[test]
     fn every_value_reads_back_from_its_text() {
         for status in OrderStatus::ALL {
             assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), *status);
