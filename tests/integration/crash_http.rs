@@ -10,11 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::crash::event_ids_in_file;
 use crate::support::clients::{self, Final, Seen};
@@ -96,42 +94,28 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
     service.wait_ready(&client).await;
     seed(&client, &service).await;
 
-    // The clients: each takes the next customer until none is left.
-    let next = Arc::new(AtomicUsize::new(0));
-    let finals: Arc<Mutex<BTreeMap<usize, Final>>> = Arc::default();
-    let seen = Arc::new(Seen::default());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (client, next, finals, seen) = (client.clone(), next.clone(), finals.clone(), seen.clone());
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= CUSTOMERS {
-                        return;
-                    }
-                    let answer = order_until_final(&client, port, n, &seen).await;
-                    finals.lock().await.insert(n, answer);
-                }
-            })
-        })
-        .collect();
-
-    // Kill the service while the orders flow; start it again each time.
-    for kill in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(rand::random_range(150..=700))).await;
-        let done = finals.lock().await.len();
-        service.kill();
-        eprintln!("kill {}: {done} of {CUSTOMERS} orders answered before it", kill + 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        service.restart();
-        service.wait_ready(&client).await;
-    }
-    for client in clients {
-        client.await.expect("a client task");
-    }
-    let finals = finals.lock().await.clone();
+    // The clients: each takes the next customer until none is left, while
+    // the service is killed and started again.
+    let order = {
+        let client = client.clone();
+        move |n, seen: Arc<Seen>| {
+            let client = client.clone();
+            async move { order_until_final(&client, port, n, &seen).await }
+        }
+    };
+    let (finals, seen) = clients::run_clients(CLIENTS, CUSTOMERS, order, async |finals| {
+        for kill in 0..KILLS {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(150..=700))).await;
+            let done = finals.lock().await.len();
+            service.kill();
+            eprintln!("kill {}: {done} of {CUSTOMERS} orders answered before it", kill + 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            service.restart();
+            service.wait_ready(&client).await;
+        }
+    })
+    .await;
     eprintln!("answers: {} ({seen})", finals.len());
-    assert_eq!(finals.len(), CUSTOMERS);
 
     // A retry now, after every restart, replays the recorded answer byte for byte.
     for (n, first) in &finals {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::support::server::{
     ADMIN_KEY, Answer, BODY_LIMIT, MOBILE_KEY, PARTNER_KEY, TestServer, WEB_KEY, now_secs, send, signed_token, token,
 };
-use crate::support::{SECRET, bundled_plugins, demo_dataset};
+use crate::support::{SECRET, bundled_plugins, demo_dataset, order_body};
 
 /// UC1's body: C-1001 with WELCOME10, shipping to Bengaluru.
 fn uc1_body() -> Value {
@@ -23,10 +23,6 @@ fn uc1_body() -> Value {
         "payment": {"token": "tok_ok"},
         "ship_to": {"lat": 12.97, "lon": 77.59}
     })
-}
-
-fn order_body(customer: &str, payment_token: &str) -> Value {
-    json!({ "customer_id": customer, "payment": {"token": payment_token} })
 }
 
 fn is_rfc3339(text: &str) -> bool {

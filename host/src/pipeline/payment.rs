@@ -165,7 +165,9 @@ pub(super) async fn pay_and_settle(
     let attempts = outcome.attempts;
     if let Err(error) = &outcome.result {
         pipeline.metrics.payment_gateway_error(error.kind());
-        if !error.is_transient() && !matches!(error, crate::payment::GatewayError::Declined { .. }) {
+        // Not retryable and not the customer's decline: a certificate the
+        // host refuses. Operators must hear of it; no order can pay.
+        if matches!(error, crate::payment::GatewayError::NotCharged { retryable: false, .. }) {
             tracing::error!(order_id = %invoice.order_id, error = %error, "the payment gateway cannot be used; nothing was sent");
         }
     }

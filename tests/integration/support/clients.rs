@@ -3,10 +3,13 @@
 //! `202 PAYMENT_PENDING`, `IDEMPOTENCY_IN_PROGRESS` and 503s) until it gets
 //! 201 or 402, as a real client retrying a lost answer would.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::Mutex;
 
 use super::server::{WEB_KEY, token};
 
@@ -100,4 +103,48 @@ pub async fn order_until_final(
             other => panic!("{customer}: unexpected {other} {text}"),
         }
     }
+}
+
+/// The final answers so far, by customer number.
+pub type Finals = Arc<Mutex<BTreeMap<usize, Final>>>;
+
+/// `clients` tasks each take the next customer number (`0..customers`) and
+/// run `order` for it, until none is left; meanwhile `disturb` runs (kills
+/// of the service, a gateway outage) with the answers so far. Returns every
+/// customer's final answer and what the clients met on the way.
+pub async fn run_clients<O, F>(
+    clients: usize,
+    customers: usize,
+    order: O,
+    disturb: impl AsyncFnOnce(Finals),
+) -> (BTreeMap<usize, Final>, Arc<Seen>)
+where
+    O: Fn(usize, Arc<Seen>) -> F + Clone + Send + 'static,
+    F: Future<Output = Final> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let finals: Finals = Arc::default();
+    let seen = Arc::new(Seen::default());
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (order, next, finals, seen) = (order.clone(), next.clone(), finals.clone(), seen.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= customers {
+                        return;
+                    }
+                    let answer = order(n, seen.clone()).await;
+                    finals.lock().await.insert(n, answer);
+                }
+            })
+        })
+        .collect();
+    disturb(finals.clone()).await;
+    for task in tasks {
+        task.await.expect("a client task");
+    }
+    let finals = finals.lock().await.clone();
+    assert_eq!(finals.len(), customers, "every customer has a final answer");
+    (finals, seen)
 }

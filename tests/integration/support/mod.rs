@@ -80,6 +80,11 @@ pub fn bundled_plugins() -> PathBuf {
     repo_root().join("plugins/bundled")
 }
 
+/// The body of `POST /v1/orders` for `customer` paying with `payment_token`.
+pub fn order_body(customer: &str, payment_token: &str) -> serde_json::Value {
+    serde_json::json!({ "customer_id": customer, "payment": {"token": payment_token} })
+}
+
 /// `<repo>/examples/demo/dataset.json`.
 pub fn demo_dataset() -> PathBuf {
     repo_root().join("examples/demo/dataset.json")
