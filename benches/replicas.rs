@@ -29,6 +29,17 @@
 //! service, PostgreSQL and the load generator (from /proc), and a check that
 //! the store holds one CONFIRMED order per 201.
 //!
+//! Also per configuration, per order of the measured run: the store's work
+//! from the replicas' `/metrics`, read right before and right after the run
+//! and summed over the replicas (SQLite: the writer's group commits and
+//! commands; PostgreSQL: the store's round trips and transactions, "–" while
+//! a binary does not export them), and on PostgreSQL the database's
+//! transactions from `pg_stat_database` (see `PG_STATS_SETTLE`). Then a
+//! block per configuration: the durability in force (the service's
+//! `SMARTMART_DURABILITY`, PostgreSQL's `synchronous_commit` and `fsync`),
+//! the figures of each run, and one `SUMMARY config=… key=value …` line
+//! (`grep '^SUMMARY'`), the same keys for every configuration.
+//!
 //! Bounded: fixed durations, a 10 s client timeout, 120 s to start; loopback
 //! only. No timing is asserted.
 //!
@@ -59,6 +70,26 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Linux's USER_HZ: the unit of the CPU times in /proc/*/stat.
 const TICKS_PER_SEC: f64 = 100.0;
+/// The service's commit durability: its default, set explicitly so that a
+/// `SMARTMART_DURABILITY` in the bench's own environment cannot change what
+/// is measured, and so that the report says what ran. SQLite's `PRAGMA
+/// synchronous` (`full`: an fdatasync per group commit); PostgreSQL ignores
+/// it (its durability is the server's `synchronous_commit` and `fsync`).
+const SERVICE_DURABILITY: &str = "full";
+/// How long PostgreSQL's statistics are left to settle before
+/// `pg_stat_database` is read, after the warm-up and after the run.
+/// PostgreSQL 15+ keeps a backend's counts pending and flushes them at most
+/// once a second while it is busy; a backend that goes idle with counts
+/// pending flushes them only after 10 s of idleness (`PGSTAT_IDLE_INTERVAL`
+/// in pgstat.c; seen on 15.20: 500 transactions run within a second of a
+/// flush showed ~10 s after their connection went idle), so a pause of
+/// 1.5 s would miss the last second of the run. `pg_stat_force_next_flush()`
+/// does not help: it flushes the calling backend's counts, not those of the
+/// replicas' pool connections.
+const PG_STATS_SETTLE: Duration = Duration::from_secs(11);
+/// The store's work counters each configuration reports (see `Config::store_counters`),
+/// in the order of the summary line.
+const STORE_COUNTERS: [&str; 4] = ["commits", "commands", "round_trips", "transactions"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -102,6 +133,20 @@ impl Config {
 
     fn on_postgres(self) -> bool {
         self != Config::Sqlite
+    }
+
+    /// The store's work counters in `/metrics` (as named in the report, the
+    /// metric): the SQLite writer's, or the PostgreSQL store's. The
+    /// PostgreSQL ones are new; a binary without them shows "–".
+    fn store_counters(self) -> [(&'static str, &'static str); 2] {
+        if self.on_postgres() {
+            [
+                ("round_trips", "smartmart_store_round_trips_total"),
+                ("transactions", "smartmart_store_transactions_total"),
+            ]
+        } else {
+            [("commits", "smartmart_store_commits_total"), ("commands", "smartmart_store_commands_total")]
+        }
     }
 }
 
@@ -173,6 +218,7 @@ impl Replica {
             .env("SMARTMART_IDENTITY_SECRET", SECRET)
             .env("SMARTMART_WATCH_PLUGINS", "false")
             .env("SMARTMART_EVENT_SINK", "jsonl")
+            .env("SMARTMART_DURABILITY", SERVICE_DURABILITY)
             .env("RUST_LOG", "error")
             .env_remove("SMARTMART_DATABASE_URL")
             .stdin(Stdio::null())
@@ -255,6 +301,70 @@ async fn postgres_processes(schema: Option<&Schema>) -> BTreeMap<u32, f64> {
             Some((pid, process_cpu(&pid.to_string())?.1))
         })
         .collect()
+}
+
+/// The sum of the samples of the counter `name` (whatever their labels) in
+/// a Prometheus text exposition; `None` when it has none (not exported).
+fn counter(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // Exactly this name: labels or the value follow, not a longer name.
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.rsplit_once('}')?.1,
+                None if rest.starts_with(' ') => rest,
+                None => return None,
+            };
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    if values.is_empty() { None } else { Some(values.iter().sum()) }
+}
+
+/// The counters `names` of every replica's `/metrics`, summed over the
+/// replicas: `None` for one that a replica does not export (or when its
+/// `/metrics` does not answer), so that a missing metric is reported, not fatal.
+async fn store_counters(http: &reqwest::Client, bases: &[String], names: [&str; 2]) -> [Option<f64>; 2] {
+    let mut sums = [Some(0.0); 2];
+    for base in bases {
+        let text = match http.get(format!("{base}/metrics")).send().await {
+            Ok(answer) if answer.status().is_success() => answer.text().await.unwrap_or_default(),
+            _ => String::new(),
+        };
+        for (sum, name) in sums.iter_mut().zip(names) {
+            *sum = sum.zip(counter(&text, name)).map(|(sum, value)| sum + value);
+        }
+    }
+    sums
+}
+
+/// Transactions committed and rolled back in the bench's database so far,
+/// as PostgreSQL's statistics have them (see `PG_STATS_SETTLE`): the whole
+/// database's, so other users of it and the bench's own few queries count too.
+async fn postgres_xacts() -> Option<f64> {
+    connect(&postgres_url())
+        .await
+        .query_one(
+            "SELECT (xact_commit + xact_rollback)::float8 FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .ok()?
+        .try_get(0)
+        .ok()
+}
+
+/// PostgreSQL's `synchronous_commit` and `fsync` (what `SHOW` prints), read
+/// on a connection made like the replicas' (same URL, so the same server,
+/// database, role and options); the service sets neither itself.
+async fn postgres_durability(schema: &Schema) -> (String, String) {
+    let row = connect(&schema.url)
+        .await
+        .query_one("SELECT current_setting('synchronous_commit'), current_setting('fsync')", &[])
+        .await
+        .expect("reading PostgreSQL's durability settings");
+    (row.get(0), row.get(1))
 }
 
 /// Where the machine's CPU went, in seconds since boot (Linux; zeros elsewhere).
@@ -458,6 +568,13 @@ struct Run {
     /// CONFIRMED orders in the store against 201s (warm-up included).
     confirmed: i64,
     answered_201: usize,
+    /// The store's work over the run, summed over the replicas, in the
+    /// order of `Config::store_counters` (`None`: not exported).
+    store: [Option<f64>; 2],
+    /// The database's transactions over the run (PostgreSQL only).
+    xacts: Option<f64>,
+    /// PostgreSQL's `synchronous_commit` and `fsync` (PostgreSQL only).
+    pg_durability: Option<(String, String)>,
 }
 
 impl Run {
@@ -474,6 +591,18 @@ impl Run {
 
     fn per_order_ms(&self, seconds: f64) -> f64 {
         seconds * 1e3 / self.placed.len().max(1) as f64
+    }
+
+    /// The store counter `name` (one of `STORE_COUNTERS`) per order of the
+    /// run; `None` when this configuration does not report it or the
+    /// replicas do not export it.
+    fn store_per_order(&self, name: &str) -> Option<f64> {
+        let i = self.config.store_counters().iter().position(|(n, _)| *n == name)?;
+        Some(self.store[i]? / self.placed.len().max(1) as f64)
+    }
+
+    fn xacts_per_order(&self) -> Option<f64> {
+        Some(self.xacts? / self.placed.len().max(1) as f64)
     }
 }
 
@@ -512,15 +641,36 @@ async fn measure(config: Config, round: usize, settings: &Settings) -> Run {
 
     // Warm-up: connections (HTTP and the database pools), rule instances, caches.
     let (warmup, _) = load.closed_loop(&customers, &format!("{tag}-warm"), settings.warmup_secs).await;
+    // The warm-up's transactions reach pg_stat_database before the run's
+    // first reading (see PG_STATS_SETTLE). The same pause in every
+    // configuration, so that each run starts alike (its outbox drained).
+    tokio::time::sleep(PG_STATS_SETTLE).await;
     let pids: Vec<u32> = replicas.iter().map(|r| r.child.id()).collect();
+    let counters = config.store_counters().map(|(_, metric)| metric);
+    let xacts_before = if schema.is_some() { postgres_xacts().await } else { None };
+    // The scrapes are just outside the CPU readings: the figures are the load's alone.
+    let store_before = store_counters(&load.http, &load.bases, counters).await;
     let postgres_before = postgres_processes(schema.as_ref()).await;
     let before = Cpu::now(&pids);
     let (mut tally, elapsed) = load.closed_loop(&customers, &tag, settings.secs).await;
     let mut cpu = Cpu::now(&pids).since(before);
+    let store_after = store_counters(&load.http, &load.bases, counters).await;
     let postgres_after = postgres_processes(schema.as_ref()).await;
     // Of each process, what it used since the first look (all of it if it started since).
     cpu.postgres =
         postgres_after.iter().map(|(pid, seconds)| seconds - postgres_before.get(pid).copied().unwrap_or(0.0)).sum();
+    let store = std::array::from_fn(|i| Some(store_after[i]? - store_before[i]?));
+    // The run's last transactions reach pg_stat_database (see PG_STATS_SETTLE);
+    // the replicas' idle work meanwhile (janitor, outbox polls) counts too,
+    // a few transactions a second against thousands of orders.
+    let (xacts, pg_durability) = match &schema {
+        Some(schema) => {
+            tokio::time::sleep(PG_STATS_SETTLE).await;
+            let xacts = postgres_xacts().await.zip(xacts_before).map(|(after, before)| after - before);
+            (xacts, Some(postgres_durability(schema).await))
+        }
+        None => (None, None),
+    };
 
     let confirmed = match &schema {
         Some(schema) => connect(&schema.url)
@@ -541,7 +691,18 @@ async fn measure(config: Config, round: usize, settings: &Settings) -> Run {
     tally.placed.sort();
     let answered_201 = warmup.placed.len() + tally.placed.len();
     tally.failures.extend(warmup.failures.into_iter().map(|f| format!("(warm-up) {f}")));
-    Run { config, elapsed, placed: tally.placed, failures: tally.failures, cpu, confirmed, answered_201 }
+    Run {
+        config,
+        elapsed,
+        placed: tally.placed,
+        failures: tally.failures,
+        cpu,
+        confirmed,
+        answered_201,
+        store,
+        xacts,
+        pg_durability,
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -551,6 +712,37 @@ fn median(mut values: Vec<f64>) -> f64 {
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// The median of the runs' figures that exist; `None` when none does.
+fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Vec<f64> = values.flatten().collect();
+    if values.is_empty() { None } else { Some(median(values)) }
+}
+
+/// A figure to `decimals` places, or "–" when there is none.
+fn figure(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(value) if value.is_finite() => format!("{value:.decimals$}"),
+        _ => "–".to_string(),
+    }
+}
+
+/// Each run's figure, comma-separated.
+fn runs_of(values: impl Iterator<Item = Option<f64>>, decimals: usize) -> String {
+    values.map(|value| figure(value, decimals)).collect::<Vec<_>>().join(", ")
+}
+
+/// The distinct values in their order, joined by `/` (one value unless a
+/// server setting changed between runs); "–" when there is none.
+fn distinct(values: impl Iterator<Item = String>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for value in values {
+        if !seen.contains(&value) {
+            seen.push(value);
+        }
+    }
+    if seen.is_empty() { "–".to_string() } else { seen.join("/") }
 }
 
 /// The time of day in UTC, to the second (RFC 3339).
@@ -613,41 +805,100 @@ fn main() {
     println!(
         "| configuration | orders/s per run | **median orders/s** | × (a) | POST p50 | POST p99 | non-2xx / errors \
          | CPU ms/order: service | PostgreSQL | load generator | cores busy (of 2) | of which other processes \
-         | CONFIRMED = 201s |"
+         | store work/order (/metrics) | PostgreSQL xacts/order | CONFIRMED = 201s |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     let of = |config: Config| runs.iter().filter(move |r| r.config == config);
-    let baseline = median(of(Config::Sqlite).map(Run::rate).collect());
+    // Medians of the runs, shared by the table and the summary lines.
+    let rate = |config: Config| median(of(config).map(Run::rate).collect());
+    let p50 = |config: Config| median(of(config).map(|r| r.pct_ms(0.5)).collect());
+    let p99 = |config: Config| median(of(config).map(|r| r.pct_ms(0.99)).collect());
+    let service_ms = |config: Config| median(of(config).map(|r| r.per_order_ms(r.cpu.service)).collect());
+    let postgres_ms = |config: Config| {
+        config.on_postgres().then(|| median(of(config).map(|r| r.per_order_ms(r.cpu.postgres)).collect()))
+    };
+    let store = |config: Config, name: &str| median_of(of(config).map(|r| r.store_per_order(name)));
+    let xacts = |config: Config| median_of(of(config).map(Run::xacts_per_order));
+    let baseline = rate(Config::Sqlite);
     for &config in &configs {
-        let rates: Vec<f64> = of(config).map(Run::rate).collect();
-        let per_run: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-        let rate = median(rates.clone());
-        let ratio = if baseline.is_nan() { "–".to_string() } else { format!("{:.2}×", rate / baseline) };
+        let per_run: Vec<String> = of(config).map(|r| format!("{:.0}", r.rate())).collect();
+        let ratio = if baseline.is_nan() { "–".to_string() } else { format!("{:.2}×", rate(config) / baseline) };
         let cores: Vec<f64> = of(config).map(|r| r.cpu.machine / r.elapsed.as_secs_f64()).collect();
         let other: Vec<f64> = of(config)
             .map(|r| (r.cpu.machine - r.cpu.service - r.cpu.postgres - r.cpu.load) / r.elapsed.as_secs_f64())
             .collect();
+        let store_work: Vec<String> = config
+            .store_counters()
+            .iter()
+            .map(|(name, _)| format!("{} {}", figure(store(config, name), 2), name.replace('_', " ")))
+            .collect();
         let consistent = of(config).all(|r| r.confirmed == r.answered_201 as i64);
         println!(
-            "| {} | {} | **{rate:.0}** | {ratio} | {:.2} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | **{:.0}** | {ratio} | {:.2} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             config.label(),
             per_run.join(", "),
-            median(of(config).map(|r| r.pct_ms(0.5)).collect()),
-            median(of(config).map(|r| r.pct_ms(0.99)).collect()),
+            rate(config),
+            p50(config),
+            p99(config),
             of(config).map(|r| r.failures.len()).sum::<usize>(),
-            median(of(config).map(|r| r.per_order_ms(r.cpu.service)).collect()),
-            if config.on_postgres() {
-                format!("{:.2}", median(of(config).map(|r| r.per_order_ms(r.cpu.postgres)).collect()))
-            } else {
-                "–".to_string()
-            },
+            service_ms(config),
+            figure(postgres_ms(config), 2),
             median(of(config).map(|r| r.per_order_ms(r.cpu.load)).collect()),
             median(cores),
             median(other),
+            store_work.join(", "),
+            figure(xacts(config), 2),
             if consistent { "yes" } else { "**no**" },
         );
     }
     println!();
+    // A block per configuration: what durability ran, each run's figures, and
+    // one summary line of fixed keys ("–" where a figure does not apply or is
+    // not exported), for scripts comparing runs: `grep '^SUMMARY'`.
+    for &config in &configs {
+        let synchronous_commit = distinct(of(config).filter_map(|r| Some(r.pg_durability.as_ref()?.0.clone())));
+        let fsync = distinct(of(config).filter_map(|r| Some(r.pg_durability.as_ref()?.1.clone())));
+        println!("**{}**", config.label());
+        println!();
+        if config.on_postgres() {
+            println!(
+                "- durability: PostgreSQL `synchronous_commit={synchronous_commit}`, `fsync={fsync}` \
+                 (`SMARTMART_DURABILITY={SERVICE_DURABILITY}` set, not used on PostgreSQL)"
+            );
+        } else {
+            println!(
+                "- durability: `SMARTMART_DURABILITY={SERVICE_DURABILITY}` (SQLite `synchronous={}`)",
+                SERVICE_DURABILITY.to_uppercase()
+            );
+        }
+        let mut per_run = vec![format!("orders/s {}", runs_of(of(config).map(|r| Some(r.rate())), 0))];
+        for (name, metric) in config.store_counters() {
+            let values = runs_of(of(config).map(|r| r.store_per_order(name)), 2);
+            per_run.push(format!("{}/order ({metric}) {values}", name.replace('_', " ")));
+        }
+        if config.on_postgres() {
+            per_run.push(format!("PostgreSQL xacts/order {}", runs_of(of(config).map(Run::xacts_per_order), 2)));
+        }
+        println!("- per run: {}", per_run.join("; "));
+        println!();
+        let store_keys: Vec<String> =
+            STORE_COUNTERS.iter().map(|name| format!("{name}_per_order={}", figure(store(config, name), 3))).collect();
+        println!(
+            "SUMMARY config={} runs={} orders_per_s={:.1} p50_ms={:.2} p99_ms={:.2} service_cpu_ms_per_order={:.3} \
+             pg_cpu_ms_per_order={} {} xact_per_order={} durability={SERVICE_DURABILITY} \
+             synchronous_commit={synchronous_commit} fsync={fsync}",
+            config.key(),
+            of(config).count(),
+            rate(config),
+            p50(config),
+            p99(config),
+            service_ms(config),
+            figure(postgres_ms(config), 3),
+            store_keys.join(" "),
+            figure(xacts(config), 3),
+        );
+        println!();
+    }
     for run in &runs {
         let mut reasons: Vec<&String> = run.failures.iter().collect();
         reasons.sort();

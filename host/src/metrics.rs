@@ -57,6 +57,8 @@ pub struct Metrics {
     pub payments_pending: Gauge,
     /// The SQLite writer's totals, as last exported (see [`Metrics::store_writer`]).
     store_writer: StoreWriterFamilies,
+    /// The PostgreSQL wire's totals, as last exported (see [`Metrics::store_wire`]).
+    store_wire: StoreWireFamilies,
     pub payment_reconciliations: Family<OutcomeLabels, Counter>,
     pub payment_gateway_errors: Family<OutcomeLabels, Counter>,
     pub outbox_depth: Gauge,
@@ -94,6 +96,7 @@ impl Default for Metrics {
         let payment_attempts = Family::<OutcomeLabels, Counter>::default();
         registry.register("payment_attempts", "Gateway attempts by outcome", payment_attempts.clone());
         let store_writer = StoreWriterFamilies::register(&mut registry);
+        let store_wire = StoreWireFamilies::register(&mut registry);
         let payments_pending = Gauge::default();
         registry.register(
             "payments_pending",
@@ -152,6 +155,7 @@ impl Default for Metrics {
             payment_attempts,
             payments_pending,
             store_writer,
+            store_wire,
             payment_reconciliations,
             payment_gateway_errors,
             outbox_depth,
@@ -198,6 +202,34 @@ impl StoreWriterFamilies {
     }
 }
 
+/// The PostgreSQL back-end's counters, counted on the wire: round trips to
+/// the server (each `Sync` or simple `Query` sent) and transactions ended
+/// (each `ReadyForQuery` saying the session is idle).
+#[derive(Default)]
+struct StoreWireFamilies {
+    round_trips: Counter,
+    transactions: Counter,
+    /// What was exported so far: counters only go up by the difference.
+    exported: std::sync::Mutex<crate::store::stats::WireTotals>,
+}
+
+impl StoreWireFamilies {
+    fn register(registry: &mut Registry) -> StoreWireFamilies {
+        let families = StoreWireFamilies::default();
+        registry.register(
+            "store_round_trips",
+            "Round trips to the PostgreSQL server (Sync and simple Query messages sent)",
+            families.round_trips.clone(),
+        );
+        registry.register(
+            "store_transactions",
+            "PostgreSQL transactions ended, implicit or explicit (ReadyForQuery, idle)",
+            families.transactions.clone(),
+        );
+        families
+    }
+}
+
 impl Metrics {
     /// Brings the store writer's counters up to `totals` (read from the
     /// store at scrape time).
@@ -208,6 +240,16 @@ impl Metrics {
         families.commands.inc_by(totals.commands.saturating_sub(exported.commands));
         families.running_seconds.inc_by(totals.running.saturating_sub(exported.running).as_secs_f64());
         families.committing_seconds.inc_by(totals.committing.saturating_sub(exported.committing).as_secs_f64());
+        *exported = totals;
+    }
+
+    /// Brings the PostgreSQL wire's counters up to `totals` (read from the
+    /// store at scrape time).
+    pub fn store_wire(&self, totals: crate::store::stats::WireTotals) {
+        let families = &self.store_wire;
+        let mut exported = families.exported.lock().unwrap_or_else(|p| p.into_inner());
+        families.round_trips.inc_by(totals.round_trips.saturating_sub(exported.round_trips));
+        families.transactions.inc_by(totals.transactions.saturating_sub(exported.transactions));
         *exported = totals;
     }
 

@@ -21,6 +21,7 @@ mod reload;
 mod replay;
 mod replicas;
 mod rollouts;
+mod round_trips;
 mod rules;
 mod sandbox_edges;
 mod scaffold;

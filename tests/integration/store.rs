@@ -21,6 +21,7 @@ use smartmart::store::orders::{
 use smartmart::store::outbox::{DueBody, SinkPosition};
 use smartmart::store::rollouts::{RolloutEvent, RolloutRecord};
 use smartmart::store::shadows::{ShadowModule, ShadowRun};
+use smartmart::store::stats::WireTotals;
 use smartmart::store::{PostgresOptions, RESOLVE_LEASE_MS, Store, StoreError, StoreOptions};
 use tempfile::TempDir;
 
@@ -199,6 +200,7 @@ on_both_backends!(
     pending_payments_are_listed_until_settled,
     the_sandbox_ledger_cancels_a_key_for_good,
     capture_and_cancel_of_one_key_never_both_happen,
+    the_order_snapshot_reads_customer_cart_and_stock,
 );
 
 fn customer(id: &str, tier: Tier) -> Customer {
@@ -306,7 +308,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -1172,4 +1174,144 @@ async fn capture_and_cancel_of_one_key_never_both_happen(t: TestStore) {
     assert_eq!(captured + cancelled, 12);
     assert_eq!(t.number("SELECT count(*) FROM sandbox_charges").await, captured);
     assert_eq!(t.number("SELECT count(*) FROM sandbox_cancelled").await, cancelled);
+}
+
+/// The order's one read: its customer, its cart priced now with the skus no
+/// longer in the catalog apart, and the warehouses stocking the cart's skus
+/// (by id, each with its skus in the cart's order and what is available
+/// there now), the same on both back-ends.
+async fn the_order_snapshot_reads_customer_cart_and_stock(t: TestStore) {
+    let store = &t.store;
+    seed(store).await;
+    let item = |sku: &str, quantity| CartItem { sku: sku.into(), quantity };
+    store.replace_cart("c1", vec![item("B", 1), item("A", 2)]).await.unwrap();
+    // A sku the catalog no longer has (the store itself never writes one).
+    t.execute("INSERT INTO carts (customer_id, position, sku, quantity) VALUES ('c1', 7, 'GONE', 1)").await;
+    store.reserve(new_order("o1", "c2", vec![hold("W1", "A", 4)], None)).await.unwrap();
+
+    let snapshot = store.order_snapshot("c1").await.unwrap();
+    assert_eq!(snapshot.customer, Some(customer("c1", Tier::Gold)));
+    let lines: Vec<_> = snapshot.cart.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents)).collect();
+    assert_eq!(lines, [("B", 1, 2500), ("A", 2, 1000)]);
+    assert_eq!(snapshot.cart[0].name, "Product B");
+    assert_eq!(snapshot.unknown_skus, ["GONE"]);
+    let stocked: Vec<_> = snapshot.stocked.iter().map(|w| (w.warehouse.clone(), w.available.clone())).collect();
+    assert_eq!(
+        stocked,
+        [
+            (warehouse("W1"), vec![("B".to_string(), 3), ("A".to_string(), 6)]),
+            (warehouse("W2"), vec![("A".to_string(), 5)]),
+        ]
+    );
+
+    let nobody = store.order_snapshot("nobody").await.unwrap();
+    assert_eq!((nobody.customer, nobody.cart.len(), nobody.unknown_skus.len(), nobody.stocked.len()), (None, 0, 0, 0));
+}
+
+/// What `op` cost on the wire: (round trips, transactions).
+async fn cost<T>(store: &Store, op: impl Future<Output = T>) -> (T, (u64, u64)) {
+    let before = store.wire_totals().expect("a PostgreSQL store counts its wire");
+    let value = op.await;
+    // An error answers the caller before the ReadyForQuery that follows it
+    // (the end of its transaction) is read: give the connection a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let after = store.wire_totals().expect("a PostgreSQL store counts its wire");
+    let WireTotals { round_trips, transactions } = after;
+    (value, (round_trips - before.round_trips, transactions - before.transactions))
+}
+
+/// On PostgreSQL each operation of an order's answer path is one round trip
+/// and one transaction, whatever its outcome: the read, the reserve
+/// (reserved, short of stock, or its key taken: then nothing written), the
+/// sandbox gateway's capture (new, repeated, cancelled) and the settlement
+/// (or its refusal). A multi-statement operation still costs its BEGIN and
+/// COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_answer_path_operations_are_one_round_trip_each() {
+    let t = TestStore::postgres().await;
+    let store = &t.store;
+    seed(store).await;
+    let item = |sku: &str, quantity| CartItem { sku: sku.into(), quantity };
+    store.replace_cart("c1", vec![item("A", 2), item("B", 1)]).await.unwrap();
+    const ONE: (u64, u64) = (1, 1);
+
+    let (snapshot, spent) = cost(store, store.order_snapshot("c1")).await;
+    assert_eq!((snapshot.unwrap().cart.len(), spent), (2, ONE), "the order's read");
+
+    let mut order = new_order("o1", "c1", vec![hold("W1", "A", 2), hold("W1", "B", 1)], Some("k1"));
+    order.intent = Some(intent("o1", "{}".into(), "pay_o1", 4500, "tok"));
+    let (outcome, spent) = cost(store, store.reserve(order)).await;
+    assert_eq!((outcome.unwrap(), spent), (ReserveOutcome::Reserved, ONE), "a reserve");
+
+    let mut taken = new_order("o2", "c1", vec![hold("W1", "A", 1)], Some("k1"));
+    taken.intent = Some(intent("o2", "{}".into(), "pay_o2", 1000, "tok"));
+    let (outcome, spent) = cost(store, store.reserve(taken)).await;
+    assert_eq!((outcome.unwrap(), spent), (ReserveOutcome::KeyTaken, ONE), "a reserve whose key is taken");
+
+    // W2 has no B: the A held from W2 before it is undone.
+    let mut short = new_order("o3", "c1", vec![hold("W2", "A", 1), hold("W2", "B", 1)], Some("k3"));
+    short.intent = Some(intent("o3", "{}".into(), "pay_o3", 1000, "tok"));
+    let (outcome, spent) = cost(store, store.reserve(short)).await;
+    let short_of = ReserveOutcome::Shortfall { warehouse_id: "W2".into(), sku: "B".into() };
+    assert_eq!((outcome.unwrap(), spent), (short_of, ONE), "a reserve short of stock");
+    // Nothing of the last two was written: no order, no hold, no intent, no key.
+    assert_eq!(available(store, "W2", "A").await, (5, 5));
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(t.number("SELECT count(*) FROM payments").await, 1);
+    assert_eq!(store.key_record("web", "k3").await.unwrap(), None);
+
+    let (captured, spent) = cost(store, store.ledger_capture("pay_o1", "o1", 4500, "USD")).await;
+    assert!(matches!(captured.unwrap(), Captured::New(_)));
+    assert_eq!(spent, ONE, "a capture");
+    let (captured, spent) = cost(store, store.ledger_capture("pay_o1", "o1", 4500, "USD")).await;
+    assert!(matches!(captured.unwrap(), Captured::Existing(_)));
+    assert_eq!(spent, ONE, "a repeated capture");
+    store.ledger_cancel("pay_x").await.unwrap();
+    let (captured, spent) = cost(store, store.ledger_capture("pay_x", "o9", 1, "USD")).await;
+    assert_eq!((captured.unwrap(), spent), (Captured::Cancelled, ONE), "a capture of a cancelled key");
+
+    let (settled, spent) = cost(store, store.settle(settlement("o1", "c1", OrderStatus::Confirmed))).await;
+    settled.unwrap();
+    assert_eq!(spent, ONE, "a settlement");
+    let (refused, spent) = cost(store, store.settle(settlement("o1", "c1", OrderStatus::PaymentFailed))).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert_eq!(spent, ONE, "a refused settlement");
+    assert_eq!(available(store, "W1", "A").await, (8, 8), "the refused settlement changed nothing");
+    assert_eq!(t.number("SELECT count(*) FROM outbox").await, 3);
+
+    // Not on the answer path: a cancel is BEGIN, its statements, COMMIT; one transaction.
+    store.reserve(new_order("o4", "c2", vec![hold("W1", "A", 1)], None)).await.unwrap();
+    let (cancelled, (round_trips, transactions)) = cost(store, store.cancel("o4", "test")).await;
+    assert!(cancelled.unwrap());
+    assert!(round_trips > 2, "{round_trips}");
+    assert_eq!(transactions, 1);
+}
+
+/// The store makes its PostgreSQL connections itself (to count their
+/// bytes), as the driver would: a host that refuses is passed over for the
+/// next, a Unix socket directory serves, `target_session_attrs` is
+/// honoured, and a server that cannot be reached is `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_are_made_as_the_driver_makes_them() {
+    let schema = TestSchema::create().await;
+    let local = "@127.0.0.1:5432/";
+    assert!(schema.url.contains(local), "this test knows the default test server only: {}", schema.url);
+    let at = |hosts: &str| schema.url.replace(local, &format!("@{hosts}/"));
+    let options = PostgresOptions { connect_timeout: std::time::Duration::from_secs(2), ..PostgresOptions::default() };
+    let open = async |url: String| Store::open_postgres(&url, &options).await;
+
+    let store = open(at("127.0.0.1:1,127.0.0.1:5432")).await.expect("the second host, after the first refused");
+    assert!(store.ping().await);
+    let store = open(format!("{}&target_session_attrs=read-write", schema.url)).await.expect("a read-write server");
+    assert!(store.ping().await);
+    let err = open(format!("{}&target_session_attrs=read-only", schema.url)).await.expect_err("not a standby");
+    assert!(matches!(err, StoreError::Unavailable(ref m) if m.contains("target_session_attrs")), "{err}");
+    let err = open(at("127.0.0.1:1")).await.expect_err("nothing listens on port 1");
+    assert!(matches!(err, StoreError::Unavailable(ref m) if m.to_lowercase().contains("refused")), "{err}");
+
+    let socket_dir = "/var/run/postgresql";
+    if std::path::Path::new(socket_dir).join(".s.PGSQL.5432").exists() {
+        let store = open(at("%2Fvar%2Frun%2Fpostgresql")).await.expect("the server's Unix socket");
+        assert!(store.ping().await);
+    }
 }

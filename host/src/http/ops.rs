@@ -60,6 +60,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(totals) = state.engine.store().writer_totals() {
         metrics.store_writer(totals);
     }
+    if let Some(totals) = state.engine.store().wire_totals() {
+        metrics.store_wire(totals);
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
 }
 

@@ -142,7 +142,9 @@ pub async fn post_order(
         return Err(ApiError::invalid("payment.token: 1 to 255 characters"));
     }
     let token = raw_customer_token(&headers)?;
-    let hash = hex::encode(Sha256::digest(&body.bytes));
+    // Only a request with a key is ever compared with another: without
+    // one, the body is not hashed.
+    let hash = if key.is_some() { hex::encode(Sha256::digest(&body.bytes)) } else { String::new() };
 
     let _guard;
     if let Some(key) = &key {

@@ -1,9 +1,8 @@
-//! Stage 2: the customer's cart, priced at order time from the catalog.
+//! Stage 2: the customer's cart, priced at order time from the catalog
+//! (read with the customer, in the order's snapshot).
 
-use super::validate::unavailable;
-use super::{OrderError, Stage};
+use super::OrderError;
 use crate::domain::order::CartLine;
-use crate::store::Store;
 
 /// The priced cart lines and their subtotal.
 pub struct PricedCart {
@@ -11,8 +10,8 @@ pub struct PricedCart {
     pub subtotal_cents: u64,
 }
 
-pub async fn fetch_cart(store: &Store, customer_id: &str) -> Result<PricedCart, OrderError> {
-    let (lines, unknown) = store.cart(customer_id).await.map_err(|e| unavailable(Stage::Cart, e))?;
+/// Checks the cart as read (`unknown`: its skus no longer in the catalog) and totals it.
+pub fn price(lines: Vec<CartLine>, unknown: Vec<String>) -> Result<PricedCart, OrderError> {
     if let Some(sku) = unknown.into_iter().next() {
         return Err(OrderError::UnknownSku(sku));
     }

@@ -1,7 +1,11 @@
-//! Stage 3b: where the order ships from. Reads the warehouses that stock
-//! the cart, asks the warehouse-selector rule for a plan, checks the plan
-//! (a rule can never allocate stock that is not there), and holds the stock
-//! in one transaction that also creates the order as PENDING.
+//! Stage 3b: where the order ships from. The leg itself only plans: it
+//! offers the selector rule the warehouses that stock the cart (as the
+//! order's snapshot read them), and checks the plan (a rule can never
+//! allocate stock that is not there). Nothing is written until both legs of
+//! stage 3 have succeeded: then [`hold`] holds the stock, creates the order
+//! PENDING, claims its key and records its payment intent in one store
+//! command (one round trip on PostgreSQL), re-planning on fresh stock when
+//! stock moved meanwhile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use crate::store::Store;
 use crate::store::catalog::StockedWarehouse;
 use crate::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
 
-/// How often the leg re-plans when stock moves between reading and holding.
+/// How often an order is planned when stock moves between reading and holding.
 const MAX_PLAN_ATTEMPTS: usize = 3;
 
 /// Identifies the order being reserved.
@@ -33,70 +37,94 @@ pub struct OrderKeys<'a> {
 }
 
 /// The payment intent to record with the hold, and the draft invoice it
-/// carries, when the order's total is already known as the stock is held
-/// (the discount leg finished first); `None` otherwise.
-pub type IntentWith<'a> = dyn Fn(&[InvoiceAllocation]) -> Option<(PaymentIntent, Invoice)> + Sync + 'a;
+/// carries, for the allocations of a plan.
+pub type IntentFor<'a> = dyn Fn(&[InvoiceAllocation]) -> (PaymentIntent, Invoice) + Sync + 'a;
 
-/// The inventory leg's result.
-pub struct Allocated {
+/// A checked plan, not yet held.
+pub struct Planned {
+    plan: Plan,
+    /// The selector that made it (the stable one, or a canary).
+    served: Rule,
+    holds: Vec<Hold>,
+    candidates: Arc<Vec<Candidate>>,
     pub allocations: Vec<InvoiceAllocation>,
+}
+
+/// The stock held: the order exists PENDING with its payment intent.
+pub struct Held {
     /// The run of the selector's shadow candidate, to make after the answer.
     pub shadow: Option<ShadowJob>,
     /// The draft invoice whose payment intent was recorded with the hold.
-    pub with_intent: Option<Invoice>,
+    pub invoice: Invoice,
 }
 
-/// Plans and holds the order's stock; on success the order exists as
-/// PENDING (with its payment intent when `intent_with` gave one).
-pub async fn allocate(
+/// Plans the order's shipment from `stocked` (warehouses holding its skus,
+/// with what each has available). Writes nothing.
+pub async fn plan(
+    rules: &Arc<RuleSet>,
+    canaries: &Arc<Canaries>,
+    order: &Arc<OrderContext>,
+    stocked: &[StockedWarehouse],
+) -> Result<Planned, OrderError> {
+    let requested = Arc::new(requested_quantities(order));
+    let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
+    let (rules_now, order_now, canaries_now, offered, wanted) =
+        (rules.clone(), order.clone(), canaries.clone(), candidates.clone(), requested.clone());
+    let (plan, served) = run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
+    let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
+        slot: Slot::Warehouse,
+        module: Box::new((**served.identity()).clone()),
+        cause: FailureCause::Guest(format!("invalid plan: {why}")),
+        error_id: None,
+    })?;
+    let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
+    let allocations = describe(&plan, stocked, order, variant);
+    Ok(Planned { plan, served, holds, candidates, allocations })
+}
+
+/// Holds `planned` with the order's payment intent (phase 1: one store
+/// command); when the stock moved since it was read, plans again on fresh
+/// stock, up to [`MAX_PLAN_ATTEMPTS`] plans in all.
+pub async fn hold(
     store: &Store,
     rules: &Arc<RuleSet>,
     canaries: &Arc<Canaries>,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
-    intent_with: &IntentWith<'_>,
-) -> Result<Allocated, OrderError> {
-    let requested = Arc::new(requested_quantities(order));
+    mut planned: Planned,
+    intent_for: &IntentFor<'_>,
+) -> Result<Held, OrderError> {
+    let requested = requested_quantities(order);
     let skus: Vec<&str> = requested.keys().map(String::as_str).collect();
-    for _ in 0..MAX_PLAN_ATTEMPTS {
-        let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
-        let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-        let (rules_now, order_now, canaries_now, offered, wanted) =
-            (rules.clone(), order.clone(), canaries.clone(), candidates.clone(), requested.clone());
-        let (plan, served) =
-            run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
-        let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
-            slot: Slot::Warehouse,
-            module: Box::new((**served.identity()).clone()),
-            cause: FailureCause::Guest(format!("invalid plan: {why}")),
-            error_id: None,
-        })?;
-        let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
-        let allocations = describe(&plan, &stocked, order, variant);
-        let (intent, with_intent) = intent_with(&allocations).unzip();
+    for attempt in 1..=MAX_PLAN_ATTEMPTS {
+        let (intent, invoice) = intent_for(&planned.allocations);
         let new_order = NewOrder {
             order_id: keys.order_id.to_string(),
             customer_id: keys.customer_id.to_string(),
             channel: keys.channel.to_string(),
             currency: keys.currency.to_string(),
-            holds,
+            holds: std::mem::take(&mut planned.holds),
             claim: keys.claim.cloned(),
-            intent,
+            intent: Some(intent),
         };
         match store.reserve(new_order).await.map_err(|e| unavailable(Stage::Inventory, e))? {
             ReserveOutcome::Reserved => {
+                let Planned { plan, served, candidates, .. } = planned;
                 let shadow = rules.warehouse.shadow.as_ref().map(|candidate| ShadowJob::Warehouse {
-                    active: served.clone(),
+                    active: served,
                     candidate: candidate.clone(),
                     order: order.clone(),
-                    candidates: candidates.clone(),
-                    active_plan: plan.clone(),
+                    candidates,
+                    active_plan: plan,
                 });
-                return Ok(Allocated { allocations, shadow, with_intent });
+                return Ok(Held { shadow, invoice });
             }
-            ReserveOutcome::Shortfall { warehouse_id, sku } => {
+            ReserveOutcome::Shortfall { warehouse_id, sku } if attempt < MAX_PLAN_ATTEMPTS => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
+                let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
+                planned = plan(rules, canaries, order, &stocked).await?;
             }
+            ReserveOutcome::Shortfall { .. } => break,
             ReserveOutcome::KeyTaken => return Err(OrderError::IdempotencyInProgress),
         }
     }

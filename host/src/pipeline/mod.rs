@@ -36,7 +36,7 @@ pub(crate) mod shadow;
 pub mod validate;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -44,6 +44,7 @@ use tokio::sync::Notify;
 
 pub use error::{OrderError, Stage};
 pub use placed::Placed;
+use validate::unavailable;
 
 use crate::clock::{now_ms, now_rfc3339};
 use crate::domain::customer::Customer;
@@ -57,6 +58,7 @@ use crate::metrics::Metrics;
 use crate::payment::{PaymentGateway, RetryPolicy};
 use crate::rules::RuleSet;
 use crate::rules::types::{OrderContext, RuleCustomer};
+use crate::store::catalog::OrderSnapshot;
 use crate::store::orders::KeyClaim;
 use crate::store::{Store, StoreError};
 use canary::Canaries;
@@ -172,15 +174,6 @@ struct DiscountFigures {
     skipped: Vec<SkippedRule>,
 }
 
-/// Whether the order's payment intent is already in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Intent {
-    /// Recorded with the stock's hold (the discount leg finished first).
-    Recorded,
-    /// Still to record before the gateway is asked.
-    ToRecord,
-}
-
 async fn within<T>(
     stage: Stage,
     limit: Duration,
@@ -272,25 +265,27 @@ impl Pipeline {
         tracing::Span::current().record("order_id", order_id.as_str());
         let mut timings = Timings::default();
 
+        // Stage 1, then the order's one read (customer, cart, stock), then
+        // stage 2 on what it read.
         let stage_started = Instant::now();
-        let customer = within(
-            Stage::Validate,
-            config.stage_timeout,
-            validate::validate(
-                &self.store,
-                &config.identity_secret,
-                config.max_token_lifetime,
-                &request.customer_id,
-                &request.customer_token,
-            ),
-        )
+        validate::check_token(
+            &config.identity_secret,
+            config.max_token_lifetime,
+            &request.customer_id,
+            &request.customer_token,
+        )?;
+        let snapshot = within(Stage::Validate, config.stage_timeout, async {
+            self.store.order_snapshot(&request.customer_id).await.map_err(|e| unavailable(Stage::Validate, e))
+        })
         .await?;
+        let OrderSnapshot { customer, cart, unknown_skus, stocked } = snapshot;
+        let customer = validate::check_customer(&request.customer_id, customer)?;
         timings.validate = ms(stage_started);
 
         let stage_started = Instant::now();
         let cart = within(Stage::Cart, config.stage_timeout, async {
             injected_delay(config.faults.cart_delay).await;
-            cart::fetch_cart(&self.store, &customer.id).await
+            cart::price(cart, unknown_skus)
         })
         .await?;
         timings.cart = ms(stage_started);
@@ -308,9 +303,43 @@ impl Pipeline {
             ordered_at_ms: now_ms(),
         });
 
-        // Stage 3: both legs at once. Each leg's rule calls go to a rule
-        // thread in one hop; the inventory leg reads stock on this thread
-        // and holds it through the store's writer.
+        // Stage 3: both legs at once, each one hop to a rule thread. Neither
+        // writes: a failed leg leaves nothing to undo. Once both have
+        // succeeded, phase 1 holds the stock with the payment intent.
+        let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
+            let leg_started = Instant::now();
+            injected_delay(config.faults.inventory_delay).await;
+            inventory::plan(&rules, &self.canaries, &context, &stocked).await.map(|p| (p, leg_started))
+        });
+        let discount_leg = within(Stage::Discount, config.stage_timeout, async {
+            let leg_started = Instant::now();
+            injected_delay(config.faults.discount_delay).await;
+            let (rules, context) = (rules.clone(), context.clone());
+            let (experiments, canaries, rule_errors) =
+                (self.experiments.clone(), self.canaries.clone(), self.rule_errors.clone());
+            let discounts = crate::rules::run_blocking(move || {
+                let books =
+                    discount::Books { experiments: &experiments, canaries: &canaries, rule_errors: &rule_errors };
+                discount::apply_discounts(&rules, &context, &books)
+            })
+            .await?;
+            Ok((discounts, ms(leg_started)))
+        });
+        let (planned, discounted) = if config.sequential_legs {
+            let planned = inventory_leg.await;
+            (planned, discount_leg.await)
+        } else {
+            tokio::join!(inventory_leg, discount_leg)
+        };
+        // The discount leg's error first: a refused coupon is the client's to fix.
+        let (discounts, discount_ms) = discounted?;
+        let (planned, inventory_started) = planned?;
+        let discount::Discounts { lines, total_cents, skipped, mut shadows, arms } = discounts;
+        let figures = DiscountFigures { lines, total_cents, skipped };
+        timings.discount = discount_ms;
+
+        // Phase 1: the key claim, the order, the holds and the payment
+        // intent with the draft invoice reconciliation settles from.
         let claim = request.idempotency.as_ref().map(|(key, hash)| KeyClaim {
             channel: request.channel.clone(),
             key: key.clone(),
@@ -330,90 +359,36 @@ impl Pipeline {
             cart: &cart,
             context: &context,
         };
-        // The discount leg's figures as soon as they are known: when they
-        // are, the inventory leg records the payment intent with its hold
-        // (one command to the store's writer instead of two).
-        let discounted_first: OnceLock<(DiscountFigures, f64)> = OnceLock::new();
-        let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
-            let leg_started = Instant::now();
-            injected_delay(config.faults.inventory_delay).await;
-            let intent_with = |allocations: &[InvoiceAllocation]| {
-                let (figures, discount_ms) = discounted_first.get()?;
-                let timings = Timings { discount: *discount_ms, inventory: ms(leg_started), ..timings.clone() };
-                let invoice = self.pending_invoice(&parts, figures, allocations.to_vec(), timings);
-                let intent = payment::intent_of(&invoice, self.gateway.name(), &request.payment_token);
-                Some((intent, invoice))
-            };
-            inventory::allocate(&self.store, &rules, &self.canaries, &context, &keys, &intent_with)
-                .await
-                .map(|a| (a, ms(leg_started)))
-        });
-        let discount_leg = within(Stage::Discount, config.stage_timeout, async {
-            let leg_started = Instant::now();
-            injected_delay(config.faults.discount_delay).await;
-            let (rules, context) = (rules.clone(), context.clone());
-            let (experiments, canaries, rule_errors) =
-                (self.experiments.clone(), self.canaries.clone(), self.rule_errors.clone());
-            let discounts = crate::rules::run_blocking(move || {
-                let books =
-                    discount::Books { experiments: &experiments, canaries: &canaries, rule_errors: &rule_errors };
-                discount::apply_discounts(&rules, &context, &books)
-            })
-            .await?;
-            let discount_ms = ms(leg_started);
-            let discount::Discounts { lines, total_cents, skipped, shadows, arms } = discounts;
-            // Set once, here: the leg's only exit with figures.
-            let _ = discounted_first.set((DiscountFigures { lines, total_cents, skipped }, discount_ms));
-            Ok((shadows, arms))
-        });
-        let (allocated, discounted) = if config.sequential_legs {
-            let allocated = inventory_leg.await;
-            (allocated, discount_leg.await)
-        } else {
-            tokio::join!(inventory_leg, discount_leg)
+        let intent_for = |allocations: &[InvoiceAllocation]| {
+            let timings = Timings { inventory: ms(inventory_started), ..timings.clone() };
+            let invoice = self.pending_invoice(&parts, &figures, allocations.to_vec(), timings);
+            (payment::intent_of(&invoice, self.gateway.name(), &request.payment_token), invoice)
         };
-        let (discounts, allocated) = match (discounted, allocated) {
-            (Ok(d), Ok(a)) => (d, a),
-            (Err(e), allocated) => {
-                // Undo the other leg: release whatever the inventory leg held
-                // (also when it timed out: its hold may still land, so the
-                // cancel is idempotent and the janitor sweeps late arrivals).
-                match allocated {
-                    Err(OrderError::OutOfStock { .. } | OrderError::IdempotencyInProgress) => {}
-                    // A refused coupon is the client's input (422): the
-                    // hold is undone without a trace. A failed rule (503)
-                    // leaves the order CANCELLED for the operators.
-                    Ok(_) if matches!(e, OrderError::InvalidCoupon { .. }) => self.discard(&order_id).await,
-                    _ => self.cancel(&order_id, "discount stage failed").await,
-                }
-                return Err(e);
-            }
-            (Ok(_), Err(e)) => {
+        let held = within(
+            Stage::Inventory,
+            config.stage_timeout,
+            inventory::hold(&self.store, &rules, &self.canaries, &context, &keys, planned, &intent_for),
+        )
+        .await;
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
                 if matches!(e, OrderError::StageTimeout { .. }) {
+                    // The hold may still land: the cancel is idempotent, and
+                    // the janitor sweeps a late arrival.
                     self.cancel(&order_id, "inventory stage timed out").await;
                 }
                 return Err(e);
             }
         };
-        let ((allocated, inventory_ms), (mut shadows, arms)) = (allocated, discounts);
-        let Some((figures, discount_ms)) = discounted_first.into_inner() else {
-            unreachable!("the discount leg succeeded, so it stored its figures");
-        };
-        timings.discount = discount_ms;
-        timings.inventory = inventory_ms;
-        let warehouse_shadow = allocated.shadow;
-        let (invoice, intent) = match allocated.with_intent {
-            // The draft the intent recorded, with the legs' final timings.
-            Some(mut invoice) => {
-                invoice.timings_ms = timings;
-                (invoice, Intent::Recorded)
-            }
-            None => (self.pending_invoice(&parts, &figures, allocated.allocations, timings), Intent::ToRecord),
-        };
+        let inventory::Held { shadow: warehouse_shadow, mut invoice } = held;
+        timings.inventory = ms(inventory_started);
+        // The draft the intent recorded, with the legs' final timings.
+        invoice.timings_ms = timings;
 
         shadows.extend(warehouse_shadow);
         let stage_started = Instant::now();
-        let result = payment::pay_and_settle(self, invoice, intent, &request, stage_started, started).await;
+        let result = payment::pay_and_settle(self, invoice, &request, stage_started, started).await;
         // A payment still pending counts nowhere yet: its order settles later.
         let confirmed = matches!(&result, Ok(placed) if placed.invoice.status == OrderStatus::Confirmed);
         if !arms.is_empty() {
@@ -514,14 +489,6 @@ impl Pipeline {
             Err(e) => e.code().as_str(),
         });
         result
-    }
-
-    /// Removes an order refused before payment for its input (see `orders::discard`).
-    async fn discard(&self, order_id: &str) {
-        if let Err(e) = self.store.discard(order_id).await {
-            // Left PENDING: the janitor cancels it and releases the stock.
-            tracing::error!(order_id, error = %e, "could not undo the refused order; the janitor will");
-        }
     }
 
     async fn cancel(&self, order_id: &str, reason: &'static str) {

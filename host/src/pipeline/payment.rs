@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use super::validate::unavailable;
-use super::{Intent, OrderError, OrderRequest, Pipeline, Placed, Stage, ms};
+use super::{OrderError, OrderRequest, Pipeline, Placed, Stage, ms};
 use crate::clock::now_ms;
 use crate::domain::invoice::Invoice;
 use crate::domain::status::{OrderStatus, PaymentStatus};
@@ -130,24 +130,17 @@ pub(super) fn intent_of(invoice: &Invoice, gateway: &str, token: &str) -> Paymen
     }
 }
 
+/// Charges the order whose intent phase 1 recorded, then settles it
+/// (phase 2: one store command), or hands it to the reconciler.
 pub(super) async fn pay_and_settle(
     pipeline: &Pipeline,
     mut invoice: Invoice,
-    intent: Intent,
     request: &OrderRequest,
     stage_started: Instant,
     order_started: Instant,
 ) -> Result<Placed, OrderError> {
     let key = payment_key(&invoice.order_id);
     let store = &pipeline.store;
-    if intent == Intent::ToRecord {
-        let recorded = store.record_intent(intent_of(&invoice, pipeline.gateway.name(), &request.payment_token)).await;
-        if let Err(e) = recorded {
-            pipeline.cancel(&invoice.order_id, "payment intent could not be recorded").await;
-            return Err(unavailable(Stage::Payment, e));
-        }
-    }
-
     // The answer is due one stage timeout after the payment stage began:
     // the retries stop within their budget, and what is left of it goes to
     // resolving an unknown outcome.

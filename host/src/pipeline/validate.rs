@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::OrderError;
 use crate::domain::customer::{AccountStatus, Customer};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -37,23 +37,24 @@ pub fn verify_token(secret: &[u8], token: &str, max_lifetime: std::time::Duratio
     Ok(claims.sub)
 }
 
-/// Checks the token against `customer_id`, then loads the customer.
-pub async fn validate(
-    store: &Store,
+/// Checks the token against `customer_id`: the first half of the stage,
+/// before anything is read.
+pub fn check_token(
     secret: &[u8],
     max_token_lifetime: std::time::Duration,
     customer_id: &str,
     token: &str,
-) -> Result<Customer, OrderError> {
+) -> Result<(), OrderError> {
     let subject = verify_token(secret, token, max_token_lifetime)?;
     if subject != customer_id {
         return Err(OrderError::CustomerMismatch);
     }
-    let customer = store
-        .customer(customer_id)
-        .await
-        .map_err(|e| unavailable(super::Stage::Validate, e))?
-        .ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()))?;
+    Ok(())
+}
+
+/// The second half: the customer the order's snapshot read must exist and be ACTIVE.
+pub fn check_customer(customer_id: &str, found: Option<Customer>) -> Result<Customer, OrderError> {
+    let customer = found.ok_or_else(|| OrderError::CustomerNotFound(customer_id.to_string()))?;
     if customer.status == AccountStatus::Blocked {
         return Err(OrderError::CustomerBlocked(customer.id));
     }

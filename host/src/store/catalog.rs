@@ -53,6 +53,30 @@ pub struct StockedWarehouse {
     pub available: Vec<(String, u32)>,
 }
 
+/// What an order reads before it writes anything, in one read: its
+/// customer, its cart priced now (and the skus no longer in the catalog),
+/// and the warehouses holding the cart's skus with their availability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderSnapshot {
+    pub customer: Option<crate::domain::customer::Customer>,
+    pub cart: Vec<crate::domain::order::CartLine>,
+    pub unknown_skus: Vec<String>,
+    pub stocked: Vec<StockedWarehouse>,
+}
+
+impl OrderSnapshot {
+    /// The distinct skus of the cart, in cart order (what `stocked` covers).
+    pub fn skus(&self) -> Vec<&str> {
+        let mut skus: Vec<&str> = Vec::with_capacity(self.cart.len());
+        for line in &self.cart {
+            if !skus.contains(&line.sku.as_str()) {
+                skus.push(&line.sku);
+            }
+        }
+        skus
+    }
+}
+
 pub(super) fn parse_tier(s: &str) -> Result<Tier, StoreError> {
     match s {
         "GOLD" => Ok(Tier::Gold),

@@ -64,7 +64,7 @@ use rusqlite::Connection;
 pub use error::StoreError;
 pub use postgres::PostgresOptions;
 
-use catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse};
+use catalog::{CartItem, OrderSnapshot, Product, StockLevel, StockedWarehouse, Warehouse};
 use experiments::{ArmFigures, ArmKey, ArmRow};
 use ledger::{Captured, LedgerCancel, LedgerCharge};
 use orders::{
@@ -244,6 +244,16 @@ impl Store {
         }
     }
 
+    /// The round trips to the PostgreSQL server and the transactions so
+    /// far, counted on the wire (see `postgres::wire`); `None` on SQLite,
+    /// which has no server to go to.
+    pub fn wire_totals(&self) -> Option<stats::WireTotals> {
+        match &self.inner.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db.wire_totals()),
+        }
+    }
+
     /// Which database this is, without secrets (logs, errors).
     pub fn describe(&self) -> String {
         match &self.inner.backend {
@@ -401,6 +411,16 @@ impl Store {
     /// The cart priced now, and the skus no longer in the catalog.
     pub async fn cart(&self, customer_id: &str) -> Result<(Vec<CartLine>, Vec<String>), StoreError> {
         read!(self, |c| sqlite::catalog::cart_lines(c, customer_id), postgres::catalog::cart_lines(c, customer_id))
+    }
+
+    /// Everything an order reads before it writes: its customer, its cart
+    /// priced now and the stock of the warehouses holding the cart's skus.
+    pub async fn order_snapshot(&self, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+        read!(
+            self,
+            |c| sqlite::catalog::order_snapshot(c, customer_id),
+            postgres::catalog::order_snapshot(c, customer_id)
+        )
     }
 
     // ---------------------------------------------------------------- orders

@@ -5,17 +5,24 @@
 //! writer's batch, or one PostgreSQL transaction), so an order is always in
 //! exactly one durable state:
 //!
+//! The order's own path is two atomic phases around the gateway (the shape
+//! of Stripe's idempotency keys: a transaction only where a foreign call
+//! forces one): phase 1 (`reserve` with its intent: key claim, order, holds,
+//! payment intent and draft invoice), the gateway's charge, phase 2
+//! (`settle`: outcome, stock, events and the key's answer). `record_intent`
+//! on its own serves tools and orders reserved without an intent.
+//!
 //! ```text
 //! reserve ──► PENDING (stock held, key claimed) ──record_intent──► PENDING + payment INTENT + draft invoice
-//!    │                 │                                              │          │
-//!    │         cancel / discard                                       │   mark_payment_pending (outcome unknown)
-//!    │                 │                                              │          ▼
+//!    │  └──────────── reserve with its intent (phase 1, the order path) ────────────┘│          │
+//!    │                 │                                              │   mark_payment_pending (outcome unknown)
+//!    │         cancel / discard                                       │          ▼
 //!    │                 │                                              │   PENDING + INTENT with resolve_after_ms:
 //!    │                 │                                              │   stock held, the key answers 202 with the
 //!    │                 │                                              │   PAYMENT_PENDING invoice; the reconciler's
 //!    │                 │                                              │          │
 //!    │                 │                                              ├──────────┘
-//!    │                 │                                     settle (CONFIRMED | PAYMENT_FAILED)
+//!    │                 │                                     settle (phase 2: CONFIRMED | PAYMENT_FAILED)
 //!    ▼                 ▼                                              ▼
 //!  nothing    CANCELLED (or nothing), key free      CONFIRMED (stock taken) | PAYMENT_FAILED (stock released);
 //!                                                   the key's answer stored; events in the outbox
@@ -55,9 +62,8 @@ pub struct NewOrder {
     pub holds: Vec<Hold>,
     /// Recorded with the order, so that every retry with the key finds it.
     pub claim: Option<KeyClaim>,
-    /// The payment intent, when it is already known as the stock is held
-    /// (the discount leg finished first): recorded in the same command,
-    /// which spares the order a round trip to the writer.
+    /// The payment intent with the draft invoice, recorded in the same
+    /// command (phase 1); the order path always has one.
     pub intent: Option<PaymentIntent>,
 }
 

@@ -1,9 +1,10 @@
-//! What the store's writer does, counted as it happens: how many commands
-//! each group commit carries, and where the writer's time goes (running
-//! the commands against committing them, the commit's `fdatasync`
-//! included). The figures every claim about the store's cost rests on;
-//! `/metrics` exports them (`smartmart_store_*`). Owned by one store: two
-//! stores in one process (tests) count apart.
+//! What the store does, counted as it happens: on SQLite, how many
+//! commands each group commit of the writer carries, and where the
+//! writer's time goes (running the commands against committing them, the
+//! commit's `fdatasync` included); on PostgreSQL, the round trips to the
+//! server and the transactions. The figures every claim about the store's
+//! cost rests on; `/metrics` exports them (`smartmart_store_*`). Owned by
+//! one store: two stores in one process (tests) count apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,4 +53,46 @@ impl WriterStats {
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the PostgreSQL back-end's connections said, counted from the wire
+/// as it happens (see `store::postgres::wire`): the figures behind "one
+/// round trip per phase of an order". Owned by one store, like
+/// [`WriterStats`].
+#[derive(Debug, Default)]
+pub struct WireStats {
+    round_trips: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// A reading of [`WireStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireTotals {
+    /// `Sync` and simple `Query` messages sent: each is answered by one
+    /// `ReadyForQuery`, so each is one wait for the server.
+    pub round_trips: u64,
+    /// Transactions ended, implicit or explicit: `ReadyForQuery` messages
+    /// saying the session is idle again (the one ending the start-up of a
+    /// connection excluded).
+    pub transactions: u64,
+}
+
+impl WireStats {
+    /// Round trips made and transactions ended by some bytes of a session.
+    pub(super) fn add(&self, round_trips: u64, transactions: u64) {
+        // Most reads and writes carry neither: no atomic write for them.
+        if round_trips > 0 {
+            self.round_trips.fetch_add(round_trips, Ordering::Relaxed);
+        }
+        if transactions > 0 {
+            self.transactions.fetch_add(transactions, Ordering::Relaxed);
+        }
+    }
+
+    pub fn totals(&self) -> WireTotals {
+        WireTotals {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+        }
+    }
 }

@@ -2,23 +2,25 @@
 //! twin of `store::sqlite::catalog`; the records are in `store::catalog`,
 //! the customer is `domain::customer::Customer`).
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use super::super::StoreError;
-use super::super::catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier};
-use super::bigint;
+use super::super::catalog::{
+    CartItem, OrderSnapshot, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier,
+};
+use super::{Db, bigint};
 use crate::clock::now_rfc3339;
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
 use crate::domain::order::CartLine;
 
 /// Whether any customer exists (an empty store gets the demo data set).
-pub async fn has_customers(db: &impl GenericClient) -> Result<bool, StoreError> {
+pub async fn has_customers(db: &impl Db) -> Result<bool, StoreError> {
     Ok(db.query_opt("SELECT 1 FROM customers LIMIT 1", &[]).await?.is_some())
 }
 
-pub async fn upsert_customer(db: &impl GenericClient, c: &Customer) -> Result<(), StoreError> {
+pub async fn upsert_customer(db: &impl Db, c: &Customer) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "INSERT INTO customers (id, name, email, phone, tier, status, lat, lon, updated_at)
@@ -45,7 +47,7 @@ pub async fn upsert_customer(db: &impl GenericClient, c: &Customer) -> Result<()
     Ok(())
 }
 
-pub async fn get_customer(db: &impl GenericClient, id: &str) -> Result<Option<Customer>, StoreError> {
+pub async fn get_customer(db: &impl Db, id: &str) -> Result<Option<Customer>, StoreError> {
     let stmt =
         db.prepare_cached("SELECT id, name, email, phone, tier, status, lat, lon FROM customers WHERE id = $1").await?;
     db.query_opt(&stmt, &[&id])
@@ -64,7 +66,7 @@ pub async fn get_customer(db: &impl GenericClient, id: &str) -> Result<Option<Cu
         .transpose()
 }
 
-pub async fn upsert_product(db: &impl GenericClient, p: &Product) -> Result<(), StoreError> {
+pub async fn upsert_product(db: &impl Db, p: &Product) -> Result<(), StoreError> {
     let price = bigint(p.unit_price_cents, "the price")?;
     let stmt = db
         .prepare_cached(
@@ -76,7 +78,7 @@ pub async fn upsert_product(db: &impl GenericClient, p: &Product) -> Result<(), 
     Ok(())
 }
 
-pub async fn get_product(db: &impl GenericClient, sku: &str) -> Result<Option<Product>, StoreError> {
+pub async fn get_product(db: &impl Db, sku: &str) -> Result<Option<Product>, StoreError> {
     let stmt = db.prepare_cached("SELECT sku, name, category, unit_price_cents FROM products WHERE sku = $1").await?;
     Ok(db.query_opt(&stmt, &[&sku]).await?.map(|r| Product {
         sku: r.get(0),
@@ -86,7 +88,7 @@ pub async fn get_product(db: &impl GenericClient, sku: &str) -> Result<Option<Pr
     }))
 }
 
-pub async fn upsert_warehouse(db: &impl GenericClient, w: &Warehouse) -> Result<(), StoreError> {
+pub async fn upsert_warehouse(db: &impl Db, w: &Warehouse) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "INSERT INTO warehouses (id, name, lat, lon, updated_at) VALUES ($1, $2, $3, $4, $5)
@@ -99,12 +101,7 @@ pub async fn upsert_warehouse(db: &impl GenericClient, w: &Warehouse) -> Result<
 
 /// Sets the units on hand (see `catalog::set_stock`). The stock row is
 /// locked first, so an order holding units meanwhile cannot slip under.
-pub async fn set_stock(
-    db: &impl GenericClient,
-    warehouse_id: &str,
-    sku: &str,
-    on_hand: u64,
-) -> Result<StockLevel, StoreError> {
+pub async fn set_stock(db: &impl Db, warehouse_id: &str, sku: &str, on_hand: u64) -> Result<StockLevel, StoreError> {
     let stmt = db.prepare_cached("SELECT name FROM warehouses WHERE id = $1").await?;
     let Some(warehouse_name) = db.query_opt(&stmt, &[&warehouse_id]).await?.map(|r| r.get::<_, String>(0)) else {
         return Err(StoreError::NotFound(format!("warehouse {warehouse_id}")));
@@ -139,7 +136,7 @@ pub async fn set_stock(
     })
 }
 
-pub async fn stock_of_sku(db: &impl GenericClient, sku: &str) -> Result<Vec<StockLevel>, StoreError> {
+pub async fn stock_of_sku(db: &impl Db, sku: &str) -> Result<Vec<StockLevel>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT s.warehouse_id, w.name, s.on_hand, s.reserved FROM stock s JOIN warehouses w ON w.id = s.warehouse_id
@@ -163,7 +160,7 @@ pub async fn stock_of_sku(db: &impl GenericClient, sku: &str) -> Result<Vec<Stoc
         .collect())
 }
 
-pub async fn stocked_warehouses(db: &impl GenericClient, skus: &[&str]) -> Result<Vec<StockedWarehouse>, StoreError> {
+pub async fn stocked_warehouses(db: &impl Db, skus: &[&str]) -> Result<Vec<StockedWarehouse>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT w.id, w.name, w.lat, w.lon, s.on_hand - s.reserved, s.sku FROM stock s
@@ -190,11 +187,7 @@ pub async fn stocked_warehouses(db: &impl GenericClient, skus: &[&str]) -> Resul
     Ok(out)
 }
 
-pub async fn replace_cart(
-    db: &impl GenericClient,
-    customer_id: &str,
-    items: &[CartItem],
-) -> Result<Vec<CartLine>, StoreError> {
+pub async fn replace_cart(db: &impl Db, customer_id: &str, items: &[CartItem]) -> Result<Vec<CartLine>, StoreError> {
     let mut lines = Vec::with_capacity(items.len());
     for item in items {
         let Some(product) = get_product(db, &item.sku).await? else {
@@ -226,10 +219,7 @@ fn cart_row(r: &Row) -> (String, i64, Option<String>, Option<String>, Option<i64
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
 }
 
-pub async fn cart_lines(
-    db: &impl GenericClient,
-    customer_id: &str,
-) -> Result<(Vec<CartLine>, Vec<String>), StoreError> {
+pub async fn cart_lines(db: &impl Db, customer_id: &str) -> Result<(Vec<CartLine>, Vec<String>), StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT c.sku, c.quantity, p.name, p.category, p.unit_price_cents
@@ -247,4 +237,72 @@ pub async fn cart_lines(
         }
     }
     Ok((lines, unknown))
+}
+
+/// The order's reads (see `store::catalog::OrderSnapshot`): one call of
+/// `smartmart_order_snapshot` (schema version 8), one query in one round
+/// trip, so the stock read is the stock of the cart read. Its rows come by
+/// cart position, each a part of the answer; assembled here as the SQLite
+/// twin returns them: warehouses by id, each with its skus in the cart's
+/// order.
+pub async fn order_snapshot(db: &impl Db, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+    let rows = db
+        .call(
+            "SELECT part, position, id, name, email, phone, tier, status, lat, lon, sku, category, quantity, price,
+                    available
+             FROM smartmart_order_snapshot($1)",
+            &[(&customer_id, Type::TEXT)],
+        )
+        .await?;
+    let mut snapshot =
+        OrderSnapshot { customer: None, cart: Vec::new(), unknown_skus: Vec::new(), stocked: Vec::new() };
+    // By cart position: the lines, and each warehouse's skus, in cart order.
+    for r in &rows {
+        match r.get::<_, &str>("part") {
+            "customer" => {
+                snapshot.customer = Some(Customer {
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    email: r.get("email"),
+                    phone: r.get("phone"),
+                    tier: parse_tier(r.get("tier"))?,
+                    status: parse_status(r.get("status"))?,
+                    location: GeoPoint { lat: r.get("lat"), lon: r.get("lon") },
+                })
+            }
+            "line" => match (
+                r.get::<_, Option<String>>("name"),
+                r.get::<_, Option<String>>("category"),
+                r.get::<_, Option<i64>>("price"),
+            ) {
+                (Some(name), Some(category), Some(price)) => snapshot.cart.push(CartLine {
+                    sku: r.get("sku"),
+                    name,
+                    category,
+                    quantity: r.get::<_, i64>("quantity") as u32,
+                    unit_price_cents: price as u64,
+                }),
+                _ => snapshot.unknown_skus.push(r.get("sku")),
+            },
+            "stock" => {
+                let id: String = r.get("id");
+                let sku: String = r.get("sku");
+                let available = u32::try_from(r.get::<_, i64>("available").max(0)).unwrap_or(u32::MAX);
+                match snapshot.stocked.iter_mut().find(|w| w.warehouse.id == id) {
+                    Some(w) => w.available.push((sku, available)),
+                    None => snapshot.stocked.push(StockedWarehouse {
+                        warehouse: Warehouse {
+                            id,
+                            name: r.get("name"),
+                            location: GeoPoint { lat: r.get("lat"), lon: r.get("lon") },
+                        },
+                        available: vec![(sku, available)],
+                    }),
+                }
+            }
+            other => return Err(StoreError::Corrupt(format!("an order snapshot row of part {other:?}"))),
+        }
+    }
+    snapshot.stocked.sort_by(|a, b| a.warehouse.id.cmp(&b.warehouse.id));
+    Ok(snapshot)
 }

@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use deadpool_postgres::GenericClient;
-
 use super::super::StoreError;
 use super::super::experiments::{ArmFigures, ArmKey, ArmRow, LATENCY_BOUNDS_US};
+use super::Db;
 use crate::clock::now_ms;
 
 /// Adds each delta to its row (creating it), rows in key order (the lock
 /// order of every replica).
-pub async fn add_arm_figures(db: &impl GenericClient, deltas: &[(ArmKey, ArmFigures)]) -> Result<(), StoreError> {
+pub async fn add_arm_figures(db: &impl Db, deltas: &[(ArmKey, ArmFigures)]) -> Result<(), StoreError> {
     let upsert = db
         .prepare_cached(
             "INSERT INTO experiment_arms (experiment, variant, module_digest, config_hash, slot, module, version,
@@ -85,7 +84,7 @@ pub async fn add_arm_figures(db: &impl GenericClient, deltas: &[(ArmKey, ArmFigu
 }
 
 /// Every stored row, in key order, with its latency buckets.
-pub async fn arm_rows(db: &impl GenericClient) -> Result<Vec<ArmRow>, StoreError> {
+pub async fn arm_rows(db: &impl Db) -> Result<Vec<ArmRow>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT experiment, variant, module_digest, config_hash, slot, module, version,

@@ -7,12 +7,13 @@
 //! advisory lock ([`lock_key`]), so one of them runs to its commit before
 //! the other looks at the key.
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::super::StoreError;
 use super::super::ledger::{Captured, LedgerCancel, LedgerCharge};
+use super::Db;
 use crate::clock::now_rfc3339;
 
 /// The first key of the ledger's advisory locks (`pg_advisory_xact_lock(int,
@@ -22,7 +23,7 @@ const LEDGER_LOCKS: i32 = 0x4c44_4752;
 
 /// Holds `key` until the transaction ends: a capture and a cancel of one
 /// key never interleave. Keys whose hashes collide merely wait for each other.
-async fn lock_key(db: &impl GenericClient, key: &str) -> Result<(), StoreError> {
+async fn lock_key(db: &impl Db, key: &str) -> Result<(), StoreError> {
     let stmt = db.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))").await?;
     db.execute(&stmt, &[&LEDGER_LOCKS, &key]).await?;
     Ok(())
@@ -30,50 +31,63 @@ async fn lock_key(db: &impl GenericClient, key: &str) -> Result<(), StoreError> 
 
 /// Records a capture for `key`, or finds the one already recorded (a racing
 /// capture of the same key waits for the first and then finds it); a
-/// cancelled key captures nothing.
+/// cancelled key captures nothing. One call of `smartmart_ledger_capture`
+/// (schema version 8), which takes the key's lock ([`lock_key`]'s): one
+/// round trip, its own transaction, as a gateway's capture is one request.
 pub async fn capture(
-    db: &impl GenericClient,
+    db: &impl Db,
     key: &str,
     order_id: &str,
     amount_cents: u64,
     currency: &str,
 ) -> Result<Captured, StoreError> {
     let amount = super::bigint(amount_cents, "the amount")?;
-    lock_key(db, key).await?;
-    if is_cancelled(db, key).await? {
-        return Ok(Captured::Cancelled);
-    }
     let transaction_id = format!("txn_{}", Uuid::now_v7().simple());
-    let stmt = db
-        .prepare_cached(
-            "INSERT INTO sandbox_charges (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING",
+    let rows = db
+        .call(
+            "SELECT outcome, charge_transaction_id, charge_order_id, charge_amount_cents, charge_currency
+             FROM smartmart_ledger_capture($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                (&LEDGER_LOCKS, Type::INT4),
+                (&key, Type::TEXT),
+                (&transaction_id, Type::TEXT),
+                (&order_id, Type::TEXT),
+                (&amount, Type::INT8),
+                (&currency, Type::TEXT),
+                (&now_rfc3339(), Type::TEXT),
+            ],
         )
         .await?;
-    if db.execute(&stmt, &[&key, &transaction_id, &order_id, &amount, &currency, &now_rfc3339()]).await? == 1 {
-        return Ok(Captured::New(LedgerCharge {
-            idempotency_key: key.to_string(),
-            transaction_id,
-            order_id: order_id.to_string(),
-            amount_cents,
-            currency: currency.to_string(),
-        }));
-    }
-    let Some(existing) = lookup(db, key).await? else {
+    let Some(row) = rows.first() else {
         return Err(StoreError::Conflict(format!("the ledger row of {key} vanished")));
     };
-    Ok(if existing.amount_cents != amount_cents {
-        Captured::Mismatch("idempotency key reused with another amount")
-    } else if existing.currency != currency {
-        Captured::Mismatch("idempotency key reused with another currency")
-    } else {
-        Captured::Existing(existing)
-    })
+    let charge = || LedgerCharge {
+        idempotency_key: key.to_string(),
+        transaction_id: row.get(1),
+        order_id: row.get(2),
+        amount_cents: row.get::<_, i64>(3) as u64,
+        currency: row.get(4),
+    };
+    match row.get::<_, &str>(0) {
+        "cancelled" => Ok(Captured::Cancelled),
+        "new" => Ok(Captured::New(charge())),
+        "existing" => {
+            let existing = charge();
+            Ok(if existing.amount_cents != amount_cents {
+                Captured::Mismatch("idempotency key reused with another amount")
+            } else if existing.currency != currency {
+                Captured::Mismatch("idempotency key reused with another currency")
+            } else {
+                Captured::Existing(existing)
+            })
+        }
+        other => Err(StoreError::Corrupt(format!("smartmart_ledger_capture answered {other:?}"))),
+    }
 }
 
 /// Cancels `key` (see `store::ledger::cancel`): its charge if it was
 /// captured, otherwise the key is recorded as cancelled, idempotently.
-pub async fn cancel(db: &impl GenericClient, key: &str) -> Result<LedgerCancel, StoreError> {
+pub async fn cancel(db: &impl Db, key: &str) -> Result<LedgerCancel, StoreError> {
     lock_key(db, key).await?;
     if let Some(charge) = lookup(db, key).await? {
         return Ok(LedgerCancel::Captured(charge));
@@ -88,11 +102,6 @@ pub async fn cancel(db: &impl GenericClient, key: &str) -> Result<LedgerCancel, 
     Ok(LedgerCancel::Cancelled)
 }
 
-async fn is_cancelled(db: &impl GenericClient, key: &str) -> Result<bool, StoreError> {
-    let stmt = db.prepare_cached("SELECT 1 FROM sandbox_cancelled WHERE idempotency_key = $1").await?;
-    Ok(db.query_opt(&stmt, &[&key]).await?.is_some())
-}
-
 fn charge(r: &Row) -> LedgerCharge {
     LedgerCharge {
         idempotency_key: r.get(0),
@@ -103,7 +112,7 @@ fn charge(r: &Row) -> LedgerCharge {
     }
 }
 
-pub async fn lookup(db: &impl GenericClient, key: &str) -> Result<Option<LedgerCharge>, StoreError> {
+pub async fn lookup(db: &impl Db, key: &str) -> Result<Option<LedgerCharge>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT idempotency_key, transaction_id, order_id, amount_cents, currency
@@ -113,7 +122,7 @@ pub async fn lookup(db: &impl GenericClient, key: &str) -> Result<Option<LedgerC
     Ok(db.query_opt(&stmt, &[&key]).await?.as_ref().map(charge))
 }
 
-pub async fn all(db: &impl GenericClient) -> Result<Vec<LedgerCharge>, StoreError> {
+pub async fn all(db: &impl Db) -> Result<Vec<LedgerCharge>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT idempotency_key, transaction_id, order_id, amount_cents, currency FROM sandbox_charges ORDER BY seq",

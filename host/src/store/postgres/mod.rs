@@ -21,8 +21,20 @@
 //!
 //! The driver is `tokio-postgres` with the `deadpool-postgres` pool: async
 //! on the service's runtime, statements prepared once per connection.
+//!
+//! Round trips are what a replica's order costs on a database over the
+//! network, so the four phases of an order's answer path are one round
+//! trip each, in its own implicit transaction: the order's read
+//! (`catalog::order_snapshot`, one query), `orders::reserve`, the sandbox
+//! gateway's `ledger::capture` and `orders::settle` are each one call of a
+//! server-side function (schema version 8) that does the whole operation,
+//! all or nothing, its plans kept by the server. A write's transaction
+//! begins with its first statement ([`tx::Tx`]), so such a call costs no
+//! `BEGIN` and `COMMIT` of its own. Every connection counts its round trips
+//! and transactions on the wire ([`wire`], `Store::wire_totals`).
 
 pub(super) mod catalog;
+mod connect;
 pub(super) mod experiments;
 pub(super) mod ledger;
 pub(super) mod orders;
@@ -30,13 +42,17 @@ pub(super) mod outbox;
 pub(super) mod rollouts;
 pub(super) mod schema;
 pub(super) mod shadows;
+pub(super) mod tx;
+mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 
 use super::StoreError;
+use super::stats::{WireStats, WireTotals};
+pub(super) use tx::Db;
 
 /// Times a transaction is run again after a deadlock or serialization failure.
 pub(super) const MAX_RETRIES: u32 = 8;
@@ -102,6 +118,8 @@ pub(super) struct Postgres {
     url: String,
     /// The URL without its password, for messages.
     pub(super) display: String,
+    /// What the pool's connections said to the server.
+    wire: Arc<WireStats>,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -124,7 +142,9 @@ impl Postgres {
             let extra = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
             config.options(format!("{extra}-c default_transaction_read_only=on"));
         }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let wire = Arc::new(WireStats::default());
+        let connect = connect::CountingConnect { stats: wire.clone() };
+        let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.connect_timeout))
@@ -132,7 +152,7 @@ impl Postgres {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot build the connection pool: {e}")))?;
-        let store = Postgres { pool, url: url.to_string(), display };
+        let store = Postgres { pool, url: url.to_string(), display, wire };
         let mut client = store.client().await?;
         if options.read_only {
             schema::check_current(&client).await?;
@@ -149,8 +169,32 @@ impl Postgres {
 
     /// A pooled connection.
     pub(super) async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.display)))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {}", self.display, with_causes(&e))))
     }
+
+    /// Round trips and transactions so far, every connection of the pool together.
+    pub(super) fn wire_totals(&self) -> WireTotals {
+        self.wire.totals()
+    }
+}
+
+/// `e` and what caused it, for a message: "error communicating with the
+/// server: cannot connect to 127.0.0.1:5432: Connection refused" rather
+/// than its first words only.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// What a transaction's body decided.
@@ -161,16 +205,15 @@ pub(super) enum Step<T> {
     Undo(T),
 }
 
-/// Runs `$body` — an expression using the transaction `$tx` that evaluates
-/// to `Result<Step<T>, StoreError>` — in a transaction on a pooled
-/// connection; the whole transaction runs again when PostgreSQL aborted it
-/// for a deadlock or a serialization failure.
+/// Runs `$body` — an expression using the transaction `$tx` (a [`tx::Tx`],
+/// begun by its first statement) that evaluates to `Result<Step<T>,
+/// StoreError>` — on a pooled connection; the whole transaction runs again
+/// when PostgreSQL aborted it for a deadlock or a serialization failure.
 macro_rules! transact_steps {
     ($pg:expr, |$tx:ident| $body:expr) => {{
         let mut attempt = 0u32;
         loop {
-            let mut client = $pg.client().await?;
-            let $tx = client.transaction().await?;
+            let $tx = $crate::store::postgres::tx::Tx::new($pg.client().await?);
             let outcome: Result<$crate::store::postgres::Step<_>, StoreError> = async { $body }.await;
             let outcome = match outcome {
                 Ok($crate::store::postgres::Step::Commit(value)) => {
@@ -179,8 +222,13 @@ macro_rules! transact_steps {
                 Ok($crate::store::postgres::Step::Undo(value)) => {
                     $tx.rollback().await.map(|()| value).map_err(StoreError::from)
                 }
-                // Dropping the transaction rolls it back.
-                Err(e) => Err(e),
+                Err(e) => {
+                    // The body's error is the one to report; a failing
+                    // ROLLBACK means the connection is gone, and with it
+                    // the transaction.
+                    let _ = $tx.rollback().await;
+                    Err(e)
+                }
             };
             match outcome {
                 Err(e) if e.is_transient() && attempt < $crate::store::postgres::MAX_RETRIES => {
@@ -208,6 +256,6 @@ pub(super) fn bigint(value: u64, what: &str) -> Result<i64, StoreError> {
 }
 
 /// Whether the database answers a trivial query (readiness).
-pub(super) async fn ping(db: &impl GenericClient) -> Result<i64, StoreError> {
+pub(super) async fn ping(db: &impl Db) -> Result<i64, StoreError> {
     Ok(db.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
 }

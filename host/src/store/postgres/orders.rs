@@ -1,17 +1,19 @@
 //! Orders and their saga state on PostgreSQL (the twin of
 //! `store::sqlite::orders`; the records and the state diagram are in
 //! `store::orders`). Each write function runs inside the transaction of
-//! one store operation.
+//! one store operation; the order's answer path (`reserve`, `settle`) is a
+//! call of a server-side function each (schema version 8): one round trip,
+//! the call its own transaction.
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use super::super::orders::{
-    Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, PendingPayment,
-    PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
+    Answer, AwaitingReview, KeyRecord, NewOrder, OpenIntent, PaymentIntent, PendingPayment, PendingPaymentRow,
+    ReserveOutcome, Settlement, StoredOrder, Verdict,
 };
 use super::super::{RESOLVE_LEASE_MS, StoreError};
-use super::{Step, bigint};
+use super::{Db, Step, bigint};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
 
@@ -19,71 +21,81 @@ use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
 /// that (it died) another replica runs them.
 const VERDICT_LEASE_MS: i64 = 30_000;
 
-/// Creates the order PENDING, claims its key, holds its stock; on a
-/// shortfall or a taken key nothing is kept. Holds are taken in (warehouse,
-/// sku) order, the order every operation locks stock rows in.
-pub async fn reserve(db: &impl GenericClient, order: &NewOrder) -> Result<Step<ReserveOutcome>, StoreError> {
+/// SQLSTATE of a hold that does not fit, raised by `smartmart_reserve`
+/// (schema version 8) with the hold's position in the call's arrays (from
+/// 1) as its detail.
+const SHORTFALL: &str = "SM001";
+
+/// Creates the order PENDING, claims its key, holds its stock and records
+/// its payment intent (when it has one), all or nothing, in one call of
+/// `smartmart_reserve`: one round trip, its own transaction. On a shortfall
+/// or a taken key nothing is kept. Holds are taken in (warehouse, sku)
+/// order, the order every operation locks stock rows in.
+pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutcome>, StoreError> {
     let now = now_rfc3339();
-    if let Some(claim) = &order.claim {
-        // Waits for a racing transaction holding the same key, then sees its row.
-        let stmt = db
-            .prepare_cached(
-                "INSERT INTO idempotency (channel, key, request_hash, order_id, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (channel, key) DO NOTHING",
-            )
-            .await?;
-        if db.execute(&stmt, &[&claim.channel, &claim.key, &claim.request_hash, &order.order_id, &now]).await? == 0 {
-            return Ok(Step::Undo(ReserveOutcome::KeyTaken));
-        }
+    let claim = order.claim.as_ref();
+    let intent = order.intent.as_ref();
+    if let Some(intent) = intent
+        && intent.order_id != order.order_id
+    {
+        return Err(StoreError::Conflict(format!("the intent of {} is for {}", order.order_id, intent.order_id)));
     }
-    let stmt = db
-        .prepare_cached(
-            "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
+    let total = intent.map(|i| bigint(i.amount_cents, "the amount")).transpose()?;
+    let warehouses: Vec<&str> = order.holds.iter().map(|h| h.warehouse_id.as_str()).collect();
+    let skus: Vec<&str> = order.holds.iter().map(|h| h.sku.as_str()).collect();
+    let quantities: Vec<i64> = order.holds.iter().map(|h| i64::from(h.quantity)).collect();
+    let called = db
+        .call(
+            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            &[
+                (&order.order_id, Type::TEXT),
+                (&order.customer_id, Type::TEXT),
+                (&order.channel, Type::TEXT),
+                (&order.currency, Type::TEXT),
+                (&now, Type::TEXT),
+                (&claim.map(|c| c.channel.as_str()), Type::TEXT),
+                (&claim.map(|c| c.key.as_str()), Type::TEXT),
+                (&claim.map(|c| c.request_hash.as_str()), Type::TEXT),
+                (&warehouses, Type::TEXT_ARRAY),
+                (&skus, Type::TEXT_ARRAY),
+                (&quantities, Type::INT8_ARRAY),
+                (&intent.map(|i| i.draft_invoice.as_str()), Type::TEXT),
+                (&total, Type::INT8),
+                (&intent.map(|i| i.idempotency_key.as_str()), Type::TEXT),
+                (&intent.map(|i| i.gateway.as_str()), Type::TEXT),
+                (&intent.map(|i| i.token.as_str()), Type::TEXT),
+            ],
         )
-        .await?;
-    db.execute(
-        &stmt,
-        &[&order.order_id, &order.customer_id, &order.channel, &OrderStatus::Pending.as_str(), &order.currency, &now],
-    )
-    .await?;
-    let hold_stock = db
-        .prepare_cached(
-            "UPDATE stock SET reserved = reserved + $3
-             WHERE warehouse_id = $1 AND sku = $2 AND on_hand - reserved >= $3",
-        )
-        .await?;
-    let record = db
-        .prepare_cached(
-            "INSERT INTO reservations (order_id, warehouse_id, sku, quantity, state) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (order_id, warehouse_id, sku) DO UPDATE SET quantity = reservations.quantity + $4",
-        )
-        .await?;
-    let mut holds: Vec<_> = order.holds.iter().collect();
-    holds.sort_by(|a, b| (&a.warehouse_id, &a.sku).cmp(&(&b.warehouse_id, &b.sku)));
-    for hold in holds {
-        let quantity = i64::from(hold.quantity);
-        if db.execute(&hold_stock, &[&hold.warehouse_id, &hold.sku, &quantity]).await? == 0 {
-            return Ok(Step::Undo(ReserveOutcome::Shortfall {
-                warehouse_id: hold.warehouse_id.clone(),
-                sku: hold.sku.clone(),
-            }));
-        }
-        db.execute(&record, &[&order.order_id, &hold.warehouse_id, &hold.sku, &quantity, &HoldState::Held.as_str()])
-            .await?;
+        .await;
+    let rows = match called {
+        Ok(rows) => rows,
+        Err(e) if e.code().is_some_and(|c| c.code() == SHORTFALL) => return shortfall(order, &e).map(Step::Undo),
+        Err(e) => return Err(e.into()),
+    };
+    // Both outcomes wrote what they say (a taken key: nothing); the call
+    // was its own transaction, so there is nothing left to commit.
+    match rows.first().map(|r| r.get::<_, &str>(0)) {
+        Some("reserved") => Ok(Step::Commit(ReserveOutcome::Reserved)),
+        Some("key_taken") => Ok(Step::Undo(ReserveOutcome::KeyTaken)),
+        other => Err(StoreError::Corrupt(format!("smartmart_reserve answered {other:?}"))),
     }
-    if let Some(intent) = &order.intent {
-        record_intent(db, intent).await?;
+}
+
+/// The hold `smartmart_reserve` found short, named by the error's detail.
+fn shortfall(order: &NewOrder, e: &tokio_postgres::Error) -> Result<ReserveOutcome, StoreError> {
+    let position = e.as_db_error().and_then(|db| db.detail()).and_then(|d| d.parse::<usize>().ok());
+    match position.and_then(|p| order.holds.get(p.checked_sub(1)?)) {
+        Some(hold) => Ok(ReserveOutcome::Shortfall { warehouse_id: hold.warehouse_id.clone(), sku: hold.sku.clone() }),
+        None => Err(StoreError::Corrupt(format!("a shortfall naming no hold of the order: {e}"))),
     }
-    Ok(Step::Commit(ReserveOutcome::Reserved))
 }
 
 /// The order's HELD reservations, in lock order.
-async fn held(db: &impl GenericClient, order_id: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+async fn held(db: &impl Db, order_id: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT warehouse_id, sku, quantity FROM reservations WHERE order_id = $1 AND state = 'HELD'
-             ORDER BY warehouse_id, sku",
+             ORDER BY warehouse_id COLLATE \"C\", sku COLLATE \"C\"",
         )
         .await?;
     Ok(db.query(&stmt, &[&order_id]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
@@ -91,7 +103,7 @@ async fn held(db: &impl GenericClient, order_id: &str) -> Result<Vec<(String, St
 
 /// Gives back (`take = false`) or takes out of stock for good (`take = true`)
 /// every unit the order holds.
-async fn finish_holds(db: &impl GenericClient, order_id: &str, take: bool) -> Result<(), StoreError> {
+async fn finish_holds(db: &impl Db, order_id: &str, take: bool) -> Result<(), StoreError> {
     let (update, state) = if take {
         (
             "UPDATE stock SET reserved = reserved - $3, on_hand = on_hand - $3 WHERE warehouse_id = $1 AND sku = $2",
@@ -109,13 +121,13 @@ async fn finish_holds(db: &impl GenericClient, order_id: &str, take: bool) -> Re
     Ok(())
 }
 
-async fn free_key(db: &impl GenericClient, order_id: &str) -> Result<(), StoreError> {
+async fn free_key(db: &impl Db, order_id: &str) -> Result<(), StoreError> {
     let stmt = db.prepare_cached("DELETE FROM idempotency WHERE order_id = $1 AND status_code IS NULL").await?;
     db.execute(&stmt, &[&order_id]).await?;
     Ok(())
 }
 
-pub async fn cancel(db: &impl GenericClient, order_id: &str, reason: &str) -> Result<bool, StoreError> {
+pub async fn cancel(db: &impl Db, order_id: &str, reason: &str) -> Result<bool, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE orders SET status = 'CANCELLED', invoice = json_build_object('reason', $2::text)::text, updated_at = $3
@@ -136,7 +148,7 @@ pub async fn cancel(db: &impl GenericClient, order_id: &str, reason: &str) -> Re
     Ok(changed > 0)
 }
 
-pub async fn discard(db: &impl GenericClient, order_id: &str) -> Result<bool, StoreError> {
+pub async fn discard(db: &impl Db, order_id: &str) -> Result<bool, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT 1 FROM orders o WHERE o.id = $1 AND o.status = 'PENDING'
@@ -155,7 +167,7 @@ pub async fn discard(db: &impl GenericClient, order_id: &str) -> Result<bool, St
     Ok(pending)
 }
 
-pub async fn record_intent(db: &impl GenericClient, intent: &PaymentIntent) -> Result<(), StoreError> {
+pub async fn record_intent(db: &impl Db, intent: &PaymentIntent) -> Result<(), StoreError> {
     let PaymentIntent { order_id, draft_invoice, idempotency_key, gateway, amount_cents, token } = intent;
     let now = now_rfc3339();
     let amount = bigint(*amount_cents, "the amount")?;
@@ -178,61 +190,62 @@ pub async fn record_intent(db: &impl GenericClient, intent: &PaymentIntent) -> R
     Ok(())
 }
 
-pub async fn settle(db: &impl GenericClient, settlement: &Settlement) -> Result<(), StoreError> {
+/// The order's final state (see `store::sqlite::orders::settle`) in one
+/// call of `smartmart_settle`: one round trip, its own transaction.
+/// `Conflict`, with nothing written, if the order is no longer PENDING.
+pub async fn settle(db: &impl Db, settlement: &Settlement) -> Result<(), StoreError> {
     let paid = settlement.status == OrderStatus::Confirmed;
-    let now = now_rfc3339();
-    let stmt = db
-        .prepare_cached(
-            "UPDATE orders SET status = $2, invoice = $3, updated_at = $4 WHERE id = $1 AND status = 'PENDING'",
-        )
-        .await?;
-    let updated =
-        db.execute(&stmt, &[&settlement.order_id, &settlement.status.as_str(), &settlement.invoice, &now]).await?;
-    if updated == 0 {
-        return Err(StoreError::Conflict(format!("order {} is no longer pending", settlement.order_id)));
-    }
-    finish_holds(db, &settlement.order_id, paid).await?;
-    if paid {
-        let stmt = db.prepare_cached("DELETE FROM carts WHERE customer_id = $1").await?;
-        db.execute(&stmt, &[&settlement.customer_id]).await?;
-    }
-    let stmt = db
-        .prepare_cached(
-            "UPDATE payments SET status = $2, transaction_id = $3, attempts = $4, failure = $5, updated_at = $6,
-                 token = NULL
-             WHERE order_id = $1",
-        )
-        .await?;
-    let status = if paid { PaymentStatus::Captured } else { PaymentStatus::Failed };
-    db.execute(
-        &stmt,
-        &[
-            &settlement.order_id,
-            &status.as_str(),
-            &settlement.transaction_id,
-            &i64::from(settlement.attempts),
-            &settlement.failure,
-            &now,
-        ],
-    )
-    .await?;
-    insert_events(db, &settlement.order_id, &settlement.events).await?;
-    // A PAYMENT_PENDING order's key answers 202 until now: the final
-    // answer replaces it.
-    let stmt = db
-        .prepare_cached(
-            "UPDATE idempotency SET status_code = $2, body = $3
-             WHERE order_id = $1 AND (status_code IS NULL OR status_code = 202)",
-        )
-        .await?;
+    let (holds, payment) = if paid {
+        (HoldState::Committed, PaymentStatus::Captured)
+    } else {
+        (HoldState::Released, PaymentStatus::Failed)
+    };
+    let events = &settlement.events;
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let (envelopes, states): (Vec<Option<&str>>, Vec<&str>) = events
+        .iter()
+        .map(|e| {
+            let (envelope, state) = e.body.stored();
+            (envelope, state.as_str())
+        })
+        .unzip();
     let (status_code, body) = settlement.answer.stored();
-    db.execute(&stmt, &[&settlement.order_id, &i64::from(status_code), &body]).await?;
-    Ok(())
+    let rows = db
+        .call(
+            "SELECT smartmart_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            &[
+                (&settlement.order_id, Type::TEXT),
+                (&settlement.customer_id, Type::TEXT),
+                (&settlement.status.as_str(), Type::TEXT),
+                (&settlement.invoice, Type::TEXT),
+                (&now_rfc3339(), Type::TEXT),
+                (&paid, Type::BOOL),
+                (&holds.as_str(), Type::TEXT),
+                (&payment.as_str(), Type::TEXT),
+                (&settlement.transaction_id, Type::TEXT),
+                (&i64::from(settlement.attempts), Type::INT8),
+                (&settlement.failure, Type::TEXT),
+                (&ids, Type::TEXT_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&envelopes, Type::TEXT_ARRAY),
+                (&states, Type::TEXT_ARRAY),
+                (&now_ms(), Type::INT8),
+                (&i64::from(status_code), Type::INT8),
+                (&body, Type::TEXT),
+            ],
+        )
+        .await?;
+    match rows.first().map(|r| r.get::<_, bool>(0)) {
+        Some(true) => Ok(()),
+        Some(false) => Err(StoreError::Conflict(format!("order {} is no longer pending", settlement.order_id))),
+        None => Err(StoreError::Corrupt("smartmart_settle answered no row".into())),
+    }
 }
 
 /// See `store::orders::mark_payment_pending`. Rows are locked in the order
 /// `settle` locks them (order, payment, key).
-pub async fn mark_payment_pending(db: &impl GenericClient, pending: &PendingPayment) -> Result<(), StoreError> {
+pub async fn mark_payment_pending(db: &impl Db, pending: &PendingPayment) -> Result<(), StoreError> {
     let PendingPayment { order_id, invoice, attempts, resolve_after_ms } = pending;
     let now = now_rfc3339();
     let stmt = db
@@ -261,11 +274,7 @@ pub async fn mark_payment_pending(db: &impl GenericClient, pending: &PendingPaym
 }
 
 /// See `store::orders::defer_resolution`.
-pub async fn defer_resolution(
-    db: &impl GenericClient,
-    order_id: &str,
-    resolve_after_ms: i64,
-) -> Result<(), StoreError> {
+pub async fn defer_resolution(db: &impl Db, order_id: &str, resolve_after_ms: i64) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE payments SET resolve_after_ms = $2, updated_at = $3 WHERE order_id = $1 AND status = 'INTENT'",
@@ -278,7 +287,7 @@ pub async fn defer_resolution(
 /// Orders answered PAYMENT_PENDING and not settled yet, oldest first (see
 /// `store::orders::payments_pending`: read through the partial index
 /// `payments_to_resolve`).
-pub async fn payments_pending(db: &impl GenericClient, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
+pub async fn payments_pending(db: &impl Db, limit: usize) -> Result<Vec<PendingPaymentRow>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT o.id, o.customer_id, o.channel, p.amount_cents, o.currency, o.created_at, p.attempts,
@@ -305,7 +314,7 @@ pub async fn payments_pending(db: &impl GenericClient, limit: usize) -> Result<V
 }
 
 /// How many orders [`payments_pending`] lists (a gauge).
-pub async fn payments_pending_count(db: &impl GenericClient) -> Result<u64, StoreError> {
+pub async fn payments_pending_count(db: &impl Db) -> Result<u64, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id
@@ -313,20 +322,6 @@ pub async fn payments_pending_count(db: &impl GenericClient) -> Result<u64, Stor
         )
         .await?;
     Ok(db.query_one(&stmt, &[]).await?.get::<_, i64>(0) as u64)
-}
-
-async fn insert_events(db: &impl GenericClient, order_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
-    let insert = db
-        .prepare_cached(
-            "INSERT INTO outbox (id, order_id, type, envelope, state, created_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .await?;
-    let now = now_ms();
-    for event in events {
-        let (envelope, state) = event.body.stored();
-        db.execute(&insert, &[&event.id, &order_id, &event.kind.as_str(), &envelope, &state.as_str(), &now]).await?;
-    }
-    Ok(())
 }
 
 const ORDER_COLUMNS: &str =
@@ -347,7 +342,7 @@ fn stored_order(r: &Row) -> Result<StoredOrder, StoreError> {
     })
 }
 
-pub async fn get_order(db: &impl GenericClient, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
+pub async fn get_order(db: &impl Db, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
     let stmt = db.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")).await?;
     db.query_opt(&stmt, &[&order_id]).await?.as_ref().map(stored_order).transpose()
 }
@@ -369,7 +364,7 @@ pub async fn get_order(db: &impl GenericClient, order_id: &str) -> Result<Option
 /// another, and the conditions are checked again on the rows as locked, so
 /// an order claimed by a replica that committed meanwhile is skipped.
 pub async fn claim_pending_orders(
-    db: &impl GenericClient,
+    db: &impl Db,
     updated_before: &str,
     now_ms: i64,
 ) -> Result<(Vec<String>, Vec<OpenIntent>), StoreError> {
@@ -439,7 +434,7 @@ pub async fn claim_pending_orders(
 /// Settled orders whose fraud checks have not run, claimed for
 /// [`VERDICT_LEASE_MS`] (their waiting events are not offered to another
 /// replica meanwhile).
-pub async fn claim_awaiting_verdict(db: &impl GenericClient, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
+pub async fn claim_awaiting_verdict(db: &impl Db, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
     let now = now_ms();
     let stmt = db
         .prepare_cached(
@@ -470,7 +465,7 @@ pub async fn claim_awaiting_verdict(db: &impl GenericClient, limit: usize) -> Re
     Ok(out)
 }
 
-pub async fn record_verdicts(db: &impl GenericClient, verdicts: &[Verdict]) -> Result<(), StoreError> {
+pub async fn record_verdicts(db: &impl Db, verdicts: &[Verdict]) -> Result<(), StoreError> {
     let review = db
         .prepare_cached("UPDATE orders SET fraud_review = $2, fraud_action = $3 WHERE id = $1 AND fraud_review IS NULL")
         .await?;
@@ -489,7 +484,7 @@ pub async fn record_verdicts(db: &impl GenericClient, verdicts: &[Verdict]) -> R
     Ok(())
 }
 
-async fn orders_where(db: &impl GenericClient, condition: &str, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+async fn orders_where(db: &impl Db, condition: &str, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     let stmt = db
         .prepare_cached(&format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE {condition}
@@ -499,15 +494,15 @@ async fn orders_where(db: &impl GenericClient, condition: &str, limit: usize) ->
     db.query(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)]).await?.iter().map(stored_order).collect()
 }
 
-pub async fn recent_settled(db: &impl GenericClient, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+pub async fn recent_settled(db: &impl Db, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     orders_where(db, "status IN ('CONFIRMED', 'PAYMENT_FAILED')", limit).await
 }
 
-pub async fn escalations(db: &impl GenericClient, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+pub async fn escalations(db: &impl Db, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
     orders_where(db, "fraud_action = 'ESCALATE'", limit).await
 }
 
-pub async fn key_record(db: &impl GenericClient, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+pub async fn key_record(db: &impl Db, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {
     // A key answered with its order's invoice stores no body of its own
     // (`SettledAnswer::Invoice`): the body is the order's stored invoice.
     let stmt = db

@@ -6,16 +6,15 @@
 //! them to another once the lease runs out, and the broker's deduplication
 //! by event id (JetStream) keeps them once.
 
-use deadpool_postgres::GenericClient;
-
 use super::super::StoreError;
 use super::super::outbox::{DueBody, DueEvent, SinkPosition};
+use super::Db;
 use crate::clock::now_ms;
 
 /// How long a delivery pass owns the events it claimed.
 pub const DELIVERY_LEASE_MS: i64 = 30_000;
 
-pub async fn claim_due_events(db: &impl GenericClient, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
+pub async fn claim_due_events(db: &impl Db, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE outbox o SET next_attempt_ms = $2 FROM (
@@ -37,11 +36,7 @@ pub async fn claim_due_events(db: &impl GenericClient, now_ms: i64, limit: usize
     Ok(out)
 }
 
-pub async fn mark_delivered(
-    db: &impl GenericClient,
-    seqs: &[i64],
-    position: Option<&SinkPosition>,
-) -> Result<(), StoreError> {
+pub async fn mark_delivered(db: &impl Db, seqs: &[i64], position: Option<&SinkPosition>) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE outbox SET state = 'DELIVERED', delivered_ms = $2 WHERE seq = ANY($1) AND state = 'READY'",
@@ -60,12 +55,7 @@ pub async fn mark_delivered(
     Ok(())
 }
 
-pub async fn mark_retry(
-    db: &impl GenericClient,
-    seqs: &[i64],
-    error: &str,
-    next_attempt_ms: i64,
-) -> Result<(), StoreError> {
+pub async fn mark_retry(db: &impl Db, seqs: &[i64], error: &str, next_attempt_ms: i64) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3 WHERE seq = ANY($1)",
@@ -75,7 +65,7 @@ pub async fn mark_retry(
     Ok(())
 }
 
-pub async fn sink_positions(db: &impl GenericClient) -> Result<Vec<SinkPosition>, StoreError> {
+pub async fn sink_positions(db: &impl Db) -> Result<Vec<SinkPosition>, StoreError> {
     let stmt = db.prepare_cached(r#"SELECT stream, "offset" FROM sink_positions ORDER BY stream"#).await?;
     Ok(db
         .query(&stmt, &[])
@@ -85,7 +75,7 @@ pub async fn sink_positions(db: &impl GenericClient) -> Result<Vec<SinkPosition>
         .collect())
 }
 
-pub async fn outbox_backlog(db: &impl GenericClient) -> Result<(u64, i64), StoreError> {
+pub async fn outbox_backlog(db: &impl Db) -> Result<(u64, i64), StoreError> {
     let stmt = db
         .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")
         .await?;

@@ -2,23 +2,18 @@
 //! records are in `store::rollouts`): one canary state per entry and one
 //! history, shared by every replica.
 
-use deadpool_postgres::GenericClient;
-
 use super::super::StoreError;
 use super::super::rollouts::{RolloutEvent, RolloutRecord};
+use super::Db;
 
-pub async fn record_event(db: &impl GenericClient, event: &RolloutEvent) -> Result<(), StoreError> {
+pub async fn record_event(db: &impl Db, event: &RolloutEvent) -> Result<(), StoreError> {
     let stmt =
         db.prepare_cached("INSERT INTO rollout_events (at_ms, kind, entry, reason) VALUES ($1, $2, $3, $4)").await?;
     db.execute(&stmt, &[&event.at_ms, &event.kind, &event.entry, &event.reason]).await?;
     Ok(())
 }
 
-pub async fn record_state(
-    db: &impl GenericClient,
-    record: &RolloutRecord,
-    event: &RolloutEvent,
-) -> Result<(), StoreError> {
+pub async fn record_state(db: &impl Db, record: &RolloutRecord, event: &RolloutEvent) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "INSERT INTO rollout_states (entry, slot, stable_digest, stable_config_hash, canary_digest,
@@ -50,7 +45,7 @@ pub async fn record_state(
     record_event(db, event).await
 }
 
-pub async fn state_of(db: &impl GenericClient, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
+pub async fn state_of(db: &impl Db, entry: &str) -> Result<Option<RolloutRecord>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT entry, slot, stable_digest, stable_config_hash, canary_digest, canary_config_hash, state, reason,
@@ -76,7 +71,7 @@ pub async fn state_of(db: &impl GenericClient, entry: &str) -> Result<Option<Rol
     }))
 }
 
-pub async fn recent_events(db: &impl GenericClient, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
+pub async fn recent_events(db: &impl Db, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
     let stmt = db
         .prepare_cached("SELECT at_ms, kind, entry, reason FROM rollout_events ORDER BY at_ms DESC, id DESC LIMIT $1")
         .await?;

@@ -239,6 +239,179 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
         cancelled_at TEXT NOT NULL
     );
     "#,
+    // 8: an order's answer path as functions, so that each phase is one
+    // round trip in one implicit transaction, all or nothing, its plans kept
+    // by the server (`postgres::catalog::order_snapshot`,
+    // `postgres::orders::reserve` and `settle`, `postgres::ledger::capture`
+    // call them and hold their contract). Stock rows are locked in
+    // (warehouse_id, sku) order, byte order (`COLLATE "C"`), by every
+    // operation that takes several.
+    r#"
+    -- What an order reads, in one snapshot: one row per part of the answer
+    -- (`part`), each filling its own columns, the others NULL:
+    --   customer: the customer, if it exists;
+    --   line: each cart line (`position`: the cart's order), priced now; a
+    --     sku no longer in the catalog has no name;
+    --   stock: for each line still in the catalog, each warehouse stocking
+    --     its sku, with the units available there.
+    -- Rows come by cart position. The output columns are named like the
+    -- tables' columns: those names mean the columns inside.
+    CREATE FUNCTION smartmart_order_snapshot(p_customer_id TEXT) RETURNS TABLE (
+        part TEXT, "position" BIGINT, id TEXT, name TEXT, email TEXT, phone TEXT, tier TEXT, status TEXT,
+        lat DOUBLE PRECISION, lon DOUBLE PRECISION, sku TEXT, category TEXT, quantity BIGINT, price BIGINT,
+        available BIGINT
+    ) LANGUAGE plpgsql STABLE AS $$
+    #variable_conflict use_column
+    BEGIN
+        RETURN QUERY
+        WITH line AS (
+            SELECT c.position, c.sku, c.quantity, p.name, p.category, p.unit_price_cents
+            FROM carts c LEFT JOIN products p ON p.sku = c.sku
+            WHERE c.customer_id = p_customer_id
+        )
+        SELECT 'customer'::TEXT, NULL::BIGINT, cu.id, cu.name, cu.email, cu.phone, cu.tier, cu.status, cu.lat,
+               cu.lon, NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT
+        FROM customers cu WHERE cu.id = p_customer_id
+        UNION ALL
+        SELECT 'line', l.position, NULL, l.name, NULL, NULL, NULL, NULL, NULL, NULL,
+               l.sku, l.category, l.quantity, l.unit_price_cents, NULL
+        FROM line l
+        UNION ALL
+        SELECT 'stock', l.position, w.id, w.name, NULL, NULL, NULL, NULL, w.lat, w.lon,
+               l.sku, NULL, NULL, NULL, s.on_hand - s.reserved
+        FROM line l JOIN stock s ON s.sku = l.sku JOIN warehouses w ON w.id = s.warehouse_id
+        WHERE l.name IS NOT NULL
+        ORDER BY 2, 3;
+    END
+    $$;
+
+    -- The order PENDING with its key claimed, its stock held and its payment
+    -- intent recorded (the intent's arguments NULL: none yet). 'key_taken'
+    -- when another order holds the key (nothing written); a hold that does
+    -- not fit raises SQLSTATE SM001 with the hold's position in the
+    -- arrays (from 1) as its DETAIL, which undoes the whole call.
+    CREATE FUNCTION smartmart_reserve(
+        p_order_id TEXT, p_customer_id TEXT, p_channel TEXT, p_currency TEXT, p_now TEXT,
+        p_key_channel TEXT, p_key TEXT, p_request_hash TEXT,
+        p_warehouse_ids TEXT[], p_skus TEXT[], p_quantities BIGINT[],
+        p_invoice TEXT, p_total_cents BIGINT, p_payment_key TEXT, p_gateway TEXT, p_token TEXT
+    ) RETURNS TEXT LANGUAGE plpgsql AS $$
+    DECLARE
+        hold RECORD;
+    BEGIN
+        IF p_key IS NOT NULL THEN
+            -- Waits for a racing call holding the same key, then sees its row.
+            INSERT INTO idempotency (channel, key, request_hash, order_id, created_at)
+            VALUES (p_key_channel, p_key, p_request_hash, p_order_id, p_now)
+            ON CONFLICT (channel, key) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'key_taken';
+            END IF;
+        END IF;
+        INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, invoice, created_at, updated_at)
+        VALUES (p_order_id, p_customer_id, p_channel, 'PENDING', coalesce(p_total_cents, 0), p_currency, p_invoice,
+                p_now, p_now);
+        FOR hold IN
+            SELECT h.warehouse_id, h.sku, h.quantity, h.n
+            FROM unnest(p_warehouse_ids, p_skus, p_quantities) WITH ORDINALITY AS h (warehouse_id, sku, quantity, n)
+            ORDER BY h.warehouse_id COLLATE "C", h.sku COLLATE "C", h.n
+        LOOP
+            UPDATE stock SET reserved = reserved + hold.quantity
+            WHERE warehouse_id = hold.warehouse_id AND sku = hold.sku AND on_hand - reserved >= hold.quantity;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'not enough % in %', hold.sku, hold.warehouse_id
+                    USING ERRCODE = 'SM001', DETAIL = hold.n::text;
+            END IF;
+            INSERT INTO reservations (order_id, warehouse_id, sku, quantity, state)
+            VALUES (p_order_id, hold.warehouse_id, hold.sku, hold.quantity, 'HELD')
+            ON CONFLICT (order_id, warehouse_id, sku) DO UPDATE SET quantity = reservations.quantity + hold.quantity;
+        END LOOP;
+        IF p_payment_key IS NOT NULL THEN
+            INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token)
+            VALUES (p_order_id, p_payment_key, p_gateway, p_total_cents, 'INTENT', p_now, p_token);
+        END IF;
+        RETURN 'reserved';
+    END
+    $$;
+
+    -- The order's final state: false, and nothing written, when it is no
+    -- longer PENDING. Its holds are taken out of stock (p_take) or
+    -- released, its cart emptied when paid, its payment's outcome stored
+    -- and its token erased, its events queued in the given order, and its
+    -- key's answer stored (replacing a 202).
+    CREATE FUNCTION smartmart_settle(
+        p_order_id TEXT, p_customer_id TEXT, p_status TEXT, p_invoice TEXT, p_now TEXT,
+        p_take BOOLEAN, p_hold_state TEXT, p_payment_status TEXT,
+        p_transaction_id TEXT, p_attempts BIGINT, p_failure TEXT,
+        p_event_ids TEXT[], p_event_types TEXT[], p_envelopes TEXT[], p_event_states TEXT[], p_created_ms BIGINT,
+        p_status_code BIGINT, p_body TEXT
+    ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+    DECLARE
+        hold RECORD;
+    BEGIN
+        UPDATE orders SET status = p_status, invoice = p_invoice, updated_at = p_now
+        WHERE id = p_order_id AND status = 'PENDING';
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+        FOR hold IN
+            SELECT warehouse_id, sku, quantity FROM reservations WHERE order_id = p_order_id AND state = 'HELD'
+            ORDER BY warehouse_id COLLATE "C", sku COLLATE "C"
+        LOOP
+            IF p_take THEN
+                UPDATE stock SET reserved = reserved - hold.quantity, on_hand = on_hand - hold.quantity
+                WHERE warehouse_id = hold.warehouse_id AND sku = hold.sku;
+            ELSE
+                UPDATE stock SET reserved = reserved - hold.quantity
+                WHERE warehouse_id = hold.warehouse_id AND sku = hold.sku;
+            END IF;
+        END LOOP;
+        UPDATE reservations SET state = p_hold_state WHERE order_id = p_order_id AND state = 'HELD';
+        IF p_take THEN
+            DELETE FROM carts WHERE customer_id = p_customer_id;
+        END IF;
+        UPDATE payments SET status = p_payment_status, transaction_id = p_transaction_id, attempts = p_attempts,
+            failure = p_failure, updated_at = p_now, token = NULL
+        WHERE order_id = p_order_id;
+        FOR i IN 1 .. coalesce(array_length(p_event_ids, 1), 0) LOOP
+            INSERT INTO outbox (id, order_id, type, envelope, state, created_ms)
+            VALUES (p_event_ids[i], p_order_id, p_event_types[i], p_envelopes[i], p_event_states[i], p_created_ms);
+        END LOOP;
+        UPDATE idempotency SET status_code = p_status_code, body = p_body
+        WHERE order_id = p_order_id AND (status_code IS NULL OR status_code = 202);
+        RETURN true;
+    END
+    $$;
+
+    -- The sandbox gateway's capture under the key's advisory lock (the one
+    -- `postgres::ledger::cancel` takes): 'cancelled' (nothing captured),
+    -- 'new' (this charge), or 'existing' with the charge recorded before
+    -- (no row if it vanished).
+    CREATE FUNCTION smartmart_ledger_capture(
+        p_lock INTEGER, p_key TEXT, p_transaction_id TEXT, p_order_id TEXT, p_amount_cents BIGINT,
+        p_currency TEXT, p_now TEXT
+    ) RETURNS TABLE (
+        outcome TEXT, charge_transaction_id TEXT, charge_order_id TEXT, charge_amount_cents BIGINT,
+        charge_currency TEXT
+    ) LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(p_lock, hashtext(p_key));
+        IF EXISTS (SELECT 1 FROM sandbox_cancelled c WHERE c.idempotency_key = p_key) THEN
+            RETURN QUERY SELECT 'cancelled'::TEXT, NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::TEXT;
+            RETURN;
+        END IF;
+        INSERT INTO sandbox_charges (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
+        VALUES (p_key, p_transaction_id, p_order_id, p_amount_cents, p_currency, p_now)
+        ON CONFLICT (idempotency_key) DO NOTHING;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'new'::TEXT, p_transaction_id, p_order_id, p_amount_cents, p_currency;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT 'existing'::TEXT, c.transaction_id, c.order_id, c.amount_cents, c.currency
+            FROM sandbox_charges c WHERE c.idempotency_key = p_key;
+    END
+    $$;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -1,14 +1,14 @@
 //! Shadow runs on PostgreSQL (the twin of `store::sqlite::shadows`; the
 //! records are in `store::shadows`).
 
-use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
 use super::super::StoreError;
 use super::super::shadows::{ShadowRun, ShadowSummary};
+use super::Db;
 use crate::clock::{now_ms, now_rfc3339};
 
-pub async fn record_shadow_runs(db: &impl GenericClient, runs: &[ShadowRun]) -> Result<(), StoreError> {
+pub async fn record_shadow_runs(db: &impl Db, runs: &[ShadowRun]) -> Result<(), StoreError> {
     let insert = db
         .prepare_cached(
             "INSERT INTO shadow_runs (order_id, slot, active_module, active_digest, candidate_module,
@@ -47,7 +47,7 @@ pub async fn record_shadow_runs(db: &impl GenericClient, runs: &[ShadowRun]) -> 
     Ok(())
 }
 
-pub async fn shadow_summaries(db: &impl GenericClient) -> Result<Vec<ShadowSummary>, StoreError> {
+pub async fn shadow_summaries(db: &impl Db) -> Result<Vec<ShadowSummary>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT slot, active_module, candidate_module, candidate_version, candidate_digest,

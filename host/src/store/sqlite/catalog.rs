@@ -4,7 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::StoreError;
-use super::super::catalog::{CartItem, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier};
+use super::super::catalog::{
+    CartItem, OrderSnapshot, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier,
+};
 use crate::clock::now_rfc3339;
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
@@ -250,4 +252,14 @@ pub fn cart_lines(conn: &Connection, customer_id: &str) -> Result<(Vec<CartLine>
         }
     }
     Ok((lines, unknown))
+}
+
+/// The order's reads in one borrow of the reader connection (see
+/// `store::catalog::OrderSnapshot`).
+pub fn order_snapshot(conn: &Connection, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+    let customer = get_customer(conn, customer_id)?;
+    let (cart, unknown_skus) = cart_lines(conn, customer_id)?;
+    let mut snapshot = OrderSnapshot { customer, cart, unknown_skus, stocked: Vec::new() };
+    snapshot.stocked = stocked_warehouses(conn, &snapshot.skus())?;
+    Ok(snapshot)
 }

@@ -50,17 +50,24 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         }
     }
     let now = now_rfc3339();
+    // With its intent, the order row is written once, draft invoice and total included.
+    let (draft_invoice, total_cents) = match &order.intent {
+        Some(intent) => (Some(intent.draft_invoice.as_str()), i64_of(intent.amount_cents, "the amount")?),
+        None => (None, 0),
+    };
     conn.prepare_cached(
-        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)",
+        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at, invoice)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
     )?
     .execute(params![
         order.order_id,
         order.customer_id,
         order.channel,
         OrderStatus::Pending.as_str(),
+        total_cents,
         order.currency,
-        now
+        now,
+        draft_invoice
     ])?;
     if let Some(claim) = &order.claim {
         conn.prepare_cached(
@@ -90,7 +97,7 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         ])?;
     }
     if let Some(intent) = &order.intent {
-        record_intent(conn, intent)?;
+        insert_payment(conn, intent, &now)?;
     }
     Ok(ReserveOutcome::Reserved)
 }
@@ -179,7 +186,7 @@ pub fn discard(conn: &Connection, order_id: &str) -> Result<bool, StoreError> {
 /// with the draft invoice reconciliation settles from: after this, a crash
 /// is reconciled with the gateway. Refused unless the order is PENDING.
 pub fn record_intent(conn: &Connection, intent: &PaymentIntent) -> Result<(), StoreError> {
-    let PaymentIntent { order_id, draft_invoice, idempotency_key, gateway, amount_cents, token } = intent;
+    let PaymentIntent { order_id, draft_invoice, amount_cents, .. } = intent;
     let now = now_rfc3339();
     let amount = i64_of(*amount_cents, "the amount")?;
     let updated = conn
@@ -190,11 +197,25 @@ pub fn record_intent(conn: &Connection, intent: &PaymentIntent) -> Result<(), St
     if updated == 0 {
         return Err(StoreError::Conflict(format!("order {order_id} is not pending")));
     }
+    insert_payment(conn, intent, &now)
+}
+
+/// The payment's INTENT row (its order's row carries the draft invoice).
+fn insert_payment(conn: &Connection, intent: &PaymentIntent, now: &str) -> Result<(), StoreError> {
+    let PaymentIntent { order_id, idempotency_key, gateway, amount_cents, token, .. } = intent;
     conn.prepare_cached(
         "INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![order_id, idempotency_key, gateway, amount, PaymentStatus::Intent.as_str(), now, token])?;
+    .execute(params![
+        order_id,
+        idempotency_key,
+        gateway,
+        i64_of(*amount_cents, "the amount")?,
+        PaymentStatus::Intent.as_str(),
+        now,
+        token
+    ])?;
     Ok(())
 }
 
