@@ -22,6 +22,8 @@ struct Made {
     tables: BTreeMap<String, BTreeSet<String>>,
     /// Indexes created, with their table.
     indexes: BTreeMap<String, String>,
+    /// Indexes dropped.
+    dropped: BTreeSet<String>,
     /// Columns added to a table (`ALTER TABLE … ADD COLUMN`).
     added: BTreeSet<(String, String)>,
     /// Functions created: PostgreSQL's only (the SQLite back-end runs that
@@ -94,6 +96,9 @@ fn made(sql: &str) -> Made {
             }
             ["CREATE", "INDEX", index, "ON", table, ..] | ["CREATE", "UNIQUE", "INDEX", index, "ON", table, ..] => {
                 made.indexes.insert(name(index), name(table));
+            }
+            ["DROP", "INDEX", index] => {
+                made.dropped.insert(name(index));
             }
             ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
                 made.added.insert((name(table), name(column)));

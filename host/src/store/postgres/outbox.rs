@@ -77,7 +77,9 @@ pub async fn sink_positions(db: &impl Db) -> Result<Vec<SinkPosition>, StoreErro
 
 pub async fn outbox_backlog(db: &impl Db) -> Result<(u64, i64), StoreError> {
     let stmt = db
-        .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")
+        .prepare_cached(
+            "SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state IN ('READY', 'AWAITING_VERDICT')",
+        )
         .await?;
     let row = db.query_one(&stmt, &[]).await?;
     let oldest: i64 = row.get(1);

@@ -464,10 +464,10 @@ const KEY_RECORD: &str = "
     FROM idempotency i LEFT JOIN orders o ON o.id = i.order_id
     WHERE i.channel = ?1 AND i.key = ?2";
 
-/// Fraud events waiting for a verdict; `state != 'DELIVERED'` lets SQLite
-/// use the partial index of pending events (see `outbox`).
+/// Fraud events waiting for a verdict, oldest first (the partial index
+/// `outbox_awaiting_verdict`, in `seq` order).
 pub(super) const AWAITING_VERDICT: &str = "SELECT order_id, id FROM outbox
-     WHERE state = 'AWAITING_VERDICT' AND state != 'DELIVERED' ORDER BY seq LIMIT ?1";
+     WHERE state = 'AWAITING_VERDICT' ORDER BY seq LIMIT ?1";
 
 /// Settled orders whose fraud checks have not run yet, with their waiting events.
 pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {

@@ -8,14 +8,13 @@ use super::super::StoreError;
 use super::super::outbox::{DueBody, DueEvent, SinkPosition};
 use crate::clock::now_ms;
 
-/// `state != 'DELIVERED'` lets SQLite use the partial index of pending
-/// events: without it every pass scans every event ever written.
-/// An event without an envelope reads its order's invoice (a primary-key
+/// `state = 'READY'` is the partial index `outbox_ready`, in `seq` order:
+/// a pass reads only the events still to deliver. An event without an envelope reads its order's invoice (a primary-key
 /// lookup per such event).
 pub(super) const DUE_EVENTS: &str = "SELECT e.seq, e.id, e.type, e.envelope, e.attempts, e.order_id, e.created_ms,
             CASE WHEN e.envelope IS NULL THEN (SELECT o.invoice FROM orders o WHERE o.id = e.order_id) END
      FROM outbox e
-     WHERE e.state = 'READY' AND e.state != 'DELIVERED' AND e.next_attempt_ms <= ?1 ORDER BY e.seq LIMIT ?2";
+     WHERE e.state = 'READY' AND e.next_attempt_ms <= ?1 ORDER BY e.seq LIMIT ?2";
 
 /// Up to `limit` READY events whose next attempt is due, oldest first.
 pub fn due_events(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<DueEvent>, StoreError> {
@@ -72,7 +71,9 @@ pub fn sink_positions(conn: &Connection) -> Result<Vec<SinkPosition>, StoreError
 /// Events not yet delivered, and the age in ms of the oldest of them.
 pub fn outbox_backlog(conn: &Connection) -> Result<(u64, i64), StoreError> {
     Ok(conn
-        .prepare_cached("SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state != 'DELIVERED'")?
+        .prepare_cached(
+            "SELECT count(*), coalesce(min(created_ms), 0) FROM outbox WHERE state IN ('READY', 'AWAITING_VERDICT')",
+        )?
         .query_row([], |r| {
             let oldest: i64 = r.get(1)?;
             Ok((r.get::<_, i64>(0)? as u64, if oldest == 0 { 0 } else { now_ms() - oldest }))
@@ -87,11 +88,13 @@ mod tests {
     /// their queries must read the partial index of pending events, never
     /// the whole table (which grows with every order).
     #[test]
-    fn the_polling_queries_use_the_pending_index() {
+    fn the_polling_queries_use_the_pending_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        for sql in [DUE_EVENTS, super::super::orders::AWAITING_VERDICT] {
+        for (sql, index) in
+            [(DUE_EVENTS, "outbox_ready"), (super::super::orders::AWAITING_VERDICT, "outbox_awaiting_verdict")]
+        {
             // Unbound parameters read as NULL; the plan does not depend on them.
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let mut rows = stmt.raw_query();
@@ -100,7 +103,8 @@ mod tests {
                 plan.push(row.get::<_, String>(3).unwrap());
             }
             let plan = plan.join("; ");
-            assert!(plan.contains("USING INDEX outbox_pending"), "{sql}: {plan}");
+            assert!(plan.contains(&format!("USING INDEX {index}")), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts instead of reading in order: {plan}");
         }
     }
 }
