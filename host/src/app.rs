@@ -1,6 +1,10 @@
 //! The assembled engine: store, rule runtime and rule set, payment gateway,
 //! pipeline and its background workers (fraud reviews, event dispatch,
-//! reconciliation), from one set of settings.
+//! reconciliation, retention in `app::retention`), from one set of settings.
+
+mod retention;
+
+pub use retention::RetentionSettings;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +73,9 @@ pub struct EngineSettings {
     pub event_sink: SinkChoice,
     /// Stored orders a reload's replay gate replays each new module on (0: examples only).
     pub reload_replay_orders: usize,
+    /// How long idempotency keys, delivered events, shadow runs and rollout
+    /// events are kept (the retention worker).
+    pub retention: RetentionSettings,
 }
 
 impl EngineSettings {
@@ -97,6 +104,7 @@ impl EngineSettings {
             janitor_min_age: Duration::from_secs(60),
             event_sink: SinkChoice::Jsonl,
             reload_replay_orders: 200,
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -146,6 +154,7 @@ impl Engine {
             None
         };
         let metrics = Arc::new(Metrics::default());
+        let retention_metrics = metrics.clone();
         let rollouts = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
         let (canaries, recorder) = Canaries::new(metrics.clone());
         // The first set is not gated (there is nothing to keep serving
@@ -211,6 +220,12 @@ impl Engine {
             tokio::spawn(run_recorder(store.clone(), recorder, shutdown.clone())),
             tokio::spawn(fraud::run_worker(pipeline.clone(), shutdown.clone())),
             tokio::spawn(run_dispatcher(pipeline.outbox(), sink.clone(), shutdown.clone())),
+            tokio::spawn(retention::run_pruner(
+                store.clone(),
+                retention_metrics,
+                settings.retention.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(experiments.run_flusher(store, shutdown.clone())),
             tokio::spawn(recovery::run_janitor(
                 pipeline.clone(),

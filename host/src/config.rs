@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::app::{EngineSettings, GatewayChoice};
+use crate::app::{EngineSettings, GatewayChoice, RetentionSettings};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
 use crate::http::{ConnectionLimits, Credentials};
 use crate::payment::{HttpGatewayOptions, RetryPolicy};
@@ -34,7 +34,9 @@ pub struct ServeConfig {
     pub durability: Option<crate::store::Durability>,
     /// PostgreSQL database, `postgres://user[:password]@host[:port]/database`,
     /// shared by every replica of the service; when unset the store is the
-    /// embedded SQLite file in the data dir (one process).
+    /// embedded SQLite file in the data dir (one process). TLS as libpq's
+    /// `?sslmode=` (`disable`, `prefer` [default], `require`, `verify-ca`,
+    /// `verify-full`) and `&sslrootcert=` (a PEM file of roots; else the system's).
     #[arg(long, env = "SMARTMART_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// PostgreSQL connections this process keeps [default: 16].
@@ -107,6 +109,31 @@ pub struct ServeConfig {
     /// plug-in directory's examples only) [default: 200].
     #[arg(long, env = "SMARTMART_RELOAD_REPLAY_ORDERS")]
     pub reload_replay_orders: Option<usize>,
+    /// How long an idempotency key is remembered once its order has its
+    /// final answer: a retry within it gets that answer again, after it the
+    /// key places a new order. A duration with a unit: `ms`, `s`, `m`, `h`,
+    /// `d`, e.g. `24h` or `1h30m`; at least 1h [default: 24h].
+    #[arg(long, env = "SMARTMART_RETENTION_IDEMPOTENCY")]
+    pub retention_idempotency: Option<String>,
+    /// How long delivered events stay in the outbox after their delivery
+    /// (undelivered ones are always kept); a duration, at least 1m [default: 7d].
+    #[arg(long, env = "SMARTMART_RETENTION_DELIVERED_EVENTS")]
+    pub retention_delivered_events: Option<String>,
+    /// How long shadow runs are kept (the shadow figures of
+    /// /v1/admin/experiments sum the runs kept); a duration, at least 1m [default: 30d].
+    #[arg(long, env = "SMARTMART_RETENTION_SHADOW_RUNS")]
+    pub retention_shadow_runs: Option<String>,
+    /// The most shadow runs kept, the newest (at least 1000) [default: 500000].
+    #[arg(long, env = "SMARTMART_RETENTION_SHADOW_RUNS_MAX_ROWS")]
+    pub retention_shadow_runs_max_rows: Option<u64>,
+    /// How long rollout events (reloads, refusals, rollbacks, promotions)
+    /// are kept; a duration, at least 1m [default: 90d].
+    #[arg(long, env = "SMARTMART_RETENTION_ROLLOUT_EVENTS")]
+    pub retention_rollout_events: Option<String>,
+    /// The most rollout events kept, the newest (at least 100, the number
+    /// /v1/admin/rollouts shows) [default: 10000].
+    #[arg(long, env = "SMARTMART_RETENTION_ROLLOUT_EVENTS_MAX_ROWS")]
+    pub retention_rollout_events_max_rows: Option<u64>,
     /// Longest in-flight requests get to finish on SIGTERM/SIGINT [default: 10000].
     #[arg(long, env = "SMARTMART_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -253,6 +280,16 @@ impl ServeConfig {
             trusted_keys: self.trusted_keys.or(lower.trusted_keys),
             watch_plugins: self.watch_plugins.or(lower.watch_plugins),
             reload_replay_orders: self.reload_replay_orders.or(lower.reload_replay_orders),
+            retention_idempotency: self.retention_idempotency.or(lower.retention_idempotency),
+            retention_delivered_events: self.retention_delivered_events.or(lower.retention_delivered_events),
+            retention_shadow_runs: self.retention_shadow_runs.or(lower.retention_shadow_runs),
+            retention_shadow_runs_max_rows: self
+                .retention_shadow_runs_max_rows
+                .or(lower.retention_shadow_runs_max_rows),
+            retention_rollout_events: self.retention_rollout_events.or(lower.retention_rollout_events),
+            retention_rollout_events_max_rows: self
+                .retention_rollout_events_max_rows
+                .or(lower.retention_rollout_events_max_rows),
             header_read_timeout_ms: self.header_read_timeout_ms.or(lower.header_read_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             max_token_lifetime_secs: self.max_token_lifetime_secs.or(lower.max_token_lifetime_secs),
@@ -367,10 +404,12 @@ impl ServeSettings {
             Credentials { channel_keys, admin_key, identity_secret }
         };
         let event_sink = event_sink(&config)?;
+        let retention = retention(&config)?;
         let data_dir = config.data_dir.unwrap_or_else(|| PathBuf::from("smartmart-data"));
         let plugins_dir = config.plugins_dir.unwrap_or_else(|| PathBuf::from("plugins/bundled"));
         let mut engine = EngineSettings::new(&data_dir, &plugins_dir, credentials.identity_secret.as_bytes());
         engine.event_sink = event_sink;
+        engine.retention = retention;
         if let Some(key) = &config.pseudonym_key {
             engine.pseudonym_key = key.as_bytes().to_vec();
         }
@@ -534,6 +573,117 @@ fn event_sink(config: &ServeConfig) -> anyhow::Result<SinkChoice> {
             Ok(SinkChoice::Kafka(settings))
         }
     }
+}
+
+/// The retention windows and row caps the configuration sets, checked.
+fn retention(config: &ServeConfig) -> anyhow::Result<RetentionSettings> {
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    let defaults = RetentionSettings::default();
+    // A key forgotten too soon makes a client's retry a second order: the
+    // API promises 24 h, and less than an hour is refused outright.
+    let idempotency =
+        window("SMARTMART_RETENTION_IDEMPOTENCY", config.retention_idempotency.as_deref(), defaults.idempotency, HOUR)?;
+    let delivered_events = window(
+        "SMARTMART_RETENTION_DELIVERED_EVENTS",
+        config.retention_delivered_events.as_deref(),
+        defaults.delivered_events,
+        MINUTE,
+    )?;
+    let shadow_runs = window(
+        "SMARTMART_RETENTION_SHADOW_RUNS",
+        config.retention_shadow_runs.as_deref(),
+        defaults.shadow_runs,
+        MINUTE,
+    )?;
+    let rollout_events = window(
+        "SMARTMART_RETENTION_ROLLOUT_EVENTS",
+        config.retention_rollout_events.as_deref(),
+        defaults.rollout_events,
+        MINUTE,
+    )?;
+    let shadow_runs_max_rows = config.retention_shadow_runs_max_rows.unwrap_or(defaults.shadow_runs_max_rows);
+    if !(1_000..=MAX_ROWS).contains(&shadow_runs_max_rows) {
+        bail!("SMARTMART_RETENTION_SHADOW_RUNS_MAX_ROWS must be 1000..={MAX_ROWS}, got {shadow_runs_max_rows}");
+    }
+    // The admin API shows the 100 most recent rollout events.
+    let rollout_events_max_rows = config.retention_rollout_events_max_rows.unwrap_or(defaults.rollout_events_max_rows);
+    if !(100..=MAX_ROWS).contains(&rollout_events_max_rows) {
+        bail!("SMARTMART_RETENTION_ROLLOUT_EVENTS_MAX_ROWS must be 100..={MAX_ROWS}, got {rollout_events_max_rows}");
+    }
+    Ok(RetentionSettings {
+        idempotency,
+        delivered_events,
+        shadow_runs,
+        shadow_runs_max_rows,
+        rollout_events,
+        rollout_events_max_rows,
+        ..defaults
+    })
+}
+
+/// The largest row cap a retention setting takes.
+const MAX_ROWS: u64 = 1_000_000_000;
+
+/// The longest retention window (ten years: any longer is "keep").
+const MAX_WINDOW: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// The retention window `name` sets (`text`, or `default` when unset),
+/// checked against `min` and [`MAX_WINDOW`].
+fn window(name: &str, text: Option<&str>, default: Duration, min: Duration) -> anyhow::Result<Duration> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let window = parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: `{text}` is not a duration: {e}"))?;
+    if window < min || window > MAX_WINDOW {
+        bail!("{name} must be between {} and 3650d, got `{text}`", show_duration(min));
+    }
+    Ok(window)
+}
+
+/// `1h` for an hour, `1m` for a minute: the bounds as a setting writes them.
+fn show_duration(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A duration as people write it: one or more groups of a whole number and
+/// a unit — `ms`, `s`, `m`, `h` or `d` — such as `24h`, `7d`, `1h30m` or
+/// `500ms` (spaces allowed between them). A bare number is refused: it
+/// would be ambiguous beside the `_MS` and `_SECS` settings.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    const HINT: &str = "a duration is a whole number with a unit (ms, s, m, h, d), e.g. 24h, 7d or 1h30m";
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        bail!("empty: {HINT}");
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            bail!("expected a number at `{rest}`: {HINT}");
+        }
+        let number: u64 = rest[..digits].parse().with_context(|| format!("`{}` is too large", &rest[..digits]))?;
+        rest = rest[digits..].trim_start();
+        let unit = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let millis_per_unit: u64 = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => bail!("`{number}` has no unit: {HINT}"),
+            other => bail!("unknown unit `{other}`: {HINT}"),
+        };
+        let millis = number.checked_mul(millis_per_unit).context("too large")?;
+        total = total.checked_add(Duration::from_millis(millis)).context("too large")?;
+        rest = rest[unit..].trim_start();
+    }
+    Ok(total)
 }
 
 /// Parses `SMARTMART_TRUSTED_KEYS`: hex ed25519 public keys, comma-separated.
@@ -705,6 +855,108 @@ mod tests {
         let huge = ServeConfig { reload_replay_orders: Some(1_000_000), ..keyed() };
         let error = ServeSettings::resolve(huge, false).unwrap_err().to_string();
         assert!(error.contains("SMARTMART_RELOAD_REPLAY_ORDERS"), "{error}");
+    }
+
+    #[test]
+    fn durations_are_numbers_with_units() {
+        for (text, ms) in [
+            ("24h", 24 * 3_600_000),
+            ("7d", 7 * 86_400_000),
+            ("90m", 90 * 60_000),
+            ("1h30m", 90 * 60_000),
+            (" 1h 30m ", 90 * 60_000),
+            ("2 d", 2 * 86_400_000),
+            ("1s", 1_000),
+            ("500ms", 500),
+            ("2m3s4ms", 123_004),
+        ] {
+            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            ("24", "no unit"),
+            ("h", "expected a number"),
+            ("1.5h", "has no unit"),
+            ("-1h", "expected a number"),
+            ("10x", "unknown unit `x`"),
+            ("10 hours", "unknown unit `hours`"),
+            ("99999999999999999999d", "too large"),
+            ("999999999999999d", "too large"),
+        ] {
+            let error = parse_duration(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn retention_windows_default_and_are_checked() {
+        let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
+        let retention = &settings.engine.0.retention;
+        assert_eq!(retention, &RetentionSettings::default());
+        assert_eq!(retention.idempotency, Duration::from_secs(24 * 3600), "the 24 hours docs/api.md promises");
+        assert_eq!(retention.delivered_events, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(retention.every(), Duration::from_secs(60));
+
+        let file: ServeConfig = toml::from_str(
+            "retention_idempotency = \"36h\"\nretention_delivered_events = \"2d\"\n\
+             retention_shadow_runs = \"12h\"\nretention_shadow_runs_max_rows = 5000\n\
+             retention_rollout_events = \"1h30m\"\nretention_rollout_events_max_rows = 100",
+        )
+        .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        let retention = &settings.engine.0.retention;
+        assert_eq!(retention.idempotency, Duration::from_secs(36 * 3600));
+        assert_eq!(retention.delivered_events, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!((retention.shadow_runs, retention.shadow_runs_max_rows), (Duration::from_secs(12 * 3600), 5000));
+        assert_eq!((retention.rollout_events, retention.rollout_events_max_rows), (Duration::from_secs(5400), 100));
+        assert_eq!(retention.every(), Duration::from_secs(60));
+
+        let text = |s: &str| Some(s.to_string());
+        for (bad, name, says) in [
+            (
+                ServeConfig { retention_idempotency: text("24"), ..keyed() },
+                "SMARTMART_RETENTION_IDEMPOTENCY",
+                "no unit",
+            ),
+            (
+                ServeConfig { retention_idempotency: text("30m"), ..keyed() },
+                "SMARTMART_RETENTION_IDEMPOTENCY",
+                "between 1h and 3650d",
+            ),
+            (
+                ServeConfig { retention_delivered_events: text("7 days"), ..keyed() },
+                "SMARTMART_RETENTION_DELIVERED_EVENTS",
+                "unknown unit",
+            ),
+            (
+                ServeConfig { retention_delivered_events: text("0s"), ..keyed() },
+                "SMARTMART_RETENTION_DELIVERED_EVENTS",
+                "between 1m",
+            ),
+            (
+                ServeConfig { retention_shadow_runs: text("4000d"), ..keyed() },
+                "SMARTMART_RETENTION_SHADOW_RUNS",
+                "3650d",
+            ),
+            (
+                ServeConfig { retention_rollout_events: text(""), ..keyed() },
+                "SMARTMART_RETENTION_ROLLOUT_EVENTS",
+                "empty",
+            ),
+            (
+                ServeConfig { retention_shadow_runs_max_rows: Some(10), ..keyed() },
+                "SMARTMART_RETENTION_SHADOW_RUNS_MAX_ROWS",
+                "1000..=",
+            ),
+            (
+                ServeConfig { retention_rollout_events_max_rows: Some(99), ..keyed() },
+                "SMARTMART_RETENTION_ROLLOUT_EVENTS_MAX_ROWS",
+                "100..=",
+            ),
+        ] {
+            let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains(says), "{error}");
+        }
     }
 
     #[test]

@@ -26,3 +26,4 @@ pub mod pipeline;
 pub mod release;
 pub mod rules;
 pub mod store;
+pub(crate) mod tls;

@@ -35,6 +35,11 @@ pub struct CanaryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
     pub route: String,
@@ -73,6 +78,8 @@ pub struct Metrics {
     /// How long the service took to answer, by method, route and status
     /// (`smartmart_http_request_duration_seconds`).
     pub http_request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Rows deleted by retention, by table (`smartmart_retention_pruned_total`).
+    pub retention_pruned: Family<TableLabels, Counter>,
 }
 
 /// `smartmart_build_info{version="…"} 1`.
@@ -138,6 +145,13 @@ impl Default for Metrics {
             "Time to answer HTTP requests, by method, route and status",
             http_request_seconds.clone(),
         );
+        let retention_pruned = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "retention_pruned",
+            "Rows deleted by retention past their window or row cap, by table \
+             (idempotency, outbox, shadow_runs, rollout_events)",
+            retention_pruned.clone(),
+        );
         registry.register(
             "build",
             "The running build (the crate's version)",
@@ -162,6 +176,7 @@ impl Default for Metrics {
             outbox_lag_seconds,
             requests,
             http_request_seconds,
+            retention_pruned,
         }
     }
 }
@@ -317,6 +332,11 @@ impl Metrics {
     pub fn http_request(&self, labels: &RequestLabels, seconds: f64) {
         self.requests.get_or_create(labels).inc();
         self.http_request_seconds.get_or_create(labels).observe(seconds);
+    }
+
+    /// Rows of `table` one retention batch deleted.
+    pub fn retention_pruned(&self, table: &str, rows: u64) {
+        self.retention_pruned.get_or_create(&TableLabels { table: table.to_string() }).inc_by(rows);
     }
 
     pub fn payment_attempts(&self, outcome: &str, attempts: u32) {

@@ -18,13 +18,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The words every layer speaks, and the wall clock: they name nothing.
     ("domain", &[]),
     ("clock", &[]),
+    // What the outgoing TLS clients share (a leaf).
+    ("tls", &[]),
     // The store keeps the domain's records.
-    ("store", &["domain", "clock"]),
+    ("store", &["domain", "clock", "tls"]),
     // The rule runtime knows the domain only: never the saga that calls it.
     ("rules", &["domain", "clock"]),
     ("metrics", &["store", "domain", "rules"]),
     // A gateway; the sandbox keeps its ledger in the store.
-    ("payment", &["store", "domain", "clock"]),
+    ("payment", &["store", "domain", "clock", "tls"]),
     // Event envelopes and their delivery, below the saga that writes them.
     ("events", &["store", "domain", "clock"]),
     // The order saga. Never the release tooling above it.

@@ -3,7 +3,8 @@
 //! — the order's read, phase 1 (key, order, holds and payment intent), the
 //! sandbox gateway's capture and phase 2 (the settlement) — counted on the
 //! wire (`Store::wire_totals`) and exported on `/metrics`
-//! (`smartmart_store_round_trips_total`, `smartmart_store_transactions_total`).
+//! (`smartmart_store_round_trips_total`, `smartmart_store_transactions_total`),
+//! the same inside TLS (`sslmode=require`) as in the clear.
 //! On SQLite the same path is three commands of the store's writer (the
 //! read is the reader connection's); and an order with the bundled rules
 //! makes four fresh rule instances in all (`smartmart_rule_calls_total`:
@@ -12,8 +13,8 @@
 use reqwest::Method;
 use smartmart::app::{Dataset, Engine};
 use smartmart::domain::status::OrderStatus;
-use smartmart::store::Database;
 use smartmart::store::catalog::CartItem;
+use smartmart::store::{Database, Store};
 
 use crate::store::TestSchema;
 use crate::support::server::{TestServer, send};
@@ -26,9 +27,36 @@ const CART: [(&str, u32); 2] = [("HDMI-2M", 1), ("MOUSE-WIRELESS", 2)];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_four_round_trips_and_four_transactions_on_postgres() {
     let schema = TestSchema::create().await;
+    let (_store, spent) = one_order_on_postgres(&schema.url).await;
+    assert_eq!(spent, (4, 4), "(round trips, transactions) of one order's answer path: read, reserve, capture, settle");
+}
+
+/// The wire is counted inside TLS (on its plaintext side): an order costs
+/// the same encrypted as in the clear, and the sessions are what their
+/// `sslmode` says, as the server sees them (`pg_stat_ssl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_costs_the_same_round_trips_and_transactions_over_tls() {
+    for (sslmode, encrypted) in [("disable", false), ("require", true)] {
+        let schema = TestSchema::create().await;
+        let application = format!("{}_{sslmode}", schema.name);
+        let url = format!("{}&sslmode={sslmode}&application_name={application}", schema.url);
+        let (store, spent) = one_order_on_postgres(&url).await;
+        assert_eq!(spent, (4, 4), "(round trips, transactions) of one order with sslmode={sslmode}");
+        // The store kept alive: its pool's sessions are still the server's.
+        let sessions = crate::postgres_tls::sessions_encrypted(&application).await;
+        assert!(!sessions.is_empty(), "sslmode={sslmode}: no session of the store's left to look at");
+        assert!(sessions.iter().all(|s| *s == encrypted), "sslmode={sslmode}: sessions encrypted {sessions:?}");
+        drop(store);
+    }
+}
+
+/// What one order's answer path costs on the wire, (round trips,
+/// transactions), on the PostgreSQL database at `url` (an empty schema);
+/// with the store, whose connections are still open.
+async fn one_order_on_postgres(url: &str) -> (Store, (u64, u64)) {
     let dir = tempfile::tempdir().expect("a temp data dir");
     let mut settings = engine_settings(dir.path(), &bundled_plugins());
-    settings.database = Database::Postgres(schema.url.clone());
+    settings.database = Database::Postgres(url.to_string());
     let engine = Engine::start(settings).await.expect("starting the engine on PostgreSQL");
     Dataset::read(&demo_dataset())
         .expect("reading the demo data set")
@@ -50,8 +78,7 @@ async fn an_order_is_four_round_trips_and_four_transactions_on_postgres() {
 
     assert_eq!(placed.invoice.status, OrderStatus::Confirmed);
     assert_eq!(placed.invoice.items.len(), 2);
-    let spent = (after.round_trips - before.round_trips, after.transactions - before.transactions);
-    assert_eq!(spent, (4, 4), "(round trips, transactions) of one order's answer path: read, reserve, capture, settle");
+    (store, (after.round_trips - before.round_trips, after.transactions - before.transactions))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use smartmart::store::orders::{
     ReserveOutcome, SettledAnswer, Settlement, Verdict,
 };
 use smartmart::store::outbox::{DueBody, SinkPosition};
+use smartmart::store::retention::Retained;
 use smartmart::store::rollouts::{RolloutEvent, RolloutRecord};
 use smartmart::store::shadows::{ShadowModule, ShadowRun};
 use smartmart::store::stats::WireTotals;
@@ -201,6 +202,10 @@ on_both_backends!(
     the_sandbox_ledger_cancels_a_key_for_good,
     capture_and_cancel_of_one_key_never_both_happen,
     the_order_snapshot_reads_customer_cart_and_stock,
+    retention_prunes_settled_keys_and_never_an_unsettled_one,
+    retention_prunes_delivered_events_and_never_an_undelivered_one,
+    retention_bounds_shadow_runs_and_rollout_events_by_age_and_count,
+    two_pruners_at_once_delete_each_row_once,
 );
 
 fn customer(id: &str, tier: Tier) -> Customer {
@@ -308,7 +313,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -1313,5 +1318,208 @@ async fn postgres_connections_are_made_as_the_driver_makes_them() {
     if std::path::Path::new(socket_dir).join(".s.PGSQL.5432").exists() {
         let store = open(at("%2Fvar%2Frun%2Fpostgresql")).await.expect("the server's Unix socket");
         assert!(store.ping().await);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Retention (store::retention): each pruned table past its cutoff, and what
+// is never pruned whatever the cutoff.
+// ---------------------------------------------------------------------------
+
+/// Far enough ahead that every row written by the test is older.
+fn far_ahead() -> i64 {
+    smartmart::clock::now_ms() + 3_600_000
+}
+
+/// An hour ago: no row written by the test is older.
+fn an_hour_ago() -> i64 {
+    smartmart::clock::now_ms() - 3_600_000
+}
+
+async fn retention_prunes_settled_keys_and_never_an_unsettled_one(t: TestStore) {
+    let store = &t.store;
+    seed(store).await;
+    place(store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    place(store, "o2", "c2", vec![hold("W1", "A", 1)], OrderStatus::PaymentFailed).await;
+    place(store, "o3", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    // Not settled: running (no answer yet), and answered 202 (its payment pending).
+    assert_eq!(
+        store.reserve(new_order("running", "c1", vec![hold("W2", "A", 1)], Some("running"))).await.unwrap(),
+        ReserveOutcome::Reserved
+    );
+    paying(store, "pending", "c2", vec![hold("W2", "A", 1)]).await;
+    store.mark_payment_pending(pending("pending", 1_000)).await.unwrap();
+    assert_eq!(t.number("SELECT count(*) FROM idempotency").await, 5);
+
+    // Nothing is older than an hour ago.
+    assert_eq!(store.prune(Retained::Idempotency, an_hour_ago(), 500).await.unwrap(), 0);
+    // Batches of at most `limit`; then everything settled goes, the rest stays.
+    assert_eq!(store.prune(Retained::Idempotency, far_ahead(), 2).await.unwrap(), 2);
+    assert_eq!(store.prune(Retained::Idempotency, far_ahead(), 500).await.unwrap(), 1);
+    assert_eq!(store.prune(Retained::Idempotency, far_ahead(), 500).await.unwrap(), 0);
+    for key in ["o1", "o2", "o3"] {
+        assert_eq!(store.key_record("web", key).await.unwrap(), None, "{key} was settled and is past its window");
+    }
+    assert_eq!(
+        store.key_record("web", "running").await.unwrap(),
+        Some(KeyRecord::InFlight { request_hash: "hash-running".into(), order_id: "running".into() })
+    );
+    assert!(
+        matches!(
+            store.key_record("web", "pending").await.unwrap(),
+            Some(KeyRecord::Answered { answer: Answer { status_code: 202, .. }, .. })
+        ),
+        "the 202's key waits for its final answer"
+    );
+    // Orders are never pruned: what the replay gate reads is all there.
+    assert_eq!(t.number("SELECT count(*) FROM orders").await, 5);
+    assert_eq!(store.recent_settled_orders(10).unwrap().len(), 3);
+
+    // Once it settles, the pending order's key goes too.
+    store.settle(settlement("pending", "c2", OrderStatus::Confirmed)).await.unwrap();
+    assert_eq!(store.prune(Retained::Idempotency, far_ahead(), 500).await.unwrap(), 1);
+    assert_eq!(store.key_record("web", "pending").await.unwrap(), None);
+
+    // The window runs from the later of the key's claim and its order's
+    // final answer: a key claimed long ago whose order settled just now
+    // (a payment pending for days) is kept.
+    place(store, "late", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    t.execute("UPDATE idempotency SET created_at = '2020-01-01T00:00:00Z' WHERE key = 'late'").await;
+    let a_minute_ago = smartmart::clock::now_ms() - 60_000;
+    assert_eq!(store.prune(Retained::Idempotency, a_minute_ago, 500).await.unwrap(), 0);
+    t.execute("UPDATE orders SET updated_at = '2020-01-01T00:00:01.5Z' WHERE id = 'late'").await;
+    assert_eq!(store.prune(Retained::Idempotency, a_minute_ago, 500).await.unwrap(), 1);
+    assert_eq!(t.number("SELECT count(*) FROM idempotency").await, 1, "only the running order's key");
+    assert_eq!(store.time_beyond_newest(Retained::Idempotency, 0).await.unwrap(), None, "keys have no row cap");
+}
+
+/// The outbox rows (DELIVERED, READY, AWAITING_VERDICT).
+async fn outbox_states(t: &TestStore) -> (i64, i64, i64) {
+    let count = |state: &str| format!("SELECT count(*) FROM outbox WHERE state = '{state}'");
+    (t.number(&count("DELIVERED")).await, t.number(&count("READY")).await, t.number(&count("AWAITING_VERDICT")).await)
+}
+
+async fn retention_prunes_delivered_events_and_never_an_undelivered_one(t: TestStore) {
+    let store = &t.store;
+    seed(store).await;
+    place(store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    place(store, "o2", "c2", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+    // o1's audit and analytics events delivered; o2's are READY; both fraud
+    // events wait for their verdicts.
+    let due = store.due_events(smartmart::clock::now_ms(), 100).await.unwrap();
+    assert_eq!(due.len(), 4);
+    let delivered: Vec<i64> = due.iter().filter(|e| e.id.starts_with("o1-")).map(|e| e.seq).collect();
+    assert_eq!(delivered.len(), 2);
+    store.mark_delivered(delivered, None).await.unwrap();
+    assert_eq!(outbox_states(&t).await, (2, 2, 2));
+
+    assert_eq!(store.prune(Retained::DeliveredEvents, an_hour_ago(), 500).await.unwrap(), 0);
+    assert_eq!(store.prune(Retained::DeliveredEvents, far_ahead(), 1).await.unwrap(), 1);
+    assert_eq!(store.prune(Retained::DeliveredEvents, far_ahead(), 500).await.unwrap(), 1);
+    assert_eq!(store.prune(Retained::DeliveredEvents, far_ahead(), 500).await.unwrap(), 0);
+    assert_eq!(outbox_states(&t).await, (0, 2, 2));
+    // What is left is still delivered and reviewed as before (on PostgreSQL
+    // the claim above leased o2's events: their next attempt moved ahead).
+    let due = store.due_events(far_ahead(), 100).await.unwrap();
+    assert_eq!(
+        due.iter().map(|e| e.id.as_str()).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["o2-audit", "o2-analytics"])
+    );
+    let waiting = store.awaiting_verdict(10).await.unwrap();
+    assert_eq!(waiting.iter().map(|w| w.order.id.as_str()).collect::<BTreeSet<_>>(), BTreeSet::from(["o1", "o2"]));
+    assert_eq!(store.outbox_backlog().await.unwrap().0, 4);
+    assert_eq!(store.time_beyond_newest(Retained::DeliveredEvents, 0).await.unwrap(), None, "no row cap");
+}
+
+async fn retention_bounds_shadow_runs_and_rollout_events_by_age_and_count(t: TestStore) {
+    let store = &t.store;
+    let module = |file: &str, digest: &str| ShadowModule {
+        file: file.into(),
+        name: "gold-loyalty".into(),
+        version: "1.0.0".into(),
+        digest: digest.into(),
+        config_hash: "sha256:c0ffee".into(),
+        config: "{}".into(),
+    };
+    let run = |order: String| ShadowRun {
+        order_id: order,
+        slot: Slot::Discount,
+        active: module("gold.wasm", "d1"),
+        candidate: module("gold_v2.wasm", "d2"),
+        active_result: "{}".into(),
+        candidate_result: "{}".into(),
+        money_difference_cents: 10,
+        differs: true,
+        failed: false,
+    };
+    store.record_shadow_runs((1..=5).map(|i| run(format!("s{i}"))).collect()).await.unwrap();
+    for i in 1..=5 {
+        t.execute(&format!("UPDATE shadow_runs SET created_ms = {i}000 WHERE order_id = 's{i}'")).await;
+        let event = RolloutEvent {
+            at_ms: i * 1000,
+            kind: "reload".parse().unwrap(),
+            entry: format!("e{i}"),
+            reason: "r".into(),
+        };
+        store.record_rollout_event(event).await.unwrap();
+    }
+    for table in [Retained::ShadowRuns, Retained::RolloutEvents] {
+        // By age: the rows before 3 s (at 1 s and 2 s).
+        assert_eq!(store.prune(table, 3_000, 500).await.unwrap(), 2, "{table}");
+        // By count: three rows left; the cap of 3 holds them all, the cap
+        // of 1 has the row at 4 s as the newest beyond it.
+        assert_eq!(store.time_beyond_newest(table, 3).await.unwrap(), None, "{table}");
+        assert_eq!(store.time_beyond_newest(table, 1).await.unwrap(), Some(4_000), "{table}");
+        assert_eq!(store.prune(table, 4_001, 500).await.unwrap(), 2, "{table}");
+        assert_eq!(store.time_beyond_newest(table, 1).await.unwrap(), None, "{table}");
+    }
+    assert_eq!(t.number("SELECT count(*) FROM shadow_runs WHERE order_id = 's5'").await, 1);
+    let summaries = store.shadow_summaries().await.unwrap();
+    assert_eq!((summaries.len(), summaries[0].orders), (1, 1), "the figures sum the runs kept");
+    let events = store.rollout_events(10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.entry.as_str()).collect::<Vec<_>>(), ["e5"]);
+}
+
+/// Replicas prune side by side: each row goes once, and a row locked by
+/// another transaction (an order holding its key, another pruner's batch)
+/// is passed over, never waited for.
+async fn two_pruners_at_once_delete_each_row_once(t: TestStore) {
+    let values: Vec<String> = (1..=1_000).map(|i| format!("({i}, 'reload', 'e{i}', 'r')")).collect();
+    t.execute(&format!("INSERT INTO rollout_events (at_ms, kind, entry, reason) VALUES {}", values.join(", "))).await;
+    // On PostgreSQL a second store is a second replica's pool; SQLite has
+    // one writer per database, so its "replica" is the same store again.
+    let other = match &t.raw {
+        Raw::Postgres(..) => t.reopen().await.unwrap(),
+        Raw::Sqlite(_) => t.store.clone(),
+    };
+    let prune_all = |store: Store| async move {
+        let mut total = 0;
+        loop {
+            match store.prune(Retained::RolloutEvents, 2_000, 50).await.unwrap() {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    };
+    let (a, b) = tokio::join!(tokio::spawn(prune_all(t.store.clone())), tokio::spawn(prune_all(other)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, 1_000, "each row deleted once ({a} + {b})");
+    assert_eq!(t.number("SELECT count(*) FROM rollout_events").await, 0);
+
+    if let Raw::Postgres(_, client) = &t.raw {
+        seed(&t.store).await;
+        place(&t.store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+        place(&t.store, "o2", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
+        // Another transaction holds o1's key (as an order's statement would).
+        client.batch_execute("BEGIN; SELECT 1 FROM idempotency WHERE key = 'o1' FOR UPDATE").await.unwrap();
+        let pruned = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            t.store.prune(Retained::Idempotency, far_ahead(), 500),
+        )
+        .await
+        .expect("a prune never waits for a locked row");
+        assert_eq!(pruned.unwrap(), 1, "o2's key, not the locked one");
+        client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(t.store.prune(Retained::Idempotency, far_ahead(), 500).await.unwrap(), 1);
     }
 }

@@ -102,7 +102,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 #[utoipa::path(post, path = "/v1/orders", tag = "orders",
     params(("X-Customer-Token" = String, Header, description = "the customer's identity token (HS256 JWT)"),
            ("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7e]{1,255}$",
-            description = "1 to 255 visible ASCII characters; scoped to the channel")),
+            description = "1 to 255 visible ASCII characters; scoped to the channel; remembered 24 hours (by \
+                default) from the later of the first request and the order's final answer, then forgotten")),
     request_body = OrderBody,
     responses((status = 201, description = "the invoice", body = Invoice),
               (status = 202, description = "the order as an invoice with `status: PAYMENT_PENDING`: the gateway has not \

@@ -237,31 +237,10 @@ impl HttpGateway {
     }
 }
 
-/// The certificate error somewhere in `error`'s chain, if the failure is
-/// one. rustls's error travels inside `io::Error`s (nested: hyper's
-/// connector wraps the TLS stream's), whose own `source()` skips the error
-/// they wrap, so each `io::Error` is looked into as well.
-fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    if let Some(rustls_error) = error.downcast_ref::<rustls::Error>() {
-        return matches!(
-            rustls_error,
-            rustls::Error::InvalidCertificate(_)
-                | rustls::Error::NoCertificatesPresented
-                | rustls::Error::UnsupportedNameType
-        )
-        .then(|| rustls_error.to_string());
-    }
-    let wrapped = error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-    if let Some(found) = wrapped.and_then(|inner| certificate_error(inner)) {
-        return Some(found);
-    }
-    error.source().and_then(certificate_error)
-}
-
 /// A transport failure (no answer). A request that never connected charged
 /// nothing; one that may have been sent has an unknown outcome.
 fn transport_error(what: &str, error: reqwest::Error) -> GatewayError {
-    if let Some(certificate) = certificate_error(&error) {
+    if let Some(certificate) = crate::tls::certificate_refused(&error) {
         return GatewayError::untrusted(format!("{what}: TLS certificate refused: {certificate}"));
     }
     // `without_url`: the base URL may carry credentials; the message names the call instead.

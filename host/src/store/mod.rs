@@ -15,6 +15,8 @@
 //!   - [`experiments`]: A/B figures per arm, only ever added to;
 //!   - [`rollouts`]: canary states and the history of reloads, refusals,
 //!     rollbacks, promotions;
+//!   - [`retention`]: the tables pruned by age (and row count), and what
+//!     is never pruned;
 //!   - [`error`]: what callers match on;
 //! - the back-ends, two sibling folders implementing the same operations
 //!   with one file per module of records (`sqlite/orders.rs` and
@@ -50,6 +52,7 @@ mod migrations;
 pub mod orders;
 pub mod outbox;
 mod postgres;
+pub mod retention;
 pub mod rollouts;
 pub mod shadows;
 mod sqlite;
@@ -72,6 +75,7 @@ use orders::{
     Settlement, StoredOrder, Verdict,
 };
 use outbox::{DueEvent, SinkPosition};
+use retention::Retained;
 use rollouts::{RolloutEvent, RolloutRecord};
 use shadows::{ShadowRun, ShadowSummary};
 
@@ -663,6 +667,32 @@ impl Store {
     /// The `limit` most recent rollout events, newest first.
     pub async fn rollout_events(&self, limit: usize) -> Result<Vec<RolloutEvent>, StoreError> {
         read!(self, |c| sqlite::rollouts::recent_events(c, limit), postgres::rollouts::recent_events(c, limit))
+    }
+
+    // ---------------------------------------------------------------- retention
+
+    /// Deletes up to `limit` rows of `table` older than `before_ms` (ms
+    /// since the epoch), oldest first, and says how many: one batch of a
+    /// retention pass (see `sqlite::retention::prune`). Never a key without
+    /// a final answer nor an undelivered event; on a shared database rows
+    /// another replica is pruning are skipped, never waited for.
+    pub async fn prune(&self, table: Retained, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.write(move |c| sqlite::retention::prune(c, table, before_ms, limit)).await,
+            Backend::Postgres(db) => postgres::retention::prune(&db.client().await?, table, before_ms, limit).await,
+        }
+    }
+
+    /// The time of the newest row of `table` beyond its `keep` newest:
+    /// rows up to that time are over the table's row cap. `None` when it
+    /// holds no more than `keep`, or has no cap (see
+    /// `sqlite::retention::time_beyond_newest`).
+    pub async fn time_beyond_newest(&self, table: Retained, keep: u64) -> Result<Option<i64>, StoreError> {
+        read!(
+            self,
+            |c| sqlite::retention::time_beyond_newest(c, table, keep),
+            postgres::retention::time_beyond_newest(c, table, keep)
+        )
     }
 
     // ---------------------------------------------------------------- experiments

@@ -4,12 +4,15 @@
 //! (each host in turn, or shuffled with `load_balance_hosts=random`, each
 //! of its addresses, within `connect_timeout`; `TCP_NODELAY`, keepalives,
 //! `tcp_user_timeout`, `target_session_attrs` honoured), wrapped in
-//! [`Counted`], and the session started over it with `Config::connect_raw`.
-//! Wrapping a TLS connector instead would count nothing: with `NoTls` (or
-//! whenever the server declines TLS) the driver talks over the bare socket
-//! and never hands it to the connector.
+//! [`Counted`], and the session started over it with `Config::connect_raw`
+//! and the TLS connector `sslmode` asks for ([`tls`]), whose stream is
+//! counted too: the socket's counter counts a session in the clear, the
+//! TLS stream's an encrypted one. Counting only inside the connector would
+//! miss every session the server declines TLS for (the driver then talks
+//! over the bare socket and never hands it to the connector).
 //!
 //! [`wire`]: super::wire
+//! [`tls`]: super::tls
 
 use std::io;
 use std::sync::Arc;
@@ -22,11 +25,13 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs};
+use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use tokio_util::either::Either;
 
 use super::super::stats::WireStats;
+use super::tls::Tls;
 use super::wire::Counted;
 
 #[cfg(unix)]
@@ -35,9 +40,11 @@ type Socket = Either<TcpStream, tokio::net::UnixStream>;
 #[cfg(not(unix))]
 type Socket = Either<TcpStream, TcpStream>;
 
-/// What the pool makes its connections with: each one counted into `stats`.
+/// What the pool makes its connections with: each one counted into
+/// `stats`, over TLS as `tls` says (`None`: never).
 pub(super) struct CountingConnect {
     pub(super) stats: Arc<WireStats>,
+    pub(super) tls: Option<Tls>,
 }
 
 impl Connect for CountingConnect {
@@ -48,7 +55,7 @@ impl Connect for CountingConnect {
             match targets(&config) {
                 Ok(targets) => {
                     for target in targets {
-                        match session(&config, target, &self.stats).await {
+                        match session(self, &config, target).await {
                             Ok(session) => return Ok(session),
                             Err(e) => last = e,
                         }
@@ -75,7 +82,13 @@ enum Failure {
 /// Where a session may be opened.
 enum Target {
     /// A host name or address, resolved when its turn comes.
-    Tcp(String, u16),
+    Tcp {
+        address: String,
+        port: u16,
+        /// The name TLS verifies: the host's, also when its `hostaddr` is
+        /// where to connect (libpq's rule).
+        name: String,
+    },
     /// The server's socket file.
     #[cfg(unix)]
     Unix(std::path::PathBuf),
@@ -100,8 +113,14 @@ fn targets(config: &Config) -> io::Result<Vec<Target>> {
         .filter_map(|i| {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             match (addrs.get(i), hosts.get(i)) {
-                (Some(addr), _) => Some(Target::Tcp(addr.to_string(), port)),
-                (None, Some(Host::Tcp(host))) => Some(Target::Tcp(host.clone(), port)),
+                (Some(addr), host) => {
+                    let name = match host {
+                        Some(Host::Tcp(host)) => host.clone(),
+                        _ => addr.to_string(),
+                    };
+                    Some(Target::Tcp { address: addr.to_string(), port, name })
+                }
+                (None, Some(Host::Tcp(host))) => Some(Target::Tcp { address: host.clone(), port, name: host.clone() }),
                 #[cfg(unix)]
                 (None, Some(Host::Unix(dir))) => Some(Target::Unix(dir.join(format!(".s.PGSQL.{port}")))),
                 (None, None) => None,
@@ -116,43 +135,63 @@ fn targets(config: &Config) -> io::Result<Vec<Target>> {
 
 /// A session on `target`: the first of its addresses that connects and
 /// has the properties `target_session_attrs` asks for.
-async fn session(config: &Config, target: Target, stats: &Arc<WireStats>) -> Result<(Client, JoinHandle<()>), Failure> {
-    let addresses = match target {
-        Target::Tcp(host, port) => {
-            let resolved = tokio::net::lookup_host((host.as_str(), port)).await;
+async fn session(
+    connect: &CountingConnect,
+    config: &Config,
+    target: Target,
+) -> Result<(Client, JoinHandle<()>), Failure> {
+    let (addresses, tls_name) = match target {
+        Target::Tcp { address, port, name } => {
+            let resolved = tokio::net::lookup_host((address.as_str(), port)).await;
             let resolved =
-                resolved.map_err(|e| Failure::Io(io::Error::new(e.kind(), format!("cannot resolve {host}: {e}"))));
+                resolved.map_err(|e| Failure::Io(io::Error::new(e.kind(), format!("cannot resolve {address}: {e}"))));
             let mut addrs: Vec<_> = resolved?.collect();
             if config.get_load_balance_hosts() == LoadBalanceHosts::Random {
                 addrs.shuffle(&mut rand::rng());
             }
-            addrs.into_iter().map(SocketAddress::Tcp).collect()
+            (addrs.into_iter().map(SocketAddress::Tcp).collect(), name)
         }
         #[cfg(unix)]
-        Target::Unix(path) => vec![SocketAddress::Unix(path)],
+        Target::Unix(path) => (vec![SocketAddress::Unix(path)], String::new()),
     };
+    let stats = &connect.stats;
     let mut last = Failure::Io(io::Error::new(io::ErrorKind::InvalidInput, "could not resolve any addresses"));
     for address in addresses {
         let name = address.to_string();
-        let socket = match open(config, address).await {
+        let socket = match open(config, &address).await {
             Ok(socket) => socket,
             Err(e) => {
                 last = Failure::Io(io::Error::new(e.kind(), format!("cannot connect to {name}: {e}")));
                 continue;
             }
         };
-        let (client, connection) = match config.connect_raw(Counted::new(socket, stats.clone()), NoTls).await {
+        let started = match (&connect.tls, &address) {
+            (Some(tls), SocketAddress::Tcp(peer)) => {
+                let connector = match tls.connector::<Counted<Socket>>(&tls_name, peer.ip(), stats.clone()) {
+                    Ok(connector) => connector,
+                    Err(e) => {
+                        last = Failure::Io(e);
+                        continue;
+                    }
+                };
+                // Started without asking, TLS leaves nothing in the clear on the socket.
+                let socket = if config.get_ssl_negotiation() == SslNegotiation::Direct {
+                    Counted::encrypted(socket, stats.clone())
+                } else {
+                    Counted::new(socket, stats.clone())
+                };
+                start(config, socket, connector).await
+            }
+            // TLS disabled, or a Unix socket (never TLS, as in libpq).
+            _ => start(&without_tls(config), Counted::new(socket, stats.clone()), NoTls).await,
+        };
+        let (client, task) = match started {
             Ok(started) => started,
             Err(e) => {
                 last = Failure::Driver(e);
                 continue;
             }
         };
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(target: "deadpool.postgres", "Connection error: {e}");
-            }
-        });
         match has_session_attrs(&client, config.get_target_session_attrs()).await {
             Ok(true) => return Ok((client, task)),
             Ok(false) => {
@@ -184,11 +223,39 @@ impl std::fmt::Display for SocketAddress {
     }
 }
 
+/// Starts the session over `socket`, negotiating TLS with `tls` as the
+/// config's `sslmode` says, its connection driven by a task of its own.
+async fn start<T>(
+    config: &Config,
+    socket: Counted<Socket>,
+    tls: T,
+) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error>
+where
+    T: TlsConnect<Counted<Socket>>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect_raw(socket, tls).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(target: "deadpool.postgres", "Connection error: {e}");
+        }
+    });
+    Ok((client, task))
+}
+
+/// `config` for a session in the clear (with `NoTls`, any other `sslmode`
+/// would ask the server for TLS, and fail when it agreed).
+fn without_tls(config: &Config) -> Config {
+    let mut plain = config.clone();
+    plain.ssl_mode(SslMode::Disable);
+    plain
+}
+
 /// Connects a socket within `connect_timeout`, set up as the driver sets its own.
-async fn open(config: &Config, address: SocketAddress) -> io::Result<Socket> {
+async fn open(config: &Config, address: &SocketAddress) -> io::Result<Socket> {
     match address {
         SocketAddress::Tcp(addr) => {
-            let stream = within(config.get_connect_timeout(), TcpStream::connect(addr)).await?;
+            let stream = within(config.get_connect_timeout(), TcpStream::connect(*addr)).await?;
             stream.set_nodelay(true)?;
             let socket = SockRef::from(&stream);
             #[cfg(target_os = "linux")]
@@ -241,7 +308,7 @@ async fn has_session_attrs(client: &Client, wanted: TargetSessionAttrs) -> Resul
 /// handed a stream that fails with `e`, and reports that as it reports a
 /// socket that fails (so the store sees the database unavailable).
 async fn driver_error(config: &Config, e: io::Error) -> tokio_postgres::Error {
-    match config.connect_raw(Failing(Some(e)), NoTls).await {
+    match without_tls(config).connect_raw(Failing(Some(e)), NoTls).await {
         Err(e) => e,
         Ok(_) => unreachable!("a session cannot start over a stream whose every read and write fails"),
     }

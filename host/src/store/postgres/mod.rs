@@ -31,17 +31,22 @@
 //! all or nothing, its plans kept by the server. A write's transaction
 //! begins with its first statement ([`tx::Tx`]), so such a call costs no
 //! `BEGIN` and `COMMIT` of its own. Every connection counts its round trips
-//! and transactions on the wire ([`wire`], `Store::wire_totals`).
+//! and transactions on the wire ([`wire`], `Store::wire_totals`), in the
+//! clear or inside TLS, which the URL's `sslmode` and `sslrootcert` ask
+//! for as they do of libpq ([`tls`]).
 
 pub(super) mod catalog;
 mod connect;
+mod conninfo;
 pub(super) mod experiments;
 pub(super) mod ledger;
 pub(super) mod orders;
 pub(super) mod outbox;
+pub(super) mod retention;
 pub(super) mod rollouts;
 pub(super) mod schema;
 pub(super) mod shadows;
+mod tls;
 pub(super) mod tx;
 mod wire;
 
@@ -134,16 +139,22 @@ impl Postgres {
     /// Connects, and migrates the database unless `read_only` (then the
     /// schema must be exactly this binary's).
     pub(super) async fn connect(url: &str, options: &PostgresOptions) -> Result<Postgres, StoreError> {
+        let invalid = |e: String| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}"));
+        // The driver refuses verify-ca, verify-full and sslrootcert: they are the store's to read.
+        let (driver_url, tls_params) = conninfo::take_tls_params(url).map_err(invalid)?;
         let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            driver_url.parse().map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
         let display = redacted(url, &config);
+        config.ssl_mode(tls_params.mode.driver_mode());
+        let tls =
+            tls::Tls::new(&tls_params).map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {display}: {e}")))?;
         config.connect_timeout(options.connect_timeout);
         if options.read_only {
             let extra = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
             config.options(format!("{extra}-c default_transaction_read_only=on"));
         }
         let wire = Arc::new(WireStats::default());
-        let connect = connect::CountingConnect { stats: wire.clone() };
+        let connect = connect::CountingConnect { stats: wire.clone(), tls };
         let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
@@ -169,10 +180,13 @@ impl Postgres {
 
     /// A pooled connection.
     pub(super) async fn client(&self) -> Result<Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL at {}: {}", self.display, with_causes(&e))))
+        self.pool.get().await.map_err(|e| {
+            let why = match crate::tls::certificate_refused(&e) {
+                Some(refused) => format!("TLS certificate refused: {refused}"),
+                None => with_causes(&e),
+            };
+            StoreError::Unavailable(format!("PostgreSQL at {}: {why}", self.display))
+        })
     }
 
     /// Round trips and transactions so far, every connection of the pool together.

@@ -17,9 +17,10 @@
 //!
 //! Encryption: the count follows plaintext. A session whose client asks
 //! for TLS or GSS encryption and whose server accepts it is not counted
-//! from there on (its bytes are ciphertext); the store connects with
-//! `NoTls`, which never asks. When TLS is added, count inside it: wrap the
-//! TLS connector's stream (its plaintext side) in [`Counted`] too.
+//! from there on (its bytes are ciphertext): the TLS stream carrying it is
+//! counted instead, on its plaintext side, by a [`Counted`] of its own
+//! (`tls::CountingTls`). A server that declines leaves the socket's
+//! [`Counted`] counting the session in the clear.
 
 use std::io;
 use std::pin::Pin;
@@ -45,6 +46,17 @@ pub(super) struct Counted<S> {
 impl<S> Counted<S> {
     pub(super) fn new(inner: S, stats: Arc<WireStats>) -> Counted<S> {
         Counted { inner, session: Session::default(), stats }
+    }
+
+    /// A stream that carries ciphertext from its first byte (TLS started
+    /// without asking, `sslnegotiation=direct`): passed on, never counted.
+    pub(super) fn encrypted(inner: S, stats: Arc<WireStats>) -> Counted<S> {
+        Counted { inner, session: Session { phase: Phase::Opaque, ..Session::default() }, stats }
+    }
+
+    /// The stream it counts.
+    pub(super) fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 

@@ -27,6 +27,7 @@ pub(super) mod ledger;
 pub(super) mod orders;
 pub(super) mod outbox;
 mod readers;
+pub(super) mod retention;
 pub(super) mod rollouts;
 pub(super) mod schema;
 pub(super) mod shadows;
@@ -141,4 +142,18 @@ impl Sqlite {
 /// Whether the database answers a trivial query (readiness).
 pub(super) fn ping(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+}
+
+/// What SQLite plans for `sql` (`EXPLAIN QUERY PLAN`, its steps joined by
+/// `; `): the tests that keep the polling and pruning queries on their indexes.
+#[cfg(test)]
+fn query_plan(conn: &Connection, sql: &str) -> String {
+    // Unbound parameters read as NULL; the plan does not depend on them.
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("a statement SQLite can plan");
+    let mut rows = stmt.raw_query();
+    let mut plan = Vec::new();
+    while let Some(row) = rows.next().expect("a plan step") {
+        plan.push(row.get::<_, String>(3).expect("the step's text"));
+    }
+    plan.join("; ")
 }

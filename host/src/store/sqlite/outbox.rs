@@ -95,14 +95,7 @@ mod tests {
         for (sql, index) in
             [(DUE_EVENTS, "outbox_ready"), (super::super::orders::AWAITING_VERDICT, "outbox_awaiting_verdict")]
         {
-            // Unbound parameters read as NULL; the plan does not depend on them.
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let mut rows = stmt.raw_query();
-            let mut plan = Vec::new();
-            while let Some(row) = rows.next().unwrap() {
-                plan.push(row.get::<_, String>(3).unwrap());
-            }
-            let plan = plan.join("; ");
+            let plan = super::super::query_plan(&conn, sql);
             assert!(plan.contains(&format!("USING INDEX {index}")), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql} sorts instead of reading in order: {plan}");
         }

@@ -270,6 +270,20 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_ready ON outbox (seq) WHERE state = 'READY';
     CREATE INDEX outbox_awaiting_verdict ON outbox (seq) WHERE state = 'AWAITING_VERDICT';
     "#,
+    // 10: retention (`store::retention`). Each pruned table is read oldest
+    // first through an index, so that a prune never scans a table that
+    // grows with every order. None of them is churned by an order: a key's
+    // claim time is written once, at the claim, and never changes (its
+    // settlement updates columns no index holds); the delivered events'
+    // index holds DELIVERED rows only, an entry written once per event, at
+    // delivery (a row never leaves that state but by being pruned); shadow
+    // runs are only ever inserted. Rollout events have their time index
+    // already (version 5).
+    r#"
+    CREATE INDEX idempotency_by_time ON idempotency (created_at);
+    CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE state = 'DELIVERED';
+    CREATE INDEX shadow_runs_by_time ON shadow_runs (created_ms);
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary
