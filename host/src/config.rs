@@ -4,6 +4,7 @@
 //! comments below are the `--help` text.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub struct ServeConfig {
     /// embedded SQLite file in the data dir (one process). TLS as libpq's
     /// `?sslmode=` (`disable`, `prefer` [default], `require`, `verify-ca`,
     /// `verify-full`) and `&sslrootcert=` (a PEM file of roots; else the system's).
+    /// Or `SMARTMART_DATABASE_URL_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// PostgreSQL connections this process keeps [default: 16].
@@ -52,15 +54,19 @@ pub struct ServeConfig {
     #[arg(long, env = "SMARTMART_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
     /// Sales channel keys: `web:KEY,mobile:KEY,partner:KEY` (keys of 16+ characters).
+    /// Or `SMARTMART_CHANNEL_KEYS_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_CHANNEL_KEYS", hide_env_values = true)]
     pub channel_keys: Option<String>,
     /// Operations key for /v1/admin/* (16+ characters).
+    /// Or `SMARTMART_ADMIN_KEY_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
     /// HS256 secret of customer identity tokens (16+ characters).
+    /// Or `SMARTMART_IDENTITY_SECRET_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_IDENTITY_SECRET", hide_env_values = true)]
     pub identity_secret: Option<String>,
     /// Key of the customer pseudonym in analytics events [default: derived from the identity secret].
+    /// Or `SMARTMART_PSEUDONYM_KEY_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_PSEUDONYM_KEY", hide_env_values = true)]
     pub pseudonym_key: Option<String>,
     /// Orders at or above this total are escalated by the bundled fraud check [default: 500000].
@@ -155,6 +161,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SMARTMART_EVENT_SINK")]
     pub event_sink: Option<EventSinkKind>,
     /// NATS server URL, `nats://[user:password@]host:port` [default: nats://127.0.0.1:4222].
+    /// Or `SMARTMART_NATS_URL_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// JetStream stream of the events, created at start when missing [default: SMARTMART_EVENTS].
@@ -306,6 +313,84 @@ impl ServeConfig {
             kafka_timeout_ms: self.kafka_timeout_ms.or(lower.kafka_timeout_ms),
             log_format: self.log_format.or(lower.log_format),
         }
+    }
+}
+
+/// The settings that carry a secret, each also accepted as `<NAME>_FILE`:
+/// the path of a file holding the value (a Docker or Kubernetes secret),
+/// so that it stays out of the environment and `ps`.
+pub const SECRET_SETTINGS: [&str; 6] = [
+    "SMARTMART_DATABASE_URL",
+    "SMARTMART_CHANNEL_KEYS",
+    "SMARTMART_ADMIN_KEY",
+    "SMARTMART_IDENTITY_SECRET",
+    "SMARTMART_PSEUDONYM_KEY",
+    "SMARTMART_NATS_URL",
+];
+
+/// Looks an environment variable up: the process's (`std::env::var_os`), or a
+/// map in tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// The value of the secret setting `name` read from the file `<name>_FILE`
+/// names, or `None` when `<name>_FILE` is unset (or empty). The content is
+/// the value with one trailing newline (`\n` or `\r\n`) removed, nothing
+/// else trimmed. Refused: `<name>` and `<name>_FILE` both set, and a file that
+/// cannot be read, is not UTF-8 or holds nothing. Errors name the variable
+/// and the path, never the content.
+pub fn secret_from_file(name: &str, env: EnvLookup<'_>) -> anyhow::Result<Option<String>> {
+    let file_var = format!("{name}_FILE");
+    let Some(path) = env(&file_var).filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    if env(name).is_some_and(|v| !v.is_empty()) {
+        bail!("both {name} and {file_var} are set: set only one of them");
+    }
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{file_var}: cannot read {}: {e}", path.display()))?;
+    let Ok(mut value) = String::from_utf8(bytes) else {
+        bail!("{file_var}: {} is not UTF-8 text", path.display());
+    };
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        bail!("{file_var}: {} is empty", path.display());
+    }
+    Ok(Some(value))
+}
+
+impl ServeConfig {
+    /// Fills every secret setting (see [`SECRET_SETTINGS`]) from its
+    /// `<NAME>_FILE`, for the configuration the command line and the
+    /// environment gave (before the `--config` file is merged in). Precedence:
+    /// the command-line flag, then `<NAME>` or `<NAME>_FILE` (never both),
+    /// then the `--config` file.
+    pub fn with_secret_files(mut self, env: EnvLookup<'_>) -> anyhow::Result<ServeConfig> {
+        let fields: [(&str, &mut Option<String>); SECRET_SETTINGS.len()] = [
+            (SECRET_SETTINGS[0], &mut self.database_url),
+            (SECRET_SETTINGS[1], &mut self.channel_keys),
+            (SECRET_SETTINGS[2], &mut self.admin_key),
+            (SECRET_SETTINGS[3], &mut self.identity_secret),
+            (SECRET_SETTINGS[4], &mut self.pseudonym_key),
+            (SECRET_SETTINGS[5], &mut self.nats_url),
+        ];
+        for (name, field) in fields {
+            if let Some(value) = secret_from_file(name, env)?
+                && field.as_deref().is_none_or(str::is_empty)
+            {
+                // A value already here came from the flag (`<NAME>` with `<NAME>_FILE` is refused).
+                *field = Some(value);
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -971,6 +1056,95 @@ mod tests {
         assert!(toml::from_str::<ServeConfig>("log_format = \"xml\"").is_err());
         let cli = ServeConfig { log_format: Some(LogFormat::Text), ..ServeConfig::default() };
         assert_eq!(cli.or(file).log_format, Some(LogFormat::Text), "the command line wins");
+    }
+
+    /// An environment of these variables only.
+    fn env_of(vars: &[(&str, &Path)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+        let vars: BTreeMap<String, OsString> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.as_os_str().to_owned())).collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    #[test]
+    fn secrets_come_from_files_with_one_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let admin = write("admin", "admin-key-from-file-0123\n");
+        let identity = write("identity", "identity-secret-from-file\r\n");
+        let channels = write("channels", "web:web-key-from-file-0123");
+        let two_lines = write("two-lines", "pseudonym-key  \n\n");
+        let env = env_of(&[
+            ("SMARTMART_ADMIN_KEY_FILE", &admin),
+            ("SMARTMART_IDENTITY_SECRET_FILE", &identity),
+            ("SMARTMART_CHANNEL_KEYS_FILE", &channels),
+            ("SMARTMART_PSEUDONYM_KEY_FILE", &two_lines),
+        ]);
+        let config = ServeConfig::default().with_secret_files(&env).unwrap();
+        assert_eq!(config.admin_key.as_deref(), Some("admin-key-from-file-0123"));
+        assert_eq!(config.identity_secret.as_deref(), Some("identity-secret-from-file"));
+        assert_eq!(config.channel_keys.as_deref(), Some("web:web-key-from-file-0123"));
+        assert_eq!(config.pseudonym_key.as_deref(), Some("pseudonym-key  \n"), "one newline only");
+        assert_eq!((config.database_url.as_deref(), config.nats_url.as_deref()), (None, None));
+        let (settings, generated) = ServeSettings::resolve(config, false).unwrap();
+        assert!(!generated);
+        assert_eq!(settings.credentials.admin_key, "admin-key-from-file-0123");
+
+        // The command line wins over the file, the file over the config file.
+        let cli = ServeConfig { admin_key: Some("admin-key-from-the-flag".into()), ..ServeConfig::default() };
+        let config = cli.with_secret_files(&env).unwrap().or(keyed());
+        assert_eq!(config.admin_key.as_deref(), Some("admin-key-from-the-flag"));
+        assert_eq!(config.identity_secret.as_deref(), Some("identity-secret-from-file"));
+        let empty_flag = ServeConfig { admin_key: Some(String::new()), ..ServeConfig::default() };
+        let config = empty_flag.with_secret_files(&env).unwrap();
+        assert_eq!(config.admin_key.as_deref(), Some("admin-key-from-file-0123"), "an empty value is no value");
+
+        let url = write("url", "postgres://smartmart:pa55word@db/smartmart\n");
+        let nats = write("nats", "nats://user:pa55word@nats:4222\n");
+        let env = env_of(&[("SMARTMART_DATABASE_URL_FILE", &url), ("SMARTMART_NATS_URL_FILE", &nats)]);
+        let config = ServeConfig::default().with_secret_files(&env).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some("postgres://smartmart:pa55word@db/smartmart"));
+        assert_eq!(config.nats_url.as_deref(), Some("nats://user:pa55word@nats:4222"));
+        assert_eq!(secret_from_file("SMARTMART_ADMIN_KEY", &env_of(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn secret_files_are_refused_when_both_set_missing_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "admin-key-from-file-0123\n").unwrap();
+        let env = env_of(&[
+            ("SMARTMART_ADMIN_KEY", Path::new("admin-key-in-env-0123")),
+            ("SMARTMART_ADMIN_KEY_FILE", &secret),
+        ]);
+        let error = ServeConfig::default().with_secret_files(&env).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_ADMIN_KEY ") && error.contains("SMARTMART_ADMIN_KEY_FILE"), "{error}");
+        assert!(!error.contains("0123"), "no value in {error}");
+
+        let missing = dir.path().join("missing");
+        let env = env_of(&[("SMARTMART_IDENTITY_SECRET_FILE", &missing)]);
+        let error = ServeConfig::default().with_secret_files(&env).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_IDENTITY_SECRET_FILE"), "{error}");
+        assert!(error.contains(&missing.display().to_string()), "{error}");
+
+        for content in ["", "\n", "\r\n"] {
+            let empty = dir.path().join("empty");
+            std::fs::write(&empty, content).unwrap();
+            let env = env_of(&[("SMARTMART_DATABASE_URL_FILE", &empty)]);
+            let error = ServeConfig::default().with_secret_files(&env).unwrap_err().to_string();
+            assert!(error.contains("SMARTMART_DATABASE_URL_FILE") && error.contains("is empty"), "{error}");
+            assert!(error.contains(&empty.display().to_string()), "{error}");
+        }
+
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff, 0xfe, b's', b'e', b'c']).unwrap();
+        let error = secret_from_file("SMARTMART_NATS_URL", &env_of(&[("SMARTMART_NATS_URL_FILE", &binary)]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("SMARTMART_NATS_URL_FILE") && error.contains("UTF-8"), "{error}");
     }
 
     #[test]

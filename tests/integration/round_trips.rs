@@ -31,6 +31,16 @@ async fn an_order_is_four_round_trips_and_four_transactions_on_postgres() {
     assert_eq!(spent, (4, 4), "(round trips, transactions) of one order's answer path: read, reserve, capture, settle");
 }
 
+/// An `Idempotency-Key` costs no round trip of its own: whether it was used
+/// is read with the order's snapshot, and it is claimed in phase 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_with_an_idempotency_key_is_four_round_trips_too() {
+    let schema = TestSchema::create().await;
+    let (store, spent) = one_order_on_postgres_with(&schema.url, Some(("key-1", "hash-1"))).await;
+    assert_eq!(spent, (4, 4), "(round trips, transactions) of one keyed order's answer path");
+    assert!(store.key_record("web", "key-1").await.expect("the key's record").is_some(), "the key was claimed");
+}
+
 /// The wire is counted inside TLS (on its plaintext side): an order costs
 /// the same encrypted as in the clear, and the sessions are what their
 /// `sslmode` says, as the server sees them (`pg_stat_ssl`).
@@ -54,6 +64,11 @@ async fn an_order_costs_the_same_round_trips_and_transactions_over_tls() {
 /// transactions), on the PostgreSQL database at `url` (an empty schema);
 /// with the store, whose connections are still open.
 async fn one_order_on_postgres(url: &str) -> (Store, (u64, u64)) {
+    one_order_on_postgres_with(url, None).await
+}
+
+/// [`one_order_on_postgres`], the order carrying `idempotency` (key, body hash).
+async fn one_order_on_postgres_with(url: &str, idempotency: Option<(&str, &str)>) -> (Store, (u64, u64)) {
     let dir = tempfile::tempdir().expect("a temp data dir");
     let mut settings = engine_settings(dir.path(), &bundled_plugins());
     settings.database = Database::Postgres(url.to_string());
@@ -73,7 +88,9 @@ async fn one_order_on_postgres(url: &str) -> (Store, (u64, u64)) {
     engine.shutdown().await;
 
     let before = store.wire_totals().expect("a PostgreSQL store counts its wire");
-    let placed = pipeline.place_order(order_request(CUSTOMER, "tok_ok", None)).await.expect("the order");
+    let mut request = order_request(CUSTOMER, "tok_ok", None);
+    request.idempotency = idempotency.map(|(key, hash)| (key.to_string(), hash.to_string()));
+    let placed = pipeline.place_order(request).await.expect("the order");
     let after = store.wire_totals().expect("a PostgreSQL store counts its wire");
 
     assert_eq!(placed.invoice.status, OrderStatus::Confirmed);

@@ -313,7 +313,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -1192,9 +1192,14 @@ async fn the_order_snapshot_reads_customer_cart_and_stock(t: TestStore) {
     store.replace_cart("c1", vec![item("B", 1), item("A", 2)]).await.unwrap();
     // A sku the catalog no longer has (the store itself never writes one).
     t.execute("INSERT INTO carts (customer_id, position, sku, quantity) VALUES ('c1', 7, 'GONE', 1)").await;
-    store.reserve(new_order("o1", "c2", vec![hold("W1", "A", 4)], None)).await.unwrap();
+    store.reserve(new_order("o1", "c2", vec![hold("W1", "A", 4)], Some("used-key"))).await.unwrap();
 
-    let snapshot = store.order_snapshot("c1").await.unwrap();
+    let snapshot = store.order_snapshot("c1", None).await.unwrap();
+    assert!(!snapshot.key_used);
+    // The key an earlier order claimed, in its channel only.
+    assert!(store.order_snapshot("c1", Some(("web", "used-key"))).await.unwrap().key_used);
+    assert!(!store.order_snapshot("c1", Some(("mobile", "used-key"))).await.unwrap().key_used);
+    assert!(!store.order_snapshot("c1", Some(("web", "fresh-key"))).await.unwrap().key_used);
     assert_eq!(snapshot.customer, Some(customer("c1", Tier::Gold)));
     let lines: Vec<_> = snapshot.cart.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents)).collect();
     assert_eq!(lines, [("B", 1, 2500), ("A", 2, 1000)]);
@@ -1209,7 +1214,7 @@ async fn the_order_snapshot_reads_customer_cart_and_stock(t: TestStore) {
         ]
     );
 
-    let nobody = store.order_snapshot("nobody").await.unwrap();
+    let nobody = store.order_snapshot("nobody", None).await.unwrap();
     assert_eq!((nobody.customer, nobody.cart.len(), nobody.unknown_skus.len(), nobody.stocked.len()), (None, 0, 0, 0));
 }
 
@@ -1240,7 +1245,7 @@ async fn postgres_answer_path_operations_are_one_round_trip_each() {
     store.replace_cart("c1", vec![item("A", 2), item("B", 1)]).await.unwrap();
     const ONE: (u64, u64) = (1, 1);
 
-    let (snapshot, spent) = cost(store, store.order_snapshot("c1")).await;
+    let (snapshot, spent) = cost(store, store.order_snapshot("c1", None)).await;
     assert_eq!((snapshot.unwrap().cart.len(), spent), (2, ONE), "the order's read");
 
     let mut order = new_order("o1", "c1", vec![hold("W1", "A", 2), hold("W1", "B", 1)], Some("k1"));

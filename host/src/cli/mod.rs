@@ -29,7 +29,7 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: crate::config::ServeConfig,
-        /// A TOML file with the same keys (file < environment < command line).
+        /// A TOML file with the same keys (file < environment, `<NAME>_FILE` < command line).
         #[arg(long = "config")]
         config_file: Option<PathBuf>,
         /// Without configured credentials, generate random ones (kept in the
@@ -114,6 +114,8 @@ struct Prepared {
 fn prepare(command: Command) -> anyhow::Result<Prepared> {
     Ok(match command {
         Command::Serve { config, config_file, dev, demo_data } => {
+            // `<NAME>_FILE` secrets rank with the environment: above the file, below the flags.
+            let config = config.with_secret_files(&crate::config::process_env)?;
             let config = match config_file {
                 Some(path) => config.or(crate::config::ServeConfig::from_file(&path)?),
                 None => config,

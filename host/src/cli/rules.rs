@@ -126,7 +126,8 @@ pub(super) enum RulesCommand {
         #[arg(long, env = "SMARTMART_FRAUD_THRESHOLD_CENTS", default_value_t = 500_000)]
         fraud_threshold_cents: u64,
         /// Read the orders from this PostgreSQL database (read-only) instead
-        /// of the data dir's SQLite file: the service's own setting.
+        /// of the data dir's SQLite file: the service's own setting (or
+        /// `SMARTMART_DATABASE_URL_FILE`, a file holding it).
         #[arg(long, env = "SMARTMART_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
         /// Print JSON instead of text.
@@ -321,7 +322,10 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
             module_config.extend(config);
             let budgets = budgets_over(target.base_budgets(), &budgets)?;
             let module = runner::load(&runtime, &file, Some(world), module_config, budgets)?;
-            let store = match database_url.filter(|url| !url.is_empty()) {
+            // As the service: the flag, else the variable or `SMARTMART_DATABASE_URL_FILE` (not both).
+            let from_file = crate::config::secret_from_file("SMARTMART_DATABASE_URL", &crate::config::process_env)?;
+            let database_url = database_url.filter(|url| !url.is_empty()).or(from_file);
+            let store = match database_url {
                 Some(url) => {
                     let options = PostgresOptions { read_only: true, pool_size: 1, ..PostgresOptions::default() };
                     tokio::runtime::Builder::new_current_thread()

@@ -51,9 +51,12 @@ fn load_or_create_dev_credentials(data_dir: &Path, fresh: Credentials) -> anyhow
     Ok(fresh)
 }
 
-/// Reads the identity secret for `smartmart token`: the environment, else
-/// the `--dev` credentials of `data_dir`.
+/// Reads the identity secret for `smartmart token`: the environment
+/// (`SMARTMART_IDENTITY_SECRET` or `…_FILE`), else the `--dev` credentials of `data_dir`.
 pub fn identity_secret_for_tokens(data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(secret) = crate::config::secret_from_file("SMARTMART_IDENTITY_SECRET", &crate::config::process_env)? {
+        return Ok(secret);
+    }
     if let Ok(secret) = std::env::var("SMARTMART_IDENTITY_SECRET") {
         return Ok(secret);
     }

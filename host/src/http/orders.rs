@@ -147,29 +147,15 @@ pub async fn post_order(
     // one, the body is not hashed.
     let hash = if key.is_some() { hex::encode(Sha256::digest(&body.bytes)) } else { String::new() };
 
-    let _guard;
-    if let Some(key) = &key {
-        // Requests with one key in this process run one after the other, so
-        // a retry racing the first request waits for its answer.
-        let lock = state.key_locks.lock_for(&channel, key);
-        _guard = lock.lock_owned().await;
-        match state.engine.store().key_record(&channel, key).await? {
-            Some(KeyRecord::Answered { request_hash, .. } | KeyRecord::InFlight { request_hash, .. })
-                if request_hash != hash =>
-            {
-                return Err(ApiError::new(
-                    ErrorCode::IdempotencyKeyReused,
-                    "this Idempotency-Key was used with a different request body",
-                ));
-            }
-            Some(KeyRecord::Answered { answer, .. }) => return Ok(json_response(answer.status_code, answer.body)),
-            // Created and not finished, by no request running here: an
-            // order a crash interrupted, which reconciliation finishes, or
-            // one running on another replica.
-            Some(KeyRecord::InFlight { .. }) => return answer_when_done(&state, &channel, key, &hash).await,
-            None => {}
-        }
-    }
+    // Requests with one key in this process run one after the other, so a
+    // retry racing the first request waits for its answer. Whether the key
+    // was used is read with the order's snapshot (no round trip of its
+    // own): a used key ends the order before anything is written, as
+    // `IdempotencyInProgress`, and is answered below from its record.
+    let _guard = match &key {
+        Some(key) => Some(state.key_locks.lock_for(&channel, key).lock_owned().await),
+        None => None,
+    };
     let waiting_key = key.clone();
 
     let channel_of_key = channel.clone();
@@ -200,7 +186,7 @@ pub async fn post_order(
         Err(e @ OrderError::PaymentFailed { .. }) => json_response(402, e.body().to_string()),
         // Another replica claimed the key between the check above and this order's first write.
         Err(OrderError::IdempotencyInProgress) => match &waiting_key {
-            Some(key) => answer_when_done(&state, &channel_of_key, key, &hash).await?,
+            Some(key) => answer_for_used_key(&state, &channel_of_key, key, &hash).await?,
             None => in_progress(),
         },
         Err(e) => ApiError::from(e).into_response(),
@@ -212,6 +198,26 @@ pub async fn post_order(
 /// than an order takes, shorter than the request timeout.
 const SHARED_KEY_WAIT: Duration = Duration::from_secs(8);
 const SHARED_KEY_POLL: Duration = Duration::from_millis(20);
+
+/// The answer for a key an earlier request used: that request's stored
+/// answer if the body is the same, 409 `IDEMPOTENCY_KEY_REUSED` if not, and
+/// for an order still unfinished see [`answer_when_done`].
+async fn answer_for_used_key(state: &AppState, channel: &str, key: &str, hash: &str) -> Result<Response, ApiError> {
+    match state.engine.store().key_record(channel, key).await? {
+        Some(KeyRecord::Answered { request_hash, .. } | KeyRecord::InFlight { request_hash, .. })
+            if request_hash != hash =>
+        {
+            Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used with a different request body",
+            ))
+        }
+        Some(KeyRecord::Answered { answer, .. }) => Ok(json_response(answer.status_code, answer.body)),
+        Some(KeyRecord::InFlight { .. }) => answer_when_done(state, channel, key, hash).await,
+        // Freed since: the other request was undone (refused before payment).
+        None => Ok(in_progress()),
+    }
+}
 
 /// The answer for a key whose order is not finished and not running in this
 /// process. On SQLite this process is the only writer, so that order was

@@ -274,11 +274,16 @@ impl Pipeline {
             &request.customer_id,
             &request.customer_token,
         )?;
+        let key = request.idempotency.as_ref().map(|(key, _)| (request.channel.as_str(), key.as_str()));
         let snapshot = within(Stage::Validate, config.stage_timeout, async {
-            self.store.order_snapshot(&request.customer_id).await.map_err(|e| unavailable(Stage::Validate, e))
+            self.store.order_snapshot(&request.customer_id, key).await.map_err(|e| unavailable(Stage::Validate, e))
         })
         .await?;
-        let OrderSnapshot { customer, cart, unknown_skus, stocked } = snapshot;
+        let OrderSnapshot { customer, cart, unknown_skus, stocked, key_used } = snapshot;
+        if key_used {
+            // An earlier request's order: the caller answers from its record.
+            return Err(OrderError::IdempotencyInProgress);
+        }
         let customer = validate::check_customer(&request.customer_id, customer)?;
         timings.validate = ms(stage_started);
 
@@ -484,10 +489,14 @@ impl Pipeline {
         if let Err(OrderError::RuleFailed { slot, module, cause, error_id: error_id @ None }) = &mut result {
             *error_id = Some(self.rule_errors.record(*slot, module, cause, rule_errors::Handling::RuleFailed));
         }
-        self.metrics.order(match &result {
-            Ok(placed) => placed.invoice.status.as_str(),
-            Err(e) => e.code().as_str(),
-        });
+        // A request whose key an earlier order holds is answered by that
+        // order, and counted there.
+        if !matches!(result, Err(OrderError::IdempotencyInProgress)) {
+            self.metrics.order(match &result {
+                Ok(placed) => placed.invoice.status.as_str(),
+                Err(e) => e.code().as_str(),
+            });
+        }
         result
     }
 

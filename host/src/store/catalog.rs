@@ -55,13 +55,17 @@ pub struct StockedWarehouse {
 
 /// What an order reads before it writes anything, in one read: its
 /// customer, its cart priced now (and the skus no longer in the catalog),
-/// and the warehouses holding the cart's skus with their availability.
+/// the warehouses holding the cart's skus with their availability, and
+/// whether its idempotency key was used already.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderSnapshot {
     pub customer: Option<crate::domain::customer::Customer>,
     pub cart: Vec<crate::domain::order::CartLine>,
     pub unknown_skus: Vec<String>,
     pub stocked: Vec<StockedWarehouse>,
+    /// Whether the request's idempotency key (if it has one) was used by
+    /// an earlier request: the order then stops before it writes anything.
+    pub key_used: bool,
 }
 
 impl OrderSnapshot {

@@ -103,7 +103,9 @@ fn made(sql: &str) -> Made {
             ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
                 made.added.insert((name(table), name(column)));
             }
-            ["CREATE", "FUNCTION", function, ..] | ["CREATE", "OR", "REPLACE", "FUNCTION", function, ..] => {
+            ["CREATE", "FUNCTION", function, ..]
+            | ["CREATE", "OR", "REPLACE", "FUNCTION", function, ..]
+            | ["DROP", "FUNCTION", function, ..] => {
                 made.functions.insert(name(function.split('(').next().unwrap_or(function)));
             }
             // A version with nothing to make on one back-end (see SQLite's 8).

@@ -419,11 +419,17 @@ impl Store {
 
     /// Everything an order reads before it writes: its customer, its cart
     /// priced now and the stock of the warehouses holding the cart's skus.
-    pub async fn order_snapshot(&self, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+    /// With `key` (channel, `Idempotency-Key`), also whether an earlier
+    /// request used that key.
+    pub async fn order_snapshot(
+        &self,
+        customer_id: &str,
+        key: Option<(&str, &str)>,
+    ) -> Result<OrderSnapshot, StoreError> {
         read!(
             self,
-            |c| sqlite::catalog::order_snapshot(c, customer_id),
-            postgres::catalog::order_snapshot(c, customer_id)
+            |c| sqlite::catalog::order_snapshot(c, customer_id, key),
+            postgres::catalog::order_snapshot(c, customer_id, key)
         )
     }
 

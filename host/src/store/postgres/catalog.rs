@@ -245,17 +245,27 @@ pub async fn cart_lines(db: &impl Db, customer_id: &str) -> Result<(Vec<CartLine
 /// cart position, each a part of the answer; assembled here as the SQLite
 /// twin returns them: warehouses by id, each with its skus in the cart's
 /// order.
-pub async fn order_snapshot(db: &impl Db, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+pub async fn order_snapshot(
+    db: &impl Db,
+    customer_id: &str,
+    key: Option<(&str, &str)>,
+) -> Result<OrderSnapshot, StoreError> {
+    let (key_channel, key) = key.unzip();
     let rows = db
         .call(
             "SELECT part, position, id, name, email, phone, tier, status, lat, lon, sku, category, quantity, price,
                     available
-             FROM smartmart_order_snapshot($1)",
-            &[(&customer_id, Type::TEXT)],
+             FROM smartmart_order_snapshot($1, $2, $3)",
+            &[(&customer_id, Type::TEXT), (&key_channel, Type::TEXT), (&key, Type::TEXT)],
         )
         .await?;
-    let mut snapshot =
-        OrderSnapshot { customer: None, cart: Vec::new(), unknown_skus: Vec::new(), stocked: Vec::new() };
+    let mut snapshot = OrderSnapshot {
+        customer: None,
+        cart: Vec::new(),
+        unknown_skus: Vec::new(),
+        stocked: Vec::new(),
+        key_used: false,
+    };
     // By cart position: the lines, and each warehouse's skus, in cart order.
     for r in &rows {
         match r.get::<_, &str>("part") {
@@ -300,6 +310,7 @@ pub async fn order_snapshot(db: &impl Db, customer_id: &str) -> Result<OrderSnap
                     }),
                 }
             }
+            "key" => snapshot.key_used = true,
             other => return Err(StoreError::Corrupt(format!("an order snapshot row of part {other:?}"))),
         }
     }

@@ -256,10 +256,20 @@ pub fn cart_lines(conn: &Connection, customer_id: &str) -> Result<(Vec<CartLine>
 
 /// The order's reads in one borrow of the reader connection (see
 /// `store::catalog::OrderSnapshot`).
-pub fn order_snapshot(conn: &Connection, customer_id: &str) -> Result<OrderSnapshot, StoreError> {
+pub fn order_snapshot(
+    conn: &Connection,
+    customer_id: &str,
+    key: Option<(&str, &str)>,
+) -> Result<OrderSnapshot, StoreError> {
     let customer = get_customer(conn, customer_id)?;
     let (cart, unknown_skus) = cart_lines(conn, customer_id)?;
-    let mut snapshot = OrderSnapshot { customer, cart, unknown_skus, stocked: Vec::new() };
+    let key_used = match key {
+        Some((channel, key)) => conn
+            .prepare_cached("SELECT 1 FROM idempotency WHERE channel = ?1 AND key = ?2")?
+            .exists(params![channel, key])?,
+        None => false,
+    };
+    let mut snapshot = OrderSnapshot { customer, cart, unknown_skus, stocked: Vec::new(), key_used };
     snapshot.stocked = stocked_warehouses(conn, &snapshot.skus())?;
     Ok(snapshot)
 }
