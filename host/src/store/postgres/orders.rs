@@ -347,6 +347,15 @@ pub async fn get_order(db: &impl Db, order_id: &str) -> Result<Option<StoredOrde
     db.query_opt(&stmt, &[&order_id]).await?.as_ref().map(stored_order).transpose()
 }
 
+/// The orders of `ids` that exist, in no particular order.
+async fn get_orders(db: &impl Db, ids: &[&str]) -> Result<Vec<StoredOrder>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = db.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1)")).await?;
+    db.query(&stmt, &[&ids]).await?.iter().map(stored_order).collect()
+}
+
 /// The PENDING orders to look at (see `store::orders::pending_orders`),
 /// claimed for this replica:
 ///
@@ -451,13 +460,17 @@ pub async fn claim_awaiting_verdict(db: &impl Db, limit: usize) -> Result<Vec<Aw
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     waiting.sort();
+    // The claimed events' orders in one query, not a round trip each.
+    let mut ids: Vec<&str> = waiting.iter().map(|(order_id, _)| order_id.as_str()).collect();
+    ids.dedup();
+    let orders = get_orders(db, &ids).await?;
     let mut out: Vec<AwaitingReview> = Vec::new();
     for (order_id, event_id) in waiting {
         match out.last_mut() {
             Some(last) if last.order.id == order_id => last.event_ids.push(event_id),
             _ => {
-                if let Some(order) = get_order(db, &order_id).await? {
-                    out.push(AwaitingReview { order, event_ids: vec![event_id] });
+                if let Some(order) = orders.iter().find(|o| o.id == order_id) {
+                    out.push(AwaitingReview { order: order.clone(), event_ids: vec![event_id] });
                 }
             }
         }
