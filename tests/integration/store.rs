@@ -672,15 +672,20 @@ async fn the_sandbox_ledger_charges_a_key_once(t: TestStore) {
     assert_eq!(transactions.len(), 1);
 }
 
-async fn shadow_runs_are_summed(t: TestStore) {
-    let module = |file: &str, digest: &str| ShadowModule {
+/// A candidate module of the gold-loyalty rule, as a shadow run names it.
+fn shadow_module(file: &str, digest: &str, config: &str) -> ShadowModule {
+    ShadowModule {
         file: file.into(),
         name: "gold-loyalty".into(),
         version: "1.0.0".into(),
         digest: digest.into(),
         config_hash: "sha256:c0ffee".into(),
-        config: r#"{"percent":"12"}"#.into(),
-    };
+        config: config.into(),
+    }
+}
+
+async fn shadow_runs_are_summed(t: TestStore) {
+    let module = |file: &str, digest: &str| shadow_module(file, digest, r#"{"percent":"12"}"#);
     let run = |order: &str, differs: bool, cents: i64| ShadowRun {
         order_id: order.into(),
         slot: Slot::Discount,
@@ -1438,14 +1443,7 @@ async fn retention_prunes_delivered_events_and_never_an_undelivered_one(t: TestS
 
 async fn retention_bounds_shadow_runs_and_rollout_events_by_age_and_count(t: TestStore) {
     let store = &t.store;
-    let module = |file: &str, digest: &str| ShadowModule {
-        file: file.into(),
-        name: "gold-loyalty".into(),
-        version: "1.0.0".into(),
-        digest: digest.into(),
-        config_hash: "sha256:c0ffee".into(),
-        config: "{}".into(),
-    };
+    let module = |file: &str, digest: &str| shadow_module(file, digest, "{}");
     let run = |order: String| ShadowRun {
         order_id: order,
         slot: Slot::Discount,
