@@ -157,9 +157,14 @@ impl EventSink for JsonlSink {
 
     async fn resume(&self, recorded: &[SinkPosition]) -> anyhow::Result<()> {
         for &kind in EventKind::ALL {
-            let keep = recorded.iter().find(|p| p.stream == self.stream(kind)).map(|p| p.offset);
+            // No recorded position means no delivery to this file was ever
+            // recorded: whatever it holds was written by a delivery whose
+            // marks never committed (a crash during the very first one), so
+            // all of it is cut (kept aside) and its events are written again.
+            // Keeping its whole lines would send them twice.
+            let keep = recorded.iter().find(|p| p.stream == self.stream(kind)).map_or(0, |p| p.offset);
             let path = self.file(kind);
-            let (_, end) = tokio::task::spawn_blocking(move || open_cut(&path, keep)).await??;
+            let (_, end) = tokio::task::spawn_blocking(move || open_cut(&path, Some(keep))).await??;
             self.committed.lock().unwrap_or_else(|p| p.into_inner()).insert(kind, end);
         }
         Ok(())
@@ -225,12 +230,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_recorded_position_only_a_torn_last_line_is_cut() {
+    async fn a_first_delivery_never_recorded_is_cut_whole_and_written_again_once() {
+        // A crash between the first write to a file and the commit of its
+        // marks: the store holds no position for the file at all.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fraud.jsonl");
-        std::fs::write(&path, "{\"id\":\"x\"}\n{\"id\":\"y\"").unwrap();
         let sink = JsonlSink::new(dir.path()).unwrap();
         sink.resume(&[]).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"x\"}\n");
+        sink.deliver(EventKind::Analytics, &[event(r#"{"id":"x"}"#), event(r#"{"id":"y"}"#)]).await.unwrap();
+        let path = sink.file(EventKind::Analytics);
+
+        let restarted = JsonlSink::new(dir.path()).unwrap();
+        restarted.resume(&[]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        let cut = std::fs::read_to_string(dir.path().join("analytics.jsonl.cut")).unwrap();
+        assert!(cut.contains(r#"{"id":"x"}"#) && cut.contains(r#"{"id":"y"}"#), "{cut}");
+        restarted.deliver(EventKind::Analytics, &[event(r#"{"id":"x"}"#), event(r#"{"id":"y"}"#)]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"id\":\"x\"}\n{\"id\":\"y\"}\n");
     }
 }
