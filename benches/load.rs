@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use smartmart::app::{Dataset, Engine, EngineSettings};
 use smartmart::http::Credentials;
 use smartmart::http::{AppState, serve};
-use smartmart::pipeline::validate::mint_token;
+use smartmart::test_support::mint_token;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 

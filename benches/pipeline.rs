@@ -17,12 +17,12 @@ use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::{GeoPoint, distance_km};
 use smartmart::domain::order::{Allocation, AllocationLine, DiscountLine};
 use smartmart::pipeline::OrderRequest;
-use smartmart::pipeline::validate::mint_token;
 use smartmart::rules::types::{
     Candidate, FraudAction, OrderContext, PaymentSummary, Plan, Refusal, Shortfall, Verdict,
 };
 use smartmart::rules::{NativeLogic, NativeRule, Rule, RuleSet, SlotRule};
 use smartmart::store::catalog::CartItem;
+use smartmart::test_support::mint_token;
 
 const SECRET: &[u8] = b"bench-secret";
 const WORKERS: usize = 8;

@@ -23,8 +23,8 @@ use smartmart::app::{Dataset, Engine, EngineSettings};
 use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::OrderRequest;
-use smartmart::pipeline::validate::mint_token;
 use smartmart::store::catalog::CartItem;
+use smartmart::test_support::mint_token;
 
 const SECRET: &[u8] = b"bench-secret";
 /// Swaps per latency measurement.
@@ -299,8 +299,8 @@ async fn main() {
     println!(
         "machine: {} logical CPUs, {cpu}; watcher debounce {} ms + stability re-read {} ms",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        smartmart::rules::reload::QUIET.as_millis(),
-        (smartmart::rules::reload::QUIET / 2).as_millis()
+        smartmart::test_support::QUIET.as_millis(),
+        (smartmart::test_support::QUIET / 2).as_millis()
     );
     println!();
     println!("first swap to a never-compiled module (cold, no cached artifact): {:.0} ms", ms(cold));

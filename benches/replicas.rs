@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use smartmart::pipeline::validate::mint_token;
+use smartmart::test_support::mint_token;
 
 const SECRET: &str = "replicas-bench-identity-secret-0123";
 const WEB_KEY: &str = "replicas-bench-web-channel-key-0123";

@@ -27,9 +27,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use smartmart::domain::customer::Tier;
 use smartmart::domain::order::DiscountLine;
-use smartmart::rules::runner::RunInput;
 use smartmart::rules::types::OrderContext;
 use smartmart::rules::{Budgets, ModuleConfig, RuleModule, RuleRuntime, RuntimeOptions, World};
+use smartmart::test_support::runner::RunInput;
 
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

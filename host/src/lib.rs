@@ -15,7 +15,7 @@
 
 pub mod app;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod domain;
 pub mod events;
@@ -23,7 +23,9 @@ pub mod http;
 pub(crate) mod metrics;
 pub mod payment;
 pub mod pipeline;
-pub mod release;
+pub(crate) mod release;
 pub mod rules;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub(crate) mod tls;

@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use smartmart::pipeline::experiments::{Arm, ArmCall, ExperimentFigures, Settled};
-use smartmart::release::welch::{Moments, welch_interval};
 use smartmart::rules::ModuleConfig;
-use smartmart::rules::config_hash::config_hash;
+use smartmart::rules::config_hash;
 use smartmart::store::experiments::{ArmFigures, ArmKey};
 use smartmart::store::{Store, StoreOptions};
+use smartmart::test_support::{Arm, ArmCall, ExperimentFigures, Settled};
+use smartmart::test_support::{Moments, welch_interval};
 
 use crate::support::plugin_dir::{PluginDir, guest_digest};
 use crate::support::plugin_service::PluginService as Service;

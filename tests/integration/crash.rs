@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use smartmart::app::{Dataset, Engine};
-use smartmart::cli::soak::{self, SoakOptions};
+use smartmart::test_support::soak::{self, SoakOptions};
 
 use crate::support::{bundled_plugins, demo_dataset};
 
@@ -300,8 +300,8 @@ fn killing_the_process_mid_order_loses_nothing_and_charges_nothing_twice() {
 /// would miss it and leave its stock held.
 #[tokio::test]
 async fn reconciliation_sees_orders_touched_in_the_same_second() {
-    use smartmart::pipeline::recovery::{self, RecoveryReport};
     use smartmart::store::orders::{Hold, NewOrder, ReserveOutcome};
+    use smartmart::test_support::recovery::{self, RecoveryReport};
 
     let t = crate::support::TestEngine::start().await;
     let before = t.stock_in("WH-BLR", "TV-55-OLED").await;

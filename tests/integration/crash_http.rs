@@ -217,8 +217,8 @@ async fn killed_under_load_every_key_has_one_order_and_every_answer_matches_it()
 #[tokio::test]
 async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final_order() {
     use sha2::Digest as _;
-    use smartmart::pipeline::recovery::{self, RecoveryReport};
     use smartmart::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
+    use smartmart::test_support::recovery::{self, RecoveryReport};
 
     use crate::support::server::TestServer;
 

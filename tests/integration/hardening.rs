@@ -321,9 +321,9 @@ fn dev_keys_are_the_same_after_a_restart_on_the_same_data_dir() {
     use smartmart::config::ServeConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = || ServeConfig { data_dir: Some(dir.path().to_path_buf()), ..ServeConfig::default() };
-    let (first, generated) = smartmart::cli::serve::resolve_settings(config(), true).unwrap();
+    let (first, generated) = smartmart::test_support::resolve_settings(config(), true).unwrap();
     assert!(generated);
-    let (second, _) = smartmart::cli::serve::resolve_settings(config(), true).unwrap();
+    let (second, _) = smartmart::test_support::resolve_settings(config(), true).unwrap();
     let (a, b) = (&first.engine.0, &second.engine.0);
     assert_eq!(a.identity_secret, b.identity_secret);
     assert_eq!(a.experiment_key, b.experiment_key, "A/B assignment would change at every restart");
@@ -335,13 +335,13 @@ fn dev_keys_are_the_same_after_a_restart_on_the_same_data_dir() {
 
     // A configured pseudonym key is kept as configured.
     let configured = ServeConfig { pseudonym_key: Some("configured-pseudonym-key-0123".into()), ..config() };
-    let (third, _) = smartmart::cli::serve::resolve_settings(configured, true).unwrap();
+    let (third, _) = smartmart::test_support::resolve_settings(configured, true).unwrap();
     assert_eq!(third.engine.0.pseudonym_key, b"configured-pseudonym-key-0123");
     assert_eq!(third.engine.0.experiment_key, a.experiment_key);
 
     // Sticky assignment: the same customers land in the same variants with the kept key.
     let other = tempfile::tempdir().unwrap();
-    let (elsewhere, _) = smartmart::cli::serve::resolve_settings(
+    let (elsewhere, _) = smartmart::test_support::resolve_settings(
         ServeConfig { data_dir: Some(other.path().to_path_buf()), ..ServeConfig::default() },
         true,
     )

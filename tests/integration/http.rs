@@ -1084,8 +1084,7 @@ async fn serve_dev_takes_orders_stops_cleanly_on_sigterm_and_logs_no_secret() {
     let credentials: Value =
         serde_json::from_str(&std::fs::read_to_string(data_dir.join("dev-credentials.json")).unwrap()).unwrap();
     let secret = credentials["identity_secret"].as_str().unwrap().to_string();
-    let customer_token =
-        smartmart::pipeline::validate::mint_token(secret.as_bytes(), "C-1001", Duration::from_secs(600));
+    let customer_token = smartmart::test_support::mint_token(secret.as_bytes(), "C-1001", Duration::from_secs(600));
     let payment_token = "tok_very_private_payment_token_4242";
 
     let client = reqwest::Client::new();

@@ -19,8 +19,8 @@ use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use serde_json::{Value, json};
 use smartmart::domain::status::EventKind;
-use smartmart::events::kafka::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, partition_for};
 use smartmart::events::{EventSink, KafkaSettings, KafkaSink, SinkEvent};
+use smartmart::test_support::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, partition_for};
 use tempfile::TempDir;
 
 use crate::support::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY, token};

@@ -13,9 +13,9 @@ use futures::StreamExt as _;
 use serde_json::Value;
 use smartmart::app::Engine;
 use smartmart::domain::status::EventKind;
-use smartmart::events::nats::STREAM_DESCRIPTION;
 use smartmart::events::{EventSink, NatsSettings, NatsSink, SinkChoice, SinkEvent};
 use smartmart::pipeline::Placed;
+use smartmart::test_support::STREAM_DESCRIPTION;
 
 use crate::support::{TestEngine, bundled_plugins};
 

@@ -11,11 +11,11 @@ use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::{GeoPoint, distance_km};
 use smartmart::domain::invoice::Invoice;
 use smartmart::payment::HttpGatewayOptions;
-use smartmart::pipeline::rule_errors;
-use smartmart::pipeline::validate::mint_token;
 use smartmart::pipeline::{OrderError, OrderRequest, Placed};
 use smartmart::store::catalog::{CartItem, Product, StockLevel};
 use smartmart::store::orders;
+use smartmart::test_support::mint_token;
+use smartmart::test_support::rule_errors;
 use tempfile::TempDir;
 
 use crate::support::{SECRET, TestEngine, bundled_plugins, order_request, wasm};

@@ -12,7 +12,7 @@ use serde_json::Value;
 use smartmart::app::Engine;
 use smartmart::domain::invoice::{Invoice, InvoiceDiscount};
 use smartmart::pipeline::{OrderError, Pipeline};
-use smartmart::rules::signing;
+use smartmart::test_support::signing;
 
 use crate::support::plugin_dir::{
     PluginDir, discount_identity, guest_bytes, guest_digest, order_on, plenty_of_stock, reload_status,

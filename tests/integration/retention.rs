@@ -167,7 +167,7 @@ async fn a_soak_under_steady_load_keeps_every_pruned_table_bounded() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let event = RolloutEvent {
-                    at_ms: smartmart::clock::now_ms(),
+                    at_ms: smartmart::test_support::now_ms(),
                     kind: "reload".parse().unwrap(),
                     entry: format!("soak[{n}]"),
                     reason: "soak".into(),

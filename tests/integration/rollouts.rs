@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::Value;
 use smartmart::domain::customer::Tier;
 use smartmart::domain::invoice::Invoice;
-use smartmart::rules::canary::CanaryState;
+use smartmart::domain::status::CanaryState;
 use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::example_order;

@@ -102,7 +102,7 @@ fn bundled_rules_load_for_their_world_and_describe_themselves() {
         // Only the granted interfaces, and the host's own among them.
         assert!(module.imports().iter().any(|i| i.starts_with("smartmart:rules/log@")), "{name}");
         for import in module.imports() {
-            assert!(smartmart::rules::world::is_granted(import), "{name} imports {import}");
+            assert!(smartmart::test_support::is_granted(import), "{name} imports {import}");
         }
         // `info` answers what loading recorded.
         let info = module.info().unwrap().value;
@@ -455,7 +455,7 @@ fn a_rule_importing_sockets_is_refused_at_load_time() {
     let (error, imports) = forbidden_imports("hostile_sockets");
     assert!(imports.iter().any(|i| i.starts_with("wasi:sockets/tcp")), "{imports:?}");
     // Only the forbidden imports are listed.
-    assert!(imports.iter().all(|i| !smartmart::rules::world::is_granted(i)), "{imports:?}");
+    assert!(imports.iter().all(|i| !smartmart::test_support::is_granted(i)), "{imports:?}");
     assert_names_file_and_world(&error, "hostile_sockets.wasm", World::DiscountRule);
     assert!(error.to_string().contains("`wasi:sockets/tcp@"), "{error}");
 }
@@ -464,7 +464,7 @@ fn a_rule_importing_sockets_is_refused_at_load_time() {
 fn a_rule_importing_the_file_system_is_refused_at_load_time() {
     let (error, imports) = forbidden_imports("hostile_files");
     assert!(imports.iter().any(|i| i.starts_with("wasi:filesystem/")), "{imports:?}");
-    assert!(imports.iter().all(|i| !smartmart::rules::world::is_granted(i)), "{imports:?}");
+    assert!(imports.iter().all(|i| !smartmart::test_support::is_granted(i)), "{imports:?}");
     assert_names_file_and_world(&error, "hostile_files.wasm", World::DiscountRule);
     assert!(error.to_string().contains("`wasi:filesystem/"), "{error}");
 }

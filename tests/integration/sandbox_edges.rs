@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use reqwest::Method;
 use serde_json::json;
-use smartmart::rules::text::{MAX_RULE_TEXT_CHARS, has_unsafe_chars};
 use smartmart::rules::types::{OrderContext, Refusal};
 use smartmart::rules::{Budgets, FailureCause, LoadError, ModuleConfig, RuleError, RuleModule, World};
+use smartmart::test_support::{MAX_RULE_TEXT_CHARS, has_unsafe_chars};
 
 use crate::support::alloc_meter::peak_during;
 use crate::support::plugin_dir::PluginDir;
@@ -201,7 +201,7 @@ fn an_answer_of_aliased_strings_is_refused_before_the_host_copies_it() {
 
     // Under the largest output budget a manifest may set, the host holds at
     // most about that budget, never the aliases' 2 GiB.
-    let largest = Budgets { output_bytes: smartmart::rules::budgets::MAX_OUTPUT_BYTES, ..budgets() };
+    let largest = Budgets { output_bytes: smartmart::test_support::MAX_OUTPUT_BYTES, ..budgets() };
     let aliasing = load_rule(&runtime, "hostile_alias", World::DiscountRule, &[], largest);
     let (answer, peak) = peak_during(|| aliasing.apply_discount(&order()));
     assert_eq!(failure(answer), FailureCause::OutputTooLarge { limit: 16 << 20 });

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use smartmart::rules::runner::{self, Expected, RunInput};
 use smartmart::rules::{Budgets, ModuleConfig, RuleRuntime, RuntimeOptions, World};
+use smartmart::test_support::runner::{self, Expected, RunInput};
 
 use crate::cli::{path_str, smartmart, text};
 use crate::support::{repo_root, wasm};

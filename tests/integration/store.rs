@@ -554,7 +554,7 @@ async fn interrupted_orders_are_found_for_recovery(t: TestStore) {
     place(store, "done", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     // As if the process that ran them died long ago.
     t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
-    let now = smartmart::clock::now_ms();
+    let now = smartmart::test_support::now_ms();
     let (unpaid, intents) = store.pending_orders("2000-06-01T00:00:00Z", now).await.unwrap();
     assert!(unpaid.is_empty() && intents.is_empty(), "orders newer than the cutoff are left alone");
     let cutoff = "2001-01-01T00:00:00.5Z";
@@ -581,7 +581,7 @@ async fn events_are_delivered_once_with_positions(t: TestStore) {
     seed(&t.store).await;
     let store = &t.store;
     place(store, "o1", "c1", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
-    let now = smartmart::clock::now_ms();
+    let now = smartmart::test_support::now_ms();
     let due = store.due_events(now, 10).await.unwrap();
     // The fraud event waits for its verdict.
     assert_eq!(due.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Audit, EventKind::Analytics]);
@@ -629,7 +629,7 @@ async fn fraud_verdicts_ready_the_fraud_events(t: TestStore) {
     let order = store.order("o1").await.unwrap().unwrap();
     assert_eq!(order.fraud_review, Some(serde_json::json!({"action": "ESCALATE"})));
     assert_eq!(store.escalations(10).await.unwrap().iter().map(|o| o.id.clone()).collect::<Vec<_>>(), ["o1"]);
-    let due = store.due_events(smartmart::clock::now_ms(), 10).await.unwrap();
+    let due = store.due_events(smartmart::test_support::now_ms(), 10).await.unwrap();
     let fraud: Vec<_> = due.iter().filter(|e| e.kind == EventKind::Fraud).collect();
     assert_eq!(fraud.len(), 1);
     assert_eq!(fraud[0].body, DueBody::Envelope("{\"fraud\":true}".into()));
@@ -1025,7 +1025,7 @@ async fn pending_payments_are_resolved_at_their_time(t: TestStore) {
     let shared = store.is_shared();
     paying(store, "paying", "c1", vec![hold("W1", "A", 1)]).await;
     paying(store, "pp", "c2", vec![hold("W1", "A", 2)]).await;
-    let now = smartmart::clock::now_ms();
+    let now = smartmart::test_support::now_ms();
     store.mark_payment_pending(pending("pp", now + 60_000)).await.unwrap();
     // Both as if their process died long ago.
     t.execute("UPDATE orders SET updated_at = '2001-01-01T00:00:00.25Z' WHERE status = 'PENDING'").await;
@@ -1071,7 +1071,7 @@ async fn pending_payments_are_resolved_at_their_time(t: TestStore) {
     // An interrupted order whose outcome stays unknown is handed over the
     // same way: from then on its time counts, not its age.
     store.defer_resolution("paying", now + 700_000).await.unwrap();
-    let later = smartmart::clock::rfc3339_of_ms(now + 700_000);
+    let later = smartmart::test_support::rfc3339_of_ms(now + 700_000);
     assert_eq!(due(store, &later, now + 699_999).await, []);
     assert_eq!(due(store, long_ago, now + 700_000).await, [("paying".to_string(), true)]);
     assert_eq!(store.payments_pending_count().await.unwrap(), 1);
@@ -1338,12 +1338,12 @@ async fn postgres_connections_are_made_as_the_driver_makes_them() {
 
 /// Far enough ahead that every row written by the test is older.
 fn far_ahead() -> i64 {
-    smartmart::clock::now_ms() + 3_600_000
+    smartmart::test_support::now_ms() + 3_600_000
 }
 
 /// An hour ago: no row written by the test is older.
 fn an_hour_ago() -> i64 {
-    smartmart::clock::now_ms() - 3_600_000
+    smartmart::test_support::now_ms() - 3_600_000
 }
 
 async fn retention_prunes_settled_keys_and_never_an_unsettled_one(t: TestStore) {
@@ -1395,7 +1395,7 @@ async fn retention_prunes_settled_keys_and_never_an_unsettled_one(t: TestStore) 
     // (a payment pending for days) is kept.
     place(store, "late", "c3", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     t.execute("UPDATE idempotency SET created_at = '2020-01-01T00:00:00Z' WHERE key = 'late'").await;
-    let a_minute_ago = smartmart::clock::now_ms() - 60_000;
+    let a_minute_ago = smartmart::test_support::now_ms() - 60_000;
     assert_eq!(store.prune(Retained::Idempotency, a_minute_ago, 500).await.unwrap(), 0);
     t.execute("UPDATE orders SET updated_at = '2020-01-01T00:00:01.5Z' WHERE id = 'late'").await;
     assert_eq!(store.prune(Retained::Idempotency, a_minute_ago, 500).await.unwrap(), 1);
@@ -1416,7 +1416,7 @@ async fn retention_prunes_delivered_events_and_never_an_undelivered_one(t: TestS
     place(store, "o2", "c2", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     // o1's audit and analytics events delivered; o2's are READY; both fraud
     // events wait for their verdicts.
-    let due = store.due_events(smartmart::clock::now_ms(), 100).await.unwrap();
+    let due = store.due_events(smartmart::test_support::now_ms(), 100).await.unwrap();
     assert_eq!(due.len(), 4);
     let delivered: Vec<i64> = due.iter().filter(|e| e.id.starts_with("o1-")).map(|e| e.seq).collect();
     assert_eq!(delivered.len(), 2);

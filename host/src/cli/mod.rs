@@ -5,8 +5,8 @@
 mod demo;
 mod logging;
 mod rules;
-pub mod serve;
-pub mod soak;
+pub(crate) mod serve;
+pub(crate) mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -12,8 +12,8 @@
 
 pub(crate) mod dispatcher;
 pub(crate) mod envelope;
-pub mod kafka;
-pub mod nats;
+pub(crate) mod kafka;
+pub(crate) mod nats;
 pub(crate) mod sink;
 
 use std::path::Path;

@@ -15,4 +15,4 @@
 pub(crate) mod gate;
 pub(crate) mod replay;
 pub(crate) mod rollouts;
-pub mod welch;
+pub(crate) mod welch;

@@ -65,24 +65,24 @@
 //! of guest memory in the pool's slots (committed only as guests touch it).
 
 mod bindings;
-pub mod budgets;
-pub mod canary;
-pub mod config_hash;
+pub(crate) mod budgets;
+pub(crate) mod canary;
+pub(crate) mod config_hash;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod manifest;
 pub(crate) mod module;
 pub(crate) mod native;
 pub(crate) mod pool;
-pub mod reload;
+pub(crate) mod reload;
 pub(crate) mod ruleset;
-pub mod runner;
+pub(crate) mod runner;
 pub(crate) mod scaffold;
-pub mod signing;
+pub(crate) mod signing;
 mod state;
-pub mod text;
+pub(crate) mod text;
 pub mod types;
-pub mod world;
+pub(crate) mod world;
 
 pub use budgets::Budgets;
 pub use config_hash::config_hash;

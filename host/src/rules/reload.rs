@@ -147,11 +147,6 @@ impl Reloader {
         }
         result
     }
-
-    /// Watches the directory until `shutdown` ([`Watch::install`], then [`Watch::run`]).
-    pub async fn watch(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        Watch::install(&self.dir)?.run(self, shutdown).await
-    }
 }
 
 /// A watch on the plug-in directory. Changes are queued from the moment it

@@ -12,8 +12,8 @@ pub mod tls;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use smartmart::rules::runner::RunInput;
 use smartmart::rules::{Budgets, ModuleConfig, RuleModule, RuleRuntime, RuntimeOptions, World};
+use smartmart::test_support::runner::RunInput;
 
 /// The repository root (the host crate lives one level below it).
 pub fn repo_root() -> PathBuf {
@@ -67,9 +67,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use smartmart::app::{Dataset, Engine, EngineSettings};
-use smartmart::pipeline::validate::mint_token;
 use smartmart::pipeline::{OrderError, OrderRequest, Placed};
 use smartmart::store::catalog::{CartItem, StockLevel};
+use smartmart::test_support::mint_token;
 use tempfile::TempDir;
 
 /// The identity secret of the test engines.

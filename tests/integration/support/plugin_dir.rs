@@ -13,8 +13,8 @@ use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::GeoPoint;
 use smartmart::pipeline::{OrderError, Pipeline, Placed};
 use smartmart::rules::ModuleIdentity;
-use smartmart::rules::reload::ReloadStatus;
 use smartmart::store::catalog::{CartItem, Product};
+use smartmart::test_support::ReloadStatus;
 use tempfile::TempDir;
 
 use super::{bundled_plugins, order_request, wasm};
@@ -110,7 +110,7 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
 
 /// The `sha256:…` digest of `target/wasm/<name>.wasm`, as invoices show it.
 pub fn guest_digest(name: &str) -> String {
-    smartmart::rules::signing::digest_of(&wasm(name)).expect("digesting a guest")
+    smartmart::test_support::signing::digest_of(&wasm(name)).expect("digesting a guest")
 }
 
 /// Polls `condition` every 10 ms until it holds; panics naming `what`

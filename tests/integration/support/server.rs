@@ -11,7 +11,7 @@ use serde_json::Value;
 use smartmart::app::{Dataset, Engine};
 use smartmart::http::Credentials;
 use smartmart::http::{AppState, ConnectionLimits, serve_with};
-use smartmart::pipeline::validate::mint_token;
+use smartmart::test_support::mint_token;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
