@@ -272,6 +272,10 @@ async fn mutual_tls_with_a_token_and_orders_served_while_nats_refuses() {
     }
     t.engine.shutdown().await;
 
+    // The token in the URL (`token@`, as the nats tools write it).
+    let in_url = settings(server.url("tls", &format!("{TOKEN}@localhost")), mutual.clone(), NatsAuth::None);
+    deliver(in_url, "url-token").await.expect("delivered with the URL's token");
+
     // A client certificate of a CA the server does not trust; a wrong token.
     let foreign = NatsTls { client_cert: Some(pki.other_client.clone()), ..pki.trusted() };
     let error = refused(settings(url.clone(), foreign, token.clone()), "foreign-certificate").await;
@@ -284,13 +288,14 @@ async fn mutual_tls_with_a_token_and_orders_served_while_nats_refuses() {
         "NATS refused the credentials: the token of SMARTMART_NATS_TOKEN (authorization violation)"
     );
 
-    // The order's three events, each once; nothing of the refused sinks.
+    // The order's three events and the URL token's two, each once; nothing of the refused sinks.
     let mut stored_ids: Vec<String> =
         stored(&url, pki.reader(true).token(TOKEN.into())).await.into_iter().map(|m| m.1).collect();
-    let mut order_ids: Vec<String> = order.events.iter().map(|e| e.id.clone()).collect();
+    let mut accepted: Vec<String> = order.events.iter().map(|e| e.id.clone()).collect();
+    accepted.extend(["url-token-1".to_string(), "url-token-2".to_string()]);
     stored_ids.sort();
-    order_ids.sort();
-    assert_eq!(stored_ids, order_ids);
+    accepted.sort();
+    assert_eq!(stored_ids, accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
