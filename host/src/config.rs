@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice, RetentionSettings};
+use crate::events::nats::{ClientCertificate, NatsAuth, NatsTls};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
 use crate::http::{ConnectionLimits, Credentials};
 use crate::payment::{HttpGatewayOptions, RetryPolicy};
@@ -160,7 +161,8 @@ pub struct ServeConfig {
     /// (Kafka topics; the SMARTMART_KAFKA_* settings) [default: jsonl].
     #[arg(long, env = "SMARTMART_EVENT_SINK")]
     pub event_sink: Option<EventSinkKind>,
-    /// NATS server URL, `nats://[user:password@]host:port` [default: nats://127.0.0.1:4222].
+    /// NATS server URL, `nats://[user:password@]host:port` or `tls://…` (TLS
+    /// required), `token@` for a token [default: nats://127.0.0.1:4222].
     /// Or `SMARTMART_NATS_URL_FILE`: a file holding it.
     #[arg(long, env = "SMARTMART_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
@@ -179,6 +181,42 @@ pub struct ServeConfig {
     /// acknowledgement; a delivery past it fails and is retried [default: 5000].
     #[arg(long, env = "SMARTMART_NATS_TIMEOUT_MS")]
     pub nats_timeout_ms: Option<u64>,
+    /// TLS to NATS: `auto` (TLS when the server asks for it, or when a CA
+    /// file, a client certificate or a `tls://` URL is set) or `required`
+    /// (always, verified against the system's roots unless a CA file is set) [default: auto].
+    #[arg(long, env = "SMARTMART_NATS_TLS")]
+    pub nats_tls: Option<NatsTlsMode>,
+    /// PEM file of the certificate authorities NATS's certificate must chain
+    /// to, instead of the system's; TLS is then required.
+    #[arg(long, env = "SMARTMART_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+    /// Mutual TLS: PEM file of the client certificate presented to NATS
+    /// (with SMARTMART_NATS_CLIENT_KEY_FILE).
+    #[arg(long, env = "SMARTMART_NATS_CLIENT_CERT_FILE")]
+    pub nats_client_cert_file: Option<PathBuf>,
+    /// Mutual TLS: PEM file of the client certificate's private key.
+    #[arg(long, env = "SMARTMART_NATS_CLIENT_KEY_FILE")]
+    pub nats_client_key_file: Option<PathBuf>,
+    /// NATS user (with SMARTMART_NATS_PASSWORD).
+    #[arg(long, env = "SMARTMART_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password of SMARTMART_NATS_USER.
+    /// Or `SMARTMART_NATS_PASSWORD_FILE`: a file holding it.
+    #[arg(long, env = "SMARTMART_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    /// Or `SMARTMART_NATS_TOKEN_FILE`: a file holding it.
+    #[arg(long, env = "SMARTMART_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// Seed of the user NKey NATS knows the service by (`SU…`).
+    /// Or `SMARTMART_NATS_NKEY_SEED_FILE`: a file holding it (a `.nk` file).
+    #[arg(long, env = "SMARTMART_NATS_NKEY_SEED", hide_env_values = true)]
+    pub nats_nkey_seed: Option<String>,
+    /// A NATS `.creds` file (user JWT and NKey seed: decentralized
+    /// authentication), read at each connection. One way to authenticate at
+    /// most: user and password, token, NKey seed or creds file.
+    #[arg(long, env = "SMARTMART_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
     /// Kafka bootstrap brokers, `host:port[,host:port…]` [default: 127.0.0.1:9092].
     #[arg(long, env = "SMARTMART_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -238,6 +276,18 @@ impl LogFormat {
             other => bail!("SMARTMART_LOG_FORMAT must be `text` or `json`, got `{other}`"),
         }
     }
+}
+
+/// Whether the NATS sink requires TLS (`SMARTMART_NATS_TLS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsTlsMode {
+    /// TLS when the server asks for it, or when a CA file, a client
+    /// certificate or a `tls://` URL is set.
+    #[default]
+    Auto,
+    /// Always TLS: a server without it is refused.
+    Required,
 }
 
 /// Where events are delivered (`SMARTMART_EVENT_SINK`).
@@ -306,6 +356,15 @@ impl ServeConfig {
             nats_subject_prefix: self.nats_subject_prefix.or(lower.nats_subject_prefix),
             nats_duplicate_window_secs: self.nats_duplicate_window_secs.or(lower.nats_duplicate_window_secs),
             nats_timeout_ms: self.nats_timeout_ms.or(lower.nats_timeout_ms),
+            nats_tls: self.nats_tls.or(lower.nats_tls),
+            nats_ca_file: self.nats_ca_file.or(lower.nats_ca_file),
+            nats_client_cert_file: self.nats_client_cert_file.or(lower.nats_client_cert_file),
+            nats_client_key_file: self.nats_client_key_file.or(lower.nats_client_key_file),
+            nats_user: self.nats_user.or(lower.nats_user),
+            nats_password: self.nats_password.or(lower.nats_password),
+            nats_token: self.nats_token.or(lower.nats_token),
+            nats_nkey_seed: self.nats_nkey_seed.or(lower.nats_nkey_seed),
+            nats_creds_file: self.nats_creds_file.or(lower.nats_creds_file),
             kafka_brokers: self.kafka_brokers.or(lower.kafka_brokers),
             kafka_topic_prefix: self.kafka_topic_prefix.or(lower.kafka_topic_prefix),
             kafka_partitions: self.kafka_partitions.or(lower.kafka_partitions),
@@ -319,13 +378,16 @@ impl ServeConfig {
 /// The settings that carry a secret, each also accepted as `<NAME>_FILE`:
 /// the path of a file holding the value (a Docker or Kubernetes secret),
 /// so that it stays out of the environment and `ps`.
-pub const SECRET_SETTINGS: [&str; 6] = [
+pub const SECRET_SETTINGS: [&str; 9] = [
     "SMARTMART_DATABASE_URL",
     "SMARTMART_CHANNEL_KEYS",
     "SMARTMART_ADMIN_KEY",
     "SMARTMART_IDENTITY_SECRET",
     "SMARTMART_PSEUDONYM_KEY",
     "SMARTMART_NATS_URL",
+    "SMARTMART_NATS_PASSWORD",
+    "SMARTMART_NATS_TOKEN",
+    "SMARTMART_NATS_NKEY_SEED",
 ];
 
 /// Looks an environment variable up: the process's (`std::env::var_os`), or a
@@ -381,6 +443,9 @@ impl ServeConfig {
             (SECRET_SETTINGS[3], &mut self.identity_secret),
             (SECRET_SETTINGS[4], &mut self.pseudonym_key),
             (SECRET_SETTINGS[5], &mut self.nats_url),
+            (SECRET_SETTINGS[6], &mut self.nats_password),
+            (SECRET_SETTINGS[7], &mut self.nats_token),
+            (SECRET_SETTINGS[8], &mut self.nats_nkey_seed),
         ];
         for (name, field) in fields {
             if let Some(value) = secret_from_file(name, env)?
@@ -641,6 +706,21 @@ fn event_sink(config: &ServeConfig) -> anyhow::Result<SinkChoice> {
                     .map(Duration::from_secs)
                     .unwrap_or(defaults.duplicate_window),
                 timeout: config.nats_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+                tls: NatsTls {
+                    required: config.nats_tls == Some(NatsTlsMode::Required),
+                    ca_file: config.nats_ca_file.clone(),
+                    client_cert: ClientCertificate::from_files(
+                        config.nats_client_cert_file.clone(),
+                        config.nats_client_key_file.clone(),
+                    )?,
+                },
+                auth: NatsAuth::from_settings(
+                    config.nats_user.clone(),
+                    config.nats_password.clone(),
+                    config.nats_token.clone(),
+                    config.nats_nkey_seed.clone(),
+                    config.nats_creds_file.clone(),
+                )?,
             };
             settings.validate()?;
             Ok(SinkChoice::Nats(settings))
@@ -903,6 +983,63 @@ mod tests {
     }
 
     #[test]
+    fn nats_tls_and_credentials_come_from_the_file_and_conflicts_are_refused() {
+        let file: ServeConfig = toml::from_str(
+            "event_sink = \"nats\"\nnats_url = \"tls://nats.internal:4222\"\nnats_tls = \"required\"\n\
+             nats_ca_file = \"/etc/nats/ca.pem\"\nnats_client_cert_file = \"/etc/nats/client.pem\"\n\
+             nats_client_key_file = \"/etc/nats/client.key\"\nnats_user = \"smartmart\"\n\
+             nats_password = \"nats-password-0123456789\"",
+        )
+        .unwrap();
+        let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+        let SinkChoice::Nats(nats) = &settings.engine.0.event_sink else { panic!("not nats") };
+        assert!(nats.tls.required);
+        assert_eq!(nats.tls.ca_file.as_deref(), Some(Path::new("/etc/nats/ca.pem")));
+        let client = nats.tls.client_cert.as_ref().expect("a client certificate");
+        assert_eq!(
+            (client.cert_file.to_str(), client.key_file.to_str()),
+            (Some("/etc/nats/client.pem"), Some("/etc/nats/client.key"))
+        );
+        assert_eq!(
+            nats.auth,
+            NatsAuth::UserPassword { user: "smartmart".into(), password: "nats-password-0123456789".into() }
+        );
+        assert!(!format!("{settings:?}").contains("0123456789"), "the password never shows");
+        for (toml, auth) in [
+            ("nats_token = \"t0ken\"", NatsAuth::Token("t0ken".into())),
+            ("nats_nkey_seed = \"SUAB\"", NatsAuth::NKeySeed("SUAB".into())),
+            ("nats_creds_file = \"/etc/nats/svc.creds\"", NatsAuth::CredsFile("/etc/nats/svc.creds".into())),
+        ] {
+            let file: ServeConfig = toml::from_str(&format!("event_sink = \"nats\"\n{toml}")).unwrap();
+            let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
+            let SinkChoice::Nats(nats) = &settings.engine.0.event_sink else { panic!("not nats") };
+            assert_eq!(nats.auth, auth);
+            assert_eq!(nats.tls, NatsTls::default(), "TLS as the server asks");
+        }
+        assert!(toml::from_str::<ServeConfig>("nats_tls = \"sometimes\"").is_err());
+
+        let nats = |config: ServeConfig| ServeConfig { event_sink: Some(EventSinkKind::Nats), ..config };
+        let text = |s: &str| Some(s.to_string());
+        for (bad, says) in [
+            (ServeConfig { nats_client_cert_file: Some("c.pem".into()), ..keyed() }, "SMARTMART_NATS_CLIENT_KEY_FILE"),
+            (ServeConfig { nats_client_key_file: Some("k.pem".into()), ..keyed() }, "SMARTMART_NATS_CLIENT_CERT_FILE"),
+            (ServeConfig { nats_user: text("svc"), ..keyed() }, "SMARTMART_NATS_PASSWORD is not"),
+            (
+                ServeConfig { nats_token: text("t0ken"), nats_creds_file: Some("a.creds".into()), ..keyed() },
+                "conflicting NATS credentials: SMARTMART_NATS_TOKEN and SMARTMART_NATS_CREDS_FILE are set",
+            ),
+            (
+                ServeConfig { nats_url: text("nats://svc:pw@n:4222"), nats_token: text("t0ken"), ..keyed() },
+                "SMARTMART_NATS_URL carries `user:password@` or `token@`, and the token of SMARTMART_NATS_TOKEN",
+            ),
+        ] {
+            let error = ServeSettings::resolve(nats(bad), false).unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+            assert!(!error.contains("t0ken") && !error.contains(":pw"), "no secret in {error}");
+        }
+    }
+
+    #[test]
     fn kafka_takes_its_settings_from_the_file_and_checks_them() {
         let file: ServeConfig = toml::from_str(
             "event_sink = \"kafka\"\nkafka_brokers = \"k1:9092, k2:9093\"\nkafka_topic_prefix = \"shop.events\"\n\
@@ -1108,6 +1245,18 @@ mod tests {
         let config = ServeConfig::default().with_secret_files(&env).unwrap();
         assert_eq!(config.database_url.as_deref(), Some("postgres://smartmart:pa55word@db/smartmart"));
         assert_eq!(config.nats_url.as_deref(), Some("nats://user:pa55word@nats:4222"));
+        let password = write("nats-password", "nats-pa55word\n");
+        let token = write("nats-token", "nats-t0ken\n");
+        let seed = write("nats-seed", "SUAB-seed\n");
+        let env = env_of(&[
+            ("SMARTMART_NATS_PASSWORD_FILE", &password),
+            ("SMARTMART_NATS_TOKEN_FILE", &token),
+            ("SMARTMART_NATS_NKEY_SEED_FILE", &seed),
+        ]);
+        let config = ServeConfig::default().with_secret_files(&env).unwrap();
+        assert_eq!(config.nats_password.as_deref(), Some("nats-pa55word"));
+        assert_eq!(config.nats_token.as_deref(), Some("nats-t0ken"));
+        assert_eq!(config.nats_nkey_seed.as_deref(), Some("SUAB-seed"));
         assert_eq!(secret_from_file("SMARTMART_ADMIN_KEY", &env_of(&[])).unwrap(), None);
     }
 

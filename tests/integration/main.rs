@@ -14,6 +14,7 @@ mod http_fuzz;
 mod kafka;
 mod layers;
 mod nats;
+mod nats_tls;
 mod observability;
 mod payment;
 mod pipeline;

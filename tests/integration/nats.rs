@@ -55,6 +55,7 @@ impl TestStream {
             // Not the default, to see that the configured window is the one set.
             duplicate_window: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
+            ..NatsSettings::default()
         };
         TestStream { settings, broker }
     }

@@ -1,7 +1,9 @@
 //! Event delivery: the outbox dispatcher and the sinks it delivers to.
 //!
 //! - [`sink`]: the `EventSink` trait and the default JSON Lines sink;
-//! - [`nats`]: the NATS JetStream sink (deduplication by event id);
+//! - [`nats`]: the NATS JetStream sink (deduplication by event id), with
+//!   its TLS (`nats_tls`), credentials (`nats_auth`) and the explanation of
+//!   a failed connection (`nats_connect_error`);
 //! - [`kafka`]: the Kafka sink (at least once, keyed by order id;
 //!   consumers deduplicate by the `event-id` header);
 //! - [`envelope`]: the envelopes of an order's three events, from its
@@ -14,6 +16,9 @@ pub(crate) mod dispatcher;
 pub(crate) mod envelope;
 pub(crate) mod kafka;
 pub(crate) mod nats;
+mod nats_auth;
+mod nats_connect_error;
+mod nats_tls;
 pub(crate) mod sink;
 
 use std::path::Path;
@@ -23,7 +28,7 @@ use anyhow::Context as _;
 
 pub use dispatcher::{Outbox, deliver_due, run_dispatcher};
 pub use kafka::{KafkaSettings, KafkaSink};
-pub use nats::{NatsSettings, NatsSink};
+pub use nats::{ClientCertificate, NatsAuth, NatsConnectError, NatsSettings, NatsSink, NatsTls};
 pub use sink::{EventSink, JsonlSink, SinkEvent};
 
 use crate::store::outbox::SinkPosition;
@@ -67,7 +72,7 @@ pub async fn open_sink(
                     tracing::warn!(
                         url = %starting.settings().display_url(),
                         error = format!("{e:#}"),
-                        "NATS is not reachable at start; orders are served, their events wait in the outbox and go out once it answers"
+                        "could not connect to NATS at start; orders are served, their events wait in the outbox and go out once it accepts the connection"
                     );
                 }
             });

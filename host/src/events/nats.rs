@@ -27,7 +27,13 @@
 //! only reported). A stream without the mark belongs to someone else: it is
 //! never changed; differences are logged, and deliveries fail with an
 //! explanation when it does not capture the event subjects.
+//!
+//! TLS ([`NatsTls`]) and credentials ([`NatsAuth`]) are set up when the sink
+//! is made (a bad file fails the start); a connection that fails is
+//! explained ([`NatsConnectError`]): an untrusted certificate, refused
+//! credentials and an unreachable server each say what to look at.
 
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -38,6 +44,9 @@ use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, Context};
 use tokio::sync::Mutex;
 
+pub use super::nats_auth::NatsAuth;
+pub use super::nats_connect_error::NatsConnectError;
+pub use super::nats_tls::{ClientCertificate, NatsTls};
 use super::{EventSink, SinkEvent};
 use crate::domain::status::EventKind;
 use crate::store::outbox::SinkPosition;
@@ -46,10 +55,11 @@ use crate::store::outbox::SinkPosition;
 pub const STREAM_DESCRIPTION: &str =
     "SmartMart order events (created by smartmart; subjects and duplicate window follow its SMARTMART_NATS_* settings)";
 
-/// Where and how events are published. `Debug` hides the URL's credentials.
+/// Where and how events are published. `Debug` hides every secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NatsSettings {
-    /// Server URL, e.g. `nats://127.0.0.1:4222` (may carry `user:password@`).
+    /// Server URL, e.g. `nats://127.0.0.1:4222` or `tls://…` (may carry
+    /// `user:password@` or `token@` instead of `auth`).
     pub url: String,
     /// JetStream stream name.
     pub stream: String,
@@ -59,6 +69,10 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// Bounds connecting, each JetStream API request and each publish ack.
     pub timeout: Duration,
+    /// TLS: whether it is required, the roots, the client certificate.
+    pub tls: NatsTls,
+    /// The credentials (besides any in the URL, which may not be combined with them).
+    pub auth: NatsAuth,
 }
 
 impl Default for NatsSettings {
@@ -69,6 +83,8 @@ impl Default for NatsSettings {
             subject_prefix: "smartmart.events".into(),
             duplicate_window: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(5),
+            tls: NatsTls::default(),
+            auth: NatsAuth::None,
         }
     }
 }
@@ -81,6 +97,8 @@ impl std::fmt::Debug for NatsSettings {
             .field("subject_prefix", &self.subject_prefix)
             .field("duplicate_window", &self.duplicate_window)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -121,6 +139,17 @@ impl NatsSettings {
         if !self.url.starts_with("nats://") && !self.url.starts_with("tls://") {
             bail!("SMARTMART_NATS_URL must be a nats:// or tls:// URL, got `{}`", self.display_url());
         }
+        let (url, in_url) = NatsAuth::split_url(&self.url);
+        if let Err(e) = async_nats::ServerAddr::from_str(&url) {
+            bail!("SMARTMART_NATS_URL `{}` is not a server address: {e}", self.display_url());
+        }
+        if in_url.is_set() && self.auth.is_set() {
+            bail!(
+                "conflicting NATS credentials: SMARTMART_NATS_URL carries `user:password@` or `token@`, and {} \
+                 is configured as well; keep one of them",
+                self.auth.describe(false)
+            );
+        }
         if !token_ok(&self.stream) {
             bail!("SMARTMART_NATS_STREAM must be letters, digits, `_` and `-` only, got `{}`", self.stream);
         }
@@ -144,6 +173,8 @@ impl NatsSettings {
 /// Publishes events to NATS JetStream (see the module documentation).
 pub struct NatsSink {
     settings: NatsSettings,
+    /// The TLS client configuration when TLS is required (its files read at start).
+    tls: Option<rustls::ClientConfig>,
     /// The connection once made, and whether the stream was checked on it.
     /// Held across connecting, so one attempt runs at a time.
     state: Mutex<Connection>,
@@ -157,10 +188,13 @@ struct Connection {
 
 impl NatsSink {
     /// A sink that connects on its first use (`connect_now` or a delivery):
-    /// nothing here waits for the broker.
+    /// nothing here waits for the broker. The TLS files and the credentials
+    /// are read and checked now: a bad one fails, naming its variable.
     pub fn new(settings: NatsSettings) -> anyhow::Result<NatsSink> {
         settings.validate()?;
-        Ok(NatsSink { settings, state: Mutex::default() })
+        let tls = settings.tls.client_config(&settings.url)?;
+        settings.auth.check()?;
+        Ok(NatsSink { settings, tls, state: Mutex::default() })
     }
 
     pub fn settings(&self) -> &NatsSettings {
@@ -201,7 +235,8 @@ impl NatsSink {
 
     async fn connect(&self) -> anyhow::Result<Context> {
         let timeout = self.settings.timeout;
-        let options = async_nats::ConnectOptions::new()
+        let (url, in_url) = NatsAuth::split_url(&self.settings.url);
+        let mut options = async_nats::ConnectOptions::new()
             .name("smartmart")
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
@@ -211,16 +246,28 @@ impl NatsSink {
                     async_nats::Event::Disconnected => {
                         tracing::warn!("NATS connection lost; reconnecting, events wait in the outbox")
                     }
+                    // A reconnection refused (credentials revoked, a certificate replaced).
+                    error @ (async_nats::Event::ClientError(_) | async_nats::Event::ServerError(_)) => {
+                        tracing::warn!(event = %error, "NATS client error; events wait in the outbox")
+                    }
                     other => tracing::info!(event = %other, "NATS client event"),
                 }
             });
+        if let Some(tls) = &self.tls {
+            options = options.require_tls(true).tls_client_config(tls.clone());
+        }
+        // Credentials in the URL are the client's only when set as options:
+        // async-nats never reads them from the URL.
+        let auth = if self.settings.auth.is_set() { &self.settings.auth } else { &in_url };
+        let options = auth.apply(options).await?;
         // The client bounds each attempt by the connection timeout; the outer
         // bound covers name resolution and the handshake as a whole.
-        let client = tokio::time::timeout(timeout * 2, options.connect(self.settings.url.as_str()))
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))
-            .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| format!("connecting to NATS at {}", self.settings.display_url()))?;
+        let bound = timeout * 2;
+        let client = match tokio::time::timeout(bound, options.connect(url.as_str())).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(NatsConnectError::explain(&e, &self.settings).into()),
+            Err(_) => return Err(NatsConnectError::timed_out(&self.settings, bound).into()),
+        };
         tracing::info!(url = %self.settings.display_url(), "connected to NATS");
         Ok(jetstream::ContextBuilder::new().timeout(timeout).ack_timeout(timeout).build(client))
     }

@@ -3,6 +3,8 @@
 pub mod alloc_meter;
 pub mod clients;
 pub mod gateway;
+pub mod nats_jwt;
+pub mod nats_server;
 pub mod plugin_dir;
 pub mod plugin_service;
 pub mod server;

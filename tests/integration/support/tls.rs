@@ -1,7 +1,8 @@
-//! A certificate authority made per test (rcgen), the server certificates it
-//! issues, and helpers for clients that trust it (or do not), so that tests
-//! can serve HTTPS from inside the test process (`support::gateway`) and
-//! point the real binary at it (`SMARTMART_PAYMENT_GATEWAY_CA_FILE`).
+//! A certificate authority made per test (rcgen), the server and client
+//! certificates it issues, and helpers for clients that trust it (or do
+//! not), so that tests can serve HTTPS from inside the test process
+//! (`support::gateway`), point the real binary at it
+//! (`SMARTMART_PAYMENT_GATEWAY_CA_FILE`), and run a NATS server with TLS.
 
 // The API serves the tests that drive the real binary; not each of them
 // uses every item.
@@ -25,7 +26,8 @@ pub struct TestCa {
     name: String,
 }
 
-/// A server certificate (leaf, signed by a [`TestCa`]) and its private key.
+/// A leaf certificate signed by a [`TestCa`] and its private key: a
+/// server's ([`TestCa::issue`]) or a client's ([`TestCa::issue_client`], no hosts).
 #[derive(Clone)]
 pub struct ServerCert {
     /// The names it is valid for, as given to [`TestCa::issue`].
@@ -91,6 +93,25 @@ impl TestCa {
         let cert = params.signed_by(&key, &*self.issuer).expect("signing the server certificate");
         ServerCert {
             hosts,
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pkcs8_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A client certificate (mutual TLS) whose common name is `name`, valid
+    /// for TLS client authentication only.
+    pub fn issue_client(&self, name: &str) -> ServerCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client certificate parameters");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("generating the client key");
+        let cert = params.signed_by(&key, &*self.issuer).expect("signing the client certificate");
+        ServerCert {
+            hosts: Vec::new(),
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
             key_pkcs8_der: key.serialize_der(),
