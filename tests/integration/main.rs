@@ -15,6 +15,7 @@ mod kafka;
 mod layers;
 mod nats;
 mod observability;
+mod otlp;
 mod payment;
 mod pipeline;
 mod postgres_tls;
