@@ -244,6 +244,13 @@ pub struct ServeConfig {
     /// [default: text].
     #[arg(long, env = "SMARTMART_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// `http://collector:4318` (traces go to `<endpoint>/v1/traces`): a span
+    /// per request, per pipeline stage and per rule call. Unset: no traces
+    /// are made. The standard `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_HEADERS`,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER` and `OTEL_BSP_*` apply.
+    #[arg(long, env = "SMARTMART_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How log lines are written (`SMARTMART_LOG_FORMAT`).
@@ -371,7 +378,33 @@ impl ServeConfig {
             kafka_replication_factor: self.kafka_replication_factor.or(lower.kafka_replication_factor),
             kafka_timeout_ms: self.kafka_timeout_ms.or(lower.kafka_timeout_ms),
             log_format: self.log_format.or(lower.log_format),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
         }
+    }
+
+    /// Where traces are exported (`SMARTMART_OTLP_ENDPOINT` + `/v1/traces`),
+    /// or `None` when unset or empty: no exporter. Refused: anything but an
+    /// `http` or `https` URL with a host; a query or fragment (the signal's
+    /// path is appended); credentials in it (they belong in
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, and the endpoint is logged at start).
+    pub fn otlp_traces_endpoint(&self) -> anyhow::Result<Option<String>> {
+        let Some(endpoint) = self.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
+            return Ok(None);
+        };
+        let url =
+            reqwest::Url::parse(endpoint).map_err(|e| anyhow::anyhow!("SMARTMART_OTLP_ENDPOINT is not a URL ({e})"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("SMARTMART_OTLP_ENDPOINT must not carry credentials: send them with OTEL_EXPORTER_OTLP_HEADERS");
+        }
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            bail!("SMARTMART_OTLP_ENDPOINT must be an http:// or https:// URL with a host, got `{endpoint}`");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            bail!(
+                "SMARTMART_OTLP_ENDPOINT must have no query or fragment (`/v1/traces` is appended), got `{endpoint}`"
+            );
+        }
+        Ok(Some(format!("{}/v1/traces", url.as_str().trim_end_matches('/'))))
     }
 }
 
@@ -1179,6 +1212,29 @@ mod tests {
             let error = ServeSettings::resolve(bad, false).unwrap_err().to_string();
             assert!(error.contains(name) && error.contains(says), "{error}");
         }
+    }
+
+    #[test]
+    fn the_otlp_endpoint_gets_the_traces_path_and_a_bad_one_is_refused_by_name() {
+        let traces = |endpoint: &str| {
+            ServeConfig { otlp_endpoint: Some(endpoint.into()), ..ServeConfig::default() }.otlp_traces_endpoint()
+        };
+        assert_eq!(ServeConfig::default().otlp_traces_endpoint().unwrap(), None, "unset: no exporter");
+        assert_eq!(traces("  ").unwrap(), None, "empty: no exporter");
+        assert_eq!(traces("http://collector:4318").unwrap().as_deref(), Some("http://collector:4318/v1/traces"));
+        assert_eq!(
+            traces("https://otel.example/ingest/").unwrap().as_deref(),
+            Some("https://otel.example/ingest/v1/traces")
+        );
+        for bad in ["collector:4318", "ftp://collector", "http://", "http://collector:4318/?a=b", "not a url"] {
+            let error = traces(bad).unwrap_err().to_string();
+            assert!(error.contains("SMARTMART_OTLP_ENDPOINT"), "{bad}: {error}");
+        }
+        let error = traces("https://key:s3cret@otel.example").unwrap_err().to_string();
+        assert!(error.contains("OTEL_EXPORTER_OTLP_HEADERS") && !error.contains("s3cret"), "{error}");
+        let file: ServeConfig = toml::from_str("otlp_endpoint = \"http://collector:4318\"").unwrap();
+        let cli = ServeConfig { otlp_endpoint: Some("http://other:4318".into()), ..ServeConfig::default() };
+        assert_eq!(cli.or(file).otlp_endpoint.as_deref(), Some("http://other:4318"), "the command line wins");
     }
 
     #[test]

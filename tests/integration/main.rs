@@ -16,6 +16,7 @@ mod layers;
 mod nats;
 mod nats_tls;
 mod observability;
+mod otlp;
 mod payment;
 mod pipeline;
 mod postgres_tls;

@@ -14,6 +14,11 @@
 //!   start-up, reload, reconciliation and shutdown lines, nothing per order
 //!   when all goes well), `warn` for the tools. An unreadable `RUST_LOG` is
 //!   reported and the default used.
+//! - **Traces** (`serve` with `SMARTMART_OTLP_ENDPOINT`): a second layer
+//!   beside the log's, with a filter of its own, exports the spans over
+//!   OTLP (`super::telemetry`). Each layer sees only what its own filter
+//!   lets through, so the log writes the same lines with or without it
+//!   (its `request` span then also has `otel.kind`, the exported span's kind).
 //!
 //! `serve` reads its format before the subscriber exists: `super::prepare`
 //! merges the configuration file into the command line and environment
@@ -21,8 +26,12 @@
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::Registry;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
 
+use super::telemetry;
 use crate::config::LogFormat;
 
 /// `serve`'s lines without `RUST_LOG`: the service's own at `info`, its
@@ -38,15 +47,17 @@ pub(super) struct LogSettings {
     pub format: LogFormat,
     /// The filter when `RUST_LOG` is unset or empty.
     pub default_filter: &'static str,
+    /// Where traces are exported (`…/v1/traces`), when they are (`serve` only).
+    pub traces_endpoint: Option<String>,
 }
 
 impl LogSettings {
-    pub fn serve(format: LogFormat) -> LogSettings {
-        LogSettings { format, default_filter: SERVE_DEFAULT_FILTER }
+    pub fn serve(format: LogFormat, traces_endpoint: Option<String>) -> LogSettings {
+        LogSettings { format, default_filter: SERVE_DEFAULT_FILTER, traces_endpoint }
     }
 
     pub fn tool(format: LogFormat) -> LogSettings {
-        LogSettings { format, default_filter: TOOL_DEFAULT_FILTER }
+        LogSettings { format, default_filter: TOOL_DEFAULT_FILTER, traces_endpoint: None }
     }
 }
 
@@ -62,21 +73,35 @@ fn filter(rust_log: Option<&str>, default: &str) -> (EnvFilter, Option<String>) 
     }
 }
 
-/// Installs the subscriber for the process.
-pub(super) fn install(settings: &LogSettings) {
+/// Installs the subscriber for the process: the log, and the trace
+/// exporter when one is configured (returned, to be flushed at the end).
+pub(super) fn install(settings: &LogSettings) -> anyhow::Result<Option<telemetry::Exporter>> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (filter, ignored) = filter(rust_log.as_deref(), settings.default_filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match settings.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
-    }
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let log = match settings.format {
+        LogFormat::Text => log.with_filter(filter).boxed(),
+        LogFormat::Json => {
+            log.json().flatten_event(true).with_current_span(false).with_span_list(true).with_filter(filter).boxed()
+        }
+    };
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![log];
+    let exporter = match &settings.traces_endpoint {
+        Some(endpoint) => {
+            let (exporter, layer) = telemetry::exporter(endpoint)?;
+            layers.push(layer);
+            Some(exporter)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(layers).init();
     if let Some(why) = ignored {
         tracing::warn!("{why}");
     }
+    if let Some(endpoint) = &settings.traces_endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+    }
+    Ok(exporter)
 }
 
 #[cfg(test)]
@@ -99,7 +124,7 @@ mod tests {
 
     #[test]
     fn serve_logs_its_own_info_lines_and_the_tools_warnings_only() {
-        assert_eq!(LogSettings::serve(LogFormat::Json).default_filter, "warn,smartmart=info");
+        assert_eq!(LogSettings::serve(LogFormat::Json, None).default_filter, "warn,smartmart=info");
         assert_eq!(LogSettings::tool(LogFormat::Text).default_filter, "warn");
     }
 }

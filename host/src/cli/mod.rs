@@ -7,6 +7,7 @@ mod logging;
 mod rules;
 pub(crate) mod serve;
 pub(crate) mod soak;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,8 +90,13 @@ enum Command {
 /// runs the command.
 pub fn main() -> ExitCode {
     let outcome = prepare(Cli::parse().command).and_then(|command| {
-        logging::install(&command.log);
-        run(command.command)
+        let traces = logging::install(&command.log)?;
+        let outcome = run(command.command);
+        // The command's runtime is gone: every span has ended and is queued.
+        if let Some(traces) = traces {
+            traces.shutdown();
+        }
+        outcome
     });
     match outcome {
         Ok(code) => code,
@@ -120,7 +126,8 @@ fn prepare(command: Command) -> anyhow::Result<Prepared> {
                 Some(path) => config.or(crate::config::ServeConfig::from_file(&path)?),
                 None => config,
             };
-            let log = logging::LogSettings::serve(config.log_format.unwrap_or_default());
+            let log =
+                logging::LogSettings::serve(config.log_format.unwrap_or_default(), config.otlp_traces_endpoint()?);
             Prepared { command: Command::Serve { config, config_file: None, dev, demo_data }, log }
         }
         other => Prepared { command: other, log: logging::LogSettings::tool(crate::config::LogFormat::from_env()?) },

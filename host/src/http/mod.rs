@@ -136,14 +136,18 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let started = Instant::now();
     let method = request.method().to_string();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let context = Arc::new(request_id::RequestContext::of(request.headers()));
+    let context = request_id::RequestContext::of(request.headers());
     let span = tracing::error_span!(
         "request",
         %method,
         %route,
         request_id = %context.id,
-        trace_id = tracing::field::Empty
+        trace_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        // Recorded only when the span is exported (`RequestContext::traced_by`).
+        otel.kind = tracing::field::Empty,
     );
+    let context = Arc::new(context.traced_by(&span));
     if let Some(trace) = &context.trace {
         span.record("trace_id", trace.trace_id.as_str());
     }
@@ -162,6 +166,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         response.headers_mut().insert(request_id::X_REQUEST_ID, id);
     }
     let status = response.status().as_u16();
+    span.record("status", status);
     let seconds = started.elapsed().as_secs_f64();
     // Not `info`: one line per request is too many at thousands a second;
     // failures are logged where they happen (5xx: `error::ApiError`).

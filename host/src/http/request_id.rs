@@ -16,8 +16,14 @@
 //!   the gateway calls of the order carry a `traceparent` with the same
 //!   trace id and flags and a new parent id, this request's own span id (one
 //!   per request, the parent of its gateway calls). A malformed one is
-//!   ignored, as is a missing one: no trace is started here, and nothing is
-//!   exported (there is no OpenTelemetry exporter).
+//!   ignored, as is a missing one: without an exporter no trace is started.
+//! - **Exported traces** (`SMARTMART_OTLP_ENDPOINT`, see
+//!   [`RequestContext::traced_by`]): the request span is the exported server
+//!   span, its parent the client's span when a valid `traceparent` came,
+//!   else the root of a new trace. Its ids are then the request's: the
+//!   `trace_id` logged, and the trace id, parent id (the exported request
+//!   span) and flags (the sampling decision) the gateway calls carry, with
+//!   or without an incoming `traceparent`.
 //!
 //! The id travels in a task-local ([`scope`], read by [`current`]) set by
 //! the `observe` middleware around the whole handling of the request,
@@ -27,6 +33,8 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The header both ways, and to the gateway.
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -42,7 +50,9 @@ pub const MAX_REQUEST_ID: usize = 128;
 pub struct RequestContext {
     /// The client's `X-Request-Id` when valid, else a generated one.
     pub id: String,
-    /// The client's trace context, when it sent a valid one.
+    /// The request's trace: the client's, when it sent a valid
+    /// `traceparent`; with an exporter, the exported one (the client's
+    /// continued, or a new one).
     pub trace: Option<TraceParent>,
 }
 
@@ -58,9 +68,34 @@ impl RequestContext {
         RequestContext { id, trace }
     }
 
-    /// The `traceparent` to send downstream, if the request brought one.
+    /// The `traceparent` to send downstream: the request's trace, if it has one.
     pub fn outgoing_traceparent(&self) -> Option<String> {
         self.trace.as_ref().map(TraceParent::outgoing)
+    }
+
+    /// This request as its span `span` is exported, when traces are: the span
+    /// continues the client's trace (its parent the client's span) or starts
+    /// one, becomes a server span, and its ids become the request's trace
+    /// (the trace id, this request's span id, the sampling flags). Without an
+    /// exporter `set_parent` fails (there is no OpenTelemetry layer) and the
+    /// request stays as it came. Call before `span` is first entered: a
+    /// started span's parent and kind are fixed.
+    pub fn traced_by(mut self, span: &tracing::Span) -> RequestContext {
+        let parent = self.trace.as_ref().and_then(TraceParent::remote_context).unwrap_or_default();
+        if span.set_parent(parent).is_err() {
+            return self;
+        }
+        span.record("otel.kind", "server");
+        let exported = span.context().span().span_context().clone();
+        if exported.is_valid() {
+            self.trace = Some(TraceParent {
+                trace_id: exported.trace_id().to_string(),
+                parent_id: self.trace.and_then(|client| client.parent_id),
+                flags: format!("{:02x}", exported.trace_flags().to_u8()),
+                span_id: exported.span_id().to_string(),
+            });
+        }
+        self
     }
 }
 
@@ -81,13 +116,14 @@ pub fn generate_request_id() -> String {
     format!("req_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// A valid incoming `traceparent`, and this request's own span id.
+/// A request's trace: a valid incoming `traceparent` or the exported
+/// trace, and this request's own span id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
     /// 32 lowercase hex digits.
     pub trace_id: String,
-    /// The caller's span (16 lowercase hex digits).
-    pub parent_id: String,
+    /// The caller's span (16 lowercase hex digits), when the client sent one.
+    pub parent_id: Option<String>,
     /// 2 lowercase hex digits (`01`: sampled).
     pub flags: String,
     /// This request's span id: the parent of the calls it makes.
@@ -110,7 +146,7 @@ impl TraceParent {
             && parent_id.bytes().any(|b| b != b'0');
         valid.then(|| TraceParent {
             trace_id: trace_id.to_string(),
-            parent_id: parent_id.to_string(),
+            parent_id: Some(parent_id.to_string()),
             flags: flags.to_string(),
             span_id: new_span_id(),
         })
@@ -120,6 +156,18 @@ impl TraceParent {
     /// request's span as the parent.
     pub fn outgoing(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+
+    /// The client's span as the remote parent of an exported span.
+    fn remote_context(&self) -> Option<opentelemetry::Context> {
+        let span_context = SpanContext::new(
+            TraceId::from_hex(&self.trace_id).ok()?,
+            SpanId::from_hex(self.parent_id.as_deref()?).ok()?,
+            TraceFlags::new(u8::from_str_radix(&self.flags, 16).ok()?),
+            true,
+            TraceState::default(),
+        );
+        Some(opentelemetry::Context::new().with_remote_span_context(span_context))
     }
 }
 
@@ -186,7 +234,7 @@ mod tests {
         let context = RequestContext::of(&headers(&[(TRACEPARENT, sent.as_bytes())]));
         let trace = context.trace.clone().expect("taken up");
         assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(trace.parent_id, "00f067aa0ba902b7");
+        assert_eq!(trace.parent_id.as_deref(), Some("00f067aa0ba902b7"));
         let outgoing = context.outgoing_traceparent().unwrap();
         let parts: Vec<&str> = outgoing.split('-').collect();
         assert_eq!(parts.len(), 4);
@@ -214,6 +262,62 @@ mod tests {
         let context = RequestContext::of(&headers(&[(TRACEPARENT, b"nonsense")]));
         assert_eq!(context.trace, None);
         assert_eq!(context.outgoing_traceparent(), None);
+    }
+
+    /// Runs `f` under a subscriber with the exporter's layer (an SDK
+    /// provider without an exporter: the ids are what is looked at), and
+    /// returns what it made with the request span's exported span id.
+    fn exported(f: impl FnOnce(&tracing::Span) -> RequestContext) -> (RequestContext, String) {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let span = tracing::error_span!("request", otel.kind = tracing::field::Empty);
+            let context = f(&span);
+            (context, span.context().span().span_context().span_id().to_string())
+        })
+    }
+
+    #[test]
+    fn an_exported_request_continues_the_callers_trace_from_its_own_span() {
+        let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let incoming = RequestContext::of(&headers(&[(TRACEPARENT, sent.as_bytes())]));
+        let (context, span_id) = exported(|span| incoming.clone().traced_by(span));
+        let trace = context.trace.clone().expect("traced");
+        assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace");
+        assert_eq!(trace.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(trace.flags, "01", "sampled, as the caller asked");
+        assert_eq!(trace.span_id, span_id, "the exported request span is the gateway calls' parent");
+        assert_ne!(trace.span_id, incoming.trace.expect("taken up").span_id, "not the id made without an exporter");
+        assert_eq!(context.outgoing_traceparent(), Some(format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span_id}-01")));
+        assert_eq!(context.id, incoming.id);
+
+        // A caller that did not sample: neither does the service, and it says so downstream.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let incoming = RequestContext::of(&headers(&[(TRACEPARENT, unsampled.as_bytes())]));
+        let (context, _) = exported(|span| incoming.traced_by(span));
+        assert!(context.outgoing_traceparent().is_some_and(|t| t.ends_with("-00")), "{context:?}");
+    }
+
+    #[test]
+    fn an_exported_request_without_a_traceparent_starts_a_trace() {
+        let (context, span_id) = exported(|span| RequestContext::of(&HeaderMap::new()).traced_by(span));
+        let trace = context.trace.clone().expect("a new trace");
+        assert!(trace.trace_id.len() == 32 && trace.trace_id.bytes().any(|b| b != b'0'), "{trace:?}");
+        assert_eq!(trace.parent_id, None, "a root span");
+        let expected = format!("00-{}-{span_id}-01", trace.trace_id);
+        assert_eq!(context.outgoing_traceparent(), Some(expected), "the gateway hears the exported trace");
+    }
+
+    #[test]
+    fn without_an_exporter_a_request_is_traced_as_it_came() {
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let span = tracing::error_span!("request", otel.kind = tracing::field::Empty);
+        let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let incoming = RequestContext::of(&headers(&[(TRACEPARENT, sent.as_bytes())]));
+        assert_eq!(incoming.clone().traced_by(&span), incoming);
+        assert_eq!(RequestContext::of(&HeaderMap::new()).traced_by(&span).trace, None, "no trace is started");
     }
 
     #[tokio::test]

@@ -140,7 +140,9 @@ fn verdict(
 /// severe action wins (then the highest score); flags are merged. A failed
 /// check of a fail-closed slot asks for a human (REVIEW, flag RULE_FAILED);
 /// a fail-open one is skipped and listed. A check's shadow candidate runs
-/// on the same order; its run is added to `shadows`.
+/// on the same order; its run is added to `shadows`. In a `fraud_review`
+/// span: an exported trace of its own per order (the review comes after the
+/// answer, outside the request's trace), with the checks' rule spans in it.
 pub fn review(
     rules: &RuleSet,
     invoice: &Invoice,
@@ -148,6 +150,7 @@ pub fn review(
     rule_errors: &RuleErrors,
     shadows: &mut Vec<ShadowRun>,
 ) -> FraudReview {
+    let _span = tracing::debug_span!("fraud_review", order_id = invoice.order_id.as_str()).entered();
     let context = order_context(invoice);
     let payment = payment_summary(invoice);
     let mut best: Option<(FraudAction, u8, std::sync::Arc<crate::rules::ModuleIdentity>)> = None;

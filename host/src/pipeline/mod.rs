@@ -19,6 +19,11 @@
 //!   shared with the release tooling of `crate::release`, which the saga never calls);
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause);
 //! - [`error`]: every way an order can fail, and the API's error table.
+//!
+//! Each stage runs in a `DEBUG` span named after it (`validate`, `cart`,
+//! `discount`, `inventory`, `payment`, `invoice`, `settle`) inside the
+//! order's span: the traces exported with `SMARTMART_OTLP_ENDPOINT` show
+//! them, the log only when `RUST_LOG` asks for `debug`.
 
 pub(crate) mod canary;
 pub(crate) mod cart;
@@ -41,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 pub use error::{OrderError, Stage};
 pub use placed::Placed;
@@ -268,23 +274,27 @@ impl Pipeline {
         // Stage 1, then the order's one read (customer, cart, stock), then
         // stage 2 on what it read.
         let stage_started = Instant::now();
-        validate::check_token(
-            &config.identity_secret,
-            config.max_token_lifetime,
-            &request.customer_id,
-            &request.customer_token,
-        )?;
-        let key = request.idempotency.as_ref().map(|(key, _)| (request.channel.as_str(), key.as_str()));
-        let snapshot = within(Stage::Validate, config.stage_timeout, async {
-            self.store.order_snapshot(&request.customer_id, key).await.map_err(|e| unavailable(Stage::Validate, e))
-        })
-        .await?;
-        let OrderSnapshot { customer, cart, unknown_skus, stocked, key_used } = snapshot;
-        if key_used {
-            // An earlier request's order: the caller answers from its record.
-            return Err(OrderError::IdempotencyInProgress);
-        }
-        let customer = validate::check_customer(&request.customer_id, customer)?;
+        let validated = async {
+            validate::check_token(
+                &config.identity_secret,
+                config.max_token_lifetime,
+                &request.customer_id,
+                &request.customer_token,
+            )?;
+            let key = request.idempotency.as_ref().map(|(key, _)| (request.channel.as_str(), key.as_str()));
+            let snapshot = within(Stage::Validate, config.stage_timeout, async {
+                self.store.order_snapshot(&request.customer_id, key).await.map_err(|e| unavailable(Stage::Validate, e))
+            })
+            .await?;
+            let OrderSnapshot { customer, cart, unknown_skus, stocked, key_used } = snapshot;
+            if key_used {
+                // An earlier request's order: the caller answers from its record.
+                return Err(OrderError::IdempotencyInProgress);
+            }
+            let customer = validate::check_customer(&request.customer_id, customer)?;
+            Ok((customer, cart, unknown_skus, stocked))
+        };
+        let (customer, cart, unknown_skus, stocked) = validated.instrument(tracing::debug_span!("validate")).await?;
         timings.validate = ms(stage_started);
 
         let stage_started = Instant::now();
@@ -292,6 +302,7 @@ impl Pipeline {
             injected_delay(config.faults.cart_delay).await;
             cart::price(cart, unknown_skus)
         })
+        .instrument(tracing::debug_span!("cart"))
         .await?;
         timings.cart = ms(stage_started);
 
@@ -310,12 +321,15 @@ impl Pipeline {
 
         // Stage 3: both legs at once, each one hop to a rule thread. Neither
         // writes: a failed leg leaves nothing to undo. Once both have
-        // succeeded, phase 1 holds the stock with the payment intent.
+        // succeeded, phase 1 holds the stock with the payment intent. The
+        // inventory stage's span covers its leg and the hold, as its timing does.
+        let inventory_span = tracing::debug_span!("inventory");
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.inventory_delay).await;
             inventory::plan(&rules, &self.canaries, &context, &stocked).await.map(|p| (p, leg_started))
-        });
+        })
+        .instrument(inventory_span.clone());
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.discount_delay).await;
@@ -329,7 +343,8 @@ impl Pipeline {
             })
             .await?;
             Ok((discounts, ms(leg_started)))
-        });
+        })
+        .instrument(tracing::debug_span!("discount"));
         let (planned, discounted) = if config.sequential_legs {
             let planned = inventory_leg.await;
             (planned, discount_leg.await)
@@ -374,6 +389,7 @@ impl Pipeline {
             config.stage_timeout,
             inventory::hold(&self.store, &rules, &self.canaries, &context, &keys, planned, &intent_for),
         )
+        .instrument(inventory_span)
         .await;
         let held = match held {
             Ok(held) => held,

@@ -7,8 +7,14 @@
 //! stock and is recorded as a `PAYMENT_FAILED` order; one whose outcome is
 //! still unknown at the answer deadline is answered `202 PAYMENT_PENDING`
 //! with its stock held, and the reconciler settles it (see `recovery`).
+//!
+//! Spans: `payment` (the attempts and the decision), `invoice` (the final
+//! invoice, its events and the stored answer, made), `settle` (the one
+//! store command; or the hand-over to the reconciler).
 
 use std::time::Instant;
+
+use tracing::Instrument as _;
 
 use super::validate::unavailable;
 use super::{OrderError, OrderRequest, Pipeline, Placed, Stage, ms};
@@ -154,17 +160,22 @@ pub(super) async fn pay_and_settle(
         request_id: request.request_id.clone(),
         traceparent: request.traceparent.clone(),
     };
-    let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry, deadline).await;
-    let attempts = outcome.attempts;
-    if let Err(error) = &outcome.result {
-        pipeline.metrics.payment_gateway_error(error.kind());
-        // Not retryable and not the customer's decline: a certificate the
-        // host refuses. Operators must hear of it; no order can pay.
-        if matches!(error, crate::payment::GatewayError::NotCharged { retryable: false, .. }) {
-            tracing::error!(order_id = %invoice.order_id, error = %error, "the payment gateway cannot be used; nothing was sent");
+    let charged_and_decided = async {
+        let outcome = charge_with_retries(pipeline.gateway.as_ref(), &charge, &pipeline.config.retry, deadline).await;
+        let attempts = outcome.attempts;
+        if let Err(error) = &outcome.result {
+            pipeline.metrics.payment_gateway_error(error.kind());
+            // Not retryable and not the customer's decline: a certificate the
+            // host refuses. Operators must hear of it; no order can pay.
+            if matches!(error, crate::payment::GatewayError::NotCharged { retryable: false, .. }) {
+                tracing::error!(order_id = %invoice.order_id, error = %error, "the payment gateway cannot be used; nothing was sent");
+            }
         }
-    }
-    let decision = decide(pipeline.gateway.as_ref(), &charge.idempotency_key, &charge.trace(), outcome, deadline).await;
+        let decision =
+            decide(pipeline.gateway.as_ref(), &charge.idempotency_key, &charge.trace(), outcome, deadline).await;
+        (attempts, decision)
+    };
+    let (attempts, decision) = charged_and_decided.instrument(tracing::debug_span!("payment")).await;
     invoice.timings_ms.payment = ms(stage_started);
     invoice.timings_ms.total = ms(order_started);
     let order_id = invoice.order_id.clone();
@@ -172,15 +183,17 @@ pub(super) async fn pay_and_settle(
         Decision::Charged(charge) => Ok(charge.transaction_id),
         Decision::NotCharged(reason) => Err(reason),
         Decision::Unknown(reason) => {
-            return hand_to_reconciler(store, invoice, attempts, &reason).await.map_err(|e| {
+            let handed = hand_to_reconciler(store, invoice, attempts, &reason);
+            return handed.instrument(tracing::debug_span!("settle")).await.map_err(|e| {
                 // Left PENDING with its intent: the janitor re-drives it.
                 tracing::error!(%order_id, error = %e, "could not record the pending payment; reconciliation will finish it");
                 unavailable(Stage::Payment, e)
             });
         }
     };
-    let (settlement, answer) = finish(invoice, charged, attempts, request.request_id.as_deref());
-    if let Err(e) = store.settle(settlement).await {
+    let (settlement, answer) =
+        tracing::debug_span!("invoice").in_scope(|| finish(invoice, charged, attempts, request.request_id.as_deref()));
+    if let Err(e) = store.settle(settlement).instrument(tracing::debug_span!("settle")).await {
         // Charged (maybe) but not recorded: the order stays PENDING with its
         // intent, and reconciliation settles it from the gateway's ledger.
         tracing::error!(%order_id, error = %e, "settlement failed; reconciliation will finish it");

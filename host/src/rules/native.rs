@@ -127,7 +127,7 @@ impl Rule {
     }
 
     pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
-        match self {
+        self.traced(|| match self {
             Rule::Wasm(m) => m.apply_discount(order),
             Rule::Native(NativeRule { logic: NativeLogic::Discount(f), .. }) => {
                 let started = Instant::now();
@@ -135,11 +135,11 @@ impl Rule {
                 Ok(Called { value, usage: usage(started) })
             }
             Rule::Native(_) => Err(self.wrong_world()),
-        }
+        })
     }
 
     pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
-        match self {
+        self.traced(|| match self {
             Rule::Wasm(m) => m.select_warehouses(order, candidates),
             Rule::Native(NativeRule { logic: NativeLogic::Warehouse(f), .. }) => {
                 let started = Instant::now();
@@ -147,17 +147,47 @@ impl Rule {
                 Ok(Called { value, usage: usage(started) })
             }
             Rule::Native(_) => Err(self.wrong_world()),
-        }
+        })
     }
 
     pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
-        match self {
+        self.traced(|| match self {
             Rule::Wasm(m) => m.check_fraud(order, payment),
             Rule::Native(NativeRule { logic: NativeLogic::Fraud(f), .. }) => {
                 let started = Instant::now();
                 Ok(Called { value: f(order, payment), usage: usage(started) })
             }
             Rule::Native(_) => Err(self.wrong_world()),
-        }
+        })
+    }
+
+    /// Makes `call` in a `rule` span naming the module (`DEBUG`: exported
+    /// with the traces, in the log only when `RUST_LOG` asks for it), a
+    /// child of the caller's span (on a rule thread, the span `pool::run`
+    /// carried over), with the call's outcome: `ok`, `refused` (the
+    /// order's fault) or `failed` (also the span's error status).
+    fn traced<T>(&self, call: impl FnOnce() -> Result<Called<T>, RuleError>) -> Result<Called<T>, RuleError> {
+        let identity = self.identity();
+        let span = tracing::debug_span!(
+            "rule",
+            rule.name = identity.name.as_str(),
+            rule.version = identity.version.as_str(),
+            rule.digest = identity.digest.as_str(),
+            rule.world = identity.world.name(),
+            rule.file = identity.file.as_str(),
+            rule.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = span.in_scope(call);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(RuleError::Refused { .. }) => "refused",
+            Err(RuleError::Failed { .. }) => {
+                span.record("otel.status_code", "ERROR");
+                "failed"
+            }
+        };
+        span.record("rule.outcome", outcome);
+        result
     }
 }

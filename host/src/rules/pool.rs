@@ -50,7 +50,8 @@ fn pool() -> &'static crossbeam_channel::Sender<Task> {
 /// Runs `f` (rule calls) on a rule thread and returns its result. A panic in
 /// `f` is resumed here, on the caller's task. `f` runs in the caller's
 /// tracing span, so that what the rules log names the order (and the
-/// request) they ran for.
+/// request) they ran for, and the spans of its rule calls (`Rule`'s
+/// `rule` span) are children of the caller's (an exported stage span).
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (answer, result) = oneshot::channel();
     let span = tracing::Span::current();

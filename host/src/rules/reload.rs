@@ -284,8 +284,10 @@ fn smoke_order() -> (OrderContext, Vec<Candidate>, PaymentSummary) {
 }
 
 /// Runs every rule of `set` (variants and shadows too) on an example
-/// order; the first that fails is named with why.
+/// order; the first that fails is named with why. One span holds the
+/// calls' spans (one exported trace per smoke test).
 fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
+    let _span = tracing::debug_span!("smoke_test").entered();
     let (order, candidates, payment) = smoke_order();
     for (slot, rule) in set.all() {
         let mut rules: Vec<&Rule> = vec![&rule.module];

@@ -1,5 +1,6 @@
-//! The real `smartmart serve` binary as a child process (crash and replica
-//! tests): started, SIGKILLed and started again on the same port and data dir.
+//! The real `smartmart serve` binary as a child process (crash, replica and
+//! trace tests): started, SIGKILLed and started again on the same port and
+//! data dir, or stopped with SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,6 +73,21 @@ impl Service {
             }
             assert!(Instant::now() < deadline, "the service never became ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (0), within a minute (a hang guard).
+    pub fn stop(&mut self) {
+        let kill = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("running kill");
+        assert!(kill.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("waiting for the service") {
+                assert!(exit.success(), "the service did not stop cleanly: {exit}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the service did not stop within a minute of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
