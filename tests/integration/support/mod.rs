@@ -5,6 +5,7 @@ pub mod clients;
 pub mod gateway;
 pub mod plugin_dir;
 pub mod plugin_service;
+pub mod raw_http;
 pub mod server;
 pub mod service;
 pub mod tls;
