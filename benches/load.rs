@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use smartmart::app::{Dataset, Engine, EngineSettings};
 use smartmart::http::Credentials;
-use smartmart::http::{AppState, serve};
+use smartmart::http::{AppState, ConnectionLimits, serve_with};
 use smartmart::test_support::mint_token;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -251,7 +251,10 @@ fn start_service(
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
             let base = format!("http://{}", listener.local_addr().unwrap());
             tx.send((base, engine.clone())).unwrap();
-            serve(listener, state, shutdown, Duration::from_secs(10)).await.expect("the server runs");
+            // Every simulated customer connects from 127.0.0.1: no per-client cap (the
+            // open loop may hold up to MAX_IN_FLIGHT connections).
+            let limits = ConnectionLimits { max_connections_per_client: 0, ..ConnectionLimits::default() };
+            serve_with(listener, state, shutdown, Duration::from_secs(10), limits).await.expect("the server runs");
         });
     });
     let thread = thread.expect("spawning the server thread");

@@ -219,6 +219,8 @@ impl Replica {
             .env("SMARTMART_WATCH_PLUGINS", "false")
             .env("SMARTMART_EVENT_SINK", "jsonl")
             .env("SMARTMART_DURABILITY", SERVICE_DURABILITY)
+            // Every simulated client connects from 127.0.0.1 (REPLICAS_CLIENTS may exceed the cap).
+            .env("SMARTMART_HTTP_MAX_CONNECTIONS_PER_CLIENT", "0")
             .env("RUST_LOG", "error")
             .env_remove("SMARTMART_DATABASE_URL")
             .stdin(Stdio::null())

@@ -152,6 +152,18 @@ pub struct ServeConfig {
     /// it is closed [default: 60000].
     #[arg(long, env = "SMARTMART_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Most HTTP connections open at once; past it the oldest connection
+    /// that has not sent a whole request (else the longest-idle keep-alive
+    /// one) is closed to make room [default: the soft descriptor limit
+    /// (`ulimit -n`) less an eighth of it, at least 64, kept for the
+    /// database, files and brokers].
+    #[arg(long, env = "SMARTMART_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Most HTTP connections one client address (an IPv6 one by its /64)
+    /// may hold at once; more are closed at once. Behind a load balancer or
+    /// reverse proxy all connections come from its addresses: raise it, or set 0 (no cap) [default: 128].
+    #[arg(long, env = "SMARTMART_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
+    pub http_max_connections_per_client: Option<usize>,
     /// Longest lifetime a customer token may have left when it is checked
     /// (`exp` minus now), in seconds; tokens valid for longer are refused [default: 86400].
     #[arg(long, env = "SMARTMART_MAX_TOKEN_LIFETIME_SECS")]
@@ -356,6 +368,10 @@ impl ServeConfig {
                 .or(lower.retention_rollout_events_max_rows),
             header_read_timeout_ms: self.header_read_timeout_ms.or(lower.header_read_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
+            http_max_connections: self.http_max_connections.or(lower.http_max_connections),
+            http_max_connections_per_client: self
+                .http_max_connections_per_client
+                .or(lower.http_max_connections_per_client),
             max_token_lifetime_secs: self.max_token_lifetime_secs.or(lower.max_token_lifetime_secs),
             event_sink: self.event_sink.or(lower.event_sink),
             nats_url: self.nats_url.or(lower.nats_url),
@@ -678,6 +694,9 @@ impl ServeSettings {
         if header_read_timeout_ms == 0 || idle_timeout_ms == 0 {
             bail!("SMARTMART_HEADER_READ_TIMEOUT_MS and SMARTMART_IDLE_TIMEOUT_MS must be positive");
         }
+        if config.http_max_connections == Some(0) {
+            bail!("SMARTMART_HTTP_MAX_CONNECTIONS must be at least 1 (unset: derived from the descriptor limit)");
+        }
         let max_token_lifetime_secs = config.max_token_lifetime_secs.unwrap_or(24 * 3600);
         if max_token_lifetime_secs == 0 {
             bail!("SMARTMART_MAX_TOKEN_LIFETIME_SECS must be positive");
@@ -697,6 +716,10 @@ impl ServeSettings {
                 connection_limits: ConnectionLimits {
                     header_read_timeout: Duration::from_millis(header_read_timeout_ms),
                     idle_timeout: Duration::from_millis(idle_timeout_ms),
+                    max_connections: config.http_max_connections,
+                    max_connections_per_client: config
+                        .http_max_connections_per_client
+                        .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
                 },
                 engine: EngineSettingsView(engine),
                 pseudonym_key_configured: config.pseudonym_key.is_some(),
@@ -977,13 +1000,19 @@ mod tests {
         let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
         assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(settings.connection_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(settings.connection_limits.max_connections, None, "derived from the descriptor limit");
+        assert_eq!(settings.connection_limits.max_connections_per_client, 128);
         assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(24 * 3600));
-        let file: ServeConfig =
-            toml::from_str("header_read_timeout_ms = 1500\nidle_timeout_ms = 2500\nmax_token_lifetime_secs = 31536000")
-                .unwrap();
+        let file: ServeConfig = toml::from_str(
+            "header_read_timeout_ms = 1500\nidle_timeout_ms = 2500\nmax_token_lifetime_secs = 31536000\n\
+             http_max_connections = 5000\nhttp_max_connections_per_client = 0",
+        )
+        .unwrap();
         let (settings, _) = ServeSettings::resolve(file.or(keyed()), false).unwrap();
         assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(settings.connection_limits.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(settings.connection_limits.max_connections, Some(5000));
+        assert_eq!(settings.connection_limits.max_connections_per_client, 0, "0: no cap");
         assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(31_536_000));
         for zero in [
             ServeConfig { header_read_timeout_ms: Some(0), ..keyed() },
@@ -992,6 +1021,9 @@ mod tests {
         ] {
             assert!(ServeSettings::resolve(zero, false).is_err());
         }
+        let no_connections = ServeConfig { http_max_connections: Some(0), ..keyed() };
+        let error = ServeSettings::resolve(no_connections, false).unwrap_err().to_string();
+        assert!(error.contains("SMARTMART_HTTP_MAX_CONNECTIONS"), "{error}");
     }
 
     #[test]

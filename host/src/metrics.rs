@@ -40,6 +40,11 @@ pub struct TableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
     pub route: String,
@@ -80,6 +85,9 @@ pub struct Metrics {
     pub http_request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
     /// Rows deleted by retention, by table (`smartmart_retention_pruned_total`).
     pub retention_pruned: Family<TableLabels, Counter>,
+    /// Connections the HTTP server closed to keep room for others, by reason
+    /// (`smartmart_http_connections_shed_total`; counted by the server itself).
+    pub http_connections_shed: Family<ReasonLabels, Counter>,
 }
 
 /// `smartmart_build_info{version="…"} 1`.
@@ -152,6 +160,14 @@ impl Default for Metrics {
              (idempotency, outbox, shadow_runs, rollout_events)",
             retention_pruned.clone(),
         );
+        let http_connections_shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_connections_shed",
+            "Connections the HTTP server closed to keep room for others, by reason (no_request: no whole \
+             request yet, the oldest first; idle: an idle keep-alive one; per_client: over the per-client \
+             cap; full: a new one while every other had a request in flight)",
+            http_connections_shed.clone(),
+        );
         registry.register(
             "build",
             "The running build (the crate's version)",
@@ -177,6 +193,7 @@ impl Default for Metrics {
             requests,
             http_request_seconds,
             retention_pruned,
+            http_connections_shed,
         }
     }
 }

@@ -7,51 +7,15 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use smartmart::http::ConnectionLimits;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::support::SECRET;
+use crate::support::raw_http::{assert_closed_by_server, healthz_on};
 use crate::support::server::{MOBILE_KEY, TestServer, now_secs, send, signed_token};
-
-/// A backstop for reads that must end: far beyond any timeout configured
-/// here, so it only turns a hang into a failure.
-const BACKSTOP: Duration = Duration::from_secs(60);
 
 fn address(server: &TestServer) -> String {
     server.base.trim_start_matches("http://").to_string()
-}
-
-/// Reads until the peer closes the connection; panics if it sends anything
-/// or stays open past the backstop.
-async fn assert_closed_by_server(stream: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 1024];
-    match tokio::time::timeout(BACKSTOP, stream.read(&mut buf)).await {
-        Ok(Ok(0)) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(Ok(n)) => panic!("{what}: the server sent {:?} instead of closing", String::from_utf8_lossy(&buf[..n])),
-        Ok(Err(e)) => panic!("{what}: reading failed: {e}"),
-        Err(_) => panic!("{what}: still open after {BACKSTOP:?}"),
-    }
-}
-
-/// One `GET /healthz` on `stream` (HTTP/1.1 keep-alive); returns the status.
-async fn healthz_on(stream: &mut TcpStream) -> u16 {
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("writing a request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(BACKSTOP, stream.read(&mut byte)).await.expect("an answer").expect("reading");
-        assert_eq!(n, 1, "the connection closed mid-answer: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).expect("an ASCII head");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-        .expect("a content-length");
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.expect("reading the body");
-    head.split_whitespace().nth(1).expect("a status").parse().expect("a numeric status")
 }
 
 // ---------------------------------------------------------------------------
@@ -63,6 +27,7 @@ async fn silent_and_trickling_connections_are_closed_while_probes_keep_answering
     let server = TestServer::start_with_limits(ConnectionLimits {
         header_read_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(3600),
+        ..ConnectionLimits::default()
     })
     .await;
     let address = address(&server);
@@ -96,6 +61,7 @@ async fn keep_alive_connections_are_bounded_by_the_idle_timeout_not_the_header_t
     let server = TestServer::start_with_limits(ConnectionLimits {
         header_read_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(3600),
+        ..ConnectionLimits::default()
     })
     .await;
     let mut stream = TcpStream::connect(address(&server)).await.unwrap();
@@ -108,6 +74,7 @@ async fn keep_alive_connections_are_bounded_by_the_idle_timeout_not_the_header_t
     let server = TestServer::start_with_limits(ConnectionLimits {
         header_read_timeout: Duration::from_secs(3600),
         idle_timeout: Duration::from_millis(500),
+        ..ConnectionLimits::default()
     })
     .await;
     let mut stream = TcpStream::connect(address(&server)).await.unwrap();
@@ -118,7 +85,12 @@ async fn keep_alive_connections_are_bounded_by_the_idle_timeout_not_the_header_t
 
 #[tokio::test]
 async fn many_concurrent_keep_alive_connections_are_served() {
-    let server = TestServer::start().await;
+    // 200 clients, all on 127.0.0.1: no per-client cap.
+    let server = TestServer::start_with_limits(ConnectionLimits {
+        max_connections_per_client: 0,
+        ..ConnectionLimits::default()
+    })
+    .await;
     let address = address(&server);
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -470,73 +442,4 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_documents_every_answer() 
         assert_eq!(schemas[body]["additionalProperties"], false, "{body} allows unknown fields");
     }
     server.stop().await;
-}
-
-// ---------------------------------------------------------------------------
-// Out of descriptors.
-// ---------------------------------------------------------------------------
-
-/// The binary under `ulimit -n 128` with a 1 s header timeout: 300 silent
-/// connections exhaust its descriptors. Accepting fails with EMFILE; the
-/// service pauses, keeps running, closes the silent connections at their
-/// timeout, accepts again and answers the probe queued behind them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn running_out_of_descriptors_pauses_accepting_and_recovers() {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("stderr.log");
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_smartmart"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--header-read-timeout-ms", "1000", "--watch-plugins", "false"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--plugins-dir")
-        .arg(crate::support::bundled_plugins());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("SMARTMART_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .env("SMARTMART_CHANNEL_KEYS", "web:web-channel-key-0123456789")
-        .env("SMARTMART_ADMIN_KEY", "admin-operations-key-0123456789")
-        .env("SMARTMART_IDENTITY_SECRET", "identity-secret-0123456789")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .spawn()
-        .expect("starting smartmart serve");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let address = tokio::task::spawn_blocking(move || {
-        stdout
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("SmartMart listening on http://").map(|a| a.trim().to_string()))
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|| panic!("no address printed: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
-
-    let mut silent = Vec::new();
-    for _ in 0..300 {
-        silent.push(TcpStream::connect(&address).await.expect("connecting (the backlog takes what is not accepted)"));
-    }
-    let mut probe = TcpStream::connect(&address).await.expect("connecting the probe");
-    let status = healthz_on(&mut probe).await;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert_eq!(status, 200, "{log}");
-    assert!(log.contains("accept failed"), "the descriptors never ran out, so this tested nothing: {log}");
-    assert!(child.try_wait().unwrap().is_none(), "the service died: {log}");
-    // It keeps serving new connections.
-    let mut again = TcpStream::connect(&address).await.unwrap();
-    assert_eq!(healthz_on(&mut again).await, 200);
-    drop(silent);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -2,6 +2,7 @@
 
 mod ab_figures;
 mod cli;
+mod connection_shedding;
 mod crash;
 mod crash_http;
 mod dashboard;

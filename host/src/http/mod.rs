@@ -5,7 +5,7 @@
 //! - [`auth`]: channel and admin keys, customer tokens;
 //! - [`carts`], [`orders`], [`admin`], [`rollouts`], [`ops`]: the endpoints;
 //! - [`dashboard`]: the operators' page at `/admin` (HTML, script, style sheet);
-//! - [`server`]: the connection loop and its timeouts; [`openapi`]: the document;
+//! - [`server`]: the connection loop, its timeouts and connection limits; [`openapi`]: the document;
 //! - [`error`]: the one error type; [`json`]: body extraction; [`validate`]: value checks;
 //! - [`request_id`]: `X-Request-Id` and `traceparent`, for the answer, the log and the gateway.
 
@@ -25,7 +25,7 @@ pub(crate) mod server;
 pub(crate) mod validate;
 
 pub use credentials::Credentials;
-pub use server::{ConnectionLimits, serve, serve_with};
+pub use server::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, serve, serve_with};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

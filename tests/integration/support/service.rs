@@ -17,6 +17,8 @@ pub struct Service {
     env: Vec<(String, String)>,
     /// Where its standard error goes (inherited when `None`).
     log: Option<PathBuf>,
+    /// Its descriptor limit (`ulimit -n`), when not the test process's.
+    descriptor_limit: Option<u64>,
 }
 
 impl Service {
@@ -29,6 +31,28 @@ impl Service {
     /// Like [`Service::spawn`], its standard error appended to `log` (when
     /// given), so that a test can read what it logged.
     pub fn spawn_logging(data_dir: &Path, port: u16, env: &[(&str, String)], log: Option<&Path>) -> Service {
+        Service::spawn_full(data_dir, port, env, log, None)
+    }
+
+    /// Like [`Service::spawn_logging`], under `ulimit -n descriptor_limit`
+    /// (soft and hard), set by a shell that then `exec`s the service.
+    pub fn spawn_with_descriptor_limit(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, String)],
+        log: &Path,
+        descriptor_limit: u64,
+    ) -> Service {
+        Service::spawn_full(data_dir, port, env, Some(log), Some(descriptor_limit))
+    }
+
+    fn spawn_full(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, String)],
+        log: Option<&Path>,
+        descriptor_limit: Option<u64>,
+    ) -> Service {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let stderr = match log {
             Some(path) => Stdio::from(
@@ -36,7 +60,19 @@ impl Service {
             ),
             None => Stdio::inherit(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
+        let mut command = match descriptor_limit {
+            // `sh -c SCRIPT $0 $@…`: the service replaces the shell, same pid.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_smartmart"));
+                shell
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_smartmart")),
+        };
+        let child = command
             .args(["serve", "--demo-data"])
             .arg(demo_dataset())
             .env("SMARTMART_LISTEN", format!("127.0.0.1:{port}"))
@@ -53,7 +89,7 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("starting smartmart serve");
-        Service { child, port, data_dir: data_dir.to_owned(), env, log: log.map(Path::to_owned) }
+        Service { child, port, data_dir: data_dir.to_owned(), env, log: log.map(Path::to_owned), descriptor_limit }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,7 +136,8 @@ impl Service {
     /// Starts it again on the same port, data dir and settings.
     pub fn restart(&mut self) {
         let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        *self = Service::spawn_logging(&self.data_dir.clone(), self.port, &env, self.log.clone().as_deref());
+        let (data_dir, log) = (self.data_dir.clone(), self.log.clone());
+        *self = Service::spawn_full(&data_dir, self.port, &env, log.as_deref(), self.descriptor_limit);
     }
 }
 
