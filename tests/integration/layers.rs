@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // A gateway; the sandbox keeps its ledger in the store.
     ("payment", &["store", "domain", "clock", "tls"]),
     // Event envelopes and their delivery, below the saga that writes them.
-    ("events", &["store", "domain", "clock"]),
+    ("events", &["store", "domain", "clock", "tls"]),
     // The order saga. Never the release tooling above it.
     ("pipeline", &["events", "payment", "metrics", "rules", "store", "domain", "clock"]),
     // Rule releases: replay, the reload gate, promotion; reuse the saga's leaf pieces.

@@ -12,6 +12,7 @@ mod hardening;
 mod http;
 mod http_fuzz;
 mod kafka;
+mod kafka_security;
 mod layers;
 mod nats;
 mod observability;

@@ -3,6 +3,7 @@
 pub mod alloc_meter;
 pub mod clients;
 pub mod gateway;
+pub mod kafka;
 pub mod plugin_dir;
 pub mod plugin_service;
 pub mod server;
