@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice, RetentionSettings};
+use crate::events::kafka::{self, KafkaSasl, KafkaTls, SaslMechanism};
 use crate::events::nats::{ClientCertificate, NatsAuth, NatsTls};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
 use crate::http::{ConnectionLimits, Credentials};
@@ -249,6 +250,33 @@ pub struct ServeConfig {
     /// acknowledgement (acks = all); a delivery past it fails and is retried [default: 5000].
     #[arg(long, env = "SMARTMART_KAFKA_TIMEOUT_MS")]
     pub kafka_timeout_ms: Option<u64>,
+    /// TLS to the Kafka brokers: `required` (their certificates verified
+    /// against the system's roots, or SMARTMART_KAFKA_CA_FILE's) or
+    /// `disabled` [default: required when a CA or client certificate file is
+    /// set, else disabled].
+    #[arg(long, env = "SMARTMART_KAFKA_TLS")]
+    pub kafka_tls: Option<KafkaTlsMode>,
+    /// PEM file of the CAs the Kafka brokers' certificates are checked
+    /// against, instead of the system's roots; implies TLS.
+    #[arg(long, env = "SMARTMART_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// PEM client certificate (then any intermediates) for brokers that ask
+    /// for one; with SMARTMART_KAFKA_CLIENT_KEY_FILE; implies TLS.
+    #[arg(long, env = "SMARTMART_KAFKA_CLIENT_CERT_FILE")]
+    pub kafka_client_cert_file: Option<PathBuf>,
+    /// PEM private key of SMARTMART_KAFKA_CLIENT_CERT_FILE.
+    #[arg(long, env = "SMARTMART_KAFKA_CLIENT_KEY_FILE")]
+    pub kafka_client_key_file: Option<PathBuf>,
+    /// SASL authentication to the Kafka brokers: `PLAIN`, `SCRAM-SHA-256` or
+    /// `SCRAM-SHA-512`, with SMARTMART_KAFKA_SASL_USERNAME and _PASSWORD [default: none].
+    #[arg(long, env = "SMARTMART_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// The SASL user name.
+    #[arg(long, env = "SMARTMART_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// The SASL password. Or `SMARTMART_KAFKA_SASL_PASSWORD_FILE`: a file holding it.
+    #[arg(long, env = "SMARTMART_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
     /// Log lines on standard error: `text` (one line per event, for people)
     /// or `json` (one JSON object per line: timestamp, level, target,
     /// message, the event's fields and its spans' fields); colours only
@@ -306,6 +334,16 @@ pub enum NatsTlsMode {
     #[default]
     Auto,
     /// Always TLS: a server without it is refused.
+    Required,
+}
+
+/// Whether the Kafka sink speaks TLS (`SMARTMART_KAFKA_TLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaTlsMode {
+    /// Plaintext; refused together with a CA or client certificate file.
+    Disabled,
+    /// TLS, the brokers' certificates verified.
     Required,
 }
 
@@ -393,6 +431,13 @@ impl ServeConfig {
             kafka_partitions: self.kafka_partitions.or(lower.kafka_partitions),
             kafka_replication_factor: self.kafka_replication_factor.or(lower.kafka_replication_factor),
             kafka_timeout_ms: self.kafka_timeout_ms.or(lower.kafka_timeout_ms),
+            kafka_tls: self.kafka_tls.or(lower.kafka_tls),
+            kafka_ca_file: self.kafka_ca_file.or(lower.kafka_ca_file),
+            kafka_client_cert_file: self.kafka_client_cert_file.or(lower.kafka_client_cert_file),
+            kafka_client_key_file: self.kafka_client_key_file.or(lower.kafka_client_key_file),
+            kafka_sasl_mechanism: self.kafka_sasl_mechanism.or(lower.kafka_sasl_mechanism),
+            kafka_sasl_username: self.kafka_sasl_username.or(lower.kafka_sasl_username),
+            kafka_sasl_password: self.kafka_sasl_password.or(lower.kafka_sasl_password),
             log_format: self.log_format.or(lower.log_format),
             otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
         }
@@ -427,7 +472,7 @@ impl ServeConfig {
 /// The settings that carry a secret, each also accepted as `<NAME>_FILE`:
 /// the path of a file holding the value (a Docker or Kubernetes secret),
 /// so that it stays out of the environment and `ps`.
-pub const SECRET_SETTINGS: [&str; 9] = [
+pub const SECRET_SETTINGS: [&str; 10] = [
     "SMARTMART_DATABASE_URL",
     "SMARTMART_CHANNEL_KEYS",
     "SMARTMART_ADMIN_KEY",
@@ -437,6 +482,7 @@ pub const SECRET_SETTINGS: [&str; 9] = [
     "SMARTMART_NATS_PASSWORD",
     "SMARTMART_NATS_TOKEN",
     "SMARTMART_NATS_NKEY_SEED",
+    "SMARTMART_KAFKA_SASL_PASSWORD",
 ];
 
 /// Looks an environment variable up: the process's (`std::env::var_os`), or a
@@ -495,6 +541,7 @@ impl ServeConfig {
             (SECRET_SETTINGS[6], &mut self.nats_password),
             (SECRET_SETTINGS[7], &mut self.nats_token),
             (SECRET_SETTINGS[8], &mut self.nats_nkey_seed),
+            (SECRET_SETTINGS[9], &mut self.kafka_sasl_password),
         ];
         for (name, field) in fields {
             if let Some(value) = secret_from_file(name, env)?
@@ -789,10 +836,55 @@ fn event_sink(config: &ServeConfig) -> anyhow::Result<SinkChoice> {
                 partitions: config.kafka_partitions.unwrap_or(defaults.partitions),
                 replication_factor: config.kafka_replication_factor.unwrap_or(defaults.replication_factor),
                 timeout: config.kafka_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+                tls: kafka_tls(config)?,
+                sasl: kafka_sasl(config)?,
             };
             settings.validate()?;
             Ok(SinkChoice::Kafka(settings))
         }
+    }
+}
+
+/// TLS to Kafka as the settings ask for it: `SMARTMART_KAFKA_TLS`, or implied
+/// by a CA or client certificate file.
+fn kafka_tls(config: &ServeConfig) -> anyhow::Result<Option<KafkaTls>> {
+    let client_certificate = match (&config.kafka_client_cert_file, &config.kafka_client_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            Some(kafka::ClientCertificate { cert_file: cert_file.clone(), key_file: key_file.clone() })
+        }
+        (None, None) => None,
+        (Some(_), None) => bail!("SMARTMART_KAFKA_CLIENT_CERT_FILE is set but SMARTMART_KAFKA_CLIENT_KEY_FILE is not"),
+        (None, Some(_)) => bail!("SMARTMART_KAFKA_CLIENT_KEY_FILE is set but SMARTMART_KAFKA_CLIENT_CERT_FILE is not"),
+    };
+    let files = config.kafka_ca_file.is_some() || client_certificate.is_some();
+    let tls = KafkaTls { ca_file: config.kafka_ca_file.clone(), client_certificate };
+    match config.kafka_tls {
+        Some(KafkaTlsMode::Disabled) if files => bail!(
+            "SMARTMART_KAFKA_TLS is `disabled` but SMARTMART_KAFKA_CA_FILE or SMARTMART_KAFKA_CLIENT_CERT_FILE is \
+             set: they need TLS"
+        ),
+        Some(KafkaTlsMode::Disabled) => Ok(None),
+        Some(KafkaTlsMode::Required) => Ok(Some(tls)),
+        None => Ok(files.then_some(tls)),
+    }
+}
+
+/// SASL to Kafka: a mechanism with both credentials, or none of the three.
+fn kafka_sasl(config: &ServeConfig) -> anyhow::Result<Option<KafkaSasl>> {
+    let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    let mechanism = set(&config.kafka_sasl_mechanism).map(|m| SaslMechanism::parse(&m)).transpose()?;
+    match (mechanism, set(&config.kafka_sasl_username), set(&config.kafka_sasl_password)) {
+        (None, None, None) => Ok(None),
+        (Some(mechanism), Some(username), Some(password)) => Ok(Some(KafkaSasl { mechanism, username, password })),
+        (Some(mechanism), username, _) => bail!(
+            "SMARTMART_KAFKA_SASL_MECHANISM is {mechanism} but SMARTMART_KAFKA_SASL_{} is not set{}",
+            if username.is_none() { "USERNAME" } else { "PASSWORD" },
+            if username.is_none() { "" } else { " (nor SMARTMART_KAFKA_SASL_PASSWORD_FILE)" }
+        ),
+        (None, _, _) => bail!(
+            "SMARTMART_KAFKA_SASL_USERNAME or SMARTMART_KAFKA_SASL_PASSWORD is set but SMARTMART_KAFKA_SASL_MECHANISM \
+             is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        ),
     }
 }
 
@@ -1133,6 +1225,72 @@ mod tests {
     }
 
     #[test]
+    fn kafka_tls_and_sasl_are_read_together_and_checked() {
+        let kafka = |config: ServeConfig| {
+            let config = ServeConfig { event_sink: Some(EventSinkKind::Kafka), ..config };
+            match ServeSettings::resolve(config, false).map(|(s, _)| s.engine.0.event_sink) {
+                Ok(SinkChoice::Kafka(settings)) => Ok(settings),
+                Ok(other) => panic!("not kafka: {other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let defaults = kafka(keyed()).unwrap();
+        assert_eq!((defaults.tls, defaults.sasl), (None, None), "plaintext, no SASL");
+
+        let file: ServeConfig = toml::from_str(
+            "kafka_ca_file = \"/etc/kafka/ca.pem\"\nkafka_client_cert_file = \"c.pem\"\n\
+             kafka_client_key_file = \"k.pem\"\nkafka_sasl_mechanism = \"scram-sha-512\"\n\
+             kafka_sasl_username = \"shop\"\nkafka_sasl_password = \"kafka-pa55word\"",
+        )
+        .unwrap();
+        let settings = kafka(file.or(keyed())).unwrap();
+        let tls = settings.tls.clone().expect("a CA file implies TLS");
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/kafka/ca.pem")));
+        let client = tls.client_certificate.expect("the client certificate");
+        assert_eq!((client.cert_file.as_path(), client.key_file.as_path()), (Path::new("c.pem"), Path::new("k.pem")));
+        let sasl = settings.sasl.clone().expect("SASL");
+        assert_eq!((sasl.mechanism, sasl.username.as_str()), (SaslMechanism::ScramSha512, "shop"));
+        assert_eq!(sasl.password, "kafka-pa55word");
+        assert!(!format!("{settings:?}").contains("pa55word"), "{settings:?}");
+
+        let required = kafka(ServeConfig { kafka_tls: Some(KafkaTlsMode::Required), ..keyed() }).unwrap();
+        assert_eq!(required.tls, Some(KafkaTls::default()), "the system's roots");
+        let text = |s: &str| Some(s.to_string());
+        for (bad, names) in [
+            (
+                ServeConfig { kafka_client_cert_file: Some("c.pem".into()), ..keyed() },
+                "SMARTMART_KAFKA_CLIENT_KEY_FILE",
+            ),
+            (
+                ServeConfig { kafka_client_key_file: Some("k.pem".into()), ..keyed() },
+                "SMARTMART_KAFKA_CLIENT_CERT_FILE",
+            ),
+            (
+                ServeConfig {
+                    kafka_tls: Some(KafkaTlsMode::Disabled),
+                    kafka_ca_file: Some("ca.pem".into()),
+                    ..keyed()
+                },
+                "SMARTMART_KAFKA_TLS",
+            ),
+            (ServeConfig { kafka_sasl_mechanism: text("GSSAPI"), ..keyed() }, "SMARTMART_KAFKA_SASL_MECHANISM"),
+            (ServeConfig { kafka_sasl_mechanism: text("PLAIN"), ..keyed() }, "SMARTMART_KAFKA_SASL_USERNAME"),
+            (
+                ServeConfig { kafka_sasl_mechanism: text("PLAIN"), kafka_sasl_username: text("shop"), ..keyed() },
+                "SMARTMART_KAFKA_SASL_PASSWORD",
+            ),
+            (
+                ServeConfig { kafka_sasl_username: text("shop"), kafka_sasl_password: text("secret"), ..keyed() },
+                "SMARTMART_KAFKA_SASL_MECHANISM",
+            ),
+        ] {
+            let error = kafka(bad).unwrap_err();
+            assert!(error.contains(names), "{error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
     fn the_replay_gate_replays_200_orders_unless_configured() {
         let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
         assert_eq!(settings.engine.0.reload_replay_orders, 200);
@@ -1329,10 +1487,16 @@ mod tests {
 
         let url = write("url", "postgres://smartmart:pa55word@db/smartmart\n");
         let nats = write("nats", "nats://user:pa55word@nats:4222\n");
-        let env = env_of(&[("SMARTMART_DATABASE_URL_FILE", &url), ("SMARTMART_NATS_URL_FILE", &nats)]);
+        let kafka = write("kafka", "kafka-pa55word\n");
+        let env = env_of(&[
+            ("SMARTMART_DATABASE_URL_FILE", &url),
+            ("SMARTMART_NATS_URL_FILE", &nats),
+            ("SMARTMART_KAFKA_SASL_PASSWORD_FILE", &kafka),
+        ]);
         let config = ServeConfig::default().with_secret_files(&env).unwrap();
         assert_eq!(config.database_url.as_deref(), Some("postgres://smartmart:pa55word@db/smartmart"));
         assert_eq!(config.nats_url.as_deref(), Some("nats://user:pa55word@nats:4222"));
+        assert_eq!(config.kafka_sasl_password.as_deref(), Some("kafka-pa55word"));
         let password = write("nats-password", "nats-pa55word\n");
         let token = write("nats-token", "nats-t0ken\n");
         let seed = write("nats-seed", "SUAB-seed\n");
@@ -1389,6 +1553,16 @@ mod tests {
         let (settings, _) = ServeSettings::resolve(keyed(), false).unwrap();
         let text = format!("{settings:?}");
         assert!(!text.contains("0123456789"), "{text}");
+        let kafka = ServeConfig {
+            event_sink: Some(EventSinkKind::Kafka),
+            kafka_sasl_mechanism: Some("SCRAM-SHA-256".into()),
+            kafka_sasl_username: Some("shop".into()),
+            kafka_sasl_password: Some("kafka-0123456789".into()),
+            ..keyed()
+        };
+        let (settings, _) = ServeSettings::resolve(kafka, false).unwrap();
+        let text = format!("{settings:?}");
+        assert!(text.contains("ScramSha256") && !text.contains("0123456789"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,42 @@
 //! What the service's outgoing TLS clients (the payment gateway's HTTPS,
-//! PostgreSQL, NATS) share: finding rustls's error in a failed connection's
-//! error, and telling a refused certificate from other failures.
+//! PostgreSQL, NATS, Kafka) share: the roots a server's certificate is
+//! checked against, finding rustls's error in a failed connection's error,
+//! and telling a refused certificate from other failures.
+
+use std::path::Path;
+
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Every certificate of the PEM file `path`, as trusted roots. The error
+/// says why without naming the file: the caller names the setting and the path.
+pub(crate) fn roots_from_pem_file(path: &Path) -> Result<RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate = certificate.map_err(|e| format!("unreadable PEM: {e}"))?;
+        roots.add(certificate).map_err(|e| format!("not a usable root certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(roots)
+}
+
+/// The system's trusted roots; an error when there are none (a container
+/// without a CA bundle), which the caller completes with the setting that
+/// names roots instead.
+pub(crate) fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!("no system root certificates to verify the server with ({})", errors.join("; ")));
+    }
+    Ok(roots)
+}
 
 /// rustls's error somewhere in `error`'s chain, if TLS is why a connection
 /// failed. rustls's error travels inside `io::Error`s (nested: hyper's

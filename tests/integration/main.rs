@@ -13,6 +13,7 @@ mod hardening;
 mod http;
 mod http_fuzz;
 mod kafka;
+mod kafka_security;
 mod layers;
 mod nats;
 mod nats_tls;

@@ -35,6 +35,12 @@
 //! configured partition count and replication factor. An existing topic is
 //! used as it is (Kafka topics carry no owner mark; its partition count
 //! decides where keys go and is logged).
+//!
+//! TLS (`kafka/tls.rs`) and SASL (`kafka/sasl.rs`) apply to every connection rskafka
+//! opens, the bootstrap brokers' and the partition leaders'. A refusal an
+//! operator acts on — a certificate not trusted or not for the host, SASL
+//! credentials or a mechanism the broker refused — is named ahead of
+//! rskafka's text in the error ([`Refusal`]), so the log line says it first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +57,15 @@ use tokio::sync::Mutex;
 use super::{EventSink, SinkEvent};
 use crate::domain::status::EventKind;
 use crate::store::outbox::SinkPosition;
+
+mod refusal;
+mod sasl;
+mod tls;
+
+pub use refusal::Refusal;
+pub use sasl::{KafkaSasl, SaslMechanism};
+use tls::BrokerTls;
+pub use tls::{ClientCertificate, KafkaTls};
 
 /// The record headers every event carries.
 pub const HEADER_EVENT_ID: &str = "event-id";
@@ -76,6 +91,10 @@ pub struct KafkaSettings {
     pub replication_factor: i16,
     /// Bounds connecting, each topic check or creation and each produce.
     pub timeout: Duration,
+    /// TLS to the brokers; `None`: plaintext.
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication; `None`: none.
+    pub sasl: Option<KafkaSasl>,
 }
 
 impl Default for KafkaSettings {
@@ -86,6 +105,8 @@ impl Default for KafkaSettings {
             partitions: 3,
             replication_factor: 1,
             timeout: Duration::from_secs(5),
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -138,6 +159,9 @@ impl KafkaSettings {
         }
         if self.timeout.is_zero() {
             bail!("SMARTMART_KAFKA_TIMEOUT_MS must be positive");
+        }
+        if let Some(sasl) = &self.sasl {
+            sasl.validate()?;
         }
         Ok(())
     }
@@ -192,6 +216,8 @@ struct Connection {
 /// Produces events to Kafka (see the module documentation).
 pub struct KafkaSink {
     settings: KafkaSettings,
+    /// Built from `settings.tls` at start.
+    tls: Option<BrokerTls>,
     /// The connection once made, and the topics checked on it. Held across
     /// connecting, so one attempt runs at a time.
     state: Mutex<Connection>,
@@ -199,10 +225,19 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// A sink that connects on its first use (`connect_now` or a delivery):
-    /// nothing here waits for the broker.
+    /// nothing here waits for the broker. The TLS files are read now, so a
+    /// bad one fails the start.
     pub fn new(settings: KafkaSettings) -> anyhow::Result<KafkaSink> {
         settings.validate()?;
-        Ok(KafkaSink { settings, state: Mutex::default() })
+        let tls = settings.tls.as_ref().map(BrokerTls::new).transpose()?;
+        if tls.is_none() && settings.sasl.as_ref().is_some_and(|s| s.mechanism == SaslMechanism::Plain) {
+            tracing::warn!(
+                brokers = %settings.display_brokers(),
+                "Kafka SASL PLAIN without TLS: the password crosses the network in the clear; set \
+                 SMARTMART_KAFKA_TLS=required or SMARTMART_KAFKA_CA_FILE, or use SCRAM"
+            );
+        }
+        Ok(KafkaSink { settings, tls, state: Mutex::default() })
     }
 
     pub fn settings(&self) -> &KafkaSettings {
@@ -248,7 +283,7 @@ impl KafkaSink {
             }
             Err(e) => {
                 *state = Connection::default();
-                Err(e.context(format!("Kafka at {brokers}: preparing the topic {name}")))
+                Err(self.explained(e).context(format!("Kafka at {brokers}: preparing the topic {name}")))
             }
         }
     }
@@ -264,12 +299,17 @@ impl KafkaSink {
             base: 2.0,
             deadline: Some(timeout),
         };
-        let client = ClientBuilder::new(self.settings.brokers.clone())
-            .client_id("smartmart")
-            .backoff_config(backoff)
-            .build()
-            .await
-            .context("connecting")?;
+        let mut builder =
+            ClientBuilder::new(self.settings.brokers.clone()).client_id("smartmart").backoff_config(backoff);
+        if let Some(tls) = &self.tls {
+            // A refusal remembered from an earlier attempt is not this one's.
+            tls.take_refusal();
+            builder = builder.tls_config(tls.config());
+        }
+        if let Some(sasl) = &self.settings.sasl {
+            builder = builder.sasl_config(sasl.rskafka_config());
+        }
+        let client = builder.build().await.context("connecting")?;
         tracing::info!(brokers = %self.settings.display_brokers(), "connected to Kafka");
         Ok(client)
     }
@@ -335,6 +375,19 @@ impl KafkaSink {
     /// Forgets the connection and every topic checked on it.
     async fn reset(&self) {
         *self.state.lock().await = Connection::default();
+    }
+
+    /// `error` with the brokers' [`Refusal`] ahead of it, when that is why it failed.
+    fn explained(&self, error: anyhow::Error) -> anyhow::Error {
+        let refusal = self
+            .tls
+            .as_ref()
+            .and_then(BrokerTls::take_refusal)
+            .or_else(|| self.settings.sasl.as_ref().and_then(|sasl| sasl.refusal(&format!("{error:#}"))));
+        match refusal {
+            Some(refusal) => error.context(refusal),
+            None => error,
+        }
     }
 }
 
@@ -423,7 +476,7 @@ impl EventSink for KafkaSink {
             // Start afresh next time: the leader may have moved, the topic
             // may be gone or have more partitions.
             self.reset().await;
-            return Err(e.context(format!("Kafka at {}", self.settings.display_brokers())));
+            return Err(self.explained(e).context(format!("Kafka at {}", self.settings.display_brokers())));
         }
         Ok(None)
     }
@@ -479,6 +532,17 @@ mod tests {
             bad(KafkaSettings { replication_factor: 0, ..KafkaSettings::default() }).contains("REPLICATION_FACTOR")
         );
         assert!(bad(KafkaSettings { timeout: Duration::ZERO, ..KafkaSettings::default() }).contains("TIMEOUT"));
+        let sasl = |username: &str, password: &str| KafkaSettings {
+            sasl: Some(KafkaSasl {
+                mechanism: SaslMechanism::ScramSha256,
+                username: username.into(),
+                password: password.into(),
+            }),
+            ..KafkaSettings::default()
+        };
+        assert!(sasl("shop", "secret").validate().is_ok());
+        assert!(bad(sasl("", "secret")).contains("SMARTMART_KAFKA_SASL_USERNAME"));
+        assert!(bad(sasl("shop", "")).contains("SMARTMART_KAFKA_SASL_PASSWORD"));
         assert_eq!(KafkaSettings::parse_brokers(" a:1, b:2 ,,"), ["a:1", "b:2"]);
     }
 

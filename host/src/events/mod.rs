@@ -27,7 +27,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 pub use dispatcher::{Outbox, deliver_due, run_dispatcher};
-pub use kafka::{KafkaSettings, KafkaSink};
+// Kafka's client certificate and refusals are named after the broker here:
+// NATS has its own `ClientCertificate`.
+pub use kafka::{
+    ClientCertificate as KafkaClientCertificate, KafkaSasl, KafkaSettings, KafkaSink, KafkaTls,
+    Refusal as KafkaRefusal, SaslMechanism,
+};
 pub use nats::{ClientCertificate, NatsAuth, NatsConnectError, NatsSettings, NatsSink, NatsTls};
 pub use sink::{EventSink, JsonlSink, SinkEvent};
 

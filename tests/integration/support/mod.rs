@@ -3,6 +3,7 @@
 pub mod alloc_meter;
 pub mod clients;
 pub mod gateway;
+pub mod kafka;
 pub mod nats_jwt;
 pub mod nats_server;
 pub mod plugin_dir;

@@ -2,12 +2,14 @@
 //! certificates it issues, and helpers for clients that trust it (or do
 //! not), so that tests can serve HTTPS from inside the test process
 //! (`support::gateway`), point the real binary at it
-//! (`SMARTMART_PAYMENT_GATEWAY_CA_FILE`), and run a NATS server with TLS.
+//! (`SMARTMART_PAYMENT_GATEWAY_CA_FILE`), run a NATS server with TLS; and a TLS front ([`TlsFront`]) that
+//! puts TLS before a plaintext TCP server (the Kafka test broker).
 
 // The API serves the tests that drive the real binary; not each of them
 // uses every item.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,8 +17,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use tokio_rustls::rustls;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::{TlsAcceptor, rustls};
 
 /// A self-signed certificate authority of the test's own. Nothing outside
 /// the test trusts it: a client trusts it only if told to (`pem`,
@@ -100,9 +103,9 @@ impl TestCa {
         }
     }
 
-    /// A client certificate (mutual TLS) whose common name is `name`, valid
-    /// for TLS client authentication only.
-    pub fn issue_client(&self, name: &str) -> ServerCert {
+    /// A client certificate named `name` (common name), valid for TLS client
+    /// authentication only.
+    pub fn issue_client(&self, name: &str) -> ClientCert {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("client certificate parameters");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::ExplicitNoCa;
@@ -110,13 +113,30 @@ impl TestCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().expect("generating the client key");
         let cert = params.signed_by(&key, &*self.issuer).expect("signing the client certificate");
-        ServerCert {
-            hosts: Vec::new(),
+        ClientCert {
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
             key_pkcs8_der: key.serialize_der(),
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// A rustls client configuration (ring) trusting this CA only, presenting
+    /// `client` when given.
+    pub fn client_config(&self, client: Option<&ClientCert>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der()).expect("the CA as a root");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("rustls protocol versions")
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(client) => builder
+                .with_client_auth_cert(vec![client.cert_der.clone()], client.key())
+                .expect("the client certificate and key"),
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
     }
 
     /// A reqwest client that trusts this CA and nothing else (no system
@@ -166,6 +186,114 @@ impl ServerCert {
             .expect("the server certificate and key");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
+    }
+
+    /// A rustls server configuration (ring, no ALPN) serving this
+    /// certificate to clients that present one issued by `clients`, and to
+    /// no others.
+    pub fn server_config_requiring_client_certificates(&self, clients: &TestCa) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(clients.der()).expect("the client CA as a root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .expect("the client certificate verifier");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8_der.clone()));
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("rustls protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert_der.clone()], key)
+            .expect("the server certificate and key");
+        Arc::new(config)
+    }
+}
+
+/// A client certificate (leaf, signed by a [`TestCa`]) and its private key.
+#[derive(Clone)]
+pub struct ClientCert {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    key_pkcs8_der: Vec<u8>,
+    key_pem: String,
+}
+
+impl ClientCert {
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8_der.clone()))
+    }
+
+    /// Writes `<dir>/<stem>.crt.pem` and `<dir>/<stem>.key.pem`; returns
+    /// (certificate path, key path).
+    pub fn write_pem(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{stem}.crt.pem"));
+        let key = dir.join(format!("{stem}.key.pem"));
+        std::fs::write(&cert, &self.cert_pem).unwrap_or_else(|e| panic!("writing {}: {e}", cert.display()));
+        std::fs::write(&key, &self.key_pem).unwrap_or_else(|e| panic!("writing {}: {e}", key.display()));
+        (cert, key)
+    }
+}
+
+/// TLS before a plaintext TCP server, as a TLS-terminating proxy puts it:
+/// accepts TLS on `127.0.0.1:PORT` with a rustls server configuration and
+/// relays each connection's plaintext to the upstream address. It runs on a
+/// runtime of its own (a thread), so it keeps relaying whatever the test's
+/// runtime does; stopped on drop. A handshake the client or the front
+/// refuses ends that connection only.
+pub struct TlsFront {
+    port: u16,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TlsFront {
+    /// Serves `config` on `port` (a free one: the broker behind it may have
+    /// to advertise it before the front starts), relaying to `upstream`.
+    pub fn start(config: Arc<rustls::ServerConfig>, port: u16, upstream: SocketAddr) -> TlsFront {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("tls-front-{port}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the TLS front's runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind(("127.0.0.1", port)).await;
+                    let listener = match listener {
+                        Ok(listener) => {
+                            bound_tx.send(Ok(())).expect("the starting test waits");
+                            listener
+                        }
+                        Err(e) => return bound_tx.send(Err(e)).expect("the starting test waits"),
+                    };
+                    let acceptor = TlsAcceptor::from(config);
+                    let relay = async {
+                        loop {
+                            let Ok((client, _)) = listener.accept().await else { continue };
+                            let acceptor = acceptor.clone();
+                            tokio::spawn(async move {
+                                let Ok(mut client) = acceptor.accept(client).await else { return };
+                                let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            });
+                        }
+                    };
+                    tokio::select! {
+                        _ = relay => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Relayed connections end with the runtime.
+                runtime.shutdown_background();
+            })
+            .expect("spawning the TLS front's thread");
+        bound.recv().expect("the TLS front started").unwrap_or_else(|e| panic!("binding 127.0.0.1:{port}: {e}"));
+        TlsFront { port, _stop: stop }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

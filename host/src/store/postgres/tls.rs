@@ -32,7 +32,6 @@ use futures::future::BoxFuture;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -109,32 +108,12 @@ impl Tls {
 
 /// The roots certificates are checked against.
 fn trusted_roots(source: &Roots) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
     match source {
         Roots::File(path) => {
-            let fail = |why: String| format!("sslrootcert {}: {why}", path.display());
-            let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-            for certificate in CertificateDer::pem_slice_iter(&pem) {
-                let certificate = certificate.map_err(|e| fail(format!("unreadable PEM: {e}")))?;
-                roots.add(certificate).map_err(|e| fail(format!("not a usable root certificate: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(fail("no PEM certificate in it".into()));
-            }
+            crate::tls::roots_from_pem_file(path).map_err(|why| format!("sslrootcert {}: {why}", path.display()))
         }
-        Roots::System => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-                return Err(format!(
-                    "no system root certificates to verify the server with ({}); name a PEM file with sslrootcert",
-                    errors.join("; ")
-                ));
-            }
-        }
+        Roots::System => crate::tls::system_roots().map_err(|why| format!("{why}; name a PEM file with sslrootcert")),
     }
-    Ok(roots)
 }
 
 /// `verify-ca` (and a root file with `prefer` or `require`): the chain
