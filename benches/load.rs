@@ -253,7 +253,7 @@ fn start_service(
             tx.send((base, engine.clone())).unwrap();
             // Every simulated customer connects from 127.0.0.1: no per-client cap (the
             // open loop may hold up to MAX_IN_FLIGHT connections).
-            let limits = ConnectionLimits { max_connections_per_client: 0, ..ConnectionLimits::default() };
+            let limits = ConnectionLimits { max_connections_per_client: Some(0), ..ConnectionLimits::default() };
             serve_with(listener, state, shutdown, Duration::from_secs(10), limits).await.expect("the server runs");
         });
     });

@@ -162,7 +162,7 @@ pub struct ServeConfig {
     pub http_max_connections: Option<usize>,
     /// Most HTTP connections one client address (an IPv6 one by its /64)
     /// may hold at once; more are closed at once. Behind a load balancer or
-    /// reverse proxy all connections come from its addresses: raise it, or set 0 (no cap) [default: 128].
+    /// reverse proxy all connections come from its addresses: raise it, or set 0 (no cap) [default: half of SMARTMART_HTTP_MAX_CONNECTIONS].
     #[arg(long, env = "SMARTMART_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
     pub http_max_connections_per_client: Option<usize>,
     /// Longest lifetime a customer token may have left when it is checked
@@ -764,9 +764,7 @@ impl ServeSettings {
                     header_read_timeout: Duration::from_millis(header_read_timeout_ms),
                     idle_timeout: Duration::from_millis(idle_timeout_ms),
                     max_connections: config.http_max_connections,
-                    max_connections_per_client: config
-                        .http_max_connections_per_client
-                        .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+                    max_connections_per_client: config.http_max_connections_per_client,
                 },
                 engine: EngineSettingsView(engine),
                 pseudonym_key_configured: config.pseudonym_key.is_some(),
@@ -1093,7 +1091,7 @@ mod tests {
         assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(settings.connection_limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(settings.connection_limits.max_connections, None, "derived from the descriptor limit");
-        assert_eq!(settings.connection_limits.max_connections_per_client, 128);
+        assert_eq!(settings.connection_limits.max_connections_per_client, None, "half the budget");
         assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(24 * 3600));
         let file: ServeConfig = toml::from_str(
             "header_read_timeout_ms = 1500\nidle_timeout_ms = 2500\nmax_token_lifetime_secs = 31536000\n\
@@ -1104,7 +1102,7 @@ mod tests {
         assert_eq!(settings.connection_limits.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(settings.connection_limits.idle_timeout, Duration::from_millis(2500));
         assert_eq!(settings.connection_limits.max_connections, Some(5000));
-        assert_eq!(settings.connection_limits.max_connections_per_client, 0, "0: no cap");
+        assert_eq!(settings.connection_limits.max_connections_per_client, Some(0), "0: no cap");
         assert_eq!(settings.engine.0.max_token_lifetime, Duration::from_secs(31_536_000));
         for zero in [
             ServeConfig { header_read_timeout_ms: Some(0), ..keyed() },

@@ -87,7 +87,7 @@ async fn keep_alive_connections_are_bounded_by_the_idle_timeout_not_the_header_t
 async fn many_concurrent_keep_alive_connections_are_served() {
     // 200 clients, all on 127.0.0.1: no per-client cap.
     let server = TestServer::start_with_limits(ConnectionLimits {
-        max_connections_per_client: 0,
+        max_connections_per_client: Some(0),
         ..ConnectionLimits::default()
     })
     .await;

@@ -25,7 +25,7 @@ pub(crate) mod server;
 pub(crate) mod validate;
 
 pub use credentials::Credentials;
-pub use server::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, serve, serve_with};
+pub use server::{ConnectionLimits, serve, serve_with};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -64,15 +64,12 @@ pub struct ConnectionLimits {
     /// limit when serving starts (the soft `RLIMIT_NOFILE` less a reserve).
     pub max_connections: Option<usize>,
     /// Most connections one client address (an IPv6 one by its /64) may
-    /// hold at once; 0: no cap.
-    pub max_connections_per_client: usize,
+    /// hold at once; `Some(0)`: no cap; `None`: half the connection budget,
+    /// so that no one address can take the service whole, while a load
+    /// balancer or reverse proxy in front (every connection its own, from
+    /// one address) is never cut below what a fixed small cap would allow.
+    pub max_connections_per_client: Option<usize>,
 }
-
-/// The default per-client cap: far above what one client needs (browsers
-/// open 6 connections to a host, HTTP client pools tens), a NAT'd office
-/// included, yet a small share of the budget. A load balancer or reverse
-/// proxy in front makes every connection its own: raise the cap, or set 0.
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
 impl Default for ConnectionLimits {
     fn default() -> ConnectionLimits {
@@ -80,7 +77,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
-            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            max_connections_per_client: None,
         }
     }
 }
@@ -111,11 +108,9 @@ pub async fn serve_with(
     let shutting_down = state.shutting_down.clone();
     let shed_total = state.engine.metrics().http_connections_shed.clone();
     let router = app(state);
-    let connections = Arc::new(Connections::new(
-        connection_budget(limits.max_connections),
-        limits.max_connections_per_client,
-        shed_total,
-    ));
+    let budget = connection_budget(limits.max_connections);
+    let per_client = limits.max_connections_per_client.unwrap_or(budget / 2);
+    let connections = Arc::new(Connections::new(budget, per_client, shed_total));
     // Every connection task holds a receiver; `closed()` resolves when the last one ends.
     let (open_tx, open_rx) = watch::channel(());
     let mut backoff = ACCEPT_BACKOFF_MIN;
