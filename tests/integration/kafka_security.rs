@@ -51,6 +51,27 @@ fn sink(brokers: &str, tls: Option<KafkaTls>, sasl: Option<KafkaSasl>) -> KafkaS
 }
 
 /// One audit event of its own order.
+/// Places one order through `service`, waits until the dispatcher has tried
+/// its events and been refused, and checks that nothing was delivered and
+/// that every tried event's error and the dispatcher's log line name `why`.
+async fn assert_one_order_refused_by_name(service: &mut Service, why: &str) {
+    let placed = place_orders(service, 1).await;
+    service
+        .wait_for_outbox("delivery attempted and refused", |rows| {
+            rows.len() == placed.len() * 3 && rows.iter().any(|r| r.4 > 0)
+        })
+        .await;
+    let rows = service.outbox();
+    assert!(rows.iter().all(|r| r.3 != "DELIVERED"), "nothing delivered: {rows:?}");
+    let log = service.log();
+    let tried: Vec<_> = rows.iter().filter(|r| r.4 > 0).collect();
+    assert!(tried.iter().all(|r| r.5.as_deref().is_some_and(|e| e.contains(why))), "{rows:?}\n{log}");
+    assert!(
+        log.lines().any(|line| line.contains("event delivery failed") && line.contains(why)),
+        "the dispatcher's log line names the refusal:\n{log}"
+    );
+}
+
 fn audit_event(id: &str) -> SinkEvent {
     SinkEvent {
         id: id.into(),
@@ -105,22 +126,7 @@ async fn tls_with_the_brokers_ca_delivers_and_an_untrusted_or_misnamed_certifica
     // log and the outbox say the certificate is not trusted.
     let prefix = test_prefix();
     let mut service = Service::start_with(&brokers, &prefix, 1_000, env(&stranger_file)).await;
-    let placed = place_orders(&service, 1).await;
-    service
-        .wait_for_outbox("delivery attempted and refused", |rows| {
-            rows.len() == placed.len() * 3 && rows.iter().any(|r| r.4 > 0)
-        })
-        .await;
-    let rows = service.outbox();
-    assert!(rows.iter().all(|r| r.3 != "DELIVERED"), "nothing delivered: {rows:?}");
-    let untrusted = "the broker's TLS certificate is not trusted";
-    let tried: Vec<_> = rows.iter().filter(|r| r.4 > 0).collect();
-    let log = service.log();
-    assert!(tried.iter().all(|r| r.5.as_deref().is_some_and(|e| e.contains(untrusted))), "{rows:?}\n{log}");
-    assert!(
-        log.lines().any(|line| line.contains("event delivery failed") && line.contains(untrusted)),
-        "the dispatcher's log line names the refusal:\n{log}"
-    );
+    assert_one_order_refused_by_name(&mut service, "the broker's TLS certificate is not trusted").await;
     assert!(consume_all(&consumer, &prefix).await.is_empty());
     drop(service);
 
@@ -176,23 +182,9 @@ async fn a_scram_login_the_broker_refuses_is_named_and_orders_are_still_served()
         ("SMARTMART_KAFKA_SASL_PASSWORD_FILE", password_file.as_os_str()),
     ];
     let mut service = Service::start_with(&brokers, &test_prefix(), 1_000, env).await;
-    let placed = place_orders(&service, 1).await;
-    service
-        .wait_for_outbox("delivery attempted and refused", |rows| {
-            rows.len() == placed.len() * 3 && rows.iter().any(|r| r.4 > 0)
-        })
-        .await;
-    let rows = service.outbox();
-    assert!(rows.iter().all(|r| r.3 != "DELIVERED"), "nothing delivered: {rows:?}");
     let refused = "SASL authentication failed: the broker refused user `shop` with SCRAM-SHA-512";
-    let tried: Vec<_> = rows.iter().filter(|r| r.4 > 0).collect();
-    assert!(tried.iter().all(|r| r.5.as_deref().is_some_and(|e| e.contains(refused))), "{rows:?}");
-    let log = service.log();
-    assert!(
-        log.lines().any(|line| line.contains("event delivery failed") && line.contains(refused)),
-        "the dispatcher's log line names the refusal:\n{log}"
-    );
-    assert!(!log.contains("kafka-password-512"), "the password is not logged");
+    assert_one_order_refused_by_name(&mut service, refused).await;
+    assert!(!service.log().contains("kafka-password-512"), "the password is not logged");
     drop(service);
 
     // SCRAM-SHA-256 the same, from the sink.
