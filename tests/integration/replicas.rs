@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::nats::TestStream;
 use crate::store::{TestSchema, admin};
+use crate::support::HELD_HOLDS_PG;
 use crate::support::server::{ADMIN_KEY, WEB_KEY, token};
 use crate::support::service::{Service, free_port};
 
@@ -155,7 +156,7 @@ async fn three_hundred_customers_on_two_replicas_buy_exactly_the_ten_units() {
         .await
         .unwrap();
     assert_eq!((stock.get::<_, i64>(0), stock.get::<_, i64>(1)), (0, 0), "on hand and held, after ten sales of ten");
-    assert_eq!(count(&db, "SELECT count(*) FROM reservations WHERE state = 'HELD'").await, 0);
+    assert_eq!(count(&db, HELD_HOLDS_PG).await, 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sandbox_charges").await, 10);
 }
 
@@ -268,7 +269,7 @@ async fn a_replica_killed_under_load_loses_no_order_hold_or_event() {
         assert_eq!(row.get::<_, &str>(1), body, "{customer}: the answer is the stored invoice");
     }
     assert_eq!(count(&db, "SELECT count(*) FROM orders").await, buyers.len() as i64, "one order per key");
-    assert_eq!(count(&db, "SELECT count(*) FROM reservations WHERE state = 'HELD'").await, 0, "no hold leaks");
+    assert_eq!(count(&db, HELD_HOLDS_PG).await, 0, "no hold leaks");
     assert_eq!(count(&db, "SELECT coalesce(sum(reserved), 0) FROM stock").await, 0);
     assert_eq!(
         count(&db, "SELECT count(*) FROM sandbox_charges c WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = c.order_id AND o.status = 'CONFIRMED')").await,

@@ -130,16 +130,6 @@ text_enum! {
 }
 
 text_enum! {
-    /// The units of one reservation line.
-    HoldState {
-        Held = "HELD",
-        /// Taken out of stock for good (the order was paid).
-        Committed = "COMMITTED",
-        Released = "RELEASED",
-    }
-}
-
-text_enum! {
     /// The rule slots: where a rule module plugs into the pipeline.
     Slot {
         Discount = "discount",

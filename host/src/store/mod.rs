@@ -7,7 +7,7 @@
 //!   records only: what callers hand to [`Store`] and get back, and what
 //!   both back-ends read and write):
 //!   - [`catalog`]: customers, products, warehouses, stock and carts;
-//!   - [`orders`]: orders, reservations, payments, idempotency keys, and
+//!   - [`orders`]: orders and their holds, payments, idempotency keys, and
 //!     the saga's state diagram;
 //!   - [`outbox`]: the order's events and sink positions;
 //!   - [`ledger`]: the sandbox payment gateway's ledger;

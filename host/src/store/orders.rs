@@ -1,4 +1,4 @@
-//! Orders and their saga state: the records of reservations, payments,
+//! Orders and their saga state: the records of holds, payments,
 //! idempotency keys and the order's events, shared by both back-ends
 //! (`store::sqlite::orders` and `store::postgres::orders` hold the SQL).
 //! Each write operation is one store command (a savepoint of the SQLite
@@ -65,6 +65,24 @@ pub struct NewOrder {
     /// The payment intent with the draft invoice, recorded in the same
     /// command (phase 1); the order path always has one.
     pub intent: Option<PaymentIntent>,
+}
+
+impl NewOrder {
+    /// The order's holds as its row keeps them (`orders.holds`, schema
+    /// version 12, both back-ends): a JSON array of `[warehouse_id, sku,
+    /// quantity]`, one per (warehouse, sku) (several holds of one pair are
+    /// added up), sorted by warehouse then sku byte-wise: the order every
+    /// operation locks stock rows in on PostgreSQL. Their state follows the
+    /// order's status: PENDING holds them, CONFIRMED took them out of
+    /// stock, PAYMENT_FAILED and CANCELLED gave them back.
+    pub(super) fn holds_text(&self) -> String {
+        let mut merged = std::collections::BTreeMap::<(&str, &str), u64>::new();
+        for hold in &self.holds {
+            *merged.entry((hold.warehouse_id.as_str(), hold.sku.as_str())).or_default() += u64::from(hold.quantity);
+        }
+        let rows: Vec<(&str, &str, u64)> = merged.into_iter().map(|((w, s), q)| (w, s, q)).collect();
+        serde_json::to_string(&rows).expect("a list of strings and numbers serialises")
+    }
 }
 
 /// The gateway is about to be asked for `amount_cents`: with it, the draft

@@ -1,5 +1,15 @@
 //! Shared helpers of the integration tests.
 
+/// Holds (one per warehouse and sku) of the orders still PENDING: the
+/// units the store holds (an order's holds live on its row, `orders.holds`;
+/// their state follows the order's status). SQLite's SQL; PostgreSQL's is
+/// [`HELD_HOLDS_PG`].
+pub const HELD_HOLDS: &str =
+    "SELECT count(*) FROM orders o, json_each(o.holds) h WHERE o.status = 'PENDING' AND o.holds IS NOT NULL";
+/// [`HELD_HOLDS`] on PostgreSQL.
+pub const HELD_HOLDS_PG: &str =
+    "SELECT count(*) FROM orders o, json_array_elements(o.holds::json) h WHERE o.status = 'PENDING'";
+
 pub mod alloc_meter;
 pub mod clients;
 pub mod gateway;
@@ -201,7 +211,7 @@ impl TestEngine {
 
     /// Reservations still HELD, all orders together.
     pub async fn held_reservations(&self) -> i64 {
-        self.query(|c| c.query_row("SELECT count(*) FROM reservations WHERE state = 'HELD'", [], |r| r.get(0))).await
+        self.query(|c| c.query_row(HELD_HOLDS, [], |r| r.get(0))).await
     }
 
     /// Sum of `reserved` over all stock rows.

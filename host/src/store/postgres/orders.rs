@@ -15,7 +15,7 @@ use super::super::orders::{
 use super::super::{RESOLVE_LEASE_MS, StoreError};
 use super::{Db, Step, bigint};
 use crate::clock::{now_ms, now_rfc3339};
-use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
+use crate::domain::status::{OrderStatus, PaymentStatus};
 
 /// How long a replica owns the fraud checks of an order it picked up; after
 /// that (it died) another replica runs them.
@@ -46,7 +46,7 @@ pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutco
     let quantities: Vec<i64> = order.holds.iter().map(|h| i64::from(h.quantity)).collect();
     let called = db
         .call(
-            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             &[
                 (&order.order_id, Type::TEXT),
                 (&order.customer_id, Type::TEXT),
@@ -59,6 +59,7 @@ pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutco
                 (&warehouses, Type::TEXT_ARRAY),
                 (&skus, Type::TEXT_ARRAY),
                 (&quantities, Type::INT8_ARRAY),
+                (&order.holds_text(), Type::TEXT),
                 (&intent.map(|i| i.draft_invoice.as_str()), Type::TEXT),
                 (&total, Type::INT8),
                 (&intent.map(|i| i.idempotency_key.as_str()), Type::TEXT),
@@ -90,35 +91,28 @@ fn shortfall(order: &NewOrder, e: &tokio_postgres::Error) -> Result<ReserveOutco
     }
 }
 
-/// The order's HELD reservations, in lock order.
-async fn held(db: &impl Db, order_id: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT warehouse_id, sku, quantity FROM reservations WHERE order_id = $1 AND state = 'HELD'
-             ORDER BY warehouse_id COLLATE \"C\", sku COLLATE \"C\"",
-        )
-        .await?;
-    Ok(db.query(&stmt, &[&order_id]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-}
-
 /// Gives back (`take = false`) or takes out of stock for good (`take = true`)
-/// every unit the order holds.
-async fn finish_holds(db: &impl Db, order_id: &str, take: bool) -> Result<(), StoreError> {
-    let (update, state) = if take {
-        (
-            "UPDATE stock SET reserved = reserved - $3, on_hand = on_hand - $3 WHERE warehouse_id = $1 AND sku = $2",
-            HoldState::Committed,
-        )
+/// every unit of an order's holds (its row's `holds`, read by the caller in
+/// the same transaction as it moved the order out of PENDING), in lock order.
+async fn finish_holds(db: &impl Db, holds: Option<&str>, take: bool) -> Result<(), StoreError> {
+    let update = if take {
+        "UPDATE stock SET reserved = reserved - $3, on_hand = on_hand - $3 WHERE warehouse_id = $1 AND sku = $2"
     } else {
-        ("UPDATE stock SET reserved = reserved - $3 WHERE warehouse_id = $1 AND sku = $2", HoldState::Released)
+        "UPDATE stock SET reserved = reserved - $3 WHERE warehouse_id = $1 AND sku = $2"
     };
     let update = db.prepare_cached(update).await?;
-    for (warehouse_id, sku, quantity) in held(db, order_id).await? {
+    for (warehouse_id, sku, quantity) in parse_holds(holds)? {
         db.execute(&update, &[&warehouse_id, &sku, &quantity]).await?;
     }
-    let stmt = db.prepare_cached("UPDATE reservations SET state = $2 WHERE order_id = $1 AND state = 'HELD'").await?;
-    db.execute(&stmt, &[&order_id, &state.as_str()]).await?;
     Ok(())
+}
+
+/// An order row's `holds` (see `holds_text`), sorted as written.
+fn parse_holds(holds: Option<&str>) -> Result<Vec<(String, String, i64)>, StoreError> {
+    match holds {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("an order's holds: {e}"))),
+    }
 }
 
 async fn free_key(db: &impl Db, order_id: &str) -> Result<(), StoreError> {
@@ -131,12 +125,14 @@ pub async fn cancel(db: &impl Db, order_id: &str, reason: &str) -> Result<bool, 
     let stmt = db
         .prepare_cached(
             "UPDATE orders SET status = 'CANCELLED', invoice = json_build_object('reason', $2::text)::text, updated_at = $3
-             WHERE id = $1 AND status = 'PENDING'",
+             WHERE id = $1 AND status = 'PENDING'
+             RETURNING holds",
         )
         .await?;
-    let changed = db.execute(&stmt, &[&order_id, &reason, &now_rfc3339()]).await?;
-    if changed > 0 {
-        finish_holds(db, order_id, false).await?;
+    let cancelled = db.query_opt(&stmt, &[&order_id, &reason, &now_rfc3339()]).await?;
+    let changed = cancelled.is_some();
+    if let Some(row) = cancelled {
+        finish_holds(db, row.get(0), false).await?;
         free_key(db, order_id).await?;
         let stmt = db
             .prepare_cached(
@@ -145,26 +141,25 @@ pub async fn cancel(db: &impl Db, order_id: &str, reason: &str) -> Result<bool, 
             .await?;
         db.execute(&stmt, &[&order_id, &reason]).await?;
     }
-    Ok(changed > 0)
+    Ok(changed)
 }
 
 pub async fn discard(db: &impl Db, order_id: &str) -> Result<bool, StoreError> {
     let stmt = db
         .prepare_cached(
-            "SELECT 1 FROM orders o WHERE o.id = $1 AND o.status = 'PENDING'
+            "SELECT o.holds FROM orders o WHERE o.id = $1 AND o.status = 'PENDING'
              AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id) FOR UPDATE",
         )
         .await?;
-    let pending = db.query_opt(&stmt, &[&order_id]).await?.is_some();
-    if pending {
-        finish_holds(db, order_id, false).await?;
+    let pending = db.query_opt(&stmt, &[&order_id]).await?;
+    let discarded = pending.is_some();
+    if let Some(row) = pending {
+        finish_holds(db, row.get(0), false).await?;
         free_key(db, order_id).await?;
-        let stmt = db.prepare_cached("DELETE FROM reservations WHERE order_id = $1").await?;
-        db.execute(&stmt, &[&order_id]).await?;
         let stmt = db.prepare_cached("DELETE FROM orders WHERE id = $1").await?;
         db.execute(&stmt, &[&order_id]).await?;
     }
-    Ok(pending)
+    Ok(discarded)
 }
 
 pub async fn record_intent(db: &impl Db, intent: &PaymentIntent) -> Result<(), StoreError> {
@@ -195,11 +190,7 @@ pub async fn record_intent(db: &impl Db, intent: &PaymentIntent) -> Result<(), S
 /// `Conflict`, with nothing written, if the order is no longer PENDING.
 pub async fn settle(db: &impl Db, settlement: &Settlement) -> Result<(), StoreError> {
     let paid = settlement.status == OrderStatus::Confirmed;
-    let (holds, payment) = if paid {
-        (HoldState::Committed, PaymentStatus::Captured)
-    } else {
-        (HoldState::Released, PaymentStatus::Failed)
-    };
+    let payment = if paid { PaymentStatus::Captured } else { PaymentStatus::Failed };
     let events = &settlement.events;
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -213,7 +204,7 @@ pub async fn settle(db: &impl Db, settlement: &Settlement) -> Result<(), StoreEr
     let (status_code, body) = settlement.answer.stored();
     let rows = db
         .call(
-            "SELECT smartmart_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            "SELECT smartmart_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             &[
                 (&settlement.order_id, Type::TEXT),
                 (&settlement.customer_id, Type::TEXT),
@@ -221,7 +212,6 @@ pub async fn settle(db: &impl Db, settlement: &Settlement) -> Result<(), StoreEr
                 (&settlement.invoice, Type::TEXT),
                 (&now_rfc3339(), Type::TEXT),
                 (&paid, Type::BOOL),
-                (&holds.as_str(), Type::TEXT),
                 (&payment.as_str(), Type::TEXT),
                 (&settlement.transaction_id, Type::TEXT),
                 (&i64::from(settlement.attempts), Type::INT8),

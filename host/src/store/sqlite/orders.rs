@@ -15,7 +15,7 @@ use super::super::orders::{
     PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
 };
 use crate::clock::now_rfc3339;
-use crate::domain::status::{HoldState, OrderStatus, PaymentStatus};
+use crate::domain::status::{OrderStatus, PaymentStatus};
 
 fn i64_of(value: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} does not fit in 63 bits")))
@@ -56,8 +56,9 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         None => (None, 0),
     };
     conn.prepare_cached(
-        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at, invoice)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+        "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at, invoice,
+                             holds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
     )?
     .execute(params![
         order.order_id,
@@ -67,7 +68,8 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         total_cents,
         order.currency,
         now,
-        draft_invoice
+        draft_invoice,
+        order.holds_text()
     ])?;
     if let Some(claim) = &order.claim {
         conn.prepare_cached(
@@ -79,22 +81,11 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         "UPDATE stock SET reserved = reserved + ?3
          WHERE warehouse_id = ?1 AND sku = ?2 AND on_hand - reserved >= ?3",
     )?;
-    let mut record = conn.prepare_cached(
-        "INSERT INTO reservations (order_id, warehouse_id, sku, quantity, state) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (order_id, warehouse_id, sku) DO UPDATE SET quantity = quantity + ?4",
-    )?;
     for hold in &order.holds {
         if hold_stock.execute(params![hold.warehouse_id, hold.sku, hold.quantity])? == 0 {
             // Checked above; an error rolls the whole command back.
             return Err(StoreError::Conflict(format!("stock of {} in {} moved", hold.sku, hold.warehouse_id)));
         }
-        record.execute(params![
-            order.order_id,
-            hold.warehouse_id,
-            hold.sku,
-            hold.quantity,
-            HoldState::Held.as_str()
-        ])?;
     }
     if let Some(intent) = &order.intent {
         insert_payment(conn, intent, &now)?;
@@ -102,35 +93,30 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
     Ok(ReserveOutcome::Reserved)
 }
 
-/// Gives back every unit an order still holds.
+/// The stock an order's holds name, joined with the units held there: what
+/// `release_holds` and `commit_holds` update. A PENDING order's holds are
+/// its held units; the caller moves the order out of PENDING in the same
+/// command, so they are counted once.
+const HELD_UNITS: &str = "SELECT j.value ->> 0 AS warehouse_id, j.value ->> 1 AS sku, j.value ->> 2 AS quantity
+     FROM orders o, json_each(o.holds) j WHERE o.id = ?1";
+
+/// Gives back every unit an order holds.
 fn release_holds(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE stock SET reserved = reserved - (
-             SELECT r.quantity FROM reservations r
-             WHERE r.order_id = ?1 AND r.state = 'HELD' AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)
-         WHERE (warehouse_id, sku) IN
-               (SELECT warehouse_id, sku FROM reservations WHERE order_id = ?1 AND state = 'HELD')",
-    )?
+    conn.prepare_cached(&format!(
+        "UPDATE stock SET reserved = reserved - h.quantity FROM ({HELD_UNITS}) h
+         WHERE stock.warehouse_id = h.warehouse_id AND stock.sku = h.sku"
+    ))?
     .execute([order_id])?;
-    conn.prepare_cached("UPDATE reservations SET state = 'RELEASED' WHERE order_id = ?1 AND state = 'HELD'")?
-        .execute([order_id])?;
     Ok(())
 }
 
 /// Takes every unit an order holds out of stock for good.
 fn commit_holds(conn: &Connection, order_id: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE stock SET
-             reserved = reserved - (SELECT r.quantity FROM reservations r WHERE r.order_id = ?1 AND r.state = 'HELD'
-                                    AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku),
-             on_hand = on_hand - (SELECT r.quantity FROM reservations r WHERE r.order_id = ?1 AND r.state = 'HELD'
-                                  AND r.warehouse_id = stock.warehouse_id AND r.sku = stock.sku)
-         WHERE (warehouse_id, sku) IN
-               (SELECT warehouse_id, sku FROM reservations WHERE order_id = ?1 AND state = 'HELD')",
-    )?
+    conn.prepare_cached(&format!(
+        "UPDATE stock SET reserved = reserved - h.quantity, on_hand = on_hand - h.quantity FROM ({HELD_UNITS}) h
+         WHERE stock.warehouse_id = h.warehouse_id AND stock.sku = h.sku"
+    ))?
     .execute([order_id])?;
-    conn.prepare_cached("UPDATE reservations SET state = 'COMMITTED' WHERE order_id = ?1 AND state = 'HELD'")?
-        .execute([order_id])?;
     Ok(())
 }
 
@@ -176,7 +162,6 @@ pub fn discard(conn: &Connection, order_id: &str) -> Result<bool, StoreError> {
     if pending {
         release_holds(conn, order_id)?;
         free_key(conn, order_id)?;
-        conn.prepare_cached("DELETE FROM reservations WHERE order_id = ?1")?.execute([order_id])?;
         conn.prepare_cached("DELETE FROM orders WHERE id = ?1")?.execute([order_id])?;
     }
     Ok(pending)
@@ -589,7 +574,7 @@ mod tests {
         let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
         let pending = plan(&conn, PENDING_ORDERS);
-        assert!(pending.contains("SEARCH o USING INDEX orders_by_status"), "{pending}");
+        assert!(pending.contains("SEARCH o USING INDEX orders_pending"), "{pending}");
         assert!(pending.contains("SEARCH p USING INDEX payments_to_resolve"), "{pending}");
         for sql in [payments_pending_sql(), payments_pending_count_sql()] {
             let plan = plan(&conn, &sql);
