@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The Kafka-protocol broker the Kafka sink's tests run against: tansu
-# (crates.io), a Kafka-compatible broker in Rust, with its in-memory storage
-# engine (`dynostore`, `memory://`). Built once with `cargo install` and
+# (crates.io), a Kafka-compatible broker in Rust, with two storage engines:
+# in memory (`dynostore`, `memory://`), what most tests use, and SQLite
+# (`libsql`, `sqlite://`), the one that keeps SCRAM credentials, for the
+# tests of a successful SASL login. Built once with `cargo install` and
 # cached outside the repository, so a second run only checks the version:
 #
-#   $SMARTMART_TOOLS/tansu-$TANSU_VERSION/bin/tansu
-#   (SMARTMART_TOOLS defaults to ~/.cache/smartmart-tools)
+#   $SMARTMART_TOOLS/tansu-$TANSU_VERSION-$TANSU_FEATURES/bin/tansu
+#   (SMARTMART_TOOLS defaults to ~/.cache/smartmart-tools; the feature set
+#   is in the name so that a build with other features is not taken for it)
 #
 # The tests (tests/integration/kafka.rs) start their own broker from this
 # binary, on a free loopback port, one per test. Prints the binary's path on
@@ -20,8 +23,10 @@
 #                           a filtered `cargo xtask test` does outside CI)
 set -euo pipefail
 TANSU_VERSION=0.6.0
+# Comma-separated as cargo takes them; `-`-separated in the directory name.
+TANSU_FEATURES=dynostore,libsql
 TOOLS="${SMARTMART_TOOLS:-$HOME/.cache/smartmart-tools}"
-ROOT="$TOOLS/tansu-$TANSU_VERSION"
+ROOT="$TOOLS/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}"
 BIN="$ROOT/bin/tansu"
 
 say() { echo "kafka.sh: $*" >&2; }
@@ -32,22 +37,24 @@ case "${1:-}" in
 esac
 
 if [ -x "$BIN" ]; then
-  say "tansu $TANSU_VERSION is installed ($BIN)"
+  say "tansu $TANSU_VERSION ($TANSU_FEATURES) is installed ($BIN)"
   echo "$BIN"
   exit 0
 fi
 if [ "${1:-}" = --check ]; then
-  say "tansu $TANSU_VERSION is not built ($BIN)"
+  say "tansu $TANSU_VERSION ($TANSU_FEATURES) is not built ($BIN)"
   exit 3
 fi
 
-say "building tansu $TANSU_VERSION (the Kafka-protocol test broker) into $ROOT; once only"
+say "building tansu $TANSU_VERSION ($TANSU_FEATURES; the Kafka-protocol test broker) into $ROOT; once only"
 mkdir -p "$TOOLS"
 started=$SECONDS
 # The build directory is kept until the install succeeds, so an interrupted
-# build resumes where it stopped.
-CARGO_TARGET_DIR="$TOOLS/tansu-build" \
-  cargo install tansu --version "=$TANSU_VERSION" --locked --features dynostore --root "$ROOT" >&2
-rm -rf "$TOOLS/tansu-build"
+# build resumes where it stopped; it is named after the installation, so
+# that two builds of different feature sets never share it.
+BUILD="$ROOT.build"
+CARGO_TARGET_DIR="$BUILD" \
+  cargo install tansu --version "=$TANSU_VERSION" --locked --features "$TANSU_FEATURES" --root "$ROOT" >&2
+rm -rf "$BUILD"
 say "built tansu in $((SECONDS - started))s"
 echo "$BIN"

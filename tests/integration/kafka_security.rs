@@ -9,14 +9,17 @@
 //! certificates required. A second front serves a certificate for another
 //! name.
 //!
-//! SASL: the broker runs with `--authentication`. tansu 0.6.0 offers
-//! SCRAM-SHA-256 and SCRAM-SHA-512 (no PLAIN: its SASL library is built
-//! without it), and the in-memory storage the suite's build has keeps no
-//! SCRAM credentials (storing one is a no-op there), so every login is
-//! refused: what is tested is a refusal by the broker, named as such, with
-//! the service still serving orders. A successful SASL login is not tested.
+//! SASL: the broker runs with `--authentication` and SQLite storage, which
+//! keeps SCRAM credentials (the in-memory one does not: storing one is a
+//! no-op there), holding a user per mechanism made with `tansu user
+//! create`. tansu 0.6.0 offers SCRAM-SHA-256 and SCRAM-SHA-512, not PLAIN
+//! (its SASL library is built without it), so PLAIN is not tested against a
+//! broker. Tested: a login with each SCRAM mechanism delivers an order's
+//! events, read back by a consumer logged in the same way; a wrong password
+//! and an unknown user are refused by name, the service still serving
+//! orders.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -29,8 +32,8 @@ use smartmart::events::{
 };
 
 use crate::support::kafka::{
-    Broker, BrokerOptions, PARTITIONS, Service, assert_every_event_arrived, client_of, consume_all, place_orders,
-    test_prefix,
+    Broker, BrokerOptions, PARTITIONS, ScramUser, Service, assert_every_event_arrived, client_of, consume_all,
+    place_orders, scram_client_of, test_prefix,
 };
 use crate::support::service::free_port;
 use crate::support::tls::{TestCa, TlsFront};
@@ -50,7 +53,6 @@ fn sink(brokers: &str, tls: Option<KafkaTls>, sasl: Option<KafkaSasl>) -> KafkaS
     .expect("a Kafka sink")
 }
 
-/// One audit event of its own order.
 /// Places one order through `service`, waits until the dispatcher has tried
 /// its events and been refused, and checks that nothing was delivered and
 /// that every tried event's error and the dispatcher's log line name `why`.
@@ -72,6 +74,7 @@ async fn assert_one_order_refused_by_name(service: &mut Service, why: &str) {
     );
 }
 
+/// One audit event of its own order.
 fn audit_event(id: &str) -> SinkEvent {
     SinkEvent {
         id: id.into(),
@@ -165,37 +168,102 @@ async fn tls_with_the_brokers_ca_delivers_and_an_untrusted_or_misnamed_certifica
     );
 }
 
+/// The users the SASL tests' broker keeps, one per mechanism.
+const SHOP_256: ScramUser =
+    ScramUser { mechanism: SaslMechanism::ScramSha256, name: "shop-256", password: "kafka-password-256" };
+const SHOP_512: ScramUser =
+    ScramUser { mechanism: SaslMechanism::ScramSha512, name: "shop-512", password: "kafka-password-512" };
+
+/// A broker that requires a SCRAM login and keeps [`SHOP_256`] and [`SHOP_512`].
+async fn broker_with_scram_users() -> Broker {
+    Broker::start_with(BrokerOptions {
+        authentication: true,
+        scram_users: &[SHOP_256, SHOP_512],
+        ..BrokerOptions::default()
+    })
+    .await
+}
+
+/// The service's SASL settings for `user` with `password`: from a file
+/// written in `file_in` (`SMARTMART_KAFKA_SASL_PASSWORD_FILE`), or in the
+/// environment when `None`.
+fn sasl_env(user: &ScramUser, password: &str, file_in: Option<&Path>) -> Vec<(&'static str, OsString)> {
+    let mut env = vec![
+        ("SMARTMART_KAFKA_SASL_MECHANISM", OsString::from(user.mechanism.as_str())),
+        ("SMARTMART_KAFKA_SASL_USERNAME", OsString::from(user.name)),
+    ];
+    match file_in {
+        Some(dir) => {
+            let file = dir.join(format!("{}-password", user.name));
+            std::fs::write(&file, format!("{password}\n")).unwrap();
+            env.push(("SMARTMART_KAFKA_SASL_PASSWORD_FILE", file.into_os_string()));
+        }
+        None => env.push(("SMARTMART_KAFKA_SASL_PASSWORD", OsString::from(password))),
+    }
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scram_login_the_broker_refuses_is_named_and_orders_are_still_served() {
-    let broker = Broker::start_with(BrokerOptions { authentication: true, ..BrokerOptions::default() }).await;
+async fn scram_sha_256_and_512_logins_deliver_every_event_of_an_order() {
+    let broker = broker_with_scram_users().await;
+    let brokers = broker.address();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Each mechanism, its user's password (SCRAM-SHA-512's from a file):
+    // every event of the confirmed orders is in its topic, read back by a
+    // consumer that logs in as the same user.
+    for (user, password_file_in) in [(&SHOP_512, Some(dir.path())), (&SHOP_256, None)] {
+        let prefix = test_prefix();
+        let env = sasl_env(user, user.password, password_file_in);
+        let mut service = Service::start_with(&brokers, &prefix, 5_000, env).await;
+        let placed = place_orders(&service, 1).await;
+        service
+            .wait_for_outbox(&format!("every event delivered after a {} login", user.mechanism), |rows| {
+                rows.len() == placed.len() * 3 && rows.iter().all(|r| r.3 == "DELIVERED")
+            })
+            .await;
+        let consumer = scram_client_of(&brokers, user).await;
+        assert_every_event_arrived(&placed, &consume_all(&consumer, &prefix).await);
+        assert!(!service.log().contains(user.password), "the password is not logged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_scram_password_or_an_unknown_user_is_refused_by_name_and_orders_are_still_served() {
+    let broker = broker_with_scram_users().await;
     let brokers = broker.address();
 
-    // The service, SCRAM-SHA-512, the password from a file: it starts and
-    // confirms orders; the log line and the outbox say the login was
+    // The service, SCRAM-SHA-512, a wrong password from a file: it starts
+    // and confirms orders; the log line and the outbox say the login was
     // refused, naming the user, never the password.
     let dir = tempfile::tempdir().unwrap();
-    let password_file = dir.path().join("kafka-password");
-    std::fs::write(&password_file, "kafka-password-512\n").unwrap();
-    let env: [(&str, &OsStr); 3] = [
-        ("SMARTMART_KAFKA_SASL_MECHANISM", OsStr::new("SCRAM-SHA-512")),
-        ("SMARTMART_KAFKA_SASL_USERNAME", OsStr::new("shop")),
-        ("SMARTMART_KAFKA_SASL_PASSWORD_FILE", password_file.as_os_str()),
-    ];
-    let mut service = Service::start_with(&brokers, &test_prefix(), 1_000, env).await;
-    let refused = "SASL authentication failed: the broker refused user `shop` with SCRAM-SHA-512";
+    let env = sasl_env(&SHOP_512, "not-the-password-512", Some(dir.path()));
+    let prefix = test_prefix();
+    let mut service = Service::start_with(&brokers, &prefix, 1_000, env).await;
+    let refused = "SASL authentication failed: the broker refused user `shop-512` with SCRAM-SHA-512";
     assert_one_order_refused_by_name(&mut service, refused).await;
-    assert!(!service.log().contains("kafka-password-512"), "the password is not logged");
+    assert!(!service.log().contains("not-the-password-512"), "the password is not logged");
     drop(service);
+    // The user with its own password logs in (so what was refused is the
+    // password) and finds nothing delivered.
+    let consumer = scram_client_of(&brokers, &SHOP_512).await;
+    assert!(consume_all(&consumer, &prefix).await.is_empty(), "nothing was delivered");
 
-    // SCRAM-SHA-256 the same, from the sink.
-    let error = sink(&brokers, None, sasl(SaslMechanism::ScramSha256, "shop-256", "kafka-password-256"))
-        .deliver(EventKind::Audit, &[audit_event("evt_refused")])
-        .await
-        .expect_err("a login the broker refuses");
-    assert_eq!(
-        error.downcast_ref::<Refusal>(),
-        Some(&Refusal::SaslAuthenticationFailed { mechanism: SaslMechanism::ScramSha256, username: "shop-256".into() }),
-        "{error:#}"
-    );
-    assert!(!format!("{error:#}").contains("kafka-password"), "{error:#}");
+    // From the sink, SCRAM-SHA-256: the other mechanism's password (a user
+    // is kept per mechanism), and a user the broker does not know.
+    for (username, password) in [(SHOP_256.name, SHOP_512.password), ("nobody", SHOP_256.password)] {
+        let error = sink(&brokers, None, sasl(SaslMechanism::ScramSha256, username, password))
+            .deliver(EventKind::Audit, &[audit_event("evt_refused")])
+            .await
+            .expect_err("a login the broker refuses");
+        assert_eq!(
+            error.downcast_ref::<Refusal>(),
+            Some(&Refusal::SaslAuthenticationFailed {
+                mechanism: SaslMechanism::ScramSha256,
+                username: username.into()
+            }),
+            "{error:#}"
+        );
+        assert!(!format!("{error:#}").contains("kafka-password"), "{error:#}");
+    }
 }

@@ -1,10 +1,11 @@
 //! What the Kafka tests share (`kafka.rs`, `kafka_security.rs`): a real
 //! Kafka-protocol broker — tansu (a Kafka-compatible broker from crates.io,
-//! in-memory storage), built once by `.ci/kafka.sh` into a cache outside the
-//! repository and started here, one per test on a free loopback port
-//! (`SMARTMART_TEST_TANSU` names another binary) — the real `smartmart
-//! serve` binary with `SMARTMART_EVENT_SINK=kafka`, and a consumer reading
-//! the topics back with rskafka.
+//! in-memory storage, or SQLite for a broker that keeps SCRAM users), built
+//! once by `.ci/kafka.sh` into a cache outside the repository and started
+//! here, one per test on a free loopback port (`SMARTMART_TEST_TANSU` names
+//! another binary) — the real `smartmart serve` binary with
+//! `SMARTMART_EVENT_SINK=kafka`, and a consumer reading the topics back with
+//! rskafka.
 //!
 //! When the broker binary is missing or does not start, the tests fail and
 //! say that they did not run and how to build it.
@@ -18,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use rskafka::BackoffConfig;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use serde_json::{Value, json};
 use smartmart::domain::status::EventKind;
+use smartmart::events::SaslMechanism;
 use smartmart::test_support::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, partition_for};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,8 +33,10 @@ use crate::support::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY, token}
 use crate::support::service::free_port;
 use crate::support::{SECRET, bundled_plugins, demo_dataset};
 
-/// The tansu version `.ci/kafka.sh` builds.
+/// The tansu version `.ci/kafka.sh` builds, and its features as they are in
+/// the name of its directory.
 const TANSU_VERSION: &str = "0.6.0";
+const TANSU_FEATURES: &str = "dynostore-libsql";
 /// Partitions of the topics the service creates in these tests.
 pub const PARTITIONS: usize = 3;
 /// The demo data set's active customers.
@@ -47,7 +51,45 @@ fn tansu_binary() -> PathBuf {
     let tools = std::env::var_os("SMARTMART_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/smartmart-tools")
     });
-    tools.join(format!("tansu-{TANSU_VERSION}/bin/tansu"))
+    tools.join(format!("tansu-{TANSU_VERSION}-{TANSU_FEATURES}/bin/tansu"))
+}
+
+/// Fails the test saying that the Kafka test did not run, and how to build
+/// the broker.
+fn not_run(why: String) -> ! {
+    panic!(
+        "THE KAFKA TEST DID NOT RUN: {why}.\n  Build the test broker (once, cached outside the repository) with \
+         `bash .ci/kafka.sh` (`cargo xtask test` and .ci/run do), or point SMARTMART_TEST_TANSU at a tansu binary."
+    )
+}
+
+/// A SCRAM user a test broker keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ScramUser {
+    pub mechanism: SaslMechanism,
+    pub name: &'static str,
+    pub password: &'static str,
+}
+
+impl ScramUser {
+    /// The mechanism as `tansu user create --mechanism` names it.
+    fn tansu_mechanism(&self) -> &'static str {
+        match self.mechanism {
+            SaslMechanism::ScramSha256 => "scram256",
+            SaslMechanism::ScramSha512 => "scram512",
+            SaslMechanism::Plain => panic!("tansu 0.6.0 has no PLAIN: its SASL library is built without it"),
+        }
+    }
+
+    /// rskafka's configuration for a consumer logging in as this user.
+    pub fn rskafka_config(&self) -> SaslConfig {
+        let credentials = Credentials::new(self.name.into(), self.password.into());
+        match self.mechanism {
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+        }
+    }
 }
 
 /// How a test broker is started.
@@ -60,15 +102,21 @@ pub struct BrokerOptions {
     pub advertised_port: Option<u16>,
     /// Every client must log in with SASL first (`--authentication`).
     pub authentication: bool,
+    /// The SCRAM users it keeps. Empty: storage in memory (which keeps no
+    /// SCRAM credentials); otherwise storage in an SQLite file, where they
+    /// are created before the broker starts (see [`Broker::start_with`]).
+    pub scram_users: &'static [ScramUser],
 }
 
-/// A tansu broker on a loopback port, storage in memory; killed on drop.
+/// A tansu broker on a loopback port, storage in memory (or SQLite, for
+/// SCRAM users); killed on drop.
 pub struct Broker {
     child: Child,
     port: u16,
     authentication: bool,
-    log: PathBuf,
-    _dir: TempDir,
+    /// Its output, `<stem>.log` and `<stem>.err` in `dir`.
+    stem: &'static str,
+    dir: Arc<TempDir>,
 }
 
 impl Broker {
@@ -84,33 +132,54 @@ impl Broker {
 
     /// Starts a broker and waits until it answers metadata requests; a
     /// broker that cannot be started fails the test.
+    ///
+    /// With SCRAM users it is started twice on one SQLite file: first
+    /// without authentication, to create the users with `tansu user create`
+    /// (a request tansu takes only from a logged-in client once
+    /// `--authentication` is on), then as asked.
     pub async fn start_with(options: BrokerOptions) -> Broker {
+        let port = options.port.unwrap_or_else(free_port);
+        let advertised_port = options.advertised_port.unwrap_or(port);
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let storage = if options.scram_users.is_empty() { "memory://tansu/" } else { "sqlite://tansu.db" };
+        if !options.scram_users.is_empty() {
+            let setup = Broker::spawn(&dir, "tansu-setup", port, advertised_port, storage, false).await;
+            for user in options.scram_users {
+                setup.create_user(user);
+            }
+        }
+        Broker::spawn(&dir, "tansu", port, advertised_port, storage, options.authentication).await
+    }
+
+    /// Starts the broker binary in `dir` (where an SQLite `storage` is) and
+    /// waits until it answers.
+    async fn spawn(
+        dir: &Arc<TempDir>,
+        stem: &'static str,
+        port: u16,
+        advertised_port: u16,
+        storage: &str,
+        authentication: bool,
+    ) -> Broker {
         let binary = tansu_binary();
-        let not_run = |why: String| -> ! {
-            panic!(
-                "THE KAFKA TEST DID NOT RUN: {why}.\n  Build the test broker (once, cached outside the repository) with \
-                 `bash .ci/kafka.sh` (`cargo xtask test` and .ci/run do), or point SMARTMART_TEST_TANSU at a tansu binary."
-            )
-        };
         if !binary.is_file() {
             not_run(format!("no Kafka-protocol broker at {}", binary.display()));
         }
-        let port = options.port.unwrap_or_else(free_port);
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("tansu.log");
         let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{}", options.advertised_port.unwrap_or(port));
+        let advertised = format!("tcp://127.0.0.1:{advertised_port}");
+        let output = |extension: &str| std::fs::File::create(dir.path().join(format!("{stem}.{extension}"))).unwrap();
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
-            .args(["--storage-engine", "memory://tansu/"])
-            .args(options.authentication.then_some("--authentication"))
+            .args(["--storage-engine", storage])
+            .args(authentication.then_some("--authentication"))
+            .current_dir(dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("tansu.err")).unwrap())
+            .stdout(output("log"))
+            .stderr(output("err"))
             .spawn()
             .unwrap_or_else(|e| not_run(format!("starting {} failed: {e}", binary.display())));
-        let mut broker = Broker { child, port, authentication: options.authentication, log, _dir: dir };
+        let mut broker = Broker { child, port, authentication, stem, dir: Arc::clone(dir) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = broker.child.try_wait().unwrap() {
@@ -126,14 +195,36 @@ impl Broker {
         }
     }
 
+    /// Creates `user` with tansu's own command, which sends Kafka's
+    /// AlterUserScramCredentials request to this broker.
+    fn create_user(&self, user: &ScramUser) {
+        let output = Command::new(tansu_binary())
+            .args(["user", "create", "--broker", &format!("tcp://{}", self.address())])
+            .args(["--mechanism", user.tansu_mechanism(), user.name, user.password])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| not_run(format!("running `tansu user create` failed: {e}")));
+        assert!(
+            output.status.success(),
+            "`tansu user create {}` failed ({}): {}{}\n{}",
+            user.name,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.logs()
+        );
+    }
+
     /// Where it listens (plaintext), `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     pub fn logs(&self) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.log.with_file_name(name)).unwrap_or_default();
-        format!("{}{}", read("tansu.log"), read("tansu.err"))
+        let read = |extension: &str| {
+            std::fs::read_to_string(self.dir.path().join(format!("{}.{extension}", self.stem))).unwrap_or_default()
+        };
+        format!("{}{}", read("log"), read("err"))
     }
 
     /// Whether it answers: a metadata request, or for a broker that requires
@@ -190,9 +281,22 @@ impl Drop for Broker {
 
 /// A client of `brokers` over TLS: a consumer of a broker behind a TLS front.
 pub async fn client_of(brokers: &str, tls: Arc<rustls::ClientConfig>) -> Client {
+    build_consumer(brokers, consumer_builder(brokers).tls_config(tls)).await
+}
+
+/// A client of `brokers` logged in as `user`: a consumer of a broker that
+/// requires a login.
+pub async fn scram_client_of(brokers: &str, user: &ScramUser) -> Client {
+    build_consumer(brokers, consumer_builder(brokers).sasl_config(user.rskafka_config())).await
+}
+
+fn consumer_builder(brokers: &str) -> ClientBuilder {
     let backoff = BackoffConfig { deadline: Some(Duration::from_secs(5)), ..BackoffConfig::default() };
-    let builder = ClientBuilder::new(vec![brokers.to_string()]).client_id("smartmart-test").backoff_config(backoff);
-    builder.tls_config(tls).build().await.unwrap_or_else(|e| panic!("a client of {brokers}: {e}"))
+    ClientBuilder::new(vec![brokers.to_string()]).client_id("smartmart-test").backoff_config(backoff)
+}
+
+async fn build_consumer(brokers: &str, builder: ClientBuilder) -> Client {
+    builder.build().await.unwrap_or_else(|e| panic!("a client of {brokers}: {e}"))
 }
 
 /// One record as a consumer reads it.
