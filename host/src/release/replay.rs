@@ -288,6 +288,9 @@ pub struct UsagePercentiles {
     pub fuel: Percentiles<u64>,
     pub peak_memory_bytes: Percentiles<u64>,
     pub wall_time_ms: Percentiles<f64>,
+    /// What the output budget charged for each answer (calls that produced
+    /// one), as `rules run` and the budget itself count it.
+    pub output_bytes: Percentiles<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -352,6 +355,10 @@ pub fn replay(candidate: &RuleModule, target: &Target, orders: &[StoredOrder]) -
         wall_time_ms: percentiles(
             usages.iter().map(|u| u.elapsed.as_secs_f64() * 1e3).collect(),
             budgets.time_ms as f64,
+        ),
+        output_bytes: percentiles(
+            usages.iter().filter_map(|u| u.output_bytes.map(|b| b as u64)).collect(),
+            budgets.output_bytes as u64,
         ),
     };
     ReplayReport {
@@ -638,6 +645,11 @@ impl ReplayReport {
             s,
             "  wall time    {:.3} / {:.3} / {:.3} / {:.3} of {} ms",
             u.wall_time_ms.p50, u.wall_time_ms.p90, u.wall_time_ms.p99, u.wall_time_ms.max, u.wall_time_ms.limit
+        );
+        let _ = writeln!(
+            s,
+            "  output       {} / {} / {} / {} of {} bytes",
+            u.output_bytes.p50, u.output_bytes.p90, u.output_bytes.p99, u.output_bytes.max, u.output_bytes.limit
         );
         s
     }

@@ -90,7 +90,8 @@ pub struct CanarySample {
     /// Trapped, ran out of a budget or returned an error (a refusal of the
     /// order, such as an invalid coupon, is an answer).
     pub failed: bool,
-    /// The largest of fuel, memory and time used over their budget.
+    /// The largest of fuel, memory, time and output used over their budget
+    /// (each as its budget charges it).
     pub budget_use: f64,
     pub latency_ms: f64,
 }

@@ -137,8 +137,8 @@ pub struct CanaryEntry {
     /// Share of failed calls (trap, budget, error), 0..=1.
     #[serde(default)]
     pub max_error_rate: Option<f64>,
-    /// p99 of a call's budget use (the largest of fuel, memory and time
-    /// used over their budget), 0..=1.
+    /// p99 of a call's budget use (the largest of fuel, memory, time and
+    /// output used over their budget, each as its budget charges it), 0..=1.
     #[serde(default)]
     pub max_budget_use: Option<f64>,
     /// p99 of the call latency, in ms.
