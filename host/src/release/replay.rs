@@ -90,6 +90,9 @@ impl Target {
     fn describe(&self) -> String {
         let n = self.stack.len();
         match &self.replaced {
+            Some(entry) if entry.has_no_stable_rule() => {
+                format!("at the place of a new rule with no stable version (position {} of {n})", self.position + 1)
+            }
             Some(entry) => format!("replacing {} (position {} of {n})", entry.module, self.position + 1),
             None if self.world == World::FraudCheck => format!("a new fraud check beside the {n} configured"),
             None if self.position == n => format!("a new rule at the end of the stack (position {})", n + 1),
@@ -461,7 +464,7 @@ fn replay_discount(
     match traced.result {
         Ok(granted) => {
             let mut left = payable;
-            let lines = capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, &mut left);
+            let lines = capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, None, &mut left);
             let candidate_cents = payable - left;
             let difference = candidate_cents as i64 - active_cents as i64;
             replay.candidate = json!({ "discount_cents": candidate_cents, "lines": lines });
@@ -730,6 +733,7 @@ mod tests {
             version: "1".into(),
             digest: "d".into(),
             variant: None,
+            canary: None,
             description: "x".into(),
             amount_cents: 1,
             reasons: vec![],
