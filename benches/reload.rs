@@ -110,7 +110,8 @@ fn land(dir: &Path, bytes: &[u8]) -> Instant {
 }
 
 fn serving(engine: &Engine) -> String {
-    engine.rules().discount[FLAT].module.identity().digest.clone()
+    let rules = engine.rules();
+    rules.discount[FLAT].module.as_ref().map_or_else(String::new, |m| m.identity().digest.clone())
 }
 
 /// Lands `bytes` and waits until they serve; the time from landing to serving.

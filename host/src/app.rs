@@ -156,7 +156,7 @@ impl Engine {
         let metrics = Arc::new(Metrics::default());
         let retention_metrics = metrics.clone();
         let rollouts = Rollouts::new(store.clone(), metrics.clone(), settings.reload_replay_orders);
-        let (canaries, recorder) = Canaries::new(metrics.clone());
+        let (canaries, recorder) = Canaries::new(metrics.clone(), Arc::default());
         // The first set is not gated (there is nothing to keep serving
         // instead), but stored canary states apply to it: a rollback
         // survives the restart.

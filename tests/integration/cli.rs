@@ -271,3 +271,69 @@ fn rules_run_on_a_runaway_rule_exits_2_with_outcome_failed_and_its_usage() {
     assert!(stdout.contains(" of 50,000,000 instructions ("), "{stdout}");
     assert!(stdout.contains("output       none (the call produced no answer)"), "{stdout}");
 }
+
+/// `rules run` of hostile_output configured to answer `lines` one-cent
+/// lines with empty descriptions, under an output budget of `budget` bytes
+/// (the default 64 KiB when `None`): the JSON report, or the text one.
+fn run_output_lines(lines: usize, budget: Option<usize>, json: bool) -> Output {
+    let (file, input) = (wasm("hostile_output"), repo_root().join("examples/orders/gold-basic.json"));
+    let config = [format!("lines={lines}"), "description_chars=0".to_string()];
+    let mut args = vec!["rules", "run", path_str(&file), "--input", path_str(&input)];
+    args.extend(["--config", config[0].as_str(), "--config", config[1].as_str()]);
+    let budget = budget.map(|b| format!("output_bytes={b}"));
+    if let Some(budget) = &budget {
+        args.extend(["--budget", budget.as_str()]);
+    }
+    if json {
+        args.push("--json");
+    }
+    smartmart(&args)
+}
+
+fn output_report(lines: usize, budget: Option<usize>) -> serde_json::Value {
+    let out = run_output_lines(lines, budget, true);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// The output `rules run` reports for an answer (`None` for a failure).
+fn reported_output(report: &serde_json::Value) -> Option<u64> {
+    report["usage"]["output_bytes"]["used"].as_u64()
+}
+
+fn failed_on_output(report: &serde_json::Value) -> bool {
+    report["outcome"] == "failed" && report["result"]["kind"] == "output_budget"
+}
+
+#[test]
+fn rules_run_reports_the_output_the_budget_charges_just_under_it_and_fails_just_over() {
+    // What one line costs the budget, as reported: every line the same.
+    let one = reported_output(&output_report(1, None)).expect("one line answers");
+    assert_eq!(reported_output(&output_report(2, None)), Some(2 * one));
+
+    // The most lines the default budget holds: reported at most 100 %, the
+    // figure the budget's limit is compared with.
+    let limit = 64 << 10;
+    let most = limit / one as usize;
+    let under = output_report(most, None);
+    assert_eq!(under["outcome"], "ok", "{under}");
+    assert_eq!(under["usage"]["output_bytes"]["limit"], limit, "{under}");
+    let used = reported_output(&under).expect("an answer's output");
+    assert_eq!(used, most as u64 * one, "{under}");
+    assert!(used <= limit as u64, "{under}");
+    let out = run_output_lines(most, None, false);
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("output ")).expect("an output line");
+    let share: f64 =
+        line.rsplit_once('(').and_then(|(_, s)| s.strip_suffix(" %)")).and_then(|s| s.parse().ok()).unwrap();
+    assert!(share <= 100.0 && share > 99.0, "{line}");
+
+    // One line more goes over: the call fails on its output budget.
+    let over = output_report(most + 1, None);
+    assert!(failed_on_output(&over), "{over}");
+
+    // The reported figure is the charge itself: a budget of exactly that
+    // much holds the answer, one byte less refuses it.
+    let exact = output_report(most, Some(used as usize));
+    assert_eq!((exact["outcome"].as_str(), reported_output(&exact)), (Some("ok"), Some(used)), "{exact}");
+    assert!(failed_on_output(&output_report(most, Some(used as usize - 1))));
+}

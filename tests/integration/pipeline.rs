@@ -489,6 +489,7 @@ async fn a_crashing_fail_open_discount_rule_is_skipped_and_named() {
     let listed = t.engine.pipeline().rule_errors().recent().into_iter().find(|e| e.error_id == error_id);
     let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
     assert_eq!(listed.handling, rule_errors::Handling::Skipped);
+    assert_eq!(listed.order_id.as_deref(), Some(invoice.order_id.as_str()));
     assert_eq!((listed.slot.as_str(), listed.module.as_str()), ("discount", "hostile_panic.wasm"));
     assert_eq!(listed.cause_kind, "trap");
     assert!(listed.cause.contains("coupon engine crashed"), "the guest's panic message: {}", listed.cause);
@@ -531,6 +532,7 @@ config = { threshold_cents = "SECRET-WORDS-7d2a" }
     let listed = t.engine.pipeline().rule_errors().recent().into_iter().find(|e| e.error_id == error_id);
     let listed = listed.unwrap_or_else(|| panic!("{error_id} is not in the operators' list"));
     assert_eq!((listed.slot.as_str(), listed.handling), ("fraud", rule_errors::Handling::Skipped));
+    assert_eq!(listed.order_id.as_deref(), Some(invoice.order_id.as_str()));
     assert!(listed.cause.contains("SECRET-WORDS-7d2a"), "{}", listed.cause);
     t.engine.shutdown().await;
 }

@@ -3,8 +3,10 @@
 //! a canary that fails is answered by the stable version (no order fails),
 //! is rolled back by the host itself when its error rate crosses its limit,
 //! and stays rolled back across reloads and a restart until the manifest
-//! names a new version; promotion; shadows of every slot, a trapping
-//! candidate counted as an error.
+//! names a new version; the canary of a new rule (no stable version),
+//! rolled back having failed no order, its failures listed and logged with
+//! their orders, and where "no stable version" is refused; promotion;
+//! shadows of every slot, a trapping candidate counted as an error.
 
 use std::time::{Duration, Instant};
 
@@ -17,9 +19,10 @@ use smartmart::store::shadows::ShadowSummary;
 
 use crate::support::example_order;
 use crate::support::plugin_dir::{
-    PluginDir, add_customers, discount_identity, guest_bytes, guest_digest, order_on, plenty_of_stock, reload_status,
-    wait_for_refusal, wait_for_served,
+    BASE_SLOTS, PluginDir, add_customers, discount_identity, guest_bytes, guest_digest, order_on, plenty_of_stock,
+    reload_status, wait_for_refusal, wait_for_served,
 };
+use crate::support::plugin_service::PluginService;
 use crate::support::server::{TestServer, send};
 
 /// Sum of the samples of `metric` whose labels include all of `labels`.
@@ -345,6 +348,193 @@ async fn a_failing_fraud_canary_is_answered_by_the_stable_check_and_rolled_back(
         metric(&metrics, "smartmart_canary_calls_total", &[("canary", "fraud-bad-config"), ("outcome", "guest_error")]),
         3
     );
+}
+
+// ---------------------------------------------------------------------------
+// Canary: a new rule (no stable version)
+// ---------------------------------------------------------------------------
+
+/// Two new stacked rules after gold loyalty, each with no stable version:
+/// a flat 1.00 off that answers, and error_rule, which fails every call.
+const NEW_RULE_CANARIES: &str = r#"
+[[discount]]
+module = "gold_loyalty.wasm"
+config = { percent = "10" }
+budgets = { time_ms = 10000 }
+
+[[discount]]
+module = "none"
+budgets = { time_ms = 10000 }
+canary = { name = "flat-new", module = "flat.wasm", share_percent = 100, min_calls = 3, max_error_rate = 0.5 }
+
+[[discount]]
+module = "none"
+budgets = { time_ms = 10000 }
+canary = { name = "failing-new", module = "error_rule.wasm", share_percent = 100, min_calls = 3,
+           max_error_rate = 0.5 }
+"#;
+
+/// The JSON lines of the service's log (the last may still be being written).
+fn json_log_lines(log: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+    complete
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rules_failing_canary_rolls_back_failing_no_order_and_lists_each_failure_with_its_order() {
+    let plugins = PluginDir::new(&[("discount_v1", "flat.wasm"), ("error_rule", "error_rule.wasm")], NEW_RULE_CANARIES);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("service.log");
+    let service = PluginService::start_logging(&dir.path().join("data"), plugins.path(), Some(&log)).await;
+    service.product("NEW-RULE-SKU", 10_000).await;
+    service.customer("C-NEW-1", "GOLD").await;
+
+    // Every order is confirmed: 10 % from gold loyalty, then 1.00 from the
+    // new flat rule, its line saying which canary granted it; the failing
+    // rule's calls leave no line and fail nothing.
+    let mut order_ids = Vec::new();
+    for _ in 0..5 {
+        let (status, invoice) = service.order("C-NEW-1", &[("NEW-RULE-SKU", 1)], "tok_ok").await;
+        assert_eq!((status, invoice["status"].as_str()), (201, Some("CONFIRMED")), "{invoice}");
+        let discounts = invoice["discounts"].as_array().expect("discount lines");
+        let summary: Vec<(&str, u64, &Value, &Value)> = discounts
+            .iter()
+            .map(|d| (d["module"].as_str().unwrap(), d["amount_cents"].as_u64().unwrap(), &d["canary"], &d["variant"]))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("gold_loyalty.wasm", 1000, &Value::Null, &Value::Null),
+                ("flat.wasm", 100, &Value::String("flat-new".into()), &Value::Null),
+            ],
+            "{invoice}"
+        );
+        order_ids.push(invoice["order_id"].as_str().unwrap().to_string());
+    }
+
+    // Rolled back at its minimum sample, with nothing in its place; the
+    // answering one runs on.
+    let (status, answer) = service.admin_get("/v1/admin/rollouts").await;
+    assert_eq!(status, 200, "{answer}");
+    let canary = |name: &str| -> Value {
+        let listed = answer["canaries"].as_array().unwrap().iter().find(|c| c["entry"] == name).cloned();
+        listed.unwrap_or_else(|| panic!("no canary {name}: {answer}"))
+    };
+    let failing = canary("failing-new");
+    assert_eq!((failing["state"].as_str(), failing["calls"].as_u64()), (Some("rolled_back"), Some(3)), "{failing}");
+    assert_eq!(failing["errors"], 3, "{failing}");
+    assert_eq!(failing["stable"], Value::Null, "a new rule has no stable version: {failing}");
+    assert_eq!(failing["canary"]["module"], "error_rule.wasm");
+    assert!(failing["reason"].as_str().unwrap().contains("3 of 3 calls failed"), "{failing}");
+    let flat = canary("flat-new");
+    assert_eq!((flat["state"].as_str(), flat["calls"].as_u64()), (Some("running"), Some(5)), "{flat}");
+    assert_eq!(flat["stable"], Value::Null);
+
+    // Each failed canary call is listed with its order: the first three.
+    let (status, errors) = service.admin_get("/v1/admin/rule-errors").await;
+    assert_eq!(status, 200, "{errors}");
+    let listed: Vec<&Value> = errors.as_array().unwrap().iter().filter(|e| e["canary"] == "failing-new").collect();
+    let mut listed_orders: Vec<&str> = listed.iter().map(|e| e["order_id"].as_str().expect("an order id")).collect();
+    listed_orders.sort();
+    let mut first_three: Vec<&str> = order_ids[..3].iter().map(String::as_str).collect();
+    first_three.sort();
+    assert_eq!(listed_orders, first_three, "{errors}");
+    for entry in &listed {
+        assert_eq!(entry["handling"], "canary_fallback", "{entry}");
+        assert_eq!((entry["slot"].as_str(), entry["module"].as_str()), (Some("discount"), Some("error_rule.wasm")));
+        assert_eq!(entry["cause_kind"], "guest_error", "{entry}");
+        assert!(entry["cause"].as_str().unwrap().contains("deliberate failure"), "{entry}");
+    }
+
+    // And logged with its order id, canary and what the rule said.
+    let mut logged = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while logged.len() < 3 {
+        logged = json_log_lines(&log)
+            .into_iter()
+            .filter(|line| line["canary"] == "failing-new" && line["cause"].is_string())
+            .collect();
+        assert!(Instant::now() < deadline, "no log line for each failed canary call: {logged:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut logged_orders: Vec<&str> = logged.iter().map(|l| l["order_id"].as_str().expect("an order id")).collect();
+    logged_orders.sort();
+    assert_eq!(logged_orders, first_three, "{logged:#?}");
+    for line in &logged {
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert!(line["cause"].as_str().unwrap().contains("deliberate failure"), "{line}");
+        let error_id = line["error_id"].as_str().expect("the error id");
+        assert!(listed.iter().any(|e| e["error_id"] == error_id && e["order_id"] == line["order_id"]), "{line}");
+    }
+    service.stop();
+}
+
+#[test]
+fn no_stable_rule_is_refused_at_load_where_it_cannot_work_naming_why() {
+    use smartmart::rules::{HostDefaults, RuleSet};
+    let runtime = crate::support::rule_runtime();
+    let defaults = HostDefaults { experiment_key: b"key".to_vec(), ..HostDefaults::default() };
+    let plugins = PluginDir::new(&[("discount_v1", "flat.wasm")], "");
+    let refusal = |manifest: &str| -> String {
+        std::fs::write(plugins.file("manifest.toml"), manifest).unwrap();
+        format!("{:#}", RuleSet::load(&runtime, plugins.path(), &defaults).err().expect("refused"))
+    };
+    let canary = r#"canary = { name = "n", module = "flat.wasm", share_percent = 10 }"#;
+
+    let error = refusal(&format!("[warehouse]\nmodule = \"none\"\n{canary}\n"));
+    assert!(
+        error.contains("warehouse entry with module = \"none\"") && error.contains("always needs a selector"),
+        "{error}"
+    );
+    for (entry, why) in [
+        ("", "rolled out by its canary"),
+        (r#"canary = { share_percent = 10 }"#, "rolled out by its canary"),
+        (&format!("config = {{ amount = \"5\" }}\n{canary}"), "takes no config"),
+        (&format!("shadow = {{ module = \"flat.wasm\" }}\n{canary}"), "a shadow runs beside the stable version"),
+        (
+            &format!("experiment = {{ name = \"e\", variants = [ {{ name = \"a\", weight = 1 }} ] }}\n{canary}"),
+            "not an experiment",
+        ),
+    ] {
+        let error = refusal(&format!("[[discount]]\nmodule = \"none\"\n{entry}\n{BASE_SLOTS}"));
+        assert!(error.contains(why) && error.contains("module = \"none\""), "{entry}: {error}");
+    }
+    let error = refusal(&format!(
+        "[[discount]]\nmodule = \"flat.wasm\"\ncanary = {{ module = \"none\", share_percent = 10 }}\n{BASE_SLOTS}"
+    ));
+    assert!(error.contains("a canary runs a module"), "{error}");
+
+    // A module that is not there: the OS error is said once.
+    let error = refusal(&format!("[[discount]]\nmodule = \"missing.wasm\"\n{BASE_SLOTS}"));
+    assert!(error.contains("missing.wasm: cannot read the module"), "{error}");
+    assert_eq!(error.matches("os error 2").count(), 1, "{error}");
+
+    // Well-formed: no stable module; the canary's share gets the canary, nobody the stable version.
+    std::fs::write(plugins.file("manifest.toml"), format!("[[discount]]\nmodule = \"none\"\n{canary}\n{BASE_SLOTS}"))
+        .unwrap();
+    let set = RuleSet::load(&runtime, plugins.path(), &defaults).expect("a new rule's canary loads");
+    let rule = &set.discount[0];
+    assert!(rule.module.is_none());
+    let customers: Vec<String> = (0..40).map(|i| format!("C-{i}")).collect();
+    let (inside, outside): (Vec<&String>, Vec<&String>) =
+        customers.iter().partition(|c| rule.canary.as_ref().unwrap().in_share(c));
+    assert!(!inside.is_empty() && !outside.is_empty());
+    for customer in &customers {
+        let picked = rule.pick(customer);
+        assert!(picked.rule.is_none(), "{customer}: no stable version");
+        assert_eq!(picked.canary.is_some(), inside.contains(&customer), "{customer}");
+    }
+
+    // So does a new fraud check.
+    let fraud = "[warehouse]\nmodule = \"nearest_warehouse.wasm\"\n[[fraud]]\nmodule = \"none\"\n\
+                 canary = { name = \"f\", module = \"high_value.wasm\", share_percent = 100 }\n";
+    std::fs::write(plugins.file("manifest.toml"), fraud).unwrap();
+    let set = RuleSet::load(&runtime, plugins.path(), &defaults).expect("a new fraud check's canary loads");
+    assert!(set.fraud[0].module.is_none() && set.fraud[0].pick("C-1").canary.is_some());
 }
 
 // ---------------------------------------------------------------------------

@@ -495,12 +495,16 @@ fn a_fraud_check_is_refused_as_a_discount_rule() {
 fn a_missing_file_is_a_read_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let error = load_err(&rule_runtime(), &dir.path().join("no_such_rule.wasm"), World::DiscountRule);
-    let LoadError::Read { file, source, .. } = &error else {
+    let LoadError::Read { file, error: cause, .. } = &error else {
         panic!("expected a read error, got {error:?}");
     };
     assert!(file.ends_with("no_such_rule.wasm"));
-    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
     assert!(error.to_string().contains("no_such_rule.wasm"), "{error}");
+    // The OS error is said once, also when the chain is printed whole.
+    let os_error = cause.to_string();
+    let whole = format!("{:#}", anyhow::Error::new(error));
+    assert_eq!(whole.matches(&os_error).count(), 1, "{whole}");
 }
 
 #[test]

@@ -151,7 +151,7 @@ pub async fn run(data_dir: &Path, plugins_dir: &Path, dataset: &Path) -> anyhow:
     println!("SmartMart demo — data dir {}", data_dir.display());
     println!("rules: {}", plugins_dir.display());
     for (slot, rule) in engine.rules().all() {
-        println!("  {slot:<9} {}", rule.module.identity());
+        println!("  {slot:<9} {}", rule.module_label());
     }
     println!();
     let mut escalation_candidates = Vec::new();

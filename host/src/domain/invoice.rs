@@ -90,7 +90,12 @@ pub struct InvoiceDiscount {
     pub module: String,
     pub version: String,
     pub digest: String,
+    /// The experiment arm the rule served as, if it is in an experiment.
     pub variant: Option<String>,
+    /// The canary's name when the line was granted by a canary call (a
+    /// running canary, for a customer in its share); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
     pub description: String,
     pub amount_cents: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -106,6 +111,9 @@ pub struct InvoiceAllocation {
     /// The experiment variant of the warehouse selector, if it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// The canary's name when the plan was made by a canary selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

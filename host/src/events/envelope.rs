@@ -148,6 +148,9 @@ struct AnalyticsDiscount<'a> {
     module: &'a str,
     version: &'a str,
     variant: Option<&'a str>,
+    /// The canary that granted the line, when a canary call did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<&'a str>,
     amount_cents: u64,
 }
 
@@ -180,6 +183,7 @@ impl<'a> AnalyticsPayload<'a> {
                     module: &d.module,
                     version: &d.version,
                     variant: d.variant.as_deref(),
+                    canary: d.canary.as_deref(),
                     amount_cents: d.amount_cents,
                 })
                 .collect(),

@@ -323,7 +323,8 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
     let mut plugins = Vec::new();
     for (slot, rule) in rules.all() {
         match &rule.experiment {
-            None => plugins.push(entry(slot, &rule.module, None, None, rule.fail_mode)),
+            // A new rule's canary has no stable module: its canary is listed below.
+            None => plugins.extend(rule.module.as_ref().map(|m| entry(slot, m, None, None, rule.fail_mode))),
             Some(experiment) => {
                 // An "off" arm loads no module: it is listed by GET /v1/admin/experiments.
                 for (variant, module) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {

@@ -52,15 +52,19 @@ pub struct CanaryAnswer {
     pub entry: String,
     /// `discount`, `warehouse` or `fraud`.
     pub slot: Slot,
-    /// The version serving everyone outside the canary's share (as the manifest names it).
-    pub stable: RuleVersion,
+    /// The version serving everyone outside the canary's share (as the
+    /// manifest names it); `null` for a new rule's canary (`module = "none"`):
+    /// whoever the canary does not serve goes without the rule.
+    pub stable: Option<RuleVersion>,
     pub canary: RuleVersion,
     pub share_percent: u32,
     /// `running`, `rolled_back` or `promoted`.
     pub state: CanaryState,
     /// Canary calls since the rollout began (this process; as stored once it stopped).
     pub calls: u64,
-    /// Failed canary calls (each answered by the stable version).
+    /// Failed canary calls (each answered by the stable version, or
+    /// without the rule for a new rule's canary; each listed in
+    /// `GET /v1/admin/rule-errors` with its order).
     pub errors: u64,
     /// Why it was rolled back or promoted.
     pub reason: Option<String>,
@@ -84,7 +88,7 @@ fn canary_answer(slot: Slot, rule: &SlotRule, canary: &Canary) -> CanaryAnswer {
     CanaryAnswer {
         entry: canary.name.clone(),
         slot,
-        stable: RuleVersion::of(&rule.module),
+        stable: rule.module.as_ref().map(RuleVersion::of),
         canary: RuleVersion::of(&canary.rule),
         share_percent: canary.share_percent,
         state: canary.control.state(),

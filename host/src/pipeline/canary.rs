@@ -1,6 +1,9 @@
 //! Canaries on the order's path: a call goes to a running canary first for
 //! the customers in its share, and a failed canary call is answered by the
-//! stable version, so a canary never fails an order. A canary that crosses
+//! stable version (a new rule's canary has none: the order goes without the
+//! rule), so a canary never fails an order. Each failed canary call is
+//! listed with its order in the engine's [`RuleErrors`], and logged with
+//! it. A canary that crosses
 //! a limit is rolled back at once in this process, and the rollback is
 //! stored off the order's path ([`run_recorder`]), so that it survives
 //! restarts and reloads until the manifest names a new version. Promotion,
@@ -13,11 +16,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rule_errors::{Handling, RuleErrors};
 use super::rule_io::outcome_of;
 use crate::clock::now_ms;
 use crate::domain::status::{RolloutEventKind, Slot};
 use crate::metrics::Metrics;
-use crate::rules::canary::{Canary, CanarySample, CanaryState};
+use crate::rules::canary::{Canary, CanarySample, CanaryState, stable_version};
 use crate::rules::{Called, FailureCause, Picked, Rule, RuleError, SlotRule};
 use crate::store::Store;
 use crate::store::rollouts::{RolloutEvent, RolloutRecord};
@@ -32,6 +36,18 @@ struct Notice {
 pub struct Canaries {
     metrics: Arc<Metrics>,
     notices: mpsc::UnboundedSender<Notice>,
+    /// The engine's list of recent rule failures, where each failed canary
+    /// call goes with its order.
+    rule_errors: Arc<RuleErrors>,
+}
+
+/// What answered one order's call of a slot rule.
+pub struct Answered<'a, T> {
+    pub answer: Result<Called<T>, RuleError>,
+    /// The rule that gave the answer: the canary, or the stable version.
+    pub served: &'a Rule,
+    /// The canary's name when the canary gave the answer.
+    pub canary: Option<&'a str>,
 }
 
 /// The receiving end of the rollbacks to store ([`run_recorder`]).
@@ -47,11 +63,12 @@ pub(crate) fn canary_record(
     at_ms: i64,
 ) -> RolloutRecord {
     let (calls, errors, _, _) = canary.control.totals();
+    let (stable_digest, stable_config_hash) = stable_version(rule.module.as_ref());
     RolloutRecord {
         entry: canary.name.clone(),
         slot,
-        stable_digest: rule.module.identity().digest.clone(),
-        stable_config_hash: rule.module.config_hash().to_string(),
+        stable_digest: stable_digest.to_string(),
+        stable_config_hash: stable_config_hash.to_string(),
         canary_digest: canary.rule.identity().digest.clone(),
         canary_config_hash: canary.rule.config_hash().to_string(),
         state,
@@ -63,9 +80,15 @@ pub(crate) fn canary_record(
 }
 
 impl Canaries {
-    pub fn new(metrics: Arc<Metrics>) -> (Arc<Canaries>, Recorder) {
+    /// The canaries of an engine whose rule failures go to `rule_errors`.
+    pub fn new(metrics: Arc<Metrics>, rule_errors: Arc<RuleErrors>) -> (Arc<Canaries>, Recorder) {
         let (notices, rx) = mpsc::unbounded_channel();
-        (Arc::new(Canaries { metrics, notices }), Recorder(rx))
+        (Arc::new(Canaries { metrics, notices, rule_errors }), Recorder(rx))
+    }
+
+    /// The engine's list of recent rule failures.
+    pub fn rule_errors(&self) -> &Arc<RuleErrors> {
+        &self.rule_errors
     }
 
     /// A canary crossed a limit on this call: count it, log it, and have
@@ -74,25 +97,26 @@ impl Canaries {
         let at_ms = now_ms();
         self.metrics.canary_rollback(&canary.name);
         tracing::warn!(canary = %canary.name, %slot, module = %canary.rule.identity(), %reason,
-            "canary rolled back; the stable version serves everyone");
+            "canary rolled back; the stable version serves everyone (none: a new rule is left out)");
         let record = canary_record(slot, rule, canary, CanaryState::RolledBack, &reason, at_ms);
         let event = RolloutEvent { at_ms, kind: RolloutEventKind::Rollback, entry: canary.name.clone(), reason };
         let _ = self.notices.send(Notice { record, event });
     }
 
-    /// Calls `rule` (what `picked` names for one order, unless its arm is
-    /// off) through `call`: the canary first when the customer is in a
-    /// running canary's share, `rule` when the canary fails (trap, budget,
-    /// error). Counts each call in the metrics; returns the answer and the
-    /// rule that gave it.
+    /// Calls what `picked` names for the order `order_id` through `call`:
+    /// the canary first when the customer is in a running canary's share,
+    /// the stable version (`picked.rule`) otherwise and when the canary
+    /// fails (trap, budget, error; listed in the rule errors with the order).
+    /// Counts each call in the metrics. `None` when no rule answers: the
+    /// customer's arm is off, or a new rule's canary did not serve the order.
     pub fn call<'a, T>(
         &self,
         slot: Slot,
         slot_rule: &'a SlotRule,
         picked: &Picked<'a>,
-        rule: &'a Rule,
+        order_id: &str,
         call: impl Fn(&Rule) -> Result<Called<T>, RuleError>,
-    ) -> (Result<Called<T>, RuleError>, &'a Rule) {
+    ) -> Option<Answered<'a, T>> {
         if let Some(canary) = picked.canary {
             let started = Instant::now();
             let answer = call(&canary.rule);
@@ -109,19 +133,20 @@ impl Canaries {
             if let Some(reason) = canary.control.record(&canary.limits, sample) {
                 self.rolled_back(slot, slot_rule, canary, reason);
             }
-            if !failed {
-                return (answer, &canary.rule);
-            }
-            if let Err(RuleError::Failed { module, cause }) = &answer {
-                tracing::warn!(canary = %canary.name, module = %module, %cause,
-                    "canary call failed; the stable version answers this order");
+            match &answer {
+                Err(RuleError::Failed { module, cause }) => {
+                    let (handling, canary_name) = (Handling::CanaryFallback, Some(canary.name.as_str()));
+                    self.rule_errors.record(slot, module, cause, handling, Some(order_id), canary_name);
+                }
+                _ => return Some(Answered { answer, served: &canary.rule, canary: Some(&canary.name) }),
             }
         }
+        let rule = picked.rule?;
         let started = Instant::now();
         let answer = call(rule);
         let outcome = outcome_of(&answer);
         self.metrics.rule_call(slot, rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
-        (answer, rule)
+        Some(Answered { answer, served: rule, canary: None })
     }
 }
 

@@ -3,7 +3,7 @@
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
-use super::canary::Canaries;
+use super::canary::{Answered, Canaries};
 use super::experiments::{Arm, ArmCall, ExperimentFigures};
 use super::rule_errors::{Handling, RuleErrors};
 use super::rule_io::capped_lines;
@@ -47,19 +47,21 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
             (Some(experiment), Some(variant)) => Some(Arm::of(Slot::Discount, experiment, variant, picked.rule)),
             _ => None,
         };
-        let Some(rule) = picked.rule else {
-            // An "off" arm: this rule is skipped for the customer; the
-            // slot's other rules apply as usual.
+        let started = std::time::Instant::now();
+        let answered = books
+            .canaries
+            .call(Slot::Discount, slot_rule, &picked, &order.order_id, |rule| rule.apply_discount(&order));
+        let seconds = started.elapsed().as_secs_f64();
+        let Some(Answered { answer, served, canary }) = answered else {
+            // An "off" arm, or a new rule's canary that did not serve the
+            // order: this rule is skipped for it; the slot's other rules
+            // apply as usual.
             if let Some(arm) = arm {
                 books.experiments.rule_call(&arm, ArmCall::default());
                 arms.push(arm);
             }
             continue;
         };
-        let started = std::time::Instant::now();
-        let (answer, served) =
-            books.canaries.call(Slot::Discount, slot_rule, &picked, rule, |rule| rule.apply_discount(&order));
-        let seconds = started.elapsed().as_secs_f64();
         let before = order.payable_cents;
         // The input the active rule saw, for a shadow candidate only.
         let seen = slot_rule.shadow.as_ref().map(|_| order.clone());
@@ -95,13 +97,13 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
                         });
                     }
                     FailMode::Open => {
-                        skipped.push(skipped_rule(books.rule_errors, &module, &cause));
+                        skipped.push(skipped_rule(books.rule_errors, &module, &cause, &order.order_id));
                         continue;
                     }
                 }
             }
         };
-        let granted = capped_lines(granted, served, picked.variant, &mut order.payable_cents);
+        let granted = capped_lines(granted, served, picked.variant, canary, &mut order.payable_cents);
         let taken = before - order.payable_cents;
         if let Some(arm) = arm {
             let call =
@@ -123,16 +125,17 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     Ok(Discounts { lines, total_cents, skipped, shadows, arms })
 }
 
-/// A fail-open rule's failure as the invoice lists it: the cause's kind and
-/// the error id under which operators find what the rule said (logged and
-/// kept in the engine's [`RuleErrors`]).
+/// A fail-open rule's failure on the order `order_id` as the invoice lists
+/// it: the cause's kind and the error id under which operators find what
+/// the rule said (logged and kept in the engine's [`RuleErrors`]).
 pub(super) fn skipped_rule(
     rule_errors: &RuleErrors,
     module: &crate::rules::ModuleIdentity,
     cause: &FailureCause,
+    order_id: &str,
 ) -> SkippedRule {
     let slot = module.world.slot();
-    let error_id = rule_errors.record(slot, module, cause, Handling::Skipped);
+    let error_id = rule_errors.record(slot, module, cause, Handling::Skipped, Some(order_id), None);
     SkippedRule {
         slot,
         module: module.file.clone(),

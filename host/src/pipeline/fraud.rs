@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
-use super::canary::Canaries;
+use super::canary::{Answered, Canaries};
 use super::rule_errors::{Handling, RuleErrors};
 use super::rule_io::{order_context, payment_summary};
 use super::shadow::{self, ShadowJob};
@@ -159,10 +159,11 @@ pub fn review(
     let mut skipped: Vec<SkippedCheck> = Vec::new();
     for rule in &rules.fraud {
         let picked = rule.pick(&context.customer.id);
-        // An "off" arm of an experiment: this check is skipped for the customer.
-        let Some(picked_rule) = picked.rule else { continue };
-        let (answer, served) =
-            canaries.call(Slot::Fraud, rule, &picked, picked_rule, |r| r.check_fraud(&context, &payment));
+        let answered =
+            canaries.call(Slot::Fraud, rule, &picked, &context.order_id, |r| r.check_fraud(&context, &payment));
+        // An "off" arm of an experiment, or a new check's canary that did not
+        // serve the order: this check is skipped for it.
+        let Some(Answered { answer, served, .. }) = answered else { continue };
         if let Some(candidate) = &rule.shadow {
             let job = ShadowJob::Fraud {
                 active: served.clone(),
@@ -185,7 +186,8 @@ pub fn review(
                 if rule.fail_mode == FailMode::Open {
                     // The cause's kind and an error id, never the guest's words
                     // (see `rule_errors`): the review is shown to customers.
-                    let error_id = rule_errors.record(Slot::Fraud, &module, &cause, Handling::Skipped);
+                    let order_id = Some(context.order_id.as_str());
+                    let error_id = rule_errors.record(Slot::Fraud, &module, &cause, Handling::Skipped, order_id, None);
                     skipped.push(SkippedCheck {
                         cause: cause.kind().to_string(),
                         error_id,

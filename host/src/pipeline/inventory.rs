@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::canary::Canaries;
+use super::canary::{Answered, Canaries};
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
@@ -70,7 +70,8 @@ pub async fn plan(
     let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
     let (rules_now, order_now, canaries_now, offered, wanted) =
         (rules.clone(), order.clone(), canaries.clone(), candidates.clone(), requested.clone());
-    let (plan, served) = run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
+    let (plan, served, canary) =
+        run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
     let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
         slot: Slot::Warehouse,
         module: Box::new((**served.identity()).clone()),
@@ -78,7 +79,7 @@ pub async fn plan(
         error_id: None,
     })?;
     let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
-    let allocations = describe(&plan, stocked, order, variant);
+    let allocations = describe(&plan, stocked, order, variant, canary);
     Ok(Planned { plan, served, holds, candidates, allocations })
 }
 
@@ -157,21 +158,20 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
 }
 
 /// Asks the selector (a running canary first, for its share) for a plan;
-/// returns it with the rule that made it. A canary's plan that would not
-/// hold is the canary's failure: the stable selector plans instead.
+/// returns it with the rule that made it (and the canary's name, if it was
+/// the canary). A canary's plan that would not hold is the canary's
+/// failure: the stable selector plans instead.
 fn select(
     rules: &RuleSet,
     order: &OrderContext,
     candidates: &[Candidate],
     requested: &BTreeMap<String, u64>,
     canaries: &Canaries,
-) -> Result<(Plan, Rule), OrderError> {
+) -> Result<(Plan, Rule, Option<String>), OrderError> {
     let slot = &rules.warehouse;
     let picked = slot.pick(&order.customer.id);
     let canary = picked.canary.map(|c| &c.rule);
-    // The warehouse slot has no "off" arm (refused at load).
-    let rule = picked.rule.unwrap_or(&slot.module);
-    let (answer, served) = canaries.call(Slot::Warehouse, slot, &picked, rule, |rule| {
+    let answered = canaries.call(Slot::Warehouse, slot, &picked, &order.order_id, |rule| {
         let called = rule.select_warehouses(order, candidates)?;
         if canary.is_some_and(|c| std::ptr::eq(c, rule))
             && let Err(why) = validate_plan(&called.value, requested, candidates)
@@ -181,9 +181,17 @@ fn select(
         }
         Ok::<Called<Plan>, RuleError>(called)
     });
-    let served = served.clone();
+    // The warehouse slot always has a stable selector and no "off" arm
+    // (both refused at load), so some rule always answers.
+    let Some(Answered { answer, served, canary }) = answered else {
+        return Err(OrderError::DependencyUnavailable {
+            stage: Stage::Inventory,
+            message: "the rule set has no warehouse selector".into(),
+        });
+    };
+    let (served, canary) = (served.clone(), canary.map(str::to_string));
     match answer {
-        Ok(called) => Ok((called.value, served)),
+        Ok(called) => Ok((called.value, served, canary)),
         Err(RuleError::Refused { refusal: Refusal::CannotFulfil(shortfall), .. }) => Err(OrderError::OutOfStock {
             sku: shortfall.sku,
             requested: u64::from(shortfall.requested),
@@ -256,6 +264,7 @@ fn describe(
     stocked: &[StockedWarehouse],
     order: &OrderContext,
     variant: Option<String>,
+    canary: Option<String>,
 ) -> Vec<InvoiceAllocation> {
     plan.allocations
         .iter()
@@ -267,6 +276,7 @@ fn describe(
                 distance_km: distance_km(order.ship_to, w.warehouse.location),
                 lines: a.lines.clone(),
                 variant: variant.clone(),
+                canary: canary.clone(),
             })
         })
         .collect()

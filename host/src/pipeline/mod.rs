@@ -213,8 +213,10 @@ impl Pipeline {
             metrics,
             experiments,
             events_ready: Arc::new(Notify::new()),
+            // One list of the engine's rule failures: the canaries record
+            // their failed calls in it too.
+            rule_errors: canaries.rule_errors().clone(),
             canaries,
-            rule_errors: Arc::default(),
         }
     }
 
@@ -503,7 +505,8 @@ impl Pipeline {
         // A failed rule's cause is the guest's text: it goes to the log and
         // the operators' list under an error id, and the client gets the id.
         if let Err(OrderError::RuleFailed { slot, module, cause, error_id: error_id @ None }) = &mut result {
-            *error_id = Some(self.rule_errors.record(*slot, module, cause, rule_errors::Handling::RuleFailed));
+            let handling = rule_errors::Handling::RuleFailed;
+            *error_id = Some(self.rule_errors.record(*slot, module, cause, handling, None, None));
         }
         // A request whose key an earlier order holds is answered by that
         // order, and counted there.

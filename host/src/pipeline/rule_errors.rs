@@ -9,6 +9,12 @@
 //! logged with that id and kept here, in a bounded ring of the [`CAPACITY`]
 //! most recent failures of this process ([`RuleErrors`], owned by the
 //! engine's pipeline), which `GET /v1/admin/rule-errors` shows.
+//!
+//! A failed canary call changes nothing for the client (the stable version
+//! answers, or, for a new rule's canary, the order goes without the rule),
+//! so the client gets no id for it; it is listed here all the same, with
+//! its order and canary, and logged with them, so that operators see why a
+//! canary was rolled back and which orders it failed on.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -31,14 +37,24 @@ pub enum Handling {
     /// The slot fails open: the rule was skipped and the order went on
     /// (listed in the invoice's `skipped_rules` or the fraud review's `skipped`).
     Skipped,
+    /// A canary call failed: the stable version answered the order (or, for
+    /// a new rule's canary, the order went without the rule). The failure
+    /// counts against the canary's limits.
+    CanaryFallback,
 }
 
-/// One rule failure that reached a client as `RULE_FAILED`, or a fail-open
-/// rule that was skipped.
+/// One rule failure that reached a client as `RULE_FAILED`, a fail-open
+/// rule that was skipped, or a failed canary call.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RuleErrorRecord {
-    /// The id the client's error body carries (`details.error_id`).
+    /// The id the client's error body carries (`details.error_id`), or
+    /// the invoice's `skipped_rules` entry.
     pub error_id: String,
+    /// The order the call was made for; absent for `rule_failed` (that
+    /// order was refused, and never stored: the client has the `error_id`).
+    pub order_id: Option<String>,
+    /// The canary whose call failed (`canary_fallback` only).
+    pub canary: Option<String>,
     /// When it happened (RFC 3339, UTC).
     pub at: String,
     /// The rule slot: `discount`, `warehouse` or `fraud`.
@@ -53,7 +69,8 @@ pub struct RuleErrorRecord {
     /// The full cause, the guest's words included (escaped and bounded by the
     /// rule runtime).
     pub cause: String,
-    /// `rule_failed` (the order was refused) or `skipped` (a fail-open rule).
+    /// `rule_failed` (the order was refused), `skipped` (a fail-open rule)
+    /// or `canary_fallback` (a failed canary call, answered without it).
     pub handling: Handling,
 }
 
@@ -70,24 +87,39 @@ impl Default for RuleErrors {
 }
 
 impl RuleErrors {
-    /// Logs a rule failure with a fresh error id, keeps it in the ring, and
-    /// returns the id for the client's answer (or the invoice).
-    pub fn record(&self, slot: Slot, module: &ModuleIdentity, cause: &FailureCause, handling: Handling) -> String {
+    /// Logs a rule failure with a fresh error id (and the order and canary
+    /// it happened on, when known), keeps it in the ring, and returns the id
+    /// for the client's answer (or the invoice).
+    pub fn record(
+        &self,
+        slot: Slot,
+        module: &ModuleIdentity,
+        cause: &FailureCause,
+        handling: Handling,
+        order_id: Option<&str>,
+        canary: Option<&str>,
+    ) -> String {
         let error_id = format!("rerr_{}", uuid::Uuid::now_v7().simple());
         match handling {
             Handling::RuleFailed => tracing::error!(
-                error_id = %error_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
+                error_id = %error_id, order_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
                 "rule failed; the client was answered RULE_FAILED with this error_id"
             ),
             Handling::Skipped => tracing::warn!(
-                error_id = %error_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
+                error_id = %error_id, order_id, %slot, module = %module, cause_kind = cause.kind(), %cause,
                 "fail-open rule failed and was skipped; the order lists it with this error_id"
+            ),
+            Handling::CanaryFallback => tracing::warn!(
+                error_id = %error_id, order_id, canary, %slot, module = %module, cause_kind = cause.kind(), %cause,
+                "canary call failed; the order was answered without it (by the stable version, if the rule has one)"
             ),
         }
         let at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let record = RuleErrorRecord {
             error_id: error_id.clone(),
+            order_id: order_id.map(str::to_string),
+            canary: canary.map(str::to_string),
             at,
             slot,
             module: module.file.clone(),

@@ -20,12 +20,14 @@ pub fn outcome_of<T>(answer: &Result<Called<T>, RuleError>) -> &'static str {
 }
 
 /// Discount lines of a rule's answer, capped so the total never goes below
-/// zero, with the provenance of the module that granted them. Pure: also
-/// how `rules replay` caps a candidate's answer.
+/// zero, with the provenance of the module that granted them (and the
+/// experiment arm, or the canary, it served as). Pure: also how `rules
+/// replay` caps a candidate's answer.
 pub fn capped_lines(
     granted: Vec<DiscountLine>,
     rule: &Rule,
     variant: Option<&str>,
+    canary: Option<&str>,
     payable: &mut u64,
 ) -> Vec<InvoiceDiscount> {
     let identity = rule.identity();
@@ -42,6 +44,7 @@ pub fn capped_lines(
             version: identity.version.clone(),
             digest: identity.digest.clone(),
             variant: variant.map(str::to_string),
+            canary: canary.map(str::to_string),
             description: line.description,
             amount_cents: amount,
             reasons: line.reasons,

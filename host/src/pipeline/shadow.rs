@@ -77,7 +77,7 @@ pub fn run(job: &ShadowJob, order_id: &str) -> ShadowRun {
             match candidate.apply_discount(order) {
                 Ok(called) => {
                     let mut payable = order.payable_cents;
-                    let lines = capped_lines(called.value, candidate, None, &mut payable);
+                    let lines = capped_lines(called.value, candidate, None, None, &mut payable);
                     let cents = order.payable_cents - payable;
                     let result = json!({ "discount_cents": cents, "lines": lines });
                     let difference = cents as i64 - *active_cents as i64;

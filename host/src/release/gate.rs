@@ -54,11 +54,14 @@ fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
         let index = *index_in.entry(slot).and_modify(|i| *i += 1).or_insert(0);
         let world = World::of(slot);
         let base = if slot == Slot::Warehouse {
-            format!("warehouse {}", rule.module.identity().file)
+            format!("warehouse {}", rule.module_file())
         } else {
-            format!("{slot}[{}] {}", index + 1, rule.module.identity().file)
+            format!("{slot}[{}] {}", index + 1, rule.module_file())
         };
-        out.push(Placed { world, index, entry: format!("{base} / rule"), rule: &rule.module });
+        // A new rule's canary has no stable version: only the canary to gate.
+        if let Some(module) = &rule.module {
+            out.push(Placed { world, index, entry: format!("{base} / rule"), rule: module });
+        }
         if let Some(experiment) = &rule.experiment {
             // An "off" arm runs no module: nothing to gate.
             for (v, rule) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {

@@ -90,6 +90,9 @@ impl Target {
     fn describe(&self) -> String {
         let n = self.stack.len();
         match &self.replaced {
+            Some(entry) if entry.has_no_stable_rule() => {
+                format!("at the place of a new rule with no stable version (position {} of {n})", self.position + 1)
+            }
             Some(entry) => format!("replacing {} (position {} of {n})", entry.module, self.position + 1),
             None if self.world == World::FraudCheck => format!("a new fraud check beside the {n} configured"),
             None if self.position == n => format!("a new rule at the end of the stack (position {})", n + 1),
@@ -288,6 +291,9 @@ pub struct UsagePercentiles {
     pub fuel: Percentiles<u64>,
     pub peak_memory_bytes: Percentiles<u64>,
     pub wall_time_ms: Percentiles<f64>,
+    /// What the output budget charged for each answer (calls that produced
+    /// one), as `rules run` and the budget itself count it.
+    pub output_bytes: Percentiles<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -352,6 +358,10 @@ pub fn replay(candidate: &RuleModule, target: &Target, orders: &[StoredOrder]) -
         wall_time_ms: percentiles(
             usages.iter().map(|u| u.elapsed.as_secs_f64() * 1e3).collect(),
             budgets.time_ms as f64,
+        ),
+        output_bytes: percentiles(
+            usages.iter().filter_map(|u| u.output_bytes.map(|b| b as u64)).collect(),
+            budgets.output_bytes as u64,
         ),
     };
     ReplayReport {
@@ -454,7 +464,7 @@ fn replay_discount(
     match traced.result {
         Ok(granted) => {
             let mut left = payable;
-            let lines = capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, &mut left);
+            let lines = capped_lines(granted, &crate::rules::Rule::Wasm(candidate.clone()), None, None, &mut left);
             let candidate_cents = payable - left;
             let difference = candidate_cents as i64 - active_cents as i64;
             replay.candidate = json!({ "discount_cents": candidate_cents, "lines": lines });
@@ -639,6 +649,11 @@ impl ReplayReport {
             "  wall time    {:.3} / {:.3} / {:.3} / {:.3} of {} ms",
             u.wall_time_ms.p50, u.wall_time_ms.p90, u.wall_time_ms.p99, u.wall_time_ms.max, u.wall_time_ms.limit
         );
+        let _ = writeln!(
+            s,
+            "  output       {} / {} / {} / {} of {} bytes",
+            u.output_bytes.p50, u.output_bytes.p90, u.output_bytes.p99, u.output_bytes.max, u.output_bytes.limit
+        );
         s
     }
 }
@@ -718,6 +733,7 @@ mod tests {
             version: "1".into(),
             digest: "d".into(),
             variant: None,
+            canary: None,
             description: "x".into(),
             amount_cents: 1,
             reasons: vec![],

@@ -12,6 +12,7 @@ use crate::domain::status::{CanaryState, RolloutEventKind};
 use crate::metrics::Metrics;
 use crate::pipeline::canary::canary_record;
 use crate::rules::RuleSet;
+use crate::rules::canary::{NO_STABLE_RULE, stable_version};
 use crate::rules::reload::{HookFuture, ReloadError, ReloadHooks};
 use crate::store::rollouts::RolloutEvent;
 use crate::store::{Store, StoreError};
@@ -63,8 +64,13 @@ fn changes(previous: &RuleSet, next: &RuleSet) -> String {
     let describe = |set: &RuleSet| -> Vec<String> {
         set.all()
             .map(|(slot, r)| {
-                let id = r.module.identity();
-                let mut text = format!("{slot} {}@{} ({})", id.name, id.version, id.file);
+                let mut text = match &r.module {
+                    Some(module) => {
+                        let id = module.identity();
+                        format!("{slot} {}@{} ({})", id.name, id.version, id.file)
+                    }
+                    None => format!("{slot} {NO_STABLE_RULE} (a new rule)"),
+                };
                 if let Some(c) = &r.canary {
                     let cid = c.rule.identity();
                     text.push_str(&format!(" canary {} {}@{} {} %", c.name, cid.name, cid.version, c.share_percent));
@@ -72,7 +78,7 @@ fn changes(previous: &RuleSet, next: &RuleSet) -> String {
                 if let Some(s) = &r.shadow {
                     text.push_str(&format!(" shadow {}@{}", s.identity().name, s.identity().version));
                 }
-                let hash = r.module.config_hash();
+                let (_, hash) = stable_version(r.module.as_ref());
                 format!("{text} config {}", &hash[..hash.len().min(19)])
             })
             .collect()
@@ -91,8 +97,7 @@ fn promoted_by_manifest(previous: &RuleSet, next: &RuleSet) -> Vec<RolloutEvent>
         .filter(|(slot, _, c)| {
             next.all().any(|(s, r)| {
                 s == *slot
-                    && r.module.identity().digest == c.rule.identity().digest
-                    && r.module.config_hash() == c.rule.config_hash()
+                    && stable_version(r.module.as_ref()) == (c.rule.identity().digest.as_str(), c.rule.config_hash())
             })
         })
         .map(|(_, _, c)| RolloutEvent {
@@ -122,8 +127,8 @@ impl ReloadHooks for Rollouts {
             // version (digest or configuration) starts afresh.
             let same = stored.canary_digest == canary.rule.identity().digest
                 && stored.canary_config_hash == canary.rule.config_hash()
-                && stored.stable_digest == rule.module.identity().digest
-                && stored.stable_config_hash == rule.module.config_hash();
+                && (stored.stable_digest.as_str(), stored.stable_config_hash.as_str())
+                    == stable_version(rule.module.as_ref());
             let state = stored.state;
             if same && state != CanaryState::Running {
                 tracing::info!(canary = %canary.name, %slot, state = state.as_str(), "canary state restored from the store");

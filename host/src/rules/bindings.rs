@@ -13,6 +13,7 @@
 //! imported interfaces (`with:`) so that `log`, `config` and the shared
 //! `types` have exactly one Rust definition and one host implementation.
 
+use super::budgets::OutputCharge;
 use super::text;
 use super::types as host;
 use crate::domain::{customer, geo, order};
@@ -256,3 +257,51 @@ macro_rules! rule_info_from {
     )*};
 }
 rule_info_from!(discount_world, warehouse_world, fraud_world);
+
+/// What the output budget charges for each answer a rule can give (see
+/// [`OutputCharge`]): the sum of its fields' charges; scalars and enums
+/// cost nothing.
+macro_rules! charged_as_fields {
+    ($($record:ty { $($field:ident),* }),* $(,)?) => {$(
+        impl OutputCharge for $record {
+            fn output_charge(&self) -> usize {
+                0 $(+ self.$field.output_charge())*
+            }
+        }
+    )*};
+}
+charged_as_fields!(
+    wit_discount::DiscountLine { rule, description, amount_cents, reasons },
+    wit_warehouse::AllocationLine { sku, quantity },
+    wit_warehouse::Allocation { warehouse_id, lines },
+    wit_warehouse::Plan { allocations, reasons },
+    wit_warehouse::Shortfall { sku, requested, available, reason },
+    wit_fraud::Verdict { score, flags, reasons },
+);
+
+impl OutputCharge for wit_discount::DiscountError {
+    fn output_charge(&self) -> usize {
+        match self {
+            wit_discount::DiscountError::InvalidCoupon(m)
+            | wit_discount::DiscountError::BadConfig(m)
+            | wit_discount::DiscountError::Internal(m) => m.output_charge(),
+        }
+    }
+}
+
+impl OutputCharge for wit_warehouse::SelectError {
+    fn output_charge(&self) -> usize {
+        match self {
+            wit_warehouse::SelectError::CannotFulfil(shortfall) => shortfall.output_charge(),
+            wit_warehouse::SelectError::BadConfig(m) | wit_warehouse::SelectError::Internal(m) => m.output_charge(),
+        }
+    }
+}
+
+impl OutputCharge for wit_fraud::CheckError {
+    fn output_charge(&self) -> usize {
+        match self {
+            wit_fraud::CheckError::BadConfig(m) | wit_fraud::CheckError::Internal(m) => m.output_charge(),
+        }
+    }
+}

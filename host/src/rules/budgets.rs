@@ -60,3 +60,73 @@ impl Budgets {
         Ok(())
     }
 }
+
+/// What the output budget charges for a value a rule hands the host: the
+/// very quantity wasmtime subtracts from the call's hostcall fuel while it
+/// lifts the value (`LiftContext::consume_fuel`), so that every report of
+/// output (`rules run`, `rules replay`, a canary's budget use) shows what
+/// the budget counts, not a measure of its own. Wasmtime charges a string
+/// its length in guest memory (the UTF-8 bytes: every guest this project
+/// builds is UTF-8; a UTF-16 guest is charged 2 bytes a code unit and would
+/// read low here) and a list its length × `size_of` of the element's host
+/// type, before lifting the elements; records, variants, options, results
+/// and scalars cost nothing of their own.
+pub(crate) trait OutputCharge {
+    fn output_charge(&self) -> usize;
+}
+
+impl OutputCharge for String {
+    fn output_charge(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: OutputCharge> OutputCharge for Vec<T> {
+    fn output_charge(&self) -> usize {
+        self.len() * std::mem::size_of::<T>() + self.iter().map(OutputCharge::output_charge).sum::<usize>()
+    }
+}
+
+impl<T: OutputCharge> OutputCharge for Option<T> {
+    fn output_charge(&self) -> usize {
+        self.as_ref().map_or(0, OutputCharge::output_charge)
+    }
+}
+
+impl<T: OutputCharge, E: OutputCharge> OutputCharge for Result<T, E> {
+    fn output_charge(&self) -> usize {
+        match self {
+            Ok(value) => value.output_charge(),
+            Err(error) => error.output_charge(),
+        }
+    }
+}
+
+/// Scalars are lifted in place: no charge.
+macro_rules! free_of_charge {
+    ($($scalar:ty),*) => {$(
+        impl OutputCharge for $scalar {
+            fn output_charge(&self) -> usize {
+                0
+            }
+        }
+    )*};
+}
+free_of_charge!(bool, u8, u32, u64, i64, f64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_charged_its_elements_host_size_and_what_they_hold() {
+        assert_eq!("abc".to_string().output_charge(), 3);
+        let reasons = vec!["ab".to_string(), String::new()];
+        assert_eq!(reasons.output_charge(), 2 * std::mem::size_of::<String>() + 2);
+        assert_eq!(vec![1u64, 2, 3].output_charge(), 3 * 8);
+        let answer: Result<Vec<Vec<String>>, String> = Ok(vec![reasons.clone()]);
+        assert_eq!(answer.output_charge(), std::mem::size_of::<Vec<String>>() + reasons.output_charge());
+        assert_eq!(Err::<Vec<String>, _>("no".to_string()).output_charge(), 2);
+        assert_eq!(None::<String>.output_charge(), 0);
+    }
+}

@@ -10,6 +10,12 @@
 //! reload neither forgets a window nor resurrects a rolled-back canary. The
 //! state is also stored (`store::rollouts`) by the pipeline, so that it
 //! survives restarts; [`CanaryControl::restore`] applies it at load.
+//!
+//! The canary of a new rule has no stable version (`module = "none"`): a
+//! customer outside the share, or whose canary call failed, goes without
+//! the rule, and so does everyone once it is rolled back. Where a rollout
+//! names its stable version (stored states, comparisons) that is
+//! [`NO_STABLE_RULE`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,6 +25,19 @@ use serde::Serialize;
 
 use super::Rule;
 use super::manifest::CanaryEntry;
+
+/// The digest and configuration hash that stand for "no stable version"
+/// (the canary of a new rule) wherever a rollout names its stable side.
+pub const NO_STABLE_RULE: &str = "none";
+
+/// The digest and configuration hash of a canary's stable side: its
+/// module's, or [`NO_STABLE_RULE`] for both when there is none.
+pub fn stable_version(stable: Option<&Rule>) -> (&str, &str) {
+    match stable {
+        Some(rule) => (&rule.identity().digest, rule.config_hash()),
+        None => (NO_STABLE_RULE, NO_STABLE_RULE),
+    }
+}
 
 /// Samples a window keeps at most, whatever its length: the oldest go first.
 const MAX_SAMPLES: usize = 100_000;
@@ -90,7 +109,8 @@ pub struct CanarySample {
     /// Trapped, ran out of a budget or returned an error (a refusal of the
     /// order, such as an invalid coupon, is an answer).
     pub failed: bool,
-    /// The largest of fuel, memory and time used over their budget.
+    /// The largest of fuel, memory, time and output used over their budget
+    /// (each as its budget charges it).
     pub budget_use: f64,
     pub latency_ms: f64,
 }
@@ -281,13 +301,12 @@ impl Canary {
     }
 
     /// Whether both are the same rollout: same name, stable and canary
-    /// (digest and configuration).
-    pub fn same_rollout(&self, stable: &Rule, other: &Canary, other_stable: &Rule) -> bool {
+    /// (digest and configuration; a new rule's canary has no stable side).
+    pub fn same_rollout(&self, stable: Option<&Rule>, other: &Canary, other_stable: Option<&Rule>) -> bool {
         self.name == other.name
             && self.rule.identity().digest == other.rule.identity().digest
             && self.rule.config_hash() == other.rule.config_hash()
-            && stable.identity().digest == other_stable.identity().digest
-            && stable.config_hash() == other_stable.config_hash()
+            && stable_version(stable) == stable_version(other_stable)
     }
 }
 

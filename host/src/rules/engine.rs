@@ -107,7 +107,7 @@ impl RuleRuntime {
         budgets: Budgets,
     ) -> Result<RuleModule, LoadError> {
         let bytes =
-            std::fs::read(file).map_err(|source| LoadError::Read { file: file.to_owned(), expected: world, source })?;
+            std::fs::read(file).map_err(|error| LoadError::Read { file: file.to_owned(), expected: world, error })?;
         self.load_bytes(file, &bytes, world, config, budgets)
     }
 

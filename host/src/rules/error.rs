@@ -11,13 +11,10 @@ use super::world::World;
 /// and the world it was expected to implement.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{file}: cannot read the module for world `{expected}`: {source}")]
-    Read {
-        file: PathBuf,
-        expected: World,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message and not a `source` too, so that
+    /// a chain printed whole (`{:#}`) says it once.
+    #[error("{file}: cannot read the module for world `{expected}`: {error}")]
+    Read { file: PathBuf, expected: World, error: std::io::Error },
     #[error("{file}: not usable as a `{expected}` rule: {reason}")]
     NotAComponent { file: PathBuf, expected: World, reason: String },
     #[error("{file}: does not implement world `{expected}`: {reason}")]

@@ -30,7 +30,8 @@
 //! experiment = { name = "bundle", variants = [
 //!     { name = "off", weight = 50, module = "none" },
 //!     { name = "on", weight = 50 } ] }
-//! //! # Shadow (any slot): a candidate runs beside the active module on live
+//!
+//! # Shadow (any slot): a candidate runs beside the active module on live
 //! # orders, never changes them; differences and errors are recorded.
 //! shadow = { module = "loyalty_v2.wasm", config = { percent = "12" } }
 //!
@@ -45,6 +46,19 @@
 //! canary = { name = "coupons-v2", module = "coupons_v2.wasm", share_percent = 10,
 //!            window_secs = 300, min_calls = 50, max_error_rate = 0.01,
 //!            max_budget_use = 0.8, max_p99_ms = 20 }
+//!
+//! # The canary of a new rule: no stable version (`module = "none"`), so
+//! # everyone outside the share, and every order whose canary call fails,
+//! # is served without this rule (the slot's other rules apply as usual),
+//! # and a rollback leaves the slot as it was before. For a discount rule or
+//! # a fraud check; the warehouse slot always needs a selector. The entry
+//! # takes no `config`, `experiment` or `shadow` of its own (the canary's
+//! # `config` is its configuration); `fail_mode` and `budgets` are the new
+//! # rule's, for when it is promoted.
+//! [[discount]]
+//! module = "none"
+//! canary = { name = "bundle", module = "bundle_deal.wasm", share_percent = 10,
+//!            min_calls = 50, max_error_rate = 0.01 }
 //! ```
 //!
 //! ## The replay gate
@@ -137,8 +151,8 @@ pub struct CanaryEntry {
     /// Share of failed calls (trap, budget, error), 0..=1.
     #[serde(default)]
     pub max_error_rate: Option<f64>,
-    /// p99 of a call's budget use (the largest of fuel, memory and time
-    /// used over their budget), 0..=1.
+    /// p99 of a call's budget use (the largest of fuel, memory, time and
+    /// output used over their budget, each as its budget charges it), 0..=1.
     #[serde(default)]
     pub max_budget_use: Option<f64>,
     /// p99 of the call latency, in ms.
@@ -162,7 +176,8 @@ pub struct ExperimentEntry {
     pub variants: Vec<VariantEntry>,
 }
 
-/// The `module` of a variant that skips the rule (an "off" arm).
+/// The `module` of a variant that skips the rule (an "off" arm), and of a
+/// rule entry with no stable version (a new rule, rolled out by its canary).
 pub const OFF_MODULE: &str = "none";
 
 /// One arm of an experiment; `module` and `config` default to the rule's.
@@ -199,12 +214,20 @@ pub struct ShadowEntry {
     pub config: Option<BTreeMap<String, String>>,
 }
 
+impl RuleEntry {
+    /// Whether the entry has no stable version (`module = "none"`): a new
+    /// rule, rolled out by its canary.
+    pub fn has_no_stable_rule(&self) -> bool {
+        self.module == OFF_MODULE
+    }
+}
+
 impl Manifest {
     /// Every module file the manifest names (for the reloader's checks).
     pub fn module_files(&self) -> Vec<String> {
         let mut files = Vec::new();
         for entry in self.discount.iter().chain(std::iter::once(&self.warehouse)).chain(&self.fraud) {
-            files.push(entry.module.clone());
+            files.extend((!entry.has_no_stable_rule()).then(|| entry.module.clone()));
             if let Some(experiment) = &entry.experiment {
                 files.extend(experiment.variants.iter().filter_map(|v| v.module_file().map(str::to_string)));
             }
@@ -252,5 +275,22 @@ mod tests {
         assert_eq!(manifest.module_files(), ["gold_loyalty.wasm", "gold_loyalty_v2.wasm", "nearest_warehouse.wasm"]);
         let unknown = "[warehouse]\nmodule = \"w.wasm\"\ncanary = { share_percent = 5, max_errors = 1 }";
         assert!(toml::from_str::<Manifest>(unknown).unwrap_err().to_string().contains("max_errors"));
+    }
+
+    #[test]
+    fn a_new_rules_canary_names_no_stable_module_file() {
+        let manifest: Manifest = toml::from_str(
+            r#"
+            [[discount]]
+            module = "none"
+            canary = { name = "bundle", module = "bundle_deal.wasm", share_percent = 10 }
+            [warehouse]
+            module = "nearest_warehouse.wasm"
+            "#,
+        )
+        .expect("a manifest with a new rule's canary");
+        assert!(manifest.discount[0].has_no_stable_rule());
+        assert!(!manifest.warehouse.has_no_stable_rule());
+        assert_eq!(manifest.module_files(), ["bundle_deal.wasm", "nearest_warehouse.wasm"]);
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{DiscountRulePre, FraudCheckPre, GuestError, WarehouseSelectorPre, wit};
-use super::budgets::Budgets;
+use super::budgets::{Budgets, OutputCharge};
 use super::engine::{Compiled, RuleRuntime};
 use super::error::{FailureCause, LoadError, RuleError};
 use super::state::{LogLine, ModuleConfig, RuleState};
@@ -108,6 +108,10 @@ pub struct Usage {
     pub elapsed: Duration,
     pub fuel: u64,
     pub peak_memory_bytes: usize,
+    /// What the output budget charged for the answer (or typed error), as
+    /// [`OutputCharge`] counts it; `None` when the call produced none (a
+    /// trap, an exhausted budget) or for a native rule, which has no budget.
+    pub output_bytes: Option<usize>,
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -131,9 +135,6 @@ pub struct Traced<T> {
     pub usage: Usage,
     /// Lines the rule logged, within the host's log budget.
     pub log: Vec<LogLine>,
-    /// Size of the answer or refusal as the output budget counts it; `None`
-    /// when the call produced none (a trap, an exhausted budget).
-    pub output_bytes: Option<usize>,
 }
 
 impl<T> Traced<T> {
@@ -141,9 +142,8 @@ impl<T> Traced<T> {
     fn not_run(error: RuleError) -> Self {
         Traced {
             result: Err(error),
-            usage: Usage { elapsed: Duration::ZERO, fuel: 0, peak_memory_bytes: 0 },
+            usage: Usage { elapsed: Duration::ZERO, fuel: 0, peak_memory_bytes: 0, output_bytes: None },
             log: Vec::new(),
-            output_bytes: None,
         }
     }
 
@@ -285,7 +285,8 @@ impl RuleModule {
         let input = wit::OrderContext::from(order);
         self.call(|store, _| {
             let instance = pre.instantiate(&mut *store)?;
-            let answer = instance.smartmart_rules_discount().call_apply(store, &input)?;
+            let answer = instance.smartmart_rules_discount().call_apply(&mut *store, &input)?;
+            let answer = charged(store, answer);
             Ok(answer.map(|lines| lines.into_iter().map(Into::into).collect()).map_err(Into::into))
         })
     }
@@ -304,7 +305,8 @@ impl RuleModule {
         let candidates: Vec<_> = candidates.iter().map(Into::into).collect();
         self.call(|store, _| {
             let instance = pre.instantiate(&mut *store)?;
-            let answer = instance.smartmart_rules_warehouse().call_select(store, &input, &candidates)?;
+            let answer = instance.smartmart_rules_warehouse().call_select(&mut *store, &input, &candidates)?;
+            let answer = charged(store, answer);
             Ok(answer.map(Into::into).map_err(Into::into))
         })
     }
@@ -323,7 +325,8 @@ impl RuleModule {
         let payment = payment.into();
         self.call(|store, _| {
             let instance = pre.instantiate(&mut *store)?;
-            let answer = instance.smartmart_rules_fraud().call_check(store, &input, &payment)?;
+            let answer = instance.smartmart_rules_fraud().call_check(&mut *store, &input, &payment)?;
+            let answer = charged(store, answer);
             Ok(answer.map(Into::into).map_err(Into::into))
         })
     }
@@ -407,7 +410,12 @@ impl RuleModule {
             body(&mut store, &self.prepared)
         };
         let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
-        let usage = Usage { elapsed: started.elapsed(), fuel, peak_memory_bytes: store.data().peak_memory };
+        let usage = Usage {
+            elapsed: started.elapsed(),
+            fuel,
+            peak_memory_bytes: store.data().peak_memory,
+            output_bytes: store.data().answer_charge,
+        };
         if let Some((lines, bytes)) = store.data().log_dropped() {
             tracing::warn!(
                 module = %self.label, dropped_lines = lines, dropped_bytes = bytes,
@@ -422,9 +430,7 @@ impl RuleModule {
             Ok(Err(GuestError::Failed(message))) => Err(self.failed(FailureCause::Guest(message))),
             Err(error) => Err(self.failed(self.classify_trap(&error, store.data()))),
         };
-        // The output budget is enforced while wasmtime lifts the answer
-        // (hostcall fuel); its size is measured by whoever reports it.
-        Traced { result, usage, log, output_bytes: None }
+        Traced { result, usage, log }
     }
 
     fn classify_trap(&self, error: &wasmtime::Error, state: &RuleState) -> FailureCause {
@@ -451,6 +457,14 @@ impl RuleModule {
             None => FailureCause::Trap(text::failure_text(&format!("{error:#}"))),
         }
     }
+}
+
+/// Notes in the call's state what the output budget charged for `answer`
+/// (the lifted answer or typed error, before it is converted): the one
+/// measure of output every report shows.
+fn charged<A: OutputCharge>(store: &mut Store<RuleState>, answer: A) -> A {
+    store.data_mut().answer_charge = Some(answer.output_charge());
+    answer
 }
 
 /// Why a name or version reported by `meta.info` cannot name a module.

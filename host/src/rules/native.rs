@@ -65,7 +65,7 @@ impl From<RuleModule> for Rule {
 }
 
 fn usage(started: Instant) -> Usage {
-    Usage { elapsed: started.elapsed(), fuel: 0, peak_memory_bytes: 0 }
+    Usage { elapsed: started.elapsed(), fuel: 0, peak_memory_bytes: 0, output_bytes: None }
 }
 
 impl Rule {
@@ -104,15 +104,17 @@ impl Rule {
         }
     }
 
-    /// The largest of fuel, memory and wall time `usage` took of the
-    /// budgets (0 for a native rule, which has none).
+    /// The largest of fuel, memory, wall time and output `usage` took of
+    /// the budgets, each as its budget charges it (0 for a native rule,
+    /// which has none).
     pub fn budget_use(&self, usage: &Usage) -> f64 {
         let Rule::Wasm(m) = self else { return 0.0 };
         let b = m.budgets();
         let fuel = usage.fuel as f64 / b.fuel.max(1) as f64;
         let memory = usage.peak_memory_bytes as f64 / b.memory_bytes.max(1) as f64;
         let time = usage.elapsed.as_secs_f64() * 1e3 / b.time_ms.max(1) as f64;
-        fuel.max(memory).max(time)
+        let output = usage.output_bytes.unwrap_or(0) as f64 / b.output_bytes.max(1) as f64;
+        fuel.max(memory).max(time).max(output)
     }
 
     fn wrong_world(&self) -> RuleError {

@@ -118,7 +118,7 @@ impl Reloader {
             match &built {
                 Ok(set) => {
                     let summary: Vec<String> =
-                        set.all().map(|(slot, r)| format!("{slot}:{}", r.module.identity())).collect();
+                        set.all().map(|(slot, r)| format!("{slot}:{}", r.module_label())).collect();
                     self.rules.store(set.clone());
                     status.reloads += 1;
                     status.errors.clear();
@@ -290,7 +290,7 @@ fn smoke_test(set: &RuleSet) -> Result<(), (String, String)> {
     let _span = tracing::debug_span!("smoke_test").entered();
     let (order, candidates, payment) = smoke_order();
     for (slot, rule) in set.all() {
-        let mut rules: Vec<&Rule> = vec![&rule.module];
+        let mut rules: Vec<&Rule> = rule.module.iter().collect();
         if let Some(experiment) = &rule.experiment {
             rules.extend(experiment.variants.iter().filter_map(|v| v.rule.as_ref()));
         }

@@ -68,39 +68,56 @@ impl Experiment {
 #[derive(Clone)]
 pub struct SlotRule {
     /// The module (or, for benchmarks, a native closure); with an experiment,
-    /// the rule as the manifest names it outside its variants.
-    pub module: Rule,
+    /// the rule as the manifest names it outside its variants. `None` for a
+    /// new rule rolled out by its canary (`module = "none"`): no stable
+    /// version, so whoever the canary does not serve goes without this rule.
+    pub module: Option<Rule>,
     pub fail_mode: FailMode,
     pub experiment: Option<Experiment>,
     /// A candidate run beside `module` on live orders, never changing them.
     pub shadow: Option<Rule>,
-    /// A new version serving a share of customers; `module` is its stable version.
+    /// A new version serving a share of customers; `module` is its stable
+    /// version (none for a new rule).
     pub canary: Option<Canary>,
 }
 
 /// The rule a customer gets, and the experiment arm it came from.
 pub struct Picked<'a> {
-    /// `None` when the customer's arm is "off": the rule is skipped.
+    /// `None` when the customer's arm is "off", or when the slot rule is a
+    /// new rule's canary (no stable version): the rule is skipped, unless
+    /// `canary` answers.
     pub rule: Option<&'a Rule>,
     pub experiment: Option<&'a str>,
     pub variant: Option<&'a str>,
     /// A running canary to try first (`rule` is then the stable version
-    /// that answers when the canary fails).
+    /// that answers when the canary fails, if there is one).
     pub canary: Option<&'a Canary>,
 }
 
 impl SlotRule {
     /// A plain rule: no experiment, no shadow, no canary.
     pub fn single(module: Rule, fail_mode: FailMode) -> SlotRule {
-        SlotRule { module, fail_mode, experiment: None, shadow: None, canary: None }
+        SlotRule { module: Some(module), fail_mode, experiment: None, shadow: None, canary: None }
+    }
+
+    /// The module file of the stable version as the manifest names it
+    /// (`none` for a new rule's canary).
+    pub fn module_file(&self) -> &str {
+        self.module.as_ref().map_or(OFF_MODULE, |m| m.identity().file.as_str())
+    }
+
+    /// The stable version as logs and summaries name it: the module's
+    /// identity, or `none` for a new rule's canary.
+    pub fn module_label(&self) -> String {
+        self.module.as_ref().map_or_else(|| OFF_MODULE.to_string(), |m| m.identity().to_string())
     }
 
     /// The rule serving everyone outside a running canary's share: the
-    /// canary once promoted, else `module`.
-    pub fn stable(&self) -> &Rule {
+    /// canary once promoted, else `module` (none for a new rule's canary).
+    pub fn stable(&self) -> Option<&Rule> {
         match &self.canary {
-            Some(canary) if canary.control.state() == CanaryState::Promoted => &canary.rule,
-            _ => &self.module,
+            Some(canary) if canary.control.state() == CanaryState::Promoted => Some(&canary.rule),
+            _ => self.module.as_ref(),
         }
     }
 
@@ -108,15 +125,10 @@ impl SlotRule {
     pub fn pick(&self, customer_id: &str) -> Picked<'_> {
         if let Some(canary) = &self.canary {
             let running = canary.control.state() == CanaryState::Running && canary.in_share(customer_id);
-            return Picked {
-                rule: Some(self.stable()),
-                experiment: None,
-                variant: None,
-                canary: running.then_some(canary),
-            };
+            return Picked { rule: self.stable(), experiment: None, variant: None, canary: running.then_some(canary) };
         }
         match &self.experiment {
-            None => Picked { rule: Some(&self.module), experiment: None, variant: None, canary: None },
+            None => Picked { rule: self.module.as_ref(), experiment: None, variant: None, canary: None },
             Some(experiment) => {
                 let variant = experiment.assign(customer_id);
                 Picked {
@@ -250,7 +262,9 @@ impl RuleSet {
         for slot in slots {
             let stable = slot.module.clone();
             let Some(canary) = &mut slot.canary else { continue };
-            if let Some((_, kept)) = old.iter().find(|(r, c)| canary.same_rollout(&stable, c, &r.module)) {
+            if let Some((_, kept)) =
+                old.iter().find(|(r, c)| canary.same_rollout(stable.as_ref(), c, r.module.as_ref()))
+            {
                 canary.control = kept.control.clone();
             }
         }
@@ -289,11 +303,47 @@ impl Loader<'_> {
         Ok(Rule::Wasm(module))
     }
 
+    /// Why an entry with no stable version (`module = "none"`) cannot be
+    /// loaded as it is written, if it cannot.
+    fn check_new_rule(&self, entry: &RuleEntry, world: World) -> anyhow::Result<()> {
+        let why = if world == World::WarehouseSelector {
+            "the warehouse slot always needs a selector (an order cannot ship without a plan): \
+             roll a new selector out as a canary of the current one"
+        } else if entry.canary.as_ref().is_none_or(|c| c.module.is_none()) {
+            "no stable version is for a new rule rolled out by its canary: \
+             add canary = { module = \"<new rule>.wasm\", share_percent = … }"
+        } else if entry.shadow.is_some() {
+            "a shadow runs beside the stable version, and there is none"
+        } else if !entry.config.is_empty() {
+            "it runs nothing, so it takes no config: give the canary its config"
+        } else {
+            return Ok(());
+        };
+        bail!(
+            "{}: {} entry with module = \"{OFF_MODULE}\": {why}",
+            self.dir.join("manifest.toml").display(),
+            world.slot()
+        )
+    }
+
     fn slot(&self, entry: &RuleEntry, world: World) -> anyhow::Result<SlotRule> {
-        let module = self.module(&entry.module, world, &entry.config, entry)?;
+        let module = if entry.has_no_stable_rule() {
+            self.check_new_rule(entry, world)?;
+            None
+        } else {
+            Some(self.module(&entry.module, world, &entry.config, entry)?)
+        };
         let experiment = match &entry.experiment {
             None => None,
             Some(e) => {
+                // A canary, which a rule with no stable version needs, is refused
+                // beside an experiment below; this names the right remedy.
+                let Some(stable) = &module else {
+                    bail!(
+                        "experiment {}: a new rule (module = \"{OFF_MODULE}\") is rolled out by its canary, not an experiment (an experiment's \"off\" arm measures an existing rule against its absence)",
+                        e.name
+                    );
+                };
                 if e.variants.is_empty() || e.variants.iter().all(|v| v.weight == 0) {
                     bail!("experiment {}: needs at least one variant with a positive weight", e.name);
                 }
@@ -325,7 +375,7 @@ impl Loader<'_> {
                             return Ok(Variant { name: v.name.clone(), weight: v.weight, rule: None });
                         }
                         let rule = match (&v.module, &v.config) {
-                            (None, None) => module.clone(),
+                            (None, None) => stable.clone(),
                             (file, config) => self.module(
                                 file.as_deref().unwrap_or(&entry.module),
                                 world,
@@ -354,6 +404,12 @@ impl Loader<'_> {
                 }
                 let limits = CanaryLimits::of(c).map_err(|e| anyhow::anyhow!("canary of {}: {e}", entry.module))?;
                 let file = c.module.as_deref().unwrap_or(&entry.module);
+                if file == OFF_MODULE {
+                    bail!(
+                        "canary of {}: a canary runs a module (module = \"{OFF_MODULE}\" is for the stable side of a new rule; to retire a rule, remove its entry)",
+                        entry.module
+                    );
+                }
                 let name = c.name.clone().unwrap_or_else(|| file.trim_end_matches(".wasm").to_string());
                 if name.is_empty()
                     || name.len() > 64

@@ -60,7 +60,10 @@ pub struct UsageReport {
     pub fuel: Measure<u64>,
     pub peak_memory_bytes: Measure<u64>,
     pub wall_time_ms: Measure<f64>,
-    /// Absent when the call produced no answer (a trap, an exhausted budget).
+    /// What the output budget charged for the answer (or typed error): its
+    /// strings' bytes plus each list's length × its element's in-host size
+    /// (`budgets::OutputCharge`, the very count the budget enforces). Absent
+    /// when the call produced no answer (a trap, an exhausted budget).
     pub output_bytes: Option<Measure<u64>>,
 }
 
@@ -135,7 +138,10 @@ pub fn run(module: &RuleModule, input: &RunInput) -> anyhow::Result<RunReport> {
         fuel: Measure { used: traced.usage.fuel, limit: budgets.fuel },
         peak_memory_bytes: Measure { used: traced.usage.peak_memory_bytes as u64, limit: budgets.memory_bytes as u64 },
         wall_time_ms: Measure { used: traced.usage.elapsed.as_secs_f64() * 1e3, limit: budgets.time_ms as f64 },
-        output_bytes: traced.output_bytes.map(|used| Measure { used: used as u64, limit: budgets.output_bytes as u64 }),
+        output_bytes: traced
+            .usage
+            .output_bytes
+            .map(|used| Measure { used: used as u64, limit: budgets.output_bytes as u64 }),
     };
     let (outcome, result) = match traced.result {
         Ok(value) => ("ok", value?),
@@ -147,20 +153,9 @@ pub fn run(module: &RuleModule, input: &RunInput) -> anyhow::Result<RunReport> {
     Ok(RunReport { module: identity, outcome, result, log: traced.log, usage })
 }
 
-/// The answer as JSON, with its size: the answer's (or refusal's) compact
-/// JSON text, the measure of output a person compares with the budget.
+/// The answer as JSON (its usage, output included, is the call's own).
 fn to_json<T: Serialize>(traced: Traced<T>) -> Traced<serde_json::Result<serde_json::Value>> {
-    let output_bytes = match &traced.result {
-        Ok(value) => serde_json::to_string(value).ok().map(|text| text.len()),
-        Err(RuleError::Refused { refusal, .. }) => serde_json::to_string(refusal).ok().map(|text| text.len()),
-        Err(RuleError::Failed { .. }) => None,
-    };
-    Traced {
-        result: traced.result.map(|value| serde_json::to_value(value)),
-        usage: traced.usage,
-        log: traced.log,
-        output_bytes: traced.output_bytes.or(output_bytes),
-    }
+    Traced { result: traced.result.map(|value| serde_json::to_value(value)), usage: traced.usage, log: traced.log }
 }
 
 /// Where the report differs from `expected`, one readable line per

@@ -62,6 +62,9 @@ pub(crate) struct RuleState {
     memory_budget: usize,
     pub(crate) peak_memory: usize,
     pub(crate) memory_denied: bool,
+    /// What the output budget charged for the call's answer (or typed
+    /// error), once it was lifted; `None` when the call produced none.
+    pub(crate) answer_charge: Option<usize>,
 }
 
 /// The deny-all WASI context of a call, its resource table, and the pipe
@@ -126,6 +129,7 @@ impl RuleState {
             memory_budget,
             peak_memory: 0,
             memory_denied: false,
+            answer_charge: None,
         }
     }
 

@@ -135,13 +135,15 @@ pub fn reload_status(engine: &Engine) -> ReloadStatus {
 
 /// The identity of the module serving the `index`-th discount rule now.
 pub fn discount_identity(engine: &Engine, index: usize) -> Arc<ModuleIdentity> {
-    engine.rules().discount[index].module.identity().clone()
+    let rules = engine.rules();
+    let module = rules.discount[index].module.as_ref();
+    module.unwrap_or_else(|| panic!("discount rule {index} has no stable module")).identity().clone()
 }
 
 /// The discount modules serving now, for failure messages.
 pub fn serving_discounts(engine: &Engine) -> String {
     let rules = engine.rules();
-    rules.discount.iter().map(|r| r.module.identity().to_string()).collect::<Vec<_>>().join(", ")
+    rules.discount.iter().map(|r| r.module_label()).collect::<Vec<_>>().join(", ")
 }
 
 /// Waits until the reloader has swapped in a set (more than `reloads_before`

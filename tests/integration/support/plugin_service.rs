@@ -25,7 +25,17 @@ fn free_port() -> u16 {
 impl PluginService {
     /// Starts the service and waits until `/readyz` answers 200.
     pub async fn start(data_dir: &Path, plugins_dir: &Path) -> PluginService {
+        PluginService::start_logging(data_dir, plugins_dir, None).await
+    }
+
+    /// Like [`PluginService::start`], its log (JSON lines, warnings and
+    /// errors) written to `log` when given, so that a test can read it.
+    pub async fn start_logging(data_dir: &Path, plugins_dir: &Path, log: Option<&Path>) -> PluginService {
         let port = free_port();
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("creating the service's log")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_smartmart"))
             .args(["serve", "--demo-data"])
             .arg(demo_dataset())
@@ -38,9 +48,10 @@ impl PluginService {
             .env("SMARTMART_WATCH_PLUGINS", "false")
             .env("SMARTMART_PAYMENT_MAX_ATTEMPTS", "1")
             .env("RUST_LOG", "warn")
+            .env("SMARTMART_LOG_FORMAT", if log.is_some() { "json" } else { "text" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("starting smartmart serve");
         let mut service = PluginService { child: Some(child), port, client: reqwest::Client::new() };

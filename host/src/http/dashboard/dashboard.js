@@ -221,7 +221,7 @@ function renderRollouts(rollouts, plugins) {
         { class: 'canary', 'data-entry': c.entry },
         cell('entry', c.entry),
         cell('slot', c.slot),
-        cell('stable', moduleText(c.stable)),
+        cell('stable', c.stable ? moduleText(c.stable) : 'none (a new rule)'),
         cell('canary', moduleText(c.canary)),
         cell('share_percent', num(c.share_percent) + ' %'),
         cell('state', c.state),
