@@ -6,6 +6,9 @@ mod retention;
 
 pub use retention::RetentionSettings;
 
+/// The clock orders read their start from (`EngineSettings::clock`).
+pub use crate::clock::{Clock, ManualClock};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +79,9 @@ pub struct EngineSettings {
     /// How long idempotency keys, delivered events, shadow runs and rollout
     /// events are kept (the retention worker).
     pub retention: RetentionSettings,
+    /// Where an order reads its start from, the instant a scheduled rule's
+    /// window is asked at: the system clock; a [`ManualClock`] in tests.
+    pub clock: Clock,
 }
 
 impl EngineSettings {
@@ -105,6 +111,7 @@ impl EngineSettings {
             event_sink: SinkChoice::Jsonl,
             reload_replay_orders: 200,
             retention: RetentionSettings::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -206,6 +213,7 @@ impl Engine {
             retry: settings.retry.clone(),
             faults: settings.faults.clone(),
             sequential_legs: settings.sequential_legs,
+            clock: settings.clock.clone(),
         };
         let pipeline = Pipeline::new(store.clone(), rules, gateway, config, metrics, experiments.clone(), canaries);
         // On SQLite every PENDING order now is from a process that died; on

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::app::{EngineSettings, GatewayChoice, RetentionSettings};
+use crate::domain::status::Channel;
 use crate::events::kafka::{self, KafkaSasl, KafkaTls, SaslMechanism};
 use crate::events::nats::{ClientCertificate, NatsAuth, NatsTls};
 use crate::events::{KafkaSettings, NatsSettings, SinkChoice};
@@ -568,8 +569,8 @@ impl ChannelKeys {
                 bail!("SMARTMART_CHANNEL_KEYS: expected CHANNEL:KEY pairs separated by commas");
             };
             let (channel, key) = (channel.trim(), key.trim());
-            if !matches!(channel, "web" | "mobile" | "partner") {
-                bail!("SMARTMART_CHANNEL_KEYS: unknown channel `{channel}` (web, mobile, partner)");
+            if channel.parse::<Channel>().is_err() {
+                bail!("SMARTMART_CHANNEL_KEYS: unknown channel `{channel}` ({})", Channel::names());
             }
             if key.len() < MIN_SECRET_LEN {
                 bail!("SMARTMART_CHANNEL_KEYS: the key of `{channel}` is shorter than {MIN_SECRET_LEN} characters");

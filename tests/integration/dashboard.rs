@@ -185,7 +185,8 @@ const text = (row, field) => { const c = row.querySelector(`[data-field="${field
 const title = (row, field) => { const c = row.querySelector(`[data-field="${field}"]`); return c ? c.getAttribute('title') : null; };
 return {
   rules: [...document.querySelectorAll('#rules-body tr')].map((r) => ({
-    file: text(r, 'file'), version: text(r, 'version'), digest: title(r, 'digest'), config_hash: title(r, 'config_hash'), arm: text(r, 'arm') })),
+    file: text(r, 'file'), version: text(r, 'version'), digest: title(r, 'digest'), config_hash: title(r, 'config_hash'), arm: text(r, 'arm'),
+    channels: text(r, 'channels'), schedule: text(r, 'schedule') })),
   arms: [...document.querySelectorAll('article.experiment tr.arm')].map((r) => ({
     experiment: r.closest('article').dataset.experiment, variant: r.dataset.variant, digest: r.dataset.digest,
     orders: text(r, 'orders'), confirmed: text(r, 'confirmed_orders'), vs_control: text(r, 'vs_control') })),
@@ -207,6 +208,8 @@ module = "gold_loyalty.wasm"
 config = { percent = "10" }
 budgets = { time_ms = 10000 }
 shadow = { module = "gold_candidate.wasm", config = { percent = "12" } }
+channels = ["web", "mobile"]
+from = "2020-01-01T00:00:00Z"
 
 [[discount]]
 module = "bundle_deal.wasm"
@@ -307,7 +310,15 @@ async fn the_dashboard_in_chromium_shows_what_the_json_endpoints_say() {
         assert_eq!(shown["version"], listed["version"]);
         assert_eq!(shown["digest"], listed["digest"]);
         assert_eq!(shown["config_hash"], listed["config_hash"]);
+        let channels: Vec<&str> = listed["channels"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(shown["channels"], channels.join(", "));
     }
+    // The scheduled, web-and-mobile loyalty rule (and its shadow) with its window; the others always.
+    let schedules: Vec<(&str, &str)> =
+        rules.iter().map(|r| (r["channels"].as_str().unwrap_or(""), r["schedule"].as_str().unwrap_or(""))).collect();
+    let gold = ("web, mobile", "2020-01-01T00:00:00Z → … (active)");
+    assert_eq!(schedules.iter().filter(|s| **s == gold).count(), 2, "{page}");
+    assert!(schedules.iter().filter(|s| **s != gold).all(|(_, s)| *s == "always"), "{page}");
     assert!(rules.iter().any(|r| r["digest"] == guest_digest("discount_v2").as_str() && r["arm"] == "bundle / on"));
     assert!(rules.iter().any(|r| r["file"] == "gold_candidate.wasm" && r["arm"] == "shadow"), "{page}");
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per feature.
 
 mod ab_figures;
+mod channels;
 mod cli;
 mod connection_shedding;
 mod crash;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smartmart::domain::customer::{AccountStatus, Customer, Tier};
 use smartmart::domain::geo::GeoPoint;
-use smartmart::domain::status::{EventKind, OrderStatus, Slot};
+use smartmart::domain::status::{Channel, EventKind, OrderStatus, Slot};
 use smartmart::store::catalog::{CartItem, Product, Warehouse};
 use smartmart::store::experiments::{ArmFigures, ArmKey, LATENCY_BOUNDS_US};
 use smartmart::store::ledger::{Captured, LedgerCancel};
@@ -735,6 +735,10 @@ async fn settled_orders_and_escalations_newest_first(t: TestStore) {
     let recent = t.store.recent_settled_orders(2).unwrap();
     assert_eq!(recent.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["o2", "o1"]);
     assert_eq!(t.store.recent_settled_orders(10).unwrap().len(), 3);
+    // By sales channel (the orders here are web orders).
+    let of_web = t.store.recent_settled_orders_of(2, &[Channel::Mobile, Channel::Web]).unwrap();
+    assert_eq!(of_web.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["o2", "o1"]);
+    assert!(t.store.recent_settled_orders_of(10, &[Channel::Mobile, Channel::Partner]).unwrap().is_empty());
     assert!(t.store.escalations(10).await.unwrap().is_empty());
 }
 

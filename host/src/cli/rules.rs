@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use crate::domain::status::Channel;
 use crate::release::replay;
 use crate::rules::scaffold::{self, Lang};
-use crate::rules::{Budgets, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
+use crate::rules::{Budgets, Channels, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
 use crate::store::{PostgresOptions, Store, StoreOptions};
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +116,12 @@ pub(super) enum RulesCommand {
         /// (`gold_loyalty.wasm`; `.wasm` may be left out).
         #[arg(long, value_name = "NAME")]
         replace: Option<String>,
+        /// Replay the orders of this sales channel (web, mobile, partner),
+        /// repeatable; with --replace, also which entry is meant when the
+        /// slot holds the module once per channel. Default: the replaced
+        /// entry's channels (every channel for a new rule).
+        #[arg(long = "channel", value_name = "CHANNEL", value_parser = parse_channel)]
+        channels: Vec<Channel>,
         /// How many of the last settled orders (CONFIRMED, PAYMENT_FAILED) to replay.
         #[arg(long, value_name = "N")]
         last: usize,
@@ -171,6 +178,13 @@ data beyond what the order holds is involved.
 - Warehouse selectors are refused: they choose by the stock levels at order
   time, which the store does not keep.
 
+Sales channels: a rule limited to channels (`channels = [\"mobile\"]` in the
+manifest) ran on their orders only, so replacing it replays the last N orders
+of those channels; --channel asks for a channel (and says which entry is meant
+when the slot holds the module once per channel). A rule's window (`from`,
+`until`) does not limit the replay: the candidate meets the orders whatever
+their time.
+
 The candidate starts from the replaced rule's manifest config and budgets;
 --config and --budget go over them. The database is opened read-only (no
 writer, no migration), so replay runs beside a running service and never
@@ -199,6 +213,10 @@ fn parse_world(s: &str) -> Result<World, String> {
              discount-rule, warehouse-selector, fraud-check)"
         )
     })
+}
+
+fn parse_channel(s: &str) -> Result<Channel, String> {
+    s.parse().map_err(|_| format!("unknown sales channel `{s}` (one of: {})", Channel::names()))
 }
 
 fn parse_lang(s: &str) -> Result<Lang, String> {
@@ -292,6 +310,7 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
             budgets,
             slot_position,
             replace,
+            channels,
             last,
             plugins_dir,
             fraud_threshold_cents,
@@ -314,7 +333,8 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
                 return Err(replay::refuse_warehouse().context(format!("{}", file.display())));
             }
             let manifest = crate::rules::manifest::Manifest::read(&plugins_dir)?;
-            let target = replay::resolve(&manifest, world, &place)?;
+            let asked = (!channels.is_empty()).then(|| Channels::of(&channels));
+            let target = replay::resolve(&manifest, world, &place, asked)?;
             let mut module_config = target.base_config();
             if world == World::FraudCheck {
                 module_config.entry("threshold_cents".into()).or_insert_with(|| fraud_threshold_cents.to_string());
@@ -340,9 +360,13 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("opening {} read-only", database.display()))?
                 }
             };
-            let orders = store.recent_settled_orders(last)?;
+            let orders = replay::recent_orders(&store, last, target.channels)?;
             if orders.is_empty() {
-                anyhow::bail!("{} holds no settled order: nothing to replay", store.describe());
+                anyhow::bail!(
+                    "{} holds no settled order of {}: nothing to replay",
+                    store.describe(),
+                    if target.channels.is_all() { "any channel".to_string() } else { target.channels.to_string() }
+                );
             }
             let report = replay::replay(&module, &target, &orders);
             if json {

@@ -139,6 +139,23 @@ text_enum! {
 }
 
 text_enum! {
+    /// The sales channels orders come from, each with its key
+    /// (`SMARTMART_CHANNEL_KEYS`); a manifest entry may serve only some.
+    Channel {
+        Web = "web",
+        Mobile = "mobile",
+        Partner = "partner",
+    }
+}
+
+impl Channel {
+    /// `web, mobile, partner`: the channels, for messages that refuse another name.
+    pub fn names() -> String {
+        Channel::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+text_enum! {
     /// What a canary does now (stored with its rollout).
     CanaryState {
         /// Serving its share, watched.

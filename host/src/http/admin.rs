@@ -12,12 +12,14 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_PRICE_CENTS, check_id, check_location, check_text};
+use crate::clock::rfc3339_of_ms;
 use crate::domain::customer::{AccountStatus, Customer, Tier};
 use crate::domain::geo::GeoPoint;
-use crate::domain::status::{ErrorCode, Slot};
+use crate::domain::status::{Channel, ErrorCode, Slot};
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
 use crate::release::welch::{Difference, Moments, welch_interval};
+use crate::rules::Scope;
 use crate::store::catalog::{Product, StockLevel, Warehouse};
 use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
 use crate::store::shadows::ShadowSummary;
@@ -265,6 +267,15 @@ pub struct PluginEntry {
     pub variant: Option<String>,
     /// `closed` or `open`.
     pub fail_mode: String,
+    /// The sales channels whose orders run it (every channel unless the
+    /// manifest entry lists `channels`).
+    pub channels: Vec<Channel>,
+    /// Start of its activation window (RFC 3339, UTC), if scheduled.
+    pub from: Option<String>,
+    /// End of its activation window (exclusive; RFC 3339, UTC), if scheduled.
+    pub until: Option<String>,
+    /// Whether an order starting now runs it (inside its window).
+    pub active: bool,
 }
 
 /// A refused load of the plug-in directory.
@@ -298,12 +309,14 @@ pub struct PluginsAnswer {
     security(("admin_key" = [])))]
 pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<PluginsAnswer> {
     let rules = state.engine.rules();
+    let now_ms = state.engine.settings().clock.now_ms();
     let entry = |slot: Slot,
                  rule: &crate::rules::Rule,
                  experiment: Option<&str>,
                  variant: Option<&str>,
-                 fail_mode: crate::rules::FailMode| {
+                 slot_rule: &crate::rules::SlotRule| {
         let id = rule.identity();
+        let Scope { channels, window } = slot_rule.scope;
         PluginEntry {
             slot,
             name: id.name.clone(),
@@ -314,29 +327,33 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
             loaded_at: rules.loaded_at.clone(),
             experiment: experiment.map(str::to_string),
             variant: variant.map(str::to_string),
-            fail_mode: serde_json::to_value(fail_mode)
+            fail_mode: serde_json::to_value(slot_rule.fail_mode)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            channels: channels.list(),
+            from: window.from_ms.map(rfc3339_of_ms),
+            until: window.until_ms.map(rfc3339_of_ms),
+            active: window.contains(now_ms),
         }
     };
     let mut plugins = Vec::new();
     for (slot, rule) in rules.all() {
         match &rule.experiment {
             // A new rule's canary has no stable module: its canary is listed below.
-            None => plugins.extend(rule.module.as_ref().map(|m| entry(slot, m, None, None, rule.fail_mode))),
+            None => plugins.extend(rule.module.as_ref().map(|m| entry(slot, m, None, None, rule))),
             Some(experiment) => {
                 // An "off" arm loads no module: it is listed by GET /v1/admin/experiments.
                 for (variant, module) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {
-                    plugins.push(entry(slot, module, Some(&experiment.name), Some(&variant.name), rule.fail_mode));
+                    plugins.push(entry(slot, module, Some(&experiment.name), Some(&variant.name), rule));
                 }
             }
         }
         if let Some(shadow) = &rule.shadow {
-            plugins.push(entry(slot, shadow, None, Some("shadow"), rule.fail_mode));
+            plugins.push(entry(slot, shadow, None, Some("shadow"), rule));
         }
         if let Some(canary) = &rule.canary {
-            plugins.push(entry(slot, &canary.rule, None, Some("canary"), rule.fail_mode));
+            plugins.push(entry(slot, &canary.rule, None, Some("canary"), rule));
         }
     }
     let status = state.engine.reload_status();
@@ -410,6 +427,10 @@ pub struct ExperimentAnswer {
     /// Only for a shadow candidate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSummary>,
+    /// Only for an A/B experiment: the sales channels whose orders its rule
+    /// serves (its figures count those orders only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<Channel>>,
 }
 
 /// The sample of confirmed order totals that `figures` sums.
@@ -477,7 +498,14 @@ pub async fn get_experiments(
                 rows: rows.iter().map(|r| ArmRowView::of(&r.key, &r.figures)).collect(),
             });
         }
-        out.push(ExperimentAnswer { name: experiment.name.clone(), slot, kind: "ab".into(), variants, shadow: None });
+        out.push(ExperimentAnswer {
+            name: experiment.name.clone(),
+            slot,
+            kind: "ab".into(),
+            variants,
+            shadow: None,
+            channels: Some(rule.scope.channels.list()),
+        });
     }
     let shadows = engine.store().shadow_summaries().await?;
     for s in shadows {
@@ -492,6 +520,7 @@ pub async fn get_experiments(
             kind: "shadow".into(),
             variants: Vec::new(),
             shadow: Some(s),
+            channels: None,
         });
     }
     Ok(Json(out))

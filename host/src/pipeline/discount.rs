@@ -1,5 +1,6 @@
-//! Stage 3a: discount rules, in the configured order, each on what is left
-//! to pay after the earlier ones. Pure: it changes nothing, so when the
+//! Stage 3a: the discount rules of the order's channel (inside their window
+//! at its start), in the configured order, each on what is left to pay
+//! after the earlier ones. Pure: it changes nothing, so when the
 //! inventory leg fails there is nothing here to undo.
 
 use super::OrderError;
@@ -11,7 +12,7 @@ use super::shadow::ShadowJob;
 use crate::domain::invoice::{InvoiceDiscount, SkippedRule};
 use crate::domain::status::Slot;
 use crate::rules::types::{OrderContext, Refusal};
-use crate::rules::{FailMode, FailureCause, RuleError, RuleSet};
+use crate::rules::{FailMode, FailureCause, OrderScope, RuleError, RuleSet};
 
 pub struct Discounts {
     pub lines: Vec<InvoiceDiscount>,
@@ -41,7 +42,9 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     let mut skipped = Vec::new();
     let mut shadows = Vec::new();
     let mut arms = Vec::new();
-    for slot_rule in &rules.discount {
+    // The rules of the order's channel, inside their window at its start.
+    let scope = OrderScope::of(&order.channel, order.ordered_at_ms);
+    for slot_rule in rules.discounts_for(scope) {
         let picked = slot_rule.pick(&order.customer.id);
         let arm = match (picked.experiment, picked.variant) {
             (Some(experiment), Some(variant)) => Some(Arm::of(Slot::Discount, experiment, variant, picked.rule)),

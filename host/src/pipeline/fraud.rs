@@ -17,7 +17,7 @@ use crate::domain::invoice::Invoice;
 use crate::domain::status::Slot;
 use crate::events::envelope::fraud_envelope;
 use crate::rules::types::FraudAction;
-use crate::rules::{FailMode, RuleError, RuleSet};
+use crate::rules::{FailMode, OrderScope, RuleError, RuleSet};
 use crate::store::StoreError;
 use crate::store::orders::{AwaitingReview, Verdict};
 use crate::store::shadows::ShadowRun;
@@ -157,7 +157,9 @@ pub fn review(
     let mut flags: Vec<String> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     let mut skipped: Vec<SkippedCheck> = Vec::new();
-    for rule in &rules.fraud {
+    // The checks of the order's channel, inside their window at its start
+    // (the invoice's `created_at`).
+    for rule in rules.fraud_checks_for(OrderScope::of(&context.channel, context.ordered_at_ms)) {
         let picked = rule.pick(&context.customer.id);
         let answered =
             canaries.call(Slot::Fraud, rule, &picked, &context.order_id, |r| r.check_fraud(&context, &payment));

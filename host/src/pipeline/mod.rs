@@ -52,7 +52,7 @@ pub use error::{OrderError, Stage};
 pub use placed::Placed;
 use validate::unavailable;
 
-use crate::clock::{now_ms, now_rfc3339};
+use crate::clock::{Clock, rfc3339_of_ms};
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
 use crate::domain::invoice::{
@@ -106,6 +106,9 @@ pub struct PipelineConfig {
     /// Run the two legs of stage 3 one after the other: only the baseline
     /// of the parallel-stage benchmark; never in production.
     pub sequential_legs: bool,
+    /// Where an order reads its start from (the instant its scheduled rules
+    /// are asked at): the system clock, or a manual one in tests.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for PipelineConfig {
@@ -267,8 +270,10 @@ impl Pipeline {
     async fn run_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
         let started = Instant::now();
         let config = &self.config;
-        // The rule set this order runs on, whatever is reloaded meanwhile.
+        // The rule set this order runs on, whatever is reloaded meanwhile,
+        // and the instant its rules' windows are asked at (its start).
         let rules = self.rules.load_full();
+        let started_ms = config.clock.now_ms();
         let order_id = format!("ord_{}", uuid::Uuid::now_v7().simple());
         tracing::Span::current().record("order_id", order_id.as_str());
         let mut timings = Timings::default();
@@ -318,7 +323,7 @@ impl Pipeline {
             payable_cents: cart.subtotal_cents,
             coupon_code: request.coupon_code.clone().filter(|c| !c.trim().is_empty()),
             ship_to: request.ship_to.unwrap_or(customer.location),
-            ordered_at_ms: now_ms(),
+            ordered_at_ms: started_ms,
         });
 
         // Stage 3: both legs at once, each one hop to a rule thread. Neither
@@ -491,7 +496,9 @@ impl Pipeline {
             },
             events: envelope::event_refs(),
             timings_ms: timings,
-            created_at: now_rfc3339(),
+            // The order's start: a fraud check rebuilt from the invoice asks
+            // its window at the instant the discounts did.
+            created_at: rfc3339_of_ms(context.ordered_at_ms),
             ship_to: context.ship_to,
             coupon_code: context.coupon_code.clone(),
             skipped_rules: discounts.skipped.clone(),

@@ -56,7 +56,7 @@ pub fn capped_lines(
 /// The order as rules see it, rebuilt from its stored invoice: what the
 /// fraud checks run on (`payable_cents` is what the customer was charged),
 /// and what `rules replay` starts from. `ordered_at_ms` is the invoice's
-/// `created_at`.
+/// `created_at`: the order's start, when its rules were picked.
 pub fn order_context(invoice: &Invoice) -> OrderContext {
     OrderContext {
         order_id: invoice.order_id.clone(),
@@ -72,9 +72,7 @@ pub fn order_context(invoice: &Invoice) -> OrderContext {
         payable_cents: invoice.total_cents,
         coupon_code: invoice.coupon_code.clone(),
         ship_to: invoice.ship_to,
-        ordered_at_ms: time::OffsetDateTime::parse(&invoice.created_at, &time::format_description::well_known::Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-            .unwrap_or(0),
+        ordered_at_ms: crate::clock::ms_of_rfc3339(&invoice.created_at).unwrap_or(0),
     }
 }
 

@@ -3,9 +3,12 @@
 //! a shadow candidate or a canary) must first answer, with no error, trap or
 //! exhausted budget:
 //!
-//! - the last N stored orders of its slot, replayed the way `smartmart rules
-//!   replay` does ([`super::replay`]: inputs rebuilt from the stored
-//!   invoices, at the rule's place in the stack the orders ran on);
+//! - the last N stored orders of its slot and of its entry's sales channels
+//!   (a `mobile` rule on `mobile` orders; its window does not matter: a rule
+//!   scheduled for next week has no orders of its own yet), replayed the
+//!   way `smartmart rules replay` does ([`super::replay`]: inputs rebuilt
+//!   from the stored invoices, at the rule's place in the stack the orders
+//!   ran on);
 //!   warehouse selectors cannot be replayed (the stock each order saw is not
 //!   kept), so only their examples gate them;
 //! - every example the plug-in directory supplies for its module:
@@ -18,7 +21,8 @@
 //! example file) it failed on. A refusal of the order (an invalid coupon) is
 //! an answer, not a failure.
 
-use std::collections::BTreeSet;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::replay::{self, Outcome};
@@ -26,7 +30,7 @@ use crate::domain::status::Slot;
 use crate::rules::manifest::Manifest;
 use crate::rules::reload::ReloadError;
 use crate::rules::runner::RunInput;
-use crate::rules::{Rule, RuleError, RuleModule, RuleSet, World};
+use crate::rules::{Channels, Rule, RuleError, RuleModule, RuleSet, World};
 use crate::store::Store;
 use crate::store::orders::StoredOrder;
 
@@ -38,12 +42,22 @@ struct Placed<'a> {
     /// `discount[2] flat.wasm / shadow`.
     entry: String,
     rule: &'a Rule,
+    /// The sales channels of its entry: only their orders are replayed.
+    channels: Channels,
 }
 
 /// What tells two modules of a slot apart for the gate: the same bytes with
-/// the same configuration and budgets answer the same.
-fn key(world: World, rule: &Rule) -> (Slot, String, String, String) {
-    (world.slot(), rule.identity().digest.clone(), rule.config_hash().to_string(), format!("{:?}", rule.budgets()))
+/// the same configuration and budgets answer the same, on the orders of the
+/// same channels (a rule given a new channel meets orders it never saw).
+fn key(p: &Placed<'_>) -> (Slot, String, String, String, Channels) {
+    let rule = p.rule;
+    (
+        p.world.slot(),
+        rule.identity().digest.clone(),
+        rule.config_hash().to_string(),
+        format!("{:?}", rule.budgets()),
+        p.channels,
+    )
 }
 
 /// Every module of `set` with its entry's name.
@@ -58,26 +72,23 @@ fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
         } else {
             format!("{slot}[{}] {}", index + 1, rule.module_file())
         };
+        let channels = rule.scope.channels;
+        let at = |entry: String, rule| Placed { world, index, entry, rule, channels };
         // A new rule's canary has no stable version: only the canary to gate.
         if let Some(module) = &rule.module {
-            out.push(Placed { world, index, entry: format!("{base} / rule"), rule: module });
+            out.push(at(format!("{base} / rule"), module));
         }
         if let Some(experiment) = &rule.experiment {
             // An "off" arm runs no module: nothing to gate.
             for (v, rule) in experiment.variants.iter().filter_map(|v| v.rule.as_ref().map(|r| (v, r))) {
-                out.push(Placed { world, index, entry: format!("{base} / variant {}", v.name), rule });
+                out.push(at(format!("{base} / variant {}", v.name), rule));
             }
         }
         if let Some(shadow) = &rule.shadow {
-            out.push(Placed {
-                world,
-                index,
-                entry: format!("{base} / shadow {}", shadow.identity().file),
-                rule: shadow,
-            });
+            out.push(at(format!("{base} / shadow {}", shadow.identity().file), shadow));
         }
         if let Some(canary) = &rule.canary {
-            out.push(Placed { world, index, entry: format!("{base} / canary {}", canary.name), rule: &canary.rule });
+            out.push(at(format!("{base} / canary {}", canary.name), &canary.rule));
         }
     }
     out
@@ -86,32 +97,40 @@ fn placed(set: &RuleSet) -> Vec<Placed<'_>> {
 /// Checks what `next` runs that `previous` does not, on the last
 /// `last_orders` stored orders and the plug-in directory's examples.
 pub fn check(store: &Store, last_orders: usize, previous: &RuleSet, next: &RuleSet) -> Result<(), ReloadError> {
-    let known: BTreeSet<_> = placed(previous).iter().map(|p| key(p.world, p.rule)).collect();
+    let known: BTreeSet<_> = placed(previous).iter().map(key).collect();
     let mut checked = BTreeSet::new();
     let fresh: Vec<Placed<'_>> = placed(next)
         .into_iter()
-        .filter(|p| !known.contains(&key(p.world, p.rule)))
-        .filter(|p| checked.insert((key(p.world, p.rule), p.index)))
+        .filter(|p| !known.contains(&key(p)))
+        .filter(|p| checked.insert((key(p), p.index)))
         .collect();
     if fresh.is_empty() {
         return Ok(());
     }
-    let orders = if last_orders == 0 {
-        Vec::new()
-    } else {
-        store.recent_settled_orders(last_orders).map_err(|e| {
-            ReloadError::of_file("manifest.toml", format!("replay gate: cannot read the stored orders: {e}"))
-        })?
-    };
+    // The last orders of each entry's channels, read once per set of channels.
+    let mut orders_of: BTreeMap<Channels, Vec<StoredOrder>> = BTreeMap::new();
     // The stack the stored orders ran on: the serving set's manifest.
     let manifest = previous.manifest.as_deref().or(next.manifest.as_deref());
     for p in &fresh {
         let Rule::Wasm(module) = p.rule else { continue };
         if let Some(manifest) = manifest
             && p.world != World::WarehouseSelector
-            && !orders.is_empty()
+            && last_orders > 0
         {
-            replay_orders(module, manifest, p, &orders)?;
+            let orders = match orders_of.entry(p.channels) {
+                Entry::Occupied(read) => read.into_mut(),
+                Entry::Vacant(slot) => {
+                    slot.insert(replay::recent_orders(store, last_orders, p.channels).map_err(|e| {
+                        ReloadError::of_file(
+                            "manifest.toml",
+                            format!("replay gate: cannot read the stored orders: {e}"),
+                        )
+                    })?)
+                }
+            };
+            if !orders.is_empty() {
+                replay_orders(module, manifest, p, orders)?;
+            }
         }
         examples(module, &next.dir, p)?;
     }
@@ -132,7 +151,7 @@ fn replay_orders(
     p: &Placed<'_>,
     orders: &[StoredOrder],
 ) -> Result<(), ReloadError> {
-    let target = replay::gate_target(manifest, p.world, p.index)
+    let target = replay::gate_target(manifest, p.world, p.index, p.channels)
         .map_err(|e| refusal(p, module, String::new(), format!("replay gate: {e:#}")))?;
     let report = replay::replay(module, &target, orders);
     let Some(failed) = report.orders.iter().find(|o| o.outcome == Outcome::Failed) else { return Ok(()) };

@@ -36,12 +36,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::domain::invoice::{Invoice, InvoiceDiscount};
-use crate::domain::status::Slot;
+use crate::domain::status::{Channel, Slot};
 use crate::pipeline::rule_io::{capped_lines, order_context, payment_summary};
 use crate::rules::manifest::{Manifest, RuleEntry};
 use crate::rules::types::OrderContext;
-use crate::rules::{Budgets, ModuleConfig, ModuleIdentity, RuleError, RuleModule, Traced, Usage, World, text};
+use crate::rules::{
+    Budgets, Channels, ModuleConfig, ModuleIdentity, OrderScope, RuleError, RuleModule, Scope, Traced, Usage, World,
+    text,
+};
 use crate::store::orders::StoredOrder;
+use crate::store::{Store, StoreError};
 
 /// What a warehouse-selector replay would need and why the store cannot give it.
 pub const WAREHOUSE_REFUSAL: &str = "a warehouse selector cannot be replayed: it chooses among the warehouses \
@@ -70,9 +74,20 @@ pub struct Target {
     pub position: usize,
     /// The manifest entry the candidate replaces, if any.
     pub replaced: Option<RuleEntry>,
-    /// The module files of each position of the stack (the rule's own and
-    /// those of its experiment variants).
-    stack: Vec<Vec<String>>,
+    /// The sales channels whose orders are replayed: the replaced entry's
+    /// (or those asked for), since only their orders ran it.
+    pub channels: Channels,
+    /// Each position of the stack.
+    stack: Vec<StackEntry>,
+}
+
+/// One position of a slot's stack: the module files that may have granted
+/// its lines (the rule's own, its experiment variants' and its canary's),
+/// and the orders that ran it.
+#[derive(Debug, Clone)]
+struct StackEntry {
+    files: Vec<String>,
+    scope: Scope,
 }
 
 impl Target {
@@ -89,7 +104,7 @@ impl Target {
 
     fn describe(&self) -> String {
         let n = self.stack.len();
-        match &self.replaced {
+        let place = match &self.replaced {
             Some(entry) if entry.has_no_stable_rule() => {
                 format!("at the place of a new rule with no stable version (position {} of {n})", self.position + 1)
             }
@@ -100,9 +115,10 @@ impl Target {
                 "a new rule at position {} of {} (before {})",
                 self.position + 1,
                 n,
-                self.stack[self.position][0]
+                self.stack[self.position].files[0]
             ),
-        }
+        };
+        if self.channels.is_all() { place } else { format!("{place}, on {} orders", self.channels) }
     }
 }
 
@@ -115,9 +131,9 @@ fn same_file(name: &str, file: &str) -> bool {
     name == file || format!("{name}.wasm") == file
 }
 
-/// The module files of each position of a slot's stack: the rule's own,
-/// its experiment variants' and its canary's (each may have granted a line).
-fn stack_of(entries: &[RuleEntry]) -> Vec<Vec<String>> {
+/// Each position of a slot's stack: the module files that may have granted
+/// a line there, and the entry's scope.
+fn stack_of(entries: &[RuleEntry]) -> Vec<StackEntry> {
     entries
         .iter()
         .map(|entry| {
@@ -127,57 +143,53 @@ fn stack_of(entries: &[RuleEntry]) -> Vec<Vec<String>> {
             }
             files.extend(entry.canary.as_ref().and_then(|c| c.module.clone()));
             files.dedup();
-            files
+            StackEntry { files, scope: entry.scope() }
         })
         .collect()
+}
+
+/// The entries of `world`'s slot, or the refusal of a warehouse selector.
+fn slot_entries(manifest: &Manifest, world: World) -> anyhow::Result<&[RuleEntry]> {
+    match world {
+        World::DiscountRule => Ok(&manifest.discount),
+        World::FraudCheck => Ok(&manifest.fraud),
+        World::WarehouseSelector => Err(refuse_warehouse()),
+    }
 }
 
 /// The place of the `index`-th rule of `world`'s slot in `manifest` (the
 /// stack the stored orders ran on), as a reload's replay gate takes it:
 /// instead of the rule there, or a new rule at the end when the slot is
-/// shorter. A warehouse selector cannot be replayed.
-pub fn gate_target(manifest: &Manifest, world: World, index: usize) -> anyhow::Result<Target> {
-    let entries = match world {
-        World::DiscountRule => &manifest.discount,
-        World::FraudCheck => &manifest.fraud,
-        World::WarehouseSelector => return Err(refuse_warehouse()),
-    };
+/// shorter; replayed on the orders of `channels` (the new rule's). A
+/// warehouse selector cannot be replayed.
+pub fn gate_target(manifest: &Manifest, world: World, index: usize, channels: Channels) -> anyhow::Result<Target> {
+    let entries = slot_entries(manifest, world)?;
     let position = index.min(entries.len());
-    Ok(Target { world, position, replaced: entries.get(index).cloned(), stack: stack_of(entries) })
+    Ok(Target { world, position, replaced: entries.get(index).cloned(), channels, stack: stack_of(entries) })
 }
 
-/// Resolves `place` in the manifest's slot for `world`.
-pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Result<Target> {
-    let entries = match world {
-        World::DiscountRule => &manifest.discount,
-        World::FraudCheck => &manifest.fraud,
-        World::WarehouseSelector => return Err(refuse_warehouse()),
-    };
+/// Resolves `place` in the manifest's slot for `world`. `channels` (the
+/// command line's `--channel`) limits the replay to those channels' orders
+/// and says which entry `--replace` means when the slot holds its module
+/// once per channel; by default, the replaced entry's channels (every
+/// channel for a new rule).
+pub fn resolve(manifest: &Manifest, world: World, place: &Place, channels: Option<Channels>) -> anyhow::Result<Target> {
+    let entries = slot_entries(manifest, world)?;
     let stack = stack_of(entries);
-    if world == World::DiscountRule {
-        // A line names its module; a module at two places cannot be told apart.
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for (position, files) in stack.iter().enumerate() {
-            for file in files {
-                if let Some(first) = seen.insert(file, position)
-                    && first != position
-                {
-                    bail!(
-                        "the discount stack names {file} at positions {} and {}: its invoice lines cannot be \
-                         attributed to one place",
-                        first + 1,
-                        position + 1
-                    );
-                }
-            }
-        }
-    }
+    let asked = channels.unwrap_or(Channels::ALL);
     let (position, replaced) = match place {
         Place::Replace(name) => {
-            let found: Vec<usize> =
-                (0..entries.len()).filter(|&i| stack[i].iter().any(|file| same_file(name, file))).collect();
+            let found: Vec<usize> = (0..entries.len())
+                .filter(|&i| stack[i].files.iter().any(|file| same_file(name, file)))
+                .filter(|&i| stack[i].scope.channels.intersects(asked))
+                .collect();
             match found.as_slice() {
                 [i] => (*i, Some(entries[*i].clone())),
+                [] if channels.is_some() => bail!(
+                    "--replace {name} --channel {asked}: no {} rule of the manifest with that module serves \
+                     those channels",
+                    world.slot()
+                ),
                 [] => bail!(
                     "--replace {name}: no {} rule of the manifest has that module (the slot has: {})",
                     world.slot(),
@@ -187,7 +199,15 @@ pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Resu
                         entries.iter().map(|e| e.module.as_str()).collect::<Vec<_>>().join(", ")
                     }
                 ),
-                _ => bail!("--replace {name}: the {} slot holds it more than once", world.slot()),
+                _ => bail!(
+                    "--replace {name}: the {} slot holds it more than once ({}); say which with --channel",
+                    world.slot(),
+                    found
+                        .iter()
+                        .map(|&i| format!("{}[{}] for {}", world.slot(), i + 1, stack[i].scope.channels))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
             }
         }
         Place::Position(_) if world == World::FraudCheck => bail!(
@@ -206,7 +226,37 @@ pub fn resolve(manifest: &Manifest, world: World, place: &Place) -> anyhow::Resu
         }
         Place::End => (entries.len(), None),
     };
-    Ok(Target { world, position, replaced, stack })
+    let channels = match &replaced {
+        Some(entry) => entry.scope().channels.intersection(asked),
+        None => asked,
+    };
+    if world == World::DiscountRule {
+        ambiguous_lines(&stack, channels)?;
+    }
+    Ok(Target { world, position, replaced, channels, stack })
+}
+
+/// A line names its module: a module at two places of the stack that one
+/// replayed order could have run both of (a channel in common, windows that
+/// overlap) cannot be told apart.
+fn ambiguous_lines(stack: &[StackEntry], channels: Channels) -> anyhow::Result<()> {
+    for (first, a) in stack.iter().enumerate() {
+        for (offset, b) in stack[first + 1..].iter().enumerate() {
+            let same_orders =
+                a.scope.overlaps(&b.scope) && a.scope.channels.intersection(b.scope.channels).intersects(channels);
+            if let Some(file) = a.files.iter().find(|file| b.files.contains(file))
+                && same_orders
+            {
+                bail!(
+                    "the discount stack names {file} at positions {} and {} for the same orders: its invoice \
+                     lines cannot be attributed to one place",
+                    first + 1,
+                    first + offset + 2
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The whole replay: the candidate, its place, one entry per order, the
@@ -219,6 +269,8 @@ pub struct ReplayReport {
     pub replaces: Option<String>,
     /// 1-based position in the slot's stack.
     pub position: usize,
+    /// The sales channels whose orders were replayed.
+    pub channels: Vec<Channel>,
     pub orders: Vec<OrderReplay>,
     pub summary: Summary,
     pub usage: UsagePercentiles,
@@ -318,6 +370,17 @@ fn percentiles<T: Copy + Default + PartialOrd>(mut values: Vec<T>, limit: T) -> 
     Percentiles { p50: at(50), p90: at(90), p99: at(99), max: at(100), limit }
 }
 
+/// The last `limit` settled orders a rule of `channels` ran on, newest
+/// first: every order for a rule of every channel (an embedder's channels
+/// too), else those channels' orders only.
+pub fn recent_orders(store: &Store, limit: usize, channels: Channels) -> Result<Vec<StoredOrder>, StoreError> {
+    if channels.is_all() {
+        store.recent_settled_orders(limit)
+    } else {
+        store.recent_settled_orders_of(limit, &channels.list())
+    }
+}
+
 /// Runs `candidate` at `target` on `orders` (newest first, as stored).
 pub fn replay(candidate: &RuleModule, target: &Target, orders: &[StoredOrder]) -> ReplayReport {
     let mut usages: Vec<Usage> = Vec::new();
@@ -369,6 +432,7 @@ pub fn replay(candidate: &RuleModule, target: &Target, orders: &[StoredOrder]) -
         slot: target.world.slot(),
         replaces: target.replaced.as_ref().map(|e| e.module.clone()),
         position: target.position + 1,
+        channels: target.channels.list(),
         orders: replays,
         summary,
         usage,
@@ -389,6 +453,11 @@ fn replay_order(candidate: &RuleModule, target: &Target, order: &StoredOrder) ->
         failure: None,
         skipped: None,
     };
+    let served = order.channel.parse::<Channel>().is_ok_and(|c| target.channels.contains(c));
+    if !served && !target.channels.is_all() {
+        replay.skipped = Some(format!("a {} order: the rule serves {} orders", order.channel, target.channels));
+        return (replay, None);
+    }
     let invoice = match order.invoice.as_deref().map(serde_json::from_str::<Invoice>) {
         Some(Ok(invoice)) => invoice,
         Some(Err(e)) => {
@@ -410,12 +479,14 @@ fn replay_order(candidate: &RuleModule, target: &Target, order: &StoredOrder) ->
     }
 }
 
-/// Where each discount line sits in the stack, or why the invoice does not
+/// Where each discount line of an order (of the scope `order`) sits in the
+/// stack, among the positions that order ran, or why the invoice does not
 /// fit the manifest's stack.
-fn line_positions(target: &Target, lines: &[InvoiceDiscount]) -> Result<Vec<usize>, String> {
+fn line_positions(target: &Target, order: OrderScope, lines: &[InvoiceDiscount]) -> Result<Vec<usize>, String> {
     let mut positions = Vec::with_capacity(lines.len());
     for line in lines {
-        let Some(position) = target.stack.iter().position(|files| files.contains(&line.module)) else {
+        let ran = |entry: &StackEntry| entry.scope.serves(order) && entry.files.contains(&line.module);
+        let Some(position) = target.stack.iter().position(ran) else {
             return Err(format!(
                 "its discount line from {} has no place in the manifest's discount stack (the stack changed since)",
                 text::escape(&line.module)
@@ -435,7 +506,9 @@ fn replay_discount(
     invoice: &Invoice,
     mut replay: OrderReplay,
 ) -> (OrderReplay, Option<Usage>) {
-    let positions = match line_positions(target, &invoice.discounts) {
+    let context = order_context(invoice);
+    let scope = OrderScope::of(&context.channel, context.ordered_at_ms);
+    let positions = match line_positions(target, scope, &invoice.discounts) {
         Ok(positions) => positions,
         Err(why) => {
             replay.skipped = Some(why);
@@ -456,7 +529,7 @@ fn replay_discount(
     };
     let active_cents: u64 = active_lines.iter().map(|l| l.amount_cents).sum();
     let payable = invoice.subtotal_cents.saturating_sub(before);
-    let context = OrderContext { payable_cents: payable, ..order_context(invoice) };
+    let context = OrderContext { payable_cents: payable, ..context };
     replay.input_payable_cents = Some(payable);
     replay.active = json!({ "discount_cents": active_cents, "lines": active_lines });
     let traced = candidate.apply_discount_traced(&context);
@@ -698,36 +771,35 @@ mod tests {
     #[test]
     fn places_resolve_against_the_stack() {
         let m = manifest(STACK);
-        let t = resolve(&m, World::DiscountRule, &Place::Replace("coupons".into())).unwrap();
+        let t = resolve(&m, World::DiscountRule, &Place::Replace("coupons".into()), None).unwrap();
         assert_eq!((t.position, t.replaced.as_ref().map(|e| e.module.as_str())), (1, Some("coupons.wasm")));
-        let t = resolve(&m, World::DiscountRule, &Place::Replace("gold_loyalty.wasm".into())).unwrap();
+        let t = resolve(&m, World::DiscountRule, &Place::Replace("gold_loyalty.wasm".into()), None).unwrap();
         assert_eq!(t.base_config().get("percent").map(String::as_str), Some("10"));
-        assert_eq!(resolve(&m, World::DiscountRule, &Place::End).unwrap().position, 2);
-        assert_eq!(resolve(&m, World::DiscountRule, &Place::Position(2)).unwrap().position, 1);
+        assert_eq!(resolve(&m, World::DiscountRule, &Place::End, None).unwrap().position, 2);
+        assert_eq!(resolve(&m, World::DiscountRule, &Place::Position(2), None).unwrap().position, 1);
         for bad in [Place::Position(0), Place::Position(4), Place::Replace("nope".into())] {
-            assert!(resolve(&m, World::DiscountRule, &bad).is_err(), "{bad:?}");
+            assert!(resolve(&m, World::DiscountRule, &bad, None).is_err(), "{bad:?}");
         }
-        let refused = resolve(&m, World::WarehouseSelector, &Place::End).unwrap_err().to_string();
+        let refused = resolve(&m, World::WarehouseSelector, &Place::End, None).unwrap_err().to_string();
         assert!(refused.contains("stock levels at order time"), "{refused}");
-        assert!(resolve(&m, World::FraudCheck, &Place::Position(1)).is_err());
+        assert!(resolve(&m, World::FraudCheck, &Place::Position(1), None).is_err());
     }
 
     #[test]
     fn the_gate_replaces_the_rule_at_its_index_or_adds_one_at_the_end() {
         let m = manifest(STACK);
-        let t = gate_target(&m, World::DiscountRule, 1).unwrap();
+        let t = gate_target(&m, World::DiscountRule, 1, Channels::ALL).unwrap();
         assert_eq!((t.position, t.replaced.as_ref().map(|e| e.module.as_str())), (1, Some("coupons.wasm")));
-        let t = gate_target(&m, World::DiscountRule, 5).unwrap();
+        let t = gate_target(&m, World::DiscountRule, 5, Channels::ALL).unwrap();
         assert_eq!((t.position, t.replaced.is_none()), (2, true), "past the end: a new rule at the end");
-        let t = gate_target(&m, World::FraudCheck, 0).unwrap();
+        let t = gate_target(&m, World::FraudCheck, 0, Channels::ALL).unwrap();
         assert_eq!(t.replaced.map(|e| e.module), Some("high_value.wasm".to_string()));
-        assert!(gate_target(&m, World::WarehouseSelector, 0).is_err());
+        assert!(gate_target(&m, World::WarehouseSelector, 0, Channels::ALL).is_err());
     }
 
-    #[test]
-    fn lines_out_of_the_stack_order_are_not_attributed() {
-        let t = resolve(&manifest(STACK), World::DiscountRule, &Place::End).unwrap();
-        let line = |module: &str| InvoiceDiscount {
+    /// A discount line of one cent granted by `module`.
+    fn discount_line(module: &str) -> InvoiceDiscount {
+        InvoiceDiscount {
             rule: "r".into(),
             module: module.into(),
             version: "1".into(),
@@ -737,9 +809,54 @@ mod tests {
             description: "x".into(),
             amount_cents: 1,
             reasons: vec![],
-        };
-        assert_eq!(line_positions(&t, &[line("gold_loyalty.wasm"), line("coupons.wasm")]), Ok(vec![0, 1]));
-        assert!(line_positions(&t, &[line("coupons.wasm"), line("gold_loyalty.wasm")]).is_err());
-        assert!(line_positions(&t, &[line("retired.wasm")]).unwrap_err().contains("retired.wasm"));
+        }
+    }
+
+    #[test]
+    fn lines_out_of_the_stack_order_are_not_attributed() {
+        let t = resolve(&manifest(STACK), World::DiscountRule, &Place::End, None).unwrap();
+        let web = OrderScope::of("web", 0);
+        assert_eq!(
+            line_positions(&t, web, &[discount_line("gold_loyalty.wasm"), discount_line("coupons.wasm")]),
+            Ok(vec![0, 1])
+        );
+        assert!(line_positions(&t, web, &[discount_line("coupons.wasm"), discount_line("gold_loyalty.wasm")]).is_err());
+        assert!(line_positions(&t, web, &[discount_line("retired.wasm")]).unwrap_err().contains("retired.wasm"));
+    }
+
+    /// The app-only coupon of the README: the coupon rule once for web and
+    /// partner, once (with more codes) for mobile.
+    const BY_CHANNEL: &str = r#"
+        [[discount]]
+        module = "gold_loyalty.wasm"
+        [[discount]]
+        module = "coupons.wasm"
+        channels = ["web", "partner"]
+        [[discount]]
+        module = "coupons.wasm"
+        channels = ["mobile"]
+        config = { "code.APP15" = "percent:15" }
+        [warehouse]
+        module = "nearest_warehouse.wasm"
+    "#;
+
+    #[test]
+    fn a_rule_per_channel_is_replayed_on_its_channels_orders() {
+        let m = manifest(BY_CHANNEL);
+        let twice = resolve(&m, World::DiscountRule, &Place::Replace("coupons".into()), None).unwrap_err();
+        assert!(twice.to_string().contains("discount[2] for web, partner; discount[3] for mobile"), "{twice}");
+        let mobile = Channels::of(&[Channel::Mobile]);
+        let t = resolve(&m, World::DiscountRule, &Place::Replace("coupons".into()), Some(mobile)).unwrap();
+        assert_eq!((t.position, t.channels), (2, mobile));
+        assert_eq!(t.base_config().get("code.APP15").map(String::as_str), Some("percent:15"));
+        let t = resolve(&m, World::DiscountRule, &Place::Replace("gold_loyalty".into()), Some(mobile)).unwrap();
+        assert_eq!(t.channels, mobile, "an every-channel rule replayed on the channel asked for");
+        let lines = [discount_line("gold_loyalty.wasm"), discount_line("coupons.wasm")];
+        assert_eq!(line_positions(&t, OrderScope::of("mobile", 0), &lines), Ok(vec![0, 2]));
+        assert_eq!(line_positions(&t, OrderScope::of("web", 0), &lines), Ok(vec![0, 1]));
+        // The same module at two places for the same orders cannot be told apart.
+        let both = BY_CHANNEL.replace(r#"channels = ["mobile"]"#, r#"channels = ["mobile", "web"]"#);
+        let refused = resolve(&manifest(&both), World::DiscountRule, &Place::End, None).unwrap_err();
+        assert!(refused.to_string().contains("positions 2 and 3 for the same orders"), "{refused}");
     }
 }

@@ -59,7 +59,34 @@
 //! module = "none"
 //! canary = { name = "bundle", module = "bundle_deal.wasm", share_percent = 10,
 //!            min_calls = 50, max_error_rate = 0.01 }
+//!
+//! # Channels (discount and fraud entries): only the orders of these sales
+//! # channels (web, mobile, partner) run the rule; left out, every order
+//! # does. An app-only coupon: the web and partner coupons, and the app's
+//! # (the same codes and APP15), each entry for its channels.
+//! [[discount]]
+//! module = "coupons.wasm"
+//! channels = ["web", "partner"]
+//! config = { "code.WELCOME10" = "percent:10" }
+//! [[discount]]
+//! module = "coupons.wasm"
+//! channels = ["mobile"]
+//! config = { "code.WELCOME10" = "percent:10", "code.APP15" = "percent:15" }
+//!
+//! # Scheduled (discount and fraud entries): the rule serves the orders that
+//! # start inside [from, until) (RFC 3339 with an offset; either end may be
+//! # left out). The set is loaded once; each order asks the window at its
+//! # start.
+//! [[discount]]
+//! module = "black_friday.wasm"
+//! from = "2026-11-27T00:00:00-05:00"
+//! until = "2026-11-30T00:00:00-05:00"
 //! ```
+//!
+//! The warehouse selector serves every order: it takes no `channels`,
+//! `from` or `until`. An unknown channel, an empty `channels`, a time
+//! without an offset and a window whose `until` is not after its `from` are
+//! refused when the manifest is read (a reload keeps the last good set).
 //!
 //! ## The replay gate
 //!
@@ -78,6 +105,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Budgets;
+use super::scope::{Channels, Scope, Window};
+use crate::domain::status::Channel;
 
 /// What a slot does when its rule fails (trap, budget, error).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -123,6 +152,73 @@ pub struct RuleEntry {
     /// A new version rolled out to a share of customers, with limits.
     #[serde(default)]
     pub canary: Option<CanaryEntry>,
+    /// The sales channels whose orders run this rule; left out: every order.
+    #[serde(default, deserialize_with = "channel_list")]
+    pub channels: Option<Vec<Channel>>,
+    /// Start of the activation window (RFC 3339, inclusive); left out: open.
+    #[serde(default, deserialize_with = "instant")]
+    pub from: Option<Moment>,
+    /// End of the activation window (RFC 3339, exclusive); left out: open.
+    #[serde(default, deserialize_with = "instant")]
+    pub until: Option<Moment>,
+}
+
+impl RuleEntry {
+    /// Where and when the rule serves (checked by [`Manifest::check`]).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            channels: self.channels.as_deref().map_or(Channels::ALL, Channels::of),
+            window: Window { from_ms: self.from.as_ref().map(|i| i.ms), until_ms: self.until.as_ref().map(|i| i.ms) },
+        }
+    }
+}
+
+/// An instant of the manifest: RFC 3339 text, quoted or a TOML offset
+/// date-time, with its offset (`2026-11-27T00:00:00Z`, `…+01:00`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moment {
+    /// Milliseconds since the Unix epoch.
+    pub ms: i64,
+    /// As the manifest writes it.
+    pub text: String,
+}
+
+/// `channels = ["mobile", "partner"]`: names of [`Channel`], refused with the
+/// list of the known ones otherwise.
+fn channel_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Channel>>, D::Error> {
+    let names = Vec::<String>::deserialize(deserializer)?;
+    names
+        .iter()
+        .map(|name| {
+            name.parse::<Channel>().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "unknown sales channel `{name}` (the channels are {})",
+                    Channel::names()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// `from`/`until`: an RFC 3339 instant with its offset.
+fn instant<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Moment>, D::Error> {
+    let text = match toml::Value::deserialize(deserializer)? {
+        toml::Value::String(text) => text,
+        toml::Value::Datetime(datetime) => datetime.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "expected an RFC 3339 time such as 2026-11-27T00:00:00Z, got the {} {other}",
+                other.type_str()
+            )));
+        }
+    };
+    match crate::clock::ms_of_rfc3339(&text) {
+        Ok(ms) => Ok(Some(Moment { ms, text })),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "`{text}` is not an RFC 3339 time with an offset, such as 2026-11-27T00:00:00Z: {e}"
+        ))),
+    }
 }
 
 /// A canary: `module` (and/or `config`) serves `share_percent` % of the
@@ -243,12 +339,47 @@ impl Manifest {
         files
     }
 
-    /// Reads and parses `dir/manifest.toml`.
+    /// Reads, parses and checks `dir/manifest.toml`.
     pub fn read(dir: &Path) -> anyhow::Result<Manifest> {
         let path = dir.join("manifest.toml");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("cannot read plug-in manifest {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid plug-in manifest {}: {e}", path.display()))
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid plug-in manifest {}: {e}", path.display()))?;
+        manifest.check().map_err(|e| anyhow::anyhow!("invalid plug-in manifest {}: {e}", path.display()))?;
+        Ok(manifest)
+    }
+
+    /// What parsing alone cannot refuse: a window that ends before it
+    /// starts, an entry limited to no channel, and a scope on the warehouse
+    /// selector (every order needs its plan).
+    pub fn check(&self) -> Result<(), String> {
+        if self.warehouse.channels.is_some() || self.warehouse.from.is_some() || self.warehouse.until.is_some() {
+            return Err(format!(
+                "warehouse {}: the warehouse selector serves every order (an order cannot ship without a plan), \
+                 so it takes no `channels`, `from` or `until`",
+                self.warehouse.module
+            ));
+        }
+        for (slot, entries) in [("discount", &self.discount), ("fraud", &self.fraud)] {
+            for (index, entry) in entries.iter().enumerate() {
+                let name = format!("{slot}[{}] {}", index + 1, entry.module);
+                if entry.channels.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(format!(
+                        "{name}: `channels = []` serves no order (leave `channels` out to serve every channel)"
+                    ));
+                }
+                if let (Some(from), Some(until)) = (&entry.from, &entry.until)
+                    && until.ms <= from.ms
+                {
+                    return Err(format!(
+                        "{name}: the window ends before it starts: `until` ({}) must be after `from` ({})",
+                        until.text, from.text
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

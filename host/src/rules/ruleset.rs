@@ -1,6 +1,8 @@
 //! A rule set: every slot's modules, loaded from a plug-in directory. It is
 //! an immutable snapshot; an order takes the current one when it starts and
-//! finishes on it, whatever is reloaded meanwhile.
+//! finishes on it, whatever is reloaded meanwhile. Every entry is loaded,
+//! whatever its channels and window: an order picks its rules from the set
+//! with its channel and start ([`RuleSet::discounts_for`], [`super::scope`]).
 
 use crate::domain::status::Slot;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use sha2::Sha256;
 use super::canary::{Canary, CanaryControl, CanaryLimits, CanaryState};
 use super::manifest::{FailMode, Manifest, OFF_MODULE, RuleEntry};
 use super::native::Rule;
+use super::scope::{OrderScope, Scope};
 use super::{ModuleConfig, RuleRuntime, World};
 
 /// Where `customer_id` falls in `0..total` for the assignment `name`: a keyed
@@ -79,6 +82,8 @@ pub struct SlotRule {
     /// A new version serving a share of customers; `module` is its stable
     /// version (none for a new rule).
     pub canary: Option<Canary>,
+    /// The orders that run it: its channels, inside its window.
+    pub scope: Scope,
 }
 
 /// The rule a customer gets, and the experiment arm it came from.
@@ -97,7 +102,7 @@ pub struct Picked<'a> {
 impl SlotRule {
     /// A plain rule: no experiment, no shadow, no canary.
     pub fn single(module: Rule, fail_mode: FailMode) -> SlotRule {
-        SlotRule { module: Some(module), fail_mode, experiment: None, shadow: None, canary: None }
+        SlotRule { module: Some(module), fail_mode, experiment: None, shadow: None, canary: None, scope: Scope::default() }
     }
 
     /// The module file of the stable version as the manifest names it
@@ -270,6 +275,18 @@ impl RuleSet {
         }
     }
 
+    /// The discount rules `order` runs, in stack order: those of its
+    /// channel, inside their window at its start. A filter over the loaded
+    /// rules (no allocation, nothing rebuilt).
+    pub fn discounts_for(&self, order: OrderScope) -> impl Iterator<Item = &SlotRule> {
+        self.discount.iter().filter(move |rule| rule.scope.serves(order))
+    }
+
+    /// The fraud checks `order` runs (as [`RuleSet::discounts_for`]).
+    pub fn fraud_checks_for(&self, order: OrderScope) -> impl Iterator<Item = &SlotRule> {
+        self.fraud.iter().filter(move |rule| rule.scope.serves(order))
+    }
+
     /// Every rule of the set with its slot name, in slot order.
     pub fn all(&self) -> impl Iterator<Item = (Slot, &SlotRule)> {
         self.discount
@@ -428,6 +445,6 @@ impl Loader<'_> {
                 })
             }
         };
-        Ok(SlotRule { module, fail_mode: entry.fail_mode, experiment, shadow, canary })
+        Ok(SlotRule { module, fail_mode: entry.fail_mode, experiment, shadow, canary, scope: entry.scope() })
     }
 }

@@ -81,6 +81,7 @@ use shadows::{ShadowRun, ShadowSummary};
 
 use crate::domain::customer::Customer;
 use crate::domain::order::CartLine;
+use crate::domain::status::Channel;
 
 /// How long a replica owns the resolution of a pending payment it claimed
 /// (see [`Store::pending_orders`]): its `resolve_after_ms` is pushed this
@@ -549,9 +550,20 @@ impl Store {
     /// first) with their invoices and fraud reviews: what `rules replay`
     /// reconstructs rule inputs from. Blocking (tools call it without a runtime).
     pub fn recent_settled_orders(&self, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+        self.recent_settled(limit, None)
+    }
+
+    /// [`Store::recent_settled_orders`] of the sales channels `channels`
+    /// only: the orders a rule limited to them ran on (`rules replay`, the
+    /// reload's replay gate).
+    pub fn recent_settled_orders_of(&self, limit: usize, channels: &[Channel]) -> Result<Vec<StoredOrder>, StoreError> {
+        self.recent_settled(limit, Some(channels))
+    }
+
+    fn recent_settled(&self, limit: usize, channels: Option<&[Channel]>) -> Result<Vec<StoredOrder>, StoreError> {
         self.read_blocking(
-            |c| sqlite::orders::recent_settled(c, limit),
-            async move |c| postgres::orders::recent_settled(c, limit).await,
+            |c| sqlite::orders::recent_settled(c, limit, channels),
+            async move |c| postgres::orders::recent_settled(c, limit, channels).await,
         )
     }
 

@@ -58,6 +58,13 @@ async function getJson(path) {
   return answer.json();
 }
 
+// A rule's activation window and whether orders starting now run it.
+function schedule(p) {
+  if (!p.from && !p.until) return 'always';
+  const window = (p.from || '…') + ' → ' + (p.until || '…');
+  return window + (p.active ? ' (active)' : ' (inactive)');
+}
+
 function renderRules(plugins) {
   const body = $('rules-body');
   body.replaceChildren();
@@ -75,6 +82,8 @@ function renderRules(plugins) {
         cell('config_hash', short(p.config_hash), p.config_hash),
         cell('arm', arm),
         cell('fail_mode', p.fail_mode),
+        cell('channels', (p.channels || []).join(', ')),
+        cell('schedule', schedule(p)),
       ),
     );
   }

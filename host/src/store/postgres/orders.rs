@@ -15,7 +15,7 @@ use super::super::orders::{
 use super::super::{RESOLVE_LEASE_MS, StoreError};
 use super::{Db, Step, bigint};
 use crate::clock::{now_ms, now_rfc3339};
-use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::domain::status::{Channel, OrderStatus, PaymentStatus};
 
 /// How long a replica owns the fraud checks of an order it picked up; after
 /// that (it died) another replica runs them.
@@ -497,8 +497,23 @@ async fn orders_where(db: &impl Db, condition: &str, limit: usize) -> Result<Vec
     db.query(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)]).await?.iter().map(stored_order).collect()
 }
 
-pub async fn recent_settled(db: &impl Db, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-    orders_where(db, "status IN ('CONFIRMED', 'PAYMENT_FAILED')", limit).await
+pub async fn recent_settled(
+    db: &impl Db,
+    limit: usize,
+    channels: Option<&[Channel]>,
+) -> Result<Vec<StoredOrder>, StoreError> {
+    let Some(channels) = channels else {
+        return orders_where(db, "status IN ('CONFIRMED', 'PAYMENT_FAILED')", limit).await;
+    };
+    let stmt = db
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders
+             WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') AND channel = ANY($2)
+             ORDER BY id DESC LIMIT $1"
+        ))
+        .await?;
+    let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    db.query(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX), &channels]).await?.iter().map(stored_order).collect()
 }
 
 pub async fn escalations(db: &impl Db, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {

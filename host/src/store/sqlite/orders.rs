@@ -15,7 +15,7 @@ use super::super::orders::{
     PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
 };
 use crate::clock::now_rfc3339;
-use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::domain::status::{Channel, OrderStatus, PaymentStatus};
 
 fn i64_of(value: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} does not fit in 63 bits")))
@@ -499,12 +499,20 @@ pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), St
 /// the order is created, so their order is the creation order: the primary
 /// key is read backwards and the scan stops after `limit` matches (the
 /// reload's replay gate runs this on every reload, whatever the table's size).
-pub fn recent_settled(conn: &Connection, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+/// With `channels`, only the orders of those sales channels.
+pub fn recent_settled(
+    conn: &Connection,
+    limit: usize,
+    channels: Option<&[Channel]>,
+) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') ORDER BY id DESC LIMIT ?1"
+         WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED')
+           AND (?2 IS NULL OR channel IN (SELECT value FROM json_each(?2)))
+         ORDER BY id DESC LIMIT ?1"
     ))?;
-    let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], stored_order)?;
+    let channels = channels.map(|list| Value::from(list.iter().map(|c| c.as_str()).collect::<Vec<_>>()).to_string());
+    let rows = stmt.query_map(params![i64::try_from(limit).unwrap_or(i64::MAX), channels], stored_order)?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row??);
