@@ -102,7 +102,14 @@ pub struct Picked<'a> {
 impl SlotRule {
     /// A plain rule: no experiment, no shadow, no canary.
     pub fn single(module: Rule, fail_mode: FailMode) -> SlotRule {
-        SlotRule { module: Some(module), fail_mode, experiment: None, shadow: None, canary: None, scope: Scope::default() }
+        SlotRule {
+            module: Some(module),
+            fail_mode,
+            experiment: None,
+            shadow: None,
+            canary: None,
+            scope: Scope::default(),
+        }
     }
 
     /// The module file of the stable version as the manifest names it
