@@ -311,13 +311,15 @@ fn rules_test_and_watch_run_a_js_projects_examples_on_every_save() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("example:  order ok") && stdout.contains("examples: 1 passed, 0 failed"), "{stdout}");
 
-    let mut watch = npm_like_smartmart(&project, &["rules", "watch", "."])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = KillOnDrop(
+        npm_like_smartmart(&project, &["rules", "watch", "."])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
+    let stdout = watch.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -347,8 +349,16 @@ fn rules_test_and_watch_run_a_js_projects_examples_on_every_save() {
     std::fs::write(&expected_path, expected).unwrap();
     let third = round();
     assert_eq!(third.last().unwrap(), "examples: 1 passed, 0 failed", "{third:?}");
-    watch.kill().unwrap();
-    let _ = watch.wait();
+}
+
+/// A child process that a failing test does not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `smartmart ARGS` in `project`, as its npm scripts run it.
