@@ -174,7 +174,7 @@ fn rules_run_expect_passes_on_the_expected_answer_and_lists_each_difference_othe
 }
 
 #[test]
-fn rules_run_compiles_into_the_data_dirs_module_cache_and_reuses_it() {
+fn rules_run_compiles_into_the_data_dirs_module_cache_says_so_and_reuses_it() {
     let data_dir = tempfile::tempdir().unwrap();
     let (file, input) = (wasm("coupons"), repo_root().join("examples/orders/gold-basic.json"));
     // No --world and a --config: the world is detected on the one compiled artifact.
@@ -189,12 +189,16 @@ fn rules_run_compiles_into_the_data_dirs_module_cache_and_reuses_it() {
     };
     let out = smartmart_in(data_dir.path(), &args);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The compile is announced on stderr (stdout stays the report).
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("compiling the module (") && stderr.contains("compiled in "), "{stderr}");
     let first = artifacts();
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].0.extension().is_some_and(|e| e == "cwasm"), "{first:?}");
     let out = smartmart_in(data_dir.path(), &args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(artifacts(), first, "the second run compiled again");
+    assert!(!text(&out.stderr).contains("compiling"), "{}", text(&out.stderr));
 }
 
 #[test]

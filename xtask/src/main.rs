@@ -17,14 +17,15 @@
 //!   wires up a handful of functions per fresh instance instead of ~70 (see
 //!   BENCHMARKS.md, "Rule runtime");
 //! - the JavaScript example rule (`examples/rules/coupons-js/`) needs its
-//!   pinned componentizer from npm (`npm ci`, from its committed lock file)
-//!   and is built with `npm run build`: Node.js 20+ and npm must be on PATH.
-//!   Only `guests` and `test` build it (the suite runs its tests and loads
-//!   its component); the service, the demo and the benchmarks never load it,
+//!   pinned toolchain from npm (`npm ci`, from its committed lock file):
+//!   Node.js 20+ and npm must be on PATH. Only `guests` and `test` install
+//!   it; its component is built by its own `npm run build`, which needs the
+//!   host binary, so by the integration tests and, after `cargo test`, by
+//!   its `npm test`. The service, the demo and the benchmarks never load it,
 //!   so `serve`, `demo`, `run` and `bench` need no Node.js.
 //!
 //! ```text
-//! cargo xtask guests          build every guest (Rust, and the JavaScript example);
+//! cargo xtask guests          build every Rust guest, install the JavaScript example's toolchain;
 //!                             copy them to target/wasm/<name>.wasm and the
 //!                             bundled rules also to plugins/bundled/
 //! cargo xtask test [ARGS]     the local services (.ci/services.sh: PostgreSQL,
@@ -32,10 +33,10 @@
 //!                             answer; the Kafka test broker, built once, but
 //!                             not for a filtered run, see below), every guest,
 //!                             the Python tools' venv (.ci/python.sh), the rules'
-//!                             native unit tests (plugins/, the examples), then
+//!                             native unit tests (plugins/, the Rust example), then
 //!                             cargo test --workspace ARGS with the venv's bin/
-//!                             first on PATH; without ARGS, then
-//!                             .ci/schemathesis.sh
+//!                             first on PATH, then the JavaScript example's
+//!                             npm test; without ARGS, then .ci/schemathesis.sh
 //! cargo xtask demo [ARGS]     the Rust guests, then cargo run -p smartmart -- demo ARGS
 //! cargo xtask serve [ARGS]    the Rust guests, then cargo run --release -p smartmart -- serve ARGS
 //! cargo xtask run [ARGS]      the Rust guests, then cargo run -p smartmart -- ARGS
@@ -70,11 +71,11 @@ const GUEST_WORKSPACES: [&str; 2] = ["tests/guests/Cargo.toml", "examples/rules/
 const BUNDLED_WORKSPACE: &str = "plugins/Cargo.toml";
 /// Where the guests build (shared by the three workspaces), from the root.
 const GUEST_TARGET_DIR: &str = "target/guests";
-/// The JavaScript example rule, relative to the root, and its component.
+/// The JavaScript example rule, relative to the root.
 const JS_EXAMPLE: &str = "examples/rules/coupons-js";
-const JS_COMPONENT: &str = "coupons_js.wasm";
-/// What the JavaScript component is built from, relative to its folder.
-const JS_SOURCES: [&str; 5] = ["rule.js", "glue.js", "convert.js", "package.json", "package-lock.json"];
+/// The host binary `cargo test` builds, which the JavaScript example's
+/// `npm test` runs its examples through.
+const HOST_BINARY: &str = "target/debug/smartmart";
 /// The rules `serve` loads by default; also copied to `plugins/bundled/`.
 const BUNDLED: [&str; 4] = ["gold_loyalty.wasm", "coupons.wasm", "nearest_warehouse.wasm", "high_value.wasm"];
 
@@ -321,15 +322,13 @@ fn guests(which: Guests, stages: &mut Stages) -> Result {
         componentize(&bare.join(name), &component)?;
         copy(&component, &bundled_dir.join(name))?;
     }
-    let with_js = which == Guests::WithJavaScript;
-    if with_js {
-        stages.start("building the JavaScript example rule (examples/rules/coupons-js: npm, Node.js 20+)…");
+    if which == Guests::WithJavaScript {
+        stages.start("installing the JavaScript example's toolchain (examples/rules/coupons-js: npm, Node.js 20+)…");
         js_example(&root)?;
-        copy(&root.join(JS_EXAMPLE).join(JS_COMPONENT), &wasm_dir.join(JS_COMPONENT))?;
     }
     eprintln!(
         "xtask: {} components in {}, {} bundled rules in {}",
-        components.len() + BUNDLED.len() + usize::from(with_js),
+        components.len() + BUNDLED.len(),
         wasm_dir.display(),
         BUNDLED.len(),
         bundled_dir.display()
@@ -348,21 +347,16 @@ const NODE_NEEDED: &str = "the JavaScript example rule (examples/rules/coupons-j
      later and npm on PATH (Debian: `apt-get install nodejs npm`), and the npm registry for its \
      first `npm ci`";
 
-/// Installs the JavaScript example's pinned componentizer when its
-/// `node_modules` is missing or older than the lock file, and builds the
-/// component when it is missing or older than a source or the contract.
+/// Installs the JavaScript example's pinned toolchain (componentize-qjs,
+/// TypeScript) when its `node_modules` is missing or older than the lock
+/// file. Its component is built by its own `npm run build`, which needs the
+/// host binary (`smartmart rules js-engine`): by the integration tests and
+/// `npm test`, after `cargo test` built it.
 fn js_example(root: &Path) -> Result {
     let dir = root.join(JS_EXAMPLE);
     let in_dir = |name: &str| dir.join(name);
     if newer_than(&[in_dir("package-lock.json")], &in_dir("node_modules/.package-lock.json")) {
         run(npm(&dir).args(["ci", "--no-audit", "--no-fund"])).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
-    }
-    let mut sources: Vec<PathBuf> = JS_SOURCES.iter().map(|name| in_dir(name)).collect();
-    let wit = root.join("wit");
-    let wit_files = fs::read_dir(&wit).map_err(|e| format!("cannot read {}: {e}", wit.display()))?;
-    sources.extend(wit_files.filter_map(|entry| Some(entry.ok()?.path())));
-    if newer_than(&sources, &in_dir(JS_COMPONENT)) {
-        run(npm(&dir).args(["run", "build"])).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
     }
     Ok(())
 }
@@ -449,16 +443,22 @@ fn python_venv(stages: &mut Stages) -> Result<Option<PathBuf>> {
 
 /// PATH with `venv`'s bin/ first.
 fn path_with_venv(venv: &Path) -> Result<OsString> {
-    let old = env::var_os("PATH").unwrap_or_default();
-    env::join_paths(std::iter::once(venv.join("bin")).chain(env::split_paths(&old)))
-        .map_err(|e| format!("cannot put {} on PATH: {e}", venv.display()))
+    path_with(&venv.join("bin"))
 }
 
-/// The rules' logic natively (bundled rules and the examples, the
-/// JavaScript one with npm), then the host's whole workspace with `args`
-/// (python3 from the venv), then, without `args`, Schemathesis.
+/// PATH with `dir` first.
+fn path_with(dir: &Path) -> Result<OsString> {
+    let old = env::var_os("PATH").unwrap_or_default();
+    env::join_paths(std::iter::once(dir.to_owned()).chain(env::split_paths(&old)))
+        .map_err(|e| format!("cannot put {} on PATH: {e}", dir.display()))
+}
+
+/// The rules' logic natively (bundled rules and the Rust example), then
+/// the host's whole workspace with `args` (python3 from the venv), then the
+/// JavaScript example's `npm test` (its examples through the component,
+/// with the binary just built), then, without `args`, Schemathesis.
 fn test(args: &[String], venv: Option<&Path>, stages: &mut Stages) -> Result {
-    let first = !root().join("target/debug/smartmart").is_file();
+    let first = !root().join(HOST_BINARY).is_file();
     stages.start(format_args!(
         "building and running the tests{}…",
         if first { " (first build compiles wasmtime: 10–20 minutes on 2 cores)" } else { "" }
@@ -470,7 +470,6 @@ fn test(args: &[String], venv: Option<&Path>, stages: &mut Stages) -> Result {
             &mut totals,
         )?;
     }
-    run_tests(npm(&root().join(JS_EXAMPLE)).args(["test"]), &mut totals).map_err(|e| format!("{e}\n{NODE_NEEDED}"))?;
     let mut cargo_test = cargo();
     cargo_test.args(["test", "--workspace"]).args(args);
     if let Some(venv) = venv {
@@ -478,6 +477,15 @@ fn test(args: &[String], venv: Option<&Path>, stages: &mut Stages) -> Result {
         cargo_test.env("PATH", path_with_venv(venv)?);
     }
     let mut outcome = run_tests(&mut cargo_test, &mut totals);
+    // The JavaScript example's `npm test` builds its component with the host
+    // binary `cargo test` has just built (`rules js-engine`) and runs its
+    // examples through it.
+    if root().join(HOST_BINARY).is_file() {
+        let mut npm_test = npm(&root().join(JS_EXAMPLE));
+        npm_test.arg("test").env("PATH", path_with(&root().join(HOST_BINARY).with_file_name(""))?);
+        let js = run_tests(&mut npm_test, &mut totals).map_err(|e| format!("{e}\n{NODE_NEEDED}"));
+        outcome = outcome.and(js);
+    }
     // The whole suite (no filter): the API against its OpenAPI document, with
     // the binary `cargo test` just built; it counts as one test.
     if outcome.is_ok() && args.is_empty() {

@@ -1,3 +1,4 @@
+// @ts-check
 // coupons, in JavaScript: the bundled Rust rule `plugins/coupons/` ported
 // to arrow functions over the order, answering exactly as it does (the
 // integration tests run both on examples/ and compare).
@@ -9,6 +10,7 @@
 // (`invalid-coupon`: the order is refused INVALID_COUPON); a malformed
 // `code.*` entry is `bad-config`.
 
+/** @type {import('./types.js').RuleInfo} */
 export const info = {
   name: 'coupons',
   version: '1.0.0',
@@ -18,9 +20,14 @@ export const info = {
 
 const CODE_PREFIX = 'code.';
 
+/** @param {import('./types.js').ApplyErrorCode} code @param {string} message */
 const fail = (code, message) => Object.assign(new Error(message), { code });
 
 /** One config value: `{ percent }` or `{ amount }` (kind case-insensitive, blanks allowed). */
+/**
+ * @param {string} key @param {string} value
+ * @returns {{ percent: number } | { amount: number }}
+ */
 export const parseOffer = (key, value) => {
   const bad = () =>
     fail('bad-config', `${key} must be "percent:<1..=100>" or "amount:<cents>", got ${JSON.stringify(value)}`);
@@ -41,8 +48,10 @@ export const parseOffer = (key, value) => {
  * malformed or ambiguous config is reported whichever code was typed.
  * Returns the code as configured, upper case, and its offer.
  */
+/** @param {string} code @param {[string, string][]} entries */
 export const find = (code, entries) => {
   const wanted = code.toUpperCase();
+  /** @type {string[]} */
   const seen = [];
   let found = null;
   for (const [key, value] of entries) {
@@ -61,6 +70,7 @@ export const find = (code, entries) => {
 };
 
 /** The discount line for the order's coupon; none without a code or with nothing to pay. */
+/** @type {import('./types.js').Apply} */
 export const apply = (order, config, log) => {
   const typed = (order.coupon_code ?? '').trim();
   if (typed === '') {
@@ -72,7 +82,7 @@ export const apply = (order, config, log) => {
   const reasons = [`coupon=${code}`];
   let description;
   let amount;
-  if (offer.percent !== undefined) {
+  if ('percent' in offer) {
     reasons.push(`percent=${offer.percent}`);
     description = `Coupon ${code}: ${offer.percent}%`;
     // Exact for any amount: BigInt, rounded down like the Rust rule.

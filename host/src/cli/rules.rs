@@ -1,5 +1,6 @@
 //! `smartmart rules …`: the rule author's and operator's tools (keys and
-//! signatures, a new rule project, check, run, replay).
+//! signatures, a new rule project and its TypeScript types, test and
+//! watch a project, check, run, replay).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use clap::Subcommand;
 
 use crate::domain::status::Channel;
 use crate::release::replay;
+use crate::rules::project::{self, Project};
 use crate::rules::scaffold::{self, Lang};
 use crate::rules::{Budgets, Channels, ModuleConfig, RuleRuntime, RuntimeOptions, World, runner};
 use crate::store::{PostgresOptions, Store, StoreOptions};
@@ -37,13 +39,50 @@ pub(super) enum RulesCommand {
         #[arg(long, value_parser = parse_world)]
         world: World,
         /// The language: rust (a wit-bindgen crate) or js (arrow functions
-        /// over the order, built with ComponentizeJS; needs Node.js and npm).
+        /// over the order, built with componentize-qjs; needs Node.js and npm).
         #[arg(long, default_value = "rust", value_parser = parse_lang)]
         lang: Lang,
         /// The project folder (created if absent, else it must be empty); default: ./NAME.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Write the TypeScript definitions of a world as a JavaScript rule
+    /// sees it (order, config, log, answer, error codes), generated from the
+    /// WIT package in `--wit` (a project's vendored `wit/`; by default the
+    /// contract this binary implements).
+    Types {
+        /// The world: discount, warehouse or fraud.
+        #[arg(long, value_parser = parse_world)]
+        world: World,
+        /// The folder of the WIT package.
+        #[arg(long)]
+        wit: Option<PathBuf>,
+        /// Write here instead of stdout (e.g. `types.d.ts`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the JavaScript engine a JavaScript rule embeds (QuickJS, from
+    /// the project's componentize-qjs install) without a clock or a random
+    /// hash seed, for `componentize-qjs --runtime`: the same rule source then
+    /// always builds to the same component. The template's `npm run build`
+    /// runs it.
+    JsEngine {
+        /// Where to write the engine (a core WebAssembly module).
+        #[arg(long)]
+        out: PathBuf,
+        /// The project folder, whose node_modules holds componentize-qjs.
+        #[arg(long, default_value = ".")]
+        project: PathBuf,
+    },
+    /// Build a rule project (a folder of `rules new`) with its own build
+    /// command, load the component as the service would, and run it on every
+    /// `examples/NAME.input.json`, comparing with `NAME.expected.json`.
+    /// Exit code 0 when every example matches, 1 otherwise.
+    Test(ProjectArgs),
+    /// `rules test` now and again after every save of a file of the project
+    /// (not its build output, node_modules, target or smartmart-data), until
+    /// stopped with Ctrl-C.
+    Watch(ProjectArgs),
     /// Load a module as the service would and print its world, name,
     /// version, digest and imports.
     Check {
@@ -147,6 +186,9 @@ pub(super) enum RulesCommand {
     },
 }
 
+/// How long `rules watch` lets a burst of saves settle before it rebuilds.
+const WATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `rules replay --help`: where the inputs come from.
 const REPLAY_HELP: &str = "\
 Run a candidate rule on the inputs the active rule at the same place saw in the
@@ -190,6 +232,25 @@ The candidate starts from the replaced rule's manifest config and budgets;
 writer, no migration), so replay runs beside a running service and never
 writes to it; a database of another schema version is refused.";
 
+/// The project `rules test` and `rules watch` work on.
+#[derive(Debug, clap::Args)]
+pub(super) struct ProjectArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// A per-call budget, repeatable, as in the manifest's `budgets`.
+    #[arg(long = "budget", value_parser = parse_key_value)]
+    budgets: Vec<(String, String)>,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+impl ProjectArgs {
+    fn open(&self) -> anyhow::Result<(RuleRuntime, Project, Budgets)> {
+        Ok((self.cache.runtime()?, Project::open(&self.dir)?, budgets_from(&self.budgets)?))
+    }
+}
+
 /// Where compiled modules are cached: the service's own cache, so a module
 /// is compiled once for the tools and the service alike.
 #[derive(Debug, clap::Args)]
@@ -200,9 +261,13 @@ pub(super) struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The runtime of the rule tools: the data dir's cache, and a word on
+    /// stderr while a module is compiled (a first load can take seconds).
     fn runtime(&self) -> anyhow::Result<RuleRuntime> {
         let cache_dir = crate::rules::engine::module_cache_dir(&self.data_dir);
-        RuleRuntime::new(RuntimeOptions { cache_dir: Some(cache_dir), max_instances: 8 })
+        let runtime = RuleRuntime::new(RuntimeOptions { cache_dir: Some(cache_dir), max_instances: 8 })?;
+        runtime.report_compiles(true);
+        Ok(runtime)
     }
 }
 
@@ -281,9 +346,38 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
             println!("next: see {} (build, then `smartmart rules run … --expect`)", dir.join("README.md").display());
             return Ok(ExitCode::SUCCESS);
         }
+        RulesCommand::JsEngine { out, project } => {
+            let engine = crate::rules::js_engine::from_project(project, crate::rules::js_engine::COMPONENTIZE_QJS)?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(out, engine).with_context(|| format!("writing {}", out.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RulesCommand::Types { world, wit, out } => {
+            let text = match wit {
+                Some(dir) => crate::rules::typescript::from_dir(dir, *world)?,
+                None => crate::rules::typescript::from_sources(&scaffold::WIT, *world)?,
+            };
+            match out {
+                Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     match command {
+        RulesCommand::Test(args) => {
+            let (runtime, project, budgets) = args.open()?;
+            let round = project::round(&runtime, &project, budgets)?;
+            Ok(if round.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        RulesCommand::Watch(args) => {
+            let (runtime, project, budgets) = args.open()?;
+            project::watch(&runtime, &project, budgets, WATCH_SETTLE)?;
+            Ok(ExitCode::SUCCESS)
+        }
         RulesCommand::Check { file, world, json, cache } => {
             let runtime = cache.runtime()?;
             let report = runner::check(&runtime, &file, world)?;
@@ -376,7 +470,11 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.candidate_failed() { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
-        RulesCommand::Keygen { .. } | RulesCommand::Sign { .. } | RulesCommand::New { .. } => {
+        RulesCommand::Keygen { .. }
+        | RulesCommand::Sign { .. }
+        | RulesCommand::New { .. }
+        | RulesCommand::Types { .. }
+        | RulesCommand::JsEngine { .. } => {
             unreachable!("handled above")
         }
         RulesCommand::Run { file, input, expect, config, budgets, world, json, cache } => {

@@ -5,6 +5,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -57,6 +58,9 @@ struct RuntimeInner {
     /// Hex digest of the engine's compatibility hash: part of every cache key,
     /// because an artifact compiled under another configuration must not load.
     engine_key: String,
+    /// Whether a compile is announced on stderr (the rule tools), see
+    /// [`RuleRuntime::report_compiles`].
+    report_compiles: AtomicBool,
 }
 
 /// A module file read and compiled, before it is bound to a world.
@@ -85,7 +89,16 @@ impl RuleRuntime {
         if let Some(dir) = &options.cache_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating cache dir {}", dir.display()))?;
         }
-        Ok(RuleRuntime { inner: Arc::new(RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key }) })
+        let report_compiles = AtomicBool::new(false);
+        let inner = RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key, report_compiles };
+        Ok(RuleRuntime { inner: Arc::new(inner) })
+    }
+
+    /// Says on stderr when a module is compiled, and every few seconds while
+    /// it compiles, so that a first `rules check` of a large component is
+    /// not seconds of silence. The service logs compiles instead.
+    pub fn report_compiles(&self, on: bool) {
+        self.inner.report_compiles.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -197,7 +210,7 @@ impl RuleRuntime {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached artifact"),
             }
         }
-        let artifact = engine.precompile_component(bytes)?;
+        let artifact = self.compile_reporting(bytes)?;
         // Write beside, then rename: a crash never leaves a torn artifact.
         let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
         if let Err(e) = std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, &path)) {
@@ -207,6 +220,33 @@ impl RuleRuntime {
         deserialize_fresh_artifact(engine, &artifact)
     }
 }
+
+impl RuleRuntime {
+    /// Compiles `bytes` for this machine, announcing it as configured.
+    fn compile_reporting(&self, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let started = std::time::Instant::now();
+        let size = format!("{:.1} MB", bytes.len() as f64 / 1e6);
+        tracing::info!(size = %size, "compiling a rule module");
+        if !self.inner.report_compiles.load(Ordering::Relaxed) {
+            return Ok(self.inner.engine.precompile_component(bytes)?);
+        }
+        eprintln!("compiling the module ({size}) for this machine: once, the result is cached…");
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let ticker = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(COMPILE_TICK) {
+                eprintln!("  still compiling ({} s)…", started.elapsed().as_secs());
+            }
+        });
+        let artifact = self.inner.engine.precompile_component(bytes);
+        drop(done);
+        let _ = ticker.join();
+        eprintln!("compiled in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(artifact?)
+    }
+}
+
+/// How often a long compile says it is still going.
+const COMPILE_TICK: Duration = Duration::from_secs(3);
 
 /// Loads a compiled artifact from the cache.
 #[allow(unsafe_code)]

@@ -18,6 +18,9 @@
 //! - [`signing`]: ed25519 module signatures;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;
 //! - [`scaffold`]: `smartmart rules new`, a rule project to start from;
+//! - [`js_engine`]: the QuickJS engine a JavaScript rule embeds, without clock or randomness;
+//! - [`typescript`]: a world's TypeScript definitions for JavaScript rules, from `wit/`;
+//! - [`project`]: `smartmart rules test | watch`, a rule project built, checked and run on its examples;
 //! - `bindings` (private): the generated bindings, the only `bindgen!`.
 //!
 //! ## What a rule can make the host hold
@@ -71,10 +74,12 @@ pub(crate) mod canary;
 pub(crate) mod config_hash;
 pub(crate) mod engine;
 pub(crate) mod error;
+pub(crate) mod js_engine;
 pub(crate) mod manifest;
 pub(crate) mod module;
 pub(crate) mod native;
 pub(crate) mod pool;
+pub(crate) mod project;
 pub(crate) mod reload;
 pub(crate) mod ruleset;
 pub(crate) mod runner;
@@ -84,6 +89,7 @@ pub(crate) mod signing;
 mod state;
 pub(crate) mod text;
 pub mod types;
+pub(crate) mod typescript;
 pub(crate) mod world;
 
 pub use budgets::Budgets;

@@ -19,7 +19,8 @@ use super::world::{CONTRACT, World};
 pub enum Lang {
     /// A wit-bindgen crate built with `cargo build --target wasm32-wasip2`.
     Rust,
-    /// Arrow functions over the order, componentized with ComponentizeJS.
+    /// Arrow functions over the order, componentized with componentize-qjs
+    /// (QuickJS).
     Js,
 }
 
@@ -63,7 +64,7 @@ pub enum ScaffoldError {
 }
 
 /// The contract, vendored into every project (`wit/`).
-const WIT: [(&str, &str); 4] = [
+pub(crate) const WIT: [(&str, &str); 4] = [
     ("wit/types.wit", include_str!("../../../wit/types.wit")),
     ("wit/discount.wit", include_str!("../../../wit/discount.wit")),
     ("wit/warehouse.wit", include_str!("../../../wit/warehouse.wit")),
@@ -77,7 +78,7 @@ macro_rules! template {
 }
 
 /// Pinned dependency versions: the example rule's lock file (wit-bindgen
-/// 0.63) and the JavaScript example's (ComponentizeJS), renamed per project,
+/// 0.63) and the JavaScript example's (componentize-qjs), renamed per project,
 /// so that a new project builds with exactly what this repository tests.
 const RUST_LOCK: &str = include_str!("../../../examples/rules/clearance/Cargo.lock");
 const JS_LOCK: &str = include_str!("../../../examples/rules/coupons-js/package-lock.json");
@@ -136,10 +137,17 @@ pub fn render(spec: &NewRule) -> Result<Vec<(String, String)>, ScaffoldError> {
             files.push(("glue.js".into(), glue));
             files.push(("rule.test.js".into(), test));
             files.push(("convert.js".into(), template!("js/convert.js")));
+            files.push(("examples.test.js".into(), template!("js/examples.test.js")));
+            files.push(("jsconfig.json".into(), template!("js/jsconfig.json")));
         }
     }
     let vars = Vars::new(spec);
     let mut out: Vec<(String, String)> = files.into_iter().map(|(path, text)| (path, vars.apply(text))).collect();
+    if spec.lang == Lang::Js {
+        // Generated from the contract vendored above, never written by hand.
+        let types = super::typescript::from_sources(&WIT, world).expect("the embedded contract has every world");
+        out.push(("types.d.ts".into(), types));
+    }
     out.push(match spec.lang {
         Lang::Rust => ("Cargo.lock".into(), rust_lock(&vars.crate_name)),
         Lang::Js => ("package-lock.json".into(), js_lock(&spec.name)),
@@ -276,14 +284,16 @@ mod tests {
         assert!(lock.1.contains("\"name\": \"spring-sale\"") && !lock.1.contains("coupons-js"));
     }
 
-    /// The JavaScript example is a project of this scaffold: its glue and
-    /// conversions are the templates' own, so what the example proves holds
-    /// for every new JavaScript rule.
+    /// The JavaScript example is a project of this scaffold: its glue,
+    /// conversions, example test and types are the templates' own, so what
+    /// the example proves holds for every new JavaScript rule.
     #[test]
     fn the_js_example_runs_the_scaffolds_glue() {
-        let files = render(&spec(World::DiscountRule, Lang::Js)).unwrap();
+        let mut example_spec = spec(World::DiscountRule, Lang::Js);
+        example_spec.name = "coupons-js".into();
+        let files = render(&example_spec).unwrap();
         let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rules/coupons-js"));
-        for name in ["glue.js", "convert.js"] {
+        for name in ["glue.js", "convert.js", "examples.test.js", "jsconfig.json", "types.d.ts"] {
             let rendered = files.iter().find(|(path, _)| path == name).unwrap();
             let committed = std::fs::read_to_string(example.join(name)).unwrap();
             assert_eq!(committed, rendered.1, "examples/rules/coupons-js/{name} differs from the template");

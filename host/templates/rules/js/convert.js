@@ -1,26 +1,40 @@
-// Conversions between the host's values, as ComponentizeJS hands them over
-// (camelCase fields, 64-bit integers as BigInt, enums as lower-case
+// Conversions between the host's values, as componentize-qjs hands them over
+// (camelCase fields, 64-bit integers as Numbers, enums as lower-case
 // strings), and the plain shape rule.js works on: exactly the JSON of
 // examples/*.input.json (snake_case fields, amounts in cents as Numbers,
-// tiers and statuses in upper case). Nothing here is specific to a rule.
+// tiers and statuses in upper case), typed in types.d.ts. Nothing here is
+// specific to a rule.
 
 import { entries } from 'smartmart:rules/config@{{contract_version}}';
 import { emit } from 'smartmart:rules/log@{{contract_version}}';
 
-/** A 64-bit integer from the host as a Number; refuses what a Number cannot hold exactly. */
-export const toNumber = (value, what) => {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n)) throw new RangeError(`${what} = ${value} is beyond JavaScript's exact integers`);
+/**
+ * A 64-bit integer from the host, refused unless exact. The engine hands a
+ * u64/s64 over as a Number, exact up to 2^53 - 1 (90 trillion dollars in
+ * cents). A larger one arrives rounded to a Number of at least 2^53, never a
+ * safe integer, or (a u64 from 2^63 on, converted through an i64) as a
+ * negative number, which no u64 is: either is refused, so a rule sees every
+ * amount exactly or fails the call, never a silently wrong amount.
+ */
+export const toNumber = (value, what, signed = false) => {
+  const n = typeof value === 'bigint' ? Number(value) : value;
+  if (!Number.isSafeInteger(n) || (!signed && n < 0)) {
+    throw new RangeError(`${what} is beyond JavaScript's exact integers (it arrived as ${value}): amounts must stay below 2^53`);
+  }
   return n;
 };
 
-/** A whole number of cents (or units) >= 0 from the rule, as the BigInt the host expects for a u64. */
+/**
+ * A whole number of cents (or units) >= 0 from the rule, for a u64. The
+ * engine would truncate a fraction and clamp a negative number without a
+ * word, so both are refused here, as is anything beyond 2^53 - 1.
+ */
 export const toU64 = (n, what) => {
-  if (typeof n === 'bigint' && n >= 0n) return n;
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw new TypeError(`${what} must be a whole number >= 0 (use Math.floor to round), got ${n}`);
+  const value = typeof n === 'bigint' && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n;
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new TypeError(`${what} must be a whole number >= 0 and < 2^53 (use Math.floor to round), got ${n}`);
   }
-  return BigInt(n);
+  return value;
 };
 
 /** A u32 (quantities, scores) from the rule. */
@@ -46,7 +60,7 @@ export const order = (o) => ({
   payable_cents: toNumber(o.payableCents, 'payable_cents'),
   coupon_code: o.couponCode ?? null,
   ship_to: { lat: o.shipTo.lat, lon: o.shipTo.lon },
-  ordered_at_ms: toNumber(o.orderedAtMs, 'ordered_at_ms'),
+  ordered_at_ms: toNumber(o.orderedAtMs, 'ordered_at_ms', true),
 });
 
 /** The module's configuration from the manifest, as a plain object of strings. */

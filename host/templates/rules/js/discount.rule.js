@@ -1,3 +1,4 @@
+// @ts-check
 // {{name}}: the business rule, as plain functions over the order.
 //
 // `order` is exactly the `order` of examples/order.input.json (snake_case,
@@ -11,16 +12,19 @@
 // mistake (the order is refused) and `fail('bad-config', why)` for a broken
 // configuration; anything else thrown is reported as the rule's failure.
 
+/** @type {import('./types.js').RuleInfo} */
 export const info = {
   name: '{{name}}',
   version: '1.0.0',
   description: '{{description}}',
 };
 
+/** @param {import('./types.js').ApplyErrorCode} code @param {string} message */
 const fail = (code, message) => Object.assign(new Error(message), { code });
 
 const TIERS = ['GOLD', 'SILVER', 'STANDARD'];
 
+/** @param {import('./types.js').Config} config */
 export const settings = (config) => {
   const raw = config.percent ?? '5';
   if (!/^\s*\d{1,3}\s*$/.test(raw) || Number(raw) > 100) {
@@ -31,6 +35,7 @@ export const settings = (config) => {
   return { percent: Number(raw), tier };
 };
 
+/** @type {import('./types.js').Apply} */
 export const apply = (order, config, log) => {
   const { percent, tier } = settings(config);
   const amount = order.customer.tier === tier ? Math.floor((order.payable_cents * percent) / 100) : 0;

@@ -1,3 +1,4 @@
+// @ts-check
 // {{name}}: the business rule, as plain functions over the order.
 //
 // `order` and `payment` are exactly the `order` and `payment` of
@@ -11,14 +12,17 @@
 // score: 0..100, flags, reasons }`. Throw `fail('bad-config', why)` for a
 // broken configuration; anything else thrown is the rule's failure.
 
+/** @type {import('./types.js').RuleInfo} */
 export const info = {
   name: '{{name}}',
   version: '1.0.0',
   description: '{{description}}',
 };
 
+/** @param {import('./types.js').CheckErrorCode} code @param {string} message */
 const fail = (code, message) => Object.assign(new Error(message), { code });
 
+/** @param {import('./types.js').Config} config */
 export const threshold = (config) => {
   const raw = config.threshold_cents ?? '100000';
   if (!/^\s*\d{1,15}\s*$/.test(raw)) {
@@ -27,6 +31,7 @@ export const threshold = (config) => {
   return Number(raw);
 };
 
+/** @type {import('./types.js').Check} */
 export const check = (order, payment, config, log) => {
   const limit = threshold(config);
   const total = order.payable_cents;

@@ -1,3 +1,4 @@
+// @ts-check
 // {{name}}: the business rule, as plain functions over the order.
 //
 // `order` and each of `candidates` are exactly the `order` and `candidates`
@@ -13,26 +14,32 @@
 // (the order is refused OUT_OF_STOCK); `fail('bad-config', why)` for a
 // broken configuration. Anything else thrown is the rule's failure.
 
+/** @type {import('./types.js').RuleInfo} */
 export const info = {
   name: '{{name}}',
   version: '1.0.0',
   description: '{{description}}',
 };
 
+/** @param {import('./types.js').SelectErrorCode} code @param {string} message */
 const fail = (code, message, extra = {}) => Object.assign(new Error(message), { code, ...extra });
 
 /** Units wanted per sku, in the order the skus first appear. */
+/** @param {import('./types.js').CartLine[]} lines */
 export const wanted = (lines) => {
   const units = new Map();
   for (const l of lines) units.set(l.sku, (units.get(l.sku) ?? 0) + l.quantity);
   return units;
 };
 
+/** @type {import('./types.js').Select} */
 export const select = (order, candidates, config, log) => {
   const units = wanted(order.lines);
+  /** @type {(c: import('./types.js').Candidate, sku: string, n: number) => boolean} */
   const has = (c, sku, n) => (c.stock.find((s) => s.sku === sku)?.available ?? 0) >= n;
   const chosen = candidates.find((c) => [...units].every(([sku, n]) => has(c, sku, n)));
   if (!chosen) {
+    /** @param {string} sku */
     const best = (sku) => Math.max(0, ...candidates.map((c) => c.stock.find((s) => s.sku === sku)?.available ?? 0));
     const [sku, requested] = [...units].find(([sku, n]) => best(sku) < n) ?? [...units][0];
     throw fail('cannot-fulfil', 'no single warehouse has every line', { sku, requested, available: best(sku) });

@@ -1,5 +1,5 @@
-// The rule's logic, natively in Node: `npm test`. The component itself is
-// tested with `smartmart rules run … --expect` on examples/ (README).
+// The rule's logic, natively in Node (`npm test` runs it, and
+// examples.test.js runs the component itself on examples/).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
