@@ -6,20 +6,35 @@
 use std::path::Path;
 
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Every certificate of the PEM file `path`, as trusted roots. The error
-/// says why without naming the file: the caller names the setting and the path.
-pub(crate) fn roots_from_pem_file(path: &Path) -> Result<RootCertStore, String> {
+/// Every certificate of the PEM file `path`; at least one. The errors of
+/// these readers say why without naming the file: the caller names the
+/// setting and the path.
+pub(crate) fn certificates_from_pem_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(&pem) {
-        let certificate = certificate.map_err(|e| format!("unreadable PEM: {e}"))?;
-        roots.add(certificate).map_err(|e| format!("not a usable root certificate: {e}"))?;
-    }
-    if roots.is_empty() {
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable PEM: {e}"))?;
+    if certificates.is_empty() {
         return Err("no PEM certificate in it".into());
+    }
+    Ok(certificates)
+}
+
+/// The private key of the PEM file `path` (a client certificate's). The
+/// error says what is wrong with the PEM, never the key.
+pub(crate) fn private_key_from_pem_file(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("no usable PEM private key in it ({e})"))
+}
+
+/// Every certificate of the PEM file `path`, as trusted roots.
+pub(crate) fn roots_from_pem_file(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates_from_pem_file(path)? {
+        roots.add(certificate).map_err(|e| format!("not a usable root certificate: {e}"))?;
     }
     Ok(roots)
 }

@@ -13,13 +13,11 @@
 //! The files are read when the sink is made, so that a missing or unusable
 //! one fails the start, named by its variable.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
 /// The TLS settings of the NATS sink (no secrets: paths only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,8 +93,14 @@ impl NatsTls {
             return Ok(None);
         }
         let roots = match &self.ca_file {
-            Some(path) => pem_roots(path)?,
-            None => system_roots()?,
+            Some(path) => crate::tls::roots_from_pem_file(path)
+                .map_err(|why| anyhow::anyhow!("SMARTMART_NATS_CA_FILE {}: {why}", path.display()))?,
+            None => crate::tls::system_roots().map_err(|why| {
+                anyhow::anyhow!(
+                    "TLS to NATS is required but {why}: set SMARTMART_NATS_CA_FILE to the PEM file of the CA that \
+                     signed the server's certificate"
+                )
+            })?,
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
@@ -106,12 +110,11 @@ impl NatsTls {
         let config = match &self.client_cert {
             None => builder.with_no_client_auth(),
             Some(client) => {
-                let chain = pem_certificates(&client.cert_file, "SMARTMART_NATS_CLIENT_CERT_FILE")?;
-                let key = PrivateKeyDer::from_pem_file(&client.key_file).map_err(|e| {
-                    anyhow::anyhow!(
-                        "SMARTMART_NATS_CLIENT_KEY_FILE {}: no usable PEM private key: {e}",
-                        client.key_file.display()
-                    )
+                let chain = crate::tls::certificates_from_pem_file(&client.cert_file).map_err(|why| {
+                    anyhow::anyhow!("SMARTMART_NATS_CLIENT_CERT_FILE {}: {why}", client.cert_file.display())
+                })?;
+                let key = crate::tls::private_key_from_pem_file(&client.key_file).map_err(|why| {
+                    anyhow::anyhow!("SMARTMART_NATS_CLIENT_KEY_FILE {}: {why}", client.key_file.display())
                 })?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     anyhow::anyhow!(
@@ -127,49 +130,10 @@ impl NatsTls {
     }
 }
 
-/// Every certificate of the PEM file `path`; at least one.
-fn pem_certificates(path: &Path, variable: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let fail = |why: String| anyhow::anyhow!("{variable} {}: {why}", path.display());
-    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("unreadable PEM: {e}")))?;
-    if certificates.is_empty() {
-        return Err(fail("no PEM certificate in it".into()));
-    }
-    Ok(certificates)
-}
-
-/// The roots of `SMARTMART_NATS_CA_FILE`.
-fn pem_roots(path: &Path) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for certificate in pem_certificates(path, "SMARTMART_NATS_CA_FILE")? {
-        roots.add(certificate).map_err(|e| {
-            anyhow::anyhow!("SMARTMART_NATS_CA_FILE {}: not a usable root certificate: {e}", path.display())
-        })?;
-    }
-    Ok(roots)
-}
-
-/// The system's roots; none at all (a bare container) is an error that says
-/// what to set instead.
-fn system_roots() -> anyhow::Result<RootCertStore> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        bail!(
-            "TLS to NATS is required but the system has no root certificates to verify the server with ({}): \
-             set SMARTMART_NATS_CA_FILE to the PEM file of the CA that signed the server's certificate",
-            errors.join("; ")
-        );
-    }
-    Ok(roots)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

@@ -15,13 +15,12 @@
 //! sink names that in its error: an untrusted certificate and one for
 //! another host then read as such in the log.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::anyhow;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
@@ -109,21 +108,11 @@ impl BrokerTls {
 impl ClientCertificate {
     /// The certificate chain and the private key, read; errors name the setting and the file.
     fn read(&self) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-        let read = |setting: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| anyhow!("{setting} {}: cannot read it: {e}", path.display()))
-        };
-        let (cert_setting, key_setting) = ("SMARTMART_KAFKA_CLIENT_CERT_FILE", "SMARTMART_KAFKA_CLIENT_KEY_FILE");
-        let pem = read(cert_setting, &self.cert_file)?;
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("{cert_setting} {}: unreadable PEM: {e}", self.cert_file.display()))?;
-        if chain.is_empty() {
-            return Err(anyhow!("{cert_setting} {}: no PEM certificate in it", self.cert_file.display()));
-        }
-        let pem = read(key_setting, &self.key_file)?;
-        // The error says what is wrong with the PEM, never the key.
-        let key = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|e| anyhow!("{key_setting} {}: no usable PEM private key in it ({e})", self.key_file.display()))?;
+        let (cert, key) = (&self.cert_file, &self.key_file);
+        let chain = crate::tls::certificates_from_pem_file(cert)
+            .map_err(|why| anyhow!("SMARTMART_KAFKA_CLIENT_CERT_FILE {}: {why}", cert.display()))?;
+        let key = crate::tls::private_key_from_pem_file(key)
+            .map_err(|why| anyhow!("SMARTMART_KAFKA_CLIENT_KEY_FILE {}: {why}", key.display()))?;
         Ok((chain, key))
     }
 }
@@ -176,6 +165,8 @@ impl ServerCertVerifier for RememberingVerifier {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
