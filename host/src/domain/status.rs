@@ -204,6 +204,7 @@ text_enum! {
         EmptyCart = "EMPTY_CART",
         UnknownSku = "UNKNOWN_SKU",
         InvalidCoupon = "INVALID_COUPON",
+        QuantityTooLarge = "QUANTITY_TOO_LARGE",
         RuleFailed = "RULE_FAILED",
         DependencyUnavailable = "DEPENDENCY_UNAVAILABLE",
         StageTimeout = "STAGE_TIMEOUT",

@@ -1,10 +1,13 @@
 //! `PUT|GET /v1/carts/{customer_id}`: a customer's cart, resolved against
 //! the catalog.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -14,6 +17,7 @@ use super::json::{ApiJson, ApiPath};
 use super::validate::{MAX_CART_LINES, MAX_QUANTITY, check_id};
 use crate::domain::invoice::InvoiceItem;
 use crate::domain::order::CartLine;
+use crate::domain::status::ErrorCode;
 use crate::pipeline::OrderError;
 use crate::store::StoreError;
 use crate::store::catalog::CartItem;
@@ -22,7 +26,8 @@ use crate::store::catalog::CartItem;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CartBody {
-    /// At most 200 lines; a sku's total quantity over its lines must be 1..=1000000.
+    /// At most 200 lines; a sku's total quantity over its lines must be at
+    /// most 1000000 (422 `QUANTITY_TOO_LARGE` otherwise).
     #[serde(deserialize_with = "super::json::objects")]
     #[schema(max_items = 200)]
     pub items: Vec<CartItemBody>,
@@ -86,6 +91,7 @@ pub async fn put_cart(
         }
         check_id(&format!("items[{i}].sku"), &item.sku)?;
     }
+    check_sku_totals(&body.items)?;
     require_customer(&state, &customer_id).await?;
     let items: Vec<CartItem> =
         body.items.into_iter().map(|item| CartItem { sku: item.sku, quantity: item.quantity }).collect();
@@ -93,10 +99,33 @@ pub async fn put_cart(
         StoreError::NotFound(what) => {
             ApiError::from(OrderError::UnknownSku(what.trim_start_matches("sku ").to_string()))
         }
-        StoreError::Constraint(_) => ApiError::invalid("items: a sku's total quantity must be 1..=1000000"),
+        StoreError::Constraint(_) => {
+            ApiError::invalid(format!("items: a sku's total quantity must be 1..={MAX_QUANTITY}"))
+        }
         other => other.into(),
     })?;
     Ok(Json(view(&state, customer_id, &lines)))
+}
+
+/// A sku may be on several lines; its total is what an order takes, so it
+/// is held to the same limit as one line's quantity. Each line can be
+/// valid by the schema while the sum is not, which no JSON Schema can say:
+/// a 422 (the request is well formed, its content cannot be taken), never
+/// a 400.
+fn check_sku_totals(items: &[CartItemBody]) -> Result<(), ApiError> {
+    let mut totals: HashMap<&str, u64> = HashMap::with_capacity(items.len());
+    for item in items {
+        let total = totals.entry(item.sku.as_str()).or_default();
+        *total += u64::from(item.quantity);
+        if *total > u64::from(MAX_QUANTITY) {
+            return Err(ApiError::with_details(
+                ErrorCode::QuantityTooLarge,
+                format!("items: sku {} totals more than {MAX_QUANTITY} over its lines", item.sku),
+                json!({ "sku": item.sku, "max_quantity": MAX_QUANTITY }),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Read the customer's cart, priced now.

@@ -30,6 +30,13 @@ impl ApiError {
         ApiError { code, message: message.into(), body: None }
     }
 
+    /// An error whose body carries `details`.
+    pub fn with_details(code: ErrorCode, message: impl Into<String>, details: Value) -> ApiError {
+        let message = message.into();
+        let body = json!({ "error": { "code": code, "message": message, "details": details } });
+        ApiError { code, message, body: Some(body) }
+    }
+
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::InvalidRequest, message)
     }

@@ -97,7 +97,7 @@ fn error_description(status: &str) -> Option<&'static str> {
         "409" => "a conflict with the stored state",
         "413" => "`PAYLOAD_TOO_LARGE`: the body is over the configured limit",
         "415" => "`UNSUPPORTED_MEDIA_TYPE`: the body is not `Content-Type: application/json`",
-        "422" => "`EMPTY_CART`, `UNKNOWN_SKU` or `INVALID_COUPON`",
+        "422" => "`EMPTY_CART`, `UNKNOWN_SKU`, `INVALID_COUPON` or `QUANTITY_TOO_LARGE`",
         "503" => "`RULE_FAILED` or `DEPENDENCY_UNAVAILABLE`",
         "504" => "`STAGE_TIMEOUT`: a stage or the whole request outlasted its timeout",
         _ => return None,

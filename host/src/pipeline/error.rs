@@ -208,7 +208,7 @@ pub fn status_of(code: ErrorCode) -> u16 {
         | ErrorCode::Conflict => 409,
         ErrorCode::PayloadTooLarge => 413,
         ErrorCode::UnsupportedMediaType => 415,
-        ErrorCode::EmptyCart | ErrorCode::UnknownSku | ErrorCode::InvalidCoupon => 422,
+        ErrorCode::EmptyCart | ErrorCode::UnknownSku | ErrorCode::InvalidCoupon | ErrorCode::QuantityTooLarge => 422,
         ErrorCode::RuleFailed | ErrorCode::DependencyUnavailable => 503,
         ErrorCode::StageTimeout => 504,
     }
