@@ -249,3 +249,31 @@ async fn with_no_silent_connection_left_the_longest_idle_keep_alive_one_is_shed(
     assert_eq!(shed(&metrics, "no_request"), 0, "{metrics}");
     server.stop().await;
 }
+
+/// A soft descriptor limit below the hard one is raised to it at start, and
+/// the connection budget is derived from the raised limit: a default
+/// `ulimit -Sn` of 1024 does not cap a host allowed far more.
+#[tokio::test]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one_and_the_budget_follows() {
+    const SOFT: u64 = 256;
+    const HARD: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("service.log");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let env = [("RUST_LOG", "warn,smartmart::http::server=info".to_string())];
+    let mut service =
+        Service::spawn_with_descriptor_limits(&dir.path().join("data"), free_port(), &env, &log, (SOFT, HARD));
+    service.wait_ready(&client).await;
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    service.stop();
+    assert!(
+        logged.contains("raised the soft descriptor limit") && logged.contains(&format!("from={SOFT} to={HARD}")),
+        "no line saying the limit was raised from {SOFT} to {HARD}: {logged}"
+    );
+    // HARD less an eighth of it.
+    let budget = HARD - HARD / 8;
+    assert!(
+        logged.contains(&format!("max_connections={budget} descriptor_limit={HARD}")),
+        "the budget was not derived from the raised limit: {logged}"
+    );
+}

@@ -17,8 +17,9 @@ pub struct Service {
     env: Vec<(String, String)>,
     /// Where its standard error goes (inherited when `None`).
     log: Option<PathBuf>,
-    /// Its descriptor limit (`ulimit -n`), when not the test process's.
-    descriptor_limit: Option<u64>,
+    /// Its soft and hard descriptor limits (`ulimit -Sn`, `-Hn`), when not
+    /// the test process's.
+    descriptor_limits: Option<(u64, u64)>,
 }
 
 impl Service {
@@ -43,7 +44,19 @@ impl Service {
         log: &Path,
         descriptor_limit: u64,
     ) -> Service {
-        Service::spawn_full(data_dir, port, env, Some(log), Some(descriptor_limit))
+        Service::spawn_full(data_dir, port, env, Some(log), Some((descriptor_limit, descriptor_limit)))
+    }
+
+    /// Like [`Service::spawn_with_descriptor_limit`], with a soft limit
+    /// below the hard one.
+    pub fn spawn_with_descriptor_limits(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, String)],
+        log: &Path,
+        (soft, hard): (u64, u64),
+    ) -> Service {
+        Service::spawn_full(data_dir, port, env, Some(log), Some((soft, hard)))
     }
 
     fn spawn_full(
@@ -51,7 +64,7 @@ impl Service {
         port: u16,
         env: &[(&str, String)],
         log: Option<&Path>,
-        descriptor_limit: Option<u64>,
+        descriptor_limits: Option<(u64, u64)>,
     ) -> Service {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         let stderr = match log {
@@ -60,13 +73,15 @@ impl Service {
             ),
             None => Stdio::inherit(),
         };
-        let mut command = match descriptor_limit {
+        let mut command = match descriptor_limits {
             // `sh -c SCRIPT $0 $@…`: the service replaces the shell, same pid.
-            Some(limit) => {
+            // The soft limit first: a hard limit below the current soft one
+            // would be refused.
+            Some((soft, hard)) => {
                 let mut shell = Command::new("sh");
                 shell
                     .arg("-c")
-                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(format!("ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""))
                     .arg(env!("CARGO_BIN_EXE_smartmart"));
                 shell
             }
@@ -89,7 +104,7 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("starting smartmart serve");
-        Service { child, port, data_dir: data_dir.to_owned(), env, log: log.map(Path::to_owned), descriptor_limit }
+        Service { child, port, data_dir: data_dir.to_owned(), env, log: log.map(Path::to_owned), descriptor_limits }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -137,7 +152,7 @@ impl Service {
     pub fn restart(&mut self) {
         let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let (data_dir, log) = (self.data_dir.clone(), self.log.clone());
-        *self = Service::spawn_full(&data_dir, self.port, &env, log.as_deref(), self.descriptor_limit);
+        *self = Service::spawn_full(&data_dir, self.port, &env, log.as_deref(), self.descriptor_limits);
     }
 }
 

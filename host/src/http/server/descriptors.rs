@@ -18,6 +18,35 @@ pub(super) fn budget_under(limit: u64) -> usize {
     usize::try_from(limit - reserve).unwrap_or(UNBOUNDED).max(1)
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, as servers do at start
+/// (Go's runtime does it for every program): the soft limit is often 1,024
+/// by default, a few hundred slow clients' worth, while the hard limit an
+/// operator set (systemd's `LimitNOFILE=`, `ulimit -Hn`) is what the host
+/// may really use. An unlimited hard limit leaves the soft one as it is,
+/// so that the connection budget stays a number. Returns the limits before
+/// and after, when it raised them.
+#[cfg(unix)]
+pub(super) fn raise_to_hard_limit() -> Option<(u64, u64)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else { return None };
+    if soft >= hard {
+        return None;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+        Ok(()) => Some((soft, hard)),
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "could not raise the descriptor limit to its hard limit");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub(super) fn raise_to_hard_limit() -> Option<(u64, u64)> {
+    None
+}
+
 /// The soft `RLIMIT_NOFILE`, or `None` when unlimited or unknown.
 #[cfg(unix)]
 pub(super) fn descriptor_limit() -> Option<u64> {

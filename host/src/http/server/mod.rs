@@ -186,8 +186,12 @@ async fn recover_from_accept_error(
 }
 
 /// The connection budget: `configured`, else derived from the descriptor
-/// limit; logged, with a warning when it leaves less than the reserve.
+/// limit (raised to the hard limit first); logged, with a warning when it
+/// leaves less than the reserve.
 fn connection_budget(configured: Option<usize>) -> usize {
+    if let Some((from, to)) = descriptors::raise_to_hard_limit() {
+        tracing::info!(from, to, "raised the soft descriptor limit to the hard limit");
+    }
     let limit = descriptors::descriptor_limit();
     let budget = match (configured, limit) {
         (Some(budget), _) => budget,
