@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::app::{EngineSettings, GatewayChoice, RetentionSettings};
 use crate::domain::status::Channel;
@@ -22,7 +22,7 @@ use crate::payment::{HttpGatewayOptions, RetryPolicy};
 
 /// Settings of `smartmart serve`. Every field may come from the file, the
 /// environment or the command line.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Clone, Default, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     /// Address and port to listen on [default: 127.0.0.1:8080].
@@ -294,8 +294,64 @@ pub struct ServeConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Every setting, secrets redacted: a value whose name says it is a key, a
+/// secret, a password, a token or a seed (paths to such files are shown),
+/// and the password in any URL. Derived from the settings' names rather
+/// than listed, so that a secret added later is redacted too.
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let serde_json::Value::Object(fields) = serde_json::to_value(self).map_err(|_| std::fmt::Error)? else {
+            return Err(std::fmt::Error);
+        };
+        let mut shown = f.debug_struct("ServeConfig");
+        for (name, value) in &fields {
+            match value {
+                serde_json::Value::Null => shown.field(name, &None::<()>),
+                _ if is_secret_setting(name) => shown.field(name, &REDACTED),
+                serde_json::Value::String(text) if text.contains("://") => shown.field(name, &url_redacted(text)),
+                other => shown.field(name, other),
+            };
+        }
+        shown.finish()
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Whether a setting's value is a secret, by its name.
+fn is_secret_setting(name: &str) -> bool {
+    const SECRET_WORDS: [&str; 6] = ["key", "keys", "secret", "password", "token", "seed"];
+    !name.ends_with("_file") && name.split('_').any(|word| SECRET_WORDS.contains(&word))
+}
+
+/// `scheme://user:password@host/…?password=…` with both passwords replaced.
+fn url_redacted(url: &str) -> String {
+    let mut shown = url.to_string();
+    if let Some(scheme_end) = shown.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = shown[authority_start..].find(['/', '?', '#']).map_or(shown.len(), |i| authority_start + i);
+        if let Some(at) = shown[authority_start..authority_end].rfind('@')
+            && let Some(colon) = shown[authority_start..authority_start + at].find(':')
+        {
+            shown.replace_range(authority_start + colon + 1..authority_start + at, REDACTED);
+        }
+    }
+    if let Some(query_start) = shown.find('?') {
+        let (base, query) = shown.split_at(query_start + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_setting(&name.to_ascii_lowercase()) => format!("{name}={REDACTED}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        shown = format!("{base}{}", query.join("&"));
+    }
+    shown
+}
+
 /// How log lines are written (`SMARTMART_LOG_FORMAT`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One line per event, for people.
@@ -327,7 +383,7 @@ impl LogFormat {
 }
 
 /// Whether the NATS sink requires TLS (`SMARTMART_NATS_TLS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NatsTlsMode {
     /// TLS when the server asks for it, or when a CA file, a client
@@ -339,7 +395,7 @@ pub enum NatsTlsMode {
 }
 
 /// Whether the Kafka sink speaks TLS (`SMARTMART_KAFKA_TLS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaTlsMode {
     /// Plaintext; refused together with a CA or client certificate file.
@@ -349,7 +405,7 @@ pub enum KafkaTlsMode {
 }
 
 /// Where events are delivered (`SMARTMART_EVENT_SINK`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSinkKind {
     /// JSON Lines files in `<data dir>/events/`, each event exactly once.
@@ -1016,6 +1072,7 @@ pub fn parse_trusted_keys(text: &str) -> anyhow::Result<Vec<ed25519_dalek::Verif
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     fn keyed() -> ServeConfig {
@@ -1562,6 +1619,52 @@ mod tests {
         let (settings, _) = ServeSettings::resolve(kafka, false).unwrap();
         let text = format!("{settings:?}");
         assert!(text.contains("ScramSha256") && !text.contains("0123456789"), "{text}");
+    }
+
+    #[test]
+    fn debug_shows_every_setting_but_no_secret() {
+        let config = ServeConfig {
+            listen: Some("127.0.0.1:8080".parse().unwrap()),
+            channel_keys: Some("web:channel-key-web-0123456789".into()),
+            admin_key: Some("admin-key-0123456789".into()),
+            identity_secret: Some("identity-secret-0123456789".into()),
+            pseudonym_key: Some("pseudonym-key-0123456789".into()),
+            database_url: Some("postgres://shop:pg-password-1@db.internal:5432/shop?password=pg-password-2".into()),
+            nats_url: Some("nats://events:nats-url-password@nats.internal:4222".into()),
+            nats_password: Some("nats-password-0123".into()),
+            nats_token: Some("nats-token-0123".into()),
+            nats_nkey_seed: Some("SUANATSSEED0123".into()),
+            nats_client_key_file: Some("/etc/smartmart/nats-client.key".into()),
+            kafka_sasl_username: Some("shop".into()),
+            kafka_sasl_password: Some("kafka-password-0123".into()),
+            ..Default::default()
+        };
+        let shown = format!("{config:?}");
+        for secret in [
+            "channel-key-web-0123456789",
+            "admin-key-0123456789",
+            "identity-secret-0123456789",
+            "pseudonym-key-0123456789",
+            "pg-password-1",
+            "pg-password-2",
+            "nats-url-password",
+            "nats-password-0123",
+            "nats-token-0123",
+            "SUANATSSEED0123",
+            "kafka-password-0123",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        for visible in [
+            "127.0.0.1:8080",
+            "postgres://shop:<redacted>@db.internal:5432/shop?password=<redacted>",
+            "nats://events:<redacted>@nats.internal:4222",
+            "/etc/smartmart/nats-client.key",
+            "kafka_sasl_username: String(\"shop\")",
+            "data_dir: None",
+        ] {
+            assert!(shown.contains(visible), "{visible} not shown: {shown}");
+        }
     }
 
     #[test]
