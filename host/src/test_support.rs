@@ -23,6 +23,7 @@ pub use crate::pipeline::experiments::{Arm, ArmCall, ExperimentFigures, Settled}
 /// A customer identity token, as the identity provider would issue it.
 pub use crate::pipeline::validate::mint_token;
 pub use crate::release::welch::{Moments, welch_interval};
+pub use crate::release::wilson::{Rate, wilson_interval};
 /// The sandbox's fixed limits, so that tests sit exactly on them.
 pub use crate::rules::budgets::MAX_OUTPUT_BYTES;
 /// How long the plug-in watcher waits for a directory to settle.

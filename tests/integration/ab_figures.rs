@@ -5,9 +5,12 @@
 //! by (module digest, config hash), kept in the store, survive a restart
 //! and grow from where they were; the confidence interval of the difference
 //! in mean order value is the one Welch's formula gives on the orders'
-//! totals. Through the store API: figures from two stores (two writers) on
-//! one database add up, and figures the store refused are kept and added
-//! later.
+//! totals. Experiments on the warehouse and fraud slots show the figures of
+//! their slot, as the invoices and the escalations list say: stock-outs,
+//! split shipments and distance per selector, escalations per fraud check,
+//! with their intervals. Through the store API: figures from two stores
+//! (two writers) on one database add up, and figures the store refused are
+//! kept and added later.
 
 use std::collections::BTreeMap;
 
@@ -400,4 +403,258 @@ experiment = { name = "gl", variants = [ { name = "off", weight = 1, module = "n
     let set = RuleSet::load(&runtime, plugins.path(), &defaults).expect("loads");
     let picked = set.discount[0].pick("C-1");
     assert_eq!((picked.experiment, picked.variant, picked.rule.is_none()), (Some("gl"), Some("off"), true));
+}
+
+/// Two warehouse selectors (the bundled nearest warehouse, which ships the
+/// whole cart from one warehouse or refuses it, and a test guest that
+/// splits the cart across the nearest warehouses that have it) and two
+/// fraud thresholds (the same check, configured), in one rule set.
+const SLOTS_MANIFEST: &str = r#"
+[warehouse]
+module = "nearest_warehouse.wasm"
+budgets = { time_ms = 10000 }
+experiment = { name = "ship-split", variants = [
+    { name = "nearest", weight = 50 },
+    { name = "split", weight = 50, module = "split_warehouse.wasm" } ] }
+
+[[fraud]]
+module = "high_value.wasm"
+budgets = { time_ms = 10000 }
+experiment = { name = "fraud-threshold", variants = [
+    { name = "control", weight = 50 },
+    { name = "strict", weight = 50, config = { threshold_cents = "15000" } } ] }
+"#;
+
+/// Stocked only in WH-BLR (near the test customers), and only in WH-DEL.
+const NEAR: &str = "ABW-NEAR";
+const FAR: &str = "ABW-FAR";
+const STRICT_THRESHOLD: u64 = 15_000;
+
+/// What the invoices say one warehouse or fraud arm should show.
+#[derive(Debug, Default, Clone)]
+struct SlotExpected {
+    orders: u64,
+    stock_outs: u64,
+    split: u64,
+    /// Each shipped order's distance, weighted by units.
+    distances: Vec<f64>,
+    /// Created orders (those the fraud worker checks) and how many of them
+    /// reach the strict threshold.
+    created: u64,
+    escalations: u64,
+    confirmed: Vec<u64>,
+    payment_failures: u64,
+}
+
+impl SlotExpected {
+    fn distances(&self) -> Moments {
+        Moments {
+            n: self.distances.len() as u64,
+            sum: self.distances.iter().sum(),
+            sum_squares: self.distances.iter().map(|d| d * d).sum(),
+        }
+    }
+}
+
+/// The distance of a shipped order: its allocations' distances, weighted
+/// by the units each ships.
+fn unit_weighted_km(invoice: &Value) -> f64 {
+    let (mut units, mut weighted) = (0.0, 0.0);
+    for a in invoice["allocations"].as_array().expect("allocations") {
+        let n: f64 = a["lines"].as_array().expect("lines").iter().map(|l| l["quantity"].as_f64().expect("qty")).sum();
+        units += n;
+        weighted += n * a["distance_km"].as_f64().expect("a distance");
+    }
+    weighted / units
+}
+
+fn arm_of<'a>(experiments: &'a Value, experiment: &str, name: &str) -> &'a Value {
+    let e = experiments
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|e| e["name"] == experiment)
+        .unwrap_or_else(|| panic!("{experiment} is listed: {experiments}"));
+    e["variants"].as_array().expect("variants").iter().find(|v| v["name"] == name).expect("the variant")
+}
+
+/// A rate and its interval as `wilson_interval` gives them.
+fn check_rate(actual: &Value, successes: u64, trials: u64, what: &str) {
+    let expected = smartmart::test_support::wilson_interval(successes, trials).expect("trials");
+    close(&actual["rate"], expected.rate, what);
+    close(&actual["low"], expected.low, what);
+    close(&actual["high"], expected.high, what);
+    assert_eq!(actual["level"], 0.95, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warehouse_and_fraud_arms_show_the_figures_of_their_slot() {
+    let plugins = PluginDir::new(&[("split_warehouse", "split_warehouse.wasm")], "");
+    std::fs::write(plugins.file("manifest.toml"), SLOTS_MANIFEST).expect("writing the manifest");
+    let data = tempfile::tempdir().expect("a data dir");
+    let service = Service::start(data.path(), plugins.path()).await;
+    for (sku, price, warehouse) in [(NEAR, 10_000, "WH-BLR"), (FAR, 20_000, "WH-DEL")] {
+        service
+            .admin_put(
+                &format!("/v1/admin/products/{sku}"),
+                serde_json::json!({"name": sku, "category": "accessories", "unit_price_cents": price}),
+            )
+            .await;
+        service
+            .admin_put(&format!("/v1/admin/stock/{warehouse}/{sku}"), serde_json::json!({"on_hand": 1_000_000}))
+            .await;
+    }
+    let customers: Vec<String> = (0..16).map(|n| format!("C-SLOT-{n:02}")).collect();
+    for id in &customers {
+        service.customer(id, "STANDARD").await;
+    }
+
+    // Per customer: two units from WH-BLR (every selector ships them from
+    // there: the invoice names the warehouse arm), then either a cart no
+    // single warehouse holds (the nearest selector refuses it, the split one
+    // ships it from WH-BLR and WH-DEL) or one unit from WH-BLR again.
+    let mut warehouse_arm: BTreeMap<String, String> = BTreeMap::new();
+    let mut warehouse: BTreeMap<String, SlotExpected> = BTreeMap::new();
+    // (customer, order id, total, confirmed) of every order created.
+    let mut created: Vec<(String, String, u64, bool)> = Vec::new();
+    for (n, id) in customers.iter().enumerate() {
+        let second: Vec<(&str, u32)> = if n % 2 == 0 { vec![(NEAR, 1), (FAR, 1)] } else { vec![(NEAR, 1)] };
+        let payment = if n % 4 == 2 { "tok_decline" } else { "tok_ok" };
+        for (cart, payment) in [(vec![(NEAR, 2)], "tok_ok"), (second, payment)] {
+            let (status, body) = service.order_answer(id, &cart, payment).await;
+            if status == 409 {
+                assert_eq!(body["error"]["code"], "OUT_OF_STOCK", "{id}: {body}");
+                let arm = warehouse_arm.get(id).expect("the first order named the arm").clone();
+                let e = warehouse.entry(arm).or_default();
+                e.orders += 1;
+                e.stock_outs += 1;
+                continue;
+            }
+            let invoice = if status == 402 { body["order"].clone() } else { body };
+            assert!(status == 201 || status == 402, "{id}: {status} {invoice}");
+            let allocations = invoice["allocations"].as_array().expect("allocations").clone();
+            let arm = allocations[0]["variant"].as_str().expect("the arm on the invoice").to_string();
+            assert!(allocations.iter().all(|a| a["variant"] == arm.as_str()), "{invoice}");
+            assert_eq!(warehouse_arm.entry(id.clone()).or_insert_with(|| arm.clone()), &arm, "the arm sticks");
+            let total = invoice["total_cents"].as_u64().expect("a total");
+            let e = warehouse.entry(arm).or_default();
+            e.orders += 1;
+            e.split += u64::from(allocations.len() > 1);
+            e.distances.push(unit_weighted_km(&invoice));
+            if status == 201 {
+                e.confirmed.push(total);
+            } else {
+                e.payment_failures += 1;
+            }
+            created.push((id.clone(), invoice["order_id"].as_str().expect("an id").to_string(), total, status == 201));
+        }
+    }
+    assert!(warehouse.contains_key("nearest") && warehouse.contains_key("split"), "both arms: {warehouse_arm:?}");
+    assert!(warehouse["split"].split > 0 && warehouse["nearest"].stock_outs > 0, "{warehouse:?}");
+
+    // The fraud checks run after the answers: wait until every created
+    // order was checked (each GET records what is pending first).
+    // (A generous deadline: the tests share two cores.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let experiments = loop {
+        let (status, body) = service.admin_get("/v1/admin/experiments").await;
+        assert_eq!(status, 200, "{body}");
+        let checks: u64 = ["control", "strict"]
+            .iter()
+            .map(|v| arm_of(&body, "fraud-threshold", v)["fraud"]["checks"].as_u64().unwrap_or(0))
+            .sum();
+        if checks == created.len() as u64 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{checks} of {} orders checked: {body}", created.len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+
+    // The warehouse arms: orders, stock-outs, split shipments, distances and
+    // revenue as the invoices say; rates and intervals from those counts.
+    let mut control_distances = None;
+    for name in ["nearest", "split"] {
+        let (v, e) = (arm_of(&experiments, "ship-split", name), &warehouse[name]);
+        assert!(v.get("discount_cents").is_none() && v.get("fired_orders").is_none(), "discount figures only: {v}");
+        assert!(v.get("fraud").is_none(), "{v}");
+        let w = &v["warehouse"];
+        assert_eq!(v["orders"], e.orders, "{name}: {v}");
+        assert_eq!(v["errors"], 0, "{name}: {v}");
+        assert_eq!(w["stock_outs"], e.stock_outs, "{name}: {v}");
+        assert_eq!(w["shipped_orders"], e.distances.len() as u64, "{name}: {v}");
+        assert_eq!(w["split_orders"], e.split, "{name}: {v}");
+        close(&w["mean_distance_km"], e.distances().mean().expect("shipped orders"), name);
+        check_rate(&w["stock_out_rate"], e.stock_outs, e.orders, name);
+        check_rate(&w["split_rate"], e.split, e.distances.len() as u64, name);
+        assert_eq!(v["confirmed_orders"], e.confirmed.len() as u64, "{name}: {v}");
+        assert_eq!(v["revenue_cents"], e.confirmed.iter().sum::<u64>(), "{name}: {v}");
+        assert_eq!(v["payment_failures"], e.payment_failures, "{name}: {v}");
+        // Every order planned at least once, each call timed.
+        assert!(v["rows"][0]["calls"].as_u64() >= Some(e.orders), "{v}");
+        assert!(v["latency_p50_us"].as_f64().is_some_and(|p| p > 0.0), "{v}");
+        assert_eq!(v["rows"][0]["warehouse"]["split_orders"], e.split, "{v}");
+        match control_distances {
+            None => {
+                assert!(w["distance_vs_control"].is_null(), "the control has no interval: {v}");
+                control_distances = Some(e.distances());
+            }
+            Some(control) => {
+                let expected = welch_interval(&control, &e.distances(), 0.95).expect("two shipped orders per arm");
+                close(&w["distance_vs_control"]["difference"], expected.difference, "distance difference");
+                close(&w["distance_vs_control"]["low"], expected.low, "distance low");
+                close(&w["distance_vs_control"]["high"], expected.high, "distance high");
+            }
+        }
+    }
+    // Only the nearest selector refuses a cart no single warehouse holds; only the split one splits.
+    assert_eq!(warehouse["nearest"].split, 0);
+    assert_eq!(warehouse["split"].stock_outs, 0);
+
+    // The fraud arms: each check's own verdict. The escalated orders are
+    // those of the strict arm's customers at or over its threshold; the
+    // arm of a customer is the one whose check escalated their first order
+    // (20,000 cents: over the strict threshold, under the default).
+    let (status, escalated) = service.admin_get("/v1/admin/fraud/escalations?limit=1000").await;
+    assert_eq!(status, 200, "{escalated}");
+    let escalated: Vec<&str> =
+        escalated.as_array().expect("an array").iter().map(|o| o["order_id"].as_str().expect("an id")).collect();
+    let mut fraud: BTreeMap<String, SlotExpected> = BTreeMap::new();
+    let mut fraud_arm: BTreeMap<&str, &str> = BTreeMap::new();
+    for (customer, order_id, total, confirmed) in &created {
+        let arm = *fraud_arm
+            .entry(customer.as_str())
+            .or_insert_with(|| if escalated.contains(&order_id.as_str()) { "strict" } else { "control" });
+        let e = fraud.entry(arm.to_string()).or_default();
+        e.created += 1;
+        let over = arm == "strict" && *total >= STRICT_THRESHOLD;
+        e.escalations += u64::from(over);
+        assert_eq!(escalated.contains(&order_id.as_str()), over, "{order_id} of {customer} ({arm}, {total} cents)");
+        if *confirmed {
+            e.confirmed.push(*total);
+        } else {
+            e.payment_failures += 1;
+        }
+    }
+    assert!(fraud.contains_key("control") && fraud.contains_key("strict"), "both arms: {fraud_arm:?}");
+    for name in ["control", "strict"] {
+        let (v, e) = (arm_of(&experiments, "fraud-threshold", name), &fraud[name]);
+        assert!(v.get("discount_cents").is_none() && v.get("warehouse").is_none(), "{v}");
+        let f = &v["fraud"];
+        assert_eq!((f["checks"].as_u64(), v["orders"].as_u64()), (Some(e.created), Some(e.created)), "{name}: {v}");
+        assert_eq!(f["escalations"], e.escalations, "{name}: {v}");
+        assert_eq!(f["reviews"], 0, "the check never answers REVIEW: {v}");
+        check_rate(&f["escalation_rate"], e.escalations, e.created, name);
+        check_rate(&f["review_rate"], 0, e.created, name);
+        assert_eq!(v["confirmed_orders"], e.confirmed.len() as u64, "{name}: {v}");
+        assert_eq!(v["payment_failures"], e.payment_failures, "{name}: {v}");
+        assert!(v["latency_p50_us"].as_f64().is_some_and(|p| p > 0.0), "{v}");
+        assert_eq!(v["rows"][0]["fraud"]["escalations"], e.escalations, "{v}");
+    }
+    assert_eq!(fraud["control"].escalations, 0, "the default threshold is far above every total");
+
+    for experiment in ["ship-split", "fraud-threshold"] {
+        let listed = experiments.as_array().expect("an array").iter().find(|e| e["name"] == experiment);
+        eprintln!("GET /v1/admin/experiments, {experiment}:\n{:#}", listed.expect("listed"));
+    }
+    service.stop();
 }

@@ -1,11 +1,11 @@
 //! The dashboard at `/admin` in a real browser: Debian's headless Chromium,
 //! driven through its chromedriver (W3C WebDriver: plain JSON over HTTP,
 //! spoken here with reqwest — no browser-automation crate). The test loads
-//! the page from a running `smartmart serve` with orders placed in an
-//! experiment, types a wrong admin key (refused, nothing shown), then the
+//! the page from a running `smartmart serve` with orders placed in a
+//! discount and a fraud experiment, types a wrong admin key (refused, nothing shown), then the
 //! right one, and checks what the page shows against the JSON endpoints:
 //! every loaded rule's digest and config hash, every arm's order count and
-//! digest, the SVG plot, the reload status; that the key is in no storage,
+//! digest, a fraud arm's escalations with their rate, the SVG plot, the reload status; that the key is in no storage,
 //! cookie or URL; and that the page is served under a same-origin-only
 //! Content-Security-Policy. A screenshot is kept in the test's temp dir
 //! (and copied to `$SMARTMART_DASHBOARD_SCREENSHOT` when set: the README's
@@ -189,7 +189,8 @@ return {
     channels: text(r, 'channels'), schedule: text(r, 'schedule') })),
   arms: [...document.querySelectorAll('article.experiment tr.arm')].map((r) => ({
     experiment: r.closest('article').dataset.experiment, variant: r.dataset.variant, digest: r.dataset.digest,
-    orders: text(r, 'orders'), confirmed: text(r, 'confirmed_orders'), vs_control: text(r, 'vs_control') })),
+    orders: text(r, 'orders'), confirmed: text(r, 'confirmed_orders'), vs_control: text(r, 'vs_control'),
+    escalations: text(r, 'escalations') })),
   arm_rows: document.querySelectorAll('article.experiment tr.arm-row').length,
   bars: [...document.querySelectorAll('svg.chart rect.bar')].map((b) => ({ variant: b.dataset.variant, width: Number(b.getAttribute('width')) })),
   shadows: [...document.querySelectorAll('#shadows-body tr[data-candidate]')].map((r) => r.dataset.candidate),
@@ -217,6 +218,18 @@ budgets = { time_ms = 10000 }
 experiment = { name = "bundle", variants = [
     { name = "off", weight = 50, module = "none" },
     { name = "on", weight = 50 } ] }
+
+[warehouse]
+module = "nearest_warehouse.wasm"
+budgets = { time_ms = 10000 }
+
+[[fraud]]
+module = "high_value.wasm"
+fail_mode = "open"
+budgets = { time_ms = 10000 }
+experiment = { name = "fraud-strict", variants = [
+    { name = "control", weight = 50 },
+    { name = "strict", weight = 50, config = { threshold_cents = "5000" } } ] }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +242,9 @@ async fn the_dashboard_in_chromium_shows_what_the_json_endpoints_say() {
         );
     };
 
-    let plugins = PluginDir::new(&[("discount_v2", "bundle_deal.wasm")], MANIFEST);
+    let plugins = PluginDir::new(&[("discount_v2", "bundle_deal.wasm")], "");
+    // The whole manifest: its fraud check is in an experiment too.
+    std::fs::write(plugins.file("manifest.toml"), MANIFEST).expect("writing the manifest");
     plugins.copy_in(&crate::support::bundled_plugins().join("gold_loyalty.wasm"), "gold_candidate.wasm");
     let data = tempfile::tempdir().expect("a data dir");
     let service = Service::start(data.path(), plugins.path()).await;
@@ -260,15 +275,22 @@ async fn the_dashboard_in_chromium_shows_what_the_json_endpoints_say() {
     }
 
     let (_, plugins_json) = service.admin_get("/v1/admin/plugins").await;
-    // Shadow runs are recorded after the answers: wait for them.
+    // Shadow runs and fraud checks are recorded after the answers: wait for them.
     let deadline = Instant::now() + Duration::from_secs(60);
     let experiments_json = loop {
         let (_, experiments) = service.admin_get("/v1/admin/experiments").await;
-        let shadowed = experiments.as_array().is_some_and(|list| list.iter().any(|e| e["kind"] == "shadow"));
-        if shadowed {
+        let list = experiments.as_array().cloned().unwrap_or_default();
+        let shadowed = list.iter().any(|e| e["kind"] == "shadow");
+        let checks: u64 = list
+            .iter()
+            .filter(|e| e["name"] == "fraud-strict")
+            .flat_map(|e| e["variants"].as_array().cloned().unwrap_or_default())
+            .map(|v| v["fraud"]["checks"].as_u64().unwrap_or(0))
+            .sum();
+        if shadowed && checks == 16 {
             break experiments;
         }
-        assert!(Instant::now() < deadline, "no shadow runs recorded: {experiments}");
+        assert!(Instant::now() < deadline, "no shadow runs or fraud checks recorded: {experiments}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
@@ -346,8 +368,29 @@ async fn the_dashboard_in_chromium_shows_what_the_json_endpoints_say() {
         })
         .collect();
     assert_eq!(shown_arms, expected_arms, "{page}");
-    let total_orders: u64 = expected_arms.iter().map(|a| a["orders"].as_str().unwrap().parse::<u64>().unwrap()).sum();
-    assert_eq!(total_orders, 16, "every order counted in one arm: {experiments_json}");
+    for experiment in ["bundle", "fraud-strict"] {
+        let total_orders: u64 = expected_arms
+            .iter()
+            .filter(|a| a["experiment"] == experiment)
+            .map(|a| a["orders"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total_orders, 16, "every order counted in one arm of {experiment}: {experiments_json}");
+    }
+    // A fraud arm shows its escalations with their rate and interval.
+    let fraud = experiments_json.as_array().unwrap().iter().find(|e| e["name"] == "fraud-strict").expect("listed");
+    for v in fraud["variants"].as_array().expect("variants") {
+        let f = &v["fraud"];
+        let pct = |x: &Value| format!("{:.1}", x.as_f64().expect("a number") * 100.0);
+        let r = &f["escalation_rate"];
+        let expected =
+            format!("{} · {} % [{}, {}]", f["escalations"], pct(&r["rate"]), pct(&r["low"]), pct(&r["high"]));
+        let shown = page["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["experiment"] == "fraud-strict" && a["variant"] == v["name"]);
+        assert_eq!(shown.expect("the fraud arm is shown")["escalations"], expected.as_str(), "{page}");
+    }
     assert!(page["arm_rows"].as_u64().is_some_and(|n| n >= 2), "the finer rows are shown: {page}");
     // The plot: a bar per arm per chart, wider for the arm with more orders.
     let bars = page["bars"].as_array().expect("bars");

@@ -323,7 +323,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -867,6 +867,14 @@ async fn arm_figures_only_ever_add_up(t: TestStore) {
             revenue_squares: (revenue as f64).powi(2),
             calls: orders,
             latency_us_sum: 20.0 * orders as f64,
+            // The warehouse and fraud figures (migration 14) add up as well.
+            stock_outs: orders + 1,
+            shipped_orders: orders,
+            split_orders: orders / 2,
+            distance_km_sum: 2.5 * orders as f64,
+            distance_km_squares: 6.25 * orders as f64,
+            escalations: orders + 2,
+            reviews: orders + 3,
             ..ArmFigures::default()
         };
         f.latency_buckets[latency_bucket] = orders;
@@ -889,6 +897,9 @@ async fn arm_figures_only_ever_add_up(t: TestStore) {
     assert_eq!((control.orders, control.discount_cents, control.revenue_cents), (5, 50, 12_000));
     assert_eq!(control.revenue_squares, 5_000f64.powi(2) + 7_000f64.powi(2));
     assert_eq!((control.latency_buckets[1], control.latency_buckets[3]), (2, 3));
+    assert_eq!((control.stock_outs, control.shipped_orders, control.split_orders), (7, 5, 2));
+    assert_eq!((control.distance_km_sum, control.distance_km_squares), (12.5, 31.25));
+    assert_eq!((control.escalations, control.reviews), (9, 11));
     assert_eq!(rows[1].figures.latency_buckets[LATENCY_BOUNDS_US.len() - 1], 1, "the +Inf bucket");
 }
 

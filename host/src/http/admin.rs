@@ -19,9 +19,10 @@ use crate::domain::status::{Channel, ErrorCode, Slot};
 use crate::pipeline::experiments::Arm;
 use crate::pipeline::rule_errors;
 use crate::release::welch::{Difference, Moments, welch_interval};
+use crate::release::wilson::{Rate, wilson_interval};
 use crate::rules::Scope;
 use crate::store::catalog::{Product, StockLevel, Warehouse};
-use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView};
+use crate::store::experiments::{ArmFigures, ArmRow, ArmRowView, WarehouseRowView};
 use crate::store::shadows::ShadowSummary;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -374,7 +375,9 @@ pub async fn get_plugins(State(state): State<AppState>, _admin: Admin) -> Json<P
 /// every order it served, in this process and any other on the database,
 /// since its rows were first written. The first fields keep their meaning
 /// from before the figures were stored; `rows` splits them by module digest
-/// and config hash.
+/// and config hash. Besides the figures of every slot, an arm has those of
+/// its own: `fired_orders` and `discount_cents` on a discount arm,
+/// `warehouse` on a warehouse arm, `fraud` on a fraud arm.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VariantFigures {
     pub name: String,
@@ -384,10 +387,13 @@ pub struct VariantFigures {
     /// `sha256:…` of the module the arm runs now; `none` for an "off" arm.
     pub digest: String,
     pub weight: u32,
-    /// Orders this arm served (its rule ran, failed, or was off).
+    /// Orders this arm served (its rule ran, failed, or was off); a fraud
+    /// arm's are the orders it checked.
     pub orders: u64,
-    pub discount_cents: u64,
-    /// Rule calls that failed.
+    /// Discount arms only: the discount the arm's rule gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount_cents: Option<u64>,
+    /// Rule calls that failed (a warehouse arm: orders it failed).
     pub errors: u64,
     /// Mean time of the arm's rule calls, in µs (0 without calls).
     pub mean_latency_us: f64,
@@ -395,8 +401,10 @@ pub struct VariantFigures {
     pub config_hash: String,
     /// Whether this is an "off" arm (`module = "none"`): the rule is skipped.
     pub off: bool,
-    /// Orders where the rule fired (took a non-zero discount off).
-    pub fired_orders: u64,
+    /// Discount arms only: orders where the rule fired (took a non-zero
+    /// discount off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired_orders: Option<u64>,
     /// Orders that ended CONFIRMED, and the sum of their totals.
     pub confirmed_orders: u64,
     pub revenue_cents: u64,
@@ -411,8 +419,55 @@ pub struct VariantFigures {
     /// 95 % Welch confidence interval, from the stored sums; `null` for the
     /// first arm and while either arm has fewer than two confirmed orders.
     pub vs_control: Option<Difference>,
+    /// Warehouse arms only: where the arm's orders shipped from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<WarehouseArmFigures>,
+    /// Fraud arms only: the arm's verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraud: Option<FraudArmFigures>,
     /// The figures per (module digest, config hash) ever recorded for this arm.
     pub rows: Vec<ArmRowView>,
+}
+
+/// A warehouse arm's shipments: its rates with their 95 % Wilson
+/// intervals, its mean distance with Welch's interval against the control.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WarehouseArmFigures {
+    /// Orders refused OUT_OF_STOCK on this arm's plan.
+    pub stock_outs: u64,
+    /// `stock_outs / orders`; `null` without orders.
+    pub stock_out_rate: Option<Rate>,
+    /// Orders whose plan was held (the order exists).
+    pub shipped_orders: u64,
+    /// Shipped orders allocated from more than one warehouse.
+    pub split_orders: u64,
+    /// `split_orders / shipped_orders`; `null` without shipped orders.
+    pub split_rate: Option<Rate>,
+    /// Mean over the shipped orders of each one's distance (km from the
+    /// ship-to point to its warehouses, weighted by the units each ships);
+    /// `null` without shipped orders.
+    pub mean_distance_km: Option<f64>,
+    /// This arm's mean distance minus the first (control) arm's, with its
+    /// 95 % Welch interval; `null` for the first arm and while either arm
+    /// has fewer than two shipped orders.
+    pub distance_vs_control: Option<Difference>,
+}
+
+/// A fraud arm's verdicts: each check's own (not the order's combined
+/// review), with their rates' 95 % Wilson intervals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FraudArmFigures {
+    /// Orders the arm checked (an "off" arm: orders it skipped).
+    pub checks: u64,
+    /// Checks whose verdict was ESCALATE.
+    pub escalations: u64,
+    /// `escalations / checks`; `null` without checks.
+    pub escalation_rate: Option<Rate>,
+    /// Checks whose verdict was REVIEW (a failed fail-closed check too: it
+    /// puts the order up for review).
+    pub reviews: u64,
+    /// `reviews / checks`; `null` without checks.
+    pub review_rate: Option<Rate>,
 }
 
 /// An A/B experiment (`kind: ab`) or a shadow candidate (`kind: shadow`).
@@ -438,6 +493,50 @@ fn order_values(figures: &ArmFigures) -> Moments {
     Moments { n: figures.confirmed_orders, sum: figures.revenue_cents as f64, sum_squares: figures.revenue_squares }
 }
 
+/// The sample of shipped orders' distances (km) that `figures` sums.
+fn distances(figures: &ArmFigures) -> Moments {
+    Moments { n: figures.shipped_orders, sum: figures.distance_km_sum, sum_squares: figures.distance_km_squares }
+}
+
+/// Welch's interval of `sample` against the control's; the first arm's
+/// sample becomes the control (and has no interval).
+fn against_control(control: &mut Option<Moments>, sample: Moments) -> Option<Difference> {
+    match control {
+        None => {
+            *control = Some(sample);
+            None
+        }
+        Some(first) => welch_interval(first, &sample, 0.95),
+    }
+}
+
+impl WarehouseArmFigures {
+    fn of(total: &ArmFigures, control: &mut Option<Moments>) -> WarehouseArmFigures {
+        let row = WarehouseRowView::of(total);
+        WarehouseArmFigures {
+            stock_outs: total.stock_outs,
+            stock_out_rate: wilson_interval(total.stock_outs, total.orders),
+            shipped_orders: total.shipped_orders,
+            split_orders: total.split_orders,
+            split_rate: wilson_interval(total.split_orders, total.shipped_orders),
+            mean_distance_km: row.mean_distance_km,
+            distance_vs_control: against_control(control, distances(total)),
+        }
+    }
+}
+
+impl FraudArmFigures {
+    fn of(total: &ArmFigures) -> FraudArmFigures {
+        FraudArmFigures {
+            checks: total.orders,
+            escalations: total.escalations,
+            escalation_rate: wilson_interval(total.escalations, total.orders),
+            reviews: total.reviews,
+            review_rate: wilson_interval(total.reviews, total.orders),
+        }
+    }
+}
+
 /// A/B experiments with their stored figures per arm and per (module
 /// digest, config hash), and shadow candidates with their differences from
 /// the active modules.
@@ -459,7 +558,7 @@ pub async fn get_experiments(
     let mut out = Vec::new();
     for (slot, rule) in rules.all() {
         let Some(experiment) = &rule.experiment else { continue };
-        let mut control: Option<Moments> = None;
+        let (mut control, mut distance_control): (Option<Moments>, Option<Moments>) = (None, None);
         let mut variants = Vec::new();
         for v in &experiment.variants {
             let arm = Arm::of(slot, &experiment.name, &v.name, v.rule.as_ref());
@@ -468,13 +567,8 @@ pub async fn get_experiments(
             let mut total = ArmFigures::default();
             rows.iter().for_each(|r| total.add(&r.figures));
             let values = order_values(&total);
-            let vs_control = match control {
-                None => {
-                    control = Some(values);
-                    None
-                }
-                Some(first) => welch_interval(&first, &values, 0.95),
-            };
+            let vs_control = against_control(&mut control, values);
+            let discount = slot == Slot::Discount;
             variants.push(VariantFigures {
                 name: v.name.clone(),
                 module: arm.module,
@@ -482,12 +576,12 @@ pub async fn get_experiments(
                 digest: arm.key.module_digest,
                 weight: v.weight,
                 orders: total.orders,
-                discount_cents: total.discount_cents,
+                discount_cents: discount.then_some(total.discount_cents),
                 errors: total.rule_errors,
                 mean_latency_us: if total.calls == 0 { 0.0 } else { total.latency_us_sum / total.calls as f64 },
                 config_hash: arm.key.config_hash,
                 off: v.rule.is_none(),
-                fired_orders: total.fired_orders,
+                fired_orders: discount.then_some(total.fired_orders),
                 confirmed_orders: total.confirmed_orders,
                 revenue_cents: total.revenue_cents,
                 mean_order_value_cents: values.mean(),
@@ -495,7 +589,9 @@ pub async fn get_experiments(
                 latency_p50_us: total.latency_quantile_us(0.5),
                 latency_p99_us: total.latency_quantile_us(0.99),
                 vs_control,
-                rows: rows.iter().map(|r| ArmRowView::of(&r.key, &r.figures)).collect(),
+                warehouse: (slot == Slot::Warehouse).then(|| WarehouseArmFigures::of(&total, &mut distance_control)),
+                fraud: (slot == Slot::Fraud).then(|| FraudArmFigures::of(&total)),
+                rows: rows.iter().map(|r| ArmRowView::of(slot, &r.key, &r.figures)).collect(),
             });
         }
         out.push(ExperimentAnswer {

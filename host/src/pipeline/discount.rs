@@ -46,10 +46,7 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
     let scope = OrderScope::of(&order.channel, order.ordered_at_ms);
     for slot_rule in rules.discounts_for(scope) {
         let picked = slot_rule.pick(&order.customer.id);
-        let arm = match (picked.experiment, picked.variant) {
-            (Some(experiment), Some(variant)) => Some(Arm::of(Slot::Discount, experiment, variant, picked.rule)),
-            _ => None,
-        };
+        let arm = Arm::picked(Slot::Discount, &picked);
         let started = std::time::Instant::now();
         let answered = books
             .canaries

@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
 use super::canary::{Answered, Canaries};
+use super::experiments::{Arm, ExperimentFigures, FraudCall, Settled};
 use super::rule_errors::{Handling, RuleErrors};
 use super::rule_io::{order_context, payment_summary};
 use super::shadow::{self, ShadowJob};
 use crate::domain::invoice::Invoice;
-use crate::domain::status::Slot;
+use crate::domain::status::{OrderStatus, Slot};
 use crate::events::envelope::fraud_envelope;
 use crate::rules::types::FraudAction;
 use crate::rules::{FailMode, OrderScope, RuleError, RuleSet};
@@ -38,13 +39,17 @@ pub async fn review_pending(pipeline: &Pipeline) -> Result<usize, StoreError> {
         let rules = pipeline.rules.load_full();
         let canaries = pipeline.canaries.clone();
         let rule_errors = pipeline.rule_errors.clone();
+        let figures = pipeline.experiments.clone();
         // One hop to a rule thread for the whole batch, one store command
         // for its verdicts (and one for its shadow runs).
         let (verdicts, shadows) = crate::rules::run_blocking(move || {
             let mut shadows = Vec::new();
             let verdicts = waiting
                 .into_iter()
-                .map(|waiting| verdict(&rules, &canaries, &rule_errors, waiting, &mut shadows))
+                .map(|waiting| {
+                    let books = Books { canaries: &canaries, rule_errors: &rule_errors, experiments: &figures };
+                    verdict(&rules, &books, waiting, &mut shadows)
+                })
                 .collect::<Vec<_>>();
             (verdicts, shadows)
         })
@@ -108,17 +113,21 @@ impl FraudReview {
     }
 }
 
+/// Where the fraud checks' per-call bookkeeping goes.
+pub struct Books<'a> {
+    /// Canary calls (and their fallback to the stable version).
+    pub canaries: &'a Canaries,
+    /// Where a fail-open check's failure is recorded for operators.
+    pub rule_errors: &'a RuleErrors,
+    /// The verdicts of the checks' A/B arms.
+    pub experiments: &'a ExperimentFigures,
+}
+
 /// The verdict on one waiting order, with its completed fraud events.
-fn verdict(
-    rules: &RuleSet,
-    canaries: &Canaries,
-    rule_errors: &RuleErrors,
-    waiting: AwaitingReview,
-    shadows: &mut Vec<ShadowRun>,
-) -> Verdict {
+fn verdict(rules: &RuleSet, books: &Books<'_>, waiting: AwaitingReview, shadows: &mut Vec<ShadowRun>) -> Verdict {
     let order = &waiting.order;
     let review = match order.invoice.as_deref().map(serde_json::from_str::<Invoice>) {
-        Some(Ok(invoice)) => review(rules, &invoice, canaries, rule_errors, shadows),
+        Some(Ok(invoice)) => review(rules, &invoice, books, shadows),
         _ => FraudReview::of_unreadable_order(),
     };
     let action = review.action.as_str().to_string();
@@ -143,13 +152,9 @@ fn verdict(
 /// on the same order; its run is added to `shadows`. In a `fraud_review`
 /// span: an exported trace of its own per order (the review comes after the
 /// answer, outside the request's trace), with the checks' rule spans in it.
-pub fn review(
-    rules: &RuleSet,
-    invoice: &Invoice,
-    canaries: &Canaries,
-    rule_errors: &RuleErrors,
-    shadows: &mut Vec<ShadowRun>,
-) -> FraudReview {
+/// Each check of an A/B arm counts its own verdict in its arm's figures.
+pub fn review(rules: &RuleSet, invoice: &Invoice, books: &Books<'_>, shadows: &mut Vec<ShadowRun>) -> FraudReview {
+    let Books { canaries, rule_errors, experiments } = books;
     let _span = tracing::debug_span!("fraud_review", order_id = invoice.order_id.as_str()).entered();
     let context = order_context(invoice);
     let payment = payment_summary(invoice);
@@ -157,15 +162,45 @@ pub fn review(
     let mut flags: Vec<String> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     let mut skipped: Vec<SkippedCheck> = Vec::new();
+    // How the order ended, for the figures of the arms that check it.
+    let outcome = match invoice.status {
+        OrderStatus::Confirmed => Some(Settled::Confirmed { total_cents: invoice.total_cents }),
+        OrderStatus::PaymentFailed => Some(Settled::PaymentFailed),
+        _ => None,
+    };
     // The checks of the order's channel, inside their window at its start
     // (the invoice's `created_at`).
     for rule in rules.fraud_checks_for(OrderScope::of(&context.channel, context.ordered_at_ms)) {
         let picked = rule.pick(&context.customer.id);
+        let arm = Arm::picked(Slot::Fraud, &picked);
+        let started = std::time::Instant::now();
         let answered =
             canaries.call(Slot::Fraud, rule, &picked, &context.order_id, |r| r.check_fraud(&context, &payment));
+        let latency_us = started.elapsed().as_secs_f64() * 1e6;
         // An "off" arm of an experiment, or a new check's canary that did not
         // serve the order: this check is skipped for it.
-        let Some(Answered { answer, served, .. }) = answered else { continue };
+        let Some(Answered { answer, served, .. }) = answered else {
+            if let Some(arm) = &arm {
+                experiments.fraud_check(arm, FraudCall::default(), outcome);
+            }
+            continue;
+        };
+        // The arm's figures: the check's own verdict (a failure of a
+        // fail-closed check puts the order up for review, as below).
+        if let Some(arm) = &arm {
+            let call = match &answer {
+                Ok(called) => {
+                    FraudCall { action: Some(called.value.action), failed: false, latency_us: Some(latency_us) }
+                }
+                Err(RuleError::Refused { .. }) => FraudCall { latency_us: Some(latency_us), ..FraudCall::default() },
+                Err(RuleError::Failed { .. }) => FraudCall {
+                    action: (rule.fail_mode == FailMode::Closed).then_some(FraudAction::Review),
+                    failed: true,
+                    latency_us: Some(latency_us),
+                },
+            };
+            experiments.fraud_check(arm, call, outcome);
+        }
         if let Some(candidate) = &rule.shadow {
             let job = ShadowJob::Fraud {
                 active: served.clone(),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::canary::{Answered, Canaries};
+use super::experiments::{Arm, ExperimentFigures};
 use super::shadow::ShadowJob;
 use super::validate::unavailable;
 use super::{OrderError, Stage};
@@ -58,20 +59,29 @@ pub struct Held {
     pub invoice: Invoice,
 }
 
+/// Where the warehouse leg's per-call bookkeeping goes.
+#[derive(Clone)]
+pub struct Books {
+    /// Canary calls (and their fallback to the stable version).
+    pub canaries: Arc<Canaries>,
+    /// The timed calls of the selector's A/B arm.
+    pub experiments: Arc<ExperimentFigures>,
+}
+
 /// Plans the order's shipment from `stocked` (warehouses holding its skus,
 /// with what each has available). Writes nothing.
 pub async fn plan(
     rules: &Arc<RuleSet>,
-    canaries: &Arc<Canaries>,
+    books: &Books,
     order: &Arc<OrderContext>,
     stocked: &[StockedWarehouse],
 ) -> Result<Planned, OrderError> {
     let requested = Arc::new(requested_quantities(order));
     let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-    let (rules_now, order_now, canaries_now, offered, wanted) =
-        (rules.clone(), order.clone(), canaries.clone(), candidates.clone(), requested.clone());
+    let (rules_now, order_now, books_now, offered, wanted) =
+        (rules.clone(), order.clone(), books.clone(), candidates.clone(), requested.clone());
     let (plan, served, canary) =
-        run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &canaries_now)).await?;
+        run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &books_now)).await?;
     let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
         slot: Slot::Warehouse,
         module: Box::new((**served.identity()).clone()),
@@ -89,7 +99,7 @@ pub async fn plan(
 pub async fn hold(
     store: &Store,
     rules: &Arc<RuleSet>,
-    canaries: &Arc<Canaries>,
+    books: &Books,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
     mut planned: Planned,
@@ -123,7 +133,7 @@ pub async fn hold(
             ReserveOutcome::Shortfall { warehouse_id, sku } if attempt < MAX_PLAN_ATTEMPTS => {
                 tracing::debug!(%warehouse_id, %sku, "stock moved while planning; planning again");
                 let stocked = store.stocked_warehouses(&skus).await.map_err(|e| unavailable(Stage::Inventory, e))?;
-                planned = plan(rules, canaries, order, &stocked).await?;
+                planned = plan(rules, books, order, &stocked).await?;
             }
             ReserveOutcome::Shortfall { .. } => break,
             ReserveOutcome::KeyTaken => return Err(OrderError::IdempotencyInProgress),
@@ -160,18 +170,20 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
 /// Asks the selector (a running canary first, for its share) for a plan;
 /// returns it with the rule that made it (and the canary's name, if it was
 /// the canary). A canary's plan that would not hold is the canary's
-/// failure: the stable selector plans instead.
+/// failure: the stable selector plans instead. The call of an A/B arm is
+/// timed in its figures (every call: an order planned again is timed again).
 fn select(
     rules: &RuleSet,
     order: &OrderContext,
     candidates: &[Candidate],
     requested: &BTreeMap<String, u64>,
-    canaries: &Canaries,
+    books: &Books,
 ) -> Result<(Plan, Rule, Option<String>), OrderError> {
     let slot = &rules.warehouse;
     let picked = slot.pick(&order.customer.id);
     let canary = picked.canary.map(|c| &c.rule);
-    let answered = canaries.call(Slot::Warehouse, slot, &picked, &order.order_id, |rule| {
+    let started = std::time::Instant::now();
+    let answered = books.canaries.call(Slot::Warehouse, slot, &picked, &order.order_id, |rule| {
         let called = rule.select_warehouses(order, candidates)?;
         if canary.is_some_and(|c| std::ptr::eq(c, rule))
             && let Err(why) = validate_plan(&called.value, requested, candidates)
@@ -181,6 +193,9 @@ fn select(
         }
         Ok::<Called<Plan>, RuleError>(called)
     });
+    if let Some(arm) = Arm::picked(Slot::Warehouse, &picked) {
+        books.experiments.rule_timed(&arm, started.elapsed().as_secs_f64() * 1e6);
+    }
     // The warehouse slot always has a stable selector and no "off" arm
     // (both refused at load), so some rule always answers.
     let Some(Answered { answer, served, canary }) = answered else {

@@ -58,7 +58,7 @@ use crate::domain::geo::GeoPoint;
 use crate::domain::invoice::{
     Invoice, InvoiceAllocation, InvoiceCustomer, InvoiceDiscount, InvoiceItem, InvoicePayment, SkippedRule, Timings,
 };
-use crate::domain::status::{OrderStatus, PaymentStatus};
+use crate::domain::status::{OrderStatus, PaymentStatus, Slot};
 use crate::events::envelope;
 use crate::metrics::Metrics;
 use crate::payment::{PaymentGateway, RetryPolicy};
@@ -68,7 +68,7 @@ use crate::store::catalog::OrderSnapshot;
 use crate::store::orders::KeyClaim;
 use crate::store::{Store, StoreError};
 use canary::Canaries;
-use experiments::ExperimentFigures;
+use experiments::{Arm, ExperimentFigures, Shipment};
 
 /// Delays injected before stages, for failure drills and the latency
 /// benchmark. Zero (the default) in production.
@@ -268,6 +268,19 @@ impl Pipeline {
     #[tracing::instrument(name = "order", level = "error", skip_all,
         fields(order_id = tracing::field::Empty, channel = %request.channel))]
     async fn run_order(&self, request: OrderRequest) -> Result<Placed, OrderError> {
+        // The warehouse arm is known once the order reaches stage 3; where
+        // the order shipped from (or why not) only once it has ended.
+        let mut warehouse_arm = None;
+        let result = self.run_stages(request, &mut warehouse_arm).await;
+        if let Some(arm) = warehouse_arm {
+            self.experiments.shipment(&arm, shipment_of(&result));
+        }
+        result
+    }
+
+    /// The stages of [`Pipeline::run_order`]; sets `warehouse_arm` to the
+    /// selector's A/B arm, if the order reaches stage 3 and has one.
+    async fn run_stages(&self, request: OrderRequest, warehouse_arm: &mut Option<Arm>) -> Result<Placed, OrderError> {
         let started = Instant::now();
         let config = &self.config;
         // The rule set this order runs on, whatever is reloaded meanwhile,
@@ -326,6 +339,10 @@ impl Pipeline {
             ordered_at_ms: started_ms,
         });
 
+        *warehouse_arm = Arm::picked(Slot::Warehouse, &rules.warehouse.pick(&context.customer.id));
+        let inventory_books =
+            inventory::Books { canaries: self.canaries.clone(), experiments: self.experiments.clone() };
+
         // Stage 3: both legs at once, each one hop to a rule thread. Neither
         // writes: a failed leg leaves nothing to undo. Once both have
         // succeeded, phase 1 holds the stock with the payment intent. The
@@ -334,7 +351,7 @@ impl Pipeline {
         let inventory_leg = within(Stage::Inventory, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.inventory_delay).await;
-            inventory::plan(&rules, &self.canaries, &context, &stocked).await.map(|p| (p, leg_started))
+            inventory::plan(&rules, &inventory_books, &context, &stocked).await.map(|p| (p, leg_started))
         })
         .instrument(inventory_span.clone());
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
@@ -361,7 +378,9 @@ impl Pipeline {
         // The discount leg's error first: a refused coupon is the client's to fix.
         let (discounts, discount_ms) = discounted?;
         let (planned, inventory_started) = planned?;
-        let discount::Discounts { lines, total_cents, skipped, mut shadows, arms } = discounts;
+        let discount::Discounts { lines, total_cents, skipped, mut shadows, mut arms } = discounts;
+        // How the order ends counts for the selector's arm too.
+        arms.extend(warehouse_arm.clone());
         let figures = DiscountFigures { lines, total_cents, skipped };
         timings.discount = discount_ms;
 
@@ -394,7 +413,7 @@ impl Pipeline {
         let held = within(
             Stage::Inventory,
             config.stage_timeout,
-            inventory::hold(&self.store, &rules, &self.canaries, &context, &keys, planned, &intent_for),
+            inventory::hold(&self.store, &rules, &inventory_books, &context, &keys, planned, &intent_for),
         )
         .instrument(inventory_span)
         .await;
@@ -531,6 +550,17 @@ impl Pipeline {
             // Left PENDING: the janitor retries the release (see recovery).
             tracing::error!(order_id, error = %e, "could not release the order's stock; the janitor will");
         }
+    }
+}
+
+/// Where an order that ended as `result` shipped from, for its warehouse arm.
+fn shipment_of(result: &Result<Placed, OrderError>) -> Shipment {
+    match result {
+        Ok(placed) => Shipment::of(&placed.invoice.allocations),
+        Err(OrderError::PaymentFailed { order, .. }) => Shipment::of(&order.allocations),
+        Err(OrderError::OutOfStock { .. }) => Shipment::StockOut,
+        Err(OrderError::RuleFailed { slot: Slot::Warehouse, .. }) => Shipment::RuleFailed,
+        Err(_) => Shipment::NotShipped,
     }
 }
 

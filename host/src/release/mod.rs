@@ -10,9 +10,11 @@
 //! - [`rollouts`]: canary promotion and the hooks of every reload (stored
 //!   states restored, the gate, the history of reloads);
 //! - [`welch`]: the confidence interval of a difference in means, for the
-//!   A/B figures.
+//!   A/B figures;
+//! - [`wilson`]: the confidence interval of a rate, for the A/B figures.
 
 pub(crate) mod gate;
 pub(crate) mod replay;
 pub(crate) mod rollouts;
 pub(crate) mod welch;
+pub(crate) mod wilson;

@@ -8,11 +8,14 @@
 //! processes writing to one database (replicas on a shared store, or one
 //! service after another) add up instead of overwriting each other. What
 //! the CI of a difference in mean order value needs is kept as sums (count,
-//! sum and sum of squares of the confirmed orders' totals), and latency as
+//! sum and sum of squares of the confirmed orders' totals; the same for the
+//! warehouse arms' shipping distance), and latency as
 //! counts per fixed bucket ([`LATENCY_BOUNDS_US`]), so that rows merge by
 //! addition and percentiles are read from merged buckets.
 
 use serde::Serialize;
+
+use crate::domain::status::Slot;
 
 /// Upper bounds (inclusive, µs) of the rule-latency buckets; the last one
 /// is +Inf, stored as `i64::MAX`. Fixed: changing them needs a migration.
@@ -77,6 +80,22 @@ pub struct ArmFigures {
     pub latency_us_sum: f64,
     /// Calls per bucket of [`LATENCY_BOUNDS_US`] (not cumulative).
     pub latency_buckets: [u64; LATENCY_BOUNDS_US.len()],
+    /// Warehouse arms: orders refused OUT_OF_STOCK on this arm's plan.
+    pub stock_outs: u64,
+    /// Warehouse arms: orders whose plan was held (the order exists), the
+    /// sample of the distance sums below.
+    pub shipped_orders: u64,
+    /// Warehouse arms: shipped orders allocated from more than one warehouse.
+    pub split_orders: u64,
+    /// Warehouse arms: sum, and sum of squares, of each shipped order's
+    /// distance (km from its ship-to point to the warehouses it ships
+    /// from, weighted by the units each ships).
+    pub distance_km_sum: f64,
+    pub distance_km_squares: f64,
+    /// Fraud arms: checks whose verdict was ESCALATE, and REVIEW (`orders`
+    /// counts the checks run).
+    pub escalations: u64,
+    pub reviews: u64,
 }
 
 impl ArmFigures {
@@ -100,6 +119,13 @@ impl ArmFigures {
         for (mine, theirs) in self.latency_buckets.iter_mut().zip(other.latency_buckets) {
             *mine += theirs;
         }
+        self.stock_outs += other.stock_outs;
+        self.shipped_orders += other.shipped_orders;
+        self.split_orders += other.split_orders;
+        self.distance_km_sum += other.distance_km_sum;
+        self.distance_km_squares += other.distance_km_squares;
+        self.escalations += other.escalations;
+        self.reviews += other.reviews;
     }
 
     /// Counts one rule call of `latency_us` in its bucket and the sums.
@@ -146,7 +172,9 @@ pub struct ArmRow {
 }
 
 /// What `GET /v1/admin/experiments` shows of a row: its figures with the
-/// percentiles and the mean order value read from the sums.
+/// percentiles and the means read from the sums; the figures of its slot
+/// only (`fired_orders` and `discount_cents` on a discount arm's rows,
+/// `warehouse` on a warehouse arm's, `fraud` on a fraud arm's).
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ArmRowView {
     /// `sha256:…` of the module, or `none` for an "off" arm.
@@ -155,9 +183,14 @@ pub struct ArmRowView {
     pub config_hash: String,
     pub module: String,
     pub version: String,
+    /// Orders this arm served (a fraud arm: orders it checked).
     pub orders: u64,
-    pub fired_orders: u64,
-    pub discount_cents: u64,
+    /// Discount arms only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired_orders: Option<u64>,
+    /// Discount arms only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount_cents: Option<u64>,
     pub confirmed_orders: u64,
     /// Sum of the confirmed orders' totals.
     pub revenue_cents: u64,
@@ -170,18 +203,59 @@ pub struct ArmRowView {
     /// Rule latency percentiles from the stored buckets; `null` without calls.
     pub latency_p50_us: Option<f64>,
     pub latency_p99_us: Option<f64>,
+    /// Warehouse arms only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<WarehouseRowView>,
+    /// Fraud arms only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraud: Option<FraudRowView>,
+}
+
+/// A warehouse arm row's shipments.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct WarehouseRowView {
+    /// Orders refused OUT_OF_STOCK on this arm's plan.
+    pub stock_outs: u64,
+    /// Orders whose plan was held (the order exists).
+    pub shipped_orders: u64,
+    /// Shipped orders allocated from more than one warehouse.
+    pub split_orders: u64,
+    /// Mean over the shipped orders of each one's distance (km from the
+    /// ship-to point to its warehouses, weighted by the units each ships);
+    /// `null` without shipped orders.
+    pub mean_distance_km: Option<f64>,
+}
+
+/// A fraud arm row's verdicts (each check's own, not the order's combined review).
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct FraudRowView {
+    pub escalations: u64,
+    pub reviews: u64,
+}
+
+impl WarehouseRowView {
+    pub fn of(f: &ArmFigures) -> WarehouseRowView {
+        WarehouseRowView {
+            stock_outs: f.stock_outs,
+            shipped_orders: f.shipped_orders,
+            split_orders: f.split_orders,
+            mean_distance_km: (f.shipped_orders > 0).then(|| f.distance_km_sum / f.shipped_orders as f64),
+        }
+    }
 }
 
 impl ArmRowView {
-    pub fn of(key: &ArmKey, f: &ArmFigures) -> ArmRowView {
+    /// The row `key` of an arm of the `slot` slot.
+    pub fn of(slot: Slot, key: &ArmKey, f: &ArmFigures) -> ArmRowView {
+        let discount = slot == Slot::Discount;
         ArmRowView {
             module_digest: key.module_digest.clone(),
             config_hash: key.config_hash.clone(),
             module: f.module.clone(),
             version: f.version.clone(),
             orders: f.orders,
-            fired_orders: f.fired_orders,
-            discount_cents: f.discount_cents,
+            fired_orders: discount.then_some(f.fired_orders),
+            discount_cents: discount.then_some(f.discount_cents),
             confirmed_orders: f.confirmed_orders,
             revenue_cents: f.revenue_cents,
             mean_order_value_cents: (f.confirmed_orders > 0)
@@ -191,6 +265,8 @@ impl ArmRowView {
             calls: f.calls,
             latency_p50_us: f.latency_quantile_us(0.5),
             latency_p99_us: f.latency_quantile_us(0.99),
+            warehouse: (slot == Slot::Warehouse).then(|| WarehouseRowView::of(f)),
+            fraud: (slot == Slot::Fraud).then_some(FraudRowView { escalations: f.escalations, reviews: f.reviews }),
         }
     }
 }

@@ -118,6 +118,16 @@ impl PluginService {
     /// Fills `customer`'s cart and places the order with `payment_token`:
     /// the status and the invoice (for a 402, the failed order's).
     pub async fn order(&self, customer: &str, items: &[(&str, u32)], payment_token: &str) -> (u16, Value) {
+        let (status, body) = self.order_answer(customer, items, payment_token).await;
+        match status {
+            201 => (status, body),
+            402 => (status, body["order"].clone()),
+            _ => panic!("order of {customer}: {status} {body}"),
+        }
+    }
+
+    /// Like [`PluginService::order`], whatever the answer: its status and body.
+    pub async fn order_answer(&self, customer: &str, items: &[(&str, u32)], payment_token: &str) -> (u16, Value) {
         let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
         let answer = self
             .client
@@ -141,11 +151,7 @@ impl PluginService {
             .expect("POST order");
         let status = answer.status().as_u16();
         let body: Value = answer.json().await.expect("a JSON answer");
-        match status {
-            201 => (status, body),
-            402 => (status, body["order"].clone()),
-            _ => panic!("order of {customer}: {status} {body}"),
-        }
+        (status, body)
     }
 
     /// SIGTERM, then waits for the process to exit (0: a clean stop).

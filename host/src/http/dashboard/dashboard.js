@@ -117,16 +117,61 @@ function barChart(title, variants, value, format) {
   return chart;
 }
 
+// A rate with its 95 % interval, e.g. "12.5 % [4.2, 31.0]".
+const pct = (x) => (x * 100).toFixed(1);
+const rate = (r) => (r ? `${pct(r.rate)} % [${pct(r.low)}, ${pct(r.high)}]` : '–');
+const counted = (count, r) => (count === null || count === undefined ? '–' : num(count) + (r ? ' · ' + rate(r) : ''));
+const interval = (d, format) => (d ? `${format(d.difference)} [${format(d.low)}, ${format(d.high)}]` : '–');
+const km = (value) => dec(value, 1);
+
+// The columns of each slot's figures: [heading, data-field, the arm's
+// cell text, the finer row's cell text]. A discount arm shows what it gave,
+// a warehouse arm where its orders shipped from, a fraud arm its verdicts.
+const SLOT_COLUMNS = {
+  discount: [
+    ['Fired', 'fired_orders', (v) => num(v.fired_orders), (r) => num(r.fired_orders)],
+    ['Discount', 'discount_cents', (v) => money(v.discount_cents), (r) => money(r.discount_cents)],
+  ],
+  warehouse: [
+    ['Stock-outs (rate, 95 % CI)', 'stock_outs', (v) => counted(v.warehouse.stock_outs, v.warehouse.stock_out_rate), (r) => num(r.warehouse.stock_outs)],
+    ['Shipped', 'shipped_orders', (v) => num(v.warehouse.shipped_orders), (r) => num(r.warehouse.shipped_orders)],
+    ['Split (rate, 95 % CI)', 'split_orders', (v) => counted(v.warehouse.split_orders, v.warehouse.split_rate), (r) => num(r.warehouse.split_orders)],
+    ['Mean km', 'mean_distance_km', (v) => km(v.warehouse.mean_distance_km), (r) => km(r.warehouse.mean_distance_km)],
+    ['Δ km (95 % CI)', 'distance_vs_control', (v) => interval(v.warehouse.distance_vs_control, km), () => ''],
+  ],
+  fraud: [
+    ['Escalations (rate, 95 % CI)', 'escalations', (v) => counted(v.fraud.escalations, v.fraud.escalation_rate), (r) => num(r.fraud.escalations)],
+    ['Reviews (rate, 95 % CI)', 'reviews', (v) => counted(v.fraud.reviews, v.fraud.review_rate), (r) => num(r.fraud.reviews)],
+  ],
+};
+
+// The charts of each slot: [title, the arm's figure, its format].
+const SLOT_CHARTS = {
+  discount: [
+    ['Mean order value', (v) => v.mean_order_value_cents, money],
+    ['Discount given', (v) => v.discount_cents, money],
+  ],
+  warehouse: [
+    ['Stock-out rate %', (v) => (v.warehouse.stock_out_rate ? v.warehouse.stock_out_rate.rate * 100 : null), km],
+    ['Split shipments %', (v) => (v.warehouse.split_rate ? v.warehouse.split_rate.rate * 100 : null), km],
+    ['Mean distance km', (v) => v.warehouse.mean_distance_km, km],
+  ],
+  fraud: [
+    ['Escalation rate %', (v) => (v.fraud.escalation_rate ? v.fraud.escalation_rate.rate * 100 : null), km],
+    ['Review rate %', (v) => (v.fraud.review_rate ? v.fraud.review_rate.rate * 100 : null), km],
+  ],
+};
+
 function renderExperiment(experiment) {
-  const box = el('article', { class: 'experiment', 'data-experiment': experiment.name });
+  const box = el('article', { class: 'experiment', 'data-experiment': experiment.name, 'data-slot': experiment.slot });
   box.append(el('h3', {}, experiment.name + ' ', el('span', { class: 'slot' }, experiment.slot)));
-  const head = el('tr', {}, ...['Arm', 'Module', 'Digest', 'Config hash', 'Weight', 'Orders', 'Fired', 'Discount', 'Confirmed',
-    'Revenue', 'Mean order', 'Δ mean (95 % CI)', 'Payment failures', 'Rule errors', 'p50 µs', 'p99 µs'].map((h) => el('th', {}, h)));
+  const columns = SLOT_COLUMNS[experiment.slot] || [];
+  const head = el('tr', {}, ...['Arm', 'Module', 'Digest', 'Config hash', 'Weight', experiment.slot === 'fraud' ? 'Checks' : 'Orders']
+    .concat(columns.map((c) => c[0]))
+    .concat(['Confirmed', 'Revenue', 'Mean order', 'Δ mean (95 % CI)', 'Payment failures', 'Rule errors', 'p50 µs', 'p99 µs'])
+    .map((h) => el('th', {}, h)));
   const body = el('tbody');
   for (const v of experiment.variants) {
-    const ci = v.vs_control
-      ? `${money(v.vs_control.difference)} [${money(v.vs_control.low)}, ${money(v.vs_control.high)}]`
-      : '–';
     body.append(
       el(
         'tr',
@@ -137,12 +182,11 @@ function renderExperiment(experiment) {
         cell('config_hash', short(v.config_hash), v.config_hash),
         cell('weight', num(v.weight)),
         cell('orders', num(v.orders)),
-        cell('fired_orders', num(v.fired_orders)),
-        cell('discount_cents', money(v.discount_cents)),
+        ...columns.map(([, field, arm]) => cell(field, arm(v))),
         cell('confirmed_orders', num(v.confirmed_orders)),
         cell('revenue_cents', money(v.revenue_cents)),
         cell('mean_order_value', money(v.mean_order_value_cents)),
-        cell('vs_control', ci),
+        cell('vs_control', interval(v.vs_control, money)),
         cell('payment_failures', num(v.payment_failures)),
         cell('errors', num(v.errors)),
         cell('latency_p50_us', dec(v.latency_p50_us, 0)),
@@ -160,8 +204,7 @@ function renderExperiment(experiment) {
           cell('config_hash', short(r.config_hash), r.config_hash),
           cell('weight', ''),
           cell('orders', num(r.orders)),
-          cell('fired_orders', num(r.fired_orders)),
-          cell('discount_cents', money(r.discount_cents)),
+          ...columns.map(([, field, , row]) => cell(field, row(r))),
           cell('confirmed_orders', num(r.confirmed_orders)),
           cell('revenue_cents', money(r.revenue_cents)),
           cell('mean_order_value', money(r.mean_order_value_cents)),
@@ -177,9 +220,8 @@ function renderExperiment(experiment) {
   box.append(el('table', {}, el('thead', {}, head), body));
   const charts = el('div', { class: 'charts' });
   charts.append(
-    barChart('Orders', experiment.variants, (v) => v.orders, num),
-    barChart('Mean order value', experiment.variants, (v) => v.mean_order_value_cents, money),
-    barChart('Discount given', experiment.variants, (v) => v.discount_cents, money),
+    barChart(experiment.slot === 'fraud' ? 'Checks' : 'Orders', experiment.variants, (v) => v.orders, num),
+    ...(SLOT_CHARTS[experiment.slot] || []).map(([title, value, format]) => barChart(title, experiment.variants, value, format)),
   );
   box.append(charts);
   return box;

@@ -15,8 +15,10 @@ pub fn add_arm_figures(conn: &Connection, deltas: &[(ArmKey, ArmFigures)]) -> Re
     let mut upsert = conn.prepare_cached(
         "INSERT INTO experiment_arms (experiment, variant, module_digest, config_hash, slot, module, version,
              orders, fired_orders, discount_cents, confirmed_orders, revenue_cents, revenue_squares,
-             payment_failures, rule_errors, calls, latency_us_sum, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+             payment_failures, rule_errors, calls, latency_us_sum, stock_outs, shipped_orders, split_orders,
+                 distance_km_sum, distance_km_squares, escalations, reviews, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                 ?22, ?23, ?24, ?25)
          ON CONFLICT (experiment, variant, module_digest, config_hash) DO UPDATE SET
              slot = excluded.slot, module = excluded.module, version = excluded.version,
              orders = experiment_arms.orders + excluded.orders,
@@ -29,6 +31,13 @@ pub fn add_arm_figures(conn: &Connection, deltas: &[(ArmKey, ArmFigures)]) -> Re
              rule_errors = experiment_arms.rule_errors + excluded.rule_errors,
              calls = experiment_arms.calls + excluded.calls,
              latency_us_sum = experiment_arms.latency_us_sum + excluded.latency_us_sum,
+             stock_outs = experiment_arms.stock_outs + excluded.stock_outs,
+             shipped_orders = experiment_arms.shipped_orders + excluded.shipped_orders,
+             split_orders = experiment_arms.split_orders + excluded.split_orders,
+             distance_km_sum = experiment_arms.distance_km_sum + excluded.distance_km_sum,
+             distance_km_squares = experiment_arms.distance_km_squares + excluded.distance_km_squares,
+             escalations = experiment_arms.escalations + excluded.escalations,
+             reviews = experiment_arms.reviews + excluded.reviews,
              updated_at_ms = excluded.updated_at_ms",
     )?;
     let mut bucket = conn.prepare_cached(
@@ -58,6 +67,13 @@ pub fn add_arm_figures(conn: &Connection, deltas: &[(ArmKey, ArmFigures)]) -> Re
             int(f.rule_errors),
             int(f.calls),
             f.latency_us_sum,
+            int(f.stock_outs),
+            int(f.shipped_orders),
+            int(f.split_orders),
+            f.distance_km_sum,
+            f.distance_km_squares,
+            int(f.escalations),
+            int(f.reviews),
             now
         ])?;
         for (le, &calls) in LATENCY_BOUNDS_US.iter().zip(&f.latency_buckets) {
@@ -82,7 +98,8 @@ pub fn arm_rows(conn: &Connection) -> Result<Vec<ArmRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT experiment, variant, module_digest, config_hash, slot, module, version,
                 orders, fired_orders, discount_cents, confirmed_orders, revenue_cents, revenue_squares,
-                payment_failures, rule_errors, calls, latency_us_sum
+                payment_failures, rule_errors, calls, latency_us_sum, stock_outs, shipped_orders, split_orders,
+                distance_km_sum, distance_km_squares, escalations, reviews
          FROM experiment_arms",
     )?;
     let count = |r: &rusqlite::Row<'_>, i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
@@ -104,6 +121,13 @@ pub fn arm_rows(conn: &Connection) -> Result<Vec<ArmRow>, StoreError> {
             calls: count(r, 15)?,
             latency_us_sum: r.get(16)?,
             latency_buckets: Default::default(),
+            stock_outs: count(r, 17)?,
+            shipped_orders: count(r, 18)?,
+            split_orders: count(r, 19)?,
+            distance_km_sum: r.get(20)?,
+            distance_km_squares: r.get(21)?,
+            escalations: count(r, 22)?,
+            reviews: count(r, 23)?,
         };
         Ok((key, figures))
     })?;

@@ -320,6 +320,21 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     CREATE INDEX orders_escalated ON orders (id) WHERE fraud_action = 'ESCALATE';
     DROP INDEX outbox_by_order;
     "#,
+    // 14: A/B figures of the warehouse and fraud slots, on the same rows
+    // (see store::experiments): a warehouse arm's stock-outs, shipped and
+    // split orders and the sums of its shipped orders' distances; a fraud
+    // arm's escalations and reviews. Only columns added, each 0 on the rows
+    // written before (discount rows never count them). Self-contained: it
+    // only adds these columns, whatever migration comes before it.
+    r#"
+    ALTER TABLE experiment_arms ADD COLUMN stock_outs BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN shipped_orders BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN split_orders BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN distance_km_sum DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN distance_km_squares DOUBLE PRECISION NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN escalations BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE experiment_arms ADD COLUMN reviews BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary
