@@ -320,6 +320,15 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     CREATE INDEX orders_escalated ON orders (id) WHERE fraud_action = 'ESCALATE';
     DROP INDEX outbox_by_order;
     "#,
+    // 14: what each order's warehouse selector saw (`selector_input`: the
+    // candidate warehouses with their stock of the order's skus, compact
+    // JSON, at most 4 KiB, else its length; see `pipeline::selector_input`),
+    // so that selectors can be replayed on real orders. On the order's row,
+    // written by phase 1 with the order: no table, no statement, no index
+    // of its own. Orders placed before keep none.
+    r#"
+    ALTER TABLE orders ADD COLUMN selector_input TEXT;
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary
