@@ -36,8 +36,7 @@ impl Guest for Rule {
         let mut allocations: Vec<Allocation> = Vec::new();
         for line in &order.lines {
             let holds = |c: &&Candidate| c.stock.iter().any(|s| s.sku == line.sku && s.available >= line.quantity);
-            let Some(from) = candidates.iter().filter(holds).min_by(|a, b| distance(a).total_cmp(&distance(b)))
-            else {
+            let Some(from) = candidates.iter().filter(holds).min_by(|a, b| distance(a).total_cmp(&distance(b))) else {
                 return Err(SelectError::CannotFulfil(Shortfall {
                     sku: line.sku.clone(),
                     requested: line.quantity,
