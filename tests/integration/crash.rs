@@ -307,6 +307,7 @@ async fn reconciliation_sees_orders_touched_in_the_same_second() {
         holds: vec![Hold { warehouse_id: "WH-BLR".into(), sku: "TV-55-OLED".into(), quantity: 1 }],
         claim: None,
         intent: None,
+        selector_input: None,
     };
     let outcome = t.engine.store().reserve(order).await.unwrap();
     assert_eq!(outcome, ReserveOutcome::Reserved);

@@ -250,6 +250,7 @@ async fn an_interrupted_key_is_in_progress_until_recovery_then_answers_the_final
             holds: vec![Hold { warehouse_id: "WH-BLR".into(), sku: "HDMI-2M".into(), quantity: 1 }],
             claim: Some(claim),
             intent: None,
+            selector_input: None,
         })
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! `smartmart rules replay`: the real binary on a data dir whose orders were
 //! placed through the engine with the bundled rules, while that engine still
-//! runs.
+//! runs: discount rules, a fraud check and warehouse selectors.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -232,6 +232,28 @@ async fn replay_compares_candidates_on_the_stored_orders_of_a_running_engine_wit
     // The other orders: 10 % for GOLD, as gold-loyalty granted.
     assert_eq!(report["summary"]["same"], 4, "{report:#}");
 
+    // (c2) Warehouse selectors, on the candidates each order saw (kept with
+    // it): the bundled selector plans what every order holds; the selector
+    // that allocates one unit too many of a line of quantity ≥ 5 breaks the
+    // bulk orders, named, its plan refused as the service refuses it.
+    let nearest = bundled_plugins().join("nearest_warehouse.wasm");
+    let out = replay(&dir, &[path_str(&nearest), "--last", "10", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(report["slot"], "warehouse", "{report:#}");
+    assert_eq!((&report["summary"]["replayed"], &report["summary"]["same"]), (&6.into(), &6.into()), "{report:#}");
+    let selector = wasm("hostile_selector");
+    let out = replay(&dir, &[path_str(&selector), "--replace", "nearest_warehouse", "--last", "10"]).await;
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    let printed = text(&out.stdout);
+    for id in &bulk {
+        let line =
+            printed.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("{id} in:\n{printed}"));
+        assert!(line.contains("FAILED invalid_plan: ") && line.contains(" allocated, "), "{line}");
+    }
+    assert!(printed.contains(&format!("failed on: {}", newest_first.join(", "))), "{printed}");
+    assert!(printed.contains("6 orders, 6 replayed"), "{printed}");
+
     // A new rule at position 2 (between gold-loyalty and coupons): its input
     // is what gold-loyalty left, its active result 0. coupons.wasm without
     // its codes configured refuses every coupon: those orders are refused,
@@ -291,11 +313,8 @@ fn replay_refuses_bad_input_with_a_clear_error() {
     assert!(err.contains("--last 0"), "{err}");
 
     let warehouse = plugins.join("nearest_warehouse.wasm");
-    let err = run(&[path_str(&warehouse), "--last", "5"]);
-    assert!(
-        err.contains("warehouse selector cannot be replayed") && err.contains("stock levels at order time"),
-        "{err}"
-    );
+    let err = run(&[path_str(&warehouse), "--slot-position", "1", "--last", "5"]);
+    assert!(err.contains("holds one selector"), "{err}");
 
     let err = run(&[path_str(&gold), "--replace", "no_such_rule.wasm", "--last", "5"]);
     assert!(err.contains("no_such_rule.wasm") && err.contains("gold_loyalty.wasm, coupons.wasm"), "{err}");

@@ -153,6 +153,37 @@ async fn a_trapping_module_dropped_in_is_refused_by_the_replay_gate_naming_the_e
     assert!(engine.rules().discount[1].shadow.is_none(), "the shadow never runs");
 }
 
+/// A warehouse selector whose plan breaks a stored order (one unit too many
+/// of a line of quantity 5: a plan the host refuses) is refused by the
+/// replay gate on that order, run on the candidates the order saw; the
+/// selector that planned it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_that_breaks_a_stored_order_is_refused_by_the_replay_gate_and_the_old_one_keeps_serving() {
+    let plugins = PluginDir::new(&[], LOYALTY);
+    let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
+    let engine = &server.engine;
+    let serving = || engine.rules().warehouse.module.as_ref().expect("a stable selector").identity().digest.clone();
+    let nearest = serving();
+    order_on(engine.pipeline(), "C-1001", &[("TV-55-OLED", 1), ("HDMI-2M", 2)]).await.expect("a two-line order");
+    let bulk_order = order_on(engine.pipeline(), "C-1002", &[("HDMI-2M", 5)]).await.expect("a bulk order");
+    let bulk_order = bulk_order.invoice.order_id.clone();
+
+    let before = reload_status(engine);
+    plugins.replace("nearest_warehouse.wasm", &guest_bytes("hostile_selector"));
+    let status = wait_for_refusal(engine, before.refused).await;
+    let error = status.errors.last().expect("the refusal is recorded").clone();
+    assert_eq!(error.entry.as_deref(), Some("warehouse nearest_warehouse.wasm / rule"), "{error:?}");
+    assert_eq!(error.order_id.as_deref(), Some(bulk_order.as_str()), "{error:?}");
+    assert!(error.error.contains("replay gate") && error.error.contains("invalid_plan"), "{error:?}");
+    assert!(error.error.contains("6 of HDMI-2M allocated, 5 ordered"), "{error:?}");
+
+    // The last good selector serves: a bulk order ships exactly what it ordered.
+    assert_eq!(serving(), nearest);
+    let placed = order_on(engine.pipeline(), "C-1002", &[("HDMI-2M", 5)]).await.expect("a bulk order after");
+    let shipped: u32 = placed.invoice.allocations.iter().flat_map(|a| &a.lines).map(|l| l.quantity).sum();
+    assert_eq!(shipped, 5);
+}
+
 // ---------------------------------------------------------------------------
 // Canary: automatic rollback
 // ---------------------------------------------------------------------------

@@ -199,6 +199,7 @@ on_both_backends!(
     the_sandbox_ledger_charges_a_key_once,
     shadow_runs_are_summed,
     settled_orders_and_escalations_newest_first,
+    an_order_keeps_what_its_selector_saw,
     two_hundred_buyers_never_oversell_ten_units,
     twenty_racers_on_one_key_make_one_order,
     a_read_only_store_never_writes,
@@ -265,6 +266,7 @@ fn new_order(order_id: &str, customer_id: &str, holds: Vec<Hold>, key: Option<&s
         holds,
         claim: key.map(|k| KeyClaim { channel: "web".into(), key: k.into(), request_hash: format!("hash-{k}") }),
         intent: None,
+        selector_input: None,
     }
 }
 
@@ -323,7 +325,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 14;
+const SCHEMA_VERSION: i64 = 15;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -740,6 +742,30 @@ async fn settled_orders_and_escalations_newest_first(t: TestStore) {
     assert_eq!(of_web.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["o2", "o1"]);
     assert!(t.store.recent_settled_orders_of(10, &[Channel::Mobile, Channel::Partner]).unwrap().is_empty());
     assert!(t.store.escalations(10).await.unwrap().is_empty());
+}
+
+/// Phase 1 keeps the selector's input on the order's row, beside its holds
+/// (schema version 15), and replay reads both back.
+async fn an_order_keeps_what_its_selector_saw(t: TestStore) {
+    seed(&t.store).await;
+    let input = r#"[["W1","Warehouse W1",41.0,-73.0,[["A",10],["B",3]]],["W2","Warehouse W2",41.0,-73.0,[["A",5]]]]"#;
+    let order = NewOrder {
+        intent: Some(intent("o1", "{\"draft\":true}".into(), "pay_o1", 4500, "tok")),
+        selector_input: Some(input.into()),
+        ..new_order("o1", "c1", vec![hold("W1", "A", 2), hold("W1", "B", 1)], Some("o1"))
+    };
+    assert_eq!(t.store.reserve(order).await.unwrap(), ReserveOutcome::Reserved);
+    assert_eq!(t.number("SELECT length(selector_input) FROM orders WHERE id = 'o1'").await, input.len() as i64);
+    t.store.settle(settlement("o1", "c1", OrderStatus::Confirmed)).await.unwrap();
+    place(&t.store, "o2", "c1", vec![hold("W2", "A", 1)], OrderStatus::Confirmed).await;
+    let recent = t.store.recent_settled_orders(2).unwrap();
+    let kept: Vec<_> =
+        recent.iter().map(|o| (o.id.as_str(), o.holds.as_deref(), o.selector_input.as_deref())).collect();
+    assert_eq!(
+        kept,
+        [("o2", Some(r#"[["W2","A",1]]"#), None), ("o1", Some(r#"[["W1","A",2],["W1","B",1]]"#), Some(input))],
+        "an order placed without one keeps none"
+    );
 }
 
 async fn two_hundred_buyers_never_oversell_ten_units(t: TestStore) {

@@ -199,10 +199,11 @@ p99, max against its budgets). Exit code 0 when the candidate answered on
 every order, 2 when it failed (trap, budget, error) on any, 1 when the replay
 could not run (a malformed command line exits 2, as for every command).
 
-Where the inputs come from: nothing extra is stored per order. Each settled
-order's stored invoice (CONFIRMED and PAYMENT_FAILED orders) is turned back into
-the order the rules saw, as the fraud worker does for its checks; no personal
-data beyond what the order holds is involved.
+Where the inputs come from: each settled order's stored invoice (CONFIRMED and
+PAYMENT_FAILED orders) is turned back into the order the rules saw, as the
+fraud worker does for its checks, and a warehouse selector's candidates are the
+ones its order was offered, kept with the order; no personal data beyond what
+the order holds is involved.
 
 - Discount rules stack, each on what is left to pay. The candidate's input is
   the order with payable_cents = subtotal minus the invoice's discount lines
@@ -217,8 +218,15 @@ data beyond what the order holds is involved.
   since) are listed as skipped.
 - Fraud checks run on the order as the fraud worker rebuilds it; the active
   result is the stored fraud review (all checks combined).
-- Warehouse selectors are refused: they choose by the stock levels at order
-  time, which the store does not keep.
+- A warehouse selector takes the place of the manifest's selector (--replace
+  or neither) and sees the order and the candidate warehouses with the stock
+  its order was offered (kept with each order since schema version 14, up to
+  4096 bytes). Its plan is checked as the service checks it: a plan the
+  service would refuse (a warehouse not offered, more than its stock, not
+  every ordered unit exactly once) FAILS the order, as a trap or an error
+  does; a valid plan is compared with what the order holds (same or DIFFERS,
+  not a failure); cannot-fulfil is a refusal of the order. Orders with no
+  kept input (older, or over the bound) are skipped, saying why.
 
 Sales channels: a rule limited to channels (`channels = [\"mobile\"]` in the
 manifest) ran on their orders only, so replacing it replays the last N orders
@@ -423,9 +431,6 @@ pub(super) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
             let runtime = cache.runtime()?;
             // Which world it implements decides the slot, hence its base config.
             let world = runner::load(&runtime, &file, None, ModuleConfig::new(), Budgets::default())?.identity().world;
-            if world == World::WarehouseSelector {
-                return Err(replay::refuse_warehouse().context(format!("{}", file.display())));
-            }
             let manifest = crate::rules::manifest::Manifest::read(&plugins_dir)?;
             let asked = (!channels.is_empty()).then(|| Channels::of(&channels));
             let target = replay::resolve(&manifest, world, &place, asked)?;

@@ -117,6 +117,8 @@ pub async fn hold(
             holds: std::mem::take(&mut planned.holds),
             claim: keys.claim.cloned(),
             intent: Some(intent),
+            // What this plan's selector saw: the order's replay input.
+            selector_input: Some(super::selector_input::encode(&planned.candidates)),
         };
         match store.reserve(new_order).await.map_err(|e| unavailable(Stage::Inventory, e))? {
             ReserveOutcome::Reserved => {
@@ -146,7 +148,8 @@ pub async fn hold(
     Err(OrderError::OutOfStock { requested: requested.get(&sku).copied().unwrap_or(0), sku, available })
 }
 
-fn requested_quantities(order: &OrderContext) -> BTreeMap<String, u64> {
+/// Units ordered per sku (lines of one sku added up).
+pub(crate) fn requested_quantities(order: &OrderContext) -> BTreeMap<String, u64> {
     let mut requested = BTreeMap::new();
     for line in &order.lines {
         *requested.entry(line.sku.clone()).or_insert(0) += u64::from(line.quantity);
@@ -229,8 +232,9 @@ fn select(
 }
 
 /// The plan must allocate every requested unit exactly once, from offered
-/// warehouses, within what each offered. Returns the holds to make.
-fn validate_plan(
+/// warehouses, within what each offered. Returns the holds to make. Also
+/// what a replayed selector's plan is checked by (`release::replay`).
+pub(crate) fn validate_plan(
     plan: &Plan,
     requested: &BTreeMap<String, u64>,
     candidates: &[Candidate],

@@ -17,6 +17,7 @@
 //! - [`shadow`]: shadow candidates of every slot, run after the answer;
 //! - [`rule_io`]: the order as rules see it, capped discount lines, call outcomes (a leaf,
 //!   shared with the release tooling of `crate::release`, which the saga never calls);
+//! - [`selector_input`]: what an order's warehouse selector saw, kept with the order for replay;
 //! - [`rule_errors`]: the operators' list of recent rule failures (`error_id` → cause);
 //! - [`error`]: every way an order can fail, and the API's error table.
 //!
@@ -37,6 +38,7 @@ pub(crate) mod placed;
 pub(crate) mod recovery;
 pub(crate) mod rule_errors;
 pub(crate) mod rule_io;
+pub(crate) mod selector_input;
 pub(crate) mod shadow;
 pub(crate) mod validate;
 

@@ -8,9 +8,9 @@
 //!   scheduled for next week has no orders of its own yet), replayed the
 //!   way `smartmart rules replay` does ([`super::replay`]: inputs rebuilt
 //!   from the stored invoices, at the rule's place in the stack the orders
-//!   ran on);
-//!   warehouse selectors cannot be replayed (the stock each order saw is not
-//!   kept), so only their examples gate them;
+//!   ran on; a warehouse selector on the candidates each order saw, kept with
+//!   the order, its plan checked as the pipeline checks it: a plan the host
+//!   would refuse fails, a different valid plan does not);
 //! - every example the plug-in directory supplies for its module:
 //!   `examples/<module stem>/*.json` next to the manifest, each in the input
 //!   format of `smartmart rules run` ([`RunInput`]: the `order`, plus
@@ -114,7 +114,6 @@ pub fn check(store: &Store, last_orders: usize, previous: &RuleSet, next: &RuleS
     for p in &fresh {
         let Rule::Wasm(module) = p.rule else { continue };
         if let Some(manifest) = manifest
-            && p.world != World::WarehouseSelector
             && last_orders > 0
         {
             let orders = match orders_of.entry(p.channels) {

@@ -3,9 +3,10 @@
 //! the active rule answered.
 //!
 //! The inputs are rebuilt from each settled order's stored invoice, the way
-//! the fraud worker rebuilds an order for its checks ([`order_context`]):
-//! nothing is written per order for replay, and nothing beyond what the
-//! order holds is involved.
+//! the fraud worker rebuilds an order for its checks ([`order_context`]),
+//! and, for a warehouse selector, from the candidates it saw, kept on the
+//! order's row ([`selector_input`]); nothing beyond what the order holds is
+//! involved.
 //!
 //! - **Discount.** The rules stack: each sees what is left to pay after the
 //!   ones before it. The input at a place of the stack is the order with
@@ -21,8 +22,20 @@
 //!   when the customer pays less with the candidate.
 //! - **Fraud.** Every check sees the same order; the active result is the
 //!   stored `fraud_review` (all checks combined, as stored).
-//! - **Warehouse.** Refused: a selector chooses among warehouses by their
-//!   stock at order time, which the store does not keep (see [`refuse_warehouse`]).
+//! - **Warehouse.** The selector sees the order (payable = subtotal, as in
+//!   the pipeline, where it runs beside the discounts) and the candidates
+//!   its order was offered, with their stock then (the order's kept
+//!   `selector_input`). Its plan is checked as the pipeline checks it
+//!   ([`validate_plan`]: offered warehouses only, within their stock,
+//!   every ordered unit exactly once): a plan the host would refuse is a
+//!   failure (`invalid_plan`), as a trap or an error is. A valid plan is
+//!   compared with what the order's selector allocated (the row's `holds`):
+//!   the same holds, or a difference (reported, like a discount's money
+//!   difference, and not a failure: the candidate may ship otherwise). A
+//!   `cannot-fulfil` answer is a refusal of the order (reported, not a
+//!   failure, as a discount rule's refusal of a coupon). Orders without a
+//!   kept input (placed before schema version 14, or whose input was over
+//!   the bound) are skipped, saying which.
 //!
 //! This lives in `pipeline` because the inputs are pipeline facts (the
 //! invoice, the stack's capping, the fraud worker's reconstruction); the
@@ -37,7 +50,9 @@ use serde_json::{Value, json};
 
 use crate::domain::invoice::{Invoice, InvoiceDiscount};
 use crate::domain::status::{Channel, Slot};
+use crate::pipeline::inventory::{requested_quantities, validate_plan};
 use crate::pipeline::rule_io::{capped_lines, order_context, payment_summary};
+use crate::pipeline::selector_input::{self, Kept};
 use crate::rules::manifest::{Manifest, RuleEntry};
 use crate::rules::types::OrderContext;
 use crate::rules::{
@@ -46,12 +61,6 @@ use crate::rules::{
 };
 use crate::store::orders::StoredOrder;
 use crate::store::{Store, StoreError};
-
-/// What a warehouse-selector replay would need and why the store cannot give it.
-pub const WAREHOUSE_REFUSAL: &str = "a warehouse selector cannot be replayed: it chooses among the warehouses \
-     by their stock levels at order time, and the store keeps only today's stock and what each order took, \
-     not the levels each order saw (replaying against today's stock would invent the input). Replaying \
-     selectors needs the selector's input (the candidate warehouses with their stock) recorded per order";
 
 /// Where the candidate goes, as the command line says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,11 +131,6 @@ impl Target {
     }
 }
 
-/// The message for a warehouse-selector candidate.
-pub fn refuse_warehouse() -> anyhow::Error {
-    anyhow::anyhow!("{WAREHOUSE_REFUSAL}")
-}
-
 fn same_file(name: &str, file: &str) -> bool {
     name == file || format!("{name}.wasm") == file
 }
@@ -148,12 +152,12 @@ fn stack_of(entries: &[RuleEntry]) -> Vec<StackEntry> {
         .collect()
 }
 
-/// The entries of `world`'s slot, or the refusal of a warehouse selector.
-fn slot_entries(manifest: &Manifest, world: World) -> anyhow::Result<&[RuleEntry]> {
+/// The entries of `world`'s slot (the warehouse slot: its one selector).
+fn slot_entries(manifest: &Manifest, world: World) -> &[RuleEntry] {
     match world {
-        World::DiscountRule => Ok(&manifest.discount),
-        World::FraudCheck => Ok(&manifest.fraud),
-        World::WarehouseSelector => Err(refuse_warehouse()),
+        World::DiscountRule => &manifest.discount,
+        World::FraudCheck => &manifest.fraud,
+        World::WarehouseSelector => std::slice::from_ref(&manifest.warehouse),
     }
 }
 
@@ -161,9 +165,9 @@ fn slot_entries(manifest: &Manifest, world: World) -> anyhow::Result<&[RuleEntry
 /// stack the stored orders ran on), as a reload's replay gate takes it:
 /// instead of the rule there, or a new rule at the end when the slot is
 /// shorter; replayed on the orders of `channels` (the new rule's). A
-/// warehouse selector cannot be replayed.
+/// warehouse selector replaces the manifest's selector.
 pub fn gate_target(manifest: &Manifest, world: World, index: usize, channels: Channels) -> anyhow::Result<Target> {
-    let entries = slot_entries(manifest, world)?;
+    let entries = slot_entries(manifest, world);
     let position = index.min(entries.len());
     Ok(Target { world, position, replaced: entries.get(index).cloned(), channels, stack: stack_of(entries) })
 }
@@ -174,10 +178,17 @@ pub fn gate_target(manifest: &Manifest, world: World, index: usize, channels: Ch
 /// once per channel; by default, the replaced entry's channels (every
 /// channel for a new rule).
 pub fn resolve(manifest: &Manifest, world: World, place: &Place, channels: Option<Channels>) -> anyhow::Result<Target> {
-    let entries = slot_entries(manifest, world)?;
+    let entries = slot_entries(manifest, world);
     let stack = stack_of(entries);
     let asked = channels.unwrap_or(Channels::ALL);
     let (position, replaced) = match place {
+        // One selector plans every order: a candidate can only take its place.
+        Place::Position(_) if world == World::WarehouseSelector => bail!(
+            "--slot-position: the warehouse slot holds one selector; a candidate selector replaces it \
+             (--replace {} or neither)",
+            manifest.warehouse.module
+        ),
+        Place::End if world == World::WarehouseSelector => (0, Some(manifest.warehouse.clone())),
         Place::Replace(name) => {
             let found: Vec<usize> = (0..entries.len())
                 .filter(|&i| stack[i].files.iter().any(|file| same_file(name, file)))
@@ -472,10 +483,7 @@ fn replay_order(candidate: &RuleModule, target: &Target, order: &StoredOrder) ->
     match target.world {
         World::DiscountRule => replay_discount(candidate, target, &invoice, replay),
         World::FraudCheck => replay_fraud(candidate, order, &invoice, replay),
-        World::WarehouseSelector => {
-            replay.skipped = Some(WAREHOUSE_REFUSAL.into());
-            (replay, None)
-        }
+        World::WarehouseSelector => replay_warehouse(candidate, order, &invoice, replay),
     }
 }
 
@@ -587,6 +595,83 @@ fn replay_fraud(
     (replay, Some(usage))
 }
 
+/// A stored order's holds (`[[warehouse_id, sku, quantity], …]`, sorted).
+type HoldRows = Vec<(String, String, u64)>;
+
+fn replay_warehouse(
+    candidate: &RuleModule,
+    order: &StoredOrder,
+    invoice: &Invoice,
+    mut replay: OrderReplay,
+) -> (OrderReplay, Option<Usage>) {
+    let candidates = match order.selector_input.as_deref().map(selector_input::decode) {
+        Some(Ok(Kept::Candidates(candidates))) => candidates,
+        Some(Ok(Kept::TooLarge { bytes })) => {
+            replay.skipped = Some(format!(
+                "its selector's input ({bytes} bytes) was over the {} bytes kept per order: not kept",
+                selector_input::MAX_BYTES
+            ));
+            return (replay, None);
+        }
+        Some(Err(e)) => {
+            replay.skipped = Some(format!("unreadable selector input: {e}"));
+            return (replay, None);
+        }
+        None => {
+            replay.skipped = Some("no selector input kept (placed before schema version 14)".into());
+            return (replay, None);
+        }
+    };
+    let active: HoldRows = match order.holds.as_deref().map(serde_json::from_str::<HoldRows>) {
+        Some(Ok(holds)) => holds,
+        Some(Err(e)) => {
+            replay.skipped = Some(format!("unreadable holds: {e}"));
+            return (replay, None);
+        }
+        None => {
+            replay.skipped = Some("no holds stored".into());
+            return (replay, None);
+        }
+    };
+    // As the pipeline asks it: beside the discounts, so before any of them.
+    let context = OrderContext { payable_cents: invoice.subtotal_cents, ..order_context(invoice) };
+    replay.active = json!({ "holds": active });
+    let traced = candidate.select_warehouses_traced(&context, &candidates);
+    let usage = traced.usage;
+    match traced.result {
+        Ok(plan) => match validate_plan(&plan, &requested_quantities(&context), &candidates) {
+            Ok(holds) => {
+                let holds: HoldRows =
+                    holds.into_iter().map(|h| (h.warehouse_id, h.sku, u64::from(h.quantity))).collect();
+                replay.outcome = if holds == active { Outcome::Same } else { Outcome::Differs };
+                replay.candidate = escape_json(json!({ "holds": holds, "reasons": plan.reasons }));
+            }
+            Err(why) => {
+                let failure = Failure { kind: "invalid_plan", message: text::escape(&why).into_owned() };
+                replay.candidate = json!({ "failed": failure, "plan": escape_json(json!(plan)) });
+                replay.failure = Some(failure);
+                replay.outcome = Outcome::Failed;
+            }
+        },
+        Err(error) => failed(&mut replay, error),
+    }
+    (replay, Some(usage))
+}
+
+/// `WH-BLR: HDMI-2M×2, TV-55-OLED×1; WH-DEL: …` (each warehouse once).
+fn holds_text(holds: &Value) -> String {
+    let Ok(rows) = serde_json::from_value::<HoldRows>(holds.clone()) else { return "?".into() };
+    let mut by_warehouse: Vec<(String, Vec<String>)> = Vec::new();
+    for (warehouse, sku, quantity) in rows {
+        let line = format!("{sku}×{quantity}");
+        match by_warehouse.last_mut() {
+            Some((w, lines)) if *w == warehouse => lines.push(line),
+            _ => by_warehouse.push((warehouse, vec![line])),
+        }
+    }
+    by_warehouse.into_iter().map(|(w, lines)| format!("{w}: {}", lines.join(", "))).collect::<Vec<_>>().join("; ")
+}
+
 fn failed(replay: &mut OrderReplay, error: RuleError) {
     match error {
         RuleError::Refused { refusal, .. } => {
@@ -660,6 +745,15 @@ impl ReplayReport {
                 }
                 Outcome::Refused => {
                     let _ = writeln!(s, "REFUSED the order: {}", r.candidate["refused"]);
+                }
+                _ if self.slot == Slot::Warehouse => {
+                    let _ = writeln!(
+                        s,
+                        "active {}  candidate {}{}",
+                        holds_text(&r.active["holds"]),
+                        holds_text(&r.candidate["holds"]),
+                        if r.outcome == Outcome::Differs { "  DIFFERS" } else { "" }
+                    );
                 }
                 _ if self.slot == Slot::Discount => {
                     let difference = r.difference_cents.unwrap_or(0);
@@ -780,8 +874,9 @@ mod tests {
         for bad in [Place::Position(0), Place::Position(4), Place::Replace("nope".into())] {
             assert!(resolve(&m, World::DiscountRule, &bad, None).is_err(), "{bad:?}");
         }
-        let refused = resolve(&m, World::WarehouseSelector, &Place::End, None).unwrap_err().to_string();
-        assert!(refused.contains("stock levels at order time"), "{refused}");
+        let selector = resolve(&m, World::WarehouseSelector, &Place::End, None).unwrap();
+        assert_eq!(selector.replaced.map(|e| e.module), Some("nearest_warehouse.wasm".to_string()));
+        assert!(resolve(&m, World::WarehouseSelector, &Place::Position(1), None).is_err());
         assert!(resolve(&m, World::FraudCheck, &Place::Position(1), None).is_err());
     }
 
@@ -794,7 +889,8 @@ mod tests {
         assert_eq!((t.position, t.replaced.is_none()), (2, true), "past the end: a new rule at the end");
         let t = gate_target(&m, World::FraudCheck, 0, Channels::ALL).unwrap();
         assert_eq!(t.replaced.map(|e| e.module), Some("high_value.wasm".to_string()));
-        assert!(gate_target(&m, World::WarehouseSelector, 0, Channels::ALL).is_err());
+        let t = gate_target(&m, World::WarehouseSelector, 0, Channels::ALL).unwrap();
+        assert_eq!((t.position, t.replaced.map(|e| e.module)), (0, Some("nearest_warehouse.wasm".to_string())));
     }
 
     /// A discount line of one cent granted by `module`.

@@ -93,7 +93,7 @@
 //! A reload swaps in a module or configuration that the serving set does not
 //! already run only after it passed, with no error, trap or exhausted budget:
 //! a replay of the last N stored orders of its slot (`SMARTMART_RELOAD_REPLAY_ORDERS`,
-//! default 200; warehouse selectors cannot be replayed, see `release::replay`)
+//! default 200; a warehouse selector on the candidates each order saw, see `release::replay`)
 //! and the examples of the plug-in directory: every `examples/<module stem>/*.json`
 //! (the input format of `smartmart rules run`: `order`, plus `candidates` for
 //! a selector and `payment` for a fraud check). A refusal names the manifest

@@ -65,6 +65,9 @@ pub struct NewOrder {
     /// The payment intent with the draft invoice, recorded in the same
     /// command (phase 1); the order path always has one.
     pub intent: Option<PaymentIntent>,
+    /// What the warehouse selector saw (`pipeline::selector_input`), kept on
+    /// the order's row for replay (`orders.selector_input`, schema version 14).
+    pub selector_input: Option<String>,
 }
 
 impl NewOrder {
@@ -215,6 +218,12 @@ pub struct StoredOrder {
     /// The invoice text (the draft while PENDING).
     pub invoice: Option<String>,
     pub fraud_review: Option<Value>,
+    /// The row's holds (see [`NewOrder::holds_text`]): what the warehouse
+    /// selector's plan allocated.
+    pub holds: Option<String>,
+    /// What its warehouse selector saw (`pipeline::selector_input`; absent
+    /// for orders placed before schema version 14).
+    pub selector_input: Option<String>,
 }
 
 /// A payment intent left by an order that never settled.

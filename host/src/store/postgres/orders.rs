@@ -46,7 +46,7 @@ pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutco
     let quantities: Vec<i64> = order.holds.iter().map(|h| i64::from(h.quantity)).collect();
     let called = db
         .call(
-            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             &[
                 (&order.order_id, Type::TEXT),
                 (&order.customer_id, Type::TEXT),
@@ -60,6 +60,7 @@ pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutco
                 (&skus, Type::TEXT_ARRAY),
                 (&quantities, Type::INT8_ARRAY),
                 (&order.holds_text(), Type::TEXT),
+                (&order.selector_input, Type::TEXT),
                 (&intent.map(|i| i.draft_invoice.as_str()), Type::TEXT),
                 (&total, Type::INT8),
                 (&intent.map(|i| i.idempotency_key.as_str()), Type::TEXT),
@@ -317,8 +318,16 @@ pub async fn payments_pending_count(db: &impl Db) -> Result<u64, StoreError> {
 const ORDER_COLUMNS: &str =
     "id, customer_id, channel, status, total_cents, currency, created_at, invoice, fraud_review";
 
+/// [`ORDER_COLUMNS`] and what a replay needs beside them (the holds and the
+/// selector's input): read only where orders are replayed, so that the
+/// order path's reads (the fraud worker's, `GET /v1/orders/{id}`) carry no
+/// more bytes than before.
+const REPLAY_COLUMNS: &str =
+    "id, customer_id, channel, status, total_cents, currency, created_at, invoice, fraud_review, holds, selector_input";
+
 fn stored_order(r: &Row) -> Result<StoredOrder, StoreError> {
     let review: Option<String> = r.get(8);
+    let replayable = r.len() > 9;
     Ok(StoredOrder {
         id: r.get(0),
         customer_id: r.get(1),
@@ -329,6 +338,8 @@ fn stored_order(r: &Row) -> Result<StoredOrder, StoreError> {
         created_at: r.get(6),
         invoice: r.get(7),
         fraud_review: review.map(|s| serde_json::from_str(&s)).transpose()?,
+        holds: if replayable { r.get(9) } else { None },
+        selector_input: if replayable { r.get(10) } else { None },
     })
 }
 
@@ -487,10 +498,15 @@ pub async fn record_verdicts(db: &impl Db, verdicts: &[Verdict]) -> Result<(), S
     Ok(())
 }
 
-async fn orders_where(db: &impl Db, condition: &str, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
+async fn orders_where(
+    db: &impl Db,
+    columns: &str,
+    condition: &str,
+    limit: usize,
+) -> Result<Vec<StoredOrder>, StoreError> {
     let stmt = db
         .prepare_cached(&format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE {condition}
+            "SELECT {columns} FROM orders WHERE {condition}
              ORDER BY id DESC LIMIT $1"
         ))
         .await?;
@@ -503,11 +519,11 @@ pub async fn recent_settled(
     channels: Option<&[Channel]>,
 ) -> Result<Vec<StoredOrder>, StoreError> {
     let Some(channels) = channels else {
-        return orders_where(db, "status IN ('CONFIRMED', 'PAYMENT_FAILED')", limit).await;
+        return orders_where(db, REPLAY_COLUMNS, "status IN ('CONFIRMED', 'PAYMENT_FAILED')", limit).await;
     };
     let stmt = db
         .prepare_cached(&format!(
-            "SELECT {ORDER_COLUMNS} FROM orders
+            "SELECT {REPLAY_COLUMNS} FROM orders
              WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED') AND channel = ANY($2)
              ORDER BY id DESC LIMIT $1"
         ))
@@ -517,7 +533,7 @@ pub async fn recent_settled(
 }
 
 pub async fn escalations(db: &impl Db, limit: usize) -> Result<Vec<StoredOrder>, StoreError> {
-    orders_where(db, "fraud_action = 'ESCALATE'", limit).await
+    orders_where(db, ORDER_COLUMNS, "fraud_action = 'ESCALATE'", limit).await
 }
 
 pub async fn key_record(db: &impl Db, channel: &str, key: &str) -> Result<Option<KeyRecord>, StoreError> {

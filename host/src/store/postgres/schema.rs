@@ -621,6 +621,57 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     ALTER TABLE experiment_arms ADD COLUMN escalations BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE experiment_arms ADD COLUMN reviews BIGINT NOT NULL DEFAULT 0;
     "#,
+    // 15: what each order's warehouse selector saw, on the order's row (see
+    // the SQLite twin), written by phase 1: `smartmart_reserve` takes it as
+    // one more argument, so it is made anew.
+    r#"
+    ALTER TABLE orders ADD COLUMN selector_input TEXT;
+    DROP FUNCTION smartmart_reserve(TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT[], TEXT[], BIGINT[], TEXT,
+                                    TEXT, BIGINT, TEXT, TEXT, TEXT);
+
+    -- As version 12's, the selector's input written on the order's row too.
+    CREATE FUNCTION smartmart_reserve(
+        p_order_id TEXT, p_customer_id TEXT, p_channel TEXT, p_currency TEXT, p_now TEXT,
+        p_key_channel TEXT, p_key TEXT, p_request_hash TEXT,
+        p_warehouse_ids TEXT[], p_skus TEXT[], p_quantities BIGINT[], p_holds TEXT, p_selector_input TEXT,
+        p_invoice TEXT, p_total_cents BIGINT, p_payment_key TEXT, p_gateway TEXT, p_token TEXT
+    ) RETURNS TEXT LANGUAGE plpgsql AS $$
+    DECLARE
+        hold RECORD;
+    BEGIN
+        IF p_key IS NOT NULL THEN
+            -- Waits for a racing call holding the same key, then sees its row.
+            INSERT INTO idempotency (channel, key, request_hash, order_id, created_at)
+            VALUES (p_key_channel, p_key, p_request_hash, p_order_id, p_now)
+            ON CONFLICT (channel, key) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'key_taken';
+            END IF;
+        END IF;
+        INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, invoice, created_at, updated_at,
+                            holds, selector_input)
+        VALUES (p_order_id, p_customer_id, p_channel, 'PENDING', coalesce(p_total_cents, 0), p_currency, p_invoice,
+                p_now, p_now, p_holds, p_selector_input);
+        FOR hold IN
+            SELECT h.warehouse_id, h.sku, h.quantity, h.n
+            FROM unnest(p_warehouse_ids, p_skus, p_quantities) WITH ORDINALITY AS h (warehouse_id, sku, quantity, n)
+            ORDER BY h.warehouse_id COLLATE "C", h.sku COLLATE "C", h.n
+        LOOP
+            UPDATE stock SET reserved = reserved + hold.quantity
+            WHERE warehouse_id = hold.warehouse_id AND sku = hold.sku AND on_hand - reserved >= hold.quantity;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'not enough % in %', hold.sku, hold.warehouse_id
+                    USING ERRCODE = 'SM001', DETAIL = hold.n::text;
+            END IF;
+        END LOOP;
+        IF p_payment_key IS NOT NULL THEN
+            INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token)
+            VALUES (p_order_id, p_payment_key, p_gateway, p_total_cents, 'INTENT', p_now, p_token);
+        END IF;
+        RETURN 'reserved';
+    END
+    $$;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -57,8 +57,8 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
     };
     conn.prepare_cached(
         "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at, invoice,
-                             holds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+                             holds, selector_input)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         order.order_id,
@@ -69,7 +69,8 @@ pub fn reserve(conn: &Connection, order: &NewOrder) -> Result<ReserveOutcome, St
         order.currency,
         now,
         draft_invoice,
-        order.holds_text()
+        order.holds_text(),
+        order.selector_input
     ])?;
     if let Some(claim) = &order.claim {
         conn.prepare_cached(
@@ -353,6 +354,13 @@ fn insert_events(conn: &Connection, order_id: &str, events: &[NewEvent]) -> Resu
 const ORDER_COLUMNS: &str =
     "id, customer_id, channel, status, total_cents, currency, created_at, invoice, fraud_review";
 
+/// [`ORDER_COLUMNS`] and what a replay needs beside them (the holds and the
+/// selector's input): read only where orders are replayed, so that the
+/// order path's reads (the fraud worker's, `GET /v1/orders/{id}`) carry no
+/// more bytes than before.
+const REPLAY_COLUMNS: &str =
+    "id, customer_id, channel, status, total_cents, currency, created_at, invoice, fraud_review, holds, selector_input";
+
 pub fn get_order(conn: &Connection, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
     let row = conn
         .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?
@@ -366,6 +374,7 @@ type RowResult = rusqlite::Result<Result<StoredOrder, StoreError>>;
 fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
     let status: String = r.get(3)?;
     let review: Option<String> = r.get(8)?;
+    let replayable = r.as_ref().column_count() > 9;
     Ok((|| {
         Ok(StoredOrder {
             id: r.get(0)?,
@@ -377,6 +386,8 @@ fn stored_order(r: &rusqlite::Row<'_>) -> RowResult {
             created_at: r.get(6)?,
             invoice: r.get(7)?,
             fraud_review: review.map(|s| serde_json::from_str::<Value>(&s)).transpose()?,
+            holds: if replayable { r.get(9)? } else { None },
+            selector_input: if replayable { r.get(10)? } else { None },
         })
     })())
 }
@@ -506,7 +517,7 @@ pub fn recent_settled(
     channels: Option<&[Channel]>,
 ) -> Result<Vec<StoredOrder>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
+        "SELECT {REPLAY_COLUMNS} FROM orders
          WHERE status IN ('CONFIRMED', 'PAYMENT_FAILED')
            AND (?2 IS NULL OR channel IN (SELECT value FROM json_each(?2)))
          ORDER BY id DESC LIMIT ?1"

@@ -335,6 +335,15 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     ALTER TABLE experiment_arms ADD COLUMN escalations BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE experiment_arms ADD COLUMN reviews BIGINT NOT NULL DEFAULT 0;
     "#,
+    // 15: what each order's warehouse selector saw (`selector_input`: the
+    // candidate warehouses with their stock of the order's skus, compact
+    // JSON, at most 4 KiB, else its length; see `pipeline::selector_input`),
+    // so that selectors can be replayed on real orders. On the order's row,
+    // written by phase 1 with the order: no table, no statement, no index
+    // of its own. Orders placed before keep none.
+    r#"
+    ALTER TABLE orders ADD COLUMN selector_input TEXT;
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary
