@@ -220,7 +220,7 @@ the order holds is involved.
   result is the stored fraud review (all checks combined).
 - A warehouse selector takes the place of the manifest's selector (--replace
   or neither) and sees the order and the candidate warehouses with the stock
-  its order was offered (kept with each order since schema version 14, up to
+  its order was offered (kept with each order since schema version 15, up to
   4096 bytes). Its plan is checked as the service checks it: a plan the
   service would refuse (a warehouse not offered, more than its stock, not
   every ordered unit exactly once) FAILS the order, as a trap or an error

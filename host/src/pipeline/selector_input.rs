@@ -4,7 +4,7 @@
 //! the plan that was held read them. The rest of the selector's input (the
 //! order context) is rebuilt from the stored invoice.
 //!
-//! It lives on the order's row (`orders.selector_input`, schema version 14,
+//! It lives on the order's row (`orders.selector_input`, schema version 15,
 //! both back-ends), written by phase 1 with the order in the same command,
 //! as compact JSON: the candidates in the order they were offered, each
 //! `[id, name, lat, lon, [[sku, available], …]]`. The name is kept because

@@ -34,7 +34,7 @@
 //!   difference, and not a failure: the candidate may ship otherwise). A
 //!   `cannot-fulfil` answer is a refusal of the order (reported, not a
 //!   failure, as a discount rule's refusal of a coupon). Orders without a
-//!   kept input (placed before schema version 14, or whose input was over
+//!   kept input (placed before schema version 15, or whose input was over
 //!   the bound) are skipped, saying which.
 //!
 //! This lives in `pipeline` because the inputs are pipeline facts (the
@@ -618,7 +618,7 @@ fn replay_warehouse(
             return (replay, None);
         }
         None => {
-            replay.skipped = Some("no selector input kept (placed before schema version 14)".into());
+            replay.skipped = Some("no selector input kept (placed before schema version 15)".into());
             return (replay, None);
         }
     };

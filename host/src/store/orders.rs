@@ -66,7 +66,7 @@ pub struct NewOrder {
     /// command (phase 1); the order path always has one.
     pub intent: Option<PaymentIntent>,
     /// What the warehouse selector saw (`pipeline::selector_input`), kept on
-    /// the order's row for replay (`orders.selector_input`, schema version 14).
+    /// the order's row for replay (`orders.selector_input`, schema version 15).
     pub selector_input: Option<String>,
 }
 
@@ -222,7 +222,7 @@ pub struct StoredOrder {
     /// selector's plan allocated.
     pub holds: Option<String>,
     /// What its warehouse selector saw (`pipeline::selector_input`; absent
-    /// for orders placed before schema version 14).
+    /// for orders placed before schema version 15).
     pub selector_input: Option<String>,
 }
 
