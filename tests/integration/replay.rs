@@ -130,11 +130,21 @@ async fn replay_compares_candidates_on_the_stored_orders_of_a_running_engine_wit
     // The engine's checkpoint thread copies committed pages from the WAL into
     // the database file in the background; finish that copy now, so that the
     // files stand still unless something writes.
+    // The engine's own checkpoint may hold the lock at that moment (busy):
+    // then try again once it is done.
     let conn = rusqlite::Connection::open(dir.join("smartmart.sqlite")).expect("opening the database");
-    let (busy, _, _): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("checkpointing the WAL");
-    assert_eq!(busy, 0, "a checkpoint could not run");
+    let mut attempts = 0;
+    loop {
+        let (busy, _, _): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("checkpointing the WAL");
+        attempts += 1;
+        if busy == 0 {
+            break;
+        }
+        assert!(attempts < 100, "a checkpoint could not run in {attempts} attempts");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     drop(conn);
     let hash_before = database_hash(&dir);
     let rows_before = row_counts(&engine).await;
