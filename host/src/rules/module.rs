@@ -547,10 +547,11 @@ impl RuleModule {
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
         // file or socket call) would bring down the order's task instead of
-        // failing the rule. On a rule thread (`run_blocking`, the pipeline's
-        // way in) there is no runtime; anywhere else inside a runtime the
-        // guest runs on a thread of its own, unless it imports no WASI at all
-        // (the bundled rules): then nothing it can call blocks on a runtime.
+        // failing the rule. On a rule thread (`run_blocking`) there is no
+        // runtime; anywhere else inside a runtime the guest runs on a thread
+        // of its own, unless it imports no WASI at all (the bundled rules):
+        // then nothing it can call blocks on a runtime. (The async calls
+        // need none of this: their WASI is asynchronous.)
         let outcome = if self.uses_wasi && !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
             let prepared = &self.prepared;
             let store = &mut store;
