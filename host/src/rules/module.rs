@@ -102,11 +102,11 @@ pub struct RuleModule {
     /// Whether any import is a WASI interface (see [`RuleModule::call`]).
     uses_wasi: bool,
     /// Linked with synchronous WASI, for the synchronous calls.
-    prepared: Prepared,
+    prepared: Arc<Prepared>,
     /// Linked with asynchronous WASI, for the async calls: a guest's WASI
     /// call (its panic message on stderr) must not block the worker. The
     /// same as `prepared` for a module without WASI imports.
-    prepared_async: Prepared,
+    prepared_async: Arc<Prepared>,
     runtime: RuleRuntime,
     config: Arc<ModuleConfig>,
     /// [`super::config_hash::config_hash`] of `config`, computed once.
@@ -192,10 +192,10 @@ impl RuleModule {
             })
         };
         let uses_wasi = compiled.imports.iter().any(|import| import.starts_with("wasi:"));
-        let prepared = prepare(runtime.linker()).map_err(wrong_world)?;
+        let prepared = Arc::new(prepare(runtime.linker()).map_err(wrong_world)?);
         // Without WASI imports nothing of the linkers differs: one pre serves both.
         let prepared_async =
-            if uses_wasi { prepare(runtime.async_linker()).map_err(wrong_world)? } else { prepared.clone() };
+            if uses_wasi { Arc::new(prepare(runtime.async_linker()).map_err(wrong_world)?) } else { prepared.clone() };
         let file_name =
             file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
         let mut module = RuleModule {
@@ -301,7 +301,7 @@ impl RuleModule {
 
     /// [`RuleModule::apply_discount`], with the call's usage and log whatever its outcome.
     pub fn apply_discount_traced(&self, order: &OrderContext) -> Traced<Vec<DiscountLine>> {
-        let Prepared::Discount(pre) = &self.prepared else {
+        let Prepared::Discount(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::DiscountRule));
         };
         let input = wit::OrderContext::from(order);
@@ -320,7 +320,7 @@ impl RuleModule {
 
     /// [`RuleModule::select_warehouses`], with the call's usage and log whatever its outcome.
     pub fn select_warehouses_traced(&self, order: &OrderContext, candidates: &[Candidate]) -> Traced<Plan> {
-        let Prepared::Warehouse(pre) = &self.prepared else {
+        let Prepared::Warehouse(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::WarehouseSelector));
         };
         let input = wit::OrderContext::from(order);
@@ -340,7 +340,7 @@ impl RuleModule {
 
     /// [`RuleModule::check_fraud`], with the call's usage and log whatever its outcome.
     pub fn check_fraud_traced(&self, order: &OrderContext, payment: &PaymentSummary) -> Traced<Verdict> {
-        let Prepared::Fraud(pre) = &self.prepared else {
+        let Prepared::Fraud(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::FraudCheck));
         };
         let input = wit::OrderContext::from(order);
@@ -358,7 +358,7 @@ impl RuleModule {
         let (mut store, started) = self.fresh_async_store()?;
         let outcome: wasmtime::Result<Result<RuleInfo, GuestError>> = async {
             let store = &mut store;
-            Ok(Ok(match &self.prepared_async {
+            Ok(Ok(match &*self.prepared_async {
                 Prepared::Discount(pre) => {
                     let meta = pre.instantiate_async(&mut *store).await?;
                     let (info,) = meta.smartmart_rules_meta().func_info().call_async(store, ()).await?;
@@ -382,7 +382,7 @@ impl RuleModule {
 
     /// [`RuleModule::apply_discount`] on the calling task (see the module's doc).
     pub async fn apply_discount_async(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
-        let Prepared::Discount(pre) = &self.prepared_async else {
+        let Prepared::Discount(pre) = &*self.prepared_async else {
             return Err(self.not_this_world(World::DiscountRule));
         };
         let input = wit::OrderContext::from(order);
@@ -403,7 +403,7 @@ impl RuleModule {
         order: &OrderContext,
         candidates: &[Candidate],
     ) -> Result<Called<Plan>, RuleError> {
-        let Prepared::Warehouse(pre) = &self.prepared_async else {
+        let Prepared::Warehouse(pre) = &*self.prepared_async else {
             return Err(self.not_this_world(World::WarehouseSelector));
         };
         let input = wit::OrderContext::from(order);
@@ -426,7 +426,7 @@ impl RuleModule {
         order: &OrderContext,
         payment: &PaymentSummary,
     ) -> Result<Called<Verdict>, RuleError> {
-        let Prepared::Fraud(pre) = &self.prepared_async else {
+        let Prepared::Fraud(pre) = &*self.prepared_async else {
             return Err(self.not_this_world(World::FraudCheck));
         };
         let input = wit::OrderContext::from(order);
@@ -449,7 +449,7 @@ impl RuleModule {
         let (mut store, started) = self.fresh_async_store()?;
         let outcome = async {
             // The instance is dropped at once: its store ends with the call.
-            match &self.prepared_async {
+            match &*self.prepared_async {
                 Prepared::Discount(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
                 Prepared::Warehouse(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
                 Prepared::Fraud(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
@@ -553,7 +553,7 @@ impl RuleModule {
         // then nothing it can call blocks on a runtime. (The async calls
         // need none of this: their WASI is asynchronous.)
         let outcome = if self.uses_wasi && !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
-            let prepared = &self.prepared;
+            let prepared = &*self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
