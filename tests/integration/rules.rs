@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -395,6 +395,70 @@ fn a_runaway_guest_on_one_thread_does_not_stall_calls_on_another() {
     assert_eq!(failure(outcome), FailureCause::TimeBudget(300));
     assert!(took >= Duration::from_millis(250), "{took:?}");
     assert!(served >= 10, "only {served} calls served beside the runaway guest in {took:?} (slowest {slowest:?})");
+}
+
+// ---- async calls: on the caller's task ---------------------------------------------------------
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_runaway_guest_on_the_only_worker_lets_the_workers_other_tasks_run() {
+    // One worker thread: if the guest held it, the neighbour task below could
+    // not run at all until the guest's call ended.
+    let runtime = new_rule_runtime();
+    let runaway_budgets = Budgets { time_ms: 300, fuel: 1_000_000_000_000_000, ..Budgets::default() };
+    let looping = load_rule(&runtime, "hostile_loop", World::DiscountRule, &[], runaway_budgets);
+    let gold = load_rule(&runtime, "gold_loyalty", World::DiscountRule, &[], budgets());
+    let order = order("gold-basic");
+    let running = Arc::new(AtomicBool::new(true));
+    let served = Arc::new(AtomicU32::new(0));
+    let neighbour = tokio::spawn({
+        let (order, running, served) = (order.clone(), running.clone(), served.clone());
+        async move {
+            while running.load(Ordering::SeqCst) {
+                let called = gold.apply_discount_async(&order).await.unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(called.value, gold_basic_discount());
+                served.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let outcome = looping.apply_discount_async(&order).await;
+    let served_meanwhile = served.load(Ordering::SeqCst);
+    running.store(false, Ordering::SeqCst);
+    neighbour.await.unwrap();
+    assert_eq!(failure(outcome), FailureCause::TimeBudget(300));
+    assert!(served_meanwhile >= 3, "the neighbour task served {served_meanwhile} calls while the guest ran");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hostile_guests_called_on_the_worker_fail_as_on_a_rule_thread() {
+    let runtime = new_rule_runtime();
+    let order = order("gold-basic");
+    let call = async |name: &str, budgets: Budgets| {
+        let module = load_rule(&runtime, name, World::DiscountRule, &[], budgets);
+        failure(module.apply_discount_async(&order).await)
+    };
+    let no_fuel_limit = Budgets { time_ms: 30, fuel: 1_000_000_000_000_000, ..Budgets::default() };
+    assert_eq!(call("hostile_loop", no_fuel_limit).await, FailureCause::TimeBudget(30));
+    let little_fuel = Budgets { fuel: 1_000_000, ..budgets() };
+    assert_eq!(call("hostile_loop", little_fuel).await, FailureCause::FuelBudget(1_000_000));
+    assert_eq!(call("hostile_memory", budgets()).await, FailureCause::MemoryBudget(16 << 20));
+    assert_eq!(call("hostile_output", budgets()).await, FailureCause::OutputTooLarge { limit: 64 << 10 });
+    // Its panic message goes through (asynchronous) WASI stderr: kept, and
+    // the rule fails, not the task.
+    match call("hostile_panic", budgets()).await {
+        FailureCause::Trap(text) => assert!(text.contains("coupon engine crashed"), "{text}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(call("error_rule", budgets()).await, FailureCause::Guest("deliberate failure".into()));
+    // The same answers as the synchronous calls, for every bundled rule's world.
+    let gold = load_rule(&runtime, "gold_loyalty", World::DiscountRule, &[], budgets());
+    assert_eq!(gold.apply_discount_async(&order).await.unwrap().value, gold_basic_discount());
+    let nearest = load_rule(&runtime, "nearest_warehouse", World::WarehouseSelector, &[], budgets());
+    let candidates = example_order("gold-basic").candidates;
+    let planned = nearest.select_warehouses_async(&order, &candidates).await.unwrap().value;
+    assert_eq!(planned, nearest.select_warehouses(&order, &candidates).unwrap().value);
+    let info = gold.info_async().await.unwrap().value;
+    assert_eq!((info.name.as_str(), info.version.as_str()), ("gold-loyalty", gold.identity().version.as_str()));
 }
 
 // ---- load-time refusals ------------------------------------------------------------------------

@@ -120,33 +120,91 @@ impl Canaries {
         if let Some(canary) = picked.canary {
             let started = Instant::now();
             let answer = call(&canary.rule);
-            let seconds = started.elapsed().as_secs_f64();
-            let outcome = outcome_of(&answer);
-            self.metrics.rule_call(slot, canary.rule.identity(), Some("canary"), outcome, seconds);
-            self.metrics.canary_call(&canary.name, outcome);
-            let (failed, budget_use) = match &answer {
-                Ok(called) => (false, canary.rule.budget_use(&called.usage)),
-                Err(RuleError::Refused { .. }) => (false, 0.0),
-                Err(RuleError::Failed { cause, .. }) => (true, if budget_cause(cause) { 1.0 } else { 0.0 }),
-            };
-            let sample = CanarySample { at_ms: now_ms(), failed, budget_use, latency_ms: seconds * 1e3 };
-            if let Some(reason) = canary.control.record(&canary.limits, sample) {
-                self.rolled_back(slot, slot_rule, canary, reason);
-            }
-            match &answer {
-                Err(RuleError::Failed { module, cause }) => {
-                    let (handling, canary_name) = (Handling::CanaryFallback, Some(canary.name.as_str()));
-                    self.rule_errors.record(slot, module, cause, handling, Some(order_id), canary_name);
-                }
-                _ => return Some(Answered { answer, served: &canary.rule, canary: Some(&canary.name) }),
+            if let Some(answered) = self.canary_answered(slot, slot_rule, canary, order_id, answer, started) {
+                return Some(answered);
             }
         }
         let rule = picked.rule?;
         let started = Instant::now();
         let answer = call(rule);
+        Some(self.stable_answered(slot, rule, picked, answer, started))
+    }
+
+    /// [`Canaries::call`] with an async `call`: the order path's, which
+    /// runs its rule calls on its own task. (`call` takes rules of the one
+    /// lifetime `'a`, not any: a future of a closure over any lifetime is
+    /// not provably `Send`, and the order's task must be.)
+    pub async fn call_async<'a, T, F>(
+        &self,
+        slot: Slot,
+        slot_rule: &'a SlotRule,
+        picked: &Picked<'a>,
+        order_id: &str,
+        call: impl Fn(&'a Rule) -> F,
+    ) -> Option<Answered<'a, T>>
+    where
+        F: Future<Output = Result<Called<T>, RuleError>>,
+    {
+        if let Some(canary) = picked.canary {
+            let started = Instant::now();
+            let answer = call(&canary.rule).await;
+            if let Some(answered) = self.canary_answered(slot, slot_rule, canary, order_id, answer, started) {
+                return Some(answered);
+            }
+        }
+        let rule = picked.rule?;
+        let started = Instant::now();
+        let answer = call(rule).await;
+        Some(self.stable_answered(slot, rule, picked, answer, started))
+    }
+
+    /// Counts the canary's call (started at `started`) and rolls the canary
+    /// back if it crossed a limit; its answer, unless it failed (then the
+    /// stable version answers).
+    fn canary_answered<'a, T>(
+        &self,
+        slot: Slot,
+        slot_rule: &'a SlotRule,
+        canary: &'a Canary,
+        order_id: &str,
+        answer: Result<Called<T>, RuleError>,
+        started: Instant,
+    ) -> Option<Answered<'a, T>> {
+        let seconds = started.elapsed().as_secs_f64();
+        let outcome = outcome_of(&answer);
+        self.metrics.rule_call(slot, canary.rule.identity(), Some("canary"), outcome, seconds);
+        self.metrics.canary_call(&canary.name, outcome);
+        let (failed, budget_use) = match &answer {
+            Ok(called) => (false, canary.rule.budget_use(&called.usage)),
+            Err(RuleError::Refused { .. }) => (false, 0.0),
+            Err(RuleError::Failed { cause, .. }) => (true, if budget_cause(cause) { 1.0 } else { 0.0 }),
+        };
+        let sample = CanarySample { at_ms: now_ms(), failed, budget_use, latency_ms: seconds * 1e3 };
+        if let Some(reason) = canary.control.record(&canary.limits, sample) {
+            self.rolled_back(slot, slot_rule, canary, reason);
+        }
+        match &answer {
+            Err(RuleError::Failed { module, cause }) => {
+                let (handling, canary_name) = (Handling::CanaryFallback, Some(canary.name.as_str()));
+                self.rule_errors.record(slot, module, cause, handling, Some(order_id), canary_name);
+                None
+            }
+            _ => Some(Answered { answer, served: &canary.rule, canary: Some(&canary.name) }),
+        }
+    }
+
+    /// Counts the stable version's call (started at `started`).
+    fn stable_answered<'a, T>(
+        &self,
+        slot: Slot,
+        rule: &'a Rule,
+        picked: &Picked<'a>,
+        answer: Result<Called<T>, RuleError>,
+        started: Instant,
+    ) -> Answered<'a, T> {
         let outcome = outcome_of(&answer);
         self.metrics.rule_call(slot, rule.identity(), picked.variant, outcome, started.elapsed().as_secs_f64());
-        Some(Answered { answer, served: rule, canary: None })
+        Answered { answer, served: rule, canary: None }
     }
 }
 

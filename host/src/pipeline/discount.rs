@@ -35,8 +35,13 @@ pub struct Books<'a> {
     pub rule_errors: &'a RuleErrors,
 }
 
-/// Runs the discount slot on `order` (whose `payable_cents` is the subtotal).
-pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>) -> Result<Discounts, OrderError> {
+/// Runs the discount slot on `order` (whose `payable_cents` is the
+/// subtotal), each rule's call on the calling task (the order's).
+pub async fn apply_discounts(
+    rules: &RuleSet,
+    order: &OrderContext,
+    books: &Books<'_>,
+) -> Result<Discounts, OrderError> {
     let mut order = order.clone();
     let mut lines = Vec::new();
     let mut skipped = Vec::new();
@@ -50,7 +55,8 @@ pub fn apply_discounts(rules: &RuleSet, order: &OrderContext, books: &Books<'_>)
         let started = std::time::Instant::now();
         let answered = books
             .canaries
-            .call(Slot::Discount, slot_rule, &picked, &order.order_id, |rule| rule.apply_discount(&order));
+            .call_async(Slot::Discount, slot_rule, &picked, &order.order_id, |rule| rule.apply_discount_async(&order))
+            .await;
         let seconds = started.elapsed().as_secs_f64();
         let Some(Answered { answer, served, canary }) = answered else {
             // An "off" arm, or a new rule's canary that did not serve the

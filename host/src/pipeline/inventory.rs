@@ -19,7 +19,7 @@ use crate::domain::geo::distance_km;
 use crate::domain::invoice::{Invoice, InvoiceAllocation};
 use crate::domain::status::Slot;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
-use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet, run_blocking};
+use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet};
 use crate::store::Store;
 use crate::store::catalog::StockedWarehouse;
 use crate::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
@@ -69,19 +69,17 @@ pub struct Books {
 }
 
 /// Plans the order's shipment from `stocked` (warehouses holding its skus,
-/// with what each has available). Writes nothing.
+/// with what each has available), the selector's call on the calling task
+/// (the order's). Writes nothing.
 pub async fn plan(
     rules: &Arc<RuleSet>,
     books: &Books,
     order: &Arc<OrderContext>,
     stocked: &[StockedWarehouse],
 ) -> Result<Planned, OrderError> {
-    let requested = Arc::new(requested_quantities(order));
+    let requested = requested_quantities(order);
     let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-    let (rules_now, order_now, books_now, offered, wanted) =
-        (rules.clone(), order.clone(), books.clone(), candidates.clone(), requested.clone());
-    let (plan, served, canary) =
-        run_blocking(move || select(&rules_now, &order_now, &offered, &wanted, &books_now)).await?;
+    let (plan, served, canary) = select(rules, order, &candidates, &requested, books).await?;
     let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
         slot: Slot::Warehouse,
         module: Box::new((**served.identity()).clone()),
@@ -175,7 +173,7 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
 /// the canary). A canary's plan that would not hold is the canary's
 /// failure: the stable selector plans instead. The call of an A/B arm is
 /// timed in its figures (every call: an order planned again is timed again).
-fn select(
+async fn select(
     rules: &RuleSet,
     order: &OrderContext,
     candidates: &[Candidate],
@@ -186,16 +184,19 @@ fn select(
     let picked = slot.pick(&order.customer.id);
     let canary = picked.canary.map(|c| &c.rule);
     let started = std::time::Instant::now();
-    let answered = books.canaries.call(Slot::Warehouse, slot, &picked, &order.order_id, |rule| {
-        let called = rule.select_warehouses(order, candidates)?;
-        if canary.is_some_and(|c| std::ptr::eq(c, rule))
-            && let Err(why) = validate_plan(&called.value, requested, candidates)
-        {
-            let cause = FailureCause::Guest(format!("invalid plan: {why}"));
-            return Err(RuleError::Failed { module: rule.identity().clone(), cause });
-        }
-        Ok::<Called<Plan>, RuleError>(called)
-    });
+    let answered = books
+        .canaries
+        .call_async(Slot::Warehouse, slot, &picked, &order.order_id, |rule| async move {
+            let called = rule.select_warehouses_async(order, candidates).await?;
+            if canary.is_some_and(|c| std::ptr::eq(c, rule))
+                && let Err(why) = validate_plan(&called.value, requested, candidates)
+            {
+                let cause = FailureCause::Guest(format!("invalid plan: {why}"));
+                return Err(RuleError::Failed { module: rule.identity().clone(), cause });
+            }
+            Ok::<Called<Plan>, RuleError>(called)
+        })
+        .await;
     if let Some(arm) = Arm::picked(Slot::Warehouse, &picked) {
         books.experiments.rule_timed(&arm, started.elapsed().as_secs_f64() * 1e6);
     }

@@ -345,8 +345,10 @@ impl Pipeline {
         let inventory_books =
             inventory::Books { canaries: self.canaries.clone(), experiments: self.experiments.clone() };
 
-        // Stage 3: both legs at once, each one hop to a rule thread. Neither
-        // writes: a failed leg leaves nothing to undo. Once both have
+        // Stage 3: both legs at once, their rule calls on this task (no hop
+        // to another thread: a call yields at every epoch tick, so a slow
+        // rule does not hold the worker). Neither writes: a failed leg
+        // leaves nothing to undo. Once both have
         // succeeded, phase 1 holds the stock with the payment intent. The
         // inventory stage's span covers its leg and the hold, as its timing does.
         let inventory_span = tracing::debug_span!("inventory");
@@ -359,15 +361,12 @@ impl Pipeline {
         let discount_leg = within(Stage::Discount, config.stage_timeout, async {
             let leg_started = Instant::now();
             injected_delay(config.faults.discount_delay).await;
-            let (rules, context) = (rules.clone(), context.clone());
-            let (experiments, canaries, rule_errors) =
-                (self.experiments.clone(), self.canaries.clone(), self.rule_errors.clone());
-            let discounts = crate::rules::run_blocking(move || {
-                let books =
-                    discount::Books { experiments: &experiments, canaries: &canaries, rule_errors: &rule_errors };
-                discount::apply_discounts(&rules, &context, &books)
-            })
-            .await?;
+            let books = discount::Books {
+                experiments: &self.experiments,
+                canaries: &self.canaries,
+                rule_errors: &self.rule_errors,
+            };
+            let discounts = discount::apply_discounts(&rules, &context, &books).await?;
             Ok((discounts, ms(leg_started)))
         })
         .instrument(tracing::debug_span!("discount"));

@@ -1,6 +1,8 @@
-//! The rule runtime: one wasmtime `Engine` for the whole process, the one
-//! `Linker` every rule is instantiated against, the epoch ticker, and the
-//! on-disk cache of compiled modules.
+//! The rule runtime: one wasmtime `Engine` for the whole process, the
+//! `Linker`s rules are instantiated against (one with synchronous WASI for
+//! calls on a thread of their own, one with asynchronous WASI for calls on
+//! an async worker), the epoch ticker, and the on-disk cache of compiled
+//! modules.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -53,7 +55,12 @@ pub struct RuleRuntime {
 
 struct RuntimeInner {
     engine: Engine,
+    /// WASI's synchronous bindings: for the synchronous calls (rule tools,
+    /// reload checks, fraud checks and shadows on the rule threads).
     linker: Linker<RuleState>,
+    /// WASI's asynchronous bindings: for the async calls (the order path, on
+    /// its own task), where a WASI call must not block on a runtime.
+    async_linker: Linker<RuleState>,
     cache_dir: Option<PathBuf>,
     /// Hex digest of the engine's compatibility hash: part of every cache key,
     /// because an artifact compiled under another configuration must not load.
@@ -78,10 +85,17 @@ impl RuleRuntime {
             .context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
-        // `log` and `config` are shared by the three worlds (see bindings).
-        DiscountRule::add_to_linker::<RuleState, HasSelf<RuleState>>(&mut linker, |state| state)
+        let mut async_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut async_linker)
             .map_err(anyhow::Error::from)
-            .context("linking the host interfaces")?;
+            .context("linking asynchronous WASI")?;
+        // `log` and `config` are shared by the three worlds (see bindings);
+        // they never block, so both linkers take the same synchronous ones.
+        for linker in [&mut linker, &mut async_linker] {
+            DiscountRule::add_to_linker::<RuleState, HasSelf<RuleState>>(linker, |state| state)
+                .map_err(anyhow::Error::from)
+                .context("linking the host interfaces")?;
+        }
         spawn_epoch_ticker(&engine);
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -90,7 +104,8 @@ impl RuleRuntime {
             std::fs::create_dir_all(dir).with_context(|| format!("creating cache dir {}", dir.display()))?;
         }
         let report_compiles = AtomicBool::new(false);
-        let inner = RuntimeInner { engine, linker, cache_dir: options.cache_dir, engine_key, report_compiles };
+        let inner =
+            RuntimeInner { engine, linker, async_linker, cache_dir: options.cache_dir, engine_key, report_compiles };
         Ok(RuleRuntime { inner: Arc::new(inner) })
     }
 
@@ -107,6 +122,10 @@ impl RuleRuntime {
 
     pub(crate) fn linker(&self) -> &Linker<RuleState> {
         &self.inner.linker
+    }
+
+    pub(crate) fn async_linker(&self) -> &Linker<RuleState> {
+        &self.inner.async_linker
     }
 
     /// Loads `file` as a module of `world`: reads, digests, compiles (or
@@ -277,6 +296,9 @@ fn engine_config(max_instances: u32) -> anyhow::Result<Config> {
         // a small rule then starts without page faults.
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
+        // An async call runs on a fiber stack of the pool, one per call in
+        // flight: as many as there may be instances.
+        .total_stacks(max_instances)
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config

@@ -13,7 +13,7 @@
 //! - [`scope`]: the channels and activation window of a rule, asked by each order at its start;
 //! - [`canary`]: a new version on a share of customers, watched, rolled back by itself;
 //! - [`native`]: the same calls on native closures (the benchmark baseline);
-//! - [`pool`]: the threads rule calls run on, a batch of calls per hop;
+//! - [`pool`]: the threads synchronous rule calls run on, a batch of calls per hop;
 //! - [`reload`]: hot reload of the plug-in directory (watch, debounce, check, swap);
 //! - [`signing`]: ed25519 module signatures;
 //! - [`runner`]: `smartmart rules check | run` for rule authors;

@@ -2,13 +2,22 @@
 //! calls into it. Every call gets a fresh instance in a fresh store, so no
 //! state leaks from one order into the next, and a trapped instance is
 //! simply dropped.
+//!
+//! Each call comes in two forms. The synchronous one (`apply_discount`, …)
+//! runs the guest to the end on the calling thread: the rule tools, reload
+//! checks, and the fraud checks and shadows on the rule threads. The async
+//! one (`apply_discount_async`, …) runs it on the calling task, the order's
+//! own, without a hand-off to another thread: the guest runs on a fiber and
+//! yields to the executor at every epoch tick ([`super::engine::EPOCH_TICK`]), so a guest
+//! that loops holds a worker for at most a tick at a time, and its time
+//! budget ends it as in a synchronous call ([`FailureCause::TimeBudget`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{DiscountRulePre, FraudCheckPre, GuestError, WarehouseSelectorPre, wit};
 use super::budgets::{Budgets, OutputCharge};
@@ -44,9 +53,9 @@ pub(crate) fn mark_rule_thread() {
     ON_RULE_THREAD.set(true);
 }
 
-/// Runs rule calls on the rule threads (see [`super::pool`]): they never
-/// stall an async worker, and WASI calls a guest makes (a panic message)
-/// work there.
+/// Runs synchronous rule calls on the rule threads (see [`super::pool`]):
+/// they never stall an async worker, and WASI calls a guest makes (a panic
+/// message) work there. The order path needs none: it makes the async calls.
 pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     super::pool::run(f).await
 }
@@ -92,7 +101,12 @@ pub struct RuleModule {
     imports: Arc<[String]>,
     /// Whether any import is a WASI interface (see [`RuleModule::call`]).
     uses_wasi: bool,
-    prepared: Prepared,
+    /// Linked with synchronous WASI, for the synchronous calls.
+    prepared: Arc<Prepared>,
+    /// Linked with asynchronous WASI, for the async calls: a guest's WASI
+    /// call (its panic message on stderr) must not block the worker. The
+    /// same as `prepared` for a module without WASI imports.
+    prepared_async: Arc<Prepared>,
     runtime: RuleRuntime,
     config: Arc<ModuleConfig>,
     /// [`super::config_hash::config_hash`] of `config`, computed once.
@@ -169,12 +183,19 @@ impl RuleModule {
             expected: world,
             reason: format!("{e:#}"),
         };
-        let pre = runtime.linker().instantiate_pre(&compiled.component).map_err(wrong_world)?;
-        let prepared = match world {
-            World::DiscountRule => Prepared::Discount(DiscountRulePre::new(pre).map_err(wrong_world)?),
-            World::WarehouseSelector => Prepared::Warehouse(WarehouseSelectorPre::new(pre).map_err(wrong_world)?),
-            World::FraudCheck => Prepared::Fraud(FraudCheckPre::new(pre).map_err(wrong_world)?),
+        let prepare = |linker: &wasmtime::component::Linker<RuleState>| -> wasmtime::Result<Prepared> {
+            let pre = linker.instantiate_pre(&compiled.component)?;
+            Ok(match world {
+                World::DiscountRule => Prepared::Discount(DiscountRulePre::new(pre)?),
+                World::WarehouseSelector => Prepared::Warehouse(WarehouseSelectorPre::new(pre)?),
+                World::FraudCheck => Prepared::Fraud(FraudCheckPre::new(pre)?),
+            })
         };
+        let uses_wasi = compiled.imports.iter().any(|import| import.starts_with("wasi:"));
+        let prepared = Arc::new(prepare(runtime.linker()).map_err(wrong_world)?);
+        // Without WASI imports nothing of the linkers differs: one pre serves both.
+        let prepared_async =
+            if uses_wasi { Arc::new(prepare(runtime.async_linker()).map_err(wrong_world)?) } else { prepared.clone() };
         let file_name =
             file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
         let mut module = RuleModule {
@@ -187,9 +208,10 @@ impl RuleModule {
                 digest: compiled.digest,
             }),
             path: file.to_owned(),
-            uses_wasi: compiled.imports.iter().any(|import| import.starts_with("wasi:")),
+            uses_wasi,
             imports: compiled.imports.into(),
             prepared,
+            prepared_async,
             runtime: runtime.clone(),
             config_hash: Arc::from(super::config_hash::config_hash(&config)),
             config,
@@ -279,7 +301,7 @@ impl RuleModule {
 
     /// [`RuleModule::apply_discount`], with the call's usage and log whatever its outcome.
     pub fn apply_discount_traced(&self, order: &OrderContext) -> Traced<Vec<DiscountLine>> {
-        let Prepared::Discount(pre) = &self.prepared else {
+        let Prepared::Discount(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::DiscountRule));
         };
         let input = wit::OrderContext::from(order);
@@ -298,7 +320,7 @@ impl RuleModule {
 
     /// [`RuleModule::select_warehouses`], with the call's usage and log whatever its outcome.
     pub fn select_warehouses_traced(&self, order: &OrderContext, candidates: &[Candidate]) -> Traced<Plan> {
-        let Prepared::Warehouse(pre) = &self.prepared else {
+        let Prepared::Warehouse(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::WarehouseSelector));
         };
         let input = wit::OrderContext::from(order);
@@ -318,7 +340,7 @@ impl RuleModule {
 
     /// [`RuleModule::check_fraud`], with the call's usage and log whatever its outcome.
     pub fn check_fraud_traced(&self, order: &OrderContext, payment: &PaymentSummary) -> Traced<Verdict> {
-        let Prepared::Fraud(pre) = &self.prepared else {
+        let Prepared::Fraud(pre) = &*self.prepared else {
             return Traced::not_run(self.not_this_world(World::FraudCheck));
         };
         let input = wit::OrderContext::from(order);
@@ -329,6 +351,113 @@ impl RuleModule {
             let answer = charged(store, answer);
             Ok(answer.map(Into::into).map_err(Into::into))
         })
+    }
+
+    /// [`RuleModule::info`] on the calling task (see the module's doc).
+    pub async fn info_async(&self) -> Result<Called<RuleInfo>, RuleError> {
+        let (mut store, started) = self.fresh_async_store()?;
+        let outcome: wasmtime::Result<Result<RuleInfo, GuestError>> = async {
+            let store = &mut store;
+            Ok(Ok(match &*self.prepared_async {
+                Prepared::Discount(pre) => {
+                    let meta = pre.instantiate_async(&mut *store).await?;
+                    let (info,) = meta.smartmart_rules_meta().func_info().call_async(store, ()).await?;
+                    info.into()
+                }
+                Prepared::Warehouse(pre) => {
+                    let meta = pre.instantiate_async(&mut *store).await?;
+                    let (info,) = meta.smartmart_rules_meta().func_info().call_async(store, ()).await?;
+                    info.into()
+                }
+                Prepared::Fraud(pre) => {
+                    let meta = pre.instantiate_async(&mut *store).await?;
+                    let (info,) = meta.smartmart_rules_meta().func_info().call_async(store, ()).await?;
+                    info.into()
+                }
+            }))
+        }
+        .await;
+        self.finish(store, started, outcome).into_called()
+    }
+
+    /// [`RuleModule::apply_discount`] on the calling task (see the module's doc).
+    pub async fn apply_discount_async(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        let Prepared::Discount(pre) = &*self.prepared_async else {
+            return Err(self.not_this_world(World::DiscountRule));
+        };
+        let input = wit::OrderContext::from(order);
+        let (mut store, started) = self.fresh_async_store()?;
+        let outcome = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let (answer,) = instance.smartmart_rules_discount().func_apply().call_async(&mut store, (&input,)).await?;
+            let answer = charged(&mut store, answer);
+            Ok(answer.map(|lines| lines.into_iter().map(Into::into).collect()).map_err(Into::into))
+        }
+        .await;
+        self.finish(store, started, outcome).into_called()
+    }
+
+    /// [`RuleModule::select_warehouses`] on the calling task (see the module's doc).
+    pub async fn select_warehouses_async(
+        &self,
+        order: &OrderContext,
+        candidates: &[Candidate],
+    ) -> Result<Called<Plan>, RuleError> {
+        let Prepared::Warehouse(pre) = &*self.prepared_async else {
+            return Err(self.not_this_world(World::WarehouseSelector));
+        };
+        let input = wit::OrderContext::from(order);
+        let candidates: Vec<_> = candidates.iter().map(Into::into).collect();
+        let (mut store, started) = self.fresh_async_store()?;
+        let outcome = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let selector = instance.smartmart_rules_warehouse().func_select();
+            let (answer,) = selector.call_async(&mut store, (&input, &candidates)).await?;
+            let answer = charged(&mut store, answer);
+            Ok(answer.map(Into::into).map_err(Into::into))
+        }
+        .await;
+        self.finish(store, started, outcome).into_called()
+    }
+
+    /// [`RuleModule::check_fraud`] on the calling task (see the module's doc).
+    pub async fn check_fraud_async(
+        &self,
+        order: &OrderContext,
+        payment: &PaymentSummary,
+    ) -> Result<Called<Verdict>, RuleError> {
+        let Prepared::Fraud(pre) = &*self.prepared_async else {
+            return Err(self.not_this_world(World::FraudCheck));
+        };
+        let input = wit::OrderContext::from(order);
+        let payment = payment.into();
+        let (mut store, started) = self.fresh_async_store()?;
+        let outcome = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let check = instance.smartmart_rules_fraud().func_check();
+            let (answer,) = check.call_async(&mut store, (&input, &payment)).await?;
+            let answer = charged(&mut store, answer);
+            Ok(answer.map(Into::into).map_err(Into::into))
+        }
+        .await;
+        self.finish(store, started, outcome).into_called()
+    }
+
+    /// [`RuleModule::instantiate`] on the calling task: the async calls'
+    /// part before the guest runs (the rules benchmark sets it beside them).
+    pub async fn instantiate_async(&self) -> Result<Called<()>, RuleError> {
+        let (mut store, started) = self.fresh_async_store()?;
+        let outcome = async {
+            // The instance is dropped at once: its store ends with the call.
+            match &*self.prepared_async {
+                Prepared::Discount(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
+                Prepared::Warehouse(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
+                Prepared::Fraud(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
+            }
+            Ok(Ok(()))
+        }
+        .await;
+        self.finish(store, started, outcome).into_called()
     }
 
     fn not_this_world(&self, wanted: World) -> RuleError {
@@ -381,6 +510,28 @@ impl RuleModule {
         Ok(store)
     }
 
+    /// The store of one async call and the instant its time budget counts
+    /// from: as [`RuleModule::fresh_store`], except that at every epoch tick
+    /// the guest yields to the executor (so that other tasks of its worker
+    /// run), until the call's wall-clock budget is spent: then it traps with
+    /// [`Trap::Interrupt`], as a synchronous call does at its deadline.
+    fn fresh_async_store(&self) -> Result<(Store<RuleState>, Instant), RuleError> {
+        let started = Instant::now();
+        let mut store = self.fresh_store()?;
+        let budget = Duration::from_millis(self.budgets.time_ms);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= budget {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Tokio's own yield (which wasmtime's documentation recommends
+            // under tokio) puts the task behind the worker's other tasks and
+            // lets its driver run, rather than polling it again at once.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        Ok((store, started))
+    }
+
     /// One call in a fresh store under the module's budgets; classifies
     /// every way it can go wrong.
     fn call<T: Send>(
@@ -388,7 +539,6 @@ impl RuleModule {
         body: impl FnOnce(&mut Store<RuleState>, &Prepared) -> wasmtime::Result<Result<T, GuestError>> + Send,
     ) -> Traced<T> {
         let started = Instant::now();
-        let budgets = self.budgets;
         let mut store = match self.fresh_store() {
             Ok(store) => store,
             Err(error) => return Traced::not_run(error),
@@ -397,18 +547,31 @@ impl RuleModule {
         // Tokio runtime (`in_tokio`), which panics on a thread that drives
         // one: a guest touching WASI (its panic message on stderr, a hostile
         // file or socket call) would bring down the order's task instead of
-        // failing the rule. On a rule thread (`run_blocking`, the pipeline's
-        // way in) there is no runtime; anywhere else inside a runtime the
-        // guest runs on a thread of its own, unless it imports no WASI at all
-        // (the bundled rules): then nothing it can call blocks on a runtime.
+        // failing the rule. On a rule thread (`run_blocking`) there is no
+        // runtime; anywhere else inside a runtime the guest runs on a thread
+        // of its own, unless it imports no WASI at all (the bundled rules):
+        // then nothing it can call blocks on a runtime. (The async calls
+        // need none of this: their WASI is asynchronous.)
         let outcome = if self.uses_wasi && !ON_RULE_THREAD.get() && tokio::runtime::Handle::try_current().is_ok() {
-            let prepared = &self.prepared;
+            let prepared = &*self.prepared;
             let store = &mut store;
             std::thread::scope(|scope| scope.spawn(move || body(store, prepared)).join())
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         } else {
             body(&mut store, &self.prepared)
         };
+        self.finish(store, started, outcome)
+    }
+
+    /// What a call left in its store, once the guest is done: its usage,
+    /// its log, and its outcome classified.
+    fn finish<T>(
+        &self,
+        mut store: Store<RuleState>,
+        started: Instant,
+        outcome: wasmtime::Result<Result<T, GuestError>>,
+    ) -> Traced<T> {
+        let budgets = self.budgets;
         let fuel = budgets.fuel - store.get_fuel().unwrap_or(0);
         let usage = Usage {
             elapsed: started.elapsed(),

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument as _;
+
 use super::module::{Called, ModuleIdentity, RuleModule, Usage};
 use super::types::{Candidate, OrderContext, PaymentSummary, Plan, Refusal, Verdict};
 use super::{RuleError, World};
@@ -131,25 +133,37 @@ impl Rule {
     pub fn apply_discount(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
         self.traced(|| match self {
             Rule::Wasm(m) => m.apply_discount(order),
-            Rule::Native(NativeRule { logic: NativeLogic::Discount(f), .. }) => {
-                let started = Instant::now();
-                let value = f(order).map_err(|r| self.refused(r))?;
-                Ok(Called { value, usage: usage(started) })
-            }
-            Rule::Native(_) => Err(self.wrong_world()),
+            Rule::Native(_) => self.apply_discount_natively(order),
         })
+    }
+
+    fn apply_discount_natively(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        let Rule::Native(NativeRule { logic: NativeLogic::Discount(f), .. }) = self else {
+            return Err(self.wrong_world());
+        };
+        let started = Instant::now();
+        let value = f(order).map_err(|r| self.refused(r))?;
+        Ok(Called { value, usage: usage(started) })
     }
 
     pub fn select_warehouses(&self, order: &OrderContext, candidates: &[Candidate]) -> Result<Called<Plan>, RuleError> {
         self.traced(|| match self {
             Rule::Wasm(m) => m.select_warehouses(order, candidates),
-            Rule::Native(NativeRule { logic: NativeLogic::Warehouse(f), .. }) => {
-                let started = Instant::now();
-                let value = f(order, candidates).map_err(|r| self.refused(r))?;
-                Ok(Called { value, usage: usage(started) })
-            }
-            Rule::Native(_) => Err(self.wrong_world()),
+            Rule::Native(_) => self.select_warehouses_natively(order, candidates),
         })
+    }
+
+    fn select_warehouses_natively(
+        &self,
+        order: &OrderContext,
+        candidates: &[Candidate],
+    ) -> Result<Called<Plan>, RuleError> {
+        let Rule::Native(NativeRule { logic: NativeLogic::Warehouse(f), .. }) = self else {
+            return Err(self.wrong_world());
+        };
+        let started = Instant::now();
+        let value = f(order, candidates).map_err(|r| self.refused(r))?;
+        Ok(Called { value, usage: usage(started) })
     }
 
     pub fn check_fraud(&self, order: &OrderContext, payment: &PaymentSummary) -> Result<Called<Verdict>, RuleError> {
@@ -163,14 +177,50 @@ impl Rule {
         })
     }
 
+    /// [`Rule::apply_discount`] on the calling task: a module's call runs
+    /// there, yielding at every epoch tick (see [`RuleModule`]).
+    pub async fn apply_discount_async(&self, order: &OrderContext) -> Result<Called<Vec<DiscountLine>>, RuleError> {
+        let span = self.span();
+        let result = match self {
+            Rule::Wasm(m) => m.apply_discount_async(order).instrument(span.clone()).await,
+            Rule::Native(_) => span.in_scope(|| self.apply_discount_natively(order)),
+        };
+        record_outcome(&span, &result);
+        result
+    }
+
+    /// [`Rule::select_warehouses`] on the calling task: a module's call runs
+    /// there, yielding at every epoch tick (see [`RuleModule`]).
+    pub async fn select_warehouses_async(
+        &self,
+        order: &OrderContext,
+        candidates: &[Candidate],
+    ) -> Result<Called<Plan>, RuleError> {
+        let span = self.span();
+        let result = match self {
+            Rule::Wasm(m) => m.select_warehouses_async(order, candidates).instrument(span.clone()).await,
+            Rule::Native(_) => span.in_scope(|| self.select_warehouses_natively(order, candidates)),
+        };
+        record_outcome(&span, &result);
+        result
+    }
+
     /// Makes `call` in a `rule` span naming the module (`DEBUG`: exported
     /// with the traces, in the log only when `RUST_LOG` asks for it), a
     /// child of the caller's span (on a rule thread, the span `pool::run`
     /// carried over), with the call's outcome: `ok`, `refused` (the
     /// order's fault) or `failed` (also the span's error status).
     fn traced<T>(&self, call: impl FnOnce() -> Result<Called<T>, RuleError>) -> Result<Called<T>, RuleError> {
+        let span = self.span();
+        let result = span.in_scope(call);
+        record_outcome(&span, &result);
+        result
+    }
+
+    /// The `rule` span of a call (see [`Rule::traced`]), its outcome not yet known.
+    fn span(&self) -> tracing::Span {
         let identity = self.identity();
-        let span = tracing::debug_span!(
+        tracing::debug_span!(
             "rule",
             rule.name = identity.name.as_str(),
             rule.version = identity.version.as_str(),
@@ -179,17 +229,20 @@ impl Rule {
             rule.file = identity.file.as_str(),
             rule.outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
-        );
-        let result = span.in_scope(call);
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(RuleError::Refused { .. }) => "refused",
-            Err(RuleError::Failed { .. }) => {
-                span.record("otel.status_code", "ERROR");
-                "failed"
-            }
-        };
-        span.record("rule.outcome", outcome);
-        result
+        )
     }
+}
+
+/// Records a call's outcome on its `rule` span: `ok`, `refused` (the
+/// order's fault) or `failed` (also the span's error status).
+fn record_outcome<T>(span: &tracing::Span, result: &Result<Called<T>, RuleError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(RuleError::Refused { .. }) => "refused",
+        Err(RuleError::Failed { .. }) => {
+            span.record("otel.status_code", "ERROR");
+            "failed"
+        }
+    };
+    span.record("rule.outcome", outcome);
 }

@@ -1,15 +1,13 @@
-//! The threads rule calls run on.
+//! The threads synchronous rule calls run on.
 //!
 //! A rule call is a few microseconds of CPU, bounded by its fuel and epoch
 //! deadline; WASI's synchronous bindings must not run on an async worker
-//! (they block on a runtime of their own). So every call runs on one of a
-//! few dedicated threads, and each hop carries a whole batch of calls: an
-//! order's discount rules, its warehouse selection, a batch of fraud
-//! checks. Handing work to one of these threads costs about what one
-//! `spawn_blocking` does, so fewer hops is what makes the order path cheap.
-//!
-//! The number of threads also bounds how many rule instances are alive at
-//! once, and with it the host memory rule calls can take (see `budgets`).
+//! (they block on a runtime of their own). So the synchronous calls made
+//! from async code run on one of a few dedicated threads, and each hop
+//! carries a whole batch of calls: a batch of fraud checks, an order's
+//! shadow runs. Handing work to one of these threads costs about what one
+//! `spawn_blocking` does. The order's own rule calls make no hop at all:
+//! they are async calls on its task (see `module`).
 
 use std::sync::OnceLock;
 
