@@ -95,6 +95,29 @@ fn fresh_instance_call(c: &mut Criterion) {
     assert_eq!(coupons.apply_discount(&gold_basic.order).unwrap().value.len(), 1);
     group.bench_function("coupons", |b| b.iter(|| coupons.apply_discount(black_box(&gold_basic.order)).unwrap()));
 
+    // The JavaScript coupon rule (QuickJS, built by `cargo xtask guests`)
+    // on the same order with a coupon it applies: a warm process, as the
+    // service calls it, beside the Rust rules above.
+    let js_path = repo().join("examples/rules/coupons-js/coupons_js.wasm");
+    let coupons_js = runtime
+        .load(&js_path, World::DiscountRule, config(&coupons_config), Budgets::default())
+        .unwrap_or_else(|e| panic!("{e} (run `cargo xtask guests` first)"));
+    let mut with_coupon = gold_basic.order.clone();
+    with_coupon.coupon_code = Some("WELCOME10".into());
+    assert_eq!(coupons_js.apply_discount(&with_coupon).unwrap().value.len(), 1);
+    group.bench_function("coupons_js (JavaScript)", |b| {
+        b.iter(|| coupons_js.apply_discount(black_box(&with_coupon)).unwrap())
+    });
+    // The same calls as the order path makes them since the async change:
+    // on the calling task, yielding at every epoch tick.
+    let tasks = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    group.bench_function("gold_loyalty, async on the calling task", |b| {
+        b.iter(|| tasks.block_on(gold.apply_discount_async(black_box(&gold_basic.order))).unwrap())
+    });
+    group.bench_function("coupons_js (JavaScript), async on the calling task", |b| {
+        b.iter(|| tasks.block_on(coupons_js.apply_discount_async(black_box(&with_coupon))).unwrap())
+    });
+
     let nearest = load(&runtime, "nearest_warehouse", World::WarehouseSelector, &[]);
     nearest.select_warehouses(&gold_basic.order, &gold_basic.candidates).unwrap();
     group.bench_function("nearest_warehouse", |b| {
