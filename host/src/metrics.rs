@@ -207,6 +207,7 @@ struct StoreWriterFamilies {
     commands: Counter,
     running_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     committing_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    wal_bytes: Counter,
     /// What was exported so far: counters only go up by the difference.
     exported: std::sync::Mutex<crate::store::stats::WriterTotals>,
 }
@@ -229,6 +230,11 @@ impl StoreWriterFamilies {
             "store_committing_seconds",
             "Writer time spent in COMMIT (WAL write and fdatasync), running nothing else",
             families.committing_seconds.clone(),
+        );
+        registry.register(
+            "store_wal_bytes",
+            "Bytes the writer's commits appended to the WAL (a frame of page size + 24 bytes per changed page)",
+            families.wal_bytes.clone(),
         );
         families
     }
@@ -272,6 +278,7 @@ impl Metrics {
         families.commands.inc_by(totals.commands.saturating_sub(exported.commands));
         families.running_seconds.inc_by(totals.running.saturating_sub(exported.running).as_secs_f64());
         families.committing_seconds.inc_by(totals.committing.saturating_sub(exported.committing).as_secs_f64());
+        families.wal_bytes.inc_by(totals.wal_bytes.saturating_sub(exported.wal_bytes));
         *exported = totals;
     }
 

@@ -395,6 +395,10 @@ async fn health_readiness_metrics_and_the_openapi_document_need_no_key() {
     assert!(commands >= 3.0, "{commands}");
     assert!(value("smartmart_store_committing_seconds_total") > 0.0);
     assert!(value("smartmart_store_running_seconds_total") > 0.0);
+    // Whole WAL frames (a 4 KiB page and its 24-byte header), at least one
+    // per commit of the order's three commands, which follow one another.
+    let wal_bytes = value("smartmart_store_wal_bytes_total");
+    assert!(wal_bytes >= 3.0 * 4120.0 && wal_bytes % 4120.0 == 0.0, "{wal_bytes} WAL bytes");
 
     let openapi = send(server.request(Method::GET, "/openapi.json")).await;
     assert_eq!(openapi.status, 200, "{}", openapi.text());

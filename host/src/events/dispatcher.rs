@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{EnvelopeError, envelope_from_invoice};
+use std::collections::HashMap;
+
+use super::envelope::{EnvelopeError, envelope_from_invoice, read_invoice};
 use super::{EventSink, SinkEvent};
 use crate::clock::now_ms;
 use crate::domain::status::EventKind;
@@ -48,11 +50,13 @@ pub async fn deliver_due(outbox: &Outbox, sink: &Arc<dyn EventSink>) -> Result<u
             return Ok(delivered);
         }
         let mut progressed = false;
+        // Each order's invoice is read back once for all its events of the pass.
+        let mut invoices = Invoices::default();
         for &kind in EventKind::ALL {
             let mut batch: Vec<&DueEvent> = Vec::new();
             let mut events: Vec<SinkEvent> = Vec::new();
             for event in due.iter().filter(|e| e.kind == kind) {
-                match sink_event(event, &outbox.pseudonym_key) {
+                match sink_event(event, &mut invoices, &outbox.pseudonym_key) {
                     Ok(built) => {
                         batch.push(event);
                         events.push(built);
@@ -107,13 +111,23 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempts.min(16))).min(MAX_BACKOFF)
 }
 
+/// The invoices read back in one pass, by order id.
+type Invoices<'a> = HashMap<&'a str, Result<crate::domain::invoice::Invoice, EnvelopeError>>;
+
 /// The event as the sink gets it: its envelope, built now from the order's
-/// invoice for audit and analytics (see [`super::envelope`]).
-fn sink_event(event: &DueEvent, pseudonym_key: &[u8]) -> Result<SinkEvent, EnvelopeError> {
+/// invoice for audit and analytics (see [`super::envelope`]), read back
+/// once per pass for both.
+fn sink_event<'a>(
+    event: &'a DueEvent,
+    invoices: &mut Invoices<'a>,
+    pseudonym_key: &[u8],
+) -> Result<SinkEvent, EnvelopeError> {
     let envelope = match &event.body {
         DueBody::Envelope(envelope) => envelope.clone(),
         DueBody::FromInvoice { invoice: None, .. } => return Err(EnvelopeError::NoInvoice),
-        DueBody::FromInvoice { invoice: Some(invoice), created_ms, .. } => {
+        DueBody::FromInvoice { order_id, invoice: Some(invoice), created_ms } => {
+            let read = invoices.entry(order_id.as_str()).or_insert_with(|| read_invoice(invoice));
+            let invoice = read.as_ref().map_err(Clone::clone)?;
             envelope_from_invoice(&event.id, event.kind, invoice, *created_ms, pseudonym_key)?
         }
     };

@@ -231,24 +231,29 @@ pub fn outbox_events(invoice: &Invoice) -> Vec<NewEvent> {
         .collect()
 }
 
+/// An order's stored invoice, read back for its envelopes (once for all of
+/// them: [`envelope_from_invoice`] takes what this returns).
+pub fn read_invoice(invoice: &str) -> Result<Invoice, EnvelopeError> {
+    serde_json::from_str(invoice).map_err(|e| EnvelopeError::Invoice(e.to_string()))
+}
+
 /// The audit or analytics envelope of event `id`, from its order's stored
-/// invoice and the time the event was written (`created_ms`): the same
-/// bytes however often it is built, so a delivery repeated after a crash
-/// repeats the first one.
+/// invoice (read back by [`read_invoice`]) and the time the event was
+/// written (`created_ms`): the same bytes however often it is built, so a
+/// delivery repeated after a crash repeats the first one.
 pub fn envelope_from_invoice(
     id: &str,
     kind: EventKind,
-    invoice: &str,
+    invoice: &Invoice,
     created_ms: i64,
     pseudonym_key: &[u8],
 ) -> Result<String, EnvelopeError> {
-    let invoice: Invoice = serde_json::from_str(invoice).map_err(|e| EnvelopeError::Invoice(e.to_string()))?;
     let occurred_at = rfc3339_of_ms(created_ms);
     let (order_id, channel) = (&invoice.order_id, &invoice.channel);
     Ok(match kind {
-        EventKind::Audit => envelope(id, kind, order_id, channel, &occurred_at, AuditPayload::of(&invoice)),
+        EventKind::Audit => envelope(id, kind, order_id, channel, &occurred_at, AuditPayload::of(invoice)),
         EventKind::Analytics => {
-            envelope(id, kind, order_id, channel, &occurred_at, AnalyticsPayload::of(&invoice, pseudonym_key))
+            envelope(id, kind, order_id, channel, &occurred_at, AnalyticsPayload::of(invoice, pseudonym_key))
         }
         EventKind::Fraud => return Err(EnvelopeError::NotFromInvoice(kind)),
     })
@@ -294,8 +299,10 @@ mod tests {
     #[test]
     fn envelopes_built_at_delivery_are_the_same_bytes_every_time() {
         let at = 1_764_410_400_123;
-        let audit = envelope_from_invoice("evt_a", EventKind::Audit, STORED, at, b"k").unwrap();
-        assert_eq!(audit, envelope_from_invoice("evt_a", EventKind::Audit, STORED, at, b"k").unwrap());
+        let stored = read_invoice(STORED).unwrap();
+        let audit = envelope_from_invoice("evt_a", EventKind::Audit, &stored, at, b"k").unwrap();
+        let read_again = read_invoice(STORED).unwrap();
+        assert_eq!(audit, envelope_from_invoice("evt_a", EventKind::Audit, &read_again, at, b"k").unwrap());
         let audit: Value = serde_json::from_str(&audit).unwrap();
         assert_eq!(audit["id"], "evt_a");
         assert_eq!(audit["type"], "audit");
@@ -307,7 +314,7 @@ mod tests {
         assert_eq!(audit["payload"]["payment"]["transaction_id"], "txn_1");
         assert!(audit["payload"].get("ship_to").is_none());
 
-        let analytics = envelope_from_invoice("evt_b", EventKind::Analytics, STORED, at, b"k").unwrap();
+        let analytics = envelope_from_invoice("evt_b", EventKind::Analytics, &stored, at, b"k").unwrap();
         for personal in ["C-1001", "Lena", "12.97", "77.59"] {
             assert!(!analytics.contains(personal), "{personal} in {analytics}");
         }
@@ -322,9 +329,10 @@ mod tests {
 
     #[test]
     fn an_unreadable_invoice_or_a_fraud_event_is_refused() {
-        let bad = envelope_from_invoice("evt_a", EventKind::Audit, "{", 0, b"k").unwrap_err();
+        let bad = read_invoice("{").unwrap_err();
         assert!(matches!(bad, EnvelopeError::Invoice(_)), "{bad}");
-        let fraud = envelope_from_invoice("evt_c", EventKind::Fraud, STORED, 0, b"k").unwrap_err();
+        let fraud =
+            envelope_from_invoice("evt_c", EventKind::Fraud, &read_invoice(STORED).unwrap(), 0, b"k").unwrap_err();
         assert_eq!(fraud, EnvelopeError::NotFromInvoice(EventKind::Fraud));
     }
 }

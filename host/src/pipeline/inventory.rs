@@ -19,7 +19,7 @@ use crate::domain::geo::distance_km;
 use crate::domain::invoice::{Invoice, InvoiceAllocation};
 use crate::domain::status::Slot;
 use crate::rules::types::{Candidate, OrderContext, Plan, Refusal, StockLevel};
-use crate::rules::{Called, FailureCause, Rule, RuleError, RuleSet};
+use crate::rules::{Called, FailureCause, Picked, Rule, RuleError, RuleSet, SlotRule};
 use crate::store::Store;
 use crate::store::catalog::StockedWarehouse;
 use crate::store::orders::{Hold, KeyClaim, NewOrder, PaymentIntent, ReserveOutcome};
@@ -59,13 +59,17 @@ pub struct Held {
     pub invoice: Invoice,
 }
 
-/// Where the warehouse leg's per-call bookkeeping goes.
-#[derive(Clone)]
-pub struct Books {
+/// Where the warehouse leg's per-call bookkeeping goes, and the selector
+/// the order's customer was given (its A/B arm or canary share: picked
+/// once per order, so that every plan of the order asks the same rule and
+/// counts in the same arm).
+pub struct Books<'a> {
     /// Canary calls (and their fallback to the stable version).
     pub canaries: Arc<Canaries>,
     /// The timed calls of the selector's A/B arm.
     pub experiments: Arc<ExperimentFigures>,
+    /// `rules.warehouse.pick(customer)`, made once for the order.
+    pub picked: Picked<'a>,
 }
 
 /// Plans the order's shipment from `stocked` (warehouses holding its skus,
@@ -73,20 +77,20 @@ pub struct Books {
 /// (the order's). Writes nothing.
 pub async fn plan(
     rules: &Arc<RuleSet>,
-    books: &Books,
+    books: &Books<'_>,
     order: &Arc<OrderContext>,
     stocked: &[StockedWarehouse],
 ) -> Result<Planned, OrderError> {
     let requested = requested_quantities(order);
     let candidates: Arc<Vec<Candidate>> = Arc::new(stocked.iter().map(candidate).collect());
-    let (plan, served, canary) = select(rules, order, &candidates, &requested, books).await?;
+    let (plan, served, canary) = select(&rules.warehouse, order, &candidates, &requested, books).await?;
     let holds = validate_plan(&plan, &requested, &candidates).map_err(|why| OrderError::RuleFailed {
         slot: Slot::Warehouse,
         module: Box::new((**served.identity()).clone()),
         cause: FailureCause::Guest(format!("invalid plan: {why}")),
         error_id: None,
     })?;
-    let variant = rules.warehouse.pick(&order.customer.id).variant.map(str::to_string);
+    let variant = books.picked.variant.map(str::to_string);
     let allocations = describe(&plan, stocked, order, variant, canary);
     Ok(Planned { plan, served, holds, candidates, allocations })
 }
@@ -97,7 +101,7 @@ pub async fn plan(
 pub async fn hold(
     store: &Store,
     rules: &Arc<RuleSet>,
-    books: &Books,
+    books: &Books<'_>,
     order: &Arc<OrderContext>,
     keys: &OrderKeys<'_>,
     mut planned: Planned,
@@ -174,19 +178,18 @@ fn candidate(w: &StockedWarehouse) -> Candidate {
 /// failure: the stable selector plans instead. The call of an A/B arm is
 /// timed in its figures (every call: an order planned again is timed again).
 async fn select(
-    rules: &RuleSet,
+    slot: &SlotRule,
     order: &OrderContext,
     candidates: &[Candidate],
     requested: &BTreeMap<String, u64>,
-    books: &Books,
+    books: &Books<'_>,
 ) -> Result<(Plan, Rule, Option<String>), OrderError> {
-    let slot = &rules.warehouse;
-    let picked = slot.pick(&order.customer.id);
+    let picked = &books.picked;
     let canary = picked.canary.map(|c| &c.rule);
     let started = std::time::Instant::now();
     let answered = books
         .canaries
-        .call_async(Slot::Warehouse, slot, &picked, &order.order_id, |rule| async move {
+        .call_async(Slot::Warehouse, slot, picked, &order.order_id, |rule| async move {
             let called = rule.select_warehouses_async(order, candidates).await?;
             if canary.is_some_and(|c| std::ptr::eq(c, rule))
                 && let Err(why) = validate_plan(&called.value, requested, candidates)
@@ -197,7 +200,7 @@ async fn select(
             Ok::<Called<Plan>, RuleError>(called)
         })
         .await;
-    if let Some(arm) = Arm::picked(Slot::Warehouse, &picked) {
+    if let Some(arm) = Arm::picked(Slot::Warehouse, picked) {
         books.experiments.rule_timed(&arm, started.elapsed().as_secs_f64() * 1e6);
     }
     // The warehouse slot always has a stable selector and no "off" arm

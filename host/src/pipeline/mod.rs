@@ -341,9 +341,14 @@ impl Pipeline {
             ordered_at_ms: started_ms,
         });
 
-        *warehouse_arm = Arm::picked(Slot::Warehouse, &rules.warehouse.pick(&context.customer.id));
-        let inventory_books =
-            inventory::Books { canaries: self.canaries.clone(), experiments: self.experiments.clone() };
+        // The customer's selector (A/B arm, canary share), picked once: the
+        // plans, the allocations' variant and the arm's figures all use it.
+        let inventory_books = inventory::Books {
+            canaries: self.canaries.clone(),
+            experiments: self.experiments.clone(),
+            picked: rules.warehouse.pick(&context.customer.id),
+        };
+        *warehouse_arm = Arm::picked(Slot::Warehouse, &inventory_books.picked);
 
         // Stage 3: both legs at once, their rule calls on this task (no hop
         // to another thread: a call yields at every epoch tick, so a slow

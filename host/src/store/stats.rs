@@ -1,7 +1,8 @@
 //! What the store does, counted as it happens: on SQLite, how many
 //! commands each group commit of the writer carries, and where the
 //! writer's time goes (running the commands against committing them, the
-//! commit's `fdatasync` included); on PostgreSQL, the round trips to the
+//! commit's `fdatasync` included) and the bytes its commits appended to
+//! the WAL; on PostgreSQL, the round trips to the
 //! server and the transactions. The figures every claim about the store's
 //! cost rests on; `/metrics` exports them (`smartmart_store_*`). Owned by
 //! one store: two stores in one process (tests) count apart.
@@ -16,6 +17,7 @@ pub struct WriterStats {
     commands: AtomicU64,
     run_nanos: AtomicU64,
     commit_nanos: AtomicU64,
+    wal_bytes: AtomicU64,
 }
 
 /// A reading of [`WriterStats`].
@@ -30,12 +32,18 @@ pub struct WriterTotals {
     /// Time spent in `COMMIT` (the WAL write and, with `durability = full`,
     /// its `fdatasync`), during which the writer runs nothing else.
     pub committing: Duration,
+    /// Bytes the writer appended to the WAL: one frame (a 24-byte header
+    /// and the page) per page each commit changed. What an order's write
+    /// costs the disk and the checkpoint that copies it back.
+    pub wal_bytes: u64,
 }
 
 impl WriterStats {
-    /// One committed batch of `commands`, with the time each part took.
-    pub(super) fn committed(&self, commands: usize, running: Duration, committing: Duration) {
+    /// One committed batch of `commands`, with the time each part took and
+    /// the WAL bytes it appended.
+    pub(super) fn committed(&self, commands: usize, running: Duration, committing: Duration, wal_bytes: u64) {
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.wal_bytes.fetch_add(wal_bytes, Ordering::Relaxed);
         self.commands.fetch_add(commands as u64, Ordering::Relaxed);
         self.run_nanos.fetch_add(nanos(running), Ordering::Relaxed);
         self.commit_nanos.fetch_add(nanos(committing), Ordering::Relaxed);
@@ -47,6 +55,7 @@ impl WriterStats {
             commands: self.commands.load(Ordering::Relaxed),
             running: Duration::from_nanos(self.run_nanos.load(Ordering::Relaxed)),
             committing: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+            wal_bytes: self.wal_bytes.load(Ordering::Relaxed),
         }
     }
 }

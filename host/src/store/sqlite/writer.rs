@@ -42,6 +42,9 @@ struct Job {
     complete: Complete,
 }
 
+/// The bytes of a WAL frame besides its page: its header.
+const WAL_FRAME_HEADER: u64 = 24;
+
 /// Handle to the writer thread; cheap to clone. The thread stops when the
 /// last handle is dropped, after committing what was queued.
 #[derive(Clone)]
@@ -102,6 +105,13 @@ fn job<T: Send + 'static>(
 /// The thread's loop: one batch per wake-up, until every handle is gone.
 fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, stats: &WriterStats) {
     let mut pending: VecDeque<Job> = VecDeque::new();
+    // Pages written before the first batch (the migrations) are not the
+    // batches': start the count from here.
+    pages_written(&conn);
+    let frame_bytes = conn
+        .pragma_query_value(None, "page_size", |r| r.get::<_, u64>(0))
+        .map(|page| page + WAL_FRAME_HEADER)
+        .unwrap_or(0);
     while let Some(first) = queue.blocking_recv() {
         pending.push_back(first);
         while pending.len() < MAX_BATCH {
@@ -111,14 +121,14 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, stats: &WriterStats) {
             }
         }
         while !pending.is_empty() {
-            run_batch(&conn, &mut pending, stats);
+            run_batch(&conn, &mut pending, stats, frame_bytes);
         }
     }
 }
 
 /// Runs queued jobs in one transaction and answers them. Jobs left in
 /// `pending` (after SQLite aborted the transaction) go into the next one.
-fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>, stats: &WriterStats) {
+fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>, stats: &WriterStats, frame_bytes: u64) {
     let started = Instant::now();
     if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let why = format!("cannot begin a transaction: {e}");
@@ -159,7 +169,8 @@ fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>, stats: &WriterStats
     let committing = Instant::now();
     match run_cached(conn, "COMMIT") {
         Ok(()) => {
-            stats.committed(completions.len(), committing - started, committing.elapsed());
+            let wal_bytes = pages_written(conn) * frame_bytes;
+            stats.committed(completions.len(), committing - started, committing.elapsed(), wal_bytes);
             completions.into_iter().for_each(|complete| complete(None));
         }
         Err(e) => abort(conn, completions, &format!("commit failed: {e}")),
@@ -171,6 +182,28 @@ fn run_batch(conn: &Connection, pending: &mut VecDeque<Job>, stats: &WriterStats
 /// and parsing them each time showed in the profile.
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// The pages this connection has written since the last call: in WAL mode,
+/// the frames its commits appended to the WAL (SQLite's
+/// `SQLITE_DBSTATUS_CACHE_WRITE`, read and reset). A rolled-back batch's
+/// pages count in the next reading: they were written all the same.
+#[allow(unsafe_code)]
+fn pages_written(conn: &Connection) -> u64 {
+    let (mut current, mut highwater) = (0, 0);
+    // SAFETY: the handle is this open connection's, used on the thread that
+    // owns it (the writer's) while no statement of it runs; SQLite writes
+    // only the two integers passed.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
+            &mut current,
+            &mut highwater,
+            1,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK { u64::try_from(current).unwrap_or(0) } else { 0 }
 }
 
 /// Rolls back what is open and fails every command of the transaction.
