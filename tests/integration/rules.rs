@@ -365,13 +365,19 @@ fn guests_writing_to_stderr_are_contained_inside_a_tokio_runtime() {
     }
 }
 
-#[test]
-fn a_runaway_guest_on_one_thread_does_not_stall_calls_on_another() {
+/// A guest that loops until its 300 ms time budget is spent (fuel is no
+/// limit), the gold-loyalty rule to call beside it, and the order both get.
+fn runaway_beside_gold() -> (RuleModule, RuleModule, OrderContext) {
     let runtime = new_rule_runtime();
     let runaway_budgets = Budgets { time_ms: 300, fuel: 1_000_000_000_000_000, ..Budgets::default() };
     let looping = load_rule(&runtime, "hostile_loop", World::DiscountRule, &[], runaway_budgets);
     let gold = load_rule(&runtime, "gold_loyalty", World::DiscountRule, &[], budgets());
-    let order = order("gold-basic");
+    (looping, gold, order("gold-basic"))
+}
+
+#[test]
+fn a_runaway_guest_on_one_thread_does_not_stall_calls_on_another() {
+    let (looping, gold, order) = runaway_beside_gold();
     let running = Arc::new(AtomicBool::new(true));
 
     let runaway = std::thread::spawn({
@@ -403,11 +409,7 @@ fn a_runaway_guest_on_one_thread_does_not_stall_calls_on_another() {
 async fn a_runaway_guest_on_the_only_worker_lets_the_workers_other_tasks_run() {
     // One worker thread: if the guest held it, the neighbour task below could
     // not run at all until the guest's call ended.
-    let runtime = new_rule_runtime();
-    let runaway_budgets = Budgets { time_ms: 300, fuel: 1_000_000_000_000_000, ..Budgets::default() };
-    let looping = load_rule(&runtime, "hostile_loop", World::DiscountRule, &[], runaway_budgets);
-    let gold = load_rule(&runtime, "gold_loyalty", World::DiscountRule, &[], budgets());
-    let order = order("gold-basic");
+    let (looping, gold, order) = runaway_beside_gold();
     let running = Arc::new(AtomicBool::new(true));
     let served = Arc::new(AtomicU32::new(0));
     let neighbour = tokio::spawn({

@@ -420,46 +420,6 @@ impl RuleModule {
         self.finish(store, started, outcome).into_called()
     }
 
-    /// [`RuleModule::check_fraud`] on the calling task (see the module's doc).
-    pub async fn check_fraud_async(
-        &self,
-        order: &OrderContext,
-        payment: &PaymentSummary,
-    ) -> Result<Called<Verdict>, RuleError> {
-        let Prepared::Fraud(pre) = &*self.prepared_async else {
-            return Err(self.not_this_world(World::FraudCheck));
-        };
-        let input = wit::OrderContext::from(order);
-        let payment = payment.into();
-        let (mut store, started) = self.fresh_async_store()?;
-        let outcome = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let check = instance.smartmart_rules_fraud().func_check();
-            let (answer,) = check.call_async(&mut store, (&input, &payment)).await?;
-            let answer = charged(&mut store, answer);
-            Ok(answer.map(Into::into).map_err(Into::into))
-        }
-        .await;
-        self.finish(store, started, outcome).into_called()
-    }
-
-    /// [`RuleModule::instantiate`] on the calling task: the async calls'
-    /// part before the guest runs (the rules benchmark sets it beside them).
-    pub async fn instantiate_async(&self) -> Result<Called<()>, RuleError> {
-        let (mut store, started) = self.fresh_async_store()?;
-        let outcome = async {
-            // The instance is dropped at once: its store ends with the call.
-            match &*self.prepared_async {
-                Prepared::Discount(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
-                Prepared::Warehouse(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
-                Prepared::Fraud(pre) => pre.instantiate_async(&mut store).await.map(|_| ())?,
-            }
-            Ok(Ok(()))
-        }
-        .await;
-        self.finish(store, started, outcome).into_called()
-    }
-
     fn not_this_world(&self, wanted: World) -> RuleError {
         self.failed(FailureCause::Instantiate(format!("module implements {}, not {wanted}", self.identity.world)))
     }
