@@ -325,7 +325,7 @@ async fn place(store: &Store, order_id: &str, customer_id: &str, holds: Vec<Hold
 }
 
 /// The schema version this binary writes, on either back-end.
-const SCHEMA_VERSION: i64 = 15;
+const SCHEMA_VERSION: i64 = 16;
 
 async fn migrations_are_versioned_and_rerun_safely(t: TestStore) {
     // Every table of the schema exists once migrated…
@@ -627,13 +627,17 @@ async fn fraud_verdicts_ready_the_fraud_events(t: TestStore) {
     place(store, "o2", "c2", vec![hold("W1", "A", 1)], OrderStatus::Confirmed).await;
     let waiting = store.awaiting_verdict(10).await.unwrap();
     assert_eq!(waiting.iter().map(|w| w.order.id.as_str()).collect::<Vec<_>>(), ["o1", "o2"]);
-    assert_eq!(waiting[0].event_ids, ["o1-fraud"]);
+    let events: Vec<&str> = waiting[0].events.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(events, ["o1-fraud"]);
+    let fraud_seq = waiting[0].events[0].seq;
+    let fraud_row = format!("SELECT count(*) FROM outbox WHERE seq = {fraud_seq} AND id = 'o1-fraud'");
+    assert_eq!(t.number(&fraud_row).await, 1, "the waiting event's seq is its row's");
     store
         .record_verdicts(vec![Verdict {
             order_id: "o1".into(),
             review: r#"{"action":"ESCALATE"}"#.into(),
             action: "ESCALATE".into(),
-            envelopes: vec![("o1-fraud".into(), "{\"fraud\":true}".into())],
+            envelopes: vec![(fraud_seq, "{\"fraud\":true}".into())],
         }])
         .await
         .unwrap();

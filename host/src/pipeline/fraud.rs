@@ -134,12 +134,12 @@ fn verdict(rules: &RuleSet, books: &Books<'_>, waiting: AwaitingReview, shadows:
     // A typed record always serialises (string keys, no floats).
     let review = serde_json::to_value(&review).unwrap_or_default();
     let envelopes = waiting
-        .event_ids
+        .events
         .iter()
-        .map(|id| {
+        .map(|event| {
             let envelope =
-                fraud_envelope(id, &order.id, &order.channel, &order.customer_id, order.total_cents, &review);
-            (id.clone(), envelope)
+                fraud_envelope(&event.id, &order.id, &order.channel, &order.customer_id, order.total_cents, &review);
+            (event.seq, envelope)
         })
         .collect();
     Verdict { order_id: order.id.clone(), review: review.to_string(), action, envelopes }

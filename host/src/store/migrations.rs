@@ -10,10 +10,14 @@ use super::{postgres, sqlite};
 
 /// Columns only PostgreSQL has, with why.
 const POSTGRES_ONLY: &[(&str, &str)] = &[
-    // No rowid in PostgreSQL: `seq` keeps the captures in the order they
-    // were made (`postgres::ledger::all`; SQLite orders by rowid).
+    // `seq` keeps the captures in the order they were made
+    // (`postgres::ledger::all`; SQLite orders by their UUIDv7 transaction ids).
     ("sandbox_charges", "seq"),
 ];
+
+/// Tables SQLite rebuilds where PostgreSQL has nothing to change:
+/// Version 16 rebuilds them `WITHOUT ROWID`; PostgreSQL has no rowids.
+const SQLITE_ONLY_RESHAPES: &[&str] = &["carts", "idempotency"];
 
 /// What one migration makes.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -31,6 +35,52 @@ struct Made {
     /// Functions created: PostgreSQL's only (the SQLite back-end runs that
     /// code in the process), so not compared.
     functions: BTreeSet<String>,
+    /// Tables whose storage or constraints change, their columns kept: a
+    /// SQLite rebuild (a new table, its rows copied, the old one dropped,
+    /// the new one renamed) or PostgreSQL's `DROP CONSTRAINT`.
+    reshaped: BTreeSet<String>,
+    /// SQLite's rebuilt tables with their columns, held to the columns the
+    /// table had before (not compared: PostgreSQL alters in place).
+    rebuilt: BTreeMap<String, BTreeSet<String>>,
+    /// Indexes a SQLite rebuild makes again (dropped with the old table),
+    /// with their table: held to the indexes the table had before.
+    restored: BTreeMap<String, String>,
+}
+
+/// The tables and indexes that versions 1..=N of one back-end have made.
+#[derive(Debug, Default)]
+struct Schema {
+    tables: BTreeMap<String, BTreeSet<String>>,
+    indexes: BTreeMap<String, String>,
+}
+
+impl Schema {
+    /// Applies one version, checking that what it rebuilds keeps the
+    /// columns and indexes it had.
+    fn apply(&mut self, version: usize, made: &Made) {
+        for (table, columns) in &made.rebuilt {
+            assert_eq!(self.tables.get(table), Some(columns), "version {version} rebuilds {table} with other columns");
+        }
+        for (index, table) in &made.restored {
+            assert_eq!(
+                self.indexes.get(index),
+                Some(table),
+                "version {version} makes {index} on the rebuilt {table}, which did not have it"
+            );
+        }
+        for table in &made.dropped_tables {
+            self.tables.remove(table);
+            self.indexes.retain(|_, on| on != table);
+        }
+        for index in &made.dropped {
+            self.indexes.remove(index);
+        }
+        self.tables.extend(made.tables.clone());
+        self.indexes.extend(made.indexes.clone());
+        for (table, column) in &made.added {
+            self.tables.entry(table.clone()).or_default().insert(column.clone());
+        }
+    }
 }
 
 /// `sql` without the bodies of its dollar-quoted strings (`$$ … $$`, a
@@ -97,7 +147,12 @@ fn made(sql: &str) -> Made {
                 assert!(made.tables.insert(table.clone(), columns).is_none(), "{table} created twice");
             }
             ["CREATE", "INDEX", index, "ON", table, ..] | ["CREATE", "UNIQUE", "INDEX", index, "ON", table, ..] => {
-                made.indexes.insert(name(index), name(table));
+                let table = name(table);
+                if made.rebuilt.contains_key(&table) {
+                    made.restored.insert(name(index), table);
+                } else {
+                    made.indexes.insert(name(index), table);
+                }
             }
             ["DROP", "INDEX", index] => {
                 made.dropped.insert(name(index));
@@ -105,9 +160,25 @@ fn made(sql: &str) -> Made {
             ["DROP", "TABLE", table] => {
                 made.dropped_tables.insert(name(table));
             }
-            // Moves rows between the shapes of a table (see version 12):
-            // what it makes is in the statements around it.
-            ["UPDATE", ..] => {}
+            // Move rows between the shapes of a table (see versions 12 and
+            // 16), or a rebuilt table's counter: what they make is in the
+            // statements around them.
+            ["UPDATE", ..] | ["INSERT", "INTO", ..] | ["DELETE", "FROM", ..] => {}
+            // The last step of a SQLite rebuild: the new table takes the
+            // dropped one's name.
+            ["ALTER", "TABLE", new, "RENAME", "TO", old] => {
+                let (new, old) = (name(new), name(old));
+                let columns = made.tables.remove(&new).unwrap_or_else(|| panic!("{new} renamed but not made here"));
+                assert!(
+                    made.dropped_tables.remove(&old),
+                    "{new} renamed to {old}, which was not dropped: not a rebuild"
+                );
+                made.rebuilt.insert(old.clone(), columns);
+                made.reshaped.insert(old);
+            }
+            ["ALTER", "TABLE", table, "DROP", "CONSTRAINT", _] => {
+                made.reshaped.insert(name(table));
+            }
             ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
                 made.added.insert((name(table), name(column)));
             }
@@ -152,10 +223,17 @@ fn both_back_ends_have_the_same_migration_versions() {
 
 #[test]
 fn each_version_makes_the_same_tables_columns_and_indexes_on_both_back_ends() {
+    let mut lite_schema = Schema::default();
     for (index, (lite, pg)) in sqlite::schema::MIGRATIONS.iter().zip(postgres::schema::MIGRATIONS).enumerate() {
         let version = index + 1;
-        let lite = made(lite);
+        let mut lite = made(lite);
         let mut pg = made(pg);
+        lite_schema.apply(version, &lite);
+        lite.rebuilt.clear();
+        lite.restored.clear();
+        for table in SQLITE_ONLY_RESHAPES {
+            lite.reshaped.remove(*table);
+        }
         for (table, column) in POSTGRES_ONLY {
             if let Some(columns) = pg.tables.get_mut(*table) {
                 columns.remove(*column);
@@ -184,4 +262,18 @@ fn the_comparison_sees_a_difference() {
     assert_eq!(function.functions, BTreeSet::from(["f".to_string()]));
     assert!(function.tables.is_empty());
     assert_ne!(made("DROP TABLE t; UPDATE u SET a = 1;"), made("UPDATE u SET a = 1;"));
+    let rebuild = made(
+        "CREATE TABLE t_new (a TEXT PRIMARY KEY, b INTEGER) WITHOUT ROWID; INSERT INTO t_new (a, b) SELECT a, b FROM t;
+         DROP TABLE t; ALTER TABLE t_new RENAME TO t; CREATE INDEX t_by_b ON t (b);",
+    );
+    assert!(rebuild.tables.is_empty() && rebuild.indexes.is_empty() && rebuild.dropped_tables.is_empty());
+    assert_eq!(rebuild.rebuilt["t"], BTreeSet::from(["a".to_string(), "b".to_string()]));
+    assert_eq!(rebuild.restored["t_by_b"], "t");
+    assert_eq!(rebuild.reshaped, made("ALTER TABLE t DROP CONSTRAINT t_b_key;").reshaped);
+    // A rebuild is held to what the table had before it.
+    let mut before = Schema::default();
+    before.apply(1, &made("CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER); CREATE INDEX t_by_b ON t (b);"));
+    before.apply(2, &rebuild);
+    let lost_a_column = made("CREATE TABLE t_new (a TEXT PRIMARY KEY); DROP TABLE t; ALTER TABLE t_new RENAME TO t;");
+    assert!(std::panic::catch_unwind(move || before.apply(3, &lost_a_column)).is_err());
 }

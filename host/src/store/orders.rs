@@ -289,11 +289,21 @@ pub enum KeyRecord {
     InFlight { request_hash: String, order_id: String },
 }
 
-/// An order whose fraud checks have not run, with its fraud event's id.
+/// An order whose fraud checks have not run, with its waiting fraud events.
 #[derive(Debug, Clone)]
 pub struct AwaitingReview {
     pub order: StoredOrder,
-    pub event_ids: Vec<String>,
+    pub events: Vec<WaitingEvent>,
+}
+
+/// A fraud event waiting for its order's verdict: its place in the outbox,
+/// by which the verdict readies it (the outbox's primary key: the event id
+/// has no index of its own since schema version 16), and its id, which
+/// its envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WaitingEvent {
+    pub seq: i64,
+    pub id: String,
 }
 
 /// A fraud verdict to store.
@@ -302,6 +312,6 @@ pub struct Verdict {
     pub order_id: String,
     pub review: String,
     pub action: String,
-    /// The fraud events, now complete: (event id, envelope).
-    pub envelopes: Vec<(String, String)>,
+    /// The fraud events, now complete: (the event's `seq`, its envelope).
+    pub envelopes: Vec<(i64, String)>,
 }

@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 
 use super::super::orders::{
     Answer, AwaitingReview, KeyRecord, NewOrder, OpenIntent, PaymentIntent, PendingPayment, PendingPaymentRow,
-    ReserveOutcome, Settlement, StoredOrder, Verdict,
+    ReserveOutcome, Settlement, StoredOrder, Verdict, WaitingEvent,
 };
 use super::super::{RESOLVE_LEASE_MS, StoreError};
 use super::{Db, Step, bigint};
@@ -451,14 +451,14 @@ pub async fn claim_awaiting_verdict(db: &impl Db, limit: usize) -> Result<Vec<Aw
             "UPDATE outbox o SET next_attempt_ms = $2 FROM (
                  SELECT seq FROM outbox WHERE state = 'AWAITING_VERDICT' AND next_attempt_ms <= $1
                  ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) waiting
-             WHERE o.seq = waiting.seq RETURNING o.order_id, o.id",
+             WHERE o.seq = waiting.seq RETURNING o.order_id, o.seq, o.id",
         )
         .await?;
-    let mut waiting: Vec<(String, String)> = db
+    let mut waiting: Vec<(String, WaitingEvent)> = db
         .query(&stmt, &[&now, &(now + VERDICT_LEASE_MS), &(limit as i64)])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), WaitingEvent { seq: r.get(1), id: r.get(2) }))
         .collect();
     waiting.sort();
     // The claimed events' orders in one query, not a round trip each.
@@ -466,12 +466,12 @@ pub async fn claim_awaiting_verdict(db: &impl Db, limit: usize) -> Result<Vec<Aw
     ids.dedup();
     let orders = get_orders(db, &ids).await?;
     let mut out: Vec<AwaitingReview> = Vec::new();
-    for (order_id, event_id) in waiting {
+    for (order_id, event) in waiting {
         match out.last_mut() {
-            Some(last) if last.order.id == order_id => last.event_ids.push(event_id),
+            Some(last) if last.order.id == order_id => last.events.push(event),
             _ => {
                 if let Some(order) = orders.iter().find(|o| o.id == order_id) {
-                    out.push(AwaitingReview { order: order.clone(), event_ids: vec![event_id] });
+                    out.push(AwaitingReview { order: order.clone(), events: vec![event] });
                 }
             }
         }
@@ -486,13 +486,13 @@ pub async fn record_verdicts(db: &impl Db, verdicts: &[Verdict]) -> Result<(), S
     let ready = db
         .prepare_cached(
             "UPDATE outbox SET envelope = $2, state = 'READY', next_attempt_ms = 0
-             WHERE id = $1 AND state = 'AWAITING_VERDICT'",
+             WHERE seq = $1 AND state = 'AWAITING_VERDICT'",
         )
         .await?;
     for verdict in verdicts {
         db.execute(&review, &[&verdict.order_id, &verdict.review, &verdict.action]).await?;
-        for (id, envelope) in &verdict.envelopes {
-            db.execute(&ready, &[id, envelope]).await?;
+        for (seq, envelope) in &verdict.envelopes {
+            db.execute(&ready, &[seq, envelope]).await?;
         }
     }
     Ok(())

@@ -672,6 +672,19 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     END
     $$;
     "#,
+    // 16: a leaner record (see the SQLite twin): the unique constraints on
+    // values unique by construction go, and their indexes with them (a
+    // payment's gateway key is `pay_` + its order's id, the primary key; a
+    // sandbox capture's transaction id and an event's id are fresh
+    // UUIDv7s; a fraud verdict finds its event by `seq`), so an order
+    // writes five index entries fewer. SQLite also rebuilds four tables
+    // without rowids; a PostgreSQL table is a heap beside its primary key
+    // whatever it is declared as, so there is nothing more to make here.
+    r#"
+    ALTER TABLE payments DROP CONSTRAINT payments_idempotency_key_key;
+    ALTER TABLE sandbox_charges DROP CONSTRAINT sandbox_charges_transaction_id_key;
+    ALTER TABLE outbox DROP CONSTRAINT outbox_id_key;
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -729,5 +742,65 @@ pub(super) async fn check_current(client: &impl GenericClient) -> Result<(), Sto
             "database schema version {v} is newer than this binary knows ({})",
             latest()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version 16 on a database of version 15 with rows in the tables it
+    /// alters, on the local server (`SMARTMART_TEST_DATABASE_URL`, as the
+    /// integration tests), in a schema of the test's own.
+    #[tokio::test]
+    async fn version_16_drops_the_unique_constraints_keeping_every_row() {
+        let url = std::env::var("SMARTMART_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("the PostgreSQL server at {url} does not answer: {e}"));
+        tokio::spawn(connection);
+        let schema = format!("t_v16_{}", hex::encode(rand::random::<[u8; 6]>()));
+        client.batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path TO {schema}")).await.unwrap();
+        let result = async {
+            for sql in &MIGRATIONS[..15] {
+                client.batch_execute(sql).await?;
+            }
+            client
+                .batch_execute(
+                    "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
+                         VALUES ('ord_1', 'c1', 'web', 'PENDING', 1000, 'USD', 't0', 't0');
+                     INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token)
+                         VALUES ('ord_1', 'pay_ord_1', 'sandbox', 1000, 'INTENT', 't0', 'tok');
+                     INSERT INTO sandbox_charges (idempotency_key, transaction_id, order_id, amount_cents, currency,
+                                                  created_at)
+                         VALUES ('pay_ord_1', 'txn_1', 'ord_1', 1000, 'USD', 't0');",
+                )
+                .await?;
+            client.batch_execute(MIGRATIONS[15]).await?;
+            let unique: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_constraint
+                     WHERE conrelid IN ('payments'::regclass, 'sandbox_charges'::regclass, 'outbox'::regclass)
+                       AND contype = 'u'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let kept: String = client
+                .query_one(
+                    "SELECT p.idempotency_key || p.token || c.transaction_id
+                     FROM payments p JOIN sandbox_charges c ON c.idempotency_key = p.idempotency_key",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok::<_, tokio_postgres::Error>((unique, kept))
+        }
+        .await;
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        let (unique, kept) = result.unwrap();
+        assert_eq!(unique, 0, "a unique constraint is left beside the primary keys");
+        assert_eq!(kept, "pay_ord_1toktxn_1");
     }
 }

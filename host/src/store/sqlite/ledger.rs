@@ -90,10 +90,11 @@ pub fn lookup(conn: &Connection, key: &str) -> Result<Option<LedgerCharge>, Stor
         .optional()?)
 }
 
-/// Every capture, oldest first.
+/// Every capture, oldest first: transaction ids are UUIDv7, made in the
+/// order of the captures (the table has no rowid since schema version 16).
 pub fn all(conn: &Connection) -> Result<Vec<LedgerCharge>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT idempotency_key, transaction_id, order_id, amount_cents, currency FROM sandbox_charges ORDER BY rowid",
+        "SELECT idempotency_key, transaction_id, order_id, amount_cents, currency FROM sandbox_charges ORDER BY transaction_id",
     )?;
     Ok(stmt.query_map([], charge)?.collect::<Result<_, _>>()?)
 }

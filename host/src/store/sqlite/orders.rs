@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::super::StoreError;
 use super::super::orders::{
     Answer, AwaitingReview, KeyRecord, NewEvent, NewOrder, OpenIntent, PaymentIntent, PendingPayment,
-    PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict,
+    PendingPaymentRow, ReserveOutcome, Settlement, StoredOrder, Verdict, WaitingEvent,
 };
 use crate::clock::now_rfc3339;
 use crate::domain::status::{Channel, OrderStatus, PaymentStatus};
@@ -462,23 +462,23 @@ const KEY_RECORD: &str = "
 
 /// Fraud events waiting for a verdict, oldest first (the partial index
 /// `outbox_awaiting_verdict`, in `seq` order).
-pub(super) const AWAITING_VERDICT: &str = "SELECT order_id, id FROM outbox
+pub(super) const AWAITING_VERDICT: &str = "SELECT order_id, seq, id FROM outbox
      WHERE state = 'AWAITING_VERDICT' ORDER BY seq LIMIT ?1";
 
 /// Settled orders whose fraud checks have not run yet, with their waiting events.
 pub fn awaiting_verdict(conn: &Connection, limit: usize) -> Result<Vec<AwaitingReview>, StoreError> {
-    let mut waiting: Vec<(String, String)> = conn
+    let mut waiting: Vec<(String, WaitingEvent)> = conn
         .prepare_cached(AWAITING_VERDICT)?
-        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, WaitingEvent { seq: r.get(1)?, id: r.get(2)? })))?
         .collect::<Result<_, _>>()?;
     waiting.sort();
     let mut out: Vec<AwaitingReview> = Vec::new();
-    for (order_id, event_id) in waiting {
+    for (order_id, event) in waiting {
         match out.last_mut() {
-            Some(last) if last.order.id == order_id => last.event_ids.push(event_id),
+            Some(last) if last.order.id == order_id => last.events.push(event),
             _ => {
                 if let Some(order) = get_order(conn, &order_id)? {
-                    out.push(AwaitingReview { order, event_ids: vec![event_id] });
+                    out.push(AwaitingReview { order, events: vec![event] });
                 }
             }
         }
@@ -494,12 +494,12 @@ pub fn record_verdicts(conn: &Connection, verdicts: &[Verdict]) -> Result<(), St
         "UPDATE orders SET fraud_review = ?2, fraud_action = ?3 WHERE id = ?1 AND fraud_review IS NULL",
     )?;
     let mut ready = conn.prepare_cached(
-        "UPDATE outbox SET envelope = ?2, state = 'READY' WHERE id = ?1 AND state = 'AWAITING_VERDICT'",
+        "UPDATE outbox SET envelope = ?2, state = 'READY' WHERE seq = ?1 AND state = 'AWAITING_VERDICT'",
     )?;
     for verdict in verdicts {
         review.execute(params![verdict.order_id, verdict.review, verdict.action])?;
-        for (id, envelope) in &verdict.envelopes {
-            ready.execute(params![id, envelope])?;
+        for (seq, envelope) in &verdict.envelopes {
+            ready.execute(params![seq, envelope])?;
         }
     }
     Ok(())
@@ -571,18 +571,8 @@ pub fn key_record(conn: &Connection, channel: &str, key: &str) -> Result<Option<
 
 #[cfg(test)]
 mod tests {
+    use super::super::query_plan as plan;
     use super::*;
-
-    fn plan(conn: &Connection, sql: &str) -> String {
-        // Unbound parameters read as NULL; the plan does not depend on them.
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let mut rows = stmt.raw_query();
-        let mut plan = Vec::new();
-        while let Some(row) = rows.next().unwrap() {
-            plan.push(row.get::<_, String>(3).unwrap());
-        }
-        plan.join("; ")
-    }
 
     /// The reconciler polls for pending payments all the time: it reads the
     /// partial index of payments handed to it, and the PENDING orders through
@@ -592,12 +582,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
+        // Since `payments` keeps its rows in its primary key (schema version
+        // 16), its index holds the order id too and may cover a query.
+        let reads_to_resolve = |plan: &str| {
+            ["INDEX", "COVERING INDEX"]
+                .iter()
+                .any(|how| plan.contains(&format!("SEARCH p USING {how} payments_to_resolve ")))
+        };
         let pending = plan(&conn, PENDING_ORDERS);
         assert!(pending.contains("SEARCH o USING INDEX orders_pending"), "{pending}");
-        assert!(pending.contains("SEARCH p USING INDEX payments_to_resolve"), "{pending}");
+        assert!(reads_to_resolve(&pending), "{pending}");
         for sql in [payments_pending_sql(), payments_pending_count_sql()] {
             let plan = plan(&conn, &sql);
-            assert!(plan.contains("SEARCH p USING INDEX payments_to_resolve"), "{sql}: {plan}");
+            assert!(reads_to_resolve(&plan), "{sql}: {plan}");
         }
         for sql in [PENDING_ORDERS.to_string(), payments_pending_sql(), payments_pending_count_sql()] {
             let plan = plan(&conn, &sql);

@@ -1,7 +1,7 @@
 //! Retention on SQLite (the twin of `store::postgres::retention`; the
 //! tables and what is never pruned are in `store::retention`). One batch is
 //! one writer command: the oldest `limit` rows past the cutoff, found
-//! through an index in time order (migration 10), deleted by rowid. The
+//! through an index in time order (migration 10), deleted by key. The
 //! writer commits it with the orders of its group, so a batch holds the
 //! writer only for its own few hundred deletes.
 
@@ -16,8 +16,8 @@ use super::super::retention::{Retained, text_cutoff};
 /// primary key (a key without an order row goes by its claim alone).
 /// A key whose order has no final answer (`status_code` NULL or 202) is
 /// never taken, however old.
-pub(super) const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE rowid IN (
-         SELECT i.rowid FROM idempotency i
+pub(super) const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (channel, key) IN (
+         SELECT i.channel, i.key FROM idempotency i
          WHERE i.created_at < ?1 AND i.status_code IS NOT NULL AND i.status_code <> 202
            AND coalesce((SELECT o.updated_at FROM orders o WHERE o.id = i.order_id), '') < ?1
          ORDER BY i.created_at LIMIT ?2)";

@@ -344,6 +344,111 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE orders ADD COLUMN selector_input TEXT;
     "#,
+    // 16: a leaner record: fewer B-trees written per order. Each commit
+    // rewrites a page of every B-tree it touches, so a table with a rowid
+    // and a primary key of its own (two B-trees) or a unique column nothing
+    // looks up (one more) costs whole pages per order. These tables are
+    // rebuilt `WITHOUT ROWID` (their rows live in their primary key) and
+    // lose the unique indexes that guarded values unique by construction:
+    // a payment's gateway key is `pay_` + its order's id (the primary key),
+    // a sandbox capture's transaction id and an event's id are fresh
+    // UUIDv7s. Their other indexes are made again as they were. The outbox
+    // keeps its rowid (`seq`, the delivery order; AUTOINCREMENT: never
+    // reused, its counter carried over) and loses only the index on the
+    // event id (a fraud verdict finds its event by `seq`). PostgreSQL (no
+    // rowids) drops the same three unique constraints.
+    r#"
+    CREATE TABLE payments_v16 (
+        order_id TEXT PRIMARY KEY REFERENCES orders (id),
+        idempotency_key TEXT NOT NULL,
+        gateway TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('INTENT', 'CAPTURED', 'FAILED')),
+        transaction_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failure TEXT,
+        updated_at TEXT NOT NULL,
+        token TEXT,
+        resolve_after_ms INTEGER
+    ) WITHOUT ROWID;
+    INSERT INTO payments_v16 (order_id, idempotency_key, gateway, amount_cents, status, transaction_id, attempts,
+                              failure, updated_at, token, resolve_after_ms)
+        SELECT order_id, idempotency_key, gateway, amount_cents, status, transaction_id, attempts,
+               failure, updated_at, token, resolve_after_ms FROM payments;
+    DROP TABLE payments;
+    ALTER TABLE payments_v16 RENAME TO payments;
+    CREATE INDEX payments_to_resolve ON payments (resolve_after_ms)
+        WHERE status = 'INTENT' AND resolve_after_ms IS NOT NULL;
+
+    CREATE TABLE sandbox_charges_v16 (
+        idempotency_key TEXT PRIMARY KEY,
+        transaction_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+        currency TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO sandbox_charges_v16 (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
+        SELECT idempotency_key, transaction_id, order_id, amount_cents, currency, created_at FROM sandbox_charges;
+    DROP TABLE sandbox_charges;
+    ALTER TABLE sandbox_charges_v16 RENAME TO sandbox_charges;
+
+    CREATE TABLE carts_v16 (
+        customer_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        sku TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 1000000),
+        PRIMARY KEY (customer_id, sku)
+    ) WITHOUT ROWID;
+    INSERT INTO carts_v16 (customer_id, position, sku, quantity)
+        SELECT customer_id, position, sku, quantity FROM carts;
+    DROP TABLE carts;
+    ALTER TABLE carts_v16 RENAME TO carts;
+
+    CREATE TABLE idempotency_v16 (
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        order_id TEXT,
+        status_code INTEGER,
+        body TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (channel, key)
+    ) WITHOUT ROWID;
+    INSERT INTO idempotency_v16 (channel, key, request_hash, order_id, status_code, body, created_at)
+        SELECT channel, key, request_hash, order_id, status_code, body, created_at FROM idempotency;
+    DROP TABLE idempotency;
+    ALTER TABLE idempotency_v16 RENAME TO idempotency;
+    CREATE INDEX idempotency_by_order ON idempotency (order_id);
+    CREATE INDEX idempotency_by_time ON idempotency (created_at);
+
+    CREATE TABLE outbox_v16 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('audit', 'analytics', 'fraud')),
+        envelope TEXT,
+        state TEXT NOT NULL CHECK (state IN ('AWAITING_VERDICT', 'READY', 'DELIVERED')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_ms INTEGER NOT NULL,
+        delivered_ms INTEGER
+    );
+    INSERT INTO outbox_v16 (seq, id, order_id, type, envelope, state, attempts, next_attempt_ms, last_error,
+                            created_ms, delivered_ms)
+        SELECT seq, id, order_id, type, envelope, state, attempts, next_attempt_ms, last_error,
+               created_ms, delivered_ms FROM outbox;
+    -- The counter of the seqs handed out (pruned rows' included) goes with
+    -- the rows: the rename carries it to the new table's name.
+    DELETE FROM sqlite_sequence WHERE name = 'outbox_v16';
+    UPDATE sqlite_sequence SET name = 'outbox_v16' WHERE name = 'outbox';
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v16 RENAME TO outbox;
+    CREATE INDEX outbox_ready ON outbox (seq) WHERE state = 'READY';
+    CREATE INDEX outbox_awaiting_verdict ON outbox (seq) WHERE state = 'AWAITING_VERDICT';
+    CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE state = 'DELIVERED';
+    "#,
 ];
 
 /// Refuses a database whose schema is not exactly the one this binary
@@ -380,4 +485,106 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = index + 1, "applied database migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of `table`'s indexes, and whether each is unique.
+    fn indexes(conn: &Connection, table: &str) -> Vec<(String, bool)> {
+        let mut stmt = conn.prepare("SELECT name, \"unique\" FROM pragma_index_list(?1) ORDER BY name").unwrap();
+        stmt.query_map([table], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Version 16 rebuilds five tables: a database of version 15 keeps
+    /// every row of them, the indexes that serve queries are there again,
+    /// four have no rowid and no unique index left beside their primary
+    /// key, the outbox keeps its seqs and its counter.
+    #[test]
+    fn version_16_rebuilds_its_tables_keeping_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("v15.sqlite")).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..15] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 15).unwrap();
+        conn.execute_batch(
+            "INSERT INTO orders (id, customer_id, channel, status, total_cents, currency, created_at, updated_at)
+                 VALUES ('ord_1', 'c1', 'web', 'PENDING', 1000, 'USD', 't0', 't0');
+             INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at, token,
+                                   resolve_after_ms)
+                 VALUES ('ord_1', 'pay_ord_1', 'sandbox', 1000, 'INTENT', 't0', 'tok', 42);
+             INSERT INTO sandbox_charges (idempotency_key, transaction_id, order_id, amount_cents, currency, created_at)
+                 VALUES ('pay_ord_1', 'txn_1', 'ord_1', 1000, 'USD', 't0');
+             INSERT INTO carts (customer_id, position, sku, quantity) VALUES ('c1', 0, 'SKU-1', 2), ('c1', 1, 'SKU-2', 1);
+             INSERT INTO idempotency (channel, key, request_hash, order_id, status_code, created_at)
+                 VALUES ('web', 'k1', 'h1', 'ord_1', 202, 't0');
+             INSERT INTO outbox (id, order_id, type, state, created_ms) VALUES
+                 ('evt_1', 'ord_1', 'audit', 'READY', 1), ('evt_2', 'ord_1', 'fraud', 'AWAITING_VERDICT', 1),
+                 ('evt_3', 'ord_1', 'analytics', 'DELIVERED', 1);
+             DELETE FROM outbox WHERE id = 'evt_3';",
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, 16);
+        let row = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!(
+            row("SELECT order_id || idempotency_key || status || token || resolve_after_ms FROM payments"),
+            "ord_1pay_ord_1INTENTtok42"
+        );
+        assert_eq!(
+            row("SELECT idempotency_key || transaction_id || amount_cents FROM sandbox_charges"),
+            "pay_ord_1txn_11000"
+        );
+        assert_eq!(
+            row(
+                "SELECT group_concat(item, ',') FROM (SELECT sku || 'x' || quantity AS item FROM carts ORDER BY position)"
+            ),
+            "SKU-1x2,SKU-2x1"
+        );
+        assert_eq!(
+            row("SELECT channel || key || request_hash || order_id || status_code FROM idempotency"),
+            "webk1h1ord_1202"
+        );
+        assert_eq!(
+            row("SELECT group_concat(seq || id, ',') FROM (SELECT seq, id FROM outbox ORDER BY seq)"),
+            "1evt_1,2evt_2"
+        );
+        // A seq is never handed out twice, the pruned last one's included.
+        conn.execute(
+            "INSERT INTO outbox (id, order_id, type, state, created_ms) VALUES ('evt_4', 'ord_1', 'audit', 'READY', 2)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(row("SELECT seq || id FROM outbox WHERE id = 'evt_4'"), "4evt_4");
+        for table in ["payments", "sandbox_charges", "carts", "idempotency"] {
+            let without_rowid = conn.prepare(&format!("SELECT rowid FROM {table}")).is_err();
+            assert!(without_rowid, "{table} still has a rowid");
+        }
+        // Only the primary keys are unique (`sqlite_autoindex_…_1`, as
+        // SQLite names a WITHOUT ROWID table's key); the indexes queries
+        // use are back.
+        let unique = |table: &str| indexes(&conn, table).into_iter().filter(|(_, unique)| *unique).count();
+        for table in ["payments", "sandbox_charges", "carts", "idempotency"] {
+            assert_eq!(unique(table), 1, "{table}: {:?}", indexes(&conn, table));
+        }
+        assert_eq!(unique("outbox"), 0, "the outbox's key is its rowid: {:?}", indexes(&conn, "outbox"));
+        let names = |table: &str| indexes(&conn, table).into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+        assert!(names("payments").contains(&"payments_to_resolve".to_string()));
+        assert!(names("idempotency").contains(&"idempotency_by_order".to_string()));
+        assert!(names("idempotency").contains(&"idempotency_by_time".to_string()));
+        assert_eq!(names("outbox"), ["outbox_awaiting_verdict", "outbox_delivered", "outbox_ready"]);
+        // The payment still refers to its order.
+        let orphan = conn.execute(
+            "INSERT INTO payments (order_id, idempotency_key, gateway, amount_cents, status, updated_at)
+             VALUES ('ord_none', 'pay_ord_none', 'sandbox', 1, 'INTENT', 't0')",
+            [],
+        );
+        assert!(orphan.is_err(), "a payment without its order was accepted");
+    }
 }
