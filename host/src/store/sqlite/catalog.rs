@@ -255,12 +255,17 @@ pub fn cart_lines(conn: &Connection, customer_id: &str) -> Result<(Vec<CartLine>
 }
 
 /// The order's reads in one borrow of the reader connection (see
-/// `store::catalog::OrderSnapshot`).
+/// `store::catalog::OrderSnapshot`), in one read transaction: the customer,
+/// the cart and the stock as of one commit (each statement alone would see
+/// the last commit at its own start), and the WAL's read lock taken once.
+/// Dropped on an error, the transaction ends (rolled back) before the
+/// connection goes back to the pool.
 pub fn order_snapshot(
     conn: &Connection,
     customer_id: &str,
     key: Option<(&str, &str)>,
 ) -> Result<OrderSnapshot, StoreError> {
+    let snapshot = conn.unchecked_transaction()?;
     let customer = get_customer(conn, customer_id)?;
     let (cart, unknown_skus) = cart_lines(conn, customer_id)?;
     let key_used = match key {
@@ -269,7 +274,39 @@ pub fn order_snapshot(
             .exists(params![channel, key])?,
         None => false,
     };
-    let mut snapshot = OrderSnapshot { customer, cart, unknown_skus, stocked: Vec::new(), key_used };
-    snapshot.stocked = stocked_warehouses(conn, &snapshot.skus())?;
-    Ok(snapshot)
+    let mut read = OrderSnapshot { customer, cart, unknown_skus, stocked: Vec::new(), key_used };
+    read.stocked = stocked_warehouses(conn, &read.skus())?;
+    snapshot.commit()?;
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader connection goes back to the pool after every snapshot with
+    /// no transaction open, a failed one included: a read transaction left
+    /// open would keep the WAL from ever being checkpointed past it.
+    #[test]
+    fn the_order_snapshot_ends_its_read_transaction_whatever_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("snapshot.sqlite")).unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO customers (id, name, email, phone, tier, status, lat, lon, updated_at)
+                 VALUES ('c1', 'Ann', 'ann@example.com', '+1', 'GOLD', 'ACTIVE', 1.0, 2.0, 't0');
+             INSERT INTO products (sku, name, category, unit_price_cents, updated_at)
+                 VALUES ('SKU-1', 'Cable', 'accessories', 500, 't0');
+             INSERT INTO carts (customer_id, position, sku, quantity) VALUES ('c1', 0, 'SKU-1', 2);",
+        )
+        .unwrap();
+        let read = order_snapshot(&conn, "c1", None).unwrap();
+        assert_eq!(read.customer.map(|c| c.id).as_deref(), Some("c1"));
+        assert_eq!(read.cart.iter().map(|line| (line.sku.as_str(), line.quantity)).collect::<Vec<_>>(), [("SKU-1", 2)]);
+        assert!(conn.is_autocommit(), "the snapshot left its read transaction open");
+        // Its last read fails: the transaction still ends.
+        conn.execute_batch("DROP TABLE stock").unwrap();
+        assert!(order_snapshot(&conn, "c1", None).is_err());
+        assert!(conn.is_autocommit(), "a failed snapshot left its read transaction open");
+    }
 }
