@@ -289,9 +289,7 @@ mod tests {
     /// open would keep the WAL from ever being checkpointed past it.
     #[test]
     fn the_order_snapshot_ends_its_read_transaction_whatever_happens() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("snapshot.sqlite")).unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = super::super::migrated_database();
         conn.execute_batch(
             "INSERT INTO customers (id, name, email, phone, tier, status, lat, lon, updated_at)
                  VALUES ('c1', 'Ann', 'ann@example.com', '+1', 'GOLD', 'ACTIVE', 1.0, 2.0, 't0');

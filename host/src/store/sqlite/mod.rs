@@ -144,6 +144,15 @@ pub(super) fn ping(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
 }
 
+/// A new database with this binary's schema, in memory: what the tests of
+/// the queries run on.
+#[cfg(test)]
+fn migrated_database() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("an in-memory database");
+    schema::migrate(&mut conn).expect("this binary's migrations");
+    conn
+}
+
 /// What SQLite plans for `sql` (`EXPLAIN QUERY PLAN`, its steps joined by
 /// `; `): the tests that keep the polling and pruning queries on their indexes.
 #[cfg(test)]

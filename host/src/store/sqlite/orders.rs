@@ -579,9 +579,7 @@ mod tests {
     /// the status index, never every order (a table that grows with every order).
     #[test]
     fn the_reconciler_queries_use_their_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = super::super::migrated_database();
         // Since `payments` keeps its rows in its primary key (schema version
         // 16), its index holds the order id too and may cover a query.
         let reads_to_resolve = |plan: &str| {

@@ -89,9 +89,7 @@ mod tests {
     /// the whole table (which grows with every order).
     #[test]
     fn the_polling_queries_use_the_pending_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = super::super::migrated_database();
         for (sql, index) in
             [(DUE_EVENTS, "outbox_ready"), (super::super::orders::AWAITING_VERDICT, "outbox_awaiting_verdict")]
         {

@@ -74,9 +74,7 @@ mod tests {
     /// scanning or sorting the table.
     #[test]
     fn the_prunes_read_their_indexes_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("plan.sqlite")).unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = super::super::migrated_database();
         for (sql, index) in [
             (PRUNE_IDEMPOTENCY, "idempotency_by_time"),
             (PRUNE_DELIVERED, "outbox_delivered"),
