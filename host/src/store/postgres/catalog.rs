@@ -9,7 +9,7 @@ use super::super::StoreError;
 use super::super::catalog::{
     CartItem, OrderSnapshot, Product, StockLevel, StockedWarehouse, Warehouse, parse_status, parse_tier,
 };
-use super::{Db, bigint};
+use super::{Db, OrderCall, bigint};
 use crate::clock::now_rfc3339;
 use crate::domain::customer::Customer;
 use crate::domain::geo::GeoPoint;
@@ -239,6 +239,16 @@ pub async fn cart_lines(db: &impl Db, customer_id: &str) -> Result<(Vec<CartLine
     Ok((lines, unknown))
 }
 
+/// `smartmart_order_snapshot`'s call (see [`order_snapshot`]). An SQL
+/// function since schema version 17, which the planner inlines into this
+/// statement: its plan is the prepared statement's, made once.
+pub(super) const ORDER_SNAPSHOT: OrderCall = OrderCall {
+    sql: "SELECT part, position, id, name, email, phone, tier, status, lat, lon, sku, category, quantity, price,
+                 available
+          FROM smartmart_order_snapshot($1, $2, $3)",
+    types: &[Type::TEXT, Type::TEXT, Type::TEXT],
+};
+
 /// The order's reads (see `store::catalog::OrderSnapshot`): one call of
 /// `smartmart_order_snapshot` (schema version 8), one query in one round
 /// trip, so the stock read is the stock of the cart read. Its rows come by
@@ -251,14 +261,7 @@ pub async fn order_snapshot(
     key: Option<(&str, &str)>,
 ) -> Result<OrderSnapshot, StoreError> {
     let (key_channel, key) = key.unzip();
-    let rows = db
-        .call(
-            "SELECT part, position, id, name, email, phone, tier, status, lat, lon, sku, category, quantity, price,
-                    available
-             FROM smartmart_order_snapshot($1, $2, $3)",
-            &[(&customer_id, Type::TEXT), (&key_channel, Type::TEXT), (&key, Type::TEXT)],
-        )
-        .await?;
+    let rows = db.call_prepared(&ORDER_SNAPSHOT, &[&customer_id, &key_channel, &key]).await?;
     let mut snapshot = OrderSnapshot {
         customer: None,
         cart: Vec::new(),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::super::StoreError;
 use super::super::ledger::{Captured, LedgerCancel, LedgerCharge};
-use super::Db;
+use super::{Db, OrderCall};
 use crate::clock::now_rfc3339;
 
 /// The first key of the ledger's advisory locks (`pg_advisory_xact_lock(int,
@@ -28,6 +28,13 @@ async fn lock_key(db: &impl Db, key: &str) -> Result<(), StoreError> {
     db.execute(&stmt, &[&LEDGER_LOCKS, &key]).await?;
     Ok(())
 }
+
+/// `smartmart_ledger_capture`'s call (see [`capture`]).
+pub(super) const CAPTURE: OrderCall = OrderCall {
+    sql: "SELECT outcome, charge_transaction_id, charge_order_id, charge_amount_cents, charge_currency
+          FROM smartmart_ledger_capture($1, $2, $3, $4, $5, $6, $7)",
+    types: &[Type::INT4, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT],
+};
 
 /// Records a capture for `key`, or finds the one already recorded (a racing
 /// capture of the same key waits for the first and then finds it); a
@@ -44,19 +51,7 @@ pub async fn capture(
     let amount = super::bigint(amount_cents, "the amount")?;
     let transaction_id = format!("txn_{}", Uuid::now_v7().simple());
     let rows = db
-        .call(
-            "SELECT outcome, charge_transaction_id, charge_order_id, charge_amount_cents, charge_currency
-             FROM smartmart_ledger_capture($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                (&LEDGER_LOCKS, Type::INT4),
-                (&key, Type::TEXT),
-                (&transaction_id, Type::TEXT),
-                (&order_id, Type::TEXT),
-                (&amount, Type::INT8),
-                (&currency, Type::TEXT),
-                (&now_rfc3339(), Type::TEXT),
-            ],
-        )
+        .call_prepared(&CAPTURE, &[&LEDGER_LOCKS, &key, &transaction_id, &order_id, &amount, &currency, &now_rfc3339()])
         .await?;
     let Some(row) = rows.first() else {
         return Err(StoreError::Conflict(format!("the ledger row of {key} vanished")));

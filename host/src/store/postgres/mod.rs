@@ -28,7 +28,10 @@
 //! (`catalog::order_snapshot`, one query), `orders::reserve`, the sandbox
 //! gateway's `ledger::capture` and `orders::settle` are each one call of a
 //! server-side function (schema version 8) that does the whole operation,
-//! all or nothing, its plans kept by the server. A write's transaction
+//! all or nothing, its plans kept by the server. Each connection prepares
+//! the four calls when it opens ([`prepare_order_path`]), so the server
+//! only binds and runs them: an unnamed statement would be parsed,
+//! analysed and planned again for every order. A write's transaction
 //! begins with its first statement ([`tx::Tx`]), so such a call costs no
 //! `BEGIN` and `COMMIT` of its own. Every connection counts its round trips
 //! and transactions on the wire ([`wire`], `Store::wire_totals`), in the
@@ -51,13 +54,26 @@ pub(super) mod tx;
 mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 
 use super::StoreError;
 use super::stats::{WireStats, WireTotals};
-pub(super) use tx::Db;
+pub(super) use tx::{Db, OrderCall};
+
+/// The calls of an order's answer path, prepared on every connection.
+const ORDER_PATH: [&OrderCall; 4] = [&catalog::ORDER_SNAPSHOT, &orders::RESERVE, &ledger::CAPTURE, &orders::SETTLE];
+
+/// Prepares the order path's calls on a connection (each a round trip,
+/// once per connection), so that [`Db::call_prepared`] finds them.
+async fn prepare_order_path(client: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
+    for call in ORDER_PATH {
+        client.prepare_typed_cached(call.sql, call.types).await?;
+    }
+    Ok(())
+}
 
 /// Times a transaction is run again after a deadlock or serialization failure.
 pub(super) const MAX_RETRIES: u32 = 8;
@@ -156,7 +172,24 @@ impl Postgres {
         let wire = Arc::new(WireStats::default());
         let connect = connect::CountingConnect { stats: wire.clone(), tls };
         let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        // The functions exist once the schema is migrated (or checked):
+        // the connection that does it prepares them after, the others as
+        // they open.
+        let schema_ready = Arc::new(AtomicBool::new(false));
+        let prepare = {
+            let schema_ready = schema_ready.clone();
+            Hook::async_fn(move |client: &mut ClientWrapper, _| {
+                let schema_ready = schema_ready.load(Ordering::Acquire);
+                Box::pin(async move {
+                    if schema_ready {
+                        prepare_order_path(client).await.map_err(HookError::Backend)?;
+                    }
+                    Ok(())
+                })
+            })
+        };
         let pool = Pool::builder(manager)
+            .post_create(prepare)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.connect_timeout))
             .create_timeout(Some(options.connect_timeout))
@@ -170,6 +203,8 @@ impl Postgres {
         } else {
             schema::migrate(&mut client).await?;
         }
+        schema_ready.store(true, Ordering::Release);
+        prepare_order_path(&client).await?;
         Ok(store)
     }
 
@@ -272,4 +307,66 @@ pub(super) fn bigint(value: u64, what: &str) -> Result<i64, StoreError> {
 /// Whether the database answers a trivial query (readiness).
 pub(super) async fn ping(db: &impl Db) -> Result<i64, StoreError> {
     Ok(db.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the local server (`SMARTMART_TEST_DATABASE_URL`, as the
+    /// integration tests), in a schema of the test's own: every connection
+    /// of the pool has the order path's calls prepared — the one that
+    /// migrated the schema (opened before the functions existed) and one
+    /// opened after — and the order's read is inlined into its call, no
+    /// function scan left in its plan.
+    #[tokio::test]
+    async fn every_connection_prepares_the_order_path_and_the_read_is_inlined() {
+        let base = std::env::var("SMARTMART_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+        let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("the PostgreSQL server at {base} does not answer: {e}"));
+        tokio::spawn(connection);
+        let schema = format!("t_prep_{}", hex::encode(rand::random::<[u8; 6]>()));
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+
+        let result = async {
+            let store = Postgres::connect(&url, &PostgresOptions::default()).await?;
+            // Two at once: the migration's connection and a new one.
+            let (first, second) = (store.client().await?, store.client().await?);
+            let mut prepared = Vec::new();
+            for client in [&first, &second] {
+                let statements: Vec<String> = client
+                    .query("SELECT statement FROM pg_prepared_statements", &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                prepared.push(ORDER_PATH.iter().filter(|call| statements.iter().any(|s| s == call.sql)).count());
+            }
+            let plan: Vec<String> = first
+                .query(&format!("EXPLAIN {}", catalog::ORDER_SNAPSHOT.sql), &[&"C-1", &None::<&str>, &None::<&str>])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok::<_, StoreError>((prepared, plan))
+        }
+        .await;
+        admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+        let (prepared, plan) = result.unwrap();
+        assert_eq!(prepared, [ORDER_PATH.len(), ORDER_PATH.len()], "the order path's calls prepared per connection");
+        assert!(
+            plan.iter().all(|line| !line.contains("Function Scan")),
+            "the read is not inlined:\n{}",
+            plan.join("\n")
+        );
+        assert!(
+            plan.iter().any(|line| line.contains("customers")),
+            "the read's own tables in its plan:\n{}",
+            plan.join("\n")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use super::super::orders::{
     ReserveOutcome, Settlement, StoredOrder, Verdict, WaitingEvent,
 };
 use super::super::{RESOLVE_LEASE_MS, StoreError};
-use super::{Db, Step, bigint};
+use super::{Db, OrderCall, Step, bigint};
 use crate::clock::{now_ms, now_rfc3339};
 use crate::domain::status::{Channel, OrderStatus, PaymentStatus};
 
@@ -25,6 +25,55 @@ const VERDICT_LEASE_MS: i64 = 30_000;
 /// (schema version 8) with the hold's position in the call's arrays (from
 /// 1) as its detail.
 const SHORTFALL: &str = "SM001";
+
+/// `smartmart_reserve`'s call (see [`reserve`]).
+pub(super) const RESERVE: OrderCall = OrderCall {
+    sql: "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ],
+};
+
+/// `smartmart_settle`'s call (see [`settle`]).
+pub(super) const SETTLE: OrderCall = OrderCall {
+    sql: "SELECT smartmart_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::BOOL,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+    ],
+};
 
 /// Creates the order PENDING, claims its key, holds its stock and records
 /// its payment intent (when it has one), all or nothing, in one call of
@@ -45,27 +94,27 @@ pub async fn reserve(db: &impl Db, order: &NewOrder) -> Result<Step<ReserveOutco
     let skus: Vec<&str> = order.holds.iter().map(|h| h.sku.as_str()).collect();
     let quantities: Vec<i64> = order.holds.iter().map(|h| i64::from(h.quantity)).collect();
     let called = db
-        .call(
-            "SELECT smartmart_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        .call_prepared(
+            &RESERVE,
             &[
-                (&order.order_id, Type::TEXT),
-                (&order.customer_id, Type::TEXT),
-                (&order.channel, Type::TEXT),
-                (&order.currency, Type::TEXT),
-                (&now, Type::TEXT),
-                (&claim.map(|c| c.channel.as_str()), Type::TEXT),
-                (&claim.map(|c| c.key.as_str()), Type::TEXT),
-                (&claim.map(|c| c.request_hash.as_str()), Type::TEXT),
-                (&warehouses, Type::TEXT_ARRAY),
-                (&skus, Type::TEXT_ARRAY),
-                (&quantities, Type::INT8_ARRAY),
-                (&order.holds_text(), Type::TEXT),
-                (&order.selector_input, Type::TEXT),
-                (&intent.map(|i| i.draft_invoice.as_str()), Type::TEXT),
-                (&total, Type::INT8),
-                (&intent.map(|i| i.idempotency_key.as_str()), Type::TEXT),
-                (&intent.map(|i| i.gateway.as_str()), Type::TEXT),
-                (&intent.map(|i| i.token.as_str()), Type::TEXT),
+                &order.order_id,
+                &order.customer_id,
+                &order.channel,
+                &order.currency,
+                &now,
+                &claim.map(|c| c.channel.as_str()),
+                &claim.map(|c| c.key.as_str()),
+                &claim.map(|c| c.request_hash.as_str()),
+                &warehouses,
+                &skus,
+                &quantities,
+                &order.holds_text(),
+                &order.selector_input,
+                &intent.map(|i| i.draft_invoice.as_str()),
+                &total,
+                &intent.map(|i| i.idempotency_key.as_str()),
+                &intent.map(|i| i.gateway.as_str()),
+                &intent.map(|i| i.token.as_str()),
             ],
         )
         .await;
@@ -204,26 +253,26 @@ pub async fn settle(db: &impl Db, settlement: &Settlement) -> Result<(), StoreEr
         .unzip();
     let (status_code, body) = settlement.answer.stored();
     let rows = db
-        .call(
-            "SELECT smartmart_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        .call_prepared(
+            &SETTLE,
             &[
-                (&settlement.order_id, Type::TEXT),
-                (&settlement.customer_id, Type::TEXT),
-                (&settlement.status.as_str(), Type::TEXT),
-                (&settlement.invoice, Type::TEXT),
-                (&now_rfc3339(), Type::TEXT),
-                (&paid, Type::BOOL),
-                (&payment.as_str(), Type::TEXT),
-                (&settlement.transaction_id, Type::TEXT),
-                (&i64::from(settlement.attempts), Type::INT8),
-                (&settlement.failure, Type::TEXT),
-                (&ids, Type::TEXT_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&envelopes, Type::TEXT_ARRAY),
-                (&states, Type::TEXT_ARRAY),
-                (&now_ms(), Type::INT8),
-                (&i64::from(status_code), Type::INT8),
-                (&body, Type::TEXT),
+                &settlement.order_id,
+                &settlement.customer_id,
+                &settlement.status.as_str(),
+                &settlement.invoice,
+                &now_rfc3339(),
+                &paid,
+                &payment.as_str(),
+                &settlement.transaction_id,
+                &i64::from(settlement.attempts),
+                &settlement.failure,
+                &ids,
+                &kinds,
+                &envelopes,
+                &states,
+                &now_ms(),
+                &i64::from(status_code),
+                &body,
             ],
         )
         .await?;

@@ -685,6 +685,45 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[
     ALTER TABLE sandbox_charges DROP CONSTRAINT sandbox_charges_transaction_id_key;
     ALTER TABLE outbox DROP CONSTRAINT outbox_id_key;
     "#,
+    // 17: the order's read as an SQL function (version 11's query, the
+    // same arguments and columns), which the planner inlines into the
+    // statement that calls it: prepared once per connection, the read is
+    // planned once, and runs without PL/pgSQL's interpreter, its executor
+    // started per statement and the table of rows it fills before
+    // returning them. Replaced in place, so a replica of version 16 still
+    // running calls it unchanged.
+    r#"
+    CREATE OR REPLACE FUNCTION smartmart_order_snapshot(p_customer_id TEXT, p_key_channel TEXT, p_key TEXT)
+    RETURNS TABLE (
+        part TEXT, "position" BIGINT, id TEXT, name TEXT, email TEXT, phone TEXT, tier TEXT, status TEXT,
+        lat DOUBLE PRECISION, lon DOUBLE PRECISION, sku TEXT, category TEXT, quantity BIGINT, price BIGINT,
+        available BIGINT
+    ) LANGUAGE sql STABLE AS $$
+        WITH line AS (
+            SELECT c.position, c.sku, c.quantity, p.name, p.category, p.unit_price_cents
+            FROM carts c LEFT JOIN products p ON p.sku = c.sku
+            WHERE c.customer_id = p_customer_id
+        )
+        SELECT 'key'::TEXT, NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT,
+               NULL::DOUBLE PRECISION, NULL::DOUBLE PRECISION, NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT,
+               NULL::BIGINT
+        FROM idempotency i WHERE p_key IS NOT NULL AND i.channel = p_key_channel AND i.key = p_key
+        UNION ALL
+        SELECT 'customer'::TEXT, NULL::BIGINT, cu.id, cu.name, cu.email, cu.phone, cu.tier, cu.status, cu.lat,
+               cu.lon, NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT
+        FROM customers cu WHERE cu.id = p_customer_id
+        UNION ALL
+        SELECT 'line', l.position, NULL, l.name, NULL, NULL, NULL, NULL, NULL, NULL,
+               l.sku, l.category, l.quantity, l.unit_price_cents, NULL
+        FROM line l
+        UNION ALL
+        SELECT 'stock', l.position, w.id, w.name, NULL, NULL, NULL, NULL, w.lat, w.lon,
+               l.sku, NULL, NULL, NULL, s.on_hand - s.reserved
+        FROM line l JOIN stock s ON s.sku = l.sku JOIN warehouses w ON w.id = s.warehouse_id
+        WHERE l.name IS NOT NULL
+        ORDER BY 2, 3;
+    $$;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -46,6 +46,22 @@ pub(in crate::store) trait Db: Sync {
     /// kept: meant for calls of server-side functions, which keep the plans
     /// of their own statements, and for statements cheap to plan.
     async fn call(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, Error>;
+
+    /// Runs one of the order path's calls ([`OrderCall`]) as [`Db::call`]
+    /// does, in one round trip and without beginning a [`Tx`]'s
+    /// transaction, but as the statement this connection prepared when it
+    /// opened (`postgres::prepare_order_path`): the server binds and runs
+    /// it, without parsing, analysing and planning it again for every order.
+    async fn call_prepared(&self, call: &OrderCall, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>;
+}
+
+/// A call of one of the server-side functions of an order's answer path
+/// (the order's read, phase 1, the sandbox gateway's capture, phase 2):
+/// prepared on every connection of the pool when it opens, with these
+/// parameter types.
+pub(in crate::store) struct OrderCall {
+    pub sql: &'static str,
+    pub types: &'static [Type],
 }
 
 impl Db for Object {
@@ -89,6 +105,14 @@ impl Db for Object {
     async fn call(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, Error> {
         let client: &tokio_postgres::Client = self;
         client.query_typed(sql, params).await
+    }
+
+    async fn call_prepared(&self, call: &OrderCall, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        // Found in the connection's cache, but for a connection opened
+        // before the schema was migrated: then prepared now, once.
+        let statement = self.prepare_typed_cached(call.sql, call.types).await?;
+        let client: &tokio_postgres::Client = self;
+        client.query(&statement, params).await
     }
 }
 
@@ -198,5 +222,10 @@ impl Db for Tx {
     async fn call(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, Error> {
         // No BEGIN: alone, the statement is its own transaction.
         self.client().call(sql, params).await
+    }
+
+    async fn call_prepared(&self, call: &OrderCall, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        // No BEGIN, as `call`.
+        self.client().call_prepared(call, params).await
     }
 }
