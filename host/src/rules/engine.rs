@@ -1,8 +1,8 @@
 //! The rule runtime: one wasmtime `Engine` for the whole process, the
 //! `Linker`s rules are instantiated against (one with synchronous WASI for
 //! calls on a thread of their own, one with asynchronous WASI for calls on
-//! an async worker), the epoch ticker, and the on-disk cache of compiled
-//! modules.
+//! an async worker), the epoch ticker ([`super::epoch`]), and the on-disk
+//! cache of compiled modules.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -17,13 +17,11 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::bindings::discount_world::DiscountRule;
 use super::budgets::{Budgets, MAX_MEMORY_BYTES};
+use super::epoch::{EpochTicker, InFlight};
 use super::error::LoadError;
 use super::module::RuleModule;
 use super::state::{ModuleConfig, RuleState};
 use super::world::{self, BinaryKind, World};
-
-/// One epoch tick; call deadlines are whole ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Settings of the rule runtime as a whole.
 #[derive(Debug, Clone)]
@@ -68,6 +66,8 @@ struct RuntimeInner {
     /// Whether a compile is announced on stderr (the rule tools), see
     /// [`RuleRuntime::report_compiles`].
     report_compiles: AtomicBool,
+    /// Ticks while a call is in flight (see [`RuleRuntime::call_started`]).
+    ticker: Arc<EpochTicker>,
 }
 
 /// A module file read and compiled, before it is bound to a world.
@@ -96,7 +96,7 @@ impl RuleRuntime {
                 .map_err(anyhow::Error::from)
                 .context("linking the host interfaces")?;
         }
-        spawn_epoch_ticker(&engine);
+        let ticker = EpochTicker::start(&engine).context("starting the epoch thread")?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
@@ -104,8 +104,15 @@ impl RuleRuntime {
             std::fs::create_dir_all(dir).with_context(|| format!("creating cache dir {}", dir.display()))?;
         }
         let report_compiles = AtomicBool::new(false);
-        let inner =
-            RuntimeInner { engine, linker, async_linker, cache_dir: options.cache_dir, engine_key, report_compiles };
+        let inner = RuntimeInner {
+            engine,
+            linker,
+            async_linker,
+            cache_dir: options.cache_dir,
+            engine_key,
+            report_compiles,
+            ticker,
+        };
         Ok(RuleRuntime { inner: Arc::new(inner) })
     }
 
@@ -118,6 +125,12 @@ impl RuleRuntime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Marks a call in flight while the guard lives (it goes into the
+    /// call's store): the epoch ticks only while some call is in flight.
+    pub(crate) fn call_started(&self) -> InFlight {
+        self.inner.ticker.call_started()
     }
 
     pub(crate) fn linker(&self) -> &Linker<RuleState> {
@@ -307,23 +320,6 @@ fn engine_config(max_instances: u32) -> anyhow::Result<Config> {
         .consume_fuel(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(config)
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] on its own OS thread, so
-/// that a runaway guest is interrupted even when every tokio worker is busy.
-/// The thread holds only a weak reference and ends with the engine.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("wasm-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch thread");
 }
 
 impl std::fmt::Debug for RuleRuntime {

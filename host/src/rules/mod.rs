@@ -73,6 +73,7 @@ pub(crate) mod budgets;
 pub(crate) mod canary;
 pub(crate) mod config_hash;
 pub(crate) mod engine;
+pub(crate) mod epoch;
 pub(crate) mod error;
 pub(crate) mod js_engine;
 pub(crate) mod manifest;

@@ -8,7 +8,7 @@
 //! checks, and the fraud checks and shadows on the rule threads. The async
 //! one (`apply_discount_async`, …) runs it on the calling task, the order's
 //! own, without a hand-off to another thread: the guest runs on a fiber and
-//! yields to the executor at every epoch tick ([`super::engine::EPOCH_TICK`]), so a guest
+//! yields to the executor at every epoch tick ([`super::epoch::EPOCH_TICK`]), so a guest
 //! that loops holds a worker for at most a tick at a time, and its time
 //! budget ends it as in a synchronous call ([`FailureCause::TimeBudget`]).
 
@@ -456,11 +456,12 @@ impl RuleModule {
     /// memory limiter, fuel, epoch deadline and output budget.
     fn fresh_store(&self) -> Result<Store<RuleState>, RuleError> {
         let budgets = self.budgets;
-        let state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
+        let mut state = RuleState::new(self.label.clone(), self.config.clone(), budgets.memory_bytes);
+        state.in_flight = Some(self.runtime.call_started());
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| state);
         store.set_fuel(budgets.fuel).map_err(|e| self.failed(FailureCause::Instantiate(e.to_string())))?;
-        store.set_epoch_deadline(budgets.time_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64));
+        store.set_epoch_deadline(budgets.time_ms.div_ceil(super::epoch::EPOCH_TICK.as_millis() as u64));
         // The output budget, enforced while wasmtime lifts what the guest
         // hands over (the answer, each host call's arguments): a string or
         // list is charged before it is copied, so an answer of a thousand

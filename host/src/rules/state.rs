@@ -65,6 +65,8 @@ pub(crate) struct RuleState {
     /// What the output budget charged for the call's answer (or typed
     /// error), once it was lifted; `None` when the call produced none.
     pub(crate) answer_charge: Option<usize>,
+    /// Keeps the epoch ticking for as long as the call's store lives.
+    pub(crate) in_flight: Option<super::epoch::InFlight>,
 }
 
 /// The deny-all WASI context of a call, its resource table, and the pipe
@@ -130,6 +132,7 @@ impl RuleState {
             peak_memory: 0,
             memory_denied: false,
             answer_charge: None,
+            in_flight: None,
         }
     }
 
