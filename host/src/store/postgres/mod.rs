@@ -309,6 +309,22 @@ pub(super) async fn ping(db: &impl Db) -> Result<i64, StoreError> {
     Ok(db.query_one("SELECT 1::bigint", &[]).await?.get::<_, i64>(0))
 }
 
+/// The local server the tests run on (`SMARTMART_TEST_DATABASE_URL`, as
+/// the integration tests) and a connection of the test's own to it, with a
+/// fresh name for a schema the test makes and drops (`prefix` and random
+/// hex).
+#[cfg(test)]
+pub(super) async fn test_server(prefix: &str) -> (tokio_postgres::Client, String, String) {
+    let url =
+        std::env::var("SMARTMART_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("the PostgreSQL server at {url} does not answer: {e}"));
+    tokio::spawn(connection);
+    let schema = format!("{prefix}_{}", hex::encode(rand::random::<[u8; 6]>()));
+    (client, url, schema)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,13 +337,7 @@ mod tests {
     /// function scan left in its plan.
     #[tokio::test]
     async fn every_connection_prepares_the_order_path_and_the_read_is_inlined() {
-        let base = std::env::var("SMARTMART_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
-        let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("the PostgreSQL server at {base} does not answer: {e}"));
-        tokio::spawn(connection);
-        let schema = format!("t_prep_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let (admin, base, schema) = test_server("t_prep").await;
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");

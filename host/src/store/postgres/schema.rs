@@ -793,13 +793,7 @@ mod tests {
     /// integration tests), in a schema of the test's own.
     #[tokio::test]
     async fn version_16_drops_the_unique_constraints_keeping_every_row() {
-        let url = std::env::var("SMARTMART_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("the PostgreSQL server at {url} does not answer: {e}"));
-        tokio::spawn(connection);
-        let schema = format!("t_v16_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let (client, _, schema) = super::super::test_server("t_v16").await;
         client.batch_execute(&format!("CREATE SCHEMA {schema}; SET search_path TO {schema}")).await.unwrap();
         let result = async {
             for sql in &MIGRATIONS[..15] {

@@ -4,7 +4,7 @@
 //! A [`Tx`] is the write's transaction, begun by its first statement
 //! rather than up front, and committed (or rolled back) only if it was
 //! begun. So an operation done by one statement — a server-side function
-//! doing the whole operation, called with [`Db::call`] — runs in that
+//! doing the whole operation, called with [`Db::call_prepared`] — runs in that
 //! statement's implicit transaction: one round trip, where `BEGIN`,
 //! statement, `COMMIT` would be three. Operations of several statements
 //! are transactions as before: they begin with their first statement.
@@ -43,8 +43,9 @@ pub(in crate::store) trait Db: Sync {
     /// transaction: an operation that is this one call runs in the
     /// statement's own implicit transaction. (After other statements of a
     /// [`Tx`] it runs in their transaction, as they do.) Its plan is not
-    /// kept: meant for calls of server-side functions, which keep the plans
-    /// of their own statements, and for statements cheap to plan.
+    /// kept: meant for statements run now and then and cheap to plan (the
+    /// retention's prunes); the order path's calls are prepared
+    /// ([`Db::call_prepared`]).
     async fn call(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, Error>;
 
     /// Runs one of the order path's calls ([`OrderCall`]) as [`Db::call`]
