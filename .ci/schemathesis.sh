@@ -54,10 +54,17 @@ read -r ADMIN WEB < <("$PYTHON" -c 'import json, sys; d = json.load(open(sys.arg
 TOKEN="$(env -u SMARTMART_IDENTITY_SECRET "$BIN" token C-1001 --data-dir "$WORK/data")"
 
 ROOT="$(pwd)"
+# One worker: Schemathesis's workers are threads, and Hypothesis parses
+# source with `ast` in each; CPython up to 3.11.7 (this project's machines
+# have 3.11.7) keeps the AST constructor's recursion counter per interpreter,
+# not per call (python/cpython#106905, fixed in 3.11.8 and 3.12.2), so two
+# threads parsing at once fail at random with "AST constructor recursion
+# depth mismatch": a failure of the tool, not of the service. The run stays
+# bounded by --max-time either way.
 st() { # runs in $WORK: Schemathesis keeps its crash cache in the working directory
   (cd "$WORK" && "$PYTHON" -m schemathesis.cli --config-file "$ROOT/.ci/schemathesis.toml" run "$URL/openapi.json" \
     --checks all --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed 1 \
-    --request-timeout 30 --workers 2 --no-shrink "$@")
+    --request-timeout 30 --workers 1 --no-shrink "$@")
 }
 rc=0
 echo "schemathesis.sh: /v1/admin/* with the admin key"
