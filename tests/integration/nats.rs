@@ -240,7 +240,7 @@ async fn a_delivery_repeated_after_a_crash_is_dropped_by_the_stream() {
 async fn with_nats_down_orders_confirm_and_events_wait_until_it_answers() {
     let stream = TestStream::new().await;
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = crate::support::ports::free_port();
     let down = NatsSettings { url: format!("nats://127.0.0.1:{closed}"), ..stream.settings.clone() };
     let t = TestEngine::start_with(&bundled_plugins(), |s| s.event_sink = SinkChoice::Nats(down)).await;
 

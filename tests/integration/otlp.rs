@@ -51,9 +51,11 @@ struct Received {
 /// protobuf `ExportTraceServiceRequest`, answered `200` with an empty
 /// `ExportTraceServiceResponse`. It listens on 127.0.0.2, not 127.0.0.1:
 /// the services of other tests bind a `free_port()` on 127.0.0.1 some time
-/// after it was free, and a port-0 bind of the same address in between can
-/// take it (seen once: another test's readiness probes reached this
-/// receiver). A port of 127.0.0.2 never stands in their way.
+/// after it was free, and when those ports came from the kernel's
+/// ephemeral range a port-0 bind in between could take one (seen once:
+/// another test's readiness probes reached this receiver; `support::ports`
+/// now takes them from below that range). A port of 127.0.0.2 never stands
+/// in their way whatever the range.
 struct Receiver {
     url: String,
     received: Arc<Mutex<Received>>,

@@ -295,7 +295,7 @@ async fn http_timeouts_are_retried_within_one_charge() {
 #[tokio::test]
 async fn http_gateway_down_fails_every_attempt_as_never_sent() {
     // A port with nothing listening: bind, take the port, let go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::support::ports::free_port();
     let gateway = HttpGateway::new(
         &format!("http://127.0.0.1:{port}"),
         &HttpGatewayOptions { timeout: CLIENT_TIMEOUT, ca_file: None },

@@ -572,7 +572,7 @@ async fn a_locked_store_is_dependency_unavailable_and_leaves_nothing_behind() {
 async fn an_unreachable_payment_gateway_fails_after_its_retry_budget_and_releases_the_stock() {
     // A port nobody listens on: no request ever reaches a gateway, so
     // nothing can have been charged and the order may fail at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::support::ports::free_port();
     let t = TestEngine::start_with(&bundled_plugins(), |settings| {
         settings.gateway = GatewayChoice::Http {
             url: format!("http://127.0.0.1:{port}"),

@@ -18,6 +18,7 @@ pub mod nats_jwt;
 pub mod nats_server;
 pub mod plugin_dir;
 pub mod plugin_service;
+pub mod ports;
 pub mod raw_http;
 pub mod server;
 pub mod service;

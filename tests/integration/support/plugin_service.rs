@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::ports::free_port;
 use super::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY, token};
 use super::{SECRET, demo_dataset};
 
@@ -16,10 +17,6 @@ pub struct PluginService {
     child: Option<Child>,
     pub port: u16,
     pub client: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
 }
 
 impl PluginService {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::ports::free_port;
 use super::server::{ADMIN_KEY, MOBILE_KEY, PARTNER_KEY, WEB_KEY};
 use super::{SECRET, bundled_plugins, demo_dataset};
 
@@ -161,9 +162,4 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback port free now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
