@@ -3,7 +3,10 @@
 # `fn`   = the PL/pgSQL function the service calls (`SELECT smartmart_reserve(...)`);
 # `pipe` = the same rows written by plain statements sent as one pipeline
 #          (BEGIN, the order's INSERT, the two stock UPDATEs, the payment's
-#          INSERT, COMMIT: one round trip, one transaction).
+#          INSERT, COMMIT: one round trip, one transaction), a short hold
+#          refused by the stock table's CHECK;
+# `pipe-checked` = the same pipeline with each hold checked as the function
+#          checks it (a missing or short stock row fails its statement).
 #
 #   benches/postgres-phases/run.sh [BINARY]      default: target/release/smartmart
 #   PGHOST, PGPORT, PGUSER (default 127.0.0.1, 5432, root), ROUNDS (2), SECONDS_PER_RUN (10), CLIENTS (8)
@@ -77,7 +80,7 @@ PY
 echo "postgres-phases: $(psql -d "$BASE" -Atc "SELECT 'PostgreSQL ' || current_setting('server_version') || ', synchronous_commit=' || current_setting('synchronous_commit') || ', fsync=' || current_setting('fsync')")"
 echo "postgres-phases: pgbench -n -M prepared -c $CLIENTS -j 2 -T $SECONDS_PER_RUN, a fresh copy of the database per run"
 for round in $(seq "$ROUNDS"); do
-  for script in fn pipe; do
+  for script in fn pipe pipe-checked; do
     COPY="${BASE}_run"
     PGOPTIONS="-c client_min_messages=warning" psql -d postgres -qc "DROP DATABASE IF EXISTS $COPY" \
       -c "CREATE DATABASE $COPY TEMPLATE $BASE"
@@ -93,7 +96,7 @@ done = int(re.search(r"actually processed: (\d+)", out).group(1))
 failed = re.search(r"failed transactions: (\d+)", out)
 tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
 cpu = (float(after) - float(before)) * 1000 / done
-print(f"{script:<4} round {round_}: {done} transactions, {failed.group(1) if failed else 0} failed, {tps:8.1f}/s, "
+print(f"{script:<12} round {round_}: {done} transactions, {failed.group(1) if failed else 0} failed, {tps:8.1f}/s, "
       f"PostgreSQL CPU {cpu:.3f} ms per phase 1")
 PY
   done
