@@ -184,6 +184,35 @@ async fn a_selector_that_breaks_a_stored_order_is_refused_by_the_replay_gate_and
     assert_eq!(shipped, 5);
 }
 
+/// Before any order is stored, the plug-in directory's example for the
+/// selector is what gates it: its call succeeds, but its plan is one the
+/// pipeline would refuse, so the example refuses the module too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_whose_example_plan_the_host_would_refuse_is_refused_by_the_replay_gate() {
+    let plugins = PluginDir::new(&[], LOYALTY);
+    let server = TestServer::start_with(plugins.path(), |s| s.stage_timeout = Duration::from_secs(120)).await;
+    let engine = &server.engine;
+    let serving = || engine.rules().warehouse.module.as_ref().expect("a stable selector").identity().digest.clone();
+    let nearest = serving();
+
+    // A line of quantity 5: hostile_selector allocates 6 of it.
+    let mut example = example_order("gold-basic");
+    example.order.lines[1].quantity = 5;
+    let folder = plugins.file("examples/nearest_warehouse");
+    std::fs::create_dir_all(&folder).unwrap();
+    let input = serde_json::json!({ "order": example.order, "candidates": example.candidates });
+    std::fs::write(folder.join("bulk.json"), input.to_string()).unwrap();
+
+    let before = reload_status(engine);
+    plugins.replace("nearest_warehouse.wasm", &guest_bytes("hostile_selector"));
+    let status = wait_for_refusal(engine, before.refused).await;
+    let error = status.errors.last().expect("the refusal is recorded").clone();
+    assert_eq!(error.entry.as_deref(), Some("warehouse nearest_warehouse.wasm / rule"), "{error:?}");
+    assert_eq!(error.order_id.as_deref(), Some("examples/nearest_warehouse/bulk.json"), "{error:?}");
+    assert!(error.error.contains("invalid_plan") && error.error.contains("6 of HDMI-2M"), "{error:?}");
+    assert_eq!(serving(), nearest, "the last good selector keeps serving");
+}
+
 // ---------------------------------------------------------------------------
 // Canary: automatic rollback
 // ---------------------------------------------------------------------------

@@ -15,7 +15,8 @@
 //!   `examples/<module stem>/*.json` next to the manifest, each in the input
 //!   format of `smartmart rules run` ([`RunInput`]: the `order`, plus
 //!   `candidates` for a selector and `payment` for a fraud check; its
-//!   `config` is ignored: the manifest's applies).
+//!   `config` is ignored: the manifest's applies); a selector's plan is
+//!   checked there as the pipeline checks it, as in the replay.
 //!
 //! A refusal names the manifest entry, the module and the first order (or
 //! example file) it failed on. A refusal of the order (an invalid coupon) is
@@ -27,6 +28,7 @@ use std::path::Path;
 
 use super::replay::{self, Outcome};
 use crate::domain::status::Slot;
+use crate::pipeline::inventory::{requested_quantities, validate_plan};
 use crate::rules::manifest::Manifest;
 use crate::rules::reload::ReloadError;
 use crate::rules::runner::RunInput;
@@ -194,7 +196,21 @@ fn examples(module: &RuleModule, dir: &Path, p: &Placed<'_>) -> Result<(), Reloa
                 if input.candidates.is_empty() {
                     return Err(bad("a warehouse selector's example needs `candidates`".into()));
                 }
-                module.select_warehouses(&input.order, &input.candidates).map(|_| ())
+                match module.select_warehouses(&input.order, &input.candidates) {
+                    // A plan the pipeline would refuse fails an order as a
+                    // trap does: checked here as the pipeline checks it.
+                    Ok(called) => {
+                        let requested = requested_quantities(&input.order);
+                        if let Err(why) = validate_plan(&called.value, &requested, &input.candidates) {
+                            let identity = module.identity();
+                            return Err(bad(format!(
+                                "{identity} answered a plan the host refuses: invalid_plan: {why}"
+                            )));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             }
             World::FraudCheck => {
                 let Some(payment) = &input.payment else {
