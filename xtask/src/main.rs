@@ -165,7 +165,26 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    // Without what `cargo run` set for this program: ring's build script
+    // tracks CARGO_MANIFEST_DIR, so a build started from here with it set
+    // differed from a plain `cargo build` or `cargo test` in the same
+    // target directory, and each rebuilt ring and everything above it
+    // (rustls, reqwest, async-nats, the host) after the other.
+    for (name, _) in env::vars_os() {
+        if set_by_cargo_run(&name.to_string_lossy()) {
+            cmd.env_remove(&name);
+        }
+    }
     cmd
+}
+
+/// The variables `cargo run` sets for the program it runs, about that
+/// program's own package (`CARGO` itself, the path to cargo, is kept).
+fn set_by_cargo_run(name: &str) -> bool {
+    matches!(
+        name,
+        "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+    ) || name.starts_with("CARGO_PKG_")
 }
 
 /// Prints `cmd`, runs it, and fails unless it exits successfully.
@@ -555,4 +574,22 @@ fn smartmart_run(subcommand: Option<&str>, args: &[String], stages: &mut Stages)
     let first = if binary.is_file() { "" } else { " (first build compiles wasmtime: 10–20 minutes on 2 cores)" };
     stages.start(format_args!("{what}{first}…"));
     run(cargo().args(["run", "-p", "smartmart"]).args(profile).arg("--").args(subcommand).args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_run;
+
+    #[test]
+    fn only_what_cargo_run_says_of_xtask_itself_is_dropped_from_the_cargo_it_starts() {
+        for dropped in
+            ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_PKG_VERSION", "CARGO_BIN_NAME"]
+        {
+            assert!(set_by_cargo_run(dropped), "{dropped}");
+        }
+        // The user's settings and the path to cargo itself stay.
+        for kept in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS", "CARGO_TERM_COLOR", "RUSTFLAGS"] {
+            assert!(!set_by_cargo_run(kept), "{kept}");
+        }
+    }
 }
