@@ -196,21 +196,16 @@ fn examples(module: &RuleModule, dir: &Path, p: &Placed<'_>) -> Result<(), Reloa
                 if input.candidates.is_empty() {
                     return Err(bad("a warehouse selector's example needs `candidates`".into()));
                 }
-                match module.select_warehouses(&input.order, &input.candidates) {
-                    // A plan the pipeline would refuse fails an order as a
-                    // trap does: checked here as the pipeline checks it.
-                    Ok(called) => {
-                        let requested = requested_quantities(&input.order);
-                        if let Err(why) = validate_plan(&called.value, &requested, &input.candidates) {
-                            let identity = module.identity();
-                            return Err(bad(format!(
-                                "{identity} answered a plan the host refuses: invalid_plan: {why}"
-                            )));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+                let called = module.select_warehouses(&input.order, &input.candidates);
+                // A plan the pipeline would refuse fails an order as a trap
+                // does: checked here as the pipeline checks it.
+                if let Ok(plan) = &called
+                    && let Err(why) = validate_plan(&plan.value, &requested_quantities(&input.order), &input.candidates)
+                {
+                    let identity = module.identity();
+                    return Err(bad(format!("{identity} answered a plan the host refuses: invalid_plan: {why}")));
                 }
+                called.map(|_| ())
             }
             World::FraudCheck => {
                 let Some(payment) = &input.payment else {

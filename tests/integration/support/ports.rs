@@ -11,6 +11,7 @@
 //! processes at once start apart), and only if binding it works now.
 
 use std::net::TcpListener;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How many ports below the ephemeral range the tests take from.
@@ -38,8 +39,14 @@ pub fn free_port() -> u16 {
 }
 
 /// The ports below the kernel's ephemeral range (`ip_local_port_range`):
-/// the first and how many, at most [`WINDOW`], never below [`FLOOR`].
+/// the first and how many, at most [`WINDOW`], never below [`FLOOR`]. Read
+/// once per process.
 fn window() -> Option<(u32, u32)> {
+    static WINDOW_OF_THIS_MACHINE: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *WINDOW_OF_THIS_MACHINE.get_or_init(read_window)
+}
+
+fn read_window() -> Option<(u32, u32)> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
     let ephemeral_low: u32 = range.as_deref().and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(32_768);
     let low = ephemeral_low.saturating_sub(WINDOW).max(FLOOR);
